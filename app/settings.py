@@ -1,0 +1,103 @@
+"""Every setting of the worker, read from the environment in one place.
+
+Other modules take a :class:`Settings` value instead of reading ``os.environ``, so tests can build one
+with :func:`load` from any mapping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOPICS_DIR = REPO_ROOT / "topics"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Health rules: a window whose error rate or p99 latency passes a limit degrades the worker."""
+
+    degraded_error_rate: float = 0.01
+    unhealthy_error_rate: float = 0.10
+    degraded_p99_ms: float = 100.0
+    unhealthy_p99_ms: float = 1000.0
+    stale_after_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "fraud-detector"
+    worker_id: str = field(default_factory=socket.gethostname)
+    transactions_topic: str = "transactions"
+    labels_topic: str = "labels"
+    predictions_topic: str = "predictions"
+    health_topic: str = "health"
+    transactions_dlq_topic: str = "transactions-dlq"
+    labels_dlq_topic: str = "labels-dlq"
+    partitions: int = 4
+    replication_factor: int = 1
+    store: str = "rocksdb://"
+    data_dir: str = str(REPO_ROOT / ".data")
+    web_bind: str = "0.0.0.0"
+    web_port: int = 6066
+    health_interval_s: float = 10.0
+    health_window_s: float = 60.0
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    decision_threshold: float = 0.5
+    max_message_bytes: int = 65536
+    max_amount: float = 10_000_000.0
+    customer_window_s: float = 86400.0
+    features_ttl_s: float = 35 * 86400.0
+    features_sweep_interval_s: float = 300.0
+    model_name: str = "logreg"
+    log_level: str = "info"
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name)
+    return default if value is None or value == "" else value
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from environment variables; unset variables keep their defaults."""
+    env = os.environ if env is None else env
+    d = Settings()
+    t = Thresholds()
+    return Settings(
+        bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP_SERVERS", d.bootstrap_servers),
+        app_id=_get(env, "APP_ID", d.app_id),
+        worker_id=_get(env, "WORKER_ID", d.worker_id),
+        transactions_topic=_get(env, "TRANSACTIONS_TOPIC", d.transactions_topic),
+        labels_topic=_get(env, "LABELS_TOPIC", d.labels_topic),
+        predictions_topic=_get(env, "PREDICTIONS_TOPIC", d.predictions_topic),
+        health_topic=_get(env, "HEALTH_TOPIC", d.health_topic),
+        transactions_dlq_topic=_get(env, "TRANSACTIONS_DLQ_TOPIC", d.transactions_dlq_topic),
+        labels_dlq_topic=_get(env, "LABELS_DLQ_TOPIC", d.labels_dlq_topic),
+        partitions=int(_get(env, "TOPIC_PARTITIONS", str(d.partitions))),
+        replication_factor=int(_get(env, "TOPIC_REPLICATION_FACTOR", str(d.replication_factor))),
+        store=_get(env, "STORE", d.store),
+        data_dir=_get(env, "DATA_DIR", d.data_dir),
+        web_bind=_get(env, "WEB_BIND", d.web_bind),
+        web_port=int(_get(env, "WEB_PORT", str(d.web_port))),
+        health_interval_s=float(_get(env, "HEALTH_INTERVAL_S", str(d.health_interval_s))),
+        health_window_s=float(_get(env, "HEALTH_WINDOW_S", str(d.health_window_s))),
+        thresholds=Thresholds(
+            degraded_error_rate=float(_get(env, "DEGRADED_ERROR_RATE", str(t.degraded_error_rate))),
+            unhealthy_error_rate=float(_get(env, "UNHEALTHY_ERROR_RATE", str(t.unhealthy_error_rate))),
+            degraded_p99_ms=float(_get(env, "DEGRADED_P99_MS", str(t.degraded_p99_ms))),
+            unhealthy_p99_ms=float(_get(env, "UNHEALTHY_P99_MS", str(t.unhealthy_p99_ms))),
+            stale_after_s=float(_get(env, "STALE_AFTER_S", str(t.stale_after_s))),
+        ),
+        decision_threshold=float(_get(env, "DECISION_THRESHOLD", str(d.decision_threshold))),
+        max_message_bytes=int(_get(env, "MAX_MESSAGE_BYTES", str(d.max_message_bytes))),
+        max_amount=float(_get(env, "MAX_AMOUNT", str(d.max_amount))),
+        customer_window_s=float(_get(env, "CUSTOMER_WINDOW_S", str(d.customer_window_s))),
+        features_ttl_s=float(_get(env, "FEATURES_TTL_S", str(d.features_ttl_s))),
+        features_sweep_interval_s=float(_get(env, "FEATURES_SWEEP_INTERVAL_S", str(d.features_sweep_interval_s))),
+        model_name=_get(env, "MODEL_NAME", d.model_name),
+        log_level=_get(env, "LOG_LEVEL", d.log_level),
+    )

@@ -1,0 +1,215 @@
+"""The Faust app: topics, tables, agents, timers and web views. Wiring only; the logic is in pure modules.
+
+Run it with ``python -m app`` (which creates the contract's topics first).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import EventT, StreamT
+from faust.web import Request, Response, View
+
+from app import metrics
+from app.health import HealthWindow, health_event
+from app.learning import expired, join, label_entry, scored_entry
+from app.model import FraudModel
+from app.records import DeadLetter, InvalidMessage, parse_label, parse_transaction
+from app.scoring import score_transaction
+from app.serialization import b64, dumps, isoformat_utc, loads
+from app.settings import load
+
+log = logging.getLogger(__name__)
+
+settings = load()
+
+faust_app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.bootstrap_servers}",
+    store=settings.store,
+    datadir=settings.data_dir,
+    web_bind=settings.web_bind,
+    web_port=settings.web_port,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    consumer_auto_offset_reset="earliest",
+    producer_max_request_size=16 * 1024 * 1024,
+    autodiscover=False,
+)
+setup_prometheus_sensors(faust_app, pattern="/metrics", name_prefix="faust")
+
+transactions_topic = faust_app.topic(settings.transactions_topic, key_serializer="raw", value_serializer="raw")
+labels_topic = faust_app.topic(settings.labels_topic, key_serializer="raw", value_serializer="raw")
+predictions_topic = faust_app.topic(settings.predictions_topic, key_serializer="raw", value_serializer="raw")
+health_topic = faust_app.topic(settings.health_topic, key_serializer="raw", value_serializer="raw")
+transactions_dlq_topic = faust_app.topic(settings.transactions_dlq_topic, key_serializer="raw", value_serializer="raw")
+labels_dlq_topic = faust_app.topic(settings.labels_dlq_topic, key_serializer="raw", value_serializer="raw")
+learning_topic = faust_app.topic(
+    f"{settings.app_id}-learning",
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+    internal=True,
+)
+
+customer_amounts_1day = faust_app.Table(
+    "customer-amounts-1day", partitions=settings.partitions, key_type=str, value_type=list
+)
+learning_entries_by_tx_id = faust_app.Table(
+    "learning-entries-by-tx-id", partitions=settings.partitions, key_type=str, value_type=dict
+)
+
+model = FraudModel(settings.model_name)
+metrics.MODEL_INFO.labels(model.version).set(1)
+window = HealthWindow(settings.health_window_s, time.monotonic())
+learning_watermark_s = 0.0
+
+
+async def send_dead_letter(topic: faust.TopicT, event: EventT, error: InvalidMessage) -> None:
+    message = event.message
+    raw = message.value if isinstance(message.value, bytes) else b""
+    letter = DeadLetter(
+        error=error.code,
+        reason=error.reason,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        raw=b64(raw),
+        received_at=isoformat_utc(time.time()),
+    )
+    await topic.send(key=message.key, value=dumps(letter))
+    metrics.DEAD_LETTERS.labels(message.topic == settings.labels_topic and "labels" or "transactions", error.code).inc()
+
+
+@faust_app.agent(transactions_topic)
+async def score_transactions(stream: StreamT[Any]) -> None:
+    """Every transaction ends as one prediction or one dead letter."""
+    async for event in stream.events():
+        received_s = time.perf_counter()
+        try:
+            tx = parse_transaction(event.value, settings.max_message_bytes, settings.max_amount)
+            history = customer_amounts_1day.get(tx.customer_id) or []
+            prediction, x, history = score_transaction(
+                tx,
+                history,
+                model,
+                threshold=settings.decision_threshold,
+                window_s=settings.customer_window_s,
+                received_s=received_s,
+            )
+        except InvalidMessage as exc:
+            await send_dead_letter(transactions_dlq_topic, event, exc)
+            metrics.TRANSACTIONS.labels("dead_letter").inc()
+            window.record_dead_letter(time.monotonic())
+            continue
+        except Exception as exc:  # a scoring bug must not stop the stream or lose the message
+            log.exception(
+                "scoring failed at %s[%s]@%s", event.message.topic, event.message.partition, event.message.offset
+            )
+            await send_dead_letter(transactions_dlq_topic, event, InvalidMessage("scoring_error", repr(exc)))
+            metrics.TRANSACTIONS.labels("dead_letter").inc()
+            window.record_dead_letter(time.monotonic())
+            continue
+        customer_amounts_1day[tx.customer_id] = history
+        key = tx.tx_id.encode()
+        await predictions_topic.send(key=key, value=dumps(prediction))
+        await learning_topic.send(key=key, value=dumps(scored_entry(x, tx.event_time_s)))
+        metrics.TRANSACTIONS.labels("scored").inc()
+        metrics.SCORING_LATENCY.observe(prediction.latency_ms / 1000.0)
+        metrics.SCORES.observe(prediction.fraud_probability)
+        if prediction.is_fraud:
+            metrics.PREDICTED_FRAUD.inc()
+        window.record_scored(time.monotonic(), prediction.latency_ms)
+
+
+@faust_app.agent(labels_topic)
+async def route_labels(stream: StreamT[Any]) -> None:
+    """Validate labels and re-key them onto the learning topic, next to the features they complete."""
+    async for event in stream.events():
+        try:
+            label = parse_label(event.value, settings.max_message_bytes)
+        except InvalidMessage as exc:
+            await send_dead_letter(labels_dlq_topic, event, exc)
+            metrics.LABELS.labels("dead_letter").inc()
+            continue
+        entry = label_entry(label.is_fraud, label.timestamp.timestamp())
+        await learning_topic.send(key=label.tx_id.encode(), value=dumps(entry))
+        metrics.LABELS.labels("received").inc()
+
+
+@faust_app.agent(learning_topic)
+async def learn_from_labels(stream: StreamT[Any]) -> None:
+    """Pair each label with the features its transaction was scored with, then learn once."""
+    global learning_watermark_s
+    async for event in stream.events():
+        tx_id = event.key.decode()
+        incoming = loads(event.value)
+        learning_watermark_s = max(learning_watermark_s, float(incoming["t"]))
+        pair, keep = join(learning_entries_by_tx_id.get(tx_id), incoming)
+        if pair is not None:
+            model.learn_one(*pair)
+            metrics.LABELS.labels("learned").inc()
+            metrics.LABELS_LEARNED.set(model.labels_learned)
+        if keep is None:
+            learning_entries_by_tx_id.pop(tx_id, None)
+        else:
+            learning_entries_by_tx_id[tx_id] = keep
+
+
+@faust_app.timer(interval=settings.features_sweep_interval_s)
+async def expire_learning_entries() -> None:
+    """Drop features whose label never came (and labels whose transaction never came) after the TTL."""
+    stale = [
+        key
+        for key, entry in learning_entries_by_tx_id.items()
+        if expired(entry, learning_watermark_s, settings.features_ttl_s)
+    ]
+    for key in stale:
+        learning_entries_by_tx_id.pop(key, None)
+    metrics.LABELS.labels("expired").inc(len(stale))
+    metrics.PENDING_LEARNING.set(len(learning_entries_by_tx_id))
+
+
+@faust_app.timer(interval=settings.health_interval_s)
+async def publish_health() -> None:
+    """The monitor: one health event per interval, keyed by worker id."""
+    now_s = time.monotonic()
+    event = health_event(
+        timestamp=isoformat_utc(time.time()),
+        worker=settings.worker_id,
+        window_s=settings.health_window_s,
+        stats=window.stats(now_s),
+        last_transaction_age_s=window.last_transaction_age_s(now_s),
+        model_version=model.version,
+        labels_learned=model.labels_learned,
+        thresholds=settings.thresholds,
+    )
+    for status in ("healthy", "degraded", "stale", "unhealthy"):
+        metrics.HEALTH_STATUS.labels(status).set(1 if status == event["status"] else 0)
+    await health_topic.send(key=settings.worker_id.encode(), value=dumps(event))
+    if event["status"] != "healthy":
+        log.warning("health %s: %s", event["status"], "; ".join(event["issues"]))  # type: ignore[arg-type]
+
+
+def is_ready() -> bool:
+    """Partitions assigned and table recovery done: the worker is consuming."""
+    try:
+        assigned = bool(faust_app.consumer.assignment())
+    except Exception:
+        return False
+    return assigned and faust_app.tables.recovery.completed.is_set() and not faust_app.rebalancing
+
+
+@faust_app.page("/ready")
+async def ready(self: View, request: Request) -> Response:
+    ok = is_ready()
+    return self.json({"ready": ok, "worker": settings.worker_id}, status=200 if ok else 503)
+
+
+@faust_app.page("/health")
+async def alive(self: View, request: Request) -> Response:
+    return self.json({"status": "alive", "worker": settings.worker_id})

@@ -1,0 +1,77 @@
+"""Plain Kafka clients for tests: publish raw bytes, read a topic until a condition holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+async def _produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    count = 0
+    try:
+        batch = []
+        for key, value in messages:
+            batch.append(await producer.send(topic, key=key, value=value))
+            count += 1
+            if len(batch) >= 1000:
+                await asyncio.gather(*batch)
+                batch.clear()
+        await asyncio.gather(*batch)
+    finally:
+        await producer.stop()
+    return count
+
+
+def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    """Publish (key, value) pairs and wait until the broker acknowledged all of them."""
+    return asyncio.run(_produce(bootstrap, topic, messages))
+
+
+async def _consume(
+    bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float
+) -> list[Record]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for messages in batches.values():
+                records.extend(Record(m.key, m.value, m.partition, m.offset) for m in messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def consume(
+    bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float = 60.0
+) -> list[Record]:
+    """Read ``topic`` from the beginning until ``until(records)`` is true or the time is up."""
+    return asyncio.run(_consume(bootstrap, topic, until, timeout_s))
+
+
+def at_least(n: int) -> Callable[[list[Record]], bool]:
+    return lambda records: len(records) >= n

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from app.learning import expired, join, label_entry, scored_entry
+from app.model import FraudModel
+
+
+def test_join_in_either_order_learns_once() -> None:
+    x = {"amount": 3.0}
+    pair, keep = join(None, scored_entry(x, 100.0))
+    assert pair is None and keep == scored_entry(x, 100.0)
+    pair, keep = join(keep, label_entry(True, 200.0))
+    assert pair == (x, True) and keep is None
+
+    pair, keep = join(None, label_entry(False, 200.0))
+    assert pair is None
+    pair, keep = join(keep, scored_entry(x, 100.0))
+    assert pair == (x, False) and keep is None
+
+
+def test_repeated_label_replaces_the_waiting_one() -> None:
+    _, keep = join(None, label_entry(False, 1.0))
+    pair, keep = join(keep, label_entry(True, 2.0))
+    assert pair is None and keep == label_entry(True, 2.0)
+
+
+def test_expiry_is_in_event_time() -> None:
+    assert expired(scored_entry({}, 100.0), watermark_s=201.0, ttl_s=100.0)
+    assert not expired(scored_entry({}, 100.0), watermark_s=200.0, ttl_s=100.0)
+
+
+def test_model_score_rises_for_a_pattern_labelled_fraud() -> None:
+    model = FraudModel()
+    fraud = {"amount": 900.0, "hour_of_day": 3.0, "is_night": 1.0}
+    normal = {"amount": 40.0, "hour_of_day": 14.0, "is_night": 0.0}
+    before = model.predict_proba_one(fraud)
+    for _ in range(200):
+        model.learn_one(fraud, True)
+        model.learn_one(normal, False)
+    assert model.predict_proba_one(fraud) > before + 0.3
+    assert model.predict_proba_one(normal) < 0.5
+    assert model.labels_learned == 400
+    assert "amount" in model.reasons(fraud)
