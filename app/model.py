@@ -8,17 +8,28 @@ first.
 
 from __future__ import annotations
 
+import math
+
 from river import compose, linear_model, optim, preprocessing
 
 
 class FraudModel:
     """Scores ``x`` with :meth:`predict_proba_one` and learns delayed labels with :meth:`learn_one`."""
 
-    def __init__(self, name: str = "logreg", learning_rate: float = 0.05, weight_pos: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str = "logreg",
+        learning_rate: float = 0.05,
+        weight_pos: float = 5.0,
+        prior_fraud_rate: float = 0.01,
+    ) -> None:
         self.name = name
         self.scaler = preprocessing.StandardScaler()
+        # Before any label the score is the prior, not 0.5: a cold model must not flag everything.
         self.classifier = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), loss=optim.losses.Log(weight_pos=weight_pos)
+            optimizer=optim.SGD(learning_rate),
+            loss=optim.losses.Log(weight_pos=weight_pos),
+            intercept_init=math.log(prior_fraud_rate / (1.0 - prior_fraud_rate)),
         )
         self.pipeline = compose.Pipeline(self.scaler, self.classifier)
         self.labels_learned = 0

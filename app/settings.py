@@ -54,6 +54,7 @@ class Settings:
     features_ttl_s: float = 35 * 86400.0
     features_sweep_interval_s: float = 300.0
     model_name: str = "logreg"
+    prior_fraud_rate: float = 0.01
     log_level: str = "info"
 
 
@@ -99,5 +100,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         features_ttl_s=float(_get(env, "FEATURES_TTL_S", str(d.features_ttl_s))),
         features_sweep_interval_s=float(_get(env, "FEATURES_SWEEP_INTERVAL_S", str(d.features_sweep_interval_s))),
         model_name=_get(env, "MODEL_NAME", d.model_name),
+        prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
     )

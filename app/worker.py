@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
+from aiohttp import web
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
 
@@ -40,7 +41,7 @@ faust_app = faust.App(
     producer_max_request_size=16 * 1024 * 1024,
     autodiscover=False,
 )
-setup_prometheus_sensors(faust_app, pattern="/metrics", name_prefix="faust")
+faust_app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.FAUST_REGISTRY, "faust"))
 
 transactions_topic = faust_app.topic(settings.transactions_topic, key_serializer="raw", value_serializer="raw")
 labels_topic = faust_app.topic(settings.labels_topic, key_serializer="raw", value_serializer="raw")
@@ -56,14 +57,10 @@ learning_topic = faust_app.topic(
     internal=True,
 )
 
-customer_amounts_1day = faust_app.Table(
-    "customer-amounts-1day", partitions=settings.partitions, key_type=str, value_type=list
-)
-learning_entries_by_tx_id = faust_app.Table(
-    "learning-entries-by-tx-id", partitions=settings.partitions, key_type=str, value_type=dict
-)
+customer_amounts_1day = faust_app.Table("customer-amounts-1day", partitions=settings.partitions)
+learning_entries_by_tx_id = faust_app.Table("learning-entries-by-tx-id", partitions=settings.partitions)
 
-model = FraudModel(settings.model_name)
+model = FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
 learning_watermark_s = 0.0
@@ -202,6 +199,12 @@ def is_ready() -> bool:
     except Exception:
         return False
     return assigned and faust_app.tables.recovery.completed.is_set() and not faust_app.rebalancing
+
+
+@faust_app.page("/metrics")
+async def prometheus_metrics(self: View, request: Request) -> Response:
+    body, content_type = metrics.exposition()
+    return cast(Response, web.Response(body=body, headers={"Content-Type": content_type}))
 
 
 @faust_app.page("/ready")

@@ -41,9 +41,7 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
     return asyncio.run(_produce(bootstrap, topic, messages))
 
 
-async def _consume(
-    bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float
-) -> list[Record]:
+async def _consume(bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float) -> list[Record]:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -66,9 +64,7 @@ async def _consume(
     return records
 
 
-def consume(
-    bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float = 60.0
-) -> list[Record]:
+def consume(bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float = 60.0) -> list[Record]:
     """Read ``topic`` from the beginning until ``until(records)`` is true or the time is up."""
     return asyncio.run(_consume(bootstrap, topic, until, timeout_s))
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -35,7 +35,7 @@ def test_valid_transaction_parses_every_field_and_ignores_unknown_ones() -> None
 def test_offsets_are_kept_and_event_time_is_absolute() -> None:
     tx = parse_transaction(dumps(transaction(0, timestamp="2018-04-01T12:00:00+02:00")), MAX_BYTES, MAX_AMOUNT)
     assert tx.timestamp.utcoffset() == timedelta(hours=2)
-    assert tx.event_time_s == datetime(2018, 4, 1, 10, tzinfo=timezone.utc).timestamp()
+    assert tx.event_time_s == datetime(2018, 4, 1, 10, tzinfo=UTC).timestamp()
 
 
 def test_limits_are_inclusive() -> None:

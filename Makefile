@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DURATION_S ?= 60
+
+.PHONY: demo test setup system-packages lint kafka-start kafka-stop
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+system-packages:
+	bash scripts/install_system_packages.sh
+
+demo: setup
+	$(BIN)/python scripts/demo.py --duration-s $(DURATION_S)
+
+test: setup system-packages
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check app tests scripts
+	$(BIN)/mypy app
+
+kafka-start:
+	$(PYTHON) scripts/kafka_local.py start
+
+kafka-stop:
+	$(PYTHON) scripts/kafka_local.py stop

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the tests use as independent peers: kcat (a Kafka client that is not ours) and promtool
+# (from the prometheus package, to lint /metrics). Java and Maven are expected on the machine already.
+set -euo pipefail
+missing=()
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
