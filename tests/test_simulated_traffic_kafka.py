@@ -8,7 +8,7 @@ import pytest
 
 from app.serialization import dumps, loads
 from app.simulator import SimulatorConfig, simulate, to_wire
-from tests.clients import at_least, consume, produce
+from app.kafka_clients import at_least, consume, produce
 from tests.conftest import WorkerProcess
 from tests.contract import assert_valid
 

@@ -13,7 +13,7 @@ import pytest
 
 from app.serialization import dumps, loads
 from tests.cases import BAD_TRANSACTIONS, transaction
-from tests.clients import Record, at_least, consume, produce
+from app.kafka_clients import Record, at_least, consume, produce
 from tests.conftest import WorkerProcess
 from tests.contract import assert_valid
 

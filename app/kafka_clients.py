@@ -1,4 +1,4 @@
-"""Plain Kafka clients for tests: publish raw bytes, read a topic until a condition holds."""
+"""Plain Kafka clients for scripts and tests: publish raw bytes, read a topic until a condition holds."""
 
 from __future__ import annotations
 

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""The demo: a local Kafka, the worker, simulated traffic for a while, then a summary. Nothing is left running.
+
+python scripts/demo.py --duration-s 60 --rate-tps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import kafka_local  # noqa: E402
+from simulate import Event, add_simulator_arguments, config_from, publish, wire_events  # noqa: E402
+
+from app.evaluation import average_precision, decision_summary, percentiles, roc_auc  # noqa: E402
+from app.kafka_clients import consume  # noqa: E402
+from app.serialization import loads  # noqa: E402
+from app.simulator import simulate  # noqa: E402
+
+BAD_MESSAGES = [b"not json at all", b'{"tx_id": "broken"}', b'{"tx_id":"x","timestamp":"2018-04-01T00:00:00Z",'
+                b'"customer_id":"c","terminal_id":"t","amount":-5}']  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_bad_input(events: Iterator[Event], every: int) -> Iterator[Event]:
+    """Slip a malformed message in every ``every`` transactions, to show dead letters at work."""
+    seen = 0
+    for event in events:
+        yield event
+        if event[0] == "transaction":
+            seen += 1
+            if seen % every == 0:
+                yield "transaction", b"bad", BAD_MESSAGES[(seen // every) % len(BAD_MESSAGES)]
+
+
+def wait_ready(url: str, worker: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the worker was not ready in time")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_simulator_arguments(parser)
+    parser.set_defaults(customers=200, terminals=400, days=90)
+    parser.add_argument("--duration-s", type=float, default=60.0)
+    parser.add_argument("--rate-tps", type=float, default=300.0)
+    parser.add_argument("--bad-every", type=int, default=1000, help="one malformed message per N transactions")
+    args = parser.parse_args(argv)
+
+    home = REPO_ROOT / ".kafka" / "demo"
+    shutil.rmtree(home, ignore_errors=True)
+    data_dir = home / "kafka"
+    port, web_port = free_port(), free_port()
+    print(f"starting Apache Kafka on 127.0.0.1:{port} ...", flush=True)
+    bootstrap = kafka_local.start(port=port, controller_port=free_port(), data_dir=data_dir, wipe=True)
+    worker = None
+    try:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "APP_ID": "fraud-demo",
+            "WORKER_ID": "demo-worker",
+            "DATA_DIR": str(home / "worker"),
+            "WEB_PORT": str(web_port),
+            "WEB_BIND": "127.0.0.1",
+        }
+        log_path = home / "worker.log"
+        with log_path.open("wb") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT)  # fmt: skip
+        print(f"starting the worker (log {log_path.relative_to(REPO_ROOT)}, http://127.0.0.1:{web_port}/metrics)")
+        wait_ready(f"http://127.0.0.1:{web_port}/ready", worker, timeout_s=120)
+
+        config = config_from(args)
+        print(f"publishing simulated traffic at {args.rate_tps:g} tx/s for {args.duration_s:g} s ...", flush=True)
+        events = with_bad_input(wire_events(config, args.label_delay_days * 86400), args.bad_every)
+        report = asyncio.run(
+            publish(bootstrap, events, "transactions", "labels", rate_tps=args.rate_tps, duration_s=args.duration_s)
+        )
+        sent = report.transactions
+        print(f"published {sent} messages to transactions and {report.labels} labels; waiting for the worker ...")
+
+        def done(records: list[object]) -> bool:
+            return len(records) >= sent
+
+        predictions = [loads(r.value or b"") for r in consume(bootstrap, "predictions", lambda rs: False, 0.1)]
+        deadline = time.monotonic() + 120
+        letters: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            predictions = [loads(r.value or b"") for r in consume(bootstrap, "predictions", done, 10)]
+            letters = [loads(r.value or b"") for r in consume(bootstrap, "transactions-dlq", lambda rs: False, 1)]
+            if len(predictions) + len(letters) >= sent:
+                break
+        health = [loads(r.value or b"") for r in consume(bootstrap, "health", lambda rs: False, 1)]
+        summarize(config, predictions, letters, health, sent, report.achieved_tps)
+        return 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        kafka_local.stop(data_dir)
+        print("stopped the worker and Kafka")
+
+
+def summarize(config, predictions, letters, health, sent, achieved_tps) -> None:  # type: ignore[no-untyped-def]
+    truth = {tx.tx_id: tx.is_fraud for tx in simulate(config)}
+    scored = [p for p in predictions if p["tx_id"] in truth]
+    y_true = [truth[p["tx_id"]] for p in scored]
+    decisions = decision_summary(y_true, [p["is_fraud"] for p in scored])
+    latency = percentiles([p["latency_ms"] for p in predictions], (50, 99))
+    codes = Counter(str(letter["error"]) for letter in letters)
+    print()
+    print("summary")
+    print(f"  messages published       {sent} ({achieved_tps:.0f}/s, bad ones included)")
+    print(f"  predictions              {len(predictions)}")
+    print(f"  dead letters             {len(letters)} {dict(codes) if codes else ''}")
+    print(f"  unaccounted              {sent - len(predictions) - len(letters)}")
+    print(f"  frauds                   {decisions.frauds}")
+    print(f"  frauds caught            {decisions.caught}")
+    print(f"  frauds missed            {decisions.missed}")
+    print(f"  false alarms             {decisions.false_alarms}")
+    print(f"  AUC ROC / AP             {roc_auc(y_true, [p['fraud_probability'] for p in scored]):.3f} / "
+          f"{average_precision(y_true, [p['fraud_probability'] for p in scored]):.3f}")  # fmt: skip
+    print(f"  worker latency p50/p99   {latency['p50']:.2f} / {latency['p99']:.2f} ms")
+    if health:
+        last = health[-1]
+        print(f"  last health              {last['status']} {last['issues']}, labels learned {last['labels_learned']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
