@@ -20,7 +20,7 @@ system-packages:
 demo: setup
 	$(BIN)/python scripts/demo.py --duration-s $(DURATION_S)
 
-test: setup system-packages
+test: setup system-packages lint
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -198,7 +198,8 @@ def is_ready() -> bool:
         assigned = bool(faust_app.consumer.assignment())
     except Exception:
         return False
-    return assigned and faust_app.tables.recovery.completed.is_set() and not faust_app.rebalancing
+    recovered = faust_app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+    return assigned and recovered and not faust_app.rebalancing
 
 
 @faust_app.page("/metrics")
