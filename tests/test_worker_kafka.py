@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
+from app.kafka_clients import Record, at_least, consume, produce
 from app.serialization import dumps, loads
 from tests.cases import BAD_TRANSACTIONS, transaction
-from app.kafka_clients import Record, at_least, consume, produce
 from tests.conftest import WorkerProcess
 from tests.contract import assert_valid
 
