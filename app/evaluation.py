@@ -50,28 +50,74 @@ def average_precision(y_true: Sequence[bool] | np.ndarray, y_score: Sequence[flo
 
 
 def card_precision_top_k(
-    days: Sequence[object], cards: Sequence[str], y_true: Sequence[bool], y_score: Sequence[float], k: int = 100
+    days: Sequence[int] | np.ndarray,
+    cards: Sequence[str] | np.ndarray,
+    y_true: Sequence[bool] | np.ndarray,
+    y_score: Sequence[float] | np.ndarray,
+    k: int = 100,
+    exclude_caught: bool = True,
 ) -> float:
     """Mean over days of the share of compromised cards among the k cards with the highest maximum score.
 
-    A card is compromised on a day when any of its transactions that day is fraud. Callers leave out the
-    cards already known to be compromised before calling (the protocol's rule).
+    A card is compromised on a day when any of its transactions that day is fraud. With ``exclude_caught``
+    (the handbook's code), a card caught in an earlier day's top k is left out of later days. Cards already
+    known to be compromised are left out by the caller (see :func:`protocol_test_mask`).
 
-    >>> card_precision_top_k([1, 1, 1, 2, 2], ["a", "b", "b", "a", "c"], [1, 0, 0, 0, 1], [.9, .8, .1, .2, .7], k=1)
-    1.0
+    >>> card_precision_top_k([1, 1, 1, 2, 2], ["a", "b", "b", "a", "c"], [1, 0, 0, 1, 0], [.9, .8, .1, .9, .7], k=1)
+    0.5
     """
-    per_day: dict[object, dict[str, tuple[float, bool]]] = {}
+    per_day: dict[int, dict[str, tuple[float, bool]]] = {}
     for day, card, y, score in zip(days, cards, y_true, y_score, strict=True):
-        cards_of_day = per_day.setdefault(day, {})
+        cards_of_day = per_day.setdefault(int(day), {})
         best, fraud = cards_of_day.get(card, (float("-inf"), False))
         cards_of_day[card] = (max(best, float(score)), fraud or bool(y))
     if not per_day:
         return float("nan")
+    caught: set[str] = set()
     shares = []
-    for cards_of_day in per_day.values():
-        ranked = sorted(cards_of_day.values(), key=lambda item: -item[0])[:k]
-        shares.append(sum(fraud for _, fraud in ranked) / k)
+    for day in sorted(per_day):
+        candidates = [(score, fraud, card) for card, (score, fraud) in per_day[day].items() if card not in caught]
+        ranked = sorted(candidates, key=lambda item: -item[0])[:k]
+        shares.append(sum(fraud for _, fraud, _ in ranked) / k)
+        if exclude_caught:
+            caught.update(card for _, fraud, card in ranked if fraud)
     return float(np.mean(shares))
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """The handbook's evaluation protocol, as day numbers counted from the simulation's start date."""
+
+    train_start_day: int = 115  # 2018-07-25 for a start on 2018-04-01
+    train_days: int = 7
+    delay_days: int = 7
+    test_days: int = 7
+
+    @property
+    def test_start_day(self) -> int:
+        return self.train_start_day + self.train_days + self.delay_days
+
+    def train_mask(self, days: np.ndarray) -> np.ndarray:
+        return (days >= self.train_start_day) & (days < self.train_start_day + self.train_days)
+
+
+def protocol_test_mask(days: np.ndarray, cards: np.ndarray, y_true: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """Transactions of the test period, leaving out cards already known to be compromised.
+
+    Known on test day k: cards with a fraud from the training week's first day up to its last day plus k
+    (the handbook's code: "that day minus 8 days").
+
+    >>> days = np.array([115, 121, 129, 129, 130, 130]); cards = np.array(["a", "b", "a", "b", "b", "c"])
+    >>> protocol_test_mask(days, cards, np.array([1, 0, 0, 0, 0, 0], bool), Protocol()).tolist()
+    [False, False, False, True, True, True]
+    """
+    mask = np.zeros(len(days), dtype=bool)
+    train_last = protocol.train_start_day + protocol.train_days - 1
+    for k in range(protocol.test_days):
+        known = set(cards[y_true & (days >= protocol.train_start_day) & (days <= train_last + k)].tolist())
+        today = np.flatnonzero(days == protocol.test_start_day + k)
+        mask[today[~np.isin(cards[today], list(known))]] = True
+    return mask
 
 
 @dataclass(frozen=True, slots=True)
