@@ -9,6 +9,9 @@ first.
 from __future__ import annotations
 
 import math
+import os
+import pickle
+from pathlib import Path
 
 from river import compose, linear_model, optim, preprocessing
 
@@ -64,3 +67,23 @@ class FraudModel:
         contributions = [(weights.get(name, 0.0) * value, name) for name, value in scaled.items()]
         contributions.sort(reverse=True)
         return [name for contribution, name in contributions[:k] if contribution > 0.0]
+
+
+def save_model(model: FraudModel, path: Path) -> None:
+    """Write a checkpoint atomically (temporary file, then rename), so a crash never leaves half a model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def load_model(path: Path) -> FraudModel | None:
+    """The checkpoint at ``path``, or None when there is none yet. Only read files this worker wrote."""
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        model = pickle.load(f)  # noqa: S301 - our own checkpoint in the worker's data folder
+    return model if isinstance(model, FraudModel) else None

@@ -55,6 +55,7 @@ class Settings:
     features_sweep_interval_s: float = 300.0
     model_name: str = "logreg"
     prior_fraud_rate: float = 0.01
+    model_checkpoint_interval_s: float = 30.0
     log_level: str = "info"
 
 
@@ -101,5 +102,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         features_sweep_interval_s=float(_get(env, "FEATURES_SWEEP_INTERVAL_S", str(d.features_sweep_interval_s))),
         model_name=_get(env, "MODEL_NAME", d.model_name),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
+        model_checkpoint_interval_s=float(_get(env, "MODEL_CHECKPOINT_INTERVAL_S", str(d.model_checkpoint_interval_s))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
     )

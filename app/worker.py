@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -18,7 +19,7 @@ from faust.web import Request, Response, View
 from app import metrics
 from app.health import HealthWindow, health_event
 from app.learning import expired, join, label_entry, scored_entry
-from app.model import FraudModel
+from app.model import FraudModel, load_model, save_model
 from app.records import DeadLetter, InvalidMessage, parse_label, parse_transaction
 from app.scoring import score_transaction
 from app.serialization import b64, dumps, isoformat_utc, loads
@@ -60,7 +61,9 @@ learning_topic = faust_app.topic(
 customer_amounts_1day = faust_app.Table("customer-amounts-1day", partitions=settings.partitions)
 learning_entries_by_tx_id = faust_app.Table("learning-entries-by-tx-id", partitions=settings.partitions)
 
-model = FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
+MODEL_PATH = Path(settings.data_dir) / "model.pkl"
+model = load_model(MODEL_PATH) or FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
+metrics.LABELS_LEARNED.set(model.labels_learned)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
 learning_watermark_s = 0.0
@@ -169,6 +172,17 @@ async def expire_learning_entries() -> None:
         learning_entries_by_tx_id.pop(key, None)
     metrics.LABELS.labels("expired").inc(len(stale))
     metrics.PENDING_LEARNING.set(len(learning_entries_by_tx_id))
+
+
+@faust_app.timer(interval=settings.model_checkpoint_interval_s)
+async def checkpoint_model() -> None:
+    """Persist the model, so a restart keeps what it learned (labels already joined are not replayed)."""
+    save_model(model, MODEL_PATH)
+
+
+@faust_app.on_before_shutdown.connect  # type: ignore[arg-type]
+async def checkpoint_model_at_shutdown(app: faust.App, **kwargs: Any) -> None:
+    save_model(model, MODEL_PATH)
 
 
 @faust_app.timer(interval=settings.health_interval_s)

@@ -217,3 +217,32 @@ def test_labels_for_a_fraud_pattern_raise_its_score(worker_factory: WorkerFactor
     assert float(after["fraud_probability"]) > float(before["fraud_probability"]) + 0.3, (before, after)
     assert float(normal_after["fraud_probability"]) < 0.5
     assert after["is_fraud"] is True and "amount" in after["reasons"]
+
+
+def test_a_restarted_worker_keeps_what_the_model_learned_and_bad_labels_are_dead_lettered(
+    worker_factory: WorkerFactory, kafka_bootstrap: str
+) -> None:
+    worker = worker_factory(partitions=1)
+    worker.wait_ready()
+    training = [transaction(i, tx_id=f"r-{i}") for i in range(40)]
+    produce(kafka_bootstrap, worker.topics["TRANSACTIONS_TOPIC"], [(b"c", dumps(t)) for t in training])
+    labels = [(str(t["tx_id"]).encode(), dumps({"tx_id": t["tx_id"], "is_fraud": i % 2 == 0,
+                                                 "timestamp": "2018-04-09T00:00:00Z"}))
+              for i, t in enumerate(training)]  # fmt: skip
+    labels.append((b"bad", b'{"tx_id": "r-1", "is_fraud": "yes", "timestamp": "2018-04-09T00:00:00Z"}'))
+    produce(kafka_bootstrap, worker.topics["LABELS_TOPIC"], labels)
+    letters = consume(kafka_bootstrap, worker.topics["LABELS_DLQ_TOPIC"], at_least(1))
+    assert [loads(r.value or b"")["error"] for r in letters] == ["invalid_type"]
+
+    def learned() -> float:
+        match = re.search(rb"^fraud_model_labels_learned (\S+)$", worker.http_get("/metrics"), re.M)
+        return float(match.group(1)) if match else -1.0
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and learned() < 40:
+        time.sleep(0.3)
+    assert learned() == 40
+    worker.stop()  # SIGTERM: the model is checkpointed at shutdown
+    worker.start()
+    worker.wait_ready()
+    assert learned() == 40
