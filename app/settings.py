@@ -57,6 +57,7 @@ class Settings:
     prior_fraud_rate: float = 0.01
     model_checkpoint_interval_s: float = 30.0
     log_level: str = "info"
+    producer_linger_ms: float = 2.0
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -104,4 +105,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
         model_checkpoint_interval_s=float(_get(env, "MODEL_CHECKPOINT_INTERVAL_S", str(d.model_checkpoint_interval_s))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
+        producer_linger_ms=float(_get(env, "PRODUCER_LINGER_MS", str(d.producer_linger_ms))),
     )
