@@ -65,7 +65,7 @@ POM_DEPENDENCY = """
     <dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId><version>{version}</version></dependency>"""
 
 LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
+<Configuration status="WARN" shutdownHook="disable">
   <Appenders>
     <File name="file" fileName="{log_file}" append="true">
       <PatternLayout pattern="[%d] %p %m (%c)%n"/>
@@ -431,6 +431,12 @@ def _read_state(layout: Layout) -> dict[str, object]:
     return state if isinstance(state, dict) else {}
 
 
+def _foreign_owner(layout: Layout) -> str | None:
+    """The other data dir whose broker owns this folder's pid file (data dirs sharing a parent collide)."""
+    owner = _read_state(layout).get("data_dir")
+    return owner if isinstance(owner, str) and owner != str(layout.data_dir) else None
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM: TIME_WAIT is no conflict
@@ -474,6 +480,10 @@ def launch(
     layout = Layout(_repo_path(data_dir))
     controller_port = controller_port or port + 1
     deadline = time.monotonic() + timeout_s
+    owner = _foreign_owner(layout)
+    if owner is not None and _running_pid(layout) is not None:
+        raise RuntimeError(f"{layout.pid} belongs to the running broker of {owner}: "
+                           "give each data dir its own parent folder")  # fmt: skip
     if wipe:
         stop(layout.data_dir)
         shutil.rmtree(layout.data_dir, ignore_errors=True)
@@ -510,8 +520,9 @@ def launch(
         )
     _CHILDREN[process.pid] = process
     layout.pid.write_text(f"{process.pid}\n")
-    layout.state.write_text(json.dumps({"pid": process.pid, "port": port, "controller_port": controller_port,
-                                        "version": version, "libs": str(libs)}))  # fmt: skip
+    state = {"pid": process.pid, "port": port, "controller_port": controller_port, "version": version,
+             "libs": str(libs), "data_dir": str(layout.data_dir)}  # fmt: skip
+    layout.state.write_text(json.dumps(state))
     log.info("started kafka %s (pid %d), waiting for port %d", version, process.pid, port)
     if _wait_ready(port, process.pid, deadline):
         return Broker(f"{HOST}:{port}", process.pid, version, already_running=False)
@@ -541,6 +552,10 @@ def stop(data_dir: Path | str = DEFAULT_DATA_DIR, timeout_s: float = 30.0) -> bo
     pid = _running_pid(layout)
     if pid is None:
         layout.pid.unlink(missing_ok=True)
+        return False
+    owner = _foreign_owner(layout)
+    if owner is not None:
+        log.warning("not stopping pid %d: it is the broker of %s, not of %s", pid, owner, layout.data_dir)
         return False
     log.info("stopping kafka (pid %d)", pid)
     os.kill(pid, signal.SIGTERM)
