@@ -30,20 +30,23 @@ CustomerState = list[list[object]]
 TerminalState = list[list[object]]
 
 
+def _time(entry: list[object]) -> float:
+    return entry[0]  # type: ignore[return-value]
+
+
 def _inside(state: list[list[object]], lo: float, hi: float, hi_inclusive: bool) -> list[list[object]]:
-    """Entries with lo < t <= hi (``hi_inclusive``) or lo <= t < hi (not)."""
-    times = [float(entry[0]) for entry in state]  # type: ignore[arg-type]
+    """Entries with lo < t <= hi (``hi_inclusive``) or lo <= t < hi (not); binary search, no copy of times."""
     if hi_inclusive:
-        return state[bisect.bisect_right(times, lo) : bisect.bisect_right(times, hi)]
-    return state[bisect.bisect_left(times, lo) : bisect.bisect_left(times, hi)]
+        return state[bisect.bisect_right(state, lo, key=_time) : bisect.bisect_right(state, hi, key=_time)]
+    return state[bisect.bisect_left(state, lo, key=_time) : bisect.bisect_left(state, hi, key=_time)]
 
 
 def customer_features(
     state: CustomerState, t: float, amount: float, terminal_id: str, lateness_s: float = DAY_S
 ) -> tuple[dict[str, float], CustomerState]:
     """Features of one transaction from the customer's state, and the state with it added and pruned."""
-    before = [entry for entry in state]
-    bisect.insort(before, [t, amount, terminal_id], key=lambda e: float(e[0]))  # type: ignore[arg-type]
+    before = list(state)
+    bisect.insort_right(before, [t, amount, terminal_id], key=_time)
     x: dict[str, float] = {}
     for name, window_s in CUSTOMER_WINDOWS_S.items():
         amounts = [float(e[1]) for e in _inside(before, t - window_s, t, True)]  # type: ignore[arg-type]
@@ -55,15 +58,13 @@ def customer_features(
         x[f"customer_max_amount_{name}"] = max(amounts)
     std30 = x["customer_std_amount_30day"]
     x["amount_zscore_30day"] = (amount - x["customer_avg_amount_30day"]) / std30 if std30 > 0 else 0.0
-    earlier = [float(e[0]) for e in state if float(e[0]) <= t]  # type: ignore[arg-type]
-    x["seconds_since_previous_tx"] = min(t - max(earlier), 30 * DAY_S) if earlier else 30 * DAY_S
+    previous = bisect.bisect_right(state, t, key=_time)  # state is sorted: the latest earlier one is just before
+    x["seconds_since_previous_tx"] = min(t - _time(state[previous - 1]), 30 * DAY_S) if previous else 30 * DAY_S
     month = _inside(state, t - 30 * DAY_S, t, True)
     x["terminal_new_for_customer_30day"] = 0.0 if any(e[2] == terminal_id for e in month) else 1.0
     x["customer_nb_terminals_30day"] = float(len({e[2] for e in month} | {terminal_id}))
-    newest = max(float(before[-1][0]), t)  # type: ignore[arg-type]
-    horizon = newest - 30 * DAY_S - lateness_s
-    kept = [e for e in before if float(e[0]) > horizon]  # type: ignore[arg-type]
-    return x, kept
+    horizon = _time(before[-1]) - 30 * DAY_S - lateness_s
+    return x, before[bisect.bisect_right(before, horizon, key=_time) :]
 
 
 def terminal_features(
@@ -79,11 +80,10 @@ def terminal_features(
         x[f"terminal_nb_tx_{n}day_delay"] = float(count)
         x[f"terminal_risk_{n}day_delay"] = frauds / count if count else 0.0
     x["terminal_nb_tx_1hour"] = float(len(_inside(state, t - HOUR_S, t, True)) + 1)
-    after = [entry for entry in state]
-    bisect.insort(after, [t, tx_id, False], key=lambda e: float(e[0]))  # type: ignore[arg-type]
-    newest = float(after[-1][0])  # type: ignore[arg-type]
-    horizon = newest - (delay_days + 30) * DAY_S - lateness_s
-    return x, [e for e in after if float(e[0]) >= horizon]  # type: ignore[arg-type]
+    after = list(state)
+    bisect.insort_right(after, [t, tx_id, False], key=_time)
+    horizon = _time(after[-1]) - (delay_days + 30) * DAY_S - lateness_s
+    return x, after[bisect.bisect_left(after, horizon, key=_time) :]
 
 
 def mark_fraud(state: TerminalState, t: float, tx_id: str) -> TerminalState:
