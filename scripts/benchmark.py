@@ -20,11 +20,9 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -39,6 +37,7 @@ import kafka_local  # noqa: E402
 import psutil  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 
 from app.evaluation import percentiles  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
@@ -50,12 +49,6 @@ CATEGORIES = (  # first match from the innermost frame outwards
     ("model", ("model.py", "river/")),
     ("producing", ("aiokafka/producer", "faust/transport/producer", "send_soon", "topics.py:send", "publish_message")),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def messages(n: int, phase: str, seed: int) -> list[tuple[bytes, bytes, str]]:
@@ -142,21 +135,6 @@ async def drive(
     }
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the process behind {url} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready")
-
-
 def wait_idle(pid: int, timeout_s: float = 120.0, busy_share: float = 0.05) -> float:
     """Wait until the process is idle (it may still be working through a backlog such as the learning
     topic after a burst); returns the seconds waited."""
@@ -198,15 +176,6 @@ def cost_split(raw_profile: Path) -> dict[str, float]:
     return {name: round(value / total, 4) for name, value in counts.most_common()}
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def run_system(name: str, bootstrap: str, args: argparse.Namespace, work: Path, partitions: int) -> dict[str, Any]:
     run = f"{name}-{uuid.uuid4().hex[:8]}"  # topics and groups of this run only
     source, sink = f"bench-{run}-in", f"bench-{run}-out"
@@ -228,7 +197,7 @@ def run_system(name: str, bootstrap: str, args: argparse.Namespace, work: Path, 
     result: dict[str, Any] = {"system": name}
     try:
         if name == "worker":
-            wait_http(f"http://127.0.0.1:{env['WEB_PORT']}/ready", process, 120)
+            wait_http_ok(f"http://127.0.0.1:{env['WEB_PORT']}/ready", process, 120)
         # warm-up: the consumer group joins and the first fetches happen outside the measurements
         asyncio.run(drive(bootstrap, source, sink, messages(500, f"{name}-warmup", 1), 0, 120))
         wait_idle(process.pid)

@@ -10,13 +10,9 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import kafka_local  # noqa: E402
+from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 from simulate import Event, add_simulator_arguments, config_from, publish, wire_events  # noqa: E402
 
 from app.evaluation import average_precision, decision_summary, percentiles, roc_auc  # noqa: E402
@@ -37,12 +34,6 @@ BAD_MESSAGES = [b"not json at all", b'{"tx_id": "broken"}', b'{"tx_id":"x","time
                 b'"customer_id":"c","terminal_id":"t","amount":-5}']  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def with_bad_input(events: Iterator[Event], every: int) -> Iterator[Event]:
     """Slip a malformed message in every ``every`` transactions, to show dead letters at work."""
     seen = 0
@@ -52,21 +43,6 @@ def with_bad_input(events: Iterator[Event], every: int) -> Iterator[Event]:
             seen += 1
             if seen % every == 0:
                 yield "transaction", b"bad", BAD_MESSAGES[(seen // every) % len(BAD_MESSAGES)]
-
-
-def wait_ready(url: str, worker: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with {worker.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the worker was not ready in time")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             worker = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, stdout=log,
                                       stderr=subprocess.STDOUT)  # fmt: skip
         print(f"starting the worker (log {log_path.relative_to(REPO_ROOT)}, http://127.0.0.1:{web_port}/metrics)")
-        wait_ready(f"http://127.0.0.1:{web_port}/ready", worker, timeout_s=120)
+        wait_http_ok(f"http://127.0.0.1:{web_port}/ready", worker, timeout_s=120)
 
         config = config_from(args)
         print(f"publishing simulated traffic at {args.rate_tps:g} tx/s for {args.duration_s:g} s ...", flush=True)
@@ -126,12 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         summarize(config, predictions, letters, health, sent, report.achieved_tps)
         return 0
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            stop_process(worker)
         kafka_local.stop(data_dir)
         print("stopped the worker and Kafka")
 
