@@ -21,6 +21,8 @@ from prometheus_client.metrics_core import Metric
 TRANSACTIONS = Counter(
     "fraud_transactions", "Input transactions by final outcome (scored or dead_letter).", ["outcome"]
 )
+TRANSACTIONS_SCORED = TRANSACTIONS.labels("scored")  # bound once: these are on the per-message path
+TRANSACTIONS_DEAD_LETTERED = TRANSACTIONS.labels("dead_letter")
 DEAD_LETTERS = Counter(
     "fraud_dead_letters", "Messages sent to a dead-letter topic, by input and error code.", ["input", "error"]
 )
@@ -36,6 +38,8 @@ SCORES = Histogram(
 )
 PREDICTED_FRAUD = Counter("fraud_predicted_fraud", "Predictions at or over the decision threshold.")
 LABELS = Counter("fraud_labels", "Labels by what happened to them.", ["outcome"])
+LABELS_RECEIVED = LABELS.labels("received")
+LABELS_JOINED = LABELS.labels("learned")
 MODEL_INFO = Gauge("fraud_model_info", "The model that scores, by version (value is always 1).", ["version"])
 LABELS_LEARNED = Gauge("fraud_model_labels_learned", "Labels the current model has learned from.")
 PENDING_LEARNING = Gauge(

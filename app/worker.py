@@ -70,20 +70,26 @@ window = HealthWindow(settings.health_window_s, time.monotonic())
 learning_watermark_s = 0.0
 
 
-async def send_dead_letter(topic: faust.TopicT, event: EventT, error: InvalidMessage) -> None:
+async def send_dead_letter(topic: faust.TopicT, input_name: str, event: EventT, error: InvalidMessage) -> None:
+    """The original bytes, key and position with the reason, so nothing sent to us is ever lost."""
     message = event.message
-    raw = message.value if isinstance(message.value, bytes) else b""
     letter = DeadLetter(
         error=error.code,
         reason=error.reason,
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
-        raw=b64(raw),
+        raw=b64(message.value if isinstance(message.value, bytes) else b""),
         received_at=isoformat_utc(time.time()),
     )
     await topic.send(key=message.key, value=dumps(letter))
-    metrics.DEAD_LETTERS.labels(message.topic == settings.labels_topic and "labels" or "transactions", error.code).inc()
+    metrics.DEAD_LETTERS.labels(input_name, error.code).inc()
+
+
+async def reject_transaction(event: EventT, error: InvalidMessage) -> None:
+    await send_dead_letter(transactions_dlq_topic, "transactions", event, error)
+    metrics.TRANSACTIONS_DEAD_LETTERED.inc()
+    window.record_dead_letter(time.monotonic())
 
 
 @faust_app.task
@@ -110,23 +116,18 @@ async def score_transactions(stream: StreamT[Any]) -> None:
                 received_s=received_s,
             )
         except InvalidMessage as exc:
-            await send_dead_letter(transactions_dlq_topic, event, exc)
-            metrics.TRANSACTIONS.labels("dead_letter").inc()
-            window.record_dead_letter(time.monotonic())
+            await reject_transaction(event, exc)
             continue
         except Exception as exc:  # a scoring bug must not stop the stream or lose the message
-            log.exception(
-                "scoring failed at %s[%s]@%s", event.message.topic, event.message.partition, event.message.offset
-            )
-            await send_dead_letter(transactions_dlq_topic, event, InvalidMessage("scoring_error", repr(exc)))
-            metrics.TRANSACTIONS.labels("dead_letter").inc()
-            window.record_dead_letter(time.monotonic())
+            message = event.message
+            log.exception("scoring failed at %s[%s]@%s", message.topic, message.partition, message.offset)
+            await reject_transaction(event, InvalidMessage("scoring_error", repr(exc)))
             continue
         customer_amounts_1day[tx.customer_id] = history
         key = tx.tx_id.encode()
         await predictions_topic.send(key=key, value=dumps(prediction))
         await learning_topic.send(key=key, value=dumps(scored_entry(x, tx.event_time_s)))
-        metrics.TRANSACTIONS.labels("scored").inc()
+        metrics.TRANSACTIONS_SCORED.inc()
         metrics.SCORING_LATENCY.observe(prediction.latency_ms / 1000.0)
         metrics.SCORES.observe(prediction.fraud_probability)
         if prediction.is_fraud:
@@ -141,12 +142,12 @@ async def route_labels(stream: StreamT[Any]) -> None:
         try:
             label = parse_label(event.value, settings.max_message_bytes)
         except InvalidMessage as exc:
-            await send_dead_letter(labels_dlq_topic, event, exc)
+            await send_dead_letter(labels_dlq_topic, "labels", event, exc)
             metrics.LABELS.labels("dead_letter").inc()
             continue
         entry = label_entry(label.is_fraud, label.timestamp.timestamp())
         await learning_topic.send(key=label.tx_id.encode(), value=dumps(entry))
-        metrics.LABELS.labels("received").inc()
+        metrics.LABELS_RECEIVED.inc()
 
 
 @faust_app.agent(learning_topic)
@@ -160,7 +161,7 @@ async def learn_from_labels(stream: StreamT[Any]) -> None:
         pair, keep = join(learning_entries_by_tx_id.get(tx_id), incoming)
         if pair is not None:
             model.learn_one(*pair)
-            metrics.LABELS.labels("learned").inc()
+            metrics.LABELS_JOINED.inc()
             metrics.LABELS_LEARNED.set(model.labels_learned)
         if keep is None:
             learning_entries_by_tx_id.pop(tx_id, None)
