@@ -117,3 +117,30 @@ def test_evaluate_command_end_to_end_small(tmp_path) -> None:  # type: ignore[no
         assert 0.0 <= run["threshold"]["alert_rate"] <= 1.0
     assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| logistic regression |" in result.stdout and "0.871 / 0.606 / 0.291" in result.stdout
+
+
+def test_evaluate_reads_predictions_from_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Predictions written by anyone (here: the worker's logic replayed) are scored from a JSONL file."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from simulate import wire_events
+
+    from app.records import Prediction
+    from app.replay import replay_offline
+    from app.serialization import dumps
+    from app.settings import Settings
+    from app.simulator import SimulatorConfig
+
+    config = SimulatorConfig(n_customers=60, n_terminals=120, n_days=140, seed=0)
+    predictions = [p for p in replay_offline(wire_events(config, 7 * 86400), Settings()) if isinstance(p, Prediction)]
+    path = tmp_path / "predictions.jsonl"
+    path.write_bytes(b"\n".join(dumps(p) for p in predictions[: len(predictions) // 2]) + b"\n")  # half of them
+    out = tmp_path / "from-file"
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--seeds", "0", "--customers", "60", "--terminals", "120",
+         "--days", "140", "--no-baselines", "--predictions", str(path), "--out-dir", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run,) = loads((out / "quality.json").read_bytes())["runs"]
+    assert run["predictions"] == len(predictions) // 2 < run["transactions"]
+    assert set(loads((out / "quality.json").read_bytes())["summary"]) == {"project (online, prequential)"}
