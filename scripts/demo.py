@@ -48,7 +48,7 @@ def with_bad_input(events: Iterator[Event], every: int) -> Iterator[Event]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_simulator_arguments(parser)
-    parser.set_defaults(customers=200, terminals=400, days=90)
+    parser.set_defaults(customers=500, terminals=1000, days=90)
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--rate-tps", type=float, default=300.0)
     parser.add_argument("--bad-every", type=int, default=1000, help="one malformed message per N transactions")
