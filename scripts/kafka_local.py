@@ -241,9 +241,7 @@ def _properties(port: int, controller_port: int, data_dir: Path) -> str:
     )
 
 
-def _java(
-    libs: Path, log4j2: Path, main: str, *args: str, heap: str = "-Xmx512m", tool: bool = False
-) -> list[str]:
+def _java(libs: Path, log4j2: Path, main: str, *args: str, heap: str = "-Xmx512m", tool: bool = False) -> list[str]:
     java_home = os.environ.get("JAVA_HOME")
     java = str(Path(java_home) / "bin" / "java") if java_home else "java"
     options = [heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
