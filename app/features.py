@@ -1,16 +1,17 @@
-"""Feature computation: pure functions from a transaction and the customer's recent history to ``x``.
+"""The features the worker scores with: pure functions from a transaction and its customer's state to ``x``.
 
-Placeholder set for the first pipeline (the event-time feature engine replaces it): the amount, calendar
-flags of the handbook's baseline (section 2 of the benchmark) and the customer's count and mean amount
-over the last day. The customer history is a list of ``[event_time_s, amount]`` pairs sorted by time, so it
-serializes to JSON as it is and windows follow the transactions' own timestamps, never the wall clock.
+Calendar flags of the handbook's baseline (benchmark section 2) and the customer's event-time windows from
+:mod:`app.feature_engine` (1 hour, 1, 7 and 30 days: count, mean, std, max; z-score; seconds since the
+previous transaction; new terminal; distinct terminals). The customer state is a JSON list sorted by event
+time, so it is stored as it is in a RocksDB table, and windows follow the transactions' own timestamps.
+Terminal features need state partitioned by terminal (a repartition step) and are not scored with yet.
 """
 
 from __future__ import annotations
 
-import bisect
 from datetime import datetime
 
+from app.feature_engine import CUSTOMER_WINDOWS_S, CustomerState, customer_features
 from app.records import Transaction
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -18,11 +19,12 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hour_of_day",
     "is_weekend",
     "is_night",
-    "customer_nb_tx_1day",
-    "customer_avg_amount_1day",
+    *(f"customer_{m}_{w}" for w in CUSTOMER_WINDOWS_S for m in ("nb_tx", "avg_amount", "std_amount", "max_amount")),
+    "amount_zscore_30day",
+    "seconds_since_previous_tx",
+    "terminal_new_for_customer_30day",
+    "customer_nb_terminals_30day",
 )
-
-History = list[list[float]]
 
 
 def calendar_features(timestamp: datetime) -> dict[str, float]:
@@ -40,39 +42,21 @@ def calendar_features(timestamp: datetime) -> dict[str, float]:
     }
 
 
-def add_to_history(history: History, event_time_s: float, amount: float, window_s: float) -> History:
-    """Insert one transaction in time order and drop what no window can use any more.
+def compute_features(
+    tx: Transaction, state: CustomerState, lateness_s: float
+) -> tuple[dict[str, float], CustomerState]:
+    """Features of ``tx`` and the customer's state with ``tx`` added, to be stored back.
 
-    Entries are kept while they are inside ``window_s`` of the newest event time seen for the key.
-
-    >>> add_to_history([[0.0, 5.0], [50.0, 1.0]], 120.0, 2.0, window_s=100.0)
-    [[50.0, 1.0], [120.0, 2.0]]
+    >>> from datetime import datetime, timezone
+    >>> tx = Transaction("t1", datetime(2018, 4, 2, 12, tzinfo=timezone.utc), "c1", "k1", 40.0)
+    >>> x, state = compute_features(tx, [], lateness_s=86400.0)
+    >>> x["customer_nb_tx_1day"], x["terminal_new_for_customer_30day"], len(state)
+    (1.0, 1.0, 1)
     """
-    bisect.insort(history, [event_time_s, amount])
-    horizon = history[-1][0] - window_s
-    cut = bisect.bisect_right(history, [horizon, float("inf")])
-    return history[cut:]
+    customer_x, state = customer_features(state, tx.event_time_s, tx.amount, tx.terminal_id, lateness_s)
+    return {"amount": tx.amount, **calendar_features(tx.timestamp), **customer_x}, state
 
 
-def window_stats(history: History, event_time_s: float, window_s: float) -> tuple[int, float]:
-    """Count and mean amount over (t - window_s, t], the current transaction included.
-
-    >>> window_stats([[0.0, 5.0], [50.0, 1.0], [120.0, 2.0]], 120.0, 100.0)
-    (2, 1.5)
-    """
-    lo = bisect.bisect_right(history, [event_time_s - window_s, float("inf")])
-    hi = bisect.bisect_right(history, [event_time_s, float("inf")])
-    count = hi - lo
-    if count == 0:
-        return 0, 0.0
-    return count, sum(entry[1] for entry in history[lo:hi]) / count
-
-
-def compute_features(tx: Transaction, history: History, window_s: float) -> tuple[dict[str, float], History]:
-    """Features of ``tx`` and the customer's history with ``tx`` added, to be stored back."""
-    history = add_to_history(history, tx.event_time_s, tx.amount, window_s)
-    count, mean = window_stats(history, tx.event_time_s, window_s)
-    x = {"amount": tx.amount, **calendar_features(tx.timestamp)}
-    x["customer_nb_tx_1day"] = float(count)
-    x["customer_avg_amount_1day"] = mean
-    return x, history
+def newest_event_time_s(state: CustomerState) -> float:
+    """Event time of the customer's newest transaction (the state is sorted), for expiring idle keys."""
+    return float(state[-1][0]) if state else float("-inf")  # type: ignore[arg-type]

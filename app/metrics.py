@@ -45,6 +45,7 @@ LABELS_LEARNED = Gauge("fraud_model_labels_learned", "Labels the current model h
 PENDING_LEARNING = Gauge(
     "fraud_learning_entries", "Entries in the table joining scored features and labels, on this worker."
 )
+CUSTOMERS_EXPIRED = Counter("fraud_customers_expired", "Customer states removed after idling past the TTL.")
 HEALTH_STATUS = Gauge("fraud_health_status", "1 for the worker's current health status, 0 for the others.", ["status"])
 
 

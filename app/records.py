@@ -59,6 +59,7 @@ class Prediction:
     threshold: float
     model_version: str
     reasons: list[str]
+    features: dict[str, float]
     latency_ms: float
     scored_at: str
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from app.features import History
+from app.feature_engine import CustomerState
 from app.learning import Entry, join, label_entry, scored_entry
 from app.model import FraudModel
 from app.records import InvalidMessage, Prediction, parse_label, parse_transaction
@@ -27,7 +27,7 @@ def replay_offline(
     publishes them.
     """
     model = model if model is not None else FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
-    histories: dict[str, History] = {}
+    histories: dict[str, CustomerState] = {}
     entries: dict[str, Entry] = {}
 
     def learn(tx_id: str, incoming: Entry) -> None:
@@ -52,7 +52,7 @@ def replay_offline(
                 histories.get(tx.customer_id, []),
                 model,
                 threshold=settings.decision_threshold,
-                window_s=settings.customer_window_s,
+                lateness_s=settings.lateness_s,
                 received_s=received_s,
             )
             histories[tx.customer_id] = history

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from app.features import History, compute_features
+from app.feature_engine import CustomerState
+from app.features import compute_features
 from app.model import FraudModel
 from app.records import Prediction, Transaction
 from app.serialization import isoformat_utc
@@ -12,19 +13,19 @@ from app.serialization import isoformat_utc
 
 def score_transaction(
     tx: Transaction,
-    history: History,
+    state: CustomerState,
     model: FraudModel,
     *,
     threshold: float,
-    window_s: float,
+    lateness_s: float,
     received_s: float,
-) -> tuple[Prediction, dict[str, float], History]:
+) -> tuple[Prediction, dict[str, float], CustomerState]:
     """Score before learning: the model sees ``tx`` only through its features, never its label.
 
     ``received_s`` is the ``time.perf_counter()`` reading taken when the message arrived, so
     ``latency_ms`` covers parsing, state, features and model up to the hand-off to the producer.
     """
-    x, history = compute_features(tx, history, window_s)
+    x, state = compute_features(tx, state, lateness_s)
     probability = model.predict_proba_one(x)
     prediction = Prediction(
         tx_id=tx.tx_id,
@@ -36,7 +37,8 @@ def score_transaction(
         threshold=threshold,
         model_version=model.version,
         reasons=model.reasons(x),
+        features=x,
         latency_ms=(time.perf_counter() - received_s) * 1000.0,
         scored_at=isoformat_utc(time.time()),
     )
-    return prediction, x, history
+    return prediction, x, state

@@ -17,6 +17,7 @@ from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
 
 from app import metrics
+from app.features import newest_event_time_s
 from app.health import HealthWindow, health_event
 from app.learning import expired, join, label_entry, scored_entry
 from app.model import FraudModel, load_model, save_model
@@ -59,7 +60,7 @@ learning_topic = faust_app.topic(
     internal=True,
 )
 
-customer_amounts_1day = faust_app.Table("customer-amounts-1day", partitions=settings.partitions)
+customer_transactions_30day = faust_app.Table("customer-transactions-30day", partitions=settings.partitions)
 learning_entries_by_tx_id = faust_app.Table("learning-entries-by-tx-id", partitions=settings.partitions)
 
 MODEL_PATH = Path(settings.data_dir) / "model.pkl"
@@ -68,6 +69,7 @@ metrics.LABELS_LEARNED.set(model.labels_learned)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
 learning_watermark_s = 0.0
+scoring_watermark_s = 0.0  # newest transaction time seen: the stream time that expires idle customers
 
 
 async def send_dead_letter(topic: faust.TopicT, input_name: str, event: EventT, error: InvalidMessage) -> None:
@@ -102,17 +104,18 @@ async def quiet_client_debug_logs() -> None:
 @faust_app.agent(transactions_topic)
 async def score_transactions(stream: StreamT[Any]) -> None:
     """Every transaction ends as one prediction or one dead letter."""
+    global scoring_watermark_s
     async for event in stream.events():
         received_s = time.perf_counter()
         try:
             tx = parse_transaction(event.value, settings.max_message_bytes, settings.max_amount)
-            history = customer_amounts_1day.get(tx.customer_id) or []
-            prediction, x, history = score_transaction(
+            state = customer_transactions_30day.get(tx.customer_id) or []
+            prediction, x, state = score_transaction(
                 tx,
-                history,
+                state,
                 model,
                 threshold=settings.decision_threshold,
-                window_s=settings.customer_window_s,
+                lateness_s=settings.lateness_s,
                 received_s=received_s,
             )
         except InvalidMessage as exc:
@@ -123,7 +126,8 @@ async def score_transactions(stream: StreamT[Any]) -> None:
             log.exception("scoring failed at %s[%s]@%s", message.topic, message.partition, message.offset)
             await reject_transaction(event, InvalidMessage("scoring_error", repr(exc)))
             continue
-        customer_amounts_1day[tx.customer_id] = history
+        customer_transactions_30day[tx.customer_id] = state
+        scoring_watermark_s = max(scoring_watermark_s, tx.event_time_s)
         key = tx.tx_id.encode()
         await predictions_topic.send(key=key, value=dumps(prediction))
         await learning_topic.send(key=key, value=dumps(scored_entry(x, tx.event_time_s)))
@@ -181,6 +185,16 @@ async def expire_learning_entries() -> None:
         learning_entries_by_tx_id.pop(key, None)
     metrics.LABELS.labels("expired").inc(len(stale))
     metrics.PENDING_LEARNING.set(len(learning_entries_by_tx_id))
+
+
+@faust_app.timer(interval=settings.features_sweep_interval_s)
+async def expire_idle_customers() -> None:
+    """Remove customers idle for longer than the longest window (in stream time), restored keys included."""
+    horizon = scoring_watermark_s - settings.customer_ttl_s
+    idle = [key for key, state in customer_transactions_30day.items() if newest_event_time_s(state) < horizon]
+    for key in idle:
+        customer_transactions_30day.pop(key, None)
+    metrics.CUSTOMERS_EXPIRED.inc(len(idle))
 
 
 @faust_app.timer(interval=settings.model_checkpoint_interval_s)
