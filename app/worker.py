@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -68,8 +70,9 @@ model = load_model(MODEL_PATH) or FraudModel(settings.model_name, prior_fraud_ra
 metrics.LABELS_LEARNED.set(model.labels_learned)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
-learning_watermark_s = 0.0
-scoring_watermark_s = 0.0  # newest transaction time seen: the stream time that expires idle customers
+# Stream time per partition (newest event time seen): what expires idle keys, never the wall clock.
+scoring_watermarks_s: dict[int, float] = defaultdict(lambda: float("-inf"))
+learning_watermarks_s: dict[int, float] = defaultdict(lambda: float("-inf"))
 
 
 async def send_dead_letter(topic: faust.TopicT, input_name: str, event: EventT, error: InvalidMessage) -> None:
@@ -104,12 +107,12 @@ async def quiet_client_debug_logs() -> None:
 @faust_app.agent(transactions_topic)
 async def score_transactions(stream: StreamT[Any]) -> None:
     """Every transaction ends as one prediction or one dead letter."""
-    global scoring_watermark_s
     async for event in stream.events():
         received_s = time.perf_counter()
         try:
             tx = parse_transaction(event.value, settings.max_message_bytes, settings.max_amount)
-            state = customer_transactions_30day.get(tx.customer_id) or []
+            stored = customer_transactions_30day.get(tx.customer_id)
+            state = stored["entries"] if stored else []
             prediction, x, state = score_transaction(
                 tx,
                 state,
@@ -126,8 +129,9 @@ async def score_transactions(stream: StreamT[Any]) -> None:
             log.exception("scoring failed at %s[%s]@%s", message.topic, message.partition, message.offset)
             await reject_transaction(event, InvalidMessage("scoring_error", repr(exc)))
             continue
-        customer_transactions_30day[tx.customer_id] = state
-        scoring_watermark_s = max(scoring_watermark_s, tx.event_time_s)
+        partition = event.message.partition
+        customer_transactions_30day[tx.customer_id] = {"partition": partition, "entries": state}
+        scoring_watermarks_s[partition] = max(scoring_watermarks_s[partition], tx.event_time_s)
         key = tx.tx_id.encode()
         await predictions_topic.send(key=key, value=dumps(prediction))
         await learning_topic.send(key=key, value=dumps(scored_entry(x, tx.event_time_s)))
@@ -157,11 +161,11 @@ async def route_labels(stream: StreamT[Any]) -> None:
 @faust_app.agent(learning_topic)
 async def learn_from_labels(stream: StreamT[Any]) -> None:
     """Pair each label with the features its transaction was scored with, then learn once."""
-    global learning_watermark_s
     async for event in stream.events():
         tx_id = event.key.decode()
         incoming = loads(event.value)
-        learning_watermark_s = max(learning_watermark_s, float(incoming["t"]))
+        partition = event.message.partition
+        learning_watermarks_s[partition] = max(learning_watermarks_s[partition], float(incoming["t"]))
         pair, keep = join(learning_entries_by_tx_id.get(tx_id), incoming)
         if pair is not None:
             model.learn_one(*pair)
@@ -170,31 +174,45 @@ async def learn_from_labels(stream: StreamT[Any]) -> None:
         if keep is None:
             learning_entries_by_tx_id.pop(tx_id, None)
         else:
-            learning_entries_by_tx_id[tx_id] = keep
+            learning_entries_by_tx_id[tx_id] = {**keep, "partition": partition}
+
+
+def expire(table: faust.types.TableT, is_expired: Callable[[dict[str, Any]], bool]) -> int:
+    """Delete the entries ``is_expired`` picks, each with a tombstone on its own changelog partition.
+
+    Faust only lets a table change inside stream iteration, where the event names the changelog partition; a
+    timer has no event, so every value records its partition and the timer sends the tombstone itself. Keys
+    restored from the changelog carry their partition too, so they expire like the others.
+    """
+    stale = [(key, value["partition"]) for key, value in table.items() if is_expired(value)]
+    for key, partition in stale:
+        table.data.pop(key, None)
+        table.send_changelog(partition, key, None)
+    return len(stale)
 
 
 @faust_app.timer(interval=settings.features_sweep_interval_s)
 async def expire_learning_entries() -> None:
     """Drop features whose label never came (and labels whose transaction never came) after the TTL."""
-    stale = [
-        key
-        for key, entry in learning_entries_by_tx_id.items()
-        if expired(entry, learning_watermark_s, settings.features_ttl_s)
-    ]
-    for key in stale:
-        learning_entries_by_tx_id.pop(key, None)
-    metrics.LABELS.labels("expired").inc(len(stale))
+    removed = expire(
+        learning_entries_by_tx_id,
+        lambda entry: expired(entry, learning_watermarks_s[entry["partition"]], settings.features_ttl_s),
+    )
+    metrics.LABELS.labels("expired").inc(removed)
     metrics.PENDING_LEARNING.set(len(learning_entries_by_tx_id))
 
 
 @faust_app.timer(interval=settings.features_sweep_interval_s)
 async def expire_idle_customers() -> None:
-    """Remove customers idle for longer than the longest window (in stream time), restored keys included."""
-    horizon = scoring_watermark_s - settings.customer_ttl_s
-    idle = [key for key, state in customer_transactions_30day.items() if newest_event_time_s(state) < horizon]
-    for key in idle:
-        customer_transactions_30day.pop(key, None)
-    metrics.CUSTOMERS_EXPIRED.inc(len(idle))
+    """Remove customers idle for longer than the longest window, in their partition's stream time."""
+    removed = expire(
+        customer_transactions_30day,
+        lambda value: (
+            newest_event_time_s(value["entries"]) < scoring_watermarks_s[value["partition"]] - settings.customer_ttl_s
+        ),
+    )
+    metrics.CUSTOMERS_EXPIRED.inc(removed)
+    metrics.CUSTOMER_STATES.set(len(customer_transactions_30day))
 
 
 @faust_app.timer(interval=settings.model_checkpoint_interval_s)

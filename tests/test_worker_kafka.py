@@ -247,3 +247,53 @@ def test_a_restarted_worker_keeps_what_the_model_learned_and_bad_labels_are_dead
     worker.start()
     worker.wait_ready()
     assert learned() == 40
+
+
+def _metric(worker: WorkerProcess, name: str) -> float:
+    match = re.search(rb"^" + name.encode() + rb" (\S+)$", worker.http_get("/metrics"), re.M)
+    return float(match.group(1)) if match else float("nan")
+
+
+def test_idle_customers_expire_in_stream_time_including_keys_restored_from_the_changelog(
+    worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    settings = {
+        "CUSTOMER_TTL_S": str(2 * 86400),
+        "FEATURES_TTL_S": str(2 * 86400),  # scored features waiting for a label expire the same way
+        "FEATURES_SWEEP_INTERVAL_S": "1",
+        "TOPIC_PARTITIONS": "1",
+    }
+    first = worker_factory(partitions=1, DATA_DIR=str(tmp_path / "first"), **settings)
+    first.wait_ready()
+    old = [transaction(i, customer_id=f"idle-{i}", timestamp="2018-04-01T10:00:00Z") for i in range(3)]
+    produce(
+        kafka_bootstrap, first.topics["TRANSACTIONS_TOPIC"], [(str(t["customer_id"]).encode(), dumps(t)) for t in old]
+    )
+    consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], at_least(3))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _metric(first, "fraud_customer_states") != 3:
+        time.sleep(0.3)
+    assert _metric(first, "fraud_customer_states") == 3
+    first.stop()
+
+    # A second worker with an empty data folder: the three states come back from the changelog topic.
+    env = {k: v for k, v in first.env.items() if k.endswith("_TOPIC") or k in ("APP_ID", *settings)}
+    second = worker_factory(partitions=1, DATA_DIR=str(tmp_path / "second"), **env)
+    second.wait_ready()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _metric(second, "fraud_customer_states") != 3:
+        time.sleep(0.3)
+    assert _metric(second, "fraud_customer_states") == 3, "restored states are counted before stream time moves"
+    late = transaction(9, customer_id="active", timestamp="2018-04-10T10:00:00Z")  # stream time: 9 days later
+    produce(kafka_bootstrap, first.topics["TRANSACTIONS_TOPIC"], [(b"active", dumps(late))])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _metric(second, "fraud_customer_states") != 1:
+        time.sleep(0.3)
+    assert _metric(second, "fraud_customer_states") == 1
+    assert _metric(second, "fraud_customers_expired_total") == 3
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _metric(second, "fraud_learning_entries") != 1:
+        time.sleep(0.3)
+    assert _metric(second, "fraud_learning_entries") == 1  # only the new transaction's features still wait
+    assert re.search(rb'^fraud_labels_total\{outcome="expired"\} 3.0$', second.http_get("/metrics"), re.M)
+    assert second.process is not None and second.process.poll() is None
