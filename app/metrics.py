@@ -45,6 +45,11 @@ LABELS_LEARNED = Gauge("fraud_model_labels_learned", "Labels the current model h
 PENDING_LEARNING = Gauge(
     "fraud_learning_entries", "Entries in the table joining scored features and labels, on this worker."
 )
+LATE_TRANSACTIONS = Counter(
+    "fraud_late_transactions",
+    "Transactions older than the lateness behind their partition's stream time: scored, but windows may miss "
+    "entries already pruned.",
+)
 CUSTOMERS_EXPIRED = Counter("fraud_customers_expired", "Customer states removed after idling past the TTL.")
 CUSTOMER_STATES = Gauge("fraud_customer_states", "Customer states held on this worker, after the last sweep.")
 HEALTH_STATUS = Gauge("fraud_health_status", "1 for the worker's current health status, 0 for the others.", ["status"])

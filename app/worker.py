@@ -131,6 +131,8 @@ async def score_transactions(stream: StreamT[Any]) -> None:
             continue
         partition = event.message.partition
         customer_transactions_30day[tx.customer_id] = {"partition": partition, "entries": state}
+        if tx.event_time_s < scoring_watermarks_s[partition] - settings.lateness_s:
+            metrics.LATE_TRANSACTIONS.inc()
         scoring_watermarks_s[partition] = max(scoring_watermarks_s[partition], tx.event_time_s)
         key = tx.tx_id.encode()
         await predictions_topic.send(key=key, value=dumps(prediction))

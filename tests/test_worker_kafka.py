@@ -284,16 +284,21 @@ def test_idle_customers_expire_in_stream_time_including_keys_restored_from_the_c
     while time.monotonic() < deadline and _metric(second, "fraud_customer_states") != 3:
         time.sleep(0.3)
     assert _metric(second, "fraud_customer_states") == 3, "restored states are counted before stream time moves"
-    late = transaction(9, customer_id="active", timestamp="2018-04-10T10:00:00Z")  # stream time: 9 days later
-    produce(kafka_bootstrap, first.topics["TRANSACTIONS_TOPIC"], [(b"active", dumps(late))])
+    later = transaction(9, customer_id="active", timestamp="2018-04-10T10:00:00Z")  # stream time: 9 days later
+    too_late = transaction(10, customer_id="active", timestamp="2018-04-08T12:00:00Z")  # 46 h behind: late
+    produce(
+        kafka_bootstrap, first.topics["TRANSACTIONS_TOPIC"], [(b"active", dumps(later)), (b"active", dumps(too_late))]
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _metric(second, "fraud_customer_states") != 1:
         time.sleep(0.3)
     assert _metric(second, "fraud_customer_states") == 1
     assert _metric(second, "fraud_customers_expired_total") == 3
+    assert _metric(second, "fraud_late_transactions_total") == 1  # counted, and still scored:
+    assert len(consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], at_least(5), timeout_s=30)) == 5
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _metric(second, "fraud_learning_entries") != 1:
+    while time.monotonic() < deadline and _metric(second, "fraud_learning_entries") != 2:
         time.sleep(0.3)
-    assert _metric(second, "fraud_learning_entries") == 1  # only the new transaction's features still wait
+    assert _metric(second, "fraud_learning_entries") == 2  # only the two new transactions still wait
     assert re.search(rb'^fraud_labels_total\{outcome="expired"\} 3.0$', second.http_get("/metrics"), re.M)
     assert second.process is not None and second.process.poll() is None
