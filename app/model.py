@@ -46,6 +46,12 @@ class FraudModel:
         """Probability that the transaction described by ``x`` is fraud."""
         return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
 
+    def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
+        """Probability and :meth:`reasons` together, scaling ``x`` once (the per-transaction path)."""
+        scaled = self.scaler.transform_one(x)
+        probability = float(self.classifier.predict_proba_one(scaled).get(True, 0.0))
+        return probability, self._top_contributions(scaled, k)
+
     def learn_one(self, x: dict[str, float], y: bool) -> None:
         self.pipeline.learn_one(x, y)
         self.labels_learned += 1
@@ -60,10 +66,12 @@ class FraudModel:
         >>> m.reasons({"amount": 600.0, "hour_of_day": 3.0})
         ['amount']
         """
+        return self._top_contributions(self.scaler.transform_one(x), k)
+
+    def _top_contributions(self, scaled: dict[str, float], k: int) -> list[str]:
         weights = self.classifier.weights
         if not weights:
             return []
-        scaled = self.scaler.transform_one(x)
         contributions = [(weights.get(name, 0.0) * value, name) for name, value in scaled.items()]
         contributions.sort(reverse=True)
         return [name for contribution, name in contributions[:k] if contribution > 0.0]

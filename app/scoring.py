@@ -26,7 +26,7 @@ def score_transaction(
     ``latency_ms`` covers parsing, state, features and model up to the hand-off to the producer.
     """
     x, state = compute_features(tx, state, lateness_s)
-    probability = model.predict_proba_one(x)
+    probability, reasons = model.score_one(x)
     prediction = Prediction(
         tx_id=tx.tx_id,
         customer_id=tx.customer_id,
@@ -36,7 +36,7 @@ def score_transaction(
         is_fraud=probability >= threshold,
         threshold=threshold,
         model_version=model.version,
-        reasons=model.reasons(x),
+        reasons=reasons,
         features=x,
         latency_ms=(time.perf_counter() - received_s) * 1000.0,
         scored_at=isoformat_utc(time.time()),

@@ -40,3 +40,17 @@ def test_model_score_rises_for_a_pattern_labelled_fraud() -> None:
     assert model.predict_proba_one(normal) < 0.5
     assert model.labels_learned == 400
     assert "amount" in model.reasons(fraud)
+
+
+def test_score_one_equals_predict_proba_one_and_reasons() -> None:
+    import random
+
+    model, rng = FraudModel(), random.Random(1)
+    for _ in range(500):
+        x = {"amount": rng.uniform(0, 500), "hour_of_day": float(rng.randint(0, 23)), "z": rng.gauss(0, 1)}
+        model.learn_one(x, x["amount"] > 400)
+    for _ in range(100):
+        x = {"amount": rng.uniform(0, 500), "hour_of_day": float(rng.randint(0, 23)), "z": rng.gauss(0, 1)}
+        probability, reasons = model.score_one(x)
+        assert probability == model.predict_proba_one(x)
+        assert reasons == model.reasons(x)
