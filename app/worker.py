@@ -20,7 +20,7 @@ from faust.web import Request, Response, View
 
 from app import metrics
 from app.features import newest_event_time_s
-from app.health import HealthWindow, health_event
+from app.health import STATUSES, HealthWindow, health_event
 from app.learning import expired, join, label_entry, scored_entry
 from app.model import FraudModel, load_model, save_model
 from app.records import DeadLetter, InvalidMessage, parse_label, parse_transaction
@@ -242,7 +242,7 @@ async def publish_health() -> None:
         labels_learned=model.labels_learned,
         thresholds=settings.thresholds,
     )
-    for status in ("healthy", "degraded", "stale", "unhealthy"):
+    for status in STATUSES:
         metrics.HEALTH_STATUS.labels(status).set(1 if status == event["status"] else 0)
     await health_topic.send(key=settings.worker_id.encode(), value=dumps(event))
     if event["status"] != "healthy":
