@@ -52,6 +52,24 @@ LATE_TRANSACTIONS = Counter(
 )
 CUSTOMERS_EXPIRED = Counter("fraud_customers_expired", "Customer states removed after idling past the TTL.")
 CUSTOMER_STATES = Gauge("fraud_customer_states", "Customer states held on this worker, after the last sweep.")
+TERMINALS_EXPIRED = Counter("fraud_terminals_expired", "Terminal states removed after idling past the TTL.")
+TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states held on this worker, after the last sweep.")
+DUPLICATE_TRANSACTIONS = Counter(
+    "fraud_duplicate_transactions",
+    "Transactions seen again by tx_id (replays after a crash, producer retries): scored with the features of "
+    "their first arrival, not counted twice in any window.",
+    ["stage"],
+)
+ALIGNMENT_WAIT = Histogram(
+    "fraud_alignment_wait_seconds",
+    "Time a transaction waited for every customer partition to pass its event time before terminal features.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+ALIGNMENT_FORCED = Counter(
+    "fraud_alignment_forced_releases",
+    "Transactions released after the maximum alignment wait, before every customer partition had passed them.",
+)
+ALIGNMENT_HELD = Gauge("fraud_alignment_held_transactions", "Transactions waiting for event-time alignment.")
 HEALTH_STATUS = Gauge("fraud_health_status", "1 for the worker's current health status, 0 for the others.", ["status"])
 
 

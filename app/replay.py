@@ -1,6 +1,7 @@
 """The worker's logic without Kafka: one process, events in the order given, state in dicts.
 
-Same parsing, features, scoring and label join as the agents, so a replay of a whole simulated run takes
+Same parsing, both feature halves, scoring, label join and fraud marks as the agents, in the order the
+aligned worker handles them (events given in event-time order), so a replay of a whole simulated run takes
 minutes instead of a broker run of hours; the evaluator uses it for the multi-seed quality figures and the
 benchmarks use it for the pure cost per transaction.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from app.feature_engine import CustomerState
+from app.feature_engine import CustomerState, TerminalState, mark_fraud, terminal_features
+from app.features import customer_side_features
 from app.learning import Entry, join, label_entry, scored_entry
 from app.model import FraudModel
 from app.records import InvalidMessage, Prediction, parse_label, parse_transaction
@@ -27,36 +29,44 @@ def replay_offline(
     publishes them.
     """
     model = model if model is not None else FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
-    histories: dict[str, CustomerState] = {}
+    customers: dict[str, CustomerState] = {}
+    terminals: dict[str, TerminalState] = {}
     entries: dict[str, Entry] = {}
 
     def learn(tx_id: str, incoming: Entry) -> None:
         pair, keep = join(entries.get(tx_id), incoming)
         if pair is not None:
-            model.learn_one(*pair)
+            model.learn_one(pair.x, pair.y)
+            if pair.y and pair.terminal_id in terminals:
+                terminals[pair.terminal_id] = mark_fraud(terminals[pair.terminal_id], tx_id, pair.known_s)
         if keep is None:
             entries.pop(tx_id, None)
         else:
             entries[tx_id] = keep
 
     for kind, _key, value in events:
-        received_s = time.perf_counter()
+        received_at_s = time.time()
         if kind == "transaction":
             try:
                 tx = parse_transaction(value, settings.max_message_bytes, settings.max_amount)
             except InvalidMessage as exc:
                 yield exc
                 continue
-            prediction, x, history = score_transaction(
-                tx,
-                histories.get(tx.customer_id, []),
-                model,
-                threshold=settings.decision_threshold,
-                lateness_s=settings.lateness_s,
-                received_s=received_s,
+            x, customers[tx.customer_id] = customer_side_features(
+                tx, customers.get(tx.customer_id, []), settings.lateness_s
             )
-            histories[tx.customer_id] = history
-            learn(tx.tx_id, scored_entry(x, tx.event_time_s))
+            terminal_x, terminals[tx.terminal_id] = terminal_features(
+                terminals.get(tx.terminal_id, []),
+                tx.event_time_s,
+                tx.tx_id,
+                settings.terminal_delay_days,
+                settings.lateness_s,
+            )
+            x.update(terminal_x)
+            prediction = score_transaction(
+                tx, x, model, threshold=settings.decision_threshold, received_at_s=received_at_s
+            )
+            learn(tx.tx_id, scored_entry(x, tx.event_time_s, tx.terminal_id))
             yield prediction
         else:
             try:

@@ -1,33 +1,25 @@
-"""One transaction in, one prediction out: features, score, decision and reasons, with no I/O."""
+"""Features in, prediction out: score, decision and reasons, with no I/O."""
 
 from __future__ import annotations
 
 import time
 
-from app.feature_engine import CustomerState
-from app.features import compute_features
 from app.model import FraudModel
 from app.records import Prediction, Transaction
 from app.serialization import isoformat_utc
 
 
 def score_transaction(
-    tx: Transaction,
-    state: CustomerState,
-    model: FraudModel,
-    *,
-    threshold: float,
-    lateness_s: float,
-    received_s: float,
-) -> tuple[Prediction, dict[str, float], CustomerState]:
+    tx: Transaction, x: dict[str, float], model: FraudModel, *, threshold: float, received_at_s: float
+) -> Prediction:
     """Score before learning: the model sees ``tx`` only through its features, never its label.
 
-    ``received_s`` is the ``time.perf_counter()`` reading taken when the message arrived, so
-    ``latency_ms`` covers parsing, state, features and model up to the hand-off to the producer.
+    ``received_at_s`` is the wall-clock time (``time.time()``) at which the transaction was read from its
+    topic, possibly by another worker, so ``latency_ms`` covers validation, both feature halves, the
+    repartition hop and the event-time alignment up to the hand-off to the producer.
     """
-    x, state = compute_features(tx, state, lateness_s)
     probability, reasons = model.score_one(x)
-    prediction = Prediction(
+    return Prediction(
         tx_id=tx.tx_id,
         customer_id=tx.customer_id,
         terminal_id=tx.terminal_id,
@@ -38,7 +30,6 @@ def score_transaction(
         model_version=model.version,
         reasons=reasons,
         features=x,
-        latency_ms=(time.perf_counter() - received_s) * 1000.0,
+        latency_ms=max(0.0, (time.time() - received_at_s) * 1000.0),
         scored_at=isoformat_utc(time.time()),
     )
-    return prediction, x, state

@@ -19,11 +19,14 @@ from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
 
 from app import metrics
-from app.features import newest_event_time_s
+from app.alignment import EventTimeAligner
+from app.feature_engine import mark_fraud, newest_event_time_s, terminal_features
+from app.features import customer_side_features
 from app.health import STATUSES, HealthWindow, health_event
 from app.learning import expired, join, label_entry, scored_entry
 from app.model import FraudModel, load_model, save_model
 from app.records import DeadLetter, InvalidMessage, parse_label, parse_transaction
+from app.repartition import fraud_message, heartbeat_message, transaction_message, transaction_of
 from app.scoring import score_transaction
 from app.serialization import b64, dumps, isoformat_utc, loads
 from app.settings import load
@@ -42,6 +45,9 @@ faust_app = faust.App(
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication_factor,
     consumer_auto_offset_reset="earliest",
+    # The terminal agent holds transactions unacknowledged while it aligns event time; waiting for them to be
+    # acknowledged would stall a rebalance. Their offsets are not committed, so the next owner reads them.
+    stream_wait_empty=False,
     producer_max_request_size=16 * 1024 * 1024,
     producer_linger=settings.producer_linger_ms / 1000.0,
     autodiscover=False,
@@ -62,7 +68,17 @@ learning_topic = faust_app.topic(
     internal=True,
 )
 
+# Keyed by terminal: the repartition step between the customer half and the terminal half of the features.
+terminal_topic = faust_app.topic(
+    f"{settings.app_id}-transactions-by-terminal",
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+    internal=True,
+)
+
 customer_transactions_30day = faust_app.Table("customer-transactions-30day", partitions=settings.partitions)
+terminal_transactions_37day = faust_app.Table("terminal-transactions-37day", partitions=settings.partitions)
 learning_entries_by_tx_id = faust_app.Table("learning-entries-by-tx-id", partitions=settings.partitions)
 
 MODEL_PATH = Path(settings.data_dir) / "model.pkl"
@@ -71,8 +87,16 @@ metrics.LABELS_LEARNED.set(model.labels_learned)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
 # Stream time per partition (newest event time seen): what expires idle keys, never the wall clock.
-scoring_watermarks_s: dict[int, float] = defaultdict(lambda: float("-inf"))
+customer_watermarks_s: dict[int, float] = defaultdict(lambda: float("-inf"))
+terminal_watermarks_s: dict[int, float] = defaultdict(lambda: float("-inf"))
 learning_watermarks_s: dict[int, float] = defaultdict(lambda: float("-inf"))
+# Event-time alignment of the terminal partitions (see app.alignment): per customer partition, the last offset
+# handled and when; what was last announced to each terminal partition; per terminal partition, what is held.
+Held = tuple[EventT, dict[str, Any], float]
+started_s = time.monotonic()
+customer_activity: dict[int, tuple[int, float]] = {}
+announced_stream_time: dict[tuple[int, int], tuple[float | None, bool]] = {}
+aligners: dict[int, EventTimeAligner[Held]] = {}
 
 
 async def send_dead_letter(topic: faust.TopicT, input_name: str, event: EventT, error: InvalidMessage) -> None:
@@ -105,44 +129,159 @@ async def quiet_client_debug_logs() -> None:
 
 
 @faust_app.agent(transactions_topic)
-async def score_transactions(stream: StreamT[Any]) -> None:
-    """Every transaction ends as one prediction or one dead letter."""
+async def window_customers(stream: StreamT[Any]) -> None:
+    """Validate, add the customer half of the features, and hand the transaction to its terminal's partition.
+
+    Every transaction leaves here as one dead letter or one message on the terminal topic, which ends as one
+    prediction. A transaction seen again (by ``tx_id``) keeps the features of its first arrival.
+    """
     async for event in stream.events():
-        received_s = time.perf_counter()
+        received_at_s = time.time()
+        partition = event.message.partition
         try:
             tx = parse_transaction(event.value, settings.max_message_bytes, settings.max_amount)
             stored = customer_transactions_30day.get(tx.customer_id)
             state = stored["entries"] if stored else []
-            prediction, x, state = score_transaction(
-                tx,
-                state,
-                model,
-                threshold=settings.decision_threshold,
-                lateness_s=settings.lateness_s,
-                received_s=received_s,
-            )
+            x, new_state = customer_side_features(tx, state, settings.lateness_s)
         except InvalidMessage as exc:
             await reject_transaction(event, exc)
             continue
-        except Exception as exc:  # a scoring bug must not stop the stream or lose the message
+        except Exception as exc:  # a feature bug must not stop the stream or lose the message
             message = event.message
-            log.exception("scoring failed at %s[%s]@%s", message.topic, message.partition, message.offset)
+            log.exception("customer features failed at %s[%s]@%s", message.topic, partition, message.offset)
             await reject_transaction(event, InvalidMessage("scoring_error", repr(exc)))
             continue
-        partition = event.message.partition
-        customer_transactions_30day[tx.customer_id] = {"partition": partition, "entries": state}
-        if tx.event_time_s < scoring_watermarks_s[partition] - settings.lateness_s:
+        if new_state is state:
+            metrics.DUPLICATE_TRANSACTIONS.labels("customer").inc()
+        else:
+            customer_transactions_30day[tx.customer_id] = {"partition": partition, "entries": new_state}
+        if tx.event_time_s < customer_watermarks_s[partition] - settings.lateness_s:
             metrics.LATE_TRANSACTIONS.inc()
-        scoring_watermarks_s[partition] = max(scoring_watermarks_s[partition], tx.event_time_s)
-        key = tx.tx_id.encode()
-        await predictions_topic.send(key=key, value=dumps(prediction))
-        await learning_topic.send(key=key, value=dumps(scored_entry(x, tx.event_time_s)))
-        metrics.TRANSACTIONS_SCORED.inc()
-        metrics.SCORING_LATENCY.observe(prediction.latency_ms / 1000.0)
-        metrics.SCORES.observe(prediction.fraud_probability)
-        if prediction.is_fraud:
-            metrics.PREDICTED_FRAUD.inc()
-        window.record_scored(time.monotonic(), prediction.latency_ms)
+        customer_watermarks_s[partition] = max(customer_watermarks_s[partition], tx.event_time_s)
+        customer_activity[partition] = (event.message.offset, time.monotonic())
+        message = transaction_message(
+            tx, x, source=partition, watermark_s=customer_watermarks_s[partition], received_at_s=received_at_s
+        )
+        await terminal_topic.send(key=tx.terminal_id.encode(), value=dumps(message))
+
+
+@faust_app.timer(interval=settings.align_heartbeat_s)
+async def announce_stream_time() -> None:
+    """Tell every terminal partition how far each of our customer partitions has got, and whether it is idle.
+
+    Sent only on change. A partition is idle when it has read everything on it and nothing came for
+    ``align_idle_s``: terminal partitions then stop waiting for it.
+    """
+    now_s = time.monotonic()
+    for tp in faust_app.consumer.assignment():
+        if tp.topic != settings.transactions_topic:
+            continue
+        offset, active_s = customer_activity.get(tp.partition, (-1, started_s))
+        highwater = faust_app.consumer.highwater(tp)
+        caught_up = highwater is not None and offset >= highwater - 1
+        idle = caught_up and now_s - active_s >= settings.align_idle_s
+        watermark = customer_watermarks_s[tp.partition]
+        announced = (watermark if watermark > float("-inf") else None, idle)
+        for q in range(settings.partitions):
+            if announced_stream_time.get((tp.partition, q)) != announced:
+                message = heartbeat_message(source=tp.partition, watermark_s=announced[0], idle=idle)
+                await terminal_topic.send(key=None, value=dumps(message), partition=q)
+                announced_stream_time[(tp.partition, q)] = announced
+
+
+@faust_app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def forget_alignment(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+    """Held transactions are not acknowledged, so after a rebalance their owner reads them again."""
+    aligners.clear()
+    announced_stream_time.clear()
+    metrics.ALIGNMENT_HELD.set(0)
+
+
+def aligner_for(partition: int) -> EventTimeAligner[Held]:
+    if partition not in aligners:
+        sources = faust_app.consumer.topic_partitions(settings.transactions_topic) or settings.partitions
+        aligners[partition] = EventTimeAligner(sources, settings.align_max_wait_s)
+    return aligners[partition]
+
+
+@faust_app.agent(terminal_topic)
+async def score_transactions(stream: StreamT[Any]) -> None:
+    """Join the terminal half of the features in event-time order, score, publish one prediction.
+
+    Transactions wait (unacknowledged, so a crash replays them) until every customer partition is past
+    their event time; fraud labels and heartbeats are handled on arrival.
+    """
+    manual = stream.noack()  # type: ignore[attr-defined]
+    async for event in manual.events():
+        partition = event.message.partition
+        message = loads(event.value)
+        aligner = aligner_for(partition)
+        if message["kind"] == "transaction":
+            aligner.add(
+                (event, message, time.monotonic()),
+                float(message["event_time_s"]),
+                message["tx_id"],
+                source=int(message["source"]),
+                source_watermark_s=float(message["watermark_s"]),
+                now_s=time.monotonic(),
+            )
+        else:
+            if message["kind"] == "heartbeat":
+                watermark = message["watermark_s"]
+                aligner.observe(
+                    int(message["source"]),
+                    float("-inf") if watermark is None else float(watermark),
+                    idle=bool(message["idle"]),
+                )
+            elif message["kind"] == "fraud":
+                record_fraud(event.key.decode(), message)
+            await manual.ack(event)
+        for (held_event, held_message, held_since_s), forced in aligner.release(time.monotonic()):
+            metrics.ALIGNMENT_WAIT.observe(time.monotonic() - held_since_s)
+            if forced:
+                metrics.ALIGNMENT_FORCED.inc()
+            await score_with_terminal_features(held_event, held_message, partition)
+            await manual.ack(held_event)
+        metrics.ALIGNMENT_HELD.set(sum(len(a) for a in aligners.values()))
+
+
+def record_fraud(terminal_id: str, message: dict[str, Any]) -> None:
+    stored = terminal_transactions_37day.get(terminal_id)
+    if stored:
+        entries = mark_fraud(stored["entries"], message["tx_id"], float(message["known_s"]))
+        terminal_transactions_37day[terminal_id] = {**stored, "entries": entries}
+
+
+async def score_with_terminal_features(event: EventT, message: dict[str, Any], partition: int) -> None:
+    try:
+        tx = transaction_of(message)
+        stored = terminal_transactions_37day.get(tx.terminal_id)
+        state = stored["entries"] if stored else []
+        terminal_x, new_state = terminal_features(
+            state, tx.event_time_s, tx.tx_id, settings.terminal_delay_days, settings.lateness_s
+        )
+        x = {**message["x"], **terminal_x}
+        prediction = score_transaction(
+            tx, x, model, threshold=settings.decision_threshold, received_at_s=float(message["received_at_s"])
+        )
+    except Exception as exc:  # a scoring bug must not stop the stream or lose the transaction
+        log.exception("scoring failed at %s[%s]@%s", event.message.topic, partition, event.message.offset)
+        await reject_transaction(event, InvalidMessage("scoring_error", repr(exc)))
+        return
+    if new_state is state:
+        metrics.DUPLICATE_TRANSACTIONS.labels("terminal").inc()
+    else:
+        terminal_transactions_37day[tx.terminal_id] = {"partition": partition, "entries": new_state}
+    terminal_watermarks_s[partition] = max(terminal_watermarks_s[partition], tx.event_time_s)
+    key = tx.tx_id.encode()
+    await predictions_topic.send(key=key, value=dumps(prediction))
+    await learning_topic.send(key=key, value=dumps(scored_entry(x, tx.event_time_s, tx.terminal_id)))
+    metrics.TRANSACTIONS_SCORED.inc()
+    metrics.SCORING_LATENCY.observe(prediction.latency_ms / 1000.0)
+    metrics.SCORES.observe(prediction.fraud_probability)
+    if prediction.is_fraud:
+        metrics.PREDICTED_FRAUD.inc()
+    window.record_scored(time.monotonic(), prediction.latency_ms)
 
 
 @faust_app.agent(labels_topic)
@@ -162,7 +301,8 @@ async def route_labels(stream: StreamT[Any]) -> None:
 
 @faust_app.agent(learning_topic)
 async def learn_from_labels(stream: StreamT[Any]) -> None:
-    """Pair each label with the features its transaction was scored with, then learn once."""
+    """Pair each label with the features its transaction was scored with, learn once, and send a fraud on to
+    its terminal, where it raises the terminal's risk from the label's time on."""
     async for event in stream.events():
         tx_id = event.key.decode()
         incoming = loads(event.value)
@@ -170,9 +310,12 @@ async def learn_from_labels(stream: StreamT[Any]) -> None:
         learning_watermarks_s[partition] = max(learning_watermarks_s[partition], float(incoming["t"]))
         pair, keep = join(learning_entries_by_tx_id.get(tx_id), incoming)
         if pair is not None:
-            model.learn_one(*pair)
+            model.learn_one(pair.x, pair.y)
             metrics.LABELS_JOINED.inc()
             metrics.LABELS_LEARNED.set(model.labels_learned)
+            if pair.y and pair.terminal_id:
+                fraud = fraud_message(tx_id, pair.known_s)
+                await terminal_topic.send(key=pair.terminal_id.encode(), value=dumps(fraud))
         if keep is None:
             learning_entries_by_tx_id.pop(tx_id, None)
         else:
@@ -210,11 +353,24 @@ async def expire_idle_customers() -> None:
     removed = expire(
         customer_transactions_30day,
         lambda value: (
-            newest_event_time_s(value["entries"]) < scoring_watermarks_s[value["partition"]] - settings.customer_ttl_s
+            newest_event_time_s(value["entries"]) < customer_watermarks_s[value["partition"]] - settings.customer_ttl_s
         ),
     )
     metrics.CUSTOMERS_EXPIRED.inc(removed)
     metrics.CUSTOMER_STATES.set(len(customer_transactions_30day))
+
+
+@faust_app.timer(interval=settings.features_sweep_interval_s)
+async def expire_idle_terminals() -> None:
+    """Remove terminals idle for longer than their longest (delayed) window, in their partition's stream time."""
+    removed = expire(
+        terminal_transactions_37day,
+        lambda value: (
+            newest_event_time_s(value["entries"]) < terminal_watermarks_s[value["partition"]] - settings.terminal_ttl_s
+        ),
+    )
+    metrics.TERMINALS_EXPIRED.inc(removed)
+    metrics.TERMINAL_STATES.set(len(terminal_transactions_37day))
 
 
 @faust_app.timer(interval=settings.model_checkpoint_interval_s)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from app.features import FEATURE_NAMES, calendar_features, compute_features, newest_event_time_s
+from app.feature_engine import TERMINAL_FEATURE_NAMES, newest_event_time_s
+from app.features import FEATURE_NAMES, calendar_features, customer_side_features
 from app.records import Transaction
 
 DAY_S = 86400.0
@@ -23,14 +24,14 @@ def test_calendar_flags_follow_the_handbook() -> None:
 
 def test_every_feature_is_present_and_windows_include_the_current_transaction() -> None:
     state: list[list[object]] = []
-    x0, state = compute_features(tx_at(0, 10.0, 0), state, DAY_S)
-    assert set(x0) == set(FEATURE_NAMES)
+    x0, state = customer_side_features(tx_at(0, 10.0, 0), state, DAY_S)
+    assert set(x0) == set(FEATURE_NAMES) - set(TERMINAL_FEATURE_NAMES)
     assert (x0["customer_nb_tx_1day"], x0["customer_avg_amount_1day"], x0["customer_std_amount_1day"]) == (1, 10, 0)
-    x1, state = compute_features(tx_at(DAY_S - 1, 30.0, 1, terminal="t-2"), state, DAY_S)
+    x1, state = customer_side_features(tx_at(DAY_S - 1, 30.0, 1, terminal="t-2"), state, DAY_S)
     assert (x1["customer_nb_tx_1day"], x1["customer_avg_amount_1day"], x1["customer_max_amount_1day"]) == (2, 20, 30)
     assert x1["seconds_since_previous_tx"] == DAY_S - 1
     assert (x1["terminal_new_for_customer_30day"], x1["customer_nb_terminals_30day"]) == (1.0, 2.0)
-    x2, state = compute_features(tx_at(DAY_S, 50.0, 2), state, DAY_S)  # the first is exactly 1 day old: out
+    x2, state = customer_side_features(tx_at(DAY_S, 50.0, 2), state, DAY_S)  # the first is exactly 1 day old: out
     assert (x2["customer_nb_tx_1day"], x2["customer_avg_amount_1day"]) == (2, 40)
     assert x2["customer_nb_tx_7day"] == 3 and x2["terminal_new_for_customer_30day"] == 0.0
     assert newest_event_time_s(state) == (T0 + timedelta(seconds=DAY_S)).timestamp()
@@ -39,6 +40,6 @@ def test_every_feature_is_present_and_windows_include_the_current_transaction() 
 def test_state_keeps_only_the_longest_window_and_the_lateness() -> None:
     state: list[list[object]] = []
     for i in range(24 * 60):  # one transaction an hour for 60 days
-        _, state = compute_features(tx_at(i * 3600.0, 1.0, i), state, DAY_S)
+        _, state = customer_side_features(tx_at(i * 3600.0, 1.0, i), state, DAY_S)
     assert len(state) == 31 * 24  # 30 days of window and 1 day of lateness
     assert newest_event_time_s([]) == float("-inf")

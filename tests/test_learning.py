@@ -9,12 +9,12 @@ def test_join_in_either_order_learns_once() -> None:
     pair, keep = join(None, scored_entry(x, 100.0))
     assert pair is None and keep == scored_entry(x, 100.0)
     pair, keep = join(keep, label_entry(True, 200.0))
-    assert pair == (x, True) and keep is None
+    assert pair is not None and (pair.x, pair.y) == (x, True) and keep is None
 
     pair, keep = join(None, label_entry(False, 200.0))
     assert pair is None
     pair, keep = join(keep, scored_entry(x, 100.0))
-    assert pair == (x, False) and keep is None
+    assert pair is not None and (pair.x, pair.y) == (x, False) and keep is None
 
 
 def test_repeated_label_replaces_the_waiting_one() -> None:

@@ -1,0 +1,57 @@
+"""Messages on the internal topic keyed by terminal, which joins the customer half to the terminal half.
+
+Three kinds, all JSON objects: a transaction with its customer-side features and its customer partition's
+stream time; a heartbeat carrying only that stream time (so a terminal partition can move on when a customer
+partition has nothing to send it); and a fraud label, re-keyed by terminal once the label met its transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from app.records import Transaction
+
+Message = dict[str, Any]
+
+
+def transaction_message(
+    tx: Transaction, x: dict[str, float], *, source: int, watermark_s: float, received_at_s: float
+) -> Message:
+    """>>> from datetime import datetime, timezone
+    >>> tx = Transaction("t1", datetime(2018, 4, 2, tzinfo=timezone.utc), "c1", "k1", 4.0)
+    >>> transaction_of(transaction_message(tx, {}, source=0, watermark_s=0.0, received_at_s=0.0)) == tx
+    True
+    """
+    return {
+        "kind": "transaction",
+        "tx_id": tx.tx_id,
+        "timestamp": tx.timestamp.isoformat(),
+        "customer_id": tx.customer_id,
+        "terminal_id": tx.terminal_id,
+        "amount": tx.amount,
+        "event_time_s": tx.event_time_s,
+        "x": x,
+        "source": source,
+        "watermark_s": watermark_s,
+        "received_at_s": received_at_s,
+    }
+
+
+def transaction_of(message: Message) -> Transaction:
+    return Transaction(
+        message["tx_id"],
+        datetime.fromisoformat(message["timestamp"]),
+        message["customer_id"],
+        message["terminal_id"],
+        float(message["amount"]),
+    )
+
+
+def heartbeat_message(*, source: int, watermark_s: float | None, idle: bool) -> Message:
+    """``watermark_s`` is None while the customer partition has handed over nothing yet."""
+    return {"kind": "heartbeat", "source": source, "watermark_s": watermark_s, "idle": idle}
+
+
+def fraud_message(tx_id: str, known_s: float) -> Message:
+    return {"kind": "fraud", "tx_id": tx_id, "known_s": known_s}
