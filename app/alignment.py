@@ -8,9 +8,11 @@ and a transaction is handled only once every live customer partition has gone pa
 transaction of the terminal with an earlier time has arrived, whatever the speeds. Ties in time are broken by
 ``tx_id``, so the order is the same on every run.
 
-Two escape hatches keep latency bounded: a customer partition with nothing to process for a while says it is
-idle and is not waited for, and nothing is held longer than ``max_wait_s`` (counted in a metric: such a
-transaction may miss a concurrent one from a partition that was behind).
+Two escape hatches keep latency bounded: a customer partition that has read everything on it says it is idle
+and is not waited for (live traffic: its next transaction is not written yet), and nothing is held longer than
+``max_wait_s`` (counted in a metric: such a transaction may miss a concurrent one from a partition that was
+behind). A partition with a backlog - a replay, a catch-up after downtime - is never idle, so those are
+always aligned.
 
 >>> aligner = EventTimeAligner(sources=2, max_wait_s=5.0)
 >>> aligner.add("b", 20.0, "tx2", source=0, source_watermark_s=20.0, now_s=0.0)
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -62,8 +65,19 @@ class EventTimeAligner(Generic[Item]):
         else:
             self._idle.discard(source)
 
-    def add(self, item: Item, t: float, tie: str, *, source: int, source_watermark_s: float, now_s: float) -> None:
-        self.observe(source, source_watermark_s, idle=False)
+    def add(
+        self,
+        item: Item,
+        t: float,
+        tie: str,
+        *,
+        source: int,
+        source_watermark_s: float,
+        now_s: float,
+        source_idle: bool = False,
+    ) -> None:
+        """Hold ``item``; ``source_idle`` says its source had nothing more to read when it sent it."""
+        self.observe(source, source_watermark_s, idle=source_idle)
         held = _Held(t, tie, now_s, item)
         heapq.heappush(self._held, held)
         self._arrivals.append(held)
@@ -103,3 +117,35 @@ class EventTimeAligner(Generic[Item]):
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+class StreamTimeAnnouncer:
+    """What each terminal partition last heard about each customer partition, so heartbeats go only where they
+    change something: to a terminal partition that thinks the customer partition is live and behind, or that
+    does not know yet that it went idle.
+
+    >>> announcer = StreamTimeAnnouncer()
+    >>> announcer.heard(source=0, target=1, watermark_s=10.0, idle=False)
+    >>> announcer.due(source=0, watermark_s=10.0, idle=False, targets=range(3))  # 1 knows; 0 and 2 never heard
+    [0, 2]
+    >>> announcer.heard(source=0, target=0, watermark_s=5.0, idle=True)
+    >>> announcer.due(source=0, watermark_s=20.0, idle=True, targets=range(3))  # 0 knows it is idle
+    [1, 2]
+    """
+
+    def __init__(self) -> None:
+        self._heard: dict[tuple[int, int], tuple[float, bool]] = {}
+
+    def heard(self, *, source: int, target: int, watermark_s: float, idle: bool) -> None:
+        self._heard[(source, target)] = (watermark_s, idle)
+
+    def due(self, *, source: int, watermark_s: float, idle: bool, targets: Iterable[int]) -> list[int]:
+        out = []
+        for target in targets:
+            known = self._heard.get((source, target))
+            if known is None or known[1] != idle or (not idle and watermark_s > known[0]):
+                out.append(target)
+        return out
+
+    def clear(self) -> None:
+        self._heard.clear()

@@ -1,8 +1,9 @@
 """Messages on the internal topic keyed by terminal, which joins the customer half to the terminal half.
 
-Three kinds, all JSON objects: a transaction with its customer-side features and its customer partition's
+Four kinds, all JSON objects: a transaction with its customer-side features and its customer partition's
 stream time; a heartbeat carrying only that stream time (so a terminal partition can move on when a customer
-partition has nothing to send it); and a fraud label, re-keyed by terminal once the label met its transaction.
+partition has nothing to send it); a tick, which wakes a terminal partition up when a transaction has waited
+too long; and a fraud label, re-keyed by terminal once the label met its transaction.
 """
 
 from __future__ import annotations
@@ -10,13 +11,30 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from app.records import Transaction
 
 Message = dict[str, Any]
 
 
+def terminal_partition(terminal_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2 of the key), chosen explicitly so the sender knows the partition.
+
+    >>> terminal_partition("k1", 4) == terminal_partition("k1", 4) and 0 <= terminal_partition("k1", 4) < 4
+    True
+    """
+    return (murmur2(terminal_id.encode()) & 0x7FFFFFFF) % partitions
+
+
 def transaction_message(
-    tx: Transaction, x: dict[str, float], *, source: int, watermark_s: float, received_at_s: float
+    tx: Transaction,
+    x: dict[str, float],
+    *,
+    source: int,
+    watermark_s: float,
+    received_at_s: float,
+    idle: bool = False,
 ) -> Message:
     """>>> from datetime import datetime, timezone
     >>> tx = Transaction("t1", datetime(2018, 4, 2, tzinfo=timezone.utc), "c1", "k1", 4.0)
@@ -34,6 +52,7 @@ def transaction_message(
         "x": x,
         "source": source,
         "watermark_s": watermark_s,
+        "idle": idle,
         "received_at_s": received_at_s,
     }
 
@@ -51,6 +70,11 @@ def transaction_of(message: Message) -> Transaction:
 def heartbeat_message(*, source: int, watermark_s: float | None, idle: bool) -> Message:
     """``watermark_s`` is None while the customer partition has handed over nothing yet."""
     return {"kind": "heartbeat", "source": source, "watermark_s": watermark_s, "idle": idle}
+
+
+def tick_message() -> Message:
+    """Wakes a terminal partition whose held transactions are due for release (the agent acts on arrivals)."""
+    return {"kind": "tick"}
 
 
 def fraud_message(tx_id: str, known_s: float) -> Message:

@@ -13,20 +13,28 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+from aiokafka.consumer.fetcher import Fetcher
 from aiohttp import web
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
 
 from app import metrics
-from app.alignment import EventTimeAligner
+from app.alignment import EventTimeAligner, StreamTimeAnnouncer
 from app.feature_engine import mark_fraud, newest_event_time_s, terminal_features
 from app.features import customer_side_features
 from app.health import STATUSES, HealthWindow, health_event
 from app.learning import expired, join, label_entry, scored_entry
 from app.model import FraudModel, load_model, save_model
 from app.records import DeadLetter, InvalidMessage, parse_label, parse_transaction
-from app.repartition import fraud_message, heartbeat_message, transaction_message, transaction_of
+from app.repartition import (
+    fraud_message,
+    heartbeat_message,
+    terminal_partition,
+    tick_message,
+    transaction_message,
+    transaction_of,
+)
 from app.scoring import score_transaction
 from app.serialization import b64, dumps, isoformat_utc, loads
 from app.settings import load
@@ -34,6 +42,11 @@ from app.settings import load
 log = logging.getLogger(__name__)
 
 settings = load()
+
+# aiokafka stops fetching from a broker while any partition's fetched records wait to be consumed, for up to
+# 100 ms; with one broker that put 100 ms on every hop through the terminal topic. Our own topics are consumed
+# as fast as they come, so a short pause is enough.
+Fetcher.__init__.__kwdefaults__["prefetch_backoff"] = settings.fetch_pause_ms / 1000.0
 
 faust_app = faust.App(
     settings.app_id,
@@ -95,8 +108,9 @@ learning_watermarks_s: dict[int, float] = defaultdict(lambda: float("-inf"))
 Held = tuple[EventT, dict[str, Any], float]
 started_s = time.monotonic()
 customer_activity: dict[int, tuple[int, float]] = {}
-announced_stream_time: dict[tuple[int, int], tuple[float | None, bool]] = {}
+announcer = StreamTimeAnnouncer()
 aligners: dict[int, EventTimeAligner[Held]] = {}
+ticks_pending: set[int] = set()
 
 
 async def send_dead_letter(topic: faust.TopicT, input_name: str, event: EventT, error: InvalidMessage) -> None:
@@ -138,6 +152,7 @@ async def window_customers(stream: StreamT[Any]) -> None:
     async for event in stream.events():
         received_at_s = time.time()
         partition = event.message.partition
+        customer_activity[partition] = (event.message.offset, time.monotonic())
         try:
             tx = parse_transaction(event.value, settings.max_message_bytes, settings.max_amount)
             stored = customer_transactions_30day.get(tx.customer_id)
@@ -158,42 +173,62 @@ async def window_customers(stream: StreamT[Any]) -> None:
         if tx.event_time_s < customer_watermarks_s[partition] - settings.lateness_s:
             metrics.LATE_TRANSACTIONS.inc()
         customer_watermarks_s[partition] = max(customer_watermarks_s[partition], tx.event_time_s)
-        customer_activity[partition] = (event.message.offset, time.monotonic())
+        watermark = customer_watermarks_s[partition]
+        # Read everything there is: terminal partitions need not wait for this partition after this one.
+        idle = settings.align_idle_s <= 0 and is_caught_up(event.message.tp, event.message.offset)
         message = transaction_message(
-            tx, x, source=partition, watermark_s=customer_watermarks_s[partition], received_at_s=received_at_s
+            tx, x, source=partition, watermark_s=watermark, received_at_s=received_at_s, idle=idle
         )
-        await terminal_topic.send(key=tx.terminal_id.encode(), value=dumps(message))
+        q = terminal_partition(tx.terminal_id, settings.partitions)
+        await terminal_topic.send(key=tx.terminal_id.encode(), value=dumps(message), partition=q)
+        announcer.heard(source=partition, target=q, watermark_s=watermark, idle=idle)
+        if idle:
+            await announce_stream_time(partition, watermark, idle=True)
+
+
+def is_caught_up(tp: Any, offset: int) -> bool:
+    """Nothing left to read on ``tp`` after ``offset``, as far as the last fetch knows."""
+    highwater = faust_app.consumer.highwater(tp)
+    return highwater is not None and offset >= highwater - 1
+
+
+async def announce_stream_time(partition: int, watermark_s: float, idle: bool) -> None:
+    """Heartbeats to the terminal partitions that do not know yet how far ``partition`` got or that it idles."""
+    for q in announcer.due(source=partition, watermark_s=watermark_s, idle=idle, targets=range(settings.partitions)):
+        announced = None if watermark_s == float("-inf") else watermark_s
+        message = heartbeat_message(source=partition, watermark_s=announced, idle=idle)
+        await terminal_topic.send(key=None, value=dumps(message), partition=q)
+        announcer.heard(source=partition, target=q, watermark_s=watermark_s, idle=idle)
 
 
 @faust_app.timer(interval=settings.align_heartbeat_s)
-async def announce_stream_time() -> None:
-    """Tell every terminal partition how far each of our customer partitions has got, and whether it is idle.
+async def keep_terminal_partitions_moving() -> None:
+    """Announce how far each of our customer partitions has got, and wake terminal partitions holding too long.
 
-    Sent only on change. A partition is idle when it has read everything on it and nothing came for
-    ``align_idle_s``: terminal partitions then stop waiting for it.
+    A customer partition is idle when it has read everything on it and nothing came for ``align_idle_s``:
+    terminal partitions then stop waiting for it. A partition with a backlog is never idle, so a replay or a
+    catch-up is always aligned. Releases happen in the terminal agent when a message arrives; a tick makes one
+    arrive when a held transaction is due.
     """
     now_s = time.monotonic()
     for tp in faust_app.consumer.assignment():
         if tp.topic != settings.transactions_topic:
             continue
         offset, active_s = customer_activity.get(tp.partition, (-1, started_s))
-        highwater = faust_app.consumer.highwater(tp)
-        caught_up = highwater is not None and offset >= highwater - 1
-        idle = caught_up and now_s - active_s >= settings.align_idle_s
-        watermark = customer_watermarks_s[tp.partition]
-        announced = (watermark if watermark > float("-inf") else None, idle)
-        for q in range(settings.partitions):
-            if announced_stream_time.get((tp.partition, q)) != announced:
-                message = heartbeat_message(source=tp.partition, watermark_s=announced[0], idle=idle)
-                await terminal_topic.send(key=None, value=dumps(message), partition=q)
-                announced_stream_time[(tp.partition, q)] = announced
+        idle = is_caught_up(tp, offset) and now_s - active_s >= settings.align_idle_s
+        await announce_stream_time(tp.partition, customer_watermarks_s[tp.partition], idle)
+    for q, aligner in aligners.items():
+        if q not in ticks_pending and len(aligner) and aligner.oldest_wait_s(now_s) >= settings.align_max_wait_s:
+            ticks_pending.add(q)
+            await terminal_topic.send(key=None, value=dumps(tick_message()), partition=q)
 
 
 @faust_app.on_partitions_revoked.connect  # type: ignore[arg-type]
 async def forget_alignment(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
     """Held transactions are not acknowledged, so after a rebalance their owner reads them again."""
     aligners.clear()
-    announced_stream_time.clear()
+    announcer.clear()
+    ticks_pending.clear()
     metrics.ALIGNMENT_HELD.set(0)
 
 
@@ -224,6 +259,7 @@ async def score_transactions(stream: StreamT[Any]) -> None:
                 source=int(message["source"]),
                 source_watermark_s=float(message["watermark_s"]),
                 now_s=time.monotonic(),
+                source_idle=bool(message.get("idle", False)),
             )
         else:
             if message["kind"] == "heartbeat":
@@ -235,6 +271,8 @@ async def score_transactions(stream: StreamT[Any]) -> None:
                 )
             elif message["kind"] == "fraud":
                 record_fraud(event.key.decode(), message)
+            elif message["kind"] == "tick":
+                ticks_pending.discard(partition)
             await manual.ack(event)
         for (held_event, held_message, held_since_s), forced in aligner.release(time.monotonic()):
             metrics.ALIGNMENT_WAIT.observe(time.monotonic() - held_since_s)
@@ -315,7 +353,8 @@ async def learn_from_labels(stream: StreamT[Any]) -> None:
             metrics.LABELS_LEARNED.set(model.labels_learned)
             if pair.y and pair.terminal_id:
                 fraud = fraud_message(tx_id, pair.known_s)
-                await terminal_topic.send(key=pair.terminal_id.encode(), value=dumps(fraud))
+                q = terminal_partition(pair.terminal_id, settings.partitions)
+                await terminal_topic.send(key=pair.terminal_id.encode(), value=dumps(fraud), partition=q)
         if keep is None:
             learning_entries_by_tx_id.pop(tx_id, None)
         else:
