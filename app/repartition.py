@@ -1,9 +1,10 @@
 """Messages on the internal topic keyed by terminal, which joins the customer half to the terminal half.
 
-Four kinds, all JSON objects: a transaction with its customer-side features and its customer partition's
+Five kinds, all JSON objects: a transaction with its customer-side features and its customer partition's
 stream time; a heartbeat carrying only that stream time (so a terminal partition can move on when a customer
 partition has nothing to send it); a tick, which wakes a terminal partition up when a transaction has waited
-too long; and a fraud label, re-keyed by terminal once the label met its transaction.
+too long; and fraud labels, both as they arrive (to every terminal partition, keyed by ``tx_id``) and once
+joined to their transaction (keyed by terminal), whichever reaches the terminal's state first.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def heartbeat_message(*, source: int, watermark_s: float | None, idle: bool) -> 
 def tick_message() -> Message:
     """Wakes a terminal partition whose held transactions are due for release (the agent acts on arrivals)."""
     return {"kind": "tick"}
+
+
+def fraud_label_message(tx_id: str, known_s: float) -> Message:
+    """A fraud label sent to every terminal partition as it arrives, keyed by ``tx_id``."""
+    return {"kind": "fraud_label", "tx_id": tx_id, "known_s": known_s}
 
 
 def fraud_message(tx_id: str, known_s: float) -> Message:

@@ -58,7 +58,7 @@ class Settings:
     terminal_ttl_s: float = 38 * 86400.0
     align_heartbeat_s: float = 0.1
     align_idle_s: float = 0.0
-    align_max_wait_s: float = 10.0
+    align_max_wait_s: float = 60.0
     fetch_pause_ms: float = 5.0
     model_name: str = "logreg"
     prior_fraud_rate: float = 0.01

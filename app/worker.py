@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
-from aiokafka.consumer.fetcher import Fetcher
 from aiohttp import web
+from aiokafka.consumer.fetcher import Fetcher
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
@@ -28,6 +28,7 @@ from app.learning import expired, join, label_entry, scored_entry
 from app.model import FraudModel, load_model, save_model
 from app.records import DeadLetter, InvalidMessage, parse_label, parse_transaction
 from app.repartition import (
+    fraud_label_message,
     fraud_message,
     heartbeat_message,
     terminal_partition,
@@ -92,6 +93,8 @@ terminal_topic = faust_app.topic(
 
 customer_transactions_30day = faust_app.Table("customer-transactions-30day", partitions=settings.partitions)
 terminal_transactions_37day = faust_app.Table("terminal-transactions-37day", partitions=settings.partitions)
+# Fraud labels broadcast to every terminal partition, waiting for their transaction (expire like terminals).
+fraud_labels_by_tx_id = faust_app.Table("fraud-labels-by-tx-id", partitions=settings.partitions)
 learning_entries_by_tx_id = faust_app.Table("learning-entries-by-tx-id", partitions=settings.partitions)
 
 MODEL_PATH = Path(settings.data_dir) / "model.pkl"
@@ -271,6 +274,8 @@ async def score_transactions(stream: StreamT[Any]) -> None:
                 )
             elif message["kind"] == "fraud":
                 record_fraud(event.key.decode(), message)
+            elif message["kind"] == "fraud_label":
+                keep_fraud_label(event.key.decode(), message, partition)
             elif message["kind"] == "tick":
                 ticks_pending.discard(partition)
             await manual.ack(event)
@@ -284,10 +289,19 @@ async def score_transactions(stream: StreamT[Any]) -> None:
 
 
 def record_fraud(terminal_id: str, message: dict[str, Any]) -> None:
+    """A fraud label joined to its transaction (the label came after the transaction was scored)."""
     stored = terminal_transactions_37day.get(terminal_id)
     if stored:
         entries = mark_fraud(stored["entries"], message["tx_id"], float(message["known_s"]))
         terminal_transactions_37day[terminal_id] = {**stored, "entries": entries}
+
+
+def keep_fraud_label(tx_id: str, message: dict[str, Any], partition: int) -> None:
+    """A fraud label, before its transaction is known here: applied when (if) it is scored on this partition."""
+    known_s = float(message["known_s"])
+    stored = fraud_labels_by_tx_id.get(tx_id)
+    if stored is None or known_s < stored["known_s"]:
+        fraud_labels_by_tx_id[tx_id] = {"known_s": known_s, "partition": partition}
 
 
 async def score_with_terminal_features(event: EventT, message: dict[str, Any], partition: int) -> None:
@@ -309,6 +323,9 @@ async def score_with_terminal_features(event: EventT, message: dict[str, Any], p
     if new_state is state:
         metrics.DUPLICATE_TRANSACTIONS.labels("terminal").inc()
     else:
+        label = fraud_labels_by_tx_id.get(tx.tx_id)
+        if label is not None:
+            new_state = mark_fraud(new_state, tx.tx_id, float(label["known_s"]))
         terminal_transactions_37day[tx.terminal_id] = {"partition": partition, "entries": new_state}
     terminal_watermarks_s[partition] = max(terminal_watermarks_s[partition], tx.event_time_s)
     key = tx.tx_id.encode()
@@ -332,8 +349,15 @@ async def route_labels(stream: StreamT[Any]) -> None:
             await send_dead_letter(labels_dlq_topic, "labels", event, exc)
             metrics.LABELS.labels("dead_letter").inc()
             continue
-        entry = label_entry(label.is_fraud, label.timestamp.timestamp())
-        await learning_topic.send(key=label.tx_id.encode(), value=dumps(entry))
+        known_s = label.timestamp.timestamp()
+        await learning_topic.send(key=label.tx_id.encode(), value=dumps(label_entry(label.is_fraud, known_s)))
+        if label.is_fraud:
+            # Every terminal partition hears of a fraud at once, without waiting for the join with its scored
+            # transaction: in a replay or a catch-up that join lags behind scoring, and the terminal's risk would
+            # then depend on the lag. The partition that scores the transaction keeps it.
+            fraud = dumps(fraud_label_message(label.tx_id, known_s))
+            for q in range(settings.partitions):
+                await terminal_topic.send(key=label.tx_id.encode(), value=fraud, partition=q)
         metrics.LABELS_RECEIVED.inc()
 
 
@@ -410,6 +434,10 @@ async def expire_idle_terminals() -> None:
     )
     metrics.TERMINALS_EXPIRED.inc(removed)
     metrics.TERMINAL_STATES.set(len(terminal_transactions_37day))
+    expire(
+        fraud_labels_by_tx_id,
+        lambda value: value["known_s"] < terminal_watermarks_s[value["partition"]] - settings.terminal_ttl_s,
+    )
 
 
 @faust_app.timer(interval=settings.model_checkpoint_interval_s)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import random
-from collections import defaultdict
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.feature_engine import (
-    CUSTOMER_WINDOWS_S,
     DAY_S,
     HOUR_S,
-    TERMINAL_DAYS,
     CustomerState,
     TerminalState,
     customer_features,
@@ -23,82 +18,7 @@ from app.feature_engine import (
     terminal_features,
 )
 from app.simulator import SimulatorConfig, simulate
-
-
-@dataclass(frozen=True)
-class Tx:
-    tx_id: str
-    t: float
-    customer: str
-    terminal: str
-    amount: float
-
-
-@dataclass(frozen=True)
-class LabelArrival:
-    tx_id: str
-    t: float  # the transaction's time
-    terminal: str
-    fraud: bool
-    known_s: float  # the label's own time: it counts from then on, never before
-
-
-Event = Tx | LabelArrival
-
-
-def reference(events: list[Event], delay_days: float = 7.0) -> list[tuple[str, dict[str, float]]]:
-    """Features by brute force, one row per transaction arrival (repeats included): for each, scan every
-    earlier arrival of its customer / terminal. A repeated tx_id gets the windows of its first arrival (only
-    what arrived before that) and the labels that have arrived by now."""
-    by_customer: dict[str, list[Tx]] = defaultdict(list)
-    by_terminal: dict[str, list[Tx]] = defaultdict(list)
-    known_fraud: dict[str, float] = {}
-    first: dict[str, tuple[list[Tx], list[Tx]]] = {}
-    out = []
-    for event in events:
-        if isinstance(event, LabelArrival):
-            if event.fraud:
-                known_fraud[event.tx_id] = min(known_fraud.get(event.tx_id, math.inf), event.known_s)
-            continue
-        tx = event
-        if tx.tx_id in first:
-            customer_before, terminal_before = first[tx.tx_id]
-        else:
-            customer_before, terminal_before = list(by_customer[tx.customer]), list(by_terminal[tx.terminal])
-            first[tx.tx_id] = customer_before, terminal_before
-            by_customer[tx.customer].append(tx)
-            by_terminal[tx.terminal].append(tx)
-        out.append((tx.tx_id, features_of(tx, customer_before, terminal_before, known_fraud, delay_days)))
-    return out
-
-
-def features_of(
-    tx: Tx, customer_before: list[Tx], terminal_before: list[Tx], known_fraud: dict[str, float], delay_days: float
-) -> dict[str, float]:
-    mine = [*customer_before, tx]
-    x: dict[str, float] = {}
-    for name, w in CUSTOMER_WINDOWS_S.items():
-        amounts = [o.amount for o in mine if tx.t - w < o.t <= tx.t]
-        mean = sum(amounts) / len(amounts)
-        x[f"customer_nb_tx_{name}"] = len(amounts)
-        x[f"customer_avg_amount_{name}"] = mean
-        x[f"customer_std_amount_{name}"] = math.sqrt(sum((a - mean) ** 2 for a in amounts) / len(amounts))
-        x[f"customer_max_amount_{name}"] = max(amounts)
-    std = x["customer_std_amount_30day"]
-    x["amount_zscore_30day"] = (tx.amount - x["customer_avg_amount_30day"]) / std if std > 1e-9 else 0.0
-    earlier = [o.t for o in customer_before if o.t <= tx.t]
-    x["seconds_since_previous_tx"] = min(tx.t - max(earlier), 30 * DAY_S) if earlier else 30 * DAY_S
-    month = [o for o in customer_before if tx.t - 30 * DAY_S < o.t <= tx.t]
-    x["terminal_new_for_customer_30day"] = 0.0 if any(o.terminal == tx.terminal for o in month) else 1.0
-    x["customer_nb_terminals_30day"] = len({o.terminal for o in month} | {tx.terminal})
-    end = tx.t - delay_days * DAY_S
-    for n in TERMINAL_DAYS:
-        rows = [o for o in terminal_before if end - n * DAY_S <= o.t < end]
-        frauds = sum(1 for o in rows if known_fraud.get(o.tx_id, math.inf) <= tx.t)
-        x[f"terminal_nb_tx_{n}day_delay"] = len(rows)
-        x[f"terminal_risk_{n}day_delay"] = frauds / len(rows) if rows else 0.0
-    x["terminal_nb_tx_1hour"] = 1 + sum(1 for o in terminal_before if tx.t - HOUR_S < o.t <= tx.t)
-    return x
+from tests.reference import Event, LabelArrival, Tx, reference
 
 
 def engine(events: list[Event], lateness_s: float = DAY_S) -> list[tuple[str, dict[str, float]]]:
