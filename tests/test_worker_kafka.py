@@ -262,11 +262,12 @@ def _metric(worker: WorkerProcess, name: str) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
-def test_idle_customers_expire_in_stream_time_including_keys_restored_from_the_changelog(
+def test_idle_customers_and_terminals_expire_in_stream_time_including_keys_restored_from_the_changelog(
     worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     settings = {
         "CUSTOMER_TTL_S": str(2 * 86400),
+        "TERMINAL_TTL_S": str(2 * 86400),
         "FEATURES_TTL_S": str(2 * 86400),  # scored features waiting for a label expire the same way
         "FEATURES_SWEEP_INTERVAL_S": "1",
         "TOPIC_PARTITIONS": "1",
@@ -282,6 +283,7 @@ def test_idle_customers_expire_in_stream_time_including_keys_restored_from_the_c
     while time.monotonic() < deadline and _metric(first, "fraud_customer_states") != 3:
         time.sleep(0.3)
     assert _metric(first, "fraud_customer_states") == 3
+    assert _metric(first, "fraud_terminal_states") == 3  # t-0, t-1, t-2
     first.stop()
 
     # A second worker with an empty data folder: the three states come back from the changelog topic.
@@ -292,6 +294,7 @@ def test_idle_customers_expire_in_stream_time_including_keys_restored_from_the_c
     while time.monotonic() < deadline and _metric(second, "fraud_customer_states") != 3:
         time.sleep(0.3)
     assert _metric(second, "fraud_customer_states") == 3, "restored states are counted before stream time moves"
+    assert _metric(second, "fraud_terminal_states") == 3
     later = transaction(9, customer_id="active", timestamp="2018-04-10T10:00:00Z")  # stream time: 9 days later
     too_late = transaction(10, customer_id="active", timestamp="2018-04-08T12:00:00Z")  # 46 h behind: late
     produce(
@@ -302,6 +305,11 @@ def test_idle_customers_expire_in_stream_time_including_keys_restored_from_the_c
         time.sleep(0.3)
     assert _metric(second, "fraud_customer_states") == 1
     assert _metric(second, "fraud_customers_expired_total") == 3
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _metric(second, "fraud_terminal_states") != 2:
+        time.sleep(0.3)
+    assert _metric(second, "fraud_terminal_states") == 2  # t-9 and t-10, the new ones
+    assert _metric(second, "fraud_terminals_expired_total") == 3
     assert _metric(second, "fraud_late_transactions_total") == 1  # counted, and still scored:
     assert len(consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], at_least(5), timeout_s=30)) == 5
     deadline = time.monotonic() + 30
