@@ -88,17 +88,20 @@ def customer_features(
     seen = _find(state, tx_id, 3)
     if seen is not None:
         earlier = _before(state, 4, seen[4])
-        return _customer_x(earlier, _time(seen), float(seen[1]), str(seen[2])), state  # type: ignore[arg-type]
-    x = _customer_x(state, t, amount, terminal_id)
+        with_seen = list(earlier)
+        bisect.insort_right(with_seen, seen, key=_time)
+        return _customer_x(with_seen, earlier, _time(seen), float(seen[1]), str(seen[2])), state  # type: ignore[arg-type]
     after = list(state)
     bisect.insort_right(after, [t, amount, terminal_id, tx_id, _next_seq(state, 4)], key=_time)
+    x = _customer_x(after, state, t, amount, terminal_id)
     horizon = _time(after[-1]) - 30 * DAY_S - lateness_s
     return x, after[bisect.bisect_right(after, horizon, key=_time) :]
 
 
-def _customer_x(state: CustomerState, t: float, amount: float, terminal_id: str) -> dict[str, float]:
-    with_this = list(state)
-    bisect.insort_right(with_this, [t, amount, terminal_id], key=_time)
+def _customer_x(
+    with_this: CustomerState, state: CustomerState, t: float, amount: float, terminal_id: str
+) -> dict[str, float]:
+    """``state`` holds what arrived before the transaction, ``with_this`` the same plus the transaction."""
     x: dict[str, float] = {}
     for name, window_s in CUSTOMER_WINDOWS_S.items():
         amounts = [float(e[1]) for e in _inside(with_this, t - window_s, t, True)]  # type: ignore[arg-type]

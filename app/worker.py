@@ -399,6 +399,11 @@ def expire(table: faust.types.TableT, is_expired: Callable[[dict[str, Any]], boo
     return len(stale)
 
 
+def idle_past(watermarks_s: dict[int, float], ttl_s: float) -> Callable[[dict[str, Any]], bool]:
+    """A state whose newest entry is older than ``ttl_s`` behind its partition's stream time."""
+    return lambda value: newest_event_time_s(value["entries"]) < watermarks_s[value["partition"]] - ttl_s
+
+
 @faust_app.timer(interval=settings.features_sweep_interval_s)
 async def expire_learning_entries() -> None:
     """Drop features whose label never came (and labels whose transaction never came) after the TTL."""
@@ -413,12 +418,7 @@ async def expire_learning_entries() -> None:
 @faust_app.timer(interval=settings.features_sweep_interval_s)
 async def expire_idle_customers() -> None:
     """Remove customers idle for longer than the longest window, in their partition's stream time."""
-    removed = expire(
-        customer_transactions_30day,
-        lambda value: (
-            newest_event_time_s(value["entries"]) < customer_watermarks_s[value["partition"]] - settings.customer_ttl_s
-        ),
-    )
+    removed = expire(customer_transactions_30day, idle_past(customer_watermarks_s, settings.customer_ttl_s))
     metrics.CUSTOMERS_EXPIRED.inc(removed)
     metrics.CUSTOMER_STATES.set(len(customer_transactions_30day))
 
@@ -426,12 +426,7 @@ async def expire_idle_customers() -> None:
 @faust_app.timer(interval=settings.features_sweep_interval_s)
 async def expire_idle_terminals() -> None:
     """Remove terminals idle for longer than their longest (delayed) window, in their partition's stream time."""
-    removed = expire(
-        terminal_transactions_37day,
-        lambda value: (
-            newest_event_time_s(value["entries"]) < terminal_watermarks_s[value["partition"]] - settings.terminal_ttl_s
-        ),
-    )
+    removed = expire(terminal_transactions_37day, idle_past(terminal_watermarks_s, settings.terminal_ttl_s))
     metrics.TERMINALS_EXPIRED.inc(removed)
     metrics.TERMINAL_STATES.set(len(terminal_transactions_37day))
     expire(

@@ -127,7 +127,7 @@ def test_sigkill_mid_stream_then_restart_gives_the_reference_features_and_every_
     restarted = worker_factory(partitions=4, **same_deployment(worker, DATA_DIR=data_dir))
     restarted.wait_ready()
     records = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], every_tx_id(len(txs)), timeout_s=300)
-    assert len({r.key for r in records}) == len(txs) < len(records) + 1
+    assert len({r.key for r in records}) == len(txs)
     assert_features_equal_reference(records, want)
     # The crash left work done but not committed: it was read again and recognised, not counted twice.
     assert metric(restarted, "fraud_duplicate_transactions_total") > 0
