@@ -1,4 +1,4 @@
-"""``python -m app``: create the contract's topics, then run the Faust worker."""
+"""``python -m app``: create the topics, then run the Faust worker (its CLI: ``python -m app --help``)."""
 
 from __future__ import annotations
 

@@ -57,6 +57,13 @@ class HealthWindow:
         self._scored.append((now_s, latency_ms))
         self.last_transaction_at_s = now_s
 
+    def record_many(self, now_s: float, scored: int, dead_letters: int, latency_ms: float) -> None:
+        """A committed batch: ``scored`` decisions with the batch's latency, and its dead letters."""
+        self._scored.extend([(now_s, latency_ms)] * scored)
+        self._dead.extend([now_s] * dead_letters)
+        if scored or dead_letters:
+            self.last_transaction_at_s = now_s
+
     def record_dead_letter(self, now_s: float) -> None:
         self._dead.append(now_s)
         self.last_transaction_at_s = now_s
@@ -130,6 +137,7 @@ def health_event(
     model_version: str,
     labels_learned: int,
     thresholds: Thresholds,
+    terminal_feed_lag_s: float = 0.0,
 ) -> dict[str, object]:
     """The ``health`` topic's record for one interval."""
     status, issues = evaluate(stats, last_transaction_age_s, thresholds)
@@ -151,4 +159,5 @@ def health_event(
         "last_transaction_age_s": round(last_transaction_age_s, 3),
         "model_version": model_version,
         "labels_learned": labels_learned,
+        "terminal_feed_lag_s": round(terminal_feed_lag_s, 3),
     }

@@ -48,6 +48,7 @@ async def _consume(bootstrap: str, topic: str, until: Callable[[list[Record]], b
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        isolation_level="read_committed",  # the worker writes in transactions: only committed output counts
         fetch_max_bytes=16 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
@@ -65,7 +66,7 @@ async def _consume(bootstrap: str, topic: str, until: Callable[[list[Record]], b
 
 
 def consume(bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float = 60.0) -> list[Record]:
-    """Read ``topic`` from the beginning until ``until(records)`` is true or the time is up."""
+    """Read ``topic``'s committed messages from the beginning until ``until(records)`` is true or the time is up."""
     return asyncio.run(_consume(bootstrap, topic, until, timeout_s))
 
 

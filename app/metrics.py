@@ -5,18 +5,14 @@ Labels stay low-cardinality: outcomes and error codes, never a card, customer, t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
 
 TRANSACTIONS = Counter(
     "fraud_transactions", "Input transactions by final outcome (scored or dead_letter).", ["outcome"]
@@ -60,55 +56,25 @@ DUPLICATE_TRANSACTIONS = Counter(
     "their first arrival, not counted twice in any window.",
     ["stage"],
 )
-ALIGNMENT_WAIT = Histogram(
-    "fraud_alignment_wait_seconds",
-    "Time a transaction waited for every customer partition to pass its event time before terminal features.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+TERMINAL_FEED_LAG = Gauge(
+    "fraud_terminal_feed_lag_seconds",
+    "Feature freshness: wall time from a scorer's commit of a terminal-log record to this worker reading it. The "
+    "1-hour terminal count misses other partitions' transactions younger than this.",
 )
-ALIGNMENT_FORCED = Counter(
-    "fraud_alignment_forced_releases",
-    "Transactions released after the maximum alignment wait, before every customer partition had passed them.",
+BATCHES = Histogram(
+    "fraud_decision_batch_seconds",
+    "Time to process and commit one partition's batch of transactions in one Kafka transaction.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-ALIGNMENT_HELD = Gauge("fraud_alignment_held_transactions", "Transactions waiting for event-time alignment.")
+BATCH_RECORDS = Histogram(
+    "fraud_decision_batch_records", "Transactions per committed batch.", buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500)
+)
 HEALTH_STATUS = Gauge("fraud_health_status", "1 for the worker's current health status, 0 for the others.", ["status"])
 
 
-#: Faust's own sensor writes here; :class:`UnitNamedCollector` re-exports it under Prometheus' unit names.
-FAUST_REGISTRY = CollectorRegistry(auto_describe=True)
-
-
-class UnitNamedCollector:
-    """Re-exports another registry's metrics with milliseconds converted to seconds.
-
-    Faust's sensor records ``events_runtime_ms``; Prometheus' base unit is the second and
-    ``promtool check metrics`` rejects anything else, so what operators scrape must pass that lint.
-    """
-
-    def __init__(self, source: CollectorRegistry) -> None:
-        self.source = source
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self.source.collect():
-            if "_ms" in family.name:
-                family = _milliseconds_to_seconds(family)
-            yield family
-
-
-def _milliseconds_to_seconds(family: Metric) -> Metric:
-    old, new = family.name, family.name.replace("_ms", "_seconds")
-    samples = []
-    for sample in family.samples:
-        labels, value = dict(sample.labels), sample.value
-        if sample.name.endswith("_bucket") and labels.get("le") not in (None, "+Inf"):
-            labels["le"] = repr(float(labels["le"]) / 1000.0)
-        elif not sample.name.endswith(("_bucket", "_count", "_created")):
-            value = value / 1000.0
-        samples.append(sample._replace(name=sample.name.replace(old, new, 1), labels=labels, value=value))
-    family.name, family.samples = new, samples
-    return family
-
-
-REGISTRY.register(UnitNamedCollector(FAUST_REGISTRY))  # type: ignore[arg-type]
+def observe_batch(records: int, seconds: float) -> None:
+    BATCHES.observe(seconds)
+    BATCH_RECORDS.observe(records)
 
 
 def exposition() -> tuple[bytes, str]:

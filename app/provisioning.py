@@ -51,13 +51,37 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def changelog_topic(settings: Settings) -> str:
+    """Customer states, one record per customer and batch (compacted), partitioned like ``transactions``."""
+    return f"{settings.app_id}-customer-state-changelog"
+
+
+def terminal_topic(settings: Settings) -> str:
+    """One ``[t, tx_id]`` record per scored transaction, keyed by terminal: what every worker's terminal
+    aggregates are fed from."""
+    return f"{settings.app_id}-terminal-transactions"
+
+
+def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The worker's own topics. The changelog is compacted often (small segments), so a restore reads about
+    one record per live customer; the terminal log keeps 40 days (the longest terminal window and lateness)."""
+    changelog = {"cleanup.policy": "compact", "segment.bytes": str(16 * 2**20), "segment.ms": "60000",
+                 "min.cleanable.dirty.ratio": "0.2", "max.message.bytes": str(8 * 2**20)}  # fmt: skip
+    terminal_log = {"cleanup.policy": "delete", "retention.ms": str(40 * 86400 * 1000)}
+    return [
+        TopicSpec(changelog_topic(settings), settings.partitions, changelog, ""),
+        TopicSpec(terminal_topic(settings), settings.partitions, terminal_log, ""),
+    ]
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the missing topics; returns the names created. Existing topics are left as they are."""
+    """Create the missing topics (the contract's and the worker's own); returns the names created. Existing
+    topics are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [s for s in topic_specs(settings) if s.name not in existing]
+        wanted = [s for s in [*topic_specs(settings), *internal_topic_specs(settings)] if s.name not in existing]
         created = []
         for spec in wanted:
             topic = NewTopic(spec.name, spec.partitions, settings.replication_factor, topic_configs=spec.config)

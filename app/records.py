@@ -95,7 +95,7 @@ def _lenient_loads(raw: bytes) -> Any:
     """Parse JSON with the stdlib, which also accepts NaN and Infinity; None when that fails too."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested deeper than any parser allows
         return None
 
 

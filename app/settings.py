@@ -40,7 +40,6 @@ class Settings:
     labels_dlq_topic: str = "labels-dlq"
     partitions: int = 4
     replication_factor: int = 1
-    store: str = "rocksdb://"
     data_dir: str = str(REPO_ROOT / ".data")
     web_bind: str = "0.0.0.0"
     web_port: int = 6066
@@ -56,10 +55,11 @@ class Settings:
     features_sweep_interval_s: float = 300.0
     terminal_delay_days: float = 7.0
     terminal_ttl_s: float = 38 * 86400.0
-    align_heartbeat_s: float = 0.1
-    align_idle_s: float = 0.0
-    align_max_wait_s: float = 60.0
     fetch_pause_ms: float = 5.0
+    batch_max_records: int = 500
+    session_timeout_ms: int = 10_000
+    transaction_timeout_ms: int = 30_000
+    terminal_snapshot_interval_s: float = 30.0
     model_name: str = "logreg"
     prior_fraud_rate: float = 0.01
     model_checkpoint_interval_s: float = 30.0
@@ -89,7 +89,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         labels_dlq_topic=_get(env, "LABELS_DLQ_TOPIC", d.labels_dlq_topic),
         partitions=int(_get(env, "TOPIC_PARTITIONS", str(d.partitions))),
         replication_factor=int(_get(env, "TOPIC_REPLICATION_FACTOR", str(d.replication_factor))),
-        store=_get(env, "STORE", d.store),
         data_dir=_get(env, "DATA_DIR", d.data_dir),
         web_bind=_get(env, "WEB_BIND", d.web_bind),
         web_port=int(_get(env, "WEB_PORT", str(d.web_port))),
@@ -111,10 +110,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         features_sweep_interval_s=float(_get(env, "FEATURES_SWEEP_INTERVAL_S", str(d.features_sweep_interval_s))),
         terminal_delay_days=float(_get(env, "TERMINAL_DELAY_DAYS", str(d.terminal_delay_days))),
         terminal_ttl_s=float(_get(env, "TERMINAL_TTL_S", str(d.terminal_ttl_s))),
-        align_heartbeat_s=float(_get(env, "ALIGN_HEARTBEAT_S", str(d.align_heartbeat_s))),
-        align_idle_s=float(_get(env, "ALIGN_IDLE_S", str(d.align_idle_s))),
-        align_max_wait_s=float(_get(env, "ALIGN_MAX_WAIT_S", str(d.align_max_wait_s))),
         fetch_pause_ms=float(_get(env, "FETCH_PAUSE_MS", str(d.fetch_pause_ms))),
+        batch_max_records=int(_get(env, "BATCH_MAX_RECORDS", str(d.batch_max_records))),
+        session_timeout_ms=int(_get(env, "SESSION_TIMEOUT_MS", str(d.session_timeout_ms))),
+        transaction_timeout_ms=int(_get(env, "TRANSACTION_TIMEOUT_MS", str(d.transaction_timeout_ms))),
+        terminal_snapshot_interval_s=float(
+            _get(env, "TERMINAL_SNAPSHOT_INTERVAL_S", str(d.terminal_snapshot_interval_s))
+        ),
         model_name=_get(env, "MODEL_NAME", d.model_name),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
         model_checkpoint_interval_s=float(_get(env, "MODEL_CHECKPOINT_INTERVAL_S", str(d.model_checkpoint_interval_s))),

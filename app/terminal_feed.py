@@ -1,0 +1,183 @@
+"""Off the decision path: keeps this worker's :class:`TerminalAggregates` up to date from Kafka.
+
+Reads every partition of the terminal log (``<APP_ID>-terminal-transactions``, one small record per scored
+transaction, written by the scorers in their transactions) and of the ``labels`` topic (frauds only matter
+here), with ``read_committed`` and no consumer group: every worker needs every terminal. A local snapshot with
+the positions it covers is written every ``TERMINAL_SNAPSHOT_INTERVAL_S``, so a restart reads only the tail
+(without one, the logs from their start). Scorers wait for the first catch-up before deciding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app import metrics
+from app.records import InvalidMessage, parse_label
+from app.serialization import loads
+from app.terminal_aggregates import TerminalAggregates
+
+log = logging.getLogger(__name__)
+
+
+class TerminalFeed:
+    def __init__(
+        self,
+        aggregates: TerminalAggregates,
+        *,
+        bootstrap_servers: str,
+        terminal_topic: str,
+        labels_topic: str,
+        snapshot_path: Path,
+        snapshot_interval_s: float,
+        sweep_interval_s: float,
+        max_message_bytes: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.aggregates = aggregates
+        self.bootstrap_servers = bootstrap_servers
+        self.terminal_topic = terminal_topic
+        self.labels_topic = labels_topic
+        self.snapshot_path = snapshot_path
+        self.snapshot_interval_s = snapshot_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self.max_message_bytes = max_message_bytes
+        self.client_options = client_options or {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.caught_up = asyncio.Event()
+        self.lag_s = 0.0
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting after failures (one log line per failure, not per message)."""
+        self._load_snapshot()
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                auto_offset_reset="earliest",
+                fetch_max_bytes=16 * 1024 * 1024,
+                **self.client_options,
+            )
+            try:
+                await consumer.start()
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("terminal feed interrupted (%r); resuming from its positions", exc, exc_info=True)
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await asyncio.wait_for(consumer.stop(), 10)
+                except Exception:
+                    log.debug("terminal feed consumer stop failed", exc_info=True)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        partitions: list[TopicPartition] = []
+        for topic in (self.terminal_topic, self.labels_topic):
+            found = await _partitions_of(consumer, topic)
+            partitions.extend(TopicPartition(topic, p) for p in found)
+        consumer.assign(partitions)
+        for tp in partitions:
+            if tp in self.positions:
+                consumer.seek(tp, self.positions[tp])
+            else:
+                await consumer.seek_to_beginning(tp)
+        target = await consumer.end_offsets(partitions) if not self.caught_up.is_set() else {}
+        last_snapshot = last_sweep = time.monotonic()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            now_wall = time.time()
+            for tp, records in batches.items():
+                if tp.topic == self.terminal_topic:
+                    self._apply_terminal_records(records, now_wall)
+                else:
+                    self._apply_labels(records)
+                self.positions[tp] = records[-1].offset + 1
+            if target and not self.caught_up.is_set():
+                if await _reached(consumer, target):
+                    self.caught_up.set()
+                    log.info("terminal feed caught up: %d terminals, %d frauds known",
+                             len(self.aggregates.states), len(self.aggregates.frauds_known_s))  # fmt: skip
+            elif not target:
+                self.caught_up.set()
+            now = time.monotonic()
+            if now - last_sweep >= self.sweep_interval_s:
+                last_sweep = now
+                metrics.TERMINALS_EXPIRED.inc(self.aggregates.sweep())
+                metrics.TERMINAL_STATES.set(len(self.aggregates.states))
+            if now - last_snapshot >= self.snapshot_interval_s:
+                last_snapshot = now
+                self.save_snapshot()
+
+    def _apply_terminal_records(self, records: list[Any], now_wall_s: float) -> None:
+        aggregates = self.aggregates
+        for record in records:
+            t, tx_id = loads(record.value)
+            aggregates.add(record.key.decode(), float(t), tx_id)
+        # Feature freshness: how long the newest record took from its scorer's commit to this worker.
+        self.lag_s = max(0.0, now_wall_s - records[-1].timestamp / 1000.0)
+        metrics.TERMINAL_FEED_LAG.set(self.lag_s)
+
+    def _apply_labels(self, records: list[Any]) -> None:
+        for record in records:
+            try:
+                label = parse_label(record.value, self.max_message_bytes)
+            except InvalidMessage:
+                continue  # dead-lettered by the learner, which owns the labels' outcome
+            if label.is_fraud:
+                self.aggregates.add_fraud(label.tx_id, label.timestamp.timestamp())
+
+    def save_snapshot(self) -> None:
+        """Atomic write of the aggregates and the positions they cover."""
+        data = {
+            "aggregates": self.aggregates.snapshot(),
+            "positions": {(tp.topic, tp.partition): o for tp, o in self.positions.items()},
+        }
+        self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.snapshot_path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.snapshot_path)
+
+    def _load_snapshot(self) -> None:
+        if not self.snapshot_path.exists():
+            return
+        try:
+            with self.snapshot_path.open("rb") as f:
+                data = pickle.load(f)  # noqa: S301 - this worker's own file in its data folder
+            self.aggregates.load(data["aggregates"])
+            self.positions = {TopicPartition(t, p): o for (t, p), o in data["positions"].items()}
+            log.info("terminal aggregates loaded from %s: %d terminals", self.snapshot_path,
+                     len(self.aggregates.states))  # fmt: skip
+        except Exception:
+            log.exception("unreadable terminal snapshot %s; reading the logs from their start", self.snapshot_path)
+            self.positions = {}
+
+
+async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    for _ in range(100):
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return sorted(found)
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - no public way to wait for a topic
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} does not exist")
+
+
+async def _reached(consumer: AIOKafkaConsumer, target: dict[TopicPartition, int]) -> bool:
+    for tp, end in target.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
