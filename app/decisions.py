@@ -37,13 +37,14 @@ from app.transactional import Batch, Output
 log = logging.getLogger(__name__)
 
 STREAM_TIME_KEY = b"\x00stream-time"  # a changelog record holding the partition's stream time
+ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
 
 
 @dataclass
 class PartitionState:
     """One input partition's customers (``bytes`` until first read after a restore) and its stream time."""
 
-    customers: dict[str, CustomerState | bytes] = field(default_factory=dict)
+    customers: dict[str, CustomerState | dict[str, bytes]] = field(default_factory=dict)
     stream_time_s: float = float("-inf")
     swept_at_s: float = field(default_factory=time.monotonic)
 
@@ -51,9 +52,50 @@ class PartitionState:
         value = self.customers.get(customer_id)
         if value is None:
             return []
-        if isinstance(value, bytes):  # parsed lazily: a restore only keeps the bytes
-            value = self.customers[customer_id] = loads(value)
-        return value  # type: ignore[return-value]
+        if isinstance(value, dict):  # parsed lazily: a restore only keeps each entry's bytes
+            value = self.customers[customer_id] = restored_state(value)
+        return value
+
+
+def entry_key(customer_id: str, tx_id: str) -> bytes:
+    return f"{customer_id}{ENTRY_KEY_SEPARATOR}{tx_id}".encode()
+
+
+def entry_value(entry: list[object]) -> bytes:
+    """``[t, amount, terminal_id, seq]`` of a customer state entry ``[t, amount, terminal_id, tx_id, seq]``."""
+    return dumps([entry[0], entry[1], entry[2], entry[4]])
+
+
+def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
+    """A customer's state from its changelog entries, in event-time order (ties in arrival order).
+
+    >>> state = [[5.0, 1.0, "k1", "t2", 1], [5.0, 2.0, "k2", "t1", 0], [1.0, 3.0, "k1", "t0", 2]]
+    >>> restored_state({e[3]: entry_value(e) for e in state})
+    [[1.0, 3.0, 'k1', 't0', 2], [5.0, 2.0, 'k2', 't1', 0], [5.0, 1.0, 'k1', 't2', 1]]
+    """
+    state: CustomerState = []
+    for tx_id, raw in by_tx_id.items():
+        t, amount, terminal_id, seq = loads(raw)
+        state.append([t, amount, terminal_id, tx_id, seq])
+    state.sort(key=lambda e: (e[0], e[4]))  # type: ignore[arg-type,return-value]
+    return state
+
+
+def pruned(before: CustomerState, after: CustomerState) -> CustomerState:
+    """The entries of ``before`` that adding one transaction pruned (the oldest ones: pruning is from the front).
+
+    >>> pruned([[1.0, 1.0, "k", "a", 0], [2.0, 1.0, "k", "b", 1]], [[2.0, 1.0, "k", "b", 1], [9.0, 1.0, "k", "c", 2]])
+    [[1.0, 1.0, 'k', 'a', 0]]
+    """
+    return before[: len(before) + 1 - len(after)]
+
+
+def after_entry(state: CustomerState, tx_id: str) -> list[object]:
+    """The entry just added for ``tx_id`` (searched from the newest end: in-order arrivals are last)."""
+    for entry in reversed(state):
+        if entry[3] == tx_id:
+            return entry
+    raise KeyError(tx_id)
 
 
 def dead_letter(record: Any, error: InvalidMessage) -> bytes:
@@ -110,6 +152,7 @@ class Scorer:
         await consumer.start()
         started = time.monotonic()
         count = 0
+        entries: dict[str, dict[str, bytes]] = {}
         try:
             consumer.assign([changelog])
             await consumer.seek_to_beginning(changelog)
@@ -120,12 +163,17 @@ class Scorer:
                         count += 1
                         if record.key == STREAM_TIME_KEY:
                             state.stream_time_s = float(record.value)
-                        elif record.value is None:
-                            state.customers.pop(record.key.decode(), None)
+                            continue
+                        customer_id, _, tx_id = record.key.decode().partition(ENTRY_KEY_SEPARATOR)
+                        if record.value is None:
+                            entries.get(customer_id, {}).pop(tx_id, None)
                         else:
-                            state.customers[record.key.decode()] = record.value
+                            entries.setdefault(customer_id, {})[tx_id] = record.value
         finally:
             await consumer.stop()
+        for customer_id, by_tx_id in entries.items():
+            if by_tx_id:
+                state.customers[customer_id] = by_tx_id
         self.partitions[tp.partition] = state
         log.info("partition %s restored: %d customers from %d changelog records in %.2f s",
                  tp.partition, len(state.customers), count, time.monotonic() - started)  # fmt: skip
@@ -134,9 +182,11 @@ class Scorer:
 
     def process(self, tp: TopicPartition, records: Sequence[Any]) -> Batch:
         settings = self.settings
-        state = self.partitions[tp.partition]
+        partition = tp.partition
+        state = self.partitions[partition]
         received_at_s = time.time()
         changed: dict[str, CustomerState] = {}
+        entry_outputs: list[Output] = []
         scored: list[tuple[str, float, str]] = []  # (terminal, t, tx_id), applied to the aggregates on commit
         pending: dict[str, list[tuple[float, str]]] = {}
         outputs: list[Output] = []
@@ -170,6 +220,18 @@ class Scorer:
                 dead += 1
                 continue
             changed[tx.customer_id] = after
+            entry_outputs.append(
+                Output(
+                    self.changelog_topic,
+                    entry_key(tx.customer_id, tx.tx_id),
+                    entry_value(after_entry(after, tx.tx_id)),
+                    partition,
+                )
+            )
+            for old in pruned(customer, after):
+                entry_outputs.append(
+                    Output(self.changelog_topic, entry_key(tx.customer_id, str(old[3])), None, partition)
+                )
             pending.setdefault(tx.terminal_id, []).append((t, tx.tx_id))
             scored.append((tx.terminal_id, t, tx.tx_id))
             if t < stream_time_s - settings.lateness_s:
@@ -179,12 +241,11 @@ class Scorer:
             outputs.append(Output(settings.predictions_topic, key, dumps(prediction)))
             outputs.append(Output(self.terminal_topic, tx.terminal_id.encode(), dumps([t, tx.tx_id])))
             probabilities.append(prediction.fraud_probability)
-        partition = tp.partition
-        for customer_id, entries in changed.items():
-            outputs.append(Output(self.changelog_topic, customer_id.encode(), dumps(entries), partition))
-        expired = self._expired(state, stream_time_s)
+        outputs.extend(entry_outputs)
+        expired = [c for c in self._expired(state, stream_time_s) if c not in changed]
         for customer_id in expired:
-            outputs.append(Output(self.changelog_topic, customer_id.encode(), None, partition))
+            for old in state.customer(customer_id):
+                outputs.append(Output(self.changelog_topic, entry_key(customer_id, str(old[3])), None, partition))
         if stream_time_s != state.stream_time_s:
             outputs.append(Output(self.changelog_topic, STREAM_TIME_KEY, repr(stream_time_s).encode(), partition))
 
