@@ -175,6 +175,7 @@ class Scorer:
             if by_tx_id:
                 state.customers[customer_id] = by_tx_id
         self.partitions[tp.partition] = state
+        metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))
         log.info("partition %s restored: %d customers from %d changelog records in %.2f s",
                  tp.partition, len(state.customers), count, time.monotonic() - started)  # fmt: skip
 
@@ -263,10 +264,33 @@ class Scorer:
             metrics.TRANSACTIONS_DEAD_LETTERED.inc(dead)
             metrics.LATE_TRANSACTIONS.inc(late)
             metrics.CUSTOMERS_EXPIRED.inc(len(expired))
+            metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))
             for probability in probabilities:
                 metrics.SCORES.observe(probability)
                 metrics.SCORING_LATENCY.observe(latency_ms / 1000.0)
             metrics.PREDICTED_FRAUD.inc(sum(1 for p in probabilities if p >= settings.decision_threshold))
+
+        return Batch(outputs, on_commit)
+
+    def idle(self, tp: TopicPartition) -> Batch | None:
+        """Expire idle customers even when no transaction comes to this partition."""
+        state = self.partitions.get(tp.partition)
+        if state is None:
+            return None
+        expired = self._expired(state, state.stream_time_s)
+        if not expired:
+            return None
+        outputs = [
+            Output(self.changelog_topic, entry_key(customer_id, str(old[3])), None, tp.partition)
+            for customer_id in expired
+            for old in state.customer(customer_id)
+        ]
+
+        def on_commit() -> None:
+            for customer_id in expired:
+                state.customers.pop(customer_id, None)
+            metrics.CUSTOMERS_EXPIRED.inc(len(expired))
+            metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))
 
         return Batch(outputs, on_commit)
 
@@ -281,5 +305,4 @@ class Scorer:
         for customer_id in list(state.customers):
             if newest_event_time_s(state.customer(customer_id)) < horizon:
                 idle.append(customer_id)
-        metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()) - len(idle))
         return idle

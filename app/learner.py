@@ -50,6 +50,10 @@ class Learner:
     def drop(self, tp: TopicPartition) -> None:
         """Waiting halves are kept while either topic's partition of that number stays here."""
 
+    def idle(self, tp: TopicPartition) -> Batch | None:
+        self._sweep()
+        return None
+
     def process(self, tp: TopicPartition, records: Sequence[Any]) -> Batch:
         settings = self.settings
         outputs: list[Output] = []

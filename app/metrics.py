@@ -47,9 +47,9 @@ LATE_TRANSACTIONS = Counter(
     "entries already pruned.",
 )
 CUSTOMERS_EXPIRED = Counter("fraud_customers_expired", "Customer states removed after idling past the TTL.")
-CUSTOMER_STATES = Gauge("fraud_customer_states", "Customer states held on this worker, after the last sweep.")
+CUSTOMER_STATES = Gauge("fraud_customer_states", "Customer states held by this worker's decision partitions.")
 TERMINALS_EXPIRED = Counter("fraud_terminals_expired", "Terminal states removed after idling past the TTL.")
-TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states held on this worker, after the last sweep.")
+TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states in this worker's aggregates (all terminals).")
 DUPLICATE_TRANSACTIONS = Counter(
     "fraud_duplicate_transactions",
     "Transactions seen again by tx_id (replays after a crash, producer retries): scored with the features of "

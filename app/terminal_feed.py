@@ -114,7 +114,7 @@ class TerminalFeed:
             if now - last_sweep >= self.sweep_interval_s:
                 last_sweep = now
                 metrics.TERMINALS_EXPIRED.inc(self.aggregates.sweep())
-                metrics.TERMINAL_STATES.set(len(self.aggregates.states))
+            metrics.TERMINAL_STATES.set(len(self.aggregates.states))
             if now - last_snapshot >= self.snapshot_interval_s:
                 last_snapshot = now
                 self.save_snapshot()

@@ -63,6 +63,9 @@ class BatchHandler(Protocol):
     def process(self, tp: TopicPartition, records: Sequence[Any]) -> Batch:
         """Turn consumed records into outputs; must not change state before ``on_commit``."""
 
+    def idle(self, tp: TopicPartition) -> Batch | None:
+        """Work due while no records come (expiry), committed in a transaction of its own; None for none."""
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: TransactionalLoop) -> None:
@@ -145,7 +148,7 @@ class TransactionalLoop:
     def _set_connected(self, connected: bool, reason: object = None) -> None:
         if connected and not self.connected:
             log.info("%s: broker reachable, consuming", self.name)
-        elif not connected and self.connected:
+        elif not connected and self.connected and not self._stopping:
             log.error("%s: broker unreachable (%s); retrying until it is back", self.name, reason)
         self.connected = connected
 
@@ -252,7 +255,6 @@ class TransactionalLoop:
                 continue
             if not batches:
                 await self._probe(consumer)
-                continue
             async with self._lock:
                 if generation != self.generation:
                     continue  # fetched before a rebalance: the new positions decide what is read
@@ -261,18 +263,25 @@ class TransactionalLoop:
                     for tp, records in batches.items()
                     if tp in self.ready_partitions and tp not in self._broken and records
                 ]
+                for tp in self.ready_partitions - set(batches) - self._broken:
+                    batch = self.handler.idle(tp)
+                    if batch is not None:
+                        work.append(self._commit_partition(tp, (), batch))
                 await asyncio.gather(*work)
 
-    async def _commit_partition(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+    async def _commit_partition(self, tp: TopicPartition, records: Sequence[Any], batch: Batch | None = None) -> None:
+        """One transaction: the outputs of ``records`` (or a ready ``batch`` when idle) and the next offset."""
         producer = self.producers[tp]
         started = time.perf_counter()
         try:
-            batch = self.handler.process(tp, records)
+            if batch is None:
+                batch = self.handler.process(tp, records)
             await producer.begin_transaction()
             pending = [
                 await producer.send(o.topic, key=o.key, value=o.value, partition=o.partition) for o in batch.outputs
             ]
-            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+            if records:
+                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
             await producer.commit_transaction()
             for future in pending:  # delivered with the commit; surfaces a per-message error, if any
                 await future
@@ -287,7 +296,7 @@ class TransactionalLoop:
         self._set_connected(True)
         if batch.on_commit is not None:
             batch.on_commit()
-        if self.on_batch is not None:
+        if self.on_batch is not None and records:
             self.on_batch(len(records), time.perf_counter() - started)
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:

@@ -116,8 +116,8 @@ def test_ready_is_503_until_assigned_then_200_and_metrics_pass_promtool(
         "fraud_score_count 1.0",
         'fraud_model_info{version="logreg-v1"} 1.0',
         "fraud_model_labels_learned",
-        "faust_messages_received_total",
-        "faust_events_runtime_seconds_bucket",
+        "fraud_decision_batch_seconds_count",
+        "fraud_terminal_feed_lag_seconds",
     ):
         assert name in body, name
 
@@ -130,15 +130,9 @@ def _health(worker: WorkerProcess, kafka_bootstrap: str, until: Callable[[list[R
 def test_health_events_arrive_every_interval_with_every_field(
     worker_factory: WorkerFactory, kafka_bootstrap: str
 ) -> None:
-    # Latency on this noisy machine is not what this test is about (benchmarks measure it): a cold burst through
-    # two hops may pass the default 100 ms p99.
-    worker = worker_factory(
-        HEALTH_INTERVAL_S="1",
-        HEALTH_WINDOW_S="30",
-        WORKER_ID="w-health",
-        DEGRADED_P99_MS="5000",
-        UNHEALTHY_P99_MS="10000",
-    )
+    # The default limits (p99 over 100 ms degrades, over 1 s is unhealthy): a healthy worker decides a small
+    # burst well within them.
+    worker = worker_factory(HEALTH_INTERVAL_S="1", HEALTH_WINDOW_S="30", WORKER_ID="w-health")
     worker.wait_ready()
     produce(kafka_bootstrap, worker.topics["TRANSACTIONS_TOPIC"], [(b"c", dumps(transaction(i))) for i in range(20)])
     consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(20))
@@ -155,7 +149,7 @@ def test_health_events_arrive_every_interval_with_every_field(
     assert latest["status"] == "healthy", latest
     assert latest["transactions"] == 20 and latest["dead_letters"] == 0
     assert latest["latency_ms"]["p50"] <= latest["latency_ms"]["p95"] <= latest["latency_ms"]["p99"]
-    assert latest["latency_ms"]["p99"] > 0
+    assert 0 < latest["latency_ms"]["p99"] <= 100.0
 
 
 def test_health_is_stale_when_no_transaction_arrives(worker_factory: WorkerFactory, kafka_bootstrap: str) -> None:
@@ -312,9 +306,10 @@ def test_idle_customers_and_terminals_expire_in_stream_time_including_keys_resto
     assert _metric(second, "fraud_terminals_expired_total") == 3
     assert _metric(second, "fraud_late_transactions_total") == 1  # counted, and still scored:
     assert len(consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], at_least(5), timeout_s=30)) == 5
+    # Features waiting for a label live in the learner's memory (issue 9 makes them durable): the second worker
+    # holds only the two it scored, and would drop them too once they idle past FEATURES_TTL_S.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _metric(second, "fraud_learning_entries") != 2:
         time.sleep(0.3)
-    assert _metric(second, "fraud_learning_entries") == 2  # only the two new transactions still wait
-    assert re.search(rb'^fraud_labels_total\{outcome="expired"\} 3.0$', second.http_get("/metrics"), re.M)
+    assert _metric(second, "fraud_learning_entries") == 2
     assert second.process is not None and second.process.poll() is None

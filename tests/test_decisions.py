@@ -1,0 +1,122 @@
+"""The decision path's batch handler without a broker: outcomes, dead letters, state only after the commit."""
+
+from __future__ import annotations
+
+import base64
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from app.decisions import PartitionState, Scorer, entry_key, entry_value, pruned, restored_state
+from app.health import HealthWindow
+from app.model import FraudModel
+from app.serialization import dumps, loads
+from app.settings import load
+from app.terminal_aggregates import TerminalAggregates
+from tests.cases import transaction
+
+TP = TopicPartition("transactions", 0)
+
+
+class BrokenModel(FraudModel):
+    """Raises while scoring one customer's transactions: a bug in scoring, not bad input."""
+
+    def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
+        if x["amount"] == 13.0:
+            raise ZeroDivisionError("bug")
+        return super().score_one(x, k)
+
+
+def scorer(model: FraudModel | None = None, **env: str) -> Scorer:
+    settings = load({"PREDICTIONS_TOPIC": "predictions", **env})
+    aggregates = TerminalAggregates(7.0, 86400.0, 38 * 86400.0)
+    handler = Scorer(settings, model or FraudModel(), aggregates, HealthWindow(60.0, time.monotonic()),
+                     changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
+    handler.partitions[0] = PartitionState()
+    return handler
+
+
+def record(offset: int, value: bytes, key: bytes = b"c") -> Any:
+    return SimpleNamespace(topic="transactions", partition=0, offset=offset, key=key, value=value)
+
+
+def outcomes(batch: Any, handler: Scorer) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"predictions": [], "dead": []}
+    for o in batch.outputs:
+        if o.topic == handler.settings.predictions_topic:
+            out["predictions"].append(loads(o.value))
+        elif o.topic == handler.settings.transactions_dlq_topic:
+            out["dead"].append(loads(o.value))
+    return out
+
+
+def test_a_scoring_bug_is_a_dead_letter_with_the_original_bytes_and_the_rest_of_the_batch_is_scored() -> None:
+    handler = scorer(BrokenModel())
+    raws = [dumps(transaction(i, amount=13.0 if i == 1 else 20.0)) for i in range(3)]
+    result = outcomes(handler.process(TP, [record(i, raw) for i, raw in enumerate(raws)]), handler)
+    assert [p["tx_id"] for p in result["predictions"]] == ["tx-0", "tx-2"]
+    (letter,) = result["dead"]
+    assert letter["error"] == "scoring_error" and "ZeroDivisionError" in letter["reason"]
+    assert base64.b64decode(letter["raw"]) == raws[1] and letter["offset"] == 1
+
+
+def test_json_nested_deeper_than_any_parser_allows_is_invalid_json() -> None:
+    handler = scorer()
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    (letter,) = outcomes(handler.process(TP, [record(0, deep)]), handler)["dead"]
+    assert letter["error"] == "invalid_json"
+
+
+def test_a_tx_id_decided_already_is_a_duplicate_dead_letter_not_a_second_prediction() -> None:
+    handler = scorer()
+    raw = dumps(transaction(1))
+    first = handler.process(TP, [record(0, raw)])
+    first.on_commit()  # type: ignore[misc]
+    again = outcomes(handler.process(TP, [record(1, raw)]), handler)
+    assert again["predictions"] == [] and [d["error"] for d in again["dead"]] == ["duplicate_transaction"]
+    in_one_batch = outcomes(handler.process(TP, [record(2, dumps(transaction(2))), record(3, dumps(transaction(2)))]),
+                            handler)  # fmt: skip
+    assert len(in_one_batch["predictions"]) == 1 and len(in_one_batch["dead"]) == 1
+
+
+def test_state_changes_only_when_the_batch_commits() -> None:
+    handler = scorer()
+    batch = handler.process(TP, [record(0, dumps(transaction(1, customer_id="c9")))])
+    assert handler.partitions[0].customers == {}  # an aborted transaction leaves the committed state
+    assert not handler.aggregates.states
+    changelog = [o for o in batch.outputs if o.topic == "changelog"]
+    assert [o.key for o in changelog if o.value is not None][0] == entry_key("c9", "tx-1")
+    batch.on_commit()  # type: ignore[misc]
+    assert len(handler.partitions[0].customer("c9")) == 1 and "t-1" in handler.aggregates.states
+
+
+def test_the_second_transaction_of_a_terminal_in_one_batch_sees_the_first() -> None:
+    handler = scorer()
+    txs = [
+        transaction(i, customer_id=f"c{i}", terminal_id="t-shared", timestamp="2018-04-01T10:00:00Z") for i in range(3)
+    ]
+    result = outcomes(handler.process(TP, [record(i, dumps(t)) for i, t in enumerate(txs)]), handler)
+    assert [p["features"]["terminal_nb_tx_1hour"] for p in result["predictions"]] == [1.0, 2.0, 3.0]
+
+
+def test_restored_entries_give_back_the_state_and_pruning_names_what_left() -> None:
+    state = [[1.0, 5.0, "k", "a", 0], [2.0, 6.0, "k", "b", 1], [2.0, 7.0, "j", "c", 2]]
+    assert restored_state({e[3]: entry_value(e) for e in reversed(state)}) == state  # type: ignore[index]
+    assert pruned(state, state[1:] + [[50.0, 1.0, "k", "d", 3]]) == state[:1]
+    assert pruned(state, state + [[3.0, 1.0, "k", "d", 3]]) == []
+
+
+def test_idle_customers_expire_without_traffic_in_stream_time() -> None:
+    handler = scorer(CUSTOMER_TTL_S=str(2 * 86400), FEATURES_SWEEP_INTERVAL_S="0")
+    old = handler.process(TP, [record(0, dumps(transaction(1, customer_id="old", timestamp="2018-04-01T10:00:00Z")))])
+    old.on_commit()  # type: ignore[misc]
+    new = handler.process(TP, [record(1, dumps(transaction(2, customer_id="new", timestamp="2018-04-02T10:00:00Z")))])
+    new.on_commit()  # type: ignore[misc]
+    assert handler.idle(TP) is None  # one day later: not idle yet
+    handler.partitions[0].stream_time_s += 2 * 86400
+    batch = handler.idle(TP)
+    assert batch is not None and [(o.key, o.value) for o in batch.outputs] == [(entry_key("old", "tx-1"), None)]
+    batch.on_commit()  # type: ignore[misc]
+    assert set(handler.partitions[0].customers) == {"new"}
