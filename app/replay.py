@@ -3,7 +3,8 @@
 Same parsing, both feature halves, scoring, label join and fraud marks as the agents, in the order the
 aligned worker handles them (events given in event-time order), so a replay of a whole simulated run takes
 minutes instead of a broker run of hours; the evaluator uses it for the multi-seed quality figures and the
-benchmarks use it for the pure cost per transaction.
+benchmarks use it for the pure cost per transaction. A fraud label counts toward terminal risk from the moment
+it arrives (from its own ``timestamp`` on), whether or not its transaction was scored yet, as in the reference.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from app.feature_engine import CustomerState, TerminalState, mark_fraud, terminal_features
+from app.feature_engine import CustomerState, TerminalState, record_fraud, terminal_features
 from app.features import customer_side_features
 from app.learning import Entry, join, label_entry, scored_entry
 from app.model import FraudModel
@@ -32,13 +33,12 @@ def replay_offline(
     customers: dict[str, CustomerState] = {}
     terminals: dict[str, TerminalState] = {}
     entries: dict[str, Entry] = {}
+    frauds_known_s: dict[str, float] = {}  # fraud tx_id -> when it became known, recorded as labels arrive
 
     def learn(tx_id: str, incoming: Entry) -> None:
         pair, keep = join(entries.get(tx_id), incoming)
         if pair is not None:
             model.learn_one(pair.x, pair.y)
-            if pair.y and pair.terminal_id in terminals:
-                terminals[pair.terminal_id] = mark_fraud(terminals[pair.terminal_id], tx_id, pair.known_s)
         if keep is None:
             entries.pop(tx_id, None)
         else:
@@ -59,6 +59,7 @@ def replay_offline(
                 terminals.get(tx.terminal_id, []),
                 tx.event_time_s,
                 tx.tx_id,
+                frauds_known_s,
                 settings.terminal_delay_days,
                 settings.lateness_s,
             )
@@ -73,4 +74,7 @@ def replay_offline(
                 label = parse_label(value, settings.max_message_bytes)
             except InvalidMessage:
                 continue
-            learn(label.tx_id, label_entry(label.is_fraud, label.timestamp.timestamp()))
+            known_s = label.timestamp.timestamp()
+            if label.is_fraud:
+                record_fraud(frauds_known_s, label.tx_id, known_s)
+            learn(label.tx_id, label_entry(label.is_fraud, known_s))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -13,29 +14,63 @@ from app.feature_engine import (
     HOUR_S,
     CustomerState,
     TerminalState,
+    add_terminal_entry,
     customer_features,
-    mark_fraud,
+    record_fraud,
     terminal_features,
+    terminal_x,
 )
 from app.simulator import SimulatorConfig, simulate
 from tests.reference import Event, LabelArrival, Tx, reference
 
 
-def engine(events: list[Event], lateness_s: float = DAY_S) -> list[tuple[str, dict[str, float]]]:
+def engine(
+    events: list[Event], lateness_s: float = DAY_S, in_place: bool = False, check_states: bool = False
+) -> list[tuple[str, dict[str, float]]]:
+    """The features as the runtime computes them. ``in_place``: the terminal half as the runtime calls it,
+    ``terminal_x`` then ``add_terminal_entry`` on the stored state (``terminal_features`` for a repeat, which
+    ``add_terminal_entry`` reports); otherwise ``terminal_features``, which copies. ``check_states``: the input
+    states are never modified (except by ``add_terminal_entry``) and a repeat, only a repeat, returns the very
+    same state object."""
     customers: dict[str, CustomerState] = {}
     terminals: dict[str, TerminalState] = {}
+    frauds_known_s: dict[str, float] = {}
+    seen: set[str] = set()
     out = []
     for event in events:
         if isinstance(event, LabelArrival):
-            if event.fraud and event.terminal in terminals:
-                terminals[event.terminal] = mark_fraud(terminals[event.terminal], event.tx_id, event.known_s)
+            if event.fraud:
+                record_fraud(frauds_known_s, event.tx_id, event.known_s)
             continue
+        repeat = event.tx_id in seen
+        seen.add(event.tx_id)
+        customer = customers.get(event.customer, [])
+        before = copy.deepcopy(customer) if check_states else None
         x, customers[event.customer] = customer_features(
-            customers.get(event.customer, []), event.t, event.amount, event.terminal, event.tx_id, lateness_s
+            customer, event.t, event.amount, event.terminal, event.tx_id, lateness_s
         )
-        xt, terminals[event.terminal] = terminal_features(
-            terminals.get(event.terminal, []), event.t, event.tx_id, lateness_s=lateness_s
-        )
+        if check_states:
+            assert customer == before
+            assert (customers[event.customer] is customer) == repeat
+        terminal = terminals.setdefault(event.terminal, [])
+        before = copy.deepcopy(terminal) if check_states else None
+        if in_place:
+            xt = terminal_x(terminal, event.t, frauds_known_s)
+            if check_states:
+                assert terminal == before
+            if not add_terminal_entry(terminal, event.t, event.tx_id, lateness_s=lateness_s):
+                assert repeat
+                xt, same = terminal_features(terminal, event.t, event.tx_id, frauds_known_s, lateness_s=lateness_s)
+                assert same is terminal
+            elif check_states:
+                assert not repeat and len(terminal) <= len(before) + 1  # type: ignore[arg-type]
+        else:
+            xt, terminals[event.terminal] = terminal_features(
+                terminal, event.t, event.tx_id, frauds_known_s, lateness_s=lateness_s
+            )
+            if check_states:
+                assert terminal == before
+                assert (terminals[event.terminal] is terminal) == repeat
         out.append((event.tx_id, {**x, **xt}))
     return out
 
@@ -45,14 +80,20 @@ def assert_same(got: list[tuple[str, dict[str, float]]], want: list[tuple[str, d
     for (tx_id, features), (_, got_features) in zip(want, got, strict=True):
         assert got_features.keys() == features.keys()
         for name, value in features.items():
-            assert got_features[name] == pytest.approx(value, rel=1e-6, abs=1e-6), (tx_id, name)
+            assert got_features[name] == pytest.approx(value, rel=1e-9, abs=1e-9), (tx_id, name)
 
 
 def with_labels(
-    txs: list[Tx], fraud: set[str], delay_s: float, rng: random.Random, early_s: float = 0.0
+    txs: list[Tx],
+    fraud: set[str],
+    delay_s: float,
+    rng: random.Random,
+    early_s: float = 0.0,
+    wait_for_tx: bool = True,
 ) -> list[Event]:
     """Arrival order: transactions as given, each label some time after its transaction's arrival; a label may
-    arrive up to ``early_s`` before its own time (a replay that publishes labels ahead must not leak them)."""
+    arrive up to ``early_s`` before its own time (a replay that publishes labels ahead must not leak them).
+    ``wait_for_tx=False``: a label arriving before its (late) transaction is not held back for it."""
     events: list[tuple[float, int, Event]] = []
     for i, tx in enumerate(txs):
         events.append((tx.t, 2 * i, tx))
@@ -69,7 +110,7 @@ def with_labels(
     j = 0
     for _, _, tx in ordered_tx:
         while j < len(labels) and labels[j][0] < tx.t:  # type: ignore[union-attr]
-            (merged if labels[j][2].tx_id in arrived else waiting).append(labels[j][2])
+            (merged if labels[j][2].tx_id in arrived or not wait_for_tx else waiting).append(labels[j][2])
             j += 1
         merged.append(tx)
         arrived.add(tx.tx_id)
@@ -91,7 +132,7 @@ def streams(draw: st.DrawFn) -> list[Event]:
     for i, k in enumerate(times):
         t = 1_600_000_000.0 + (k * grid if not burst else k)  # bursts: many within seconds
         txs.append(Tx(f"tx{i}", t, f"c{draw(st.integers(0, 3))}", f"k{draw(st.integers(0, 2))}",
-                      draw(st.sampled_from([0.0, 1.0, 10.5, 99.99, 250.0]))))  # fmt: skip
+                      draw(st.sampled_from([0.0, 0.1, 1.0, 10.5, 99.99, 250.0, 9999.99]))))  # fmt: skip
     jitter = draw(st.lists(st.floats(0, DAY_S * 0.999), min_size=n, max_size=n))
     arrival = [tx for _, tx in sorted(zip([tx.t + j for tx, j in zip(txs, jitter, strict=True)], txs, strict=True),
                                       key=lambda pair: pair[0])]  # fmt: skip
@@ -103,13 +144,16 @@ def streams(draw: st.DrawFn) -> list[Event]:
             arrival.insert(at, txs[i])
     fraud = {tx.tx_id for tx in txs if draw(st.booleans())}
     delay_s = draw(st.sampled_from([0.0, 3600.0, 7 * DAY_S]))
-    return with_labels(arrival, fraud, delay_s, random.Random(n), early_s=draw(st.sampled_from([0.0, 3 * DAY_S])))
+    early_s = draw(st.sampled_from([0.0, 3 * DAY_S]))
+    return with_labels(arrival, fraud, delay_s, random.Random(n), early_s, wait_for_tx=draw(st.booleans()))
 
 
 @settings(max_examples=150, deadline=None)
 @given(streams())
 def test_engine_equals_reference_on_generated_streams(events: list[Event]) -> None:
-    assert_same(engine(events), reference(events))
+    want = reference(events)
+    assert_same(engine(events, check_states=True), want)
+    assert_same(engine(events, in_place=True, check_states=True), want)
 
 
 def test_engine_equals_reference_on_simulator_output() -> None:
@@ -121,3 +165,99 @@ def test_engine_equals_reference_on_simulator_output() -> None:
     got, want = engine(events), reference(events)
     assert_same(got, want)
     assert any(x["terminal_risk_30day_delay"] > 0 for _, x in want)  # the risk features were exercised
+
+
+T0 = 1_600_000_000.0
+
+
+def test_out_of_order_arrivals_and_repeats_use_arrival_order() -> None:
+    # c1 at T0 + 2h arrives first, then a late one at T0 + 1h, then T0 + 3h; repeats of each afterwards
+    a, late, b = (Tx("a", T0 + 2 * HOUR_S, "c", "k", 10.0), Tx("late", T0 + HOUR_S, "c", "k", 30.0),
+                  Tx("b", T0 + 3 * HOUR_S, "c", "k", 50.0))  # fmt: skip
+    events: list[Event] = [a, late, b, a, late, b]
+    got, want = engine(events, check_states=True), reference(events)
+    assert_same(got, want)
+    assert_same(engine(events, in_place=True, check_states=True), want)
+    first_a, repeat_a = got[0][1], got[3][1]
+    assert repeat_a == first_a  # "late" arrived after "a" did: not in a's windows, even though it is older
+    assert (first_a["customer_nb_tx_1day"], first_a["terminal_nb_tx_1hour"]) == (1.0, 1.0)
+    first_late = got[1][1]
+    assert first_late["seconds_since_previous_tx"] == 30 * DAY_S  # "a" is later in event time
+    assert (first_late["customer_nb_tx_1day"], first_late["customer_max_amount_1day"]) == (1.0, 30.0)
+    assert (got[2][1]["customer_nb_tx_1day"], got[2][1]["customer_avg_amount_1day"]) == (3.0, 30.0)
+    assert got[2][1]["terminal_nb_tx_1hour"] == 1.0  # (b - 1 h, b]: a, at exactly b - 1 h, is out
+    assert got[5][1] == got[2][1] and got[4][1] == first_late
+
+
+def test_customer_state_is_never_modified_and_a_repeat_returns_it() -> None:
+    state: CustomerState = []
+    for i, t in enumerate([T0, T0 + 60.0, T0 - 30.0, T0 + 60.0]):  # out of order, a tie
+        before = copy.deepcopy(state)
+        x, new = customer_features(state, t, float(i), "k", f"tx{i}")
+        assert state == before and new is not state and len(new) == len(state) + 1
+        state = new
+    assert [e[0] for e in state] == [T0 - 30.0, T0, T0 + 60.0, T0 + 60.0]  # sorted; the tie by arrival
+    assert [e[3] for e in state][2:] == ["tx1", "tx3"]
+    x, again = customer_features(state, 123.0, 99.0, "other", "tx2")  # a repeat, whatever its other values
+    assert again is state
+    arrived_before = [e for e in state if e[3] in ("tx0", "tx1")]  # tx3 came later, though at the same time
+    assert x == customer_features(arrived_before, T0 - 30.0, 2.0, "k", "tx2")[0]
+
+
+def test_equal_amounts_have_no_zscore() -> None:
+    # 0.1 + 0.1 + 0.1 is not 0.3: the standard deviation of equal amounts comes out as rounding noise
+    events: list[Event] = [Tx(f"t{i}", T0 + i, "c", "k", 0.1) for i in range(3)]
+    got = engine(events)
+    assert_same(got, reference(events))
+    assert got[-1][1]["amount_zscore_30day"] == 0.0 and got[-1][1]["customer_std_amount_30day"] < 1e-9
+
+
+def test_terminal_windows_labels_before_and_after_and_the_hour() -> None:
+    k = "k"
+    txs = [Tx("f1", T0, "c1", k, 1.0), Tx("f2", T0 + DAY_S, "c2", k, 1.0), Tx("n1", T0 + DAY_S + 1, "c3", k, 1.0)]
+    events: list[Event] = [
+        LabelArrival("f2", T0 + DAY_S, k, True, known_s=T0 + 9 * DAY_S),  # before its transaction arrives
+        *txs,
+        LabelArrival("f1", T0, k, True, known_s=T0 + 3 * DAY_S),  # after
+        LabelArrival("f1", T0, k, True, known_s=T0 + 2 * DAY_S),  # sent again, earlier: the earliest counts
+        LabelArrival("n1", T0, k, False, known_s=T0 + DAY_S),  # not fraud
+        Tx("p1", T0 + 8.5 * DAY_S, "c4", k, 1.0),  # f2 in its 1-day window, f2's label not known yet
+        Tx("p2", T0 + 9 * DAY_S, "c4", k, 1.0),  # f2's label known from exactly now
+        Tx("p3", T0 + 9 * DAY_S, "c5", k, 1.0),  # a tie: p2 is in its 1-hour window
+        Tx("p4", T0 + 9 * DAY_S + HOUR_S, "c5", k, 1.0),  # p2, p3 exactly 1 hour old: out
+    ]
+    got = engine(events, check_states=True)
+    assert_same(got, reference(events))
+    assert_same(engine(events, in_place=True, check_states=True), reference(events))
+    x = dict(got)
+    assert (x["p1"]["terminal_nb_tx_1day_delay"], x["p1"]["terminal_risk_1day_delay"]) == (2.0, 0.0)
+    assert (x["p1"]["terminal_nb_tx_7day_delay"], x["p1"]["terminal_risk_7day_delay"]) == (3.0, 1 / 3)
+    assert (x["p2"]["terminal_risk_1day_delay"], x["p2"]["terminal_risk_7day_delay"]) == (0.5, 2 / 3)
+    assert [x[p]["terminal_nb_tx_1hour"] for p in ("p1", "p2", "p3", "p4")] == [1.0, 1.0, 2.0, 1.0]
+
+
+def test_add_terminal_entry_is_in_place_and_terminal_x_read_only() -> None:
+    state: TerminalState = []
+    assert add_terminal_entry(state, T0, "a") and add_terminal_entry(state, T0 - 60.0, "b")
+    assert add_terminal_entry(state, T0, "c") and not add_terminal_entry(state, T0 + 5.0, "a")
+    assert [e[:2] for e in state] == [[T0 - 60.0, "b"], [T0, "a"], [T0, "c"]]
+    before = copy.deepcopy(state)
+    assert terminal_x(state, T0 + 30.0, {"a": T0})["terminal_nb_tx_1hour"] == 4.0
+    assert state == before
+    # pruned: older than the newest - (7 + 30) days - the lateness (exactly that old stays)
+    assert add_terminal_entry(state, T0 + 38 * DAY_S, "d", lateness_s=DAY_S)
+    assert [e[1] for e in state] == ["a", "c", "d"]
+    assert add_terminal_entry(state, T0 + 38 * DAY_S + 1, "e") and [e[1] for e in state] == ["d", "e"]
+    assert add_terminal_entry(state, T0, "too-late") and [e[1] for e in state] == ["d", "e"]
+
+
+def test_entries_without_seq_are_read_as_given() -> None:
+    # the runtime may hand over [t, tx_id] entries (a merged copy, a snapshot): they count, and count as older
+    state: TerminalState = [[T0 - 60.0, "x"], [T0, "y"]]
+    assert not add_terminal_entry(state, T0, "y") and add_terminal_entry(state, T0 - 30.0, "z")
+    assert [e[1] for e in state] == ["x", "z", "y"] and state[1][2] == 0
+    assert terminal_x(state, T0, {})["terminal_nb_tx_1hour"] == 4.0
+    x, same = terminal_features(state, T0 - 30.0, "z", {"x": T0 - 60.0})
+    assert same is state and x["terminal_nb_tx_1hour"] == 2.0  # x and y arrived before z; y is later in time
+    assert x["terminal_nb_tx_1day_delay"] == 0.0
+    assert terminal_features(state, T0, "y", {})[0]["terminal_nb_tx_1hour"] == 2.0  # x; z is numbered: later
