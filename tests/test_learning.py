@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from app.learning import expired, join, label_entry, scored_entry
 from app.model import FraudModel
 
@@ -54,3 +56,31 @@ def test_score_one_equals_predict_proba_one_and_reasons() -> None:
         probability, reasons = model.score_one(x)
         assert probability == model.predict_proba_one(x)
         assert reasons == model.reasons(x)
+
+
+def test_score_one_on_every_feature_equals_the_pipeline_and_the_full_sort_of_contributions() -> None:
+    import random
+
+    from app.features import FEATURE_NAMES
+
+    model, rng = FraudModel(), random.Random(7)
+
+    def draw() -> dict[str, float]:
+        return {name: rng.choice([0.0, 1.0, rng.uniform(-50, 500), rng.expovariate(0.01)]) for name in FEATURE_NAMES}
+
+    for _ in range(300):
+        x = draw()
+        model.learn_one(x, rng.random() < 0.2)
+    weights = model.classifier.weights.values()
+    assert min(weights) < 0 < max(weights)  # reasons must skip the features that lower the score
+    for _ in range(300):
+        x = draw()
+        probability, reasons = model.score_one(x)
+        assert probability == pytest.approx(model.pipeline.predict_proba_one(x)[True], rel=1e-12, abs=1e-12)
+        scaled = model.scaler.transform_one(x)
+        every = sorted(((model.classifier.weights.get(n, 0.0) * v, n) for n, v in scaled.items()), reverse=True)
+        assert reasons == [n for c, n in every[:3] if c > 0.0]
+    at_means = {name: model.scaler.means[name] for name in FEATURE_NAMES}  # every scaled value 0: no reason
+    assert model.score_one(at_means)[1] == []
+    raising = max(FEATURE_NAMES, key=lambda n: model.classifier.weights[n])
+    assert model.score_one({**at_means, raising: at_means[raising] + 1.0})[1] == [raising]
