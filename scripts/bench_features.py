@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Pure cost of the feature engine per transaction, state bytes per customer and per terminal, and whether the
-state stops growing over a whole run.
+"""Pure cost of the feature engine and of scoring per transaction, state bytes per customer and per terminal, and
+whether the state stops growing over a whole run.
 
     python scripts/bench_features.py                          # default simulator sizes, 183 days
     python scripts/bench_features.py --customers 1000 --terminals 2000 --days 120 --out results/features.json
 
-No Kafka. The run is replayed in event time through the worker's two feature halves, with labels applied
-7 days after their transaction and idle keys swept once a simulated day in stream time with the worker's
-TTLs, as the worker's timers do. Every cost is beside a baseline measured in the same run on the same messages
+No Kafka. The run is replayed in event time through the worker's two feature halves (the terminal half as the
+runtime calls it: ``terminal_x`` then ``add_terminal_entry`` in place) and scoring (``score_transaction``: the
+model's ``score_one`` and the ``Prediction``), with labels arriving 7 days after their transaction (a fraud
+recorded in ``frauds_known_s`` then; every label, outside the timings, teaches the model, so it is scored with
+learned weights) and idle keys swept once a simulated day in stream time with the worker's TTLs, as the worker's
+timers do. Every cost is beside a baseline measured in the same run on the same messages
 (orjson parsing of the wire message), so a noisy machine shows in both. State bytes are the JSON of the table
 value the worker stores (``{"partition": p, "entries": [...]}``).
 """
@@ -24,9 +27,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.evaluation import percentiles  # noqa: E402
-from app.feature_engine import DAY_S, mark_fraud, newest_event_time_s, terminal_features  # noqa: E402
+from app.feature_engine import (  # noqa: E402
+    DAY_S,
+    add_terminal_entry,
+    newest_event_time_s,
+    record_fraud,
+    terminal_x,
+)
 from app.features import customer_side_features  # noqa: E402
+from app.model import FraudModel  # noqa: E402
 from app.records import parse_transaction  # noqa: E402
+from app.scoring import score_transaction  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
@@ -56,15 +67,24 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings()
     txs = simulate(SimulatorConfig(args.customers, args.terminals, args.days, seed=args.seed))
-    names = ("orjson parse (baseline)", "customer half", "terminal half (+ fraud labels due)", "both halves")
+    names = (
+        "orjson parse (baseline)",
+        "customer half",
+        "terminal half (+ fraud labels due)",
+        "both halves",
+        "scoring (model.score_one + Prediction)",
+        "both halves + scoring",
+    )
     timings: dict[str, list[float]] = {name: [] for name in names}
     customers: State = {}
     terminals: State = {}
-    pending: list[tuple[float, str, str]] = []  # (label due, tx_id, terminal) for frauds
+    frauds_known_s: dict[str, float] = {}
+    model = FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
+    pending: list[tuple[float, int, bool, dict[str, float], str]] = []  # (label due, i, is fraud, x, tx_id)
     daily: list[dict[str, float]] = []
     next_sweep_s = txs[0].timestamp.timestamp() + DAY_S
     clock = time.perf_counter_ns
-    for source in txs:
+    for i, source in enumerate(txs):
         message = dumps(to_wire(source))
         tx = parse_transaction(message, 65536, 1e7)
         t = tx.event_time_s
@@ -77,26 +97,36 @@ def main() -> int:
                 "customer_bytes": sum(c_bytes), "terminal_bytes": sum(t_bytes), "expired": expired,
             })  # fmt: skip
             next_sweep_s += DAY_S
+        arrived: list[tuple[str, float]] = []  # fraud labels that arrived since the previous transaction
+        while pending and pending[0][0] <= t:  # labels that arrived by now teach the model (not timed)
+            due_s, _, is_fraud, x_learn, tx_id = heapq.heappop(pending)
+            model.learn_one(x_learn, is_fraud)
+            if is_fraud:
+                arrived.append((tx_id, due_s))
+        received_at_s = time.time()
         t0 = clock()
         loads(message)
         t1 = clock()
         customer = customers.get(tx.customer_id, [])
-        _, customers[tx.customer_id] = customer_side_features(tx, customer, settings.lateness_s)
+        customer_x, customers[tx.customer_id] = customer_side_features(tx, customer, settings.lateness_s)
         t2 = clock()
-        while pending and pending[0][0] <= t:
-            known_s, tx_id, terminal_id = heapq.heappop(pending)
-            if terminal_id in terminals:
-                terminals[terminal_id] = mark_fraud(terminals[terminal_id], tx_id, known_s)
-        _, terminals[tx.terminal_id] = terminal_features(
-            terminals.get(tx.terminal_id, []), t, tx.tx_id, settings.terminal_delay_days, settings.lateness_s
-        )
+        for tx_id, known_s in arrived:  # as the runtime does the moment a fraud label arrives
+            record_fraud(frauds_known_s, tx_id, known_s)
+        terminal = terminals.setdefault(tx.terminal_id, [])
+        x = terminal_x(terminal, t, frauds_known_s, settings.terminal_delay_days)
+        add_terminal_entry(terminal, t, tx.tx_id, settings.terminal_delay_days, settings.lateness_s)
         t3 = clock()
-        if source.is_fraud:
-            heapq.heappush(pending, (t + args.label_delay_days * DAY_S, tx.tx_id, tx.terminal_id))
+        x = {**customer_x, **x}
+        t4 = clock()
+        score_transaction(tx, x, model, threshold=settings.decision_threshold, received_at_s=received_at_s)
+        t5 = clock()
+        heapq.heappush(pending, (t + args.label_delay_days * DAY_S, i, source.is_fraud, x, tx.tx_id))
         timings[names[0]].append((t1 - t0) / 1000)
         timings[names[1]].append((t2 - t1) / 1000)
         timings[names[2]].append((t3 - t2) / 1000)
         timings[names[3]].append((t3 - t1) / 1000)
+        timings[names[4]].append((t5 - t4) / 1000)
+        timings[names[5]].append((t5 - t1) / 1000)
     base = percentiles(timings[names[0]], (50,))["p50"]
     print(f"{len(txs)} transactions, {args.customers} customers, {args.terminals} terminals, {args.days} days")
     print("| code | p50 µs | p99 µs | mean µs | p50 / baseline p50 |")
