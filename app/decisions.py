@@ -147,6 +147,7 @@ class Scorer:
             isolation_level="read_committed",
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=32 * 1024 * 1024,
+            fetch_max_wait_ms=50,
             **self.client_options,
         )
         await consumer.start()
@@ -155,7 +156,7 @@ class Scorer:
         entries: dict[str, dict[str, bytes]] = {}
         try:
             consumer.assign([changelog])
-            await consumer.seek_to_beginning(changelog)
+            consumer.seek(changelog, (await consumer.beginning_offsets([changelog]))[changelog])
             end = (await consumer.end_offsets([changelog]))[changelog]
             while await consumer.position(changelog) < end:
                 for records in (await consumer.getmany(changelog, timeout_ms=500, max_records=10000)).values():

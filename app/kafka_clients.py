@@ -18,13 +18,20 @@ class Record:
     offset: int
 
 
-async def _produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+async def _produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]], rate_tps: float | None
+) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024)
     await producer.start()
     count = 0
+    started = time.monotonic()
     try:
         batch = []
         for key, value in messages:
+            if rate_tps:
+                delay = started + count / rate_tps - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             batch.append(await producer.send(topic, key=key, value=value))
             count += 1
             if len(batch) >= 1000:
@@ -36,9 +43,11 @@ async def _produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | 
     return count
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    """Publish (key, value) pairs and wait until the broker acknowledged all of them."""
-    return asyncio.run(_produce(bootstrap, topic, messages))
+def produce(
+    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]], rate_tps: float | None = None
+) -> int:
+    """Publish (key, value) pairs (at ``rate_tps`` when given) and wait until the broker acknowledged all."""
+    return asyncio.run(_produce(bootstrap, topic, messages, rate_tps))
 
 
 async def _consume(bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float) -> list[Record]:

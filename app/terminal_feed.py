@@ -65,6 +65,7 @@ class TerminalFeed:
                 isolation_level="read_committed",
                 auto_offset_reset="earliest",
                 fetch_max_bytes=16 * 1024 * 1024,
+                fetch_max_wait_ms=100,  # also how long a seek or an offset lookup may wait behind a fetch
                 **self.client_options,
             )
             try:
@@ -87,11 +88,9 @@ class TerminalFeed:
             found = await _partitions_of(consumer, topic)
             partitions.extend(TopicPartition(topic, p) for p in found)
         consumer.assign(partitions)
+        beginnings = await consumer.beginning_offsets(partitions)
         for tp in partitions:
-            if tp in self.positions:
-                consumer.seek(tp, self.positions[tp])
-            else:
-                await consumer.seek_to_beginning(tp)
+            consumer.seek(tp, max(self.positions.get(tp, 0), beginnings[tp]))
         target = await consumer.end_offsets(partitions) if not self.caught_up.is_set() else {}
         last_snapshot = last_sweep = time.monotonic()
         while True:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import faust
+from faust.app.base import BootStrategy
 from aiokafka.consumer.fetcher import Fetcher
 from mode import Service
 
@@ -37,7 +38,19 @@ settings = load()
 # consumed; with one broker that put 100 ms on decisions. Our loops drain what they fetch at once.
 Fetcher.__init__.__kwdefaults__["prefetch_backoff"] = settings.fetch_pause_ms / 1000.0
 
-faust_app = faust.App(
+
+class DecisionPathBoot(BootStrategy):
+    """Faust's own consumer (and its group, tables and conductor) stays off: no agent reads a topic here, and a
+    Faust consumer group would hold a restarted worker back for its session timeout (60 s) after a SIGKILL."""
+
+    enable_kafka_consumer = False
+
+
+class FraudApp(faust.App):
+    BootStrategy = DecisionPathBoot
+
+
+faust_app = FraudApp(
     settings.app_id,
     broker=f"kafka://{settings.bootstrap_servers}",
     store="memory://",

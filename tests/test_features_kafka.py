@@ -1,49 +1,54 @@
-"""The worker's features on the real broker equal the brute-force reference: with 2 workers over 4 partitions
-(customer state by customer, terminal state by terminal, joined by a repartition), and across a SIGKILL.
+"""The worker's features on the real broker against the brute-force reference (``tests/reference.py``): with 2
+workers on 4 partitions (the second joining mid-stream), across a SIGKILL, and with a stalled partition.
 
-The simulated run is published before the workers start, as a replay would be: every partition has a backlog,
-so the event-time alignment is exercised for real. Labels go first: a label that arrives early must still count
-only from its own time (some are due after the 7-day terminal delay, so that matters).
+Traffic is live, as in production: the simulated run is published in event-time order at a steady rate while
+the workers run, labels first (a label that arrives early must still count only from its own time). Customer
+windows and the delayed terminal windows must equal the reference exactly. The 1-hour terminal count may miss
+what other partitions scored in the last moments (the terminal feed's lag); it is checked against bounds from
+the predictions' own ``scored_at``: it counts every transaction of the hour scored more than ``FEED_BOUND_S``
+before, and none scored after.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import threading
+import time
+from collections import defaultdict
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from aiokafka.partitioner import murmur2
 
-from app.feature_engine import CUSTOMER_FEATURE_NAMES, TERMINAL_FEATURE_NAMES
-from app.kafka_clients import Record, consume, produce
+from app.feature_engine import CUSTOMER_FEATURE_NAMES, HOUR_S, TERMINAL_FEATURE_NAMES
+from app.kafka_clients import Record, at_least, consume, produce
 from app.serialization import dumps, loads
 from app.simulator import SimulatedTransaction, SimulatorConfig, label_of, simulate, to_wire
+from tests.cases import transaction
 from tests.conftest import WorkerProcess
 from tests.reference import Event, LabelArrival, Tx, reference
 
 pytestmark = pytest.mark.kafka
 
 WorkerFactory = Callable[..., WorkerProcess]
-CHECKED = ("amount", *CUSTOMER_FEATURE_NAMES, *TERMINAL_FEATURE_NAMES)
-# Held transactions are never forced out early here: a forced release would be a test failure, not noise.
-ALIGNED = {"ALIGN_MAX_WAIT_S": "600", "TOPIC_PARTITIONS": "4"}
+EXACT = ("amount", *CUSTOMER_FEATURE_NAMES, *(n for n in TERMINAL_FEATURE_NAMES if n != "terminal_nb_tx_1hour"))
+FEED_BOUND_S = 2.0  # the terminal feed's lag this test allows, on a loaded 2-core machine
+RATE_TPS = 250.0
 
 
 def simulated_run(seed: int) -> tuple[list[SimulatedTransaction], dict[str, float]]:
-    """A small run and, per transaction, when its label is known: 1 to 10 days later (whole seconds, as on
-    the wire)."""
-    txs = simulate(SimulatorConfig(n_customers=150, n_terminals=300, n_days=40, seed=seed))
+    """A small run and, per transaction, when its label is known: 1 to 10 days later (whole seconds)."""
+    txs = simulate(SimulatorConfig(n_customers=100, n_terminals=200, n_days=40, seed=seed))
     rng = random.Random(seed)
     known_s = {tx.tx_id: tx.timestamp.timestamp() + rng.randint(86400, 10 * 86400) for tx in txs}
-    return txs, known_s
+    return sorted(txs, key=lambda t: (t.timestamp, t.tx_id)), known_s
 
 
 def expected(txs: list[SimulatedTransaction], known_s: dict[str, float]) -> dict[str, dict[str, float]]:
-    """The reference in the order the worker must reproduce: event time, ties by tx_id; a label is with the
-    worker right after its transaction (it was published first), and counts from its own time."""
     events: list[Event] = []
-    for tx in sorted(txs, key=lambda t: (t.timestamp, t.tx_id)):
+    for tx in txs:
         t = tx.timestamp.timestamp()
         events.append(Tx(tx.tx_id, t, tx.customer_id, tx.terminal_id, tx.amount))
         events.append(LabelArrival(tx.tx_id, t, tx.terminal_id, tx.is_fraud, known_s[tx.tx_id]))
@@ -53,14 +58,19 @@ def expected(txs: list[SimulatedTransaction], known_s: dict[str, float]) -> dict
     return rows
 
 
-def publish(bootstrap: str, worker: WorkerProcess, txs: list[SimulatedTransaction], known_s: dict[str, float]) -> None:
+def publish_labels(bootstrap: str, worker: WorkerProcess, txs: list[SimulatedTransaction], known_s: dict) -> None:  # type: ignore[type-arg]
     def label(tx: SimulatedTransaction) -> bytes:
         return dumps(label_of(tx, tx.timestamp + timedelta(seconds=known_s[tx.tx_id] - tx.timestamp.timestamp())))
 
     produce(bootstrap, worker.topics["LABELS_TOPIC"], [(tx.tx_id.encode(), label(tx)) for tx in txs])
-    ordered = sorted(txs, key=lambda t: (t.timestamp, t.tx_id))
-    transactions = [(t.customer_id.encode(), dumps(to_wire(t))) for t in ordered]
-    produce(bootstrap, worker.topics["TRANSACTIONS_TOPIC"], transactions)
+
+
+def publish_live(bootstrap: str, worker: WorkerProcess, txs: list[SimulatedTransaction]) -> threading.Thread:
+    """Publish in event-time order at ``RATE_TPS`` in the background."""
+    messages = [(t.customer_id.encode(), dumps(to_wire(t))) for t in txs]
+    thread = threading.Thread(target=produce, args=(bootstrap, worker.topics["TRANSACTIONS_TOPIC"], messages, RATE_TPS))
+    thread.start()
+    return thread
 
 
 def every_tx_id(n: int) -> Callable[[list[Record]], bool]:
@@ -74,24 +84,44 @@ def metric(worker: WorkerProcess, name: str) -> float:
     return total
 
 
-def assert_features_equal_reference(records: list[Record], want: dict[str, dict[str, float]]) -> None:
-    """Every prediction (repeats included) carries exactly the reference's features."""
-    assert {r.key.decode() for r in records if r.key} == set(want)
+def scored_at_s(prediction: dict) -> float:  # type: ignore[type-arg]
+    return datetime.fromisoformat(prediction["scored_at"].replace("Z", "+00:00")).timestamp()
+
+
+def assert_features_within_reference(
+    records: list[Record], txs: list[SimulatedTransaction], want: dict[str, dict[str, float]]
+) -> None:
+    predictions = [loads(r.value) for r in records]
+    assert sorted(p["tx_id"] for p in predictions) == sorted(want), "each tx_id exactly once"
     mismatches = []
-    for record in records:
-        prediction = loads(record.value)
-        wanted = want[prediction["tx_id"]]
-        for name in CHECKED:
-            if prediction["features"][name] != pytest.approx(wanted[name], rel=1e-9, abs=1e-9):
-                mismatches.append((prediction["tx_id"], name, prediction["features"][name], wanted[name]))
+    for p in predictions:
+        for name in EXACT:
+            if p["features"][name] != pytest.approx(want[p["tx_id"]][name], rel=1e-9, abs=1e-9):
+                mismatches.append((p["tx_id"], name, p["features"][name], want[p["tx_id"]][name]))
     assert not mismatches, f"{len(mismatches)} feature values differ, first: {mismatches[:5]}"
+    # The 1-hour terminal count, within the feed's bound.
+    by_id = {p["tx_id"]: p for p in predictions}
+    by_terminal: dict[str, list[SimulatedTransaction]] = defaultdict(list)
+    for tx in txs:
+        by_terminal[tx.terminal_id].append(tx)
+    missed = 0
+    for tx in txs:
+        p = by_id[tx.tx_id]
+        t, at = tx.timestamp.timestamp(), scored_at_s(p)
+        hour = [o for o in by_terminal[tx.terminal_id] if o is not tx and t - HOUR_S < o.timestamp.timestamp() <= t]
+        lower = 1 + sum(1 for o in hour if scored_at_s(by_id[o.tx_id]) <= at - FEED_BOUND_S)
+        upper = 1 + sum(1 for o in hour if scored_at_s(by_id[o.tx_id]) <= at + 0.002)
+        got = p["features"]["terminal_nb_tx_1hour"]
+        assert lower <= got <= upper, (tx.tx_id, lower, got, upper)
+        missed += got < want[tx.tx_id]["terminal_nb_tx_1hour"]
+    assert missed <= len(txs) * 0.05, f"{missed} of {len(txs)} 1-hour counts missed a transaction"
     assert any(w["terminal_risk_30day_delay"] > 0 for w in want.values())  # risk was exercised
     assert any(w["terminal_nb_tx_1hour"] > 1 for w in want.values())  # and bursts at a terminal
 
 
 def same_deployment(first: WorkerProcess, **overrides: str) -> dict[str, str]:
     shared = {k: v for k, v in first.env.items() if k.endswith("_TOPIC") or k == "APP_ID"}
-    return {**shared, **ALIGNED, **overrides}
+    return {**shared, **overrides}
 
 
 def test_two_workers_on_four_partitions_give_the_reference_features(
@@ -99,36 +129,61 @@ def test_two_workers_on_four_partitions_give_the_reference_features(
 ) -> None:  # type: ignore[no-untyped-def]
     txs, known_s = simulated_run(seed=11)
     want = expected(txs, known_s)
-    first = worker_factory(partitions=4, DATA_DIR=str(tmp_path / "a"), WORKER_ID="a", **ALIGNED)
-    first.wait_ready()  # creates the topics; then the whole run is published before anything is read
-    publish(kafka_bootstrap, first, txs, known_s)
+    first = worker_factory(partitions=4, DATA_DIR=str(tmp_path / "a"), WORKER_ID="a")
+    first.wait_ready()
+    publish_labels(kafka_bootstrap, first, txs, known_s)
+    publisher = publish_live(kafka_bootstrap, first, txs)
+    time.sleep(len(txs) / RATE_TPS / 4)
     second = worker_factory(partitions=4, **same_deployment(first, DATA_DIR=str(tmp_path / "b"), WORKER_ID="b"))
     second.wait_ready()
-    records = consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], every_tx_id(len(txs)), timeout_s=300)
-    assert_features_equal_reference(records, want)
+    publisher.join()
+    records = consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], every_tx_id(len(txs)), timeout_s=120)
+    assert_features_within_reference(records, txs, want)
     for worker in (first, second):
-        assert metric(worker, "fraud_transactions_total") > 0, f"worker {worker.env['WORKER_ID']} scored nothing"
-        assert metric(worker, "fraud_alignment_forced_releases_total") == 0
+        share = metric(worker, "fraud_transactions_total") / len(txs)
+        assert share >= 0.2, f"worker {worker.env['WORKER_ID']} decided only {share:.1%}"
         assert worker.process is not None and worker.process.poll() is None
 
 
-def test_sigkill_mid_stream_then_restart_gives_the_reference_features_and_every_prediction(
+def test_sigkill_mid_stream_then_restart_gives_the_reference_features_and_every_prediction_once(
     worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     txs, known_s = simulated_run(seed=12)
     want = expected(txs, known_s)
     data_dir = str(tmp_path / "worker")
-    worker = worker_factory(partitions=4, DATA_DIR=data_dir, **ALIGNED)
+    worker = worker_factory(partitions=4, DATA_DIR=data_dir)
     worker.wait_ready()
-    publish(kafka_bootstrap, worker, txs, known_s)
-    consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], every_tx_id(len(txs) // 3), timeout_s=300)
+    publish_labels(kafka_bootstrap, worker, txs, known_s)
+    publisher = publish_live(kafka_bootstrap, worker, txs)
+    consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], every_tx_id(len(txs) // 3), timeout_s=120)
     worker.kill()
-
-    restarted = worker_factory(partitions=4, **same_deployment(worker, DATA_DIR=data_dir))
+    restarted = worker_factory(partitions=4, **same_deployment(worker, DATA_DIR=data_dir, WORKER_ID="worker-0"))
     restarted.wait_ready()
-    records = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], every_tx_id(len(txs)), timeout_s=300)
-    assert len({r.key for r in records}) == len(txs)
-    assert_features_equal_reference(records, want)
-    # The crash left work done but not committed: it was read again and recognised, not counted twice.
-    assert metric(restarted, "fraud_duplicate_transactions_total") > 0
-    assert metric(restarted, "fraud_alignment_forced_releases_total") == 0
+    publisher.join()
+    records = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], every_tx_id(len(txs)), timeout_s=120)
+    time.sleep(2)  # a duplicate would be committed by now
+    records = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(len(records) + 1), timeout_s=5)
+    assert_features_within_reference(records, txs, want)
+    assert metric(restarted, "fraud_transactions_total") > 0
+
+
+def test_a_stalled_partition_does_not_delay_decisions_on_the_others(
+    worker_factory: WorkerFactory, kafka_bootstrap: str
+) -> None:
+    """Partition 1 gets nothing at all (and once, a transaction far ahead in event time); partition 0's
+    transactions are decided at once. The aligned design held them until every partition had passed them."""
+    worker = worker_factory(partitions=2)
+    worker.wait_ready()
+    on_0 = [c for c in (f"c-{i}" for i in range(100)) if (murmur2(c.encode()) & 0x7FFFFFFF) % 2 == 0][:5]
+    on_1 = next(c for c in (f"c-{i}" for i in range(100)) if (murmur2(c.encode()) & 0x7FFFFFFF) % 2 == 1)
+    topic = worker.topics["TRANSACTIONS_TOPIC"]
+    produce(kafka_bootstrap, topic, [(on_1.encode(), dumps(transaction(0, customer_id=on_1,
+                                                                        timestamp="2019-01-01T00:00:00Z")))])  # fmt: skip
+    consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(1))
+    for i in range(1, 21):
+        customer = on_0[i % len(on_0)]
+        sent = time.monotonic()
+        produce(kafka_bootstrap, topic, [(customer.encode(), dumps(transaction(i, customer_id=customer)))])
+        consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(i + 1), timeout_s=10)
+        assert time.monotonic() - sent < 5.0, f"transaction {i} waited"
+    assert len(consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(21), timeout_s=10)) == 21
