@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import faust
-from faust.app.base import BootStrategy
 from aiokafka.consumer.fetcher import Fetcher
+from faust.app.base import BootStrategy
 from mode import Service
 
 from app import metrics

@@ -177,8 +177,8 @@ def test_a_stalled_partition_does_not_delay_decisions_on_the_others(
     on_0 = [c for c in (f"c-{i}" for i in range(100)) if (murmur2(c.encode()) & 0x7FFFFFFF) % 2 == 0][:5]
     on_1 = next(c for c in (f"c-{i}" for i in range(100)) if (murmur2(c.encode()) & 0x7FFFFFFF) % 2 == 1)
     topic = worker.topics["TRANSACTIONS_TOPIC"]
-    produce(kafka_bootstrap, topic, [(on_1.encode(), dumps(transaction(0, customer_id=on_1,
-                                                                        timestamp="2019-01-01T00:00:00Z")))])  # fmt: skip
+    far_ahead = transaction(0, customer_id=on_1, timestamp="2019-01-01T00:00:00Z")
+    produce(kafka_bootstrap, topic, [(on_1.encode(), dumps(far_ahead))])
     consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(1))
     for i in range(1, 21):
         customer = on_0[i % len(on_0)]
