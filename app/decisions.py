@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -36,7 +37,7 @@ from app.transactional import Batch, Output
 
 log = logging.getLogger(__name__)
 
-STREAM_TIME_KEY = b"\x00stream-time"  # a changelog record holding the partition's stream time
+POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time and next input offset
 ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
 
 
@@ -136,8 +137,14 @@ class Scorer:
     def drop(self, tp: TopicPartition) -> None:
         self.partitions.pop(tp.partition, None)
 
-    async def restore(self, tp: TopicPartition) -> None:
-        """Read the partition's changelog to its end with ``read_committed``: the state of the last commit."""
+    async def restore(self, tp: TopicPartition) -> int | None:
+        """Read the partition's changelog to its end with ``read_committed``: the state of the last commit, and
+        the input offset it covers (None before the first batch).
+
+        The offset is kept in the changelog, in each batch's transaction, because the consumer group's offset of
+        a committed transaction can lag behind its changelog records: the broker writes the commit markers to
+        each partition one after the other, and aiokafka cannot ask for stable offsets (KIP-447). The read waits
+        until no transaction is pending on the changelog partition (a fenced owner's last one completing)."""
         state = PartitionState()
         changelog = TopicPartition(self.changelog_topic, tp.partition)
         consumer = AIOKafkaConsumer(
@@ -154,22 +161,20 @@ class Scorer:
         started = time.monotonic()
         count = 0
         entries: dict[str, dict[str, bytes]] = {}
+        next_offset: int | None = None
         try:
             consumer.assign([changelog])
             consumer.seek(changelog, (await consumer.beginning_offsets([changelog]))[changelog])
-            end = (await consumer.end_offsets([changelog]))[changelog]
-            while await consumer.position(changelog) < end:
-                for records in (await consumer.getmany(changelog, timeout_ms=500, max_records=10000)).values():
-                    for record in records:
-                        count += 1
-                        if record.key == STREAM_TIME_KEY:
-                            state.stream_time_s = float(record.value)
-                            continue
-                        customer_id, _, tx_id = record.key.decode().partition(ENTRY_KEY_SEPARATOR)
-                        if record.value is None:
-                            entries.get(customer_id, {}).pop(tx_id, None)
-                        else:
-                            entries.setdefault(customer_id, {})[tx_id] = record.value
+            deadline = time.monotonic() + 30.0
+            while True:
+                end = (await consumer.end_offsets([changelog]))[changelog]
+                while await consumer.position(changelog) < end:
+                    for records in (await consumer.getmany(changelog, timeout_ms=500, max_records=10000)).values():
+                        count += len(records)
+                        next_offset = self._apply_changelog(records, state, entries, next_offset)
+                if consumer.highwater(changelog) in (None, end) or time.monotonic() > deadline:
+                    break  # nothing pending past what was read (or waited long enough)
+                await consumer.getmany(changelog, timeout_ms=100)  # refreshes the high watermark
         finally:
             await consumer.stop()
         for customer_id, by_tx_id in entries.items():
@@ -179,6 +184,24 @@ class Scorer:
         metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))
         log.info("partition %s restored: %d customers from %d changelog records in %.2f s",
                  tp.partition, len(state.customers), count, time.monotonic() - started)  # fmt: skip
+        return next_offset
+
+    @staticmethod
+    def _apply_changelog(
+        records: Sequence[Any], state: PartitionState, entries: dict[str, dict[str, bytes]], next_offset: int | None
+    ) -> int | None:
+        for record in records:
+            if record.key == POSITION_KEY:
+                position = loads(record.value)
+                state.stream_time_s = float(position["stream_time_s"])
+                next_offset = int(position["next_offset"])
+                continue
+            customer_id, _, tx_id = record.key.decode().partition(ENTRY_KEY_SEPARATOR)
+            if record.value is None:
+                entries.get(customer_id, {}).pop(tx_id, None)
+            else:
+                entries.setdefault(customer_id, {})[tx_id] = record.value
+        return next_offset
 
     # ---- one batch -----------------------------------------------------------------------------------------
 
@@ -248,8 +271,8 @@ class Scorer:
         for customer_id in expired:
             for old in state.customer(customer_id):
                 outputs.append(Output(self.changelog_topic, entry_key(customer_id, str(old[3])), None, partition))
-        if stream_time_s != state.stream_time_s:
-            outputs.append(Output(self.changelog_topic, STREAM_TIME_KEY, repr(stream_time_s).encode(), partition))
+        position = {"stream_time_s": stream_time_s, "next_offset": records[-1].offset + 1}
+        outputs.append(Output(self.changelog_topic, POSITION_KEY, dumps(position), partition))
 
         def on_commit() -> None:
             state.customers.update(changed)
@@ -272,6 +295,13 @@ class Scorer:
             metrics.PREDICTED_FRAUD.inc(sum(1 for p in probabilities if p >= settings.decision_threshold))
 
         return Batch(outputs, on_commit)
+
+    def event_time(self, record: Any) -> float:
+        """Event time for catch-up pacing; ``-inf`` for what will be dead-lettered (it goes at once)."""
+        try:
+            return datetime.fromisoformat(loads(record.value)["timestamp"]).timestamp()
+        except Exception:
+            return float("-inf")
 
     def idle(self, tp: TopicPartition) -> Batch | None:
         """Expire idle customers even when no transaction comes to this partition."""

@@ -44,11 +44,15 @@ class Learner:
         self.stream_time_s: dict[int, float] = {}
         self.swept_at_s = time.monotonic()
 
-    async def restore(self, tp: TopicPartition) -> None:
+    async def restore(self, tp: TopicPartition) -> int | None:
         self.waiting.setdefault(tp.partition, {})
+        return None
 
     def drop(self, tp: TopicPartition) -> None:
         """Waiting halves are kept while either topic's partition of that number stays here."""
+
+    def event_time(self, record: Any) -> float:
+        return float("-inf")
 
     def idle(self, tp: TopicPartition) -> Batch | None:
         self._sweep()

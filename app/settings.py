@@ -60,6 +60,7 @@ class Settings:
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 30_000
     terminal_snapshot_interval_s: float = 30.0
+    catchup_max_skew_s: float = 86400.0
     model_name: str = "logreg"
     prior_fraud_rate: float = 0.01
     model_checkpoint_interval_s: float = 30.0
@@ -114,6 +115,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         batch_max_records=int(_get(env, "BATCH_MAX_RECORDS", str(d.batch_max_records))),
         session_timeout_ms=int(_get(env, "SESSION_TIMEOUT_MS", str(d.session_timeout_ms))),
         transaction_timeout_ms=int(_get(env, "TRANSACTION_TIMEOUT_MS", str(d.transaction_timeout_ms))),
+        catchup_max_skew_s=float(_get(env, "CATCHUP_MAX_SKEW_S", str(d.catchup_max_skew_s))),
         terminal_snapshot_interval_s=float(
             _get(env, "TERMINAL_SNAPSHOT_INTERVAL_S", str(d.terminal_snapshot_interval_s))
         ),

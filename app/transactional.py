@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+
+from app.pacing import CatchUpPacer
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,9 @@ class Batch:
 
 
 class BatchHandler(Protocol):
-    async def restore(self, tp: TopicPartition) -> None:
-        """Rebuild the partition's state from the committed truth (changelog read with read_committed)."""
+    async def restore(self, tp: TopicPartition) -> int | None:
+        """Rebuild the partition's state from the committed truth (changelog read with read_committed); returns
+        the next input offset that state covers, when it knows (the group's committed offset may lag)."""
 
     def drop(self, tp: TopicPartition) -> None:
         """Forget the partition's state (revoked, or about to be restored)."""
@@ -65,6 +68,9 @@ class BatchHandler(Protocol):
 
     def idle(self, tp: TopicPartition) -> Batch | None:
         """Work due while no records come (expiry), committed in a transaction of its own; None for none."""
+
+    def event_time(self, record: Any) -> float:
+        """The record's event time, for catch-up pacing (``-inf`` when it has none: it goes at once)."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -95,6 +101,7 @@ class TransactionalLoop:
         session_timeout_ms: int = 10_000,
         transaction_timeout_ms: int = 30_000,
         on_batch: Callable[[int, float], None] | None = None,
+        max_skew_s: float = 0.0,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
@@ -108,6 +115,8 @@ class TransactionalLoop:
         self.session_timeout_ms = session_timeout_ms
         self.transaction_timeout_ms = transaction_timeout_ms
         self.on_batch = on_batch
+        self.pacer = CatchUpPacer(max_skew_s)
+        self._fetched_to: dict[TopicPartition, int] = {}
         self.client_options = client_options or {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
@@ -188,6 +197,7 @@ class TransactionalLoop:
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:  # the batch in flight commits (or aborts) first
             self.generation += 1
+            self.pacer.clear()
             for tp in revoked:
                 await self._close_producer(tp)
                 self.handler.drop(tp)
@@ -197,6 +207,7 @@ class TransactionalLoop:
     async def _assign(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             self.generation += 1
+            self.pacer.clear()
             self.assigned = set(assigned)
             self.ready_partitions.clear()
             results = await asyncio.gather(*(self._open_partition(tp) for tp in self.assigned), return_exceptions=True)
@@ -221,8 +232,8 @@ class TransactionalLoop:
         await producer.start()  # InitProducerId: fences the old owner, aborts its open transaction
         self.producers[tp] = producer
         self.handler.drop(tp)
-        await self.handler.restore(tp)
-        committed = await self.consumer.committed(tp)
+        restored = await self.handler.restore(tp)
+        committed = max((o for o in (await self.consumer.committed(tp), restored) if o is not None), default=None)
         if committed is None:
             await self.consumer.seek_to_beginning(tp)
         else:
@@ -258,16 +269,38 @@ class TransactionalLoop:
             async with self._lock:
                 if generation != self.generation:
                     continue  # fetched before a rebalance: the new positions decide what is read
-                work = [
-                    self._commit_partition(tp, records)
-                    for tp, records in batches.items()
-                    if tp in self.ready_partitions and tp not in self._broken and records
-                ]
-                for tp in self.ready_partitions - set(batches) - self._broken:
+                taken = self._pace(consumer, batches)
+                work = [self._commit_partition(tp, records) for tp, records in taken.items()]
+                for tp in self.ready_partitions - set(taken) - self._broken:
                     batch = self.handler.idle(tp)
                     if batch is not None:
                         work.append(self._commit_partition(tp, (), batch))
                 await asyncio.gather(*work)
+
+    def _pace(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> dict[Any, list[Any]]:
+        """What to process now: everything, unless partitions catching up drift apart in event time; a partition
+        holding records is paused (no more fetches) until they go."""
+        pacing = self.pacer.max_skew_s > 0
+        for tp, records in batches.items():
+            if tp in self.ready_partitions and tp not in self._broken and records:
+                event_time = self.handler.event_time if pacing else _no_time
+                self.pacer.add(tp, [(event_time(r), r) for r in records])
+                self._fetched_to[tp] = records[-1].offset + 1
+        backlog = set()
+        if pacing:
+            for tp in self.ready_partitions:
+                stable = consumer.last_stable_offset(tp)
+                if stable is not None and stable > self._fetched_to.get(tp, stable):
+                    backlog.add(tp)
+        taken = self.pacer.take(backlog, limit=self.max_records)
+        if pacing:
+            held = self.pacer.held()
+            for tp in self.ready_partitions:
+                if tp in held:
+                    consumer.pause(tp)
+                else:
+                    consumer.resume(tp)
+        return taken
 
     async def _commit_partition(self, tp: TopicPartition, records: Sequence[Any], batch: Batch | None = None) -> None:
         """One transaction: the outputs of ``records`` (or a ready ``batch`` when idle) and the next offset."""
@@ -314,6 +347,9 @@ class TransactionalLoop:
 
     def _mark_broken(self, tp: TopicPartition) -> None:
         self._broken.add(tp)
+        self.pacer.drop(tp)
+        if self.consumer is not None and tp in self.consumer.assignment():
+            self.consumer.resume(tp)
         self.ready_partitions.discard(tp)
         self.handler.drop(tp)
 
@@ -336,18 +372,5 @@ class TransactionalLoop:
             await asyncio.sleep(1.0)
 
 
-def run_forever(factory: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    """A coroutine that restarts ``factory`` after an unexpected error (logged once per occurrence)."""
-
-    async def runner() -> None:
-        while True:
-            try:
-                await factory()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background task failed; restarting in 1 s")
-                await asyncio.sleep(1.0)
-
-    return runner
+def _no_time(record: Any) -> float:
+    return float("-inf")

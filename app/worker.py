@@ -23,6 +23,7 @@ from app import metrics
 from app.decisions import Scorer
 from app.health import HealthWindow
 from app.learner import Learner
+from app.logs import quiet_kafka_client
 from app.model import FraudModel, load_model, save_model
 from app.provisioning import changelog_topic, terminal_topic
 from app.settings import load
@@ -100,6 +101,7 @@ decisions = TransactionalLoop(
     session_timeout_ms=settings.session_timeout_ms,
     transaction_timeout_ms=settings.transaction_timeout_ms,
     on_batch=metrics.observe_batch,
+    max_skew_s=settings.catchup_max_skew_s,
 )
 learning = TransactionalLoop(
     name="learning",
@@ -120,8 +122,8 @@ class DecisionPath(Service):
     """The terminal feed, the decision loop and the learning loop, started and stopped with the app."""
 
     async def on_started(self) -> None:
-        logging.getLogger("aiokafka").setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
-        self._tasks = [
+        quiet_kafka_client()
+        self._loops = [
             asyncio.ensure_future(feed.run()),
             asyncio.ensure_future(self._decide()),
             asyncio.ensure_future(learning.run()),
@@ -134,9 +136,9 @@ class DecisionPath(Service):
     async def on_stop(self) -> None:
         await decisions.stop()  # the batch in flight commits first
         await learning.stop()
-        for task in self._tasks:
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._loops, return_exceptions=True)
         feed.save_snapshot()
         save_model(model, MODEL_PATH)
 
