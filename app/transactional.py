@@ -127,22 +127,39 @@ class TransactionalLoop:
         self._lock = asyncio.Lock()
         self._broken: set[TopicPartition] = set()
         self._stopping = False
-        self._probed_at = 0.0
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Consume until cancelled; reconnects and rebuilds partitions after failures, logging state changes."""
+        watch = asyncio.ensure_future(self._watch())
+        try:
+            while not self._stopping:
+                try:
+                    await self._start_consumer()
+                    await self._consume()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the broker went away while (re)starting, or a client bug: retry
+                    self._set_connected(False, exc)
+                    await self._close_consumer()
+                    await asyncio.sleep(1.0)
+        finally:
+            watch.cancel()
+
+    async def _watch(self) -> None:
+        """Ask the broker for metadata every second, beside the loop (which may be waiting on a commit): an empty
+        fetch or a slow commit does not tell whether the broker is there."""
         while not self._stopping:
-            try:
-                await self._start_consumer()
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker went away while (re)starting, or a client bug: retry
-                self._set_connected(False, exc)
-                await self._close_consumer()
-                await asyncio.sleep(1.0)
+            consumer = self.consumer
+            if consumer is not None:
+                try:
+                    await asyncio.wait_for(consumer.topics(), 2.0)
+                except Exception as exc:
+                    self._set_connected(False, exc)
+                else:
+                    self._set_connected(True)
+            await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -264,8 +281,6 @@ class TransactionalLoop:
                 self._set_connected(False, exc)
                 await asyncio.sleep(0.5)
                 continue
-            if not batches:
-                await self._probe(consumer)
             async with self._lock:
                 if generation != self.generation:
                     continue  # fetched before a rebalance: the new positions decide what is read
@@ -331,19 +346,6 @@ class TransactionalLoop:
             batch.on_commit()
         if self.on_batch is not None and records:
             self.on_batch(len(records), time.perf_counter() - started)
-
-    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
-        """While idle, ask the broker for metadata once a second: an empty fetch does not prove it is there."""
-        now = time.monotonic()
-        if now - self._probed_at < 1.0:
-            return
-        self._probed_at = now
-        try:
-            await asyncio.wait_for(consumer.topics(), 3.0)
-        except Exception as exc:
-            self._set_connected(False, exc)
-        else:
-            self._set_connected(True)
 
     def _mark_broken(self, tp: TopicPartition) -> None:
         self._broken.add(tp)
