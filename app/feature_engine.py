@@ -49,8 +49,9 @@ TERMINAL_FEATURE_NAMES: tuple[str, ...] = (
 
 # Customer state: [[t, amount, terminal_id, tx_id, seq], ...]; terminal state: [[t, tx_id, seq], ...]; both
 # sorted by t, ties by arrival. ``seq`` numbers a key's arrivals (larger = later) for the repeat semantics: the
-# transactions that arrived before a repeat's first arrival. Callers never need it (the functions keep it); old
-# terminal entries with a 4th field (the fraud mark of earlier versions) are read as well, the field ignored.
+# transactions that arrived before a repeat's first arrival. Callers never need it (the functions keep it).
+# Terminal entries given as [t, tx_id] (no seq: count as arrived before every numbered entry) or with a 4th
+# field (the per-entry fraud mark of earlier versions, ignored) are read as well.
 CustomerState = list[list[object]]
 TerminalState = list[list[object]]
 
