@@ -83,20 +83,28 @@ def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
 
 
 def pruned(before: CustomerState, after: CustomerState) -> CustomerState:
-    """The entries of ``before`` that adding one transaction pruned (the oldest ones: pruning is from the front).
+    """The entries of ``before`` that adding one transaction pruned (the oldest: pruning is from the front; a
+    transaction older than the horizon is scored but not kept).
 
     >>> pruned([[1.0, 1.0, "k", "a", 0], [2.0, 1.0, "k", "b", 1]], [[2.0, 1.0, "k", "b", 1], [9.0, 1.0, "k", "c", 2]])
     [[1.0, 1.0, 'k', 'a', 0]]
+    >>> pruned([[1.0, 1.0, "k", "a", 0], [2.0, 1.0, "k", "b", 1]], [[2.0, 1.0, "k", "b", 1]])
+    [[1.0, 1.0, 'k', 'a', 0]]
     """
-    return before[: len(before) + 1 - len(after)]
+    k = len(before) + 1 - len(after)
+    if k <= 0:
+        return []
+    kept = {e[3] for e in after[: k + 1]}  # a kept entry of before[:k] sits at most one place later in after
+    return [e for e in before[:k] if e[3] not in kept]
 
 
-def after_entry(state: CustomerState, tx_id: str) -> list[object]:
-    """The entry just added for ``tx_id`` (searched from the newest end: in-order arrivals are last)."""
+def after_entry(state: CustomerState, tx_id: str) -> list[object] | None:
+    """The entry just added for ``tx_id`` (searched from the newest end: in-order arrivals are last); None when
+    the transaction was older than the state's horizon and not kept."""
     for entry in reversed(state):
         if entry[3] == tx_id:
             return entry
-    raise KeyError(tx_id)
+    return None
 
 
 def dead_letter(record: Any, error: InvalidMessage) -> bytes:
@@ -245,14 +253,10 @@ class Scorer:
                 dead += 1
                 continue
             changed[tx.customer_id] = after
-            entry_outputs.append(
-                Output(
-                    self.changelog_topic,
-                    entry_key(tx.customer_id, tx.tx_id),
-                    entry_value(after_entry(after, tx.tx_id)),
-                    partition,
-                )
-            )
+            added = after_entry(after, tx.tx_id)
+            if added is not None:
+                changelog_key = entry_key(tx.customer_id, tx.tx_id)
+                entry_outputs.append(Output(self.changelog_topic, changelog_key, entry_value(added), partition))
             for old in pruned(customer, after):
                 entry_outputs.append(
                     Output(self.changelog_topic, entry_key(tx.customer_id, str(old[3])), None, partition)
