@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The demo: a local Kafka, the worker, simulated traffic for a while, then a summary. Nothing is left running.
 
-python scripts/demo.py --duration-s 60 --rate-tps 300
+python scripts/demo.py --duration-s 60 --rate-tps 1000
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     add_simulator_arguments(parser)
     parser.set_defaults(customers=500, terminals=1000, days=90)
     parser.add_argument("--duration-s", type=float, default=60.0)
-    parser.add_argument("--rate-tps", type=float, default=300.0)
+    parser.add_argument("--rate-tps", type=float, default=1000.0)
     parser.add_argument("--bad-every", type=int, default=1000, help="one malformed message per N transactions")
     args = parser.parse_args(argv)
 
@@ -127,10 +127,13 @@ def summarize(config, predictions, letters, health, sent, achieved_tps) -> None:
     print(f"  false alarms             {decisions.false_alarms}")
     print(f"  AUC ROC / AP             {roc_auc(y_true, [p['fraud_probability'] for p in scored]):.3f} / "
           f"{average_precision(y_true, [p['fraud_probability'] for p in scored]):.3f}")  # fmt: skip
-    print(f"  worker latency p50/p99   {latency['p50']:.2f} / {latency['p99']:.2f} ms")
+    print(f"  worker latency p50/p99   {latency['p50']:.2f} / {latency['p99']:.2f} ms (receipt to scored)")
     if health:
         last = health[-1]
+        lat = last["latency_ms"]
         print(f"  last health              {last['status']} {last['issues']}, labels learned {last['labels_learned']}")
+        print(f"  health window p50/p99    {lat['p50']:.2f} / {lat['p99']:.2f} ms (receipt to committed), "
+              f"{last['throughput_tps']:.0f} tx/s")  # fmt: skip
 
 
 if __name__ == "__main__":
