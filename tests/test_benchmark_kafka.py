@@ -1,7 +1,8 @@
-"""A small run of the throughput and latency benchmark on the real broker: its report is complete."""
+"""A small run of the throughput and latency benchmark on the real broker: its report is complete and sane."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "scripts/benchmark.py", "--bootstrap-servers", kafka_bootstrap, "--transactions", "1500",
-         "--rates", "100", "--rate-seconds", "3", "--partitions", "2", "--out", str(out)],
+         "--rates", "100", "--rate-seconds", "3", "--partitions", "2", "--ceiling-messages", "2000",
+         "--ceiling-variants", "raw", "take", "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -28,11 +30,48 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
         assert m["received"] == m["published"] == 1500 and m["throughput_tps"] > 0
         (rate,) = system["rates"]
         assert rate["offered_tps"] == 100 and rate["received"] == rate["published"] == 300
+        assert isinstance(rate["publisher_kept_rate"], bool) and rate["publish_tps"] > 0
         lat = rate["latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["p99.9"]
         assert system["peak_rss_bytes"] > 0
-    worker = report["systems"][1]
+        per = system["messages_per_transaction"]
+        assert per["published"] == 1500
+        for row in [*per["topics"], per["total"]]:
+            assert row["offsets"] >= row["records"] >= 0
+            assert row["markers_or_aborted"] == row["offsets"] - row["records"]
+            assert math.isclose(row["records_per_tx"], row["records"] / 1500)
+            assert math.isclose(row["offsets_per_tx"], row["offsets"] / 1500)
+    base, worker = report["systems"]
+
+    # the passthrough writes one record per transaction, outside Kafka transactions
+    assert base["messages_per_transaction"]["total"]["records"] == base["messages_per_transaction"]["total"]["offsets"]
+    assert base["messages_per_transaction"]["total"]["records_per_tx"] == 1.0
+
+    # the worker: at least a prediction and a terminal-log record per transaction, in committed Kafka transactions
+    per = worker["messages_per_transaction"]
+    app_id = worker["app_id"]
+    rows = {row["topic"]: row for row in per["topics"]}
+    assert f"{app_id}-customer-state-changelog" in rows and f"{app_id}-terminal-transactions" in rows
+    assert rows[f"{app_id}-terminal-transactions"]["records"] == 1500
+    predictions = [row for topic, row in rows.items() if topic.endswith("-predictions")]
+    assert len(predictions) == 1 and predictions[0]["records"] == 1500
+    assert per["total"]["records_per_tx"] >= 2 and per["total"]["offsets_per_tx"] >= per["total"]["records_per_tx"]
+    assert per["scored"] == 1500
+    assert per["kafka_transactions"] >= 1 and per["total"]["markers_or_aborted"] >= per["kafka_transactions"]
+    assert per["tx_per_kafka_transaction"] == 1500 / per["kafka_transactions"]
+
     assert worker["state_bytes"] > 0
+    assert worker["topic_disk_bytes"][f"{app_id}-customer-state-changelog"] > 0
     assert worker["cpu_split"] and abs(sum(worker["cpu_split"].values()) - 1.0) < 0.01
     assert report["ratios"]["throughput_worker_over_passthrough"] > 0
     assert len(report["ratios"]["p99_latency_worker_over_passthrough"]) == 1
+
+    ceiling = report["ceiling"]
+    assert ceiling["messages"] == 2000 and ceiling["partitions"] == 4
+    assert [row["variant"] for row in ceiling["rows"]] == ["raw", "take"]
+    for row in ceiling["rows"]:
+        assert row["received"] == 2000 and row["msgs_per_s"] > 0 and row["first_to_last_s"] > 0
+
+    # the printed summary is the markdown the lead pastes
+    for heading in ("| system | max tx/s |", "| variant | messages/s |", "| topic | offsets |"):
+        assert heading in result.stdout
