@@ -94,7 +94,7 @@ class TerminalFeed:
         target = await consumer.end_offsets(partitions) if not self.caught_up.is_set() else {}
         last_snapshot = last_sweep = time.monotonic()
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
             now_wall = time.time()
             for tp, records in batches.items():
                 if tp.topic == self.terminal_topic:

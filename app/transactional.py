@@ -25,16 +25,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.producer import sender as aiokafka_sender
 
 from app.pacing import CatchUpPacer
 
 log = logging.getLogger(__name__)
+
+# A transaction starts while the broker still writes the previous one's commit markers; the broker answers
+# CONCURRENT_TRANSACTIONS and the client retries after a backoff (aiokafka: 20 ms for the first partition, else
+# retry_backoff_ms, 100 ms by default). Markers take a millisecond or two here, so back-to-back batches of one
+# partition would wait 20-100 ms each for nothing.
+RETRY_BACKOFF_MS = 5
+aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000.0
 
 
 @dataclass(slots=True)
@@ -102,6 +111,7 @@ class TransactionalLoop:
         transaction_timeout_ms: int = 30_000,
         on_batch: Callable[[int, float], None] | None = None,
         max_skew_s: float = 0.0,
+        offsets_in_state: bool = False,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
@@ -116,6 +126,8 @@ class TransactionalLoop:
         self.transaction_timeout_ms = transaction_timeout_ms
         self.on_batch = on_batch
         self.pacer = CatchUpPacer(max_skew_s)
+        self.offsets_in_state = offsets_in_state
+        self._to_commit: dict[TopicPartition, int] = {}
         self._fetched_to: dict[TopicPartition, int] = {}
         self.client_options = client_options or {}
         self.consumer: AIOKafkaConsumer | None = None
@@ -126,6 +138,12 @@ class TransactionalLoop:
         self.generation = 0
         self._lock = asyncio.Lock()
         self._broken: set[TopicPartition] = set()
+        # One worker task per partition commits that partition's batches, so a slow commit on one partition does
+        # not hold the others; the fetch loop only queues records (and pauses a partition whose queue is full).
+        self._queues: dict[TopicPartition, deque[Any]] = {}
+        self._wake: dict[TopicPartition, asyncio.Event] = {}
+        self._inflight: dict[TopicPartition, asyncio.Lock] = {}
+        self._workers: dict[TopicPartition, asyncio.Task[None]] = {}
         self._stopping = False
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -159,7 +177,19 @@ class TransactionalLoop:
                     self._set_connected(False, exc)
                 else:
                     self._set_connected(True)
+                    await self._commit_group_offsets(consumer)
             await asyncio.sleep(1.0)
+
+    async def _commit_group_offsets(self, consumer: AIOKafkaConsumer) -> None:
+        """With the offsets in the handler's state, the group's offsets are only for lag monitoring and a lower
+        bound at restore: committed once a second, after the transactions that cover them."""
+        offsets = {tp: o for tp, o in self._to_commit.items() if tp in self.ready_partitions}
+        self._to_commit.clear()
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except Exception:  # a rebalance under way: the state's own offsets stay the truth
+                log.debug("%s: group offset commit skipped", self.name, exc_info=True)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -199,6 +229,8 @@ class TransactionalLoop:
 
     async def _close_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None
+        for tp in list(self._workers):
+            await self._stop_worker(tp)
         for tp in list(self.producers):
             await self._close_producer(tp)
         self.ready_partitions.clear()
@@ -212,10 +244,13 @@ class TransactionalLoop:
     # ---- rebalances ----------------------------------------------------------------------------------------
 
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:  # the batch in flight commits (or aborts) first
+        async with self._lock:
             self.generation += 1
             self.pacer.clear()
             for tp in revoked:
+                self.ready_partitions.discard(tp)  # no new batch starts on it
+            for tp in revoked:
+                await self._stop_worker(tp)  # the batch in flight commits (or aborts) first
                 await self._close_producer(tp)
                 self.handler.drop(tp)
                 self.ready_partitions.discard(tp)
@@ -232,6 +267,7 @@ class TransactionalLoop:
                 if isinstance(result, BaseException):  # rebuilt by the consume loop once the broker answers
                     log.warning("%s: %s not ready yet: %r", self.name, tp, result)
                     self._broken.add(tp)
+                self._start_worker(tp)
 
     async def _open_partition(self, tp: TopicPartition) -> None:
         """Fence the previous owner, restore the committed state, and continue from the committed offset."""
@@ -243,6 +279,7 @@ class TransactionalLoop:
             enable_idempotence=True,
             linger_ms=self.linger_ms,
             transaction_timeout_ms=self.transaction_timeout_ms,
+            retry_backoff_ms=RETRY_BACKOFF_MS,
             max_request_size=16 * 1024 * 1024,
             **self.client_options,
         )
@@ -284,13 +321,58 @@ class TransactionalLoop:
             async with self._lock:
                 if generation != self.generation:
                     continue  # fetched before a rebalance: the new positions decide what is read
-                taken = self._pace(consumer, batches)
-                work = [self._commit_partition(tp, records) for tp, records in taken.items()]
-                for tp in self.ready_partitions - set(taken) - self._broken:
+                for tp, records in self._pace(consumer, batches).items():
+                    self._queues.setdefault(tp, deque()).extend(records)
+                    self._wake[tp].set()
+                self._hold(consumer)
+
+    def _start_worker(self, tp: TopicPartition) -> None:
+        self._queues.setdefault(tp, deque())
+        self._wake.setdefault(tp, asyncio.Event())
+        self._inflight.setdefault(tp, asyncio.Lock())
+        if tp not in self._workers or self._workers[tp].done():
+            self._workers[tp] = asyncio.ensure_future(self._work(tp))
+
+    async def _stop_worker(self, tp: TopicPartition) -> None:
+        task = self._workers.pop(tp, None)
+        lock = self._inflight.get(tp)
+        if task is not None and lock is not None:
+            async with lock:  # its batch in flight ends first
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._queues.pop(tp, None)
+
+    async def _work(self, tp: TopicPartition) -> None:
+        """Commit ``tp``'s queued records batch after batch; when nothing comes, the handler's idle work."""
+        queue, wake, inflight = self._queues[tp], self._wake[tp], self._inflight[tp]
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), 1.0)
+            except TimeoutError:
+                pass
+            wake.clear()
+            async with inflight:
+                if tp not in self.ready_partitions or tp in self._broken:
+                    queue.clear()
+                    continue
+                if queue:
+                    records = [queue.popleft() for _ in range(min(len(queue), self.max_records))]
+                    await self._commit_partition(tp, records)
+                    if queue:
+                        wake.set()
+                else:
                     batch = self.handler.idle(tp)
                     if batch is not None:
-                        work.append(self._commit_partition(tp, (), batch))
-                await asyncio.gather(*work)
+                        await self._commit_partition(tp, (), batch)
+
+    def _hold(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause fetching for partitions that pacing holds back or whose queue is full; resume the others."""
+        held = self.pacer.held()
+        for tp in self.ready_partitions:
+            if tp in held or len(self._queues.get(tp, ())) >= 2 * self.max_records:
+                consumer.pause(tp)
+            else:
+                consumer.resume(tp)
 
     def _pace(self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Any]]) -> dict[Any, list[Any]]:
         """What to process now: everything, unless partitions catching up drift apart in event time; a partition
@@ -307,15 +389,7 @@ class TransactionalLoop:
                 stable = consumer.last_stable_offset(tp)
                 if stable is not None and stable > self._fetched_to.get(tp, stable):
                     backlog.add(tp)
-        taken = self.pacer.take(backlog, limit=self.max_records)
-        if pacing:
-            held = self.pacer.held()
-            for tp in self.ready_partitions:
-                if tp in held:
-                    consumer.pause(tp)
-                else:
-                    consumer.resume(tp)
-        return taken
+        return self.pacer.take(backlog)
 
     async def _commit_partition(self, tp: TopicPartition, records: Sequence[Any], batch: Batch | None = None) -> None:
         """One transaction: the outputs of ``records`` (or a ready ``batch`` when idle) and the next offset."""
@@ -328,7 +402,7 @@ class TransactionalLoop:
             pending = [
                 await producer.send(o.topic, key=o.key, value=o.value, partition=o.partition) for o in batch.outputs
             ]
-            if records:
+            if records and not self.offsets_in_state:
                 await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
             await producer.commit_transaction()
             for future in pending:  # delivered with the commit; surfaces a per-message error, if any
@@ -342,6 +416,8 @@ class TransactionalLoop:
             self._mark_broken(tp)
             return
         self._set_connected(True)
+        if records and self.offsets_in_state:
+            self._to_commit[tp] = records[-1].offset + 1
         if batch.on_commit is not None:
             batch.on_commit()
         if self.on_batch is not None and records:
@@ -350,6 +426,8 @@ class TransactionalLoop:
     def _mark_broken(self, tp: TopicPartition) -> None:
         self._broken.add(tp)
         self.pacer.drop(tp)
+        if tp in self._queues:
+            self._queues[tp].clear()
         if self.consumer is not None and tp in self.consumer.assignment():
             self.consumer.resume(tp)
         self.ready_partitions.discard(tp)
