@@ -268,7 +268,9 @@ class Scorer:
             stream_time_s = max(stream_time_s, t)
             key = tx.tx_id.encode()
             outputs.append(Output(settings.predictions_topic, key, dumps(prediction)))
-            outputs.append(Output(self.terminal_topic, tx.terminal_id.encode(), dumps([t, tx.tx_id])))
+            # On the input's partition number, not the terminal's: every worker reads all of them, and a commit
+            # then writes one terminal-log partition instead of up to all (fewer partitions and markers per commit).
+            outputs.append(Output(self.terminal_topic, tx.terminal_id.encode(), dumps([t, tx.tx_id]), partition))
             probabilities.append(prediction.fraud_probability)
         outputs.extend(entry_outputs)
         expired = [c for c in self._expired(state, stream_time_s) if c not in changed]

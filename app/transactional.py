@@ -171,8 +171,10 @@ class TransactionalLoop:
         while not self._stopping:
             consumer = self.consumer
             if consumer is not None:
-                try:
-                    await asyncio.wait_for(consumer.topics(), 2.0)
+                try:  # metadata of our topics only: the whole cluster's can take a long decode on the loop
+                    updated = await asyncio.wait_for(consumer._client.force_metadata_update(), 2.0)  # noqa: SLF001
+                    if not updated:
+                        raise KafkaError("no broker answered a metadata request")
                 except Exception as exc:
                     self._set_connected(False, exc)
                 else:
@@ -181,15 +183,24 @@ class TransactionalLoop:
             await asyncio.sleep(1.0)
 
     async def _commit_group_offsets(self, consumer: AIOKafkaConsumer) -> None:
-        """With the offsets in the handler's state, the group's offsets are only for lag monitoring and a lower
-        bound at restore: committed once a second, after the transactions that cover them."""
+        """Offsets of batches that wrote nothing (and, with the offsets in the handler's state, of every batch:
+        then only for lag monitoring and a lower bound at restore), committed once a second."""
         offsets = {tp: o for tp, o in self._to_commit.items() if tp in self.ready_partitions}
-        self._to_commit.clear()
-        if offsets:
-            try:
-                await consumer.commit(offsets)
-            except Exception:  # a rebalance under way: the state's own offsets stay the truth
-                log.debug("%s: group offset commit skipped", self.name, exc_info=True)
+        if not offsets:
+            return
+        locks = [self._inflight[tp] for tp in offsets if tp in self._inflight]
+        for lock in locks:  # no transaction of these partitions commits a later offset meanwhile
+            await lock.acquire()
+        try:
+            offsets = {tp: o for tp, o in self._to_commit.items() if tp in offsets}
+            for tp in offsets:
+                del self._to_commit[tp]
+            await consumer.commit(offsets)
+        except Exception:  # a rebalance under way: the next owner reads from the last commit
+            log.debug("%s: group offset commit skipped", self.name, exc_info=True)
+        finally:
+            for lock in locks:
+                lock.release()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -398,6 +409,13 @@ class TransactionalLoop:
         try:
             if batch is None:
                 batch = self.handler.process(tp, records)
+            if not batch.outputs and records and not self.offsets_in_state:
+                # Nothing to write: no transaction, the offset is committed with the group's next commit.
+                self._to_commit[tp] = records[-1].offset + 1
+                if batch.on_commit is not None:
+                    batch.on_commit()
+                return
+            self._to_commit.pop(tp, None)  # this transaction commits a later offset of the same partition
             await producer.begin_transaction()
             pending = [
                 await producer.send(o.topic, key=o.key, value=o.value, partition=o.partition) for o in batch.outputs
