@@ -53,6 +53,7 @@ class TerminalFeed:
         self.positions: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
         self.lag_s = 0.0
+        self.interrupted = False
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting after failures (one log line per failure, not per message)."""
@@ -73,8 +74,10 @@ class TerminalFeed:
                 await self._consume(consumer)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.warning("terminal feed interrupted (%r); resuming from its positions", exc, exc_info=True)
+            except Exception as exc:  # the broker went away: one line when it starts, one when the feed is back
+                if not self.interrupted:
+                    log.warning("terminal feed interrupted (%r); resuming when the broker is back", exc)
+                self.interrupted = True
                 await asyncio.sleep(1.0)
             finally:
                 try:
@@ -95,6 +98,9 @@ class TerminalFeed:
         last_snapshot = last_sweep = time.monotonic()
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            if self.interrupted:
+                self.interrupted = False
+                log.info("terminal feed resumed")
             now_wall = time.time()
             for tp, records in batches.items():
                 if tp.topic == self.terminal_topic:

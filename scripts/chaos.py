@@ -959,9 +959,18 @@ class ChaosRun:
             at = time.time()
             record["_at"] = at
             self.event("broker stop")
+            running = self.running()
+            log_sizes = {w.name: _size(w.log_path) for w in running}
             kafka_local.stop(self.broker_data)
             record["stopped_after_s"] = round(time.time() - at, 3)
-            self.sleep_until(time.time() + self.args.broker_down_s)
+            # What operators see while the broker is away: /ready answers, and how much the workers log.
+            statuses: set[int] = set()
+            until = time.time() + self.args.broker_down_s
+            while time.time() < until:
+                statuses.update(_http_status(w.url) for w in running)
+                self.sleep_until(min(until, time.time() + 0.5))
+            record["ready_while_down"] = sorted(statuses)
+            record["log_lines_while_down"] = sum(_count_problem_lines(w.log_path, log_sizes[w.name]) for w in running)
             kafka_local.start(port=self.broker_port, controller_port=self.controller_port, data_dir=self.broker_data)
             record["back_after_s"] = round(time.time() - at, 3)
             self.event("broker answering again", after_s=record["back_after_s"])
@@ -1334,6 +1343,34 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(report))
     print(f"wrote {out}")
     return exit_code(report)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _http_status(url: str) -> int:
+    """The status code of GET ``url`` (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def _count_problem_lines(path: Path, since: int) -> int:
+    """WARNING and ERROR lines a worker wrote to its log after byte ``since``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(since)
+            return sum(1 for line in f if b"[ERROR]" in line or b"[WARNING]" in line)
+    except OSError:
+        return 0
 
 
 if __name__ == "__main__":

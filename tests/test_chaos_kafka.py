@@ -182,5 +182,11 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
     kinds = sorted(f["kind"] for f in report["faults"])
     assert kinds == ["broker_restart", "scale_down", "scale_up", "sigkill", "sigkill"], output
     assert all(f["recovery_s"] is not None for f in report["faults"]), output
+    for fault in report["faults"]:
+        if fault["kind"] == "sigkill":  # the restarted worker decides again well within 15 s
+            assert fault["ready_after_s"] is not None and fault["ready_after_s"] <= 15.0, output
+        if fault["kind"] == "broker_restart":  # not ready while the broker is away; a line per change, not per message
+            assert 503 in fault["ready_while_down"], output
+            assert fault["log_lines_while_down"] <= 60, output
     assert process.returncode == 0, output
     shutil.rmtree(work, ignore_errors=True)  # kept for a look when the test fails
