@@ -112,6 +112,7 @@ class TransactionalLoop:
         on_batch: Callable[[int, float], None] | None = None,
         max_skew_s: float = 0.0,
         offsets_in_state: bool = False,
+        consumer_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
@@ -127,6 +128,7 @@ class TransactionalLoop:
         self.on_batch = on_batch
         self.pacer = CatchUpPacer(max_skew_s)
         self.offsets_in_state = offsets_in_state
+        self.consumer_options = consumer_options or {}
         self._to_commit: dict[TopicPartition, int] = {}
         self._fetched_to: dict[TopicPartition, int] = {}
         self.client_options = client_options or {}
@@ -233,6 +235,7 @@ class TransactionalLoop:
             heartbeat_interval_ms=max(500, self.session_timeout_ms // 5),
             max_poll_interval_ms=300_000,
             **self.client_options,
+            **self.consumer_options,
         )
         await consumer.start()
         consumer.subscribe(self.topics, listener=_Listener(self))

@@ -112,6 +112,9 @@ learning = TransactionalLoop(
     instance_id=f"{settings.app_id}-learning-{settings.worker_id}",
     handler=Learner(settings, model),
     max_records=100,  # learning runs between decision batches: short slices keep their latency low
+    # Fewer, larger fetches of the feature log: it is not on the decision path, and every fetch response costs the
+    # event loop the decisions run on.
+    consumer_options={"fetch_min_bytes": 256 * 1024, "fetch_max_wait_ms": 500},
     linger_ms=settings.producer_linger_ms,
     session_timeout_ms=settings.session_timeout_ms,
     transaction_timeout_ms=settings.transaction_timeout_ms,
