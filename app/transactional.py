@@ -258,6 +258,8 @@ class TransactionalLoop:
     # ---- rebalances ----------------------------------------------------------------------------------------
 
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
+        if self._stopping:
+            return  # stop() holds the lock and closes every partition itself (the consumer's stop calls us)
         async with self._lock:
             self.generation += 1
             self.pacer.clear()
@@ -351,8 +353,13 @@ class TransactionalLoop:
         task = self._workers.pop(tp, None)
         lock = self._inflight.get(tp)
         if task is not None and lock is not None:
-            async with lock:  # its batch in flight ends first
-                task.cancel()
+            try:  # its batch in flight ends first (a stuck one is abandoned: the next owner's start aborts it)
+                await asyncio.wait_for(lock.acquire(), self.transaction_timeout_ms / 1000.0)
+            except TimeoutError:
+                log.warning("%s: %s: the batch in flight did not end; abandoned", self.name, tp)
+            else:
+                lock.release()
+            task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._queues.pop(tp, None)
 
@@ -419,15 +426,9 @@ class TransactionalLoop:
                     batch.on_commit()
                 return
             self._to_commit.pop(tp, None)  # this transaction commits a later offset of the same partition
-            await producer.begin_transaction()
-            pending = [
-                await producer.send(o.topic, key=o.key, value=o.value, partition=o.partition) for o in batch.outputs
-            ]
-            if records and not self.offsets_in_state:
-                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-            await producer.commit_transaction()
-            for future in pending:  # delivered with the commit; surfaces a per-message error, if any
-                await future
+            # Bounded: a commit that never ends (the broker came back without its transaction state) must not
+            # hold the partition forever; the rebuild fences this producer and aborts what it left open.
+            await asyncio.wait_for(self._transaction(producer, tp, records, batch), self.transaction_timeout_ms / 1000)
         except ProducerFenced:
             log.warning("%s: %s was taken over by another worker (fenced)", self.name, tp)
             self._mark_broken(tp)
@@ -443,6 +444,16 @@ class TransactionalLoop:
             batch.on_commit()
         if self.on_batch is not None and records:
             self.on_batch(len(records), time.perf_counter() - started)
+
+    async def _transaction(self, producer: AIOKafkaProducer, tp: TopicPartition, records: Sequence[Any],
+                           batch: Batch) -> None:  # fmt: skip
+        await producer.begin_transaction()
+        pending = [await producer.send(o.topic, key=o.key, value=o.value, partition=o.partition) for o in batch.outputs]
+        if records and not self.offsets_in_state:
+            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+        await producer.commit_transaction()
+        for future in pending:  # delivered with the commit; surfaces a per-message error, if any
+            await future
 
     def _mark_broken(self, tp: TopicPartition) -> None:
         self._broken.add(tp)

@@ -138,8 +138,11 @@ class DecisionPath(Service):
         await decisions.run()
 
     async def on_stop(self) -> None:
-        await decisions.stop()  # the batch in flight commits first
-        await learning.stop()
+        for loop in (decisions, learning):  # the batches in flight commit first; bounded, so SIGTERM always ends
+            try:
+                await asyncio.wait_for(loop.stop(), settings.transaction_timeout_ms / 1000 + 15)
+            except TimeoutError:
+                log.warning("%s did not stop in time; its open transactions are aborted by the next owner", loop.name)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
