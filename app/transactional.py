@@ -243,8 +243,7 @@ class TransactionalLoop:
 
     async def _close_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None
-        for tp in list(self._workers):
-            await self._stop_worker(tp)
+        await asyncio.gather(*(self._stop_worker(tp, wait_s=10.0) for tp in list(self._workers)))
         for tp in list(self.producers):
             await self._close_producer(tp)
         self.ready_partitions.clear()
@@ -349,12 +348,12 @@ class TransactionalLoop:
         if tp not in self._workers or self._workers[tp].done():
             self._workers[tp] = asyncio.ensure_future(self._work(tp))
 
-    async def _stop_worker(self, tp: TopicPartition) -> None:
+    async def _stop_worker(self, tp: TopicPartition, wait_s: float | None = None) -> None:
         task = self._workers.pop(tp, None)
         lock = self._inflight.get(tp)
         if task is not None and lock is not None:
             try:  # its batch in flight ends first (a stuck one is abandoned: the next owner's start aborts it)
-                await asyncio.wait_for(lock.acquire(), self.transaction_timeout_ms / 1000.0)
+                await asyncio.wait_for(lock.acquire(), wait_s or self.transaction_timeout_ms / 1000.0)
             except TimeoutError:
                 log.warning("%s: %s: the batch in flight did not end; abandoned", self.name, tp)
             else:
