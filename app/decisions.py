@@ -224,7 +224,8 @@ class Scorer:
         pending: dict[str, list[tuple[float, str]]] = {}
         outputs: list[Output] = []
         stream_time_s = state.stream_time_s
-        late = dead = 0
+        late = 0
+        dead_codes: list[str] = []  # counted once the batch commits, like everything else
         probabilities: list[float] = []
         for record in records:
             try:
@@ -242,15 +243,13 @@ class Scorer:
                 )
             except InvalidMessage as exc:
                 outputs.append(Output(settings.transactions_dlq_topic, record.key, dead_letter(record, exc)))
-                metrics.DEAD_LETTERS.labels("transactions", exc.code).inc()
-                dead += 1
+                dead_codes.append(exc.code)
                 continue
             except Exception as exc:  # a bug while scoring must not stop the stream or lose the message
                 log.exception("scoring failed at %s[%s]@%s", record.topic, record.partition, record.offset)
                 error = InvalidMessage("scoring_error", repr(exc)[:500])
                 outputs.append(Output(settings.transactions_dlq_topic, record.key, dead_letter(record, error)))
-                metrics.DEAD_LETTERS.labels("transactions", error.code).inc()
-                dead += 1
+                dead_codes.append(error.code)
                 continue
             changed[tx.customer_id] = after
             added = after_entry(after, tx.tx_id)
@@ -289,9 +288,11 @@ class Scorer:
                 self.aggregates.add(terminal_id, t, tx_id)
             now = self.now_s()
             latency_ms = (time.time() - received_at_s) * 1000.0
-            self.window.record_many(now, len(scored), dead, latency_ms)
+            self.window.record_many(now, len(scored), len(dead_codes), latency_ms)
             metrics.TRANSACTIONS_SCORED.inc(len(scored))
-            metrics.TRANSACTIONS_DEAD_LETTERED.inc(dead)
+            metrics.TRANSACTIONS_DEAD_LETTERED.inc(len(dead_codes))
+            for code in dead_codes:
+                metrics.DEAD_LETTERS.labels("transactions", code).inc()
             metrics.LATE_TRANSACTIONS.inc(late)
             metrics.CUSTOMERS_EXPIRED.inc(len(expired))
             metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))

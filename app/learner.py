@@ -62,6 +62,7 @@ class Learner:
         settings = self.settings
         outputs: list[Output] = []
         arrivals: list[tuple[str, Waiting]] = []
+        dead_codes: list[str] = []
         if tp.topic == settings.predictions_topic:
             for record in records:
                 prediction = loads(record.value)
@@ -74,12 +75,14 @@ class Learner:
                     label = parse_label(record.value, settings.max_message_bytes)
                 except InvalidMessage as exc:
                     outputs.append(Output(settings.labels_dlq_topic, record.key, dead_letter(record, exc)))
-                    metrics.DEAD_LETTERS.labels("labels", exc.code).inc()
-                    metrics.LABELS.labels("dead_letter").inc()
+                    dead_codes.append(exc.code)
                     continue
                 arrivals.append((label.tx_id, ("y", label.is_fraud, label.timestamp.timestamp())))
 
         def on_commit() -> None:
+            for code in dead_codes:
+                metrics.DEAD_LETTERS.labels("labels", code).inc()
+                metrics.LABELS.labels("dead_letter").inc()
             waiting = self.waiting.setdefault(tp.partition, {})
             for tx_id, half in arrivals:
                 self._arrive(waiting, tp.partition, tx_id, half)

@@ -50,12 +50,6 @@ CUSTOMERS_EXPIRED = Counter("fraud_customers_expired", "Customer states removed 
 CUSTOMER_STATES = Gauge("fraud_customer_states", "Customer states held by this worker's decision partitions.")
 TERMINALS_EXPIRED = Counter("fraud_terminals_expired", "Terminal states removed after idling past the TTL.")
 TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states in this worker's aggregates (all terminals).")
-DUPLICATE_TRANSACTIONS = Counter(
-    "fraud_duplicate_transactions",
-    "Transactions seen again by tx_id (replays after a crash, producer retries): scored with the features of "
-    "their first arrival, not counted twice in any window.",
-    ["stage"],
-)
 TERMINAL_FEED_LAG = Gauge(
     "fraud_terminal_feed_lag_seconds",
     "Feature freshness: wall time from a scorer's commit of a terminal-log record to this worker reading it. The "
