@@ -186,23 +186,19 @@ class TransactionalLoop:
 
     async def _commit_group_offsets(self, consumer: AIOKafkaConsumer) -> None:
         """Offsets of batches that wrote nothing (and, with the offsets in the handler's state, of every batch:
-        then only for lag monitoring and a lower bound at restore), committed once a second."""
+        then only for lag monitoring and a lower bound at restore), committed once a second.
+
+        No partition lock is held across the request: a commit waits for a rebalance, and a rebalance waits for
+        the partitions' batches. A transaction of the same partition drops the offset waiting here first."""
         offsets = {tp: o for tp, o in self._to_commit.items() if tp in self.ready_partitions}
+        for tp in offsets:
+            del self._to_commit[tp]
         if not offsets:
             return
-        locks = [self._inflight[tp] for tp in offsets if tp in self._inflight]
-        for lock in locks:  # no transaction of these partitions commits a later offset meanwhile
-            await lock.acquire()
         try:
-            offsets = {tp: o for tp, o in self._to_commit.items() if tp in offsets}
-            for tp in offsets:
-                del self._to_commit[tp]
-            await consumer.commit(offsets)
+            await asyncio.wait_for(consumer.commit(offsets), 5.0)
         except Exception:  # a rebalance under way: the next owner reads from the last commit
             log.debug("%s: group offset commit skipped", self.name, exc_info=True)
-        finally:
-            for lock in locks:
-                lock.release()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -264,8 +260,9 @@ class TransactionalLoop:
             self.pacer.clear()
             for tp in revoked:
                 self.ready_partitions.discard(tp)  # no new batch starts on it
+            # The batches in flight commit (or abort) first, all partitions together, bounded.
+            await asyncio.gather(*(self._stop_worker(tp, wait_s=10.0) for tp in revoked))
             for tp in revoked:
-                await self._stop_worker(tp)  # the batch in flight commits (or aborts) first
                 await self._close_producer(tp)
                 self.handler.drop(tp)
                 self.ready_partitions.discard(tp)
