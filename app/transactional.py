@@ -201,9 +201,19 @@ class TransactionalLoop:
             log.debug("%s: group offset commit skipped", self.name, exc_info=True)
 
     async def stop(self) -> None:
+        """Close every partition (batches in flight first, bounded) and the consumer. Does not wait long for a
+        rebalance or a rebuild under way: the next owner's start fences and aborts whatever is left open."""
         self._stopping = True
-        async with self._lock:
+        try:
+            await asyncio.wait_for(self._lock.acquire(), 5.0)
+        except TimeoutError:
+            log.warning("%s: a rebalance or rebuild is under way; stopping without waiting for it", self.name)
             await self._close_consumer()
+            return
+        try:
+            await self._close_consumer()
+        finally:
+            self._lock.release()
 
     @property
     def ready(self) -> bool:
@@ -299,7 +309,9 @@ class TransactionalLoop:
         self.producers[tp] = producer
         self.handler.drop(tp)
         restored = await self.handler.restore(tp)
-        committed = max((o for o in (await self.consumer.committed(tp), restored) if o is not None), default=None)
+        # The state's own position is the truth when it has one; the group's offset (committed later, outside the
+        # transactions) is only the fallback of a handler that keeps none.
+        committed = restored if restored is not None else await self.consumer.committed(tp)
         if committed is None:
             await self.consumer.seek_to_beginning(tp)
         else:
