@@ -186,7 +186,7 @@ class TransactionalLoop:
 
     async def _commit_group_offsets(self, consumer: AIOKafkaConsumer) -> None:
         """Offsets of batches that wrote nothing (and, with the offsets in the handler's state, of every batch:
-        then only for lag monitoring and a lower bound at restore), committed once a second.
+        then only for lag monitoring: a restore continues from the state's position), committed once a second.
 
         No partition lock is held across the request: a commit waits for a rebalance, and a rebalance waits for
         the partitions' batches. A transaction of the same partition drops the offset waiting here first."""
