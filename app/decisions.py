@@ -62,7 +62,7 @@ def entry_key(customer_id: str, tx_id: str) -> bytes:
     return f"{customer_id}{ENTRY_KEY_SEPARATOR}{tx_id}".encode()
 
 
-def entry_value(entry: list[object]) -> bytes:
+def entry_value(entry: Sequence[Any]) -> bytes:
     """``[t, amount, terminal_id, seq]`` of a customer state entry ``[t, amount, terminal_id, tx_id, seq]``."""
     return dumps([entry[0], entry[1], entry[2], entry[4]])
 
@@ -70,14 +70,14 @@ def entry_value(entry: list[object]) -> bytes:
 def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
     """A customer's state from its changelog entries, in event-time order (ties in arrival order).
 
-    >>> state = [[5.0, 1.0, "k1", "t2", 1], [5.0, 2.0, "k2", "t1", 0], [1.0, 3.0, "k1", "t0", 2]]
+    >>> state = [(5.0, 1.0, "k1", "t2", 1), (5.0, 2.0, "k2", "t1", 0), (1.0, 3.0, "k1", "t0", 2)]
     >>> restored_state({e[3]: entry_value(e) for e in state})
-    [[1.0, 3.0, 'k1', 't0', 2], [5.0, 2.0, 'k2', 't1', 0], [5.0, 1.0, 'k1', 't2', 1]]
+    [(1.0, 3.0, 'k1', 't0', 2), (5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1)]
     """
     state: CustomerState = []
     for tx_id, raw in by_tx_id.items():
         t, amount, terminal_id, seq = loads(raw)
-        state.append([t, amount, terminal_id, tx_id, seq])
+        state.append((t, amount, terminal_id, tx_id, seq))
     state.sort(key=lambda e: (e[0], e[4]))  # type: ignore[arg-type,return-value]
     return state
 
@@ -86,10 +86,9 @@ def pruned(before: CustomerState, after: CustomerState) -> CustomerState:
     """The entries of ``before`` that adding one transaction pruned (the oldest: pruning is from the front; a
     transaction older than the horizon is scored but not kept).
 
-    >>> pruned([[1.0, 1.0, "k", "a", 0], [2.0, 1.0, "k", "b", 1]], [[2.0, 1.0, "k", "b", 1], [9.0, 1.0, "k", "c", 2]])
-    [[1.0, 1.0, 'k', 'a', 0]]
-    >>> pruned([[1.0, 1.0, "k", "a", 0], [2.0, 1.0, "k", "b", 1]], [[2.0, 1.0, "k", "b", 1]])
-    [[1.0, 1.0, 'k', 'a', 0]]
+    >>> a, b, c = (1.0, 1.0, "k", "a", 0), (2.0, 1.0, "k", "b", 1), (9.0, 1.0, "k", "c", 2)
+    >>> pruned([a, b], [b, c]), pruned([a, b], [b])
+    ([(1.0, 1.0, 'k', 'a', 0)], [(1.0, 1.0, 'k', 'a', 0)])
     """
     k = len(before) + 1 - len(after)
     if k <= 0:
@@ -98,7 +97,7 @@ def pruned(before: CustomerState, after: CustomerState) -> CustomerState:
     return [e for e in before[:k] if e[3] not in kept]
 
 
-def after_entry(state: CustomerState, tx_id: str) -> list[object] | None:
+def after_entry(state: CustomerState, tx_id: str) -> tuple[Any, ...] | None:
     """The entry just added for ``tx_id`` (searched from the newest end: in-order arrivals are last); None when
     the transaction was older than the state's horizon and not kept."""
     for entry in reversed(state):

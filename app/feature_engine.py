@@ -47,13 +47,15 @@ TERMINAL_FEATURE_NAMES: tuple[str, ...] = (
     "terminal_nb_tx_1hour",
 )
 
-# Customer state: [[t, amount, terminal_id, tx_id, seq], ...]; terminal state: [[t, tx_id, seq], ...]; both
+# Customer state: [(t, amount, terminal_id, tx_id, seq), ...]; terminal state: [(t, tx_id, seq), ...]; both
 # sorted by t, ties by arrival. ``seq`` numbers a key's arrivals (larger = later) for the repeat semantics: the
 # transactions that arrived before a repeat's first arrival. Callers never need it (the functions keep it).
-# Terminal entries given as [t, tx_id] (no seq: count as arrived before every numbered entry) or with a 4th
+# Terminal entries given as (t, tx_id) (no seq: count as arrived before every numbered entry) or with a 4th
 # field (the per-entry fraud mark of earlier versions, ignored) are read as well.
-CustomerState = list[list[object]]
-TerminalState = list[list[object]]
+# Entries are tuples of numbers and strings: the garbage collector stops tracking them, so a full collection
+# does not walk every entry of every key (with lists it did: pauses of 100-200 ms on the decision loop).
+CustomerState = list[tuple[Any, ...]]
+TerminalState = list[tuple[Any, ...]]
 
 _T = operator.itemgetter(0)
 _30_DAYS_S = 30 * DAY_S
@@ -66,7 +68,7 @@ _TERMINAL_WINDOWS = tuple((n, f"terminal_nb_tx_{n}day_delay", f"terminal_risk_{n
 _STD_NOISE = 1e-9  # below this a standard deviation is rounding noise of equal amounts, not spread
 
 
-def _time(entry: list[object]) -> float:
+def _time(entry: Sequence[Any]) -> float:
     return entry[0]  # type: ignore[return-value]
 
 
@@ -87,7 +89,7 @@ def customer_features(
     (True, True)
     """
     if not state:
-        return _customer_x((), (), (), t, amount, terminal_id), [[t, amount, terminal_id, tx_id, 0]]
+        return _customer_x((), (), (), t, amount, terminal_id), [(t, amount, terminal_id, tx_id, 0)]
     # One C-level transpose of the state gives every column the windows need (cheaper than Python loops).
     times, amounts, terminals, ids, seqs = zip(*state, strict=True)
     if tx_id in ids:
@@ -102,7 +104,7 @@ def customer_features(
     keep = bisect.bisect_right(times, horizon)
     if t <= horizon:  # later than the lateness: scored, but already out of what the state holds
         return x, state[keep:]
-    return x, [*state[keep:at], [t, amount, terminal_id, tx_id, max(seqs) + 1], *state[at:]]  # type: ignore[type-var, operator]
+    return x, [*state[keep:at], (t, amount, terminal_id, tx_id, max(seqs) + 1), *state[at:]]
 
 
 def _customer_x(
@@ -157,7 +159,7 @@ def terminal_x(
     ``terminal_nb_tx_1hour``: 1 (this one) plus the entries in ``(t - 1 hour, t]``. ``state`` must not hold
     the transaction itself (it would count in its own 1-hour window): see :func:`terminal_features`.
 
-    >>> state = [[0.0, "t1", 0], [3600.0, "t2", 1]]
+    >>> state = [(0.0, "t1", 0), (3600.0, "t2", 1)]
     >>> x = terminal_x(state, 7.5 * 86400, {"t1": 2 * 86400.0})  # t1 known to be fraud from day 2
     >>> x["terminal_nb_tx_1day_delay"], x["terminal_risk_1day_delay"], x["terminal_nb_tx_1hour"]
     (2.0, 0.5, 1.0)
@@ -184,27 +186,27 @@ def terminal_x(
 def add_terminal_entry(
     state: TerminalState, t: float, tx_id: str, delay_days: float = 7.0, lateness_s: float = DAY_S
 ) -> bool:
-    """Add ``[t, tx_id, seq]`` to ``state`` IN PLACE (after equal times), prune; False, unchanged, on a repeat.
+    """Add ``(t, tx_id, seq)`` to ``state`` IN PLACE (after equal times), prune; False, unchanged, on a repeat.
 
     Pruning keeps what the longest window of the newest entry needs, plus the lateness: entries older than
     ``newest - (delay_days + 30) days - lateness_s`` go (the new entry too, when it is that late).
 
-    >>> state = [[0.0, "t1", 0]]
+    >>> state = [(0.0, "t1", 0)]
     >>> add_terminal_entry(state, 60.0, "t2"), add_terminal_entry(state, 60.0, "t2"), state
-    (True, False, [[0.0, 't1', 0], [60.0, 't2', 1]])
+    (True, False, [(0.0, 't1', 0), (60.0, 't2', 1)])
     >>> add_terminal_entry(state, 39 * 86400.0, "t3"), state  # t1 and t2 are past 37 days + 1 day
-    (True, [[3369600.0, 't3', 2]])
+    (True, [(3369600.0, 't3', 2)])
     """
     ids, next_seq = _ids_and_next_seq(state)
     if tx_id in ids:
         return False
-    _insert_and_prune(state, [t, tx_id, next_seq], delay_days, lateness_s)
+    _insert_and_prune(state, (t, tx_id, next_seq), delay_days, lateness_s)
     return True
 
 
 def _ids_and_next_seq(state: TerminalState) -> tuple[Sequence[Any], int]:
     """The tx_ids, and a seq above every one held: one C-level transpose when every entry has its seq (entries
-    given as ``[t, tx_id]`` have none and count as arrived before every numbered one)."""
+    given as ``(t, tx_id)`` have none and count as arrived before every numbered one)."""
     columns = tuple(zip(*state, strict=False))
     if len(columns) >= 3:
         return columns[1], max(columns[2]) + 1
@@ -219,7 +221,7 @@ def _arrived_before(state: TerminalState, i: int) -> TerminalState:
     return [e for e in state[:i] if len(e) <= 2]
 
 
-def _insert_and_prune(state: TerminalState, entry: list[object], delay_days: float, lateness_s: float) -> None:
+def _insert_and_prune(state: TerminalState, entry: tuple[Any, ...], delay_days: float, lateness_s: float) -> None:
     t = _time(entry)
     if not state or _time(state[-1]) <= t:
         state.append(entry)  # the common case: in event-time order
@@ -262,7 +264,7 @@ def terminal_features(
         return terminal_x(_arrived_before(state, i), _time(state[i]), frauds_known_s, delay_days), state
     x = terminal_x(state, t, frauds_known_s, delay_days)
     after = list(state)
-    _insert_and_prune(after, [t, tx_id, next_seq], delay_days, lateness_s)
+    _insert_and_prune(after, (t, tx_id, next_seq), delay_days, lateness_s)
     return x, after
 
 
@@ -272,6 +274,6 @@ def record_fraud(frauds_known_s: dict[str, float], tx_id: str, known_s: float) -
     frauds_known_s[tx_id] = known_s if known is None else min(known, known_s)
 
 
-def newest_event_time_s(state: list[list[object]]) -> float:
+def newest_event_time_s(state: Sequence[Sequence[Any]]) -> float:
     """Event time of the key's newest entry (states are sorted), for expiring idle keys in stream time."""
     return _time(state[-1]) if state else float("-inf")

@@ -3,8 +3,9 @@
 The predictions topic is the feature log (each prediction carries the features as scored); labels are keyed
 by ``tx_id`` like predictions, so both halves of a pair are on the same partition number. This handler of a
 :class:`app.transactional.TransactionalLoop` over ``predictions`` and ``labels`` keeps whichever half came
-first (features as compact float arrays), learns a pair once, and dead-letters invalid labels in the same
-transaction as its offsets (every label ends as learned, waiting, expired or one dead letter).
+first (features packed as doubles in ``bytes``, which the garbage collector does not track), learns a pair
+once, and dead-letters invalid labels in the same transaction as its offsets (every label ends as learned,
+waiting, expired or one dead letter).
 
 Known limit (issue 9 redesigns learning): the waiting halves live in this worker's memory, so a restart or a
 rebalance forgets pairs not completed yet, and each worker teaches its own model.
@@ -13,8 +14,8 @@ rebalance forgets pairs not completed yet, and each worker teaches its own model
 from __future__ import annotations
 
 import logging
+import struct
 import time
-from array import array
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -32,8 +33,10 @@ from app.transactional import Batch, Output
 
 log = logging.getLogger(__name__)
 
-# tx_id -> ("x", features in FEATURE_NAMES order, event time) or ("y", is_fraud, when known)
+# tx_id -> ("x", features in FEATURE_NAMES order packed as doubles, event time) or ("y", is_fraud, when known)
 Waiting = tuple[str, Any, float]
+_PACK = struct.Struct(f"<{len(FEATURE_NAMES)}d").pack
+_UNPACK = struct.Struct(f"<{len(FEATURE_NAMES)}d").unpack
 
 
 class Learner:
@@ -67,7 +70,7 @@ class Learner:
             for record in records:
                 prediction = loads(record.value)
                 features = prediction["features"]
-                x = array("d", (float(features.get(name, 0.0)) for name in FEATURE_NAMES))
+                x = _PACK(*(float(features.get(name, 0.0)) for name in FEATURE_NAMES))
                 arrivals.append((prediction["tx_id"], ("x", x, _event_time_s(prediction["timestamp"]))))
         else:
             for record in records:
@@ -102,7 +105,7 @@ class Learner:
             return
         del waiting[tx_id]
         x, y = (half[1], other[1]) if half[0] == "x" else (other[1], half[1])
-        self.model.learn_one(dict(zip(FEATURE_NAMES, x, strict=True)), bool(y))
+        self.model.learn_one(dict(zip(FEATURE_NAMES, _UNPACK(x), strict=True)), bool(y))
         metrics.LABELS_JOINED.inc()
 
     def _sweep(self) -> None:

@@ -1,71 +1,126 @@
-"""The online model: a River pipeline that scores before it learns.
+"""The online model: one River learner, chosen by name, that scores before it learns.
 
-Standard scaling then logistic regression. Fraud is rare (about 0.8 % of transactions), so positives weigh
-more in the loss; otherwise the model learns to say "never fraud". ``reasons`` names the features whose
-scaled value times weight raised the score most: cheap, exact for a linear model, and what an analyst asks
-first.
+Fraud is rare (about 0.8 % of transactions), so every family here learns frauds more heavily than legitimate
+transactions: the linear model weighs positives in its loss, and any family can learn only a share of the
+legitimate labels (``neg``, every fraud is always learned), which both rebalances the classes and keeps learning
+cheap enough to follow the label rate. The probability is corrected for that share (odds times ``neg``), so the
+decision threshold means the same with or without it.
+
+Names are a family and optional parameters, ``family:key=value,key=value``; the candidates were measured on the
+handbook's protocol by ``scripts/model_candidates.py`` (see BENCHMARKS.md, "Model candidates"):
+
+- ``logreg``: standard scaling then logistic regression (``opt`` sgd, adam or adagrad, ``lr``, ``wpos`` the
+  weight of a fraud in the loss, ``l2``); the intercept starts at the prior, so a cold model does not flag
+  everything. Reasons are the features whose scaled value times weight raised the score most: exact for a linear
+  model, and what an analyst asks first.
+- ``hoeffding``, ``arf`` and ``bagged-ht``: a Hoeffding tree, an adaptive random forest, online bagging of
+  Hoeffding trees (``trees``, ``grace`` period, ``share`` the ``max_share_to_split``: River's default of 0.99
+  never lets a leaf with 0.8 % fraud split, ``leaf`` prediction mc, nb or nba, ``depth``). Reasons are the
+  features tested on the path to the leaf in the first tree, nearest the leaf first.
+- ``leaflr``: the linear model above on the scaled features plus one indicator per small Hoeffding tree for the
+  leaf ``x`` falls in (``trees``, ``grace``, ``share``, ``depth``): the trees find thresholds, the linear model
+  weighs them. Reasons as for ``logreg``, over the features only.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import pickle
+import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from river import compose, linear_model, optim, preprocessing
+from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
+from river.tree.base import Branch
+
+from app.checkpoints import write_atomically
+
+DEFAULT_MODEL = "logreg"
+
+Param = float | int | str
+
+# Each family's parameters and their defaults; a name may override any of them and nothing else.
+FAMILIES: dict[str, dict[str, Param]] = {
+    "logreg": {"opt": "sgd", "lr": 0.05, "wpos": 5.0, "l2": 0.0, "neg": 1.0},
+    "hoeffding": {"grace": 200, "share": 1.0, "leaf": "mc", "depth": 0, "neg": 1.0},
+    "arf": {"trees": 10, "grace": 50, "share": 1.0, "leaf": "mc", "depth": 0, "lam": 6, "neg": 1.0},
+    "bagged-ht": {"trees": 10, "grace": 200, "share": 1.0, "leaf": "mc", "depth": 0, "neg": 1.0},
+    "leaflr": {
+        "opt": "sgd",
+        "lr": 0.05,
+        "wpos": 5.0,
+        "l2": 0.0,
+        "trees": 3,
+        "grace": 200,
+        "share": 1.0,
+        "depth": 8,
+        "neg": 1.0,
+    },
+}
+_CHOICES: dict[str, tuple[str, ...]] = {"opt": ("sgd", "adam", "adagrad"), "leaf": ("mc", "nb", "nba")}
+_SEED = 42  # sampling and ensemble randomness: a replay of the same labels learns the same model
 
 
-class FraudModel:
-    """Scores ``x`` with :meth:`predict_proba_one` and learns delayed labels with :meth:`learn_one`."""
+def parse_name(name: str) -> tuple[str, dict[str, Param]]:
+    """The family and its parameters (defaults overridden by the name); ValueError for anything unknown.
 
-    def __init__(
-        self,
-        name: str = "logreg",
-        learning_rate: float = 0.05,
-        weight_pos: float = 5.0,
-        prior_fraud_rate: float = 0.01,
-    ) -> None:
-        self.name = name
+    >>> parse_name("logreg:opt=adam,lr=0.01")
+    ('logreg', {'opt': 'adam', 'lr': 0.01, 'wpos': 5.0, 'l2': 0.0, 'neg': 1.0})
+    """
+    family, _, rest = name.partition(":")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r} in {name!r}; known: {', '.join(FAMILIES)}")
+    defaults = FAMILIES[family]
+    params = dict(defaults)
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"unknown parameter {item!r} in {name!r}; {family} takes {', '.join(defaults)}")
+        default = defaults[key]
+        try:
+            params[key] = value if isinstance(default, str) else type(default)(value)
+        except ValueError:
+            raise ValueError(f"{key}={value!r} in {name!r} is not a {type(default).__name__}") from None
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ValueError(f"{key}={value!r} in {name!r}: one of {', '.join(_CHOICES[key])}")
+    if not 0.0 < float(params["neg"]) <= 1.0:
+        raise ValueError(f"neg must be in (0, 1] in {name!r}: it is the share of legitimate labels learned")
+    return family, params
+
+
+class _Linear:
+    """Standard scaling then logistic regression; reasons are the largest positive contributions."""
+
+    def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
+        lr = float(params["lr"])
+        optimizers: dict[str, Callable[[], optim.base.Optimizer]] = {
+            "sgd": lambda: optim.SGD(lr),
+            "adam": lambda: optim.Adam(lr),
+            "adagrad": lambda: optim.AdaGrad(lr),
+        }
         self.scaler = preprocessing.StandardScaler()
         # Before any label the score is the prior, not 0.5: a cold model must not flag everything.
         self.classifier = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate),
-            loss=optim.losses.Log(weight_pos=weight_pos),
+            optimizer=optimizers[str(params["opt"])](),
+            loss=optim.losses.Log(weight_pos=float(params["wpos"])),
+            l2=float(params["l2"]),
             intercept_init=math.log(prior_fraud_rate / (1.0 - prior_fraud_rate)),
         )
         self.pipeline = compose.Pipeline(self.scaler, self.classifier)
-        self.labels_learned = 0
 
-    @property
-    def version(self) -> str:
-        """Name of the model family and its configuration; weights change with every label."""
-        return f"{self.name}-v1"
-
-    def predict_proba_one(self, x: dict[str, float]) -> float:
-        """Probability that the transaction described by ``x`` is fraud."""
+    def proba(self, x: dict[str, float]) -> float:
         return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
 
-    def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
-        """Probability and :meth:`reasons` together, scaling ``x`` once (the per-transaction path)."""
+    def score(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
         scaled = self.scaler.transform_one(x)
         probability = float(self.classifier.predict_proba_one(scaled).get(True, 0.0))
         return probability, self._top_contributions(scaled, k)
 
-    def learn_one(self, x: dict[str, float], y: bool) -> None:
+    def learn(self, x: dict[str, float], y: bool) -> None:
         self.pipeline.learn_one(x, y)
-        self.labels_learned += 1
 
-    def reasons(self, x: dict[str, float], k: int = 3) -> list[str]:
-        """Up to ``k`` feature names that raised the score most (positive contributions only).
-
-        >>> m = FraudModel()
-        >>> for _ in range(50):
-        ...     m.learn_one({"amount": 500.0, "hour_of_day": 3.0}, True)
-        ...     m.learn_one({"amount": 20.0, "hour_of_day": 3.0}, False)
-        >>> m.reasons({"amount": 600.0, "hour_of_day": 3.0})
-        ['amount']
-        """
+    def reasons(self, x: dict[str, float], k: int) -> list[str]:
         return self._top_contributions(self.scaler.transform_one(x), k)
 
     def _top_contributions(self, scaled: dict[str, float], k: int) -> list[str]:
@@ -79,15 +134,230 @@ class FraudModel:
         return [name for _, name in raising[:k]]
 
 
+class _Trees:
+    """A River tree learner on the raw features (trees need no scaling); reasons come from the first tree's path."""
+
+    def __init__(self, family: str, params: dict[str, Param], prior_fraud_rate: float) -> None:
+        self.prior = prior_fraud_rate
+        depth = int(params["depth"]) or None
+        common: dict[str, Any] = {
+            "grace_period": int(params["grace"]),
+            "max_share_to_split": float(params["share"]),
+            "leaf_prediction": str(params["leaf"]),
+            "max_depth": depth,
+        }
+        self.model: Any
+        if family == "hoeffding":
+            self.model = tree.HoeffdingTreeClassifier(**common)
+        elif family == "arf":
+            self.model = forest.ARFClassifier(
+                n_models=int(params["trees"]), lambda_value=int(params["lam"]), seed=_SEED, **common
+            )
+        else:
+            base = tree.HoeffdingTreeClassifier(**common)
+            self.model = ensemble.BaggingClassifier(base, n_models=int(params["trees"]), seed=_SEED)
+
+    def proba(self, x: dict[str, float]) -> float:
+        distribution = self.model.predict_proba_one(x)
+        if not distribution:  # nothing learned yet: the prior, like the linear model's intercept
+            return self.prior
+        return float(distribution.get(True, 0.0))
+
+    def score(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
+        return self.proba(x), self.reasons(x, k)
+
+    def learn(self, x: dict[str, float], y: bool) -> None:
+        self.model.learn_one(x, y)
+
+    def reasons(self, x: dict[str, float], k: int) -> list[str]:
+        first = self.model if isinstance(self.model, tree.HoeffdingTreeClassifier) else next(iter(self.model), None)
+        node = getattr(first, "_root", None)
+        tested: list[str] = []
+        while isinstance(node, Branch):
+            tested.append(node.feature)  # type: ignore[attr-defined]  # every River decision branch has one
+            try:
+                node = node.next(x)
+            except KeyError:  # a feature missing from x: the path stops there
+                break
+        names: list[str] = []
+        for name in reversed(tested):
+            if name not in names:
+                names.append(name)
+        return names[:k]
+
+
+class _LeafLinear(_Linear):
+    """Logistic regression on the scaled features plus one indicator per tree: the leaf ``x`` falls in.
+
+    The trees (Hoeffding trees, each learning with Poisson(1) weights so they differ) find the thresholds a linear
+    model cannot draw (amount over 220, a risky terminal with few transactions); the linear model weighs their
+    leaves against the features. A leaf is named by its tree and path (``t0:101``); when it splits, its children
+    start at weight 0 and the linear model learns them. Reasons are the raw features' contributions only.
+    """
+
+    def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
+        super().__init__(params, prior_fraud_rate)
+        self.trees = [
+            tree.HoeffdingTreeClassifier(
+                grace_period=int(params["grace"]),
+                max_share_to_split=float(params["share"]),
+                max_depth=int(params["depth"]) or None,
+                leaf_prediction="mc",
+            )
+            for _ in range(int(params["trees"]))
+        ]
+        self._bootstrap = random.Random(_SEED)
+
+    def _with_leaves(self, scaled: dict[str, float], x: dict[str, float]) -> dict[str, float]:
+        z = dict(scaled)
+        for i, model in enumerate(self.trees):
+            node = model._root
+            path = ""
+            while isinstance(node, Branch):
+                try:
+                    branch = node.branch_no(x)  # type: ignore[attr-defined]  # every River decision branch has one
+                except KeyError:
+                    break
+                path += str(branch)
+                node = node.children[branch]
+            z[f"t{i}:{path}"] = 1.0
+        return z
+
+    def proba(self, x: dict[str, float]) -> float:
+        z = self._with_leaves(self.scaler.transform_one(x), x)
+        return float(self.classifier.predict_proba_one(z).get(True, 0.0))
+
+    def score(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
+        scaled = self.scaler.transform_one(x)
+        probability = float(self.classifier.predict_proba_one(self._with_leaves(scaled, x)).get(True, 0.0))
+        return probability, self._top_contributions(scaled, k)
+
+    def learn(self, x: dict[str, float], y: bool) -> None:
+        self.scaler.learn_one(x)
+        scaled = self.scaler.transform_one(x)
+        self.classifier.learn_one(self._with_leaves(scaled, x), y)
+        for model in self.trees:
+            weight = _poisson1(self._bootstrap)
+            if weight:
+                model.learn_one(x, y, w=weight)
+
+
+def _poisson1(rng: random.Random) -> int:
+    """A Poisson(1) draw (online bagging's bootstrap weight), by inversion."""
+    k, p, u = 0, math.exp(-1.0), rng.random()
+    cumulative = p
+    while u > cumulative:
+        k += 1
+        p /= k
+        cumulative += p
+    return k
+
+
+class FraudModel:
+    """Scores ``x`` with :meth:`predict_proba_one` and learns delayed labels with :meth:`learn_one`.
+
+    ``name`` picks the family and its parameters (see the module docstring and :func:`parse_name`).
+    """
+
+    def __init__(self, name: str = DEFAULT_MODEL, prior_fraud_rate: float = 0.01) -> None:
+        family, params = parse_name(name)
+        self.name = name
+        self.negative_share = float(params["neg"])
+        self._sampler = random.Random(_SEED)
+        # The learner sees frauds at odds 1 / neg times the real ones: so must its cold prior.
+        prior = prior_fraud_rate / (prior_fraud_rate + self.negative_share * (1.0 - prior_fraud_rate))
+        self.learner: _Linear | _Trees
+        if family == "logreg":
+            self.learner = _Linear(params, prior)
+        elif family == "leaflr":
+            self.learner = _LeafLinear(params, prior)
+        else:
+            self.learner = _Trees(family, params, prior)
+        self.labels_learned = 0  # labels given to learn_one, sampled out or not
+        self.labels_skipped = 0  # legitimate labels left out by the sampling
+
+    @property
+    def version(self) -> str:
+        """Name of the model family and its configuration; weights change with every label."""
+        return f"{self.name}-v1"
+
+    @property
+    def scaler(self) -> preprocessing.StandardScaler:
+        return self._linear().scaler
+
+    @property
+    def classifier(self) -> linear_model.LogisticRegression:
+        return self._linear().classifier
+
+    @property
+    def pipeline(self) -> compose.Pipeline:
+        return self._linear().pipeline
+
+    def predict_proba_one(self, x: dict[str, float]) -> float:
+        """Probability that the transaction described by ``x`` is fraud."""
+        return self._unsampled(self.learner.proba(x))
+
+    def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
+        """Probability and :meth:`reasons` together, in one pass where the family allows (the per-transaction path)."""
+        probability, reasons = self.learner.score(x, k)
+        return self._unsampled(probability), reasons
+
+    def learn_one(self, x: dict[str, float], y: bool) -> None:
+        """Learn every fraud and a ``neg`` share of legitimate transactions, drawn at random."""
+        self.labels_learned += 1
+        if not y and self.negative_share < 1.0 and self._sampler.random() >= self.negative_share:
+            self.labels_skipped += 1
+            return
+        self.learner.learn(x, y)
+
+    def reasons(self, x: dict[str, float], k: int = 3) -> list[str]:
+        """Up to ``k`` feature names behind the score (see the family in the module docstring).
+
+        >>> m = FraudModel("logreg")
+        >>> for _ in range(50):
+        ...     m.learn_one({"amount": 500.0, "hour_of_day": 3.0}, True)
+        ...     m.learn_one({"amount": 20.0, "hour_of_day": 3.0}, False)
+        >>> m.reasons({"amount": 600.0, "hour_of_day": 3.0})
+        ['amount']
+        """
+        return self.learner.reasons(x, k)
+
+    def _unsampled(self, p: float) -> float:
+        """The probability the model would give had it learned every legitimate label: odds times ``neg``."""
+        share = self.negative_share
+        if share >= 1.0:
+            return p
+        return p * share / (p * share + (1.0 - p))
+
+    def _linear(self) -> _Linear:
+        if not isinstance(self.learner, _Linear):
+            raise AttributeError(f"{self.name} is not a linear model")
+        return self.learner
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Checkpoints written before the families (a bare scaler and classifier) load as ``logreg``."""
+        if "learner" not in state:
+            linear = _Linear.__new__(_Linear)
+            linear.scaler, linear.classifier, linear.pipeline = state["scaler"], state["classifier"], state["pipeline"]
+            state = {
+                "name": state.get("name", DEFAULT_MODEL),
+                "negative_share": 1.0,
+                "_sampler": random.Random(_SEED),
+                "learner": linear,
+                "labels_learned": state.get("labels_learned", 0),
+                "labels_skipped": 0,
+            }
+        self.__dict__.update(state)
+
+
+def model_bytes(model: FraudModel) -> bytes:
+    """The checkpoint of ``model`` (write it with :mod:`app.checkpoints`)."""
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def save_model(model: FraudModel, path: Path) -> None:
-    """Write a checkpoint atomically (temporary file, then rename), so a crash never leaves half a model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Write a checkpoint atomically, so a crash never leaves half a model."""
+    write_atomically(path, [model_bytes(model)])
 
 
 def load_model(path: Path) -> FraudModel | None:

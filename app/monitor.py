@@ -6,8 +6,9 @@ import logging
 import time
 
 from app import metrics
+from app.checkpoints import write_in_thread
 from app.health import STATUSES, health_event
-from app.model import save_model
+from app.model import model_bytes
 from app.serialization import dumps, isoformat_utc
 from app.worker import MODEL_PATH, decisions, faust_app, feed, health_topic, model, settings, window
 
@@ -40,5 +41,5 @@ async def publish_health() -> None:
 
 @faust_app.timer(interval=settings.model_checkpoint_interval_s)
 async def checkpoint_model() -> None:
-    """Persist the model, so a restart keeps what it learned."""
-    save_model(model, MODEL_PATH)
+    """Persist the model, so a restart keeps what it learned (the disk write off the event loop)."""
+    await write_in_thread(MODEL_PATH, [model_bytes(model)])

@@ -16,7 +16,7 @@ from app.feature_engine import TerminalState, add_terminal_entry, newest_event_t
 
 
 class TerminalAggregates:
-    """Per terminal, ``[[t, tx_id], ...]`` over the longest delayed window; per fraud ``tx_id``, when known.
+    """Per terminal, ``[(t, tx_id, seq), ...]`` over the longest delayed window; per fraud ``tx_id``, when known.
 
     >>> aggregates = TerminalAggregates(delay_days=7.0, lateness_s=86400.0, ttl_s=38 * 86400.0)
     >>> aggregates.add("k1", 0.0, "t1")
@@ -39,7 +39,7 @@ class TerminalAggregates:
     ) -> dict[str, float]:
         """The terminal half of ``x`` for a transaction, seeing ``pending`` (same batch, not committed) too."""
         state = self.states.get(terminal_id, [])
-        extra = [[te, tid] for te, tid in pending if tid != tx_id]
+        extra = [(te, tid) for te, tid in pending if tid != tx_id]
         if extra:
             state = sorted([*state, *extra], key=lambda e: e[0])  # type: ignore[arg-type,return-value]
         return terminal_x(state, t, self.frauds_known_s, self.delay_days)
@@ -71,10 +71,8 @@ class TerminalAggregates:
             del self.frauds_known_s[tx_id]
         return len(idle)
 
-    def snapshot(self) -> dict[str, object]:
-        return {"states": self.states, "frauds": self.frauds_known_s, "stream_time_s": self.stream_time_s}
-
-    def load(self, snapshot: dict[str, object]) -> None:
-        self.states = snapshot["states"]  # type: ignore[assignment]
-        self.frauds_known_s = snapshot["frauds"]  # type: ignore[assignment]
-        self.stream_time_s = float(snapshot["stream_time_s"])  # type: ignore[arg-type]
+    def load(self, states: dict[str, TerminalState], frauds_known_s: dict[str, float], stream_time_s: float) -> None:
+        """Take over a snapshot's content (see :mod:`app.terminal_feed`)."""
+        self.states = states
+        self.frauds_known_s = frauds_known_s
+        self.stream_time_s = float(stream_time_s)

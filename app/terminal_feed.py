@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
+from app.checkpoints import write_atomically, write_in_thread
 from app.records import InvalidMessage, parse_label
 from app.serialization import loads
 from app.terminal_aggregates import TerminalAggregates
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 2  # a header pickle, then ``slices`` pickles of terminals
+SNAPSHOT_TERMINALS_PER_SLICE = 1000
 
 
 class TerminalFeed:
@@ -122,7 +126,7 @@ class TerminalFeed:
             metrics.TERMINAL_STATES.set(len(self.aggregates.states))
             if now - last_snapshot >= self.snapshot_interval_s:
                 last_snapshot = now
-                self.save_snapshot()
+                await self.write_snapshot()
 
     def _apply_terminal_records(self, records: list[Any], now_wall_s: float) -> None:
         aggregates = self.aggregates
@@ -142,28 +146,54 @@ class TerminalFeed:
             if label.is_fraud:
                 self.aggregates.add_fraud(label.tx_id, label.timestamp.timestamp())
 
+    async def write_snapshot(self) -> None:
+        """:meth:`save_snapshot` in slices with the event loop running between them, the disk write in a thread:
+        the decisions in flight wait for one slice at most, never for the whole state or a disk flush."""
+        chunks = []
+        for chunk in self._snapshot_chunks():
+            chunks.append(chunk)
+            await asyncio.sleep(0)
+        await write_in_thread(self.snapshot_path, chunks)
+
     def save_snapshot(self) -> None:
-        """Atomic write of the aggregates and the positions they cover."""
-        data = {
-            "aggregates": self.aggregates.snapshot(),
+        """Atomic write of the aggregates and the positions they cover (at shutdown: all at once)."""
+        write_atomically(self.snapshot_path, list(self._snapshot_chunks()))
+
+    def _snapshot_chunks(self) -> Iterator[bytes]:
+        """A header with the positions, then the terminals a slice at a time (consecutive pickles).
+
+        The positions are taken first. A slice made later may hold entries newer than them; reading the logs
+        again from those positions after a restart adds nothing twice (entries and fraud marks are idempotent
+        by ``tx_id``), so the restored aggregates are the same."""
+        aggregates = self.aggregates
+        terminals = list(aggregates.states)
+        starts = range(0, len(terminals), SNAPSHOT_TERMINALS_PER_SLICE)
+        header = {
+            "format": SNAPSHOT_FORMAT,
             "positions": {(tp.topic, tp.partition): o for tp, o in self.positions.items()},
+            "frauds": aggregates.frauds_known_s,
+            "stream_time_s": aggregates.stream_time_s,
+            "slices": len(starts),
         }
-        self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.snapshot_path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.snapshot_path)
+        yield pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL)
+        for start in starts:
+            states = aggregates.states
+            piece = {k: states[k] for k in terminals[start : start + SNAPSHOT_TERMINALS_PER_SLICE] if k in states}
+            yield pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _load_snapshot(self) -> None:
         if not self.snapshot_path.exists():
             return
         try:
             with self.snapshot_path.open("rb") as f:
-                data = pickle.load(f)  # noqa: S301 - this worker's own file in its data folder
-            self.aggregates.load(data["aggregates"])
-            self.positions = {TopicPartition(t, p): o for (t, p), o in data["positions"].items()}
+                header = pickle.load(f)  # noqa: S301 - this worker's own file in its data folder
+                if header.get("format") != SNAPSHOT_FORMAT:
+                    raise ValueError(f"snapshot format {header.get('format')!r}, not {SNAPSHOT_FORMAT}")
+                states: dict[str, Any] = {}
+                for _ in range(header["slices"]):
+                    states.update(pickle.load(f))  # noqa: S301
+            self.aggregates.load(states, header["frauds"], header["stream_time_s"])
+            self.positions = {TopicPartition(t, p): o for (t, p), o in header["positions"].items()}
             log.info("terminal aggregates loaded from %s: %d terminals", self.snapshot_path,
                      len(self.aggregates.states))  # fmt: skip
         except Exception:

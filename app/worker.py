@@ -10,6 +10,7 @@ Run it with ``python -m app`` (which creates the topics first). Roles, each in i
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from pathlib import Path
@@ -127,6 +128,11 @@ class DecisionPath(Service):
 
     async def on_started(self) -> None:
         quiet_kafka_client()
+        # Modules, classes, functions and the loaded model live as long as the process: out of the collector's
+        # reach, a full collection walks only what the loops create (it walked ~150,000 objects: 70-200 ms
+        # pauses of every decision in flight, the p99 of the decision path).
+        gc.collect()
+        gc.freeze()
         self._loops = [
             asyncio.ensure_future(feed.run()),
             asyncio.ensure_future(self._decide()),

@@ -240,7 +240,7 @@ def test_add_terminal_entry_is_in_place_and_terminal_x_read_only() -> None:
     state: TerminalState = []
     assert add_terminal_entry(state, T0, "a") and add_terminal_entry(state, T0 - 60.0, "b")
     assert add_terminal_entry(state, T0, "c") and not add_terminal_entry(state, T0 + 5.0, "a")
-    assert [e[:2] for e in state] == [[T0 - 60.0, "b"], [T0, "a"], [T0, "c"]]
+    assert [tuple(e[:2]) for e in state] == [(T0 - 60.0, "b"), (T0, "a"), (T0, "c")]
     before = copy.deepcopy(state)
     assert terminal_x(state, T0 + 30.0, {"a": T0})["terminal_nb_tx_1hour"] == 4.0
     assert state == before
