@@ -250,8 +250,7 @@ class TransactionalLoop:
     async def _close_consumer(self) -> None:
         consumer, self.consumer = self.consumer, None
         await asyncio.gather(*(self._stop_worker(tp, wait_s=10.0) for tp in list(self._workers)))
-        for tp in list(self.producers):
-            await self._close_producer(tp)
+        await asyncio.gather(*(self._close_producer(tp) for tp in list(self.producers)))
         self.ready_partitions.clear()
         self.assigned.clear()
         if consumer is not None:
@@ -358,7 +357,7 @@ class TransactionalLoop:
             self._workers[tp] = asyncio.ensure_future(self._work(tp))
 
     async def _stop_worker(self, tp: TopicPartition, wait_s: float | None = None) -> None:
-        task = self._workers.pop(tp, None)
+        task = self._workers.pop(tp, None)  # the task ends at its next step when it is no longer the one listed
         lock = self._inflight.get(tp)
         if task is not None and lock is not None:
             try:  # its batch in flight ends first (a stuck one is abandoned: the next owner's start aborts it)
@@ -368,19 +367,25 @@ class TransactionalLoop:
             else:
                 lock.release()
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # Bounded: on Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that meets the inner wait's
+            # own completion, and a stop then waited for a task that went on (45 s stops under load).
+            await asyncio.wait({task}, timeout=1.0)
         self._queues.pop(tp, None)
 
     async def _work(self, tp: TopicPartition) -> None:
         """Commit ``tp``'s queued records batch after batch; when nothing comes, the handler's idle work."""
         queue, wake, inflight = self._queues[tp], self._wake[tp], self._inflight[tp]
-        while True:
+        me = asyncio.current_task()
+        while self._workers.get(tp) is me:  # a stopped worker ends even if its cancellation got lost
             try:
-                await asyncio.wait_for(wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # unlike wait_for, never swallows a cancellation
+                    await wake.wait()
             except TimeoutError:
                 pass
             wake.clear()
             async with inflight:
+                if self._workers.get(tp) is not me:
+                    return
                 if tp not in self.ready_partitions or tp in self._broken:
                     queue.clear()
                     continue
