@@ -185,6 +185,8 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
     for fault in report["faults"]:
         if fault["kind"] == "sigkill":  # the restarted worker decides again well within 15 s
             assert fault["ready_after_s"] is not None and fault["ready_after_s"] <= 15.0, output
+        if fault["kind"] == "scale_down":  # SIGTERM: the batches in flight commit, then the worker exits promptly
+            assert fault.get("exited_after_s") is not None and fault["exited_after_s"] <= 15.0, output
         if fault["kind"] == "broker_restart":  # not ready while the broker is away; a line per change, not per message
             assert 503 in fault["ready_while_down"], output
             assert fault["log_lines_while_down"] <= 60, output
