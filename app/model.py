@@ -156,8 +156,38 @@ class _Trees:
         else:
             base = tree.HoeffdingTreeClassifier(**common)
             self.model = ensemble.BaggingClassifier(base, n_models=int(params["trees"]), seed=_SEED)
+        # Majority-class leaves of a tree or a bagging: score by walking the trees ourselves (see _mean_leaf_share).
+        self.fast = family in ("hoeffding", "bagged-ht") and params["leaf"] == "mc"
 
     def proba(self, x: dict[str, float]) -> float:
+        if self.fast:
+            return self._mean_leaf_share(x)
+        return self._river_proba(x)
+
+    def _mean_leaf_share(self, x: dict[str, float]) -> float:
+        """What River's ``predict_proba_one`` gives with majority-class leaves - each tree's fraud share at the leaf
+        ``x`` reaches, averaged over the trees whose leaf has seen labels - without the per-tree dictionaries and
+        sorting River builds on the way (the decision path has about 30 µs for the model)."""
+        members = (self.model,) if isinstance(self.model, tree.HoeffdingTreeClassifier) else self.model
+        fraud = 0.0
+        voting = 0
+        for member in members:
+            node = member._root
+            if node is None:
+                continue
+            while isinstance(node, Branch):
+                try:
+                    node = node.children[node.branch_no(x)]  # type: ignore[attr-defined]  # River decision branch
+                except KeyError:  # a feature missing from x: River's own fallback
+                    return self._river_proba(x)
+            stats = node.stats
+            total = sum(stats.values())
+            if total > 0:
+                fraud += stats.get(True, 0.0) / total
+                voting += 1
+        return fraud / voting if voting else self.prior
+
+    def _river_proba(self, x: dict[str, float]) -> float:
         distribution = self.model.predict_proba_one(x)
         if not distribution:  # nothing learned yet: the prior, like the linear model's intercept
             return self.prior

@@ -4,15 +4,17 @@ whether the state stops growing over a whole run.
 
     python scripts/bench_features.py                          # default simulator sizes, 183 days
     python scripts/bench_features.py --customers 1000 --terminals 2000 --days 120 --out results/features.json
+    MODEL_NAME="arf:trees=5,neg=0.1" python scripts/bench_features.py --customers 1000 --terminals 2000 --days 60
 
-No Kafka. The run is replayed in event time through the worker's two feature halves (the terminal half as the
-runtime calls it: ``terminal_x`` then ``add_terminal_entry`` in place) and scoring (``score_transaction``: the
-model's ``score_one`` and the ``Prediction``), with labels arriving 7 days after their transaction (a fraud
-recorded in ``frauds_known_s`` then; every label, outside the timings, teaches the model, so it is scored with
-learned weights) and idle keys swept once a simulated day in stream time with the worker's TTLs, as the worker's
-timers do. Every cost is beside a baseline measured in the same run on the same messages
-(orjson parsing of the wire message), so a noisy machine shows in both. State bytes are the JSON of the table
-value the worker stores (``{"partition": p, "entries": [...]}``).
+``MODEL_NAME`` picks the model scored with (``app/model.py``; the default otherwise). No Kafka. The run is
+replayed in event time through the worker's two feature halves (the terminal half as the runtime calls it:
+``terminal_x`` then ``add_terminal_entry`` in place) and scoring (``score_transaction``: the model's ``score_one``
+and the ``Prediction``), with labels arriving 7 days after their transaction (a fraud recorded in
+``frauds_known_s`` then; every label, outside the timings, teaches the model, so it is scored with learned
+weights) and idle keys swept once a simulated day in stream time with the worker's TTLs, as the worker's timers
+do. Every cost is beside a baseline measured in the same run on the same messages (orjson parsing of the wire
+message), so a noisy machine shows in both. State bytes are the JSON of the table value the worker stores
+(``{"partition": p, "entries": [...]}``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from app.model import FraudModel  # noqa: E402
 from app.records import parse_transaction  # noqa: E402
 from app.scoring import score_transaction  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.settings import load  # noqa: E402
 from app.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
 
 State = dict[str, list[list[object]]]
@@ -65,7 +67,7 @@ def main() -> int:
     parser.add_argument("--label-delay-days", type=float, default=7.0)
     parser.add_argument("--out", type=Path, default=None, help="JSON with the per-day series of keys and bytes")
     args = parser.parse_args()
-    settings = Settings()
+    settings = load()  # MODEL_NAME picks the model measured
     txs = simulate(SimulatorConfig(args.customers, args.terminals, args.days, seed=args.seed))
     names = (
         "orjson parse (baseline)",
