@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""End-to-end throughput and latency of the worker on a real broker, against a raw aiokafka passthrough, and the
+"""End-to-end throughput and latency of the worker on a real broker, against raw aiokafka passthroughs, and the
 Faust ceiling on the same broker, in one run.
 
     python scripts/benchmark.py --out results/benchmark.json     # defaults: 50,000 tx; 200 and 1000 tx/s for 60 s
 
-Both systems run as their own process on the same broker in the same run and are fed the same simulated
-transactions (one continuous stream in event time, cut into phases); outputs are read with
-``isolation_level="read_committed"`` (the worker commits its outputs in Kafka transactions; the passthrough
-writes without, which read_committed reads as they come):
+The three systems (``passthrough``: the raw client; ``passthrough-eos``: the raw client committing each
+partition's batch in a Kafka transaction, exactly once and nothing else; ``worker``) run as their own process
+on the same broker in the same run and are fed the same simulated transactions (one continuous stream in event
+time, cut into phases); outputs are read with ``isolation_level="read_committed"`` (the plain passthrough writes
+outside transactions, which read_committed reads as they come):
 - maximum sustained throughput: N transactions published as fast as possible, time until the last committed
   output is read;
 - latency from publish to committed output read (p50, p95, p99, p99.9) at fixed offered rates, held by the
@@ -78,6 +79,8 @@ CATEGORIES = (  # a sample's category: the first frame that matches one, from th
 CLIENT: tuple[str, tuple[str, ...]] = ("aiokafka client and connections (requests, socket I/O)", ("aiokafka/",))
 
 Message = tuple[bytes, bytes, str]  # key, value, tx_id
+# The raw client, the raw client in Kafka transactions shaped like the decision loop (exactly once alone), the worker.
+SYSTEMS = ("passthrough", "passthrough-eos", "worker")
 
 
 # ---- traffic -----------------------------------------------------------------------------------------------
@@ -411,9 +414,11 @@ def run_system(
     data_dir = work / f"{name}-data"
     app_id: str | None = None
     metrics_url = None
-    if name == "passthrough":
+    if name.startswith("passthrough"):
         command = [sys.executable, "scripts/passthrough.py", "--bootstrap-servers", bootstrap, "--source", source,
                    "--sink", sink, "--group", f"bench-{run}"]  # fmt: skip
+        if name == "passthrough-eos":
+            command.append("--transactional")
         env = dict(os.environ)
         named = [sink]
     else:
@@ -519,6 +524,9 @@ def summary(report: dict[str, Any]) -> list[str]:
     lines.append("| worker / passthrough | " + " | ".join(
         [f"{ratios['throughput_worker_over_passthrough']:.3f}",
          *[f"p99 x {x:,.1f}" for x in ratios["p99_latency_worker_over_passthrough"]], ""]) + " |")  # fmt: skip
+    if "p99_latency_worker_over_passthrough_eos" in ratios:
+        lines.append("| worker / passthrough-eos | | " + " | ".join(
+            [*[f"p99 x {x:,.1f}" for x in ratios["p99_latency_worker_over_passthrough_eos"]], ""]) + " |")  # fmt: skip
     worker = systems[-1]
     lines.append("")
     lines.append(f"Worker state: DATA_DIR {worker['state_bytes'] / 2**20:.2f} MiB on disk after shutdown"
@@ -582,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         port=free_port(), controller_port=free_port(), data_dir=work / "kafka", wipe=True
     )
     try:
-        systems = [run_system(name, bootstrap, args, work, phases) for name in ("passthrough", "worker")]
+        systems = [run_system(name, bootstrap, args, work, phases) for name in SYSTEMS]
         ceiling = None
         if args.faust_ceiling:
             ceiling = faust_ceiling.run_ceiling(bootstrap, args.ceiling_messages, args.ceiling_variants,
@@ -590,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own_broker:
             kafka_local.stop(work / "kafka")
-    base, worker = systems
+    base, eos, worker = systems
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
@@ -602,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
             "p99_latency_worker_over_passthrough": [
                 w["latency_ms"]["p99"] / b["latency_ms"]["p99"]
                 for w, b in zip(worker["rates"], base["rates"], strict=True)
+            ],
+            "p99_latency_worker_over_passthrough_eos": [
+                w["latency_ms"]["p99"] / b["latency_ms"]["p99"]
+                for w, b in zip(worker["rates"], eos["rates"], strict=True)
             ],
         },
         "ceiling": ceiling,

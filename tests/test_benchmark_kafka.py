@@ -24,7 +24,7 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = loads(out.read_bytes())
-    assert [s["system"] for s in report["systems"]] == ["passthrough", "worker"]
+    assert [s["system"] for s in report["systems"]] == ["passthrough", "passthrough-eos", "worker"]
     for system in report["systems"]:
         m = system["max_throughput"]
         assert m["received"] == m["published"] == 1500 and m["throughput_tps"] > 0
@@ -41,11 +41,14 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
             assert row["markers_or_aborted"] == row["offsets"] - row["records"]
             assert math.isclose(row["records_per_tx"], row["records"] / 1500)
             assert math.isclose(row["offsets_per_tx"], row["offsets"] / 1500)
-    base, worker = report["systems"]
+    base, eos, worker = report["systems"]
 
     # the passthrough writes one record per transaction, outside Kafka transactions
     assert base["messages_per_transaction"]["total"]["records"] == base["messages_per_transaction"]["total"]["offsets"]
     assert base["messages_per_transaction"]["total"]["records_per_tx"] == 1.0
+    # the transactional passthrough: the same records, each batch committed (a marker per partition and commit)
+    assert eos["messages_per_transaction"]["total"]["records_per_tx"] == 1.0
+    assert eos["messages_per_transaction"]["total"]["markers_or_aborted"] >= 1
 
     # the worker: at least a prediction and a terminal-log record per transaction, in committed Kafka transactions
     per = worker["messages_per_transaction"]
@@ -65,6 +68,7 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
     assert worker["cpu_split"] and abs(sum(worker["cpu_split"].values()) - 1.0) < 0.01
     assert report["ratios"]["throughput_worker_over_passthrough"] > 0
     assert len(report["ratios"]["p99_latency_worker_over_passthrough"]) == 1
+    assert len(report["ratios"]["p99_latency_worker_over_passthrough_eos"]) == 1
 
     ceiling = report["ceiling"]
     assert ceiling["messages"] == 2000 and ceiling["partitions"] == 4
