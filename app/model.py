@@ -36,7 +36,8 @@ from river.tree.base import Branch
 
 from app.checkpoints import write_atomically
 
-DEFAULT_MODEL = "logreg"
+# The measured choice (BENCHMARKS.md, "Model candidates (issue 9)"); app/settings.py has the same default.
+DEFAULT_MODEL = "logreg:opt=adagrad,lr=0.1"
 
 Param = float | int | str
 

@@ -98,8 +98,9 @@ def make_tape(args: argparse.Namespace, protocol: Protocol, path: Path) -> None:
           f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
 
 
-def run_candidate(name: str, tape: Any, prior_fraud_rate: float) -> dict[str, Any]:
-    """Learn the tape's labels in order, scoring each test transaction at its place; metrics and costs."""
+def run_candidate(name: str, tape: Any, prior_fraud_rate: float, threshold: float) -> dict[str, Any]:
+    """Learn the tape's labels in order, scoring each test transaction at its place; metrics, alerts at the decision
+    threshold on the test set, and costs."""
     model = FraudModel(name, prior_fraud_rate=prior_fraud_rate)
     x_rows, learned, test = tape["x"], tape["learned"], tape["test"]
     test_rows = np.flatnonzero(test)
@@ -134,7 +135,11 @@ def run_candidate(name: str, tape: Any, prior_fraud_rate: float) -> dict[str, An
         n_learned += 1
     score_until(last + 1)
     y = tape["fraud"][test]
+    alerts = scores[test] >= threshold
     result: dict[str, Any] = {
+        "alert_rate": float(alerts.mean()),
+        "precision": float((alerts & y).sum() / max(1, alerts.sum())),
+        "recall": float((alerts & y).sum() / max(1, y.sum())),
         "auc_roc": roc_auc(y, scores[test]),
         "average_precision": average_precision(y, scores[test]),
         "card_precision_top_100": card_precision_top_k(tape["day"][test], tape["card"][test], y, scores[test], k=100),
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         FraudModel(name)  # an unknown name fails before any simulation
     protocol = Protocol(train_start_day=args.train_start_day, delay_days=int(args.label_delay_days))
-    prior = Settings().prior_fraud_rate
+    prior, threshold = Settings().prior_fraud_rate, Settings().decision_threshold
     size = f"{args.customers}-{args.terminals}-{args.days}"
     for seed in args.seeds:
         args.seed = seed
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         tape = np.load(tape_path)
         results_path = args.cache_dir / f"results-{size}-{seed}.json"
         for name in args.models:
-            r = run_candidate(name, tape, prior)
+            r = run_candidate(name, tape, prior, threshold)
             with (args.cache_dir / "results.lock").open("w") as lock:  # runs of other models may share the file
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 results = json.loads(results_path.read_text()) if results_path.exists() else {"models": {}}
@@ -222,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                 results_path.write_text(json.dumps(results, indent=1))
             print(f"seed {seed} {name}: AUC {r['auc_roc']:.3f} AP {r['average_precision']:.3f} "
                   f"CP@100 {r['card_precision_top_100']:.3f}; {r['score_us']:.1f} / {r['score_p50_us']:.1f} µs "
-                  f"per score, {r['learn_us']:.1f} / {r['learn_p50_us']:.1f} µs per label, mean / p50 "
-                  f"({r['seconds']:.0f} s)", flush=True)  # fmt: skip
+                  f"per score, {r['learn_us']:.1f} / {r['learn_p50_us']:.1f} µs per label, mean / p50; at the "
+                  f"threshold alert rate {r['alert_rate']:.4f}, precision {r['precision']:.3f}, recall "
+                  f"{r['recall']:.3f} ({r['seconds']:.0f} s)", flush=True)  # fmt: skip
     if args.table:
         print(table(args.cache_dir, size))
     return 0
