@@ -67,7 +67,19 @@ faust_app = FraudApp(
 health_topic = faust_app.topic(settings.health_topic, key_serializer="raw", value_serializer="raw")
 
 MODEL_PATH = Path(settings.data_dir) / "model.pkl"
-model = load_model(MODEL_PATH) or FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
+
+
+def initial_model() -> FraudModel:
+    """The checkpoint when it holds the configured model; a fresh one of that model when ``MODEL_NAME`` changed."""
+    restored = load_model(MODEL_PATH)
+    if restored is not None and restored.name != settings.model_name:
+        log.warning("checkpoint %s holds model %r but MODEL_NAME is %r: starting the configured model afresh",
+                    MODEL_PATH, restored.name, settings.model_name)  # fmt: skip
+        restored = None
+    return restored or FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
+
+
+model = initial_model()
 metrics.LABELS_LEARNED.set(model.labels_learned)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())

@@ -13,6 +13,7 @@ import pytest
 
 from app.kafka_clients import Record, at_least, consume, produce
 from app.serialization import dumps, loads
+from app.settings import Settings
 from tests.cases import BAD_TRANSACTIONS, transaction
 from tests.conftest import WorkerProcess
 from tests.contract import assert_valid
@@ -114,7 +115,7 @@ def test_ready_is_503_until_assigned_then_200_and_metrics_pass_promtool(
         'fraud_dead_letters_total{error="invalid_json",input="transactions"} 1.0',
         "fraud_scoring_latency_seconds_count 1.0",
         "fraud_score_count 1.0",
-        'fraud_model_info{version="logreg-v1"} 1.0',
+        f'fraud_model_info{{version="{Settings().model_name}-v1"}} 1.0',  # the default model
         "fraud_model_labels_learned",
         "fraud_decision_batch_seconds_count",
         "fraud_terminal_feed_lag_seconds",
@@ -249,6 +250,13 @@ def test_a_restarted_worker_keeps_what_the_model_learned_and_bad_labels_are_dead
     worker.start()
     worker.wait_ready()
     assert learned() == 40
+    # Another MODEL_NAME: the checkpoint of the old model is not taken for the new one.
+    worker.stop()
+    worker.env["MODEL_NAME"] = "logreg:opt=sgd,lr=0.05"
+    worker.start()
+    worker.wait_ready()
+    assert learned() == 0
+    assert b'fraud_model_info{version="logreg:opt=sgd,lr=0.05-v1"} 1.0' in worker.http_get("/metrics")
 
 
 def _metric(worker: WorkerProcess, name: str) -> float:
