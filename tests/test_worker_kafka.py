@@ -219,7 +219,11 @@ def test_labels_for_a_fraud_pattern_raise_its_score(worker_factory: WorkerFactor
     after, normal_after = predictions["after-1"], predictions["normal-999"]
     assert float(after["fraud_probability"]) > float(before["fraud_probability"]) + 0.3, (before, after)
     assert float(normal_after["fraud_probability"]) < 0.5
-    assert after["is_fraud"] is True and any("amount" in reason for reason in after["reasons"])
+    assert after["is_fraud"] is True
+    # The reasons name a feature of the learned pattern: its amount (or the customer's amounts) or its night hour.
+    # Which of them ranks first depends on the model (both separate the classes here).
+    pattern_features = [r for r in after["reasons"] if "amount" in r or r in ("is_night", "hour_of_day")]
+    assert pattern_features, after["reasons"]
     assert after["features"]["amount"] == 901.0 and after["features"]["is_night"] == 1.0
 
 
