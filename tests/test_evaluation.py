@@ -108,6 +108,10 @@ def test_evaluate_command_end_to_end_small(tmp_path) -> None:  # type: ignore[no
     for metrics in models.values():
         for name in ("auc_roc", "average_precision", "card_precision_top_100"):
             assert 0.0 <= metrics[name]["mean"] <= 1.0 and metrics[name]["std"] >= 0.0
+    # The online model ranks frauds well above chance on the same test days: random scores cannot pass this.
+    project, chance = models["project (online, prequential)"], models["random scores"]
+    assert project["auc_roc"]["mean"] >= max(0.7, chance["auc_roc"]["mean"] + 0.15), (project, chance)
+    assert project["average_precision"]["mean"] >= chance["average_precision"]["mean"] + 0.15, (project, chance)
     for run in report["runs"]:
         assert run["predictions"] == run["transactions"] > 0
         assert run["test_transactions"] > 0
