@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 # tx_id -> ("x", features in FEATURE_NAMES order packed as doubles, event time) or ("y", is_fraud, when known)
 Waiting = tuple[str, Any, float]
-_PACK = struct.Struct(f"<{len(FEATURE_NAMES)}d").pack
-_UNPACK = struct.Struct(f"<{len(FEATURE_NAMES)}d").unpack
+_FEATURES = struct.Struct(f"<{len(FEATURE_NAMES)}d")
 
 
 class Learner:
@@ -70,7 +69,7 @@ class Learner:
             for record in records:
                 prediction = loads(record.value)
                 features = prediction["features"]
-                x = _PACK(*(float(features.get(name, 0.0)) for name in FEATURE_NAMES))
+                x = _FEATURES.pack(*(float(features.get(name, 0.0)) for name in FEATURE_NAMES))
                 arrivals.append((prediction["tx_id"], ("x", x, _event_time_s(prediction["timestamp"]))))
         else:
             for record in records:
@@ -105,7 +104,7 @@ class Learner:
             return
         del waiting[tx_id]
         x, y = (half[1], other[1]) if half[0] == "x" else (other[1], half[1])
-        self.model.learn_one(dict(zip(FEATURE_NAMES, _UNPACK(x), strict=True)), bool(y))
+        self.model.learn_one(dict(zip(FEATURE_NAMES, _FEATURES.unpack(x), strict=True)), bool(y))
         metrics.LABELS_JOINED.inc()
 
     def _sweep(self) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.producer import sender as aiokafka_sender
 
@@ -44,6 +45,13 @@ log = logging.getLogger(__name__)
 # partition would wait 20-100 ms each for nothing.
 RETRY_BACKOFF_MS = 5
 aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000.0
+
+
+def set_fetch_pause(fetch_pause_ms: float) -> None:
+    """aiokafka stops fetching from a broker for up to 100 ms while fetched records of any partition wait to be
+    consumed (they do while a batch commits); with one broker that put 100 ms on decisions. Our loops drain what
+    they fetch at once, so a short pause (``FETCH_PAUSE_MS``) is enough. Applies to consumers created after."""
+    Fetcher.__init__.__kwdefaults__["prefetch_backoff"] = fetch_pause_ms / 1000.0
 
 
 @dataclass(slots=True)

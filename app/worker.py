@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import faust
-from aiokafka.consumer.fetcher import Fetcher
 from faust.app.base import BootStrategy
 from mode import Service
 
@@ -30,15 +29,13 @@ from app.provisioning import changelog_topic, terminal_topic
 from app.settings import load
 from app.terminal_aggregates import TerminalAggregates
 from app.terminal_feed import TerminalFeed
-from app.transactional import TransactionalLoop
+from app.transactional import TransactionalLoop, set_fetch_pause
 
 log = logging.getLogger(__name__)
 
 settings = load()
 
-# aiokafka stops fetching from a broker for up to 100 ms while fetched records of any partition wait to be
-# consumed; with one broker that put 100 ms on decisions. Our loops drain what they fetch at once.
-Fetcher.__init__.__kwdefaults__["prefetch_backoff"] = settings.fetch_pause_ms / 1000.0
+set_fetch_pause(settings.fetch_pause_ms)
 
 
 class DecisionPathBoot(BootStrategy):

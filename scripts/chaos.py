@@ -92,8 +92,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -109,7 +107,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import kafka_local  # noqa: E402
-from local_processes import free_port  # noqa: E402
+from local_processes import free_port, http_status  # noqa: E402
 
 log = logging.getLogger("chaos")
 
@@ -715,11 +713,7 @@ class Worker:
         if now - self.last_probe < min_interval_s or not self.alive():
             return False
         self.last_probe = now
-        try:
-            with urllib.request.urlopen(self.url, timeout=0.5) as response:
-                ok = response.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
-            ok = False
+        ok = http_status(self.url, timeout_s=0.5) == 200
         if ok:
             self.ready_at = time.time()
         return ok
@@ -967,7 +961,7 @@ class ChaosRun:
             statuses: set[int] = set()
             until = time.time() + self.args.broker_down_s
             while time.time() < until:
-                statuses.update(_http_status(w.url) for w in running)
+                statuses.update(http_status(w.url, timeout_s=1.0) for w in running)
                 self.sleep_until(min(until, time.time() + 0.5))
             record["ready_while_down"] = sorted(statuses)
             record["log_lines_while_down"] = sum(_count_problem_lines(w.log_path, log_sizes[w.name]) for w in running)
@@ -1348,17 +1342,6 @@ def main(argv: list[str] | None = None) -> int:
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _http_status(url: str) -> int:
-    """The status code of GET ``url`` (0 when nothing answers)."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
     except OSError:
         return 0
 

@@ -17,18 +17,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def http_status(url: str, timeout_s: float = 2.0) -> int:
+    """The status code of GET ``url``; 0 when nothing answers.
+
+    >>> http_status(f"http://127.0.0.1:{free_port()}/ready")
+    0
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0
+
+
 def wait_http_ok(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Poll ``url`` until it answers 200; fail at once when ``process`` exits, or after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the process behind {url} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        if http_status(url) == 200:
+            return
         time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer 200 within {timeout_s:g} s")
 

@@ -21,14 +21,11 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from aiokafka.consumer.fetcher import Fetcher  # noqa: E402
-
 from app.settings import Settings  # noqa: E402
-from app.transactional import RETRY_BACKOFF_MS  # noqa: E402 - and its retry-backoff patch, as the worker has it
+from app.transactional import RETRY_BACKOFF_MS, set_fetch_pause  # noqa: E402 - and its retry-backoff patch
 
-# The worker's fetch pause too (aiokafka's default stops fetching for 100 ms while fetched records wait, which
-# they do while a batch commits): the same client settings, so the difference is the worker's own work.
-Fetcher.__init__.__kwdefaults__["prefetch_backoff"] = Settings().fetch_pause_ms / 1000.0
+# The worker's fetch pause too: the same client settings, so the difference is the worker's own work.
+set_fetch_pause(Settings().fetch_pause_ms)
 
 
 async def passthrough(bootstrap: str, source: str, sink: str, group: str, transactional: bool) -> None:
