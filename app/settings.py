@@ -63,7 +63,6 @@ class Settings:
     catchup_max_skew_s: float = 86400.0
     model_name: str = "logreg:opt=adagrad,lr=0.1"  # app/model.py DEFAULT_MODEL
     prior_fraud_rate: float = 0.01
-    model_checkpoint_interval_s: float = 30.0
     log_level: str = "info"
     producer_linger_ms: float = 2.0
     # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
@@ -133,7 +132,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         model_name=_get(env, "MODEL_NAME", d.model_name),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
-        model_checkpoint_interval_s=float(_get(env, "MODEL_CHECKPOINT_INTERVAL_S", str(d.model_checkpoint_interval_s))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
         producer_linger_ms=float(_get(env, "PRODUCER_LINGER_MS", str(d.producer_linger_ms))),
         models_topic=_get(env, "MODELS_TOPIC", d.models_topic),
