@@ -234,6 +234,7 @@ def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_traine
     workers = [first, second]
     _wait(lambda: sum(_metric(w, "fraud_trainer_active") for w in workers) == 1, 30, "one trainer")
     owner = next(w for w in workers if _metric(w, "fraud_trainer_active") == 1)
+    survivor = second if owner is first else first
     n = 0
     for round_ in range(6):
         txs = [transaction(i, tx_id=f"k-{i}", customer_id=f"c-{i % 29}") for i in range(n, n + 100)]
@@ -242,10 +243,8 @@ def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_traine
         if round_ == 2:
             time.sleep(1.5)  # a snapshot or two published, labels in flight
             owner.kill()
-            survivor = second if owner is first else first
             _wait(lambda: _metric(survivor, "fraud_trainer_active") == 1, 60, "the survivor takes the trainer over")
             owner.start()
-    survivor = second if owner is first else first
     _wait(lambda: _labels_seen(survivor) >= n, 120, f"{n} labels learned")
     time.sleep(3)  # anything learned twice would show as more labels in a later version
     assert _labels_seen(survivor) == n
