@@ -178,6 +178,7 @@ class Trainer:
                 for tp, records in batches.items():
                     self._handle(training, tp, records, dead)
                 training.advance()
+                self._adopt_warm_start(training)
                 now = time.monotonic()
                 due = now - published_at >= s.model_publish_interval_s and (
                     training.learned_since_publish or training.champion_version is None or dead
@@ -195,6 +196,26 @@ class Trainer:
         finally:
             self.training = None
             await asyncio.gather(consumer.stop(), producer.stop(), return_exceptions=True)
+
+    def _adopt_warm_start(self, training: Training) -> None:
+        """A promoted warm start becomes the champion line: the trainer continues from it (the labels after the
+        trainer's position are learned on top of it). Other promotions and rollbacks pin what scores and leave the
+        trainer's line alone, so no label is lost."""
+        registry = self.follower.registry
+        champion = registry.champion
+        if champion is None or champion in training.adopted or champion not in self.follower.snapshots:
+            return
+        if registry.headers.get(champion, {}).get("role") != "warm-start":
+            return
+        _, model = load_model_snapshot(self.follower.snapshots[champion], self.key)
+        if model.name != self.settings.model_name:
+            log.warning("warm start %s is a %r, not MODEL_NAME %r: not adopted", champion, model.name,
+                        self.settings.model_name)  # fmt: skip
+        else:
+            log.info("trainer continues from the promoted warm start %s (%d labels)", champion, model.labels_learned)
+            training.champion, training.champion_version = model, champion
+            training.learned_since_publish += 1  # publish the continued line soon
+        training.adopted.add(champion)
 
     def _handle(self, training: Training, tp: TopicPartition, records: list[Any], dead: list[Any]) -> None:
         s = self.settings
@@ -278,6 +299,8 @@ class Trainer:
             threshold=s.decision_threshold,
         )
         training.champion_version = parent
+        if parent is not None:
+            training.adopted.add(parent)
         training.sequence = max((int(h.get("sequence", 0)) for h in self.follower.registry.versions()), default=0)
         return training
 

@@ -91,6 +91,7 @@ class Training:
     champion_version: str | None = None
     challenger_version: str | None = None
     learned_since_publish: int = 0
+    adopted: set[str] = field(default_factory=set)  # warm starts the champion line was reset to
     labels_since_comparison: int = 0
 
     def __post_init__(self) -> None:

@@ -4,13 +4,20 @@ registry's folding of promotion events."""
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from app.features import FEATURE_NAMES
 from app.model import FraudModel
+from app.model_commands import warm_start
 from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.model_snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
+from app.serialization import loads
+from app.settings import REPO_ROOT, Settings
 from app.training import RollingQuality, Training
 
 
@@ -129,3 +136,22 @@ def test_the_registry_follows_published_versions_until_pinned() -> None:
     with pytest.raises(PromotionRefused):
         rollback_event(Registry(), by="cli:a", reason="", timestamp="t")
     assert [v["version"] for v in r.versions()] == ["v4", "v3", "v2", "v1"]
+
+
+def test_warm_start_trains_before_the_held_out_days_and_evaluates_a_frozen_copy(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "simulate.py"), "--no-kafka", "--out-dir", str(run),
+                    "--customers", "100", "--terminals", "200", "--days", "40", "--seed", "3"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    model, metrics = warm_start(Settings(), run, holdout_days=7.0)
+
+    def times(name: str) -> dict[str, float]:
+        rows = [loads(line) for line in (run / name).read_bytes().splitlines() if line.strip()]
+        return {r["tx_id"]: datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00")).timestamp() for r in rows}
+
+    scored, known = times("transactions.jsonl"), times("labels.jsonl")
+    cutoff = max(scored.values()) - 7 * 86400
+    assert model.labels_learned == sum(1 for tx, t in known.items() if t < cutoff and scored[tx] < cutoff)
+    assert metrics["labelled"] == sum(1 for t in scored.values() if t >= cutoff)
+    assert metrics["auc"] is not None and metrics["auc"] > 0.7, metrics
+    assert {"ap", "cp_at_100", "precision", "recall", "f1"} <= metrics.keys()
