@@ -84,12 +84,3 @@ def load_model_snapshot(raw: bytes | None, key: bytes) -> tuple[dict[str, Any], 
         raise SnapshotRefused("malformed", f"payload is a {type(model).__name__}, not a FraudModel")
     model.version_id = str(header["version"])
     return header, model
-
-
-def signed_pickle(header: dict[str, Any], obj: object, key: bytes) -> bytes:
-    return sign(header, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), key)
-
-
-def load_signed_pickle(raw: bytes | None, key: bytes) -> tuple[dict[str, Any], Any]:
-    header, payload = verify(raw, key)
-    return header, pickle.loads(payload)  # noqa: S301 - signature checked above

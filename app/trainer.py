@@ -29,7 +29,7 @@ from app import metrics
 from app.decisions import dead_letter
 from app.model import FraudModel
 from app.model_follower import ModelFollower
-from app.model_snapshots import SnapshotRefused, load_model_snapshot, load_signed_pickle, model_snapshot, signed_pickle
+from app.model_snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
 from app.provisioning import trainer_lease_topic, trainer_state_topic
 from app.records import InvalidMessage, parse_label
 from app.serialization import dumps, isoformat_utc, loads
@@ -273,11 +273,15 @@ class Trainer:
         if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
             raise RuntimeError("trainer state chunks do not match their head")
         try:
-            _, training = load_signed_pickle(blob, self.key)
+            header, payload = verify(blob, self.key)
         except SnapshotRefused as exc:
             log.error("trainer state refused (%s): starting afresh", exc)
             return None
-        return training if isinstance(training, Training) else None
+        parts, at = [], 0
+        for length in header["parts"]:
+            parts.append(payload[at : at + length])
+            at += length
+        return Training.from_parts(parts)
 
     def _fresh(self) -> Training:
         s = self.settings
@@ -351,7 +355,12 @@ class Trainer:
                 messages.append((s.model_events_topic, training.challenger_version.encode(), dumps(event)))
                 training.swap_roles()
         training.learned_since_publish = 0
-        blob = signed_pickle({"kind": "trainer-state", "sequence": training.sequence}, training, self.key)
+        parts = []
+        for part in training.state_parts():
+            parts.append(part)
+            await asyncio.sleep(0)  # decisions run between slices; nothing else changes the training meanwhile
+        blob = sign({"kind": "trainer-state", "sequence": training.sequence, "parts": [len(p) for p in parts]},
+                    b"".join(parts), self.key)  # fmt: skip
         chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
         head = dumps({"chunks": len(chunks), "sha256": hashlib.sha256(blob).hexdigest(), "sequence": training.sequence})
         state_topic = trainer_state_topic(s)

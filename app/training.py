@@ -15,8 +15,10 @@ the same Kafka transaction, so a new owner resumes exactly where the snapshot wa
 
 from __future__ import annotations
 
+import pickle
 import struct
 from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +198,33 @@ class Training:
         self.champion, self.challenger = self.challenger, self.champion
         self.champion_version, self.challenger_version = self.challenger_version, self.champion_version
         self.quality["champion"], self.quality["challenger"] = self.quality["challenger"], self.quality["champion"]
+
+    # ---- the published state, in slices ------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the waiting halves (see :meth:`state_parts`: they go in slices)."""
+        state = dict(self.__dict__)
+        for name in ("waiting", "by_time", "negatives"):
+            state[name] = type(state[name])()
+        return state
+
+    def state_parts(self, slice_size: int = 2000) -> Iterator[bytes]:
+        """The state as pickles: the models and figures first, then the waiting halves ``slice_size`` at a time, so a
+        caller can let its event loop run between slices (a week of waiting halves pickles in hundreds of ms)."""
+        yield pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        items = list(self.waiting.items())
+        for i in range(0, len(items), slice_size):
+            yield pickle.dumps(items[i : i + slice_size], protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_parts(cls, parts: Sequence[bytes]) -> Training:
+        training: Training = pickle.loads(parts[0])  # noqa: S301 - the caller verified the signature
+        for part in parts[1:]:
+            training.waiting.update(pickle.loads(part))  # noqa: S301
+        scored = sorted((half[2], tx_id) for tx_id, half in training.waiting.items() if half[0] == "x")
+        negatives = sorted((half[2], tx_id) for tx_id, half in training.waiting.items() if half[0] == "n")
+        training.by_time, training.negatives = deque(scored), deque(negatives)
+        return training
 
     def next_version(self) -> str:
         self.sequence += 1

@@ -155,3 +155,20 @@ def test_warm_start_trains_before_the_held_out_days_and_evaluates_a_frozen_copy(
     assert metrics["labelled"] == sum(1 for t in scored.values() if t >= cutoff)
     assert metrics["auc"] is not None and metrics["auc"] > 0.7, metrics
     assert {"ap", "cp_at_100", "precision", "recall", "f1"} <= metrics.keys()
+
+
+def test_the_state_in_slices_restores_the_waiting_halves_and_their_order() -> None:
+    t = _training(horizon_s=100.0, grace_s=50.0)
+    for i in range(30):
+        t.on_prediction(f"a{i}", _x(10 + i), float(i), 0.1)
+    t.on_label("a3", True, 5.0)
+    t.on_label("early", False, 5.0)
+    t.on_prediction("later", _x(1), 110.0, 0.1)
+    t.advance()  # a0..a9 (but a3) are implicit negatives now
+    restored = Training.from_parts(list(t.state_parts(slice_size=7)))
+    assert restored.waiting == t.waiting and restored.labels_seen == t.labels_seen
+    assert list(restored.by_time) == [(float(i), f"a{i}") for i in range(10, 30)] + [(110.0, "later")]
+    assert [tx for _, tx in restored.negatives] == [f"a{i}" for i in range(10) if i != 3]
+    t.on_prediction("much-later", _x(1), 200.0, 0.1)
+    restored.on_prediction("much-later", _x(1), 200.0, 0.1)
+    assert t.advance() == restored.advance() and restored.waiting == t.waiting
