@@ -9,8 +9,8 @@ No Kafka. The run is replayed once through the worker's logic (``app/replay.py``
 decision path publishes them (features and served probability, as JSON); then the predictions and the labels (7 days
 after their transaction) are fed to :class:`app.training.Training` in event order, as the trainer reads them:
 JSON parsing, the join, learning, the horizon. The baseline is ``FraudModel.learn_one`` on the same pairs, parsed
-in advance. The state is pickled in its slices (what the trainer publishes every ``MODEL_PUBLISH_INTERVAL_S``, letting the
-event loop run between slices) once a simulated day.
+in advance. The state is pickled in its slices once a simulated day (what the trainer publishes every
+``MODEL_PUBLISH_INTERVAL_S``, letting the event loop run between slices).
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ def main() -> int:
     print(f"learn_one alone:   p50 {bare['p50']:.1f} µs, p95 {bare['p95']:.1f} µs; trainer/learn_one "
           f"{trainer['p50'] / bare['p50']:.2f}x")  # fmt: skip
     peak = max(pickles)
-    print(f"published state at its largest: {peak[0]} waiting, {peak[2] / 2**20:.1f} MiB ({peak[2] / max(peak[0], 1):.0f}"
-          f" bytes each), pickled in {peak[1]:.0f} ms in slices of 2,000, the longest {peak[3]:.1f} ms")  # fmt: skip
+    each = peak[2] / max(peak[0], 1)
+    print(f"published state at its largest: {peak[0]} waiting, {peak[2] / 2**20:.1f} MiB ({each:.0f} bytes each), "
+          f"pickled in {peak[1]:.0f} ms in slices of 2,000, the longest {peak[3]:.1f} ms")  # fmt: skip
     return 0
 
 
