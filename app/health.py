@@ -138,9 +138,14 @@ def health_event(
     labels_learned: int,
     thresholds: Thresholds,
     terminal_feed_lag_s: float = 0.0,
+    model_issues: list[str] | None = None,
+    models: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """The ``health`` topic's record for one interval."""
+    """The ``health`` topic's record for one interval; a refused model snapshot degrades a healthy worker."""
     status, issues = evaluate(stats, last_transaction_age_s, thresholds)
+    if model_issues:
+        issues = [*issues, *model_issues]
+        status = "degraded" if status == "healthy" else status
     return {
         "timestamp": timestamp,
         "worker": worker,
@@ -160,4 +165,5 @@ def health_event(
         "model_version": model_version,
         "labels_learned": labels_learned,
         "terminal_feed_lag_s": round(terminal_feed_lag_s, 3),
+        "models": models or {},
     }

@@ -37,6 +37,15 @@ LABELS = Counter("fraud_labels", "Labels by what happened to them.", ["outcome"]
 LABELS_RECEIVED = LABELS.labels("received")
 LABELS_JOINED = LABELS.labels("learned")
 MODEL_INFO = Gauge("fraud_model_info", "The model that scores, by version (value is always 1).", ["version"])
+MODEL_SNAPSHOTS_REFUSED = Counter(
+    "fraud_model_snapshots_refused", "Model snapshots refused before deserialisation, by reason.", ["reason"]
+)
+MODEL_QUALITY = Gauge(
+    "fraud_model_rolling_quality",
+    "Rolling quality on labelled transactions of the newest champion and challenger versions (from their snapshots).",
+    ["role", "metric"],
+)
+TRAINER_ACTIVE = Gauge("fraud_trainer_active", "1 while this worker holds the trainer lease and trains.")
 LABELS_LEARNED = Gauge("fraud_model_labels_learned", "Labels the current model has learned from.")
 PENDING_LEARNING = Gauge(
     "fraud_learning_entries", "Entries in the table joining scored features and labels, on this worker."

@@ -306,11 +306,12 @@ class FraudModel:
             self.learner = _Trees(family, params, prior)
         self.labels_learned = 0  # labels given to learn_one, sampled out or not
         self.labels_skipped = 0  # legitimate labels left out by the sampling
+        self.version_id: str | None = None  # set when loaded from a published snapshot (app/model_snapshots.py)
 
     @property
     def version(self) -> str:
-        """Name of the model family and its configuration; weights change with every label."""
-        return f"{self.name}-v1"
+        """The published version this model was loaded from; ``<name>@prior`` for one that learned nothing yet."""
+        return self.__dict__.get("version_id") or f"{self.name}@prior"
 
     @property
     def scaler(self) -> preprocessing.StandardScaler:

@@ -1,4 +1,4 @@
-"""The monitor: a health event every ``HEALTH_INTERVAL_S`` on the health topic, and model checkpoints."""
+"""The monitor: a health event every ``HEALTH_INTERVAL_S`` on the health topic."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import logging
 import time
 
 from app import metrics
-from app.checkpoints import write_in_thread
 from app.health import STATUSES, health_event
-from app.model import model_bytes
 from app.serialization import dumps, isoformat_utc
-from app.worker import MODEL_PATH, decisions, faust_app, feed, health_topic, model, settings, window
+from app.worker import decisions, faust_app, feed, follower, health_topic, scorer, settings, trainer, window
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +23,12 @@ async def publish_health() -> None:
         window_s=settings.health_window_s,
         stats=window.stats(now_s),
         last_transaction_age_s=window.last_transaction_age_s(now_s),
-        model_version=model.version,
-        labels_learned=model.labels_learned,
+        model_version=scorer.model.version,
+        labels_learned=scorer.model.labels_learned,
         thresholds=settings.thresholds,
         terminal_feed_lag_s=feed.lag_s,
+        model_issues=follower.issues(),
+        models=models_summary(),
     )
     for status in STATUSES:
         metrics.HEALTH_STATUS.labels(status).set(1 if status == event["status"] else 0)
@@ -39,7 +39,12 @@ async def publish_health() -> None:
         log.warning("health %s: %s", event["status"], "; ".join(event["issues"]))  # type: ignore[arg-type]
 
 
-@faust_app.timer(interval=settings.model_checkpoint_interval_s)
-async def checkpoint_model() -> None:
-    """Persist the model, so a restart keeps what it learned (the disk write off the event loop)."""
-    await write_in_thread(MODEL_PATH, [model_bytes(model)])
+def models_summary() -> dict[str, object]:
+    """Champion and challenger with their rolling quality (from their newest snapshots), and the trainer's role."""
+    registry = follower.registry
+    summary: dict[str, object] = {"trainer": trainer.active, "follow": registry.follow}
+    for role, version in (("champion", registry.champion), ("challenger", registry.challenger)):
+        if version is not None:
+            header = registry.headers.get(version, {})
+            summary[role] = {"version": version, "labels_seen": header.get("labels_seen"), **header.get("metrics", {})}
+    return summary

@@ -25,6 +25,8 @@ _TOPIC_SETTING = {
     "HEALTH_TOPIC": "health_topic",
     "TRANSACTIONS_DLQ_TOPIC": "transactions_dlq_topic",
     "LABELS_DLQ_TOPIC": "labels_dlq_topic",
+    "MODELS_TOPIC": "models_topic",
+    "MODEL_EVENTS_TOPIC": "model_events_topic",
 }
 
 
@@ -62,6 +64,16 @@ def terminal_topic(settings: Settings) -> str:
     return f"{settings.app_id}-terminal-transactions"
 
 
+def trainer_lease_topic(settings: Settings) -> str:
+    """One partition: the worker it is assigned to (in the group ``<APP_ID>-trainer``) runs the trainer."""
+    return f"{settings.app_id}-trainer-lease"
+
+
+def trainer_state_topic(settings: Settings) -> str:
+    """The trainer's resume point (models, waiting halves, input positions), compacted, signed."""
+    return f"{settings.app_id}-trainer-state"
+
+
 def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
     """The worker's own topics. The changelog is compacted often (small segments), so a restore reads about
     one record per live customer; the terminal log keeps 40 days (the longest terminal window and lateness)."""
@@ -71,6 +83,13 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(changelog_topic(settings), settings.partitions, changelog, ""),
         TopicSpec(terminal_topic(settings), settings.partitions, terminal_log, ""),
+        TopicSpec(trainer_lease_topic(settings), 1, {}, ""),
+        TopicSpec(
+            trainer_state_topic(settings),
+            1,
+            {"cleanup.policy": "compact", "segment.ms": "600000", "max.message.bytes": str(2**20 + 1024)},
+            "",
+        ),  # fmt: skip
     ]
 
 

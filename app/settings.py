@@ -63,9 +63,20 @@ class Settings:
     catchup_max_skew_s: float = 86400.0
     model_name: str = "logreg:opt=adagrad,lr=0.1"  # app/model.py DEFAULT_MODEL
     prior_fraud_rate: float = 0.01
-    model_checkpoint_interval_s: float = 30.0
     log_level: str = "info"
     producer_linger_ms: float = 2.0
+    # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
+    models_topic: str = "models"
+    model_events_topic: str = "model-events"
+    model_signing_key: str = ""  # HMAC key of the snapshots; empty: a development key, with a warning at start
+    model_publish_interval_s: float = 30.0
+    model_publish_every_labels: int = 50_000
+    label_horizon_s: float = 8 * 86400.0  # no label this long (event time) after scoring: learned as legitimate
+    late_label_grace_s: float = 7 * 86400.0  # features kept after the horizon, for a late fraud label
+    challenger_model: str = ""  # a MODEL_NAME scored in shadow and learned beside the champion; empty: none
+    auto_promote_margin: float = 0.02  # challenger AP over champion AP that promotes it; negative: never
+    auto_promote_min_labels: int = 20_000
+    quality_window_labels: int = 5000
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -121,7 +132,25 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         model_name=_get(env, "MODEL_NAME", d.model_name),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
-        model_checkpoint_interval_s=float(_get(env, "MODEL_CHECKPOINT_INTERVAL_S", str(d.model_checkpoint_interval_s))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
         producer_linger_ms=float(_get(env, "PRODUCER_LINGER_MS", str(d.producer_linger_ms))),
+        models_topic=_get(env, "MODELS_TOPIC", d.models_topic),
+        model_events_topic=_get(env, "MODEL_EVENTS_TOPIC", d.model_events_topic),
+        model_signing_key=_get(env, "MODEL_SIGNING_KEY", d.model_signing_key),
+        model_publish_interval_s=float(_get(env, "MODEL_PUBLISH_INTERVAL_S", str(d.model_publish_interval_s))),
+        model_publish_every_labels=int(_get(env, "MODEL_PUBLISH_EVERY_LABELS", str(d.model_publish_every_labels))),
+        label_horizon_s=float(_get(env, "LABEL_HORIZON_S", str(d.label_horizon_s))),
+        late_label_grace_s=float(_get(env, "LATE_LABEL_GRACE_S", str(d.late_label_grace_s))),
+        challenger_model=_get(env, "CHALLENGER_MODEL", d.challenger_model),
+        auto_promote_margin=float(_get(env, "AUTO_PROMOTE_MARGIN", str(d.auto_promote_margin))),
+        auto_promote_min_labels=int(_get(env, "AUTO_PROMOTE_MIN_LABELS", str(d.auto_promote_min_labels))),
+        quality_window_labels=int(_get(env, "QUALITY_WINDOW_LABELS", str(d.quality_window_labels))),
     )
+
+
+DEVELOPMENT_SIGNING_KEY = b"fraud-detector-development-key"
+
+
+def signing_key(settings: Settings) -> bytes:
+    """``MODEL_SIGNING_KEY`` as bytes; the development key when it is unset (the worker warns at start)."""
+    return settings.model_signing_key.encode() if settings.model_signing_key else DEVELOPMENT_SIGNING_KEY

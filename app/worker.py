@@ -3,8 +3,9 @@
 Run it with ``python -m app`` (which creates the topics first). Roles, each in its own module:
 - :mod:`app.decisions` scores ``transactions`` (the decision path, one batched transactional hop);
 - :mod:`app.terminal_feed` keeps the terminal aggregates every scorer reads (off the path);
-- :mod:`app.learner` joins labels to the features as scored and teaches the model (off the path);
-- :mod:`app.monitor` publishes health events and checkpoints the model; :mod:`app.web` serves the pages.
+- :mod:`app.trainer` (one worker of the deployment, by lease) joins labels to the features as scored and publishes
+  signed model versions; :mod:`app.model_follower` (every worker) loads the promoted version into the scorer;
+- :mod:`app.monitor` publishes health events; :mod:`app.web` serves the pages.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from mode import Service
 from app import metrics
 from app.decisions import Scorer
 from app.health import HealthWindow
-from app.learner import Learner
 from app.logs import quiet_kafka_client
-from app.model import FraudModel, load_model, save_model
+from app.model import FraudModel
+from app.model_follower import ModelFollower
 from app.provisioning import changelog_topic, terminal_topic
-from app.settings import load
+from app.settings import load, signing_key
 from app.terminal_aggregates import TerminalAggregates
 from app.terminal_feed import TerminalFeed
+from app.trainer import Trainer
 from app.transactional import TransactionalLoop, set_fetch_pause
 
 log = logging.getLogger(__name__)
@@ -63,21 +65,8 @@ faust_app = FraudApp(
 )
 health_topic = faust_app.topic(settings.health_topic, key_serializer="raw", value_serializer="raw")
 
-MODEL_PATH = Path(settings.data_dir) / "model.pkl"
-
-
-def initial_model() -> FraudModel:
-    """The checkpoint when it holds the configured model; a fresh one of that model when ``MODEL_NAME`` changed."""
-    restored = load_model(MODEL_PATH)
-    if restored is not None and restored.name != settings.model_name:
-        log.warning("checkpoint %s holds model %r but MODEL_NAME is %r: starting the configured model afresh",
-                    MODEL_PATH, restored.name, settings.model_name)  # fmt: skip
-        restored = None
-    return restored or FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
-
-
-model = initial_model()
-metrics.LABELS_LEARNED.set(model.labels_learned)
+# Until the follower loads the promoted version (none yet in a new deployment): the configured model's prior.
+model = FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
 aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s)
@@ -114,26 +103,34 @@ decisions = TransactionalLoop(
     max_skew_s=settings.catchup_max_skew_s,
     offsets_in_state=True,  # the changelog carries each batch's next offset: two round trips fewer per commit
 )
-learning = TransactionalLoop(
-    name="learning",
+
+
+def serve(champion: FraudModel) -> None:
+    """Swap the scorer's model (between batches: one assignment on the event loop) and say so in /metrics."""
+    metrics.MODEL_INFO.clear()
+    metrics.MODEL_INFO.labels(champion.version).set(1)
+    metrics.LABELS_LEARNED.set(champion.labels_learned)
+    scorer.model = champion
+    for role, version in (("champion", follower.registry.champion), ("challenger", follower.registry.challenger)):
+        header = follower.registry.headers.get(version or "", {})
+        for name, value in (header.get("metrics") or {}).items():
+            if isinstance(value, int | float):
+                metrics.MODEL_QUALITY.labels(role, name).set(value)
+
+
+follower = ModelFollower(
     bootstrap_servers=settings.bootstrap_servers,
-    topics=[settings.predictions_topic, settings.labels_topic],
-    group_id=f"{settings.app_id}-learning",
-    instance_id=f"{settings.app_id}-learning-{settings.worker_id}",
-    handler=Learner(settings, model),
-    max_records=100,  # learning runs between decision batches: short slices keep their latency low
-    # Fewer, larger fetches of the feature log: it is not on the decision path, and every fetch response costs the
-    # event loop the decisions run on.
-    consumer_options={"fetch_min_bytes": 256 * 1024, "fetch_max_wait_ms": 500},
-    linger_ms=settings.producer_linger_ms,
-    session_timeout_ms=settings.session_timeout_ms,
-    transaction_timeout_ms=settings.transaction_timeout_ms,
+    models_topic=settings.models_topic,
+    events_topic=settings.model_events_topic,
+    key=signing_key(settings),
+    on_champion=serve,
 )
+trainer = Trainer(settings, follower, signing_key(settings), client_options={})
 
 
 @faust_app.service
 class DecisionPath(Service):
-    """The terminal feed, the decision loop and the learning loop, started and stopped with the app."""
+    """The terminal feed, the model follower, the decision loop and the trainer, started and stopped with the app."""
 
     async def on_started(self) -> None:
         quiet_kafka_client()
@@ -142,32 +139,34 @@ class DecisionPath(Service):
         # pauses of every decision in flight, the p99 of the decision path).
         gc.collect()
         gc.freeze()
+        if not settings.model_signing_key:
+            log.warning("MODEL_SIGNING_KEY is not set: model snapshots are signed with the development key")
         self._loops = [
             asyncio.ensure_future(feed.run()),
+            asyncio.ensure_future(follower.run()),
             asyncio.ensure_future(self._decide()),
-            asyncio.ensure_future(learning.run()),
+            asyncio.ensure_future(trainer.run()),
         ]
 
     async def _decide(self) -> None:
         await feed.caught_up.wait()  # the delayed terminal windows need everything committed before now
+        await follower.caught_up.wait()  # a restarted worker scores with the version it scored with before
         await decisions.run()
 
     async def on_stop(self) -> None:
-        for loop in (decisions, learning):  # the batches in flight commit first; bounded, so SIGTERM always ends
-            try:
-                await asyncio.wait_for(loop.stop(), settings.transaction_timeout_ms / 1000 + 15)
-            except TimeoutError:
-                log.warning("%s did not stop in time; its open transactions are aborted by the next owner", loop.name)
+        try:  # the batches in flight commit first; bounded, so SIGTERM always ends
+            await asyncio.wait_for(decisions.stop(), settings.transaction_timeout_ms / 1000 + 15)
+        except TimeoutError:
+            log.warning("decisions did not stop in time; its open transactions are aborted by the next owner")
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         feed.save_snapshot()
-        save_model(model, MODEL_PATH)
 
 
 def is_ready() -> bool:
     """Consuming: the terminal feed caught up, partitions assigned and restored, the broker answering."""
-    return feed.caught_up.is_set() and decisions.ready
+    return feed.caught_up.is_set() and follower.caught_up.is_set() and decisions.ready
 
 
 from app import monitor, web  # noqa: E402,F401 - timers and pages register themselves on faust_app

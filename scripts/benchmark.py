@@ -70,7 +70,7 @@ CATEGORIES = (  # a sample's category: the first frame that matches one, from th
     ("model (app/model.py, app/scoring.py, river)", ("app/model.py", "app/scoring.py", "river/")),
     ("decisions (app/decisions.py: batch, outputs, their JSON)", ("app/decisions.py",)),
     ("terminal feed (app/terminal_feed.py)", ("app/terminal_feed.py",)),
-    ("learner (app/learner.py: reads predictions)", ("app/learner.py",)),
+    ("trainer (app/trainer.py, app/training.py: reads predictions and labels)", ("app/trainer.py", "app/training.py")),
     ("aiokafka producer (sends, batches, transactions)", ("aiokafka/producer/",)),
     ("aiokafka consumer (fetches, records)", ("aiokafka/consumer/",)),
     ("transactional loop (app/transactional.py)", ("app/transactional.py",)),

@@ -168,6 +168,8 @@ def worker_factory(
             "HEALTH_TOPIC": unique_name("health"),
             "TRANSACTIONS_DLQ_TOPIC": unique_name("transactions-dlq"),
             "LABELS_DLQ_TOPIC": unique_name("labels-dlq"),
+            "MODELS_TOPIC": unique_name("models"),
+            "MODEL_EVENTS_TOPIC": unique_name("model-events"),
         }
         index = len(started)
         env = {
@@ -181,6 +183,7 @@ def worker_factory(
             "WEB_PORT": str(free_port()),
             "WEB_BIND": "127.0.0.1",
             "HEALTH_INTERVAL_S": "2",
+            "MODEL_PUBLISH_INTERVAL_S": "1",
             "LOG_LEVEL": "info",
             **overrides,
         }

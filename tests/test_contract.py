@@ -22,6 +22,8 @@ def test_every_manifest_topic_has_a_valid_schema_file() -> None:
         "health",
         "transactions-dlq",
         "labels-dlq",
+        "models",
+        "model-events",
     }
     for entry in entries:
         assert (TOPICS_DIR / entry["schema"]).is_file()

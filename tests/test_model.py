@@ -149,7 +149,7 @@ def test_a_checkpoint_from_before_the_families_loads_as_logreg() -> None:
     restored = pickle.loads(pickle.dumps(old))
     x = {"amount": 300.0, "noise": 0.0, "is_night": 1.0}
     assert restored.score_one(x) == model.score_one(x)
-    assert restored.labels_learned == 500 and restored.version == "logreg-v1"
+    assert restored.labels_learned == 500 and restored.version == "logreg@prior"
     restored.learn_one(x, True)
     assert restored.labels_learned == 501
 

@@ -115,12 +115,14 @@ def test_ready_is_503_until_assigned_then_200_and_metrics_pass_promtool(
         'fraud_dead_letters_total{error="invalid_json",input="transactions"} 1.0',
         "fraud_scoring_latency_seconds_count 1.0",
         "fraud_score_count 1.0",
-        f'fraud_model_info{{version="{Settings().model_name}-v1"}} 1.0',  # the default model
         "fraud_model_labels_learned",
         "fraud_decision_batch_seconds_count",
         "fraud_terminal_feed_lag_seconds",
     ):
         assert name in body, name
+    # The default model: its prior until the trainer's first version is published, then that version.
+    served = rf'fraud_model_info{{version="(v\d+|{re.escape(Settings().model_name)}@prior)"}} 1.0'
+    assert re.search(served, body), body
 
 
 def _health(worker: WorkerProcess, kafka_bootstrap: str, until: Callable[[list[Record]], bool]) -> list[dict]:
@@ -250,17 +252,32 @@ def test_a_restarted_worker_keeps_what_the_model_learned_and_bad_labels_are_dead
     while time.monotonic() < deadline and learned() < 40:
         time.sleep(0.3)
     assert learned() == 40
-    worker.stop()  # SIGTERM: the model is checkpointed at shutdown
+    version = loads(worker.http_get("/models"))["serving"]
+    worker.kill()  # no shutdown hook: the version lives on the models topic, not in the worker
     worker.start()
     worker.wait_ready()
     assert learned() == 40
-    # Another MODEL_NAME: the checkpoint of the old model is not taken for the new one.
+    assert loads(worker.http_get("/models"))["serving"] == version
+    # Another MODEL_NAME: the trainer's state of the old model is not taken for the new one: a new line of the
+    # configured model learns the labels still on the topics, from the start.
     worker.stop()
     worker.env["MODEL_NAME"] = "logreg:opt=sgd,lr=0.05"
     worker.start()
     worker.wait_ready()
-    assert learned() == 0
-    assert b'fraud_model_info{version="logreg:opt=sgd,lr=0.05-v1"} 1.0' in worker.http_get("/metrics")
+
+    def serving_model() -> str:
+        view = loads(worker.http_get("/models"))
+        return str(next(v for v in view["versions"] if v["version"] == view["serving"])["model_name"])
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and serving_model() != "logreg:opt=sgd,lr=0.05":
+        time.sleep(0.3)
+    assert serving_model() == "logreg:opt=sgd,lr=0.05"
+    assert loads(worker.http_get("/models"))["serving"] != version
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and learned() != 40:
+        time.sleep(0.3)
+    assert learned() == 40
 
 
 def _metric(worker: WorkerProcess, name: str) -> float:
@@ -274,7 +291,9 @@ def test_idle_customers_and_terminals_expire_in_stream_time_including_keys_resto
     settings = {
         "CUSTOMER_TTL_S": str(2 * 86400),
         "TERMINAL_TTL_S": str(2 * 86400),
-        "FEATURES_TTL_S": str(2 * 86400),  # scored features waiting for a label expire the same way
+        "FEATURES_TTL_S": str(2 * 86400),
+        "LABEL_HORIZON_S": str(2 * 86400),  # scored features without a label: implicit negatives, then forgotten
+        "LATE_LABEL_GRACE_S": "0",
         "FEATURES_SWEEP_INTERVAL_S": "1",
         "TOPIC_PARTITIONS": "1",
     }
@@ -318,8 +337,8 @@ def test_idle_customers_and_terminals_expire_in_stream_time_including_keys_resto
     assert _metric(second, "fraud_terminals_expired_total") == 3
     assert _metric(second, "fraud_late_transactions_total") == 1  # counted, and still scored:
     assert len(consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], at_least(5), timeout_s=30)) == 5
-    # Features waiting for a label live in the learner's memory (issue 9 makes them durable): the second worker
-    # holds only the two it scored, and would drop them too once they idle past FEATURES_TTL_S.
+    # The trainer's waiting features: the three old ones passed the label horizon (learned as legitimate, and
+    # forgotten with no grace); the two new ones wait for their labels.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and _metric(second, "fraud_learning_entries") != 2:
         time.sleep(0.3)

@@ -1,0 +1,240 @@
+"""``python -m app models list|promote|rollback|train``: the model registry from the command line.
+
+The registry is the ``models`` and ``model-events`` topics; these commands read and write them directly (no worker
+needed), and every worker follows within seconds. ``GET /models`` and ``POST /models/promote|rollback`` on a worker
+do the same through :func:`publish_event`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import getpass
+import heapq
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.evaluation import average_precision, card_precision_top_k, decision_summary, roc_auc
+from app.model import FraudModel
+from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
+from app.model_snapshots import SnapshotRefused, model_snapshot, verify
+from app.provisioning import ensure_topics
+from app.records import Prediction
+from app.replay import replay_offline
+from app.serialization import dumps, isoformat_utc, loads
+from app.settings import Settings, load, signing_key
+
+
+async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Registry, list[tuple[str, str]]]:
+    """Both topics read to their end: the registry every worker folds, and the refused snapshots (key, code)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
+                                enable_auto_commit=False, fetch_max_bytes=64 * 2**20,
+                                max_partition_fetch_bytes=32 * 2**20)  # fmt: skip
+    await asyncio.wait_for(consumer.start(), timeout_s)
+    registry, refused = Registry(), []
+    key = signing_key(settings)
+    try:
+        tps = [TopicPartition(settings.models_topic, 0), TopicPartition(settings.model_events_topic, 0)]
+        consumer.assign(tps)
+        for tp in tps:
+            await consumer.seek_to_beginning(tp)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        for tp in tps:  # snapshots first, then the events that name them
+            while await consumer.position(tp) < ends[tp]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {tp.topic} took over {timeout_s} s")
+                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    if tp.topic == settings.models_topic:
+                        try:
+                            header, _ = verify(record.value, key)
+                        except SnapshotRefused as exc:
+                            refused.append(((record.key or b"?").decode(errors="replace"), exc.code))
+                            continue
+                        registry.add_header(header)
+                    else:
+                        registry.apply(loads(record.value))
+    finally:
+        await consumer.stop()
+    return registry, refused
+
+
+async def publish_event(settings: Settings, event: dict[str, Any]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
+    await producer.start()
+    try:
+        key = str(event["version"]).encode()
+        await producer.send_and_wait(settings.model_events_topic, key=key, value=dumps(event))
+    finally:
+        await producer.stop()
+
+
+async def publish_version(settings: Settings, header: dict[str, Any], model: FraudModel) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=16 * 2**20)
+    await producer.start()
+    try:
+        raw = model_snapshot(header, model, signing_key(settings))
+        event = {"action": "published", "version": header["version"], "role": header["role"], "by": header["by"],
+                 "reason": "warm start", "timestamp": header["created_at"]}  # fmt: skip
+        await producer.send_and_wait(settings.models_topic, key=str(header["version"]).encode(), value=raw)
+        await producer.send_and_wait(settings.model_events_topic, key=str(header["version"]).encode(),
+                                     value=dumps(event))  # fmt: skip
+    finally:
+        await producer.stop()
+
+
+# ---- warm start ------------------------------------------------------------------------------------------------
+
+
+def _events(run_dir: Path) -> Iterator[tuple[float, str, bytes, bytes]]:
+    """Transactions and labels of a ``scripts/simulate.py --out-dir`` run, merged by event time (a label at the
+    time it became known)."""
+
+    def read(name: str, kind: str, key_field: str) -> Iterator[tuple[float, str, bytes, bytes]]:
+        with (run_dir / name).open("rb") as f:
+            for line in f:
+                if line.strip():
+                    obj = loads(line)
+                    t = datetime.fromisoformat(obj["timestamp"].replace("Z", "+00:00")).timestamp()
+                    yield t, kind, str(obj[key_field]).encode(), line.rstrip(b"\n")
+
+    yield from heapq.merge(read("transactions.jsonl", "transaction", "customer_id"),
+                           read("labels.jsonl", "label", "tx_id"), key=lambda e: e[0])  # fmt: skip
+
+
+def warm_start(settings: Settings, run_dir: Path, holdout_days: float) -> tuple[FraudModel, dict[str, Any]]:
+    """Train on everything before the last ``holdout_days`` (labels as they became known), then score the held-out
+    days with a frozen copy; the metrics are those of the frozen copy on the held-out transactions."""
+    events = list(_events(run_dir))
+    truth = {}
+    with (run_dir / "truth.jsonl").open("rb") as f:
+        for line in f:
+            if line.strip():
+                obj = loads(line)
+                truth[obj["tx_id"]] = bool(obj["is_fraud"])
+    cutoff = max(t for t, kind, _, _ in events if kind == "transaction") - holdout_days * 86400
+    model = FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
+    for _ in replay_offline(((k, key, v) for t, k, key, v in events if t < cutoff), settings, model):
+        pass
+    frozen = copy.deepcopy(model)
+    frozen.learn_one = lambda x, y: None  # type: ignore[method-assign]  # scoring only on the held-out days
+    days, cards, y_true, y_score = [], [], [], []
+    for item in replay_offline(((k, key, v) for _, k, key, v in events), settings, frozen):
+        if isinstance(item, Prediction):
+            t = datetime.fromisoformat(item.timestamp.replace("Z", "+00:00")).timestamp()
+            if t >= cutoff and item.tx_id in truth:
+                days.append(int(t // 86400))
+                cards.append(item.customer_id)
+                y_true.append(truth[item.tx_id])
+                y_score.append(item.fraud_probability)
+    summary = decision_summary(y_true, [s >= settings.decision_threshold for s in y_score])
+    precision, recall = summary.precision, summary.recall
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    both = 0 < sum(y_true) < len(y_true)
+    metrics = {
+        "labelled": len(y_true),
+        "frauds": int(sum(y_true)),
+        "auc": roc_auc(y_true, y_score) if both else None,
+        "ap": average_precision(y_true, y_score) if both else None,
+        "cp_at_100": card_precision_top_k(days, cards, y_true, y_score, 100) if y_true else None,
+        "precision": None if precision != precision else precision,
+        "recall": None if recall != recall else recall,
+        "f1": f1 if f1 == f1 else None,
+        "threshold": settings.decision_threshold,
+        "holdout_days": holdout_days,
+    }
+    return model, metrics
+
+
+# ---- the command line ------------------------------------------------------------------------------------------
+
+
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+def _print_versions(registry: Registry, refused: Sequence[tuple[str, str]]) -> None:
+    print(f"champion {registry.champion}  challenger {registry.challenger}  follow {registry.follow}")
+    print(f"{'version':<22} {'status':<10} {'role':<11} {'model':<34} {'labels':>9} {'auc':>6} {'ap':>6}  created")
+    for h in registry.versions():
+        m = h.get("metrics") or {}
+        auc = f"{m['auc']:.3f}" if m.get("auc") is not None else "-"
+        ap = f"{m['ap']:.3f}" if m.get("ap") is not None else "-"
+        print(f"{h['version']:<22} {h['status']:<10} {h.get('role', ''):<11} {h.get('model_name', ''):<34} "
+              f"{h.get('labels_seen', 0):>9} {auc:>6} {ap:>6}  {h.get('created_at', '')}")  # fmt: skip
+    for key, code in refused:
+        print(f"refused snapshot {key}: {code}")
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "list":
+        registry, refused = await read_registry(settings, args.timeout_s)
+        _print_versions(registry, refused)
+        return 0
+    if args.command == "train":
+        model, metrics = warm_start(settings, args.from_dir, args.holdout_days)
+        await ensure_topics(settings)
+        registry, _ = await read_registry(settings, args.timeout_s)
+        sequence = max((int(h.get("sequence", 0)) for h in registry.headers.values()), default=0) + 1
+        now = time.time()
+        version = f"warm-{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}"
+        header = {"version": version, "parent": None, "created_at": isoformat_utc(now), "model_name": model.name,
+                  "role": "warm-start", "labels_seen": model.labels_learned, "sequence": sequence,
+                  "metrics": metrics, "by": _who()}  # fmt: skip
+        await publish_version(settings, header, model)
+        figures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        print(f"registered {version}: {model.labels_learned} labels; held-out {figures}")
+        if args.promote:
+            await publish_event(settings, {"action": "promoted", "version": version, "previous": registry.champion,
+                                           "follow": True, "by": _who(), "reason": args.reason or "warm start",
+                                           "timestamp": isoformat_utc(time.time())})  # fmt: skip
+            print(f"promoted {version}")
+        return 0
+    registry, _ = await read_registry(settings, args.timeout_s)
+    now_iso = isoformat_utc(time.time())
+    try:
+        if args.command == "promote":
+            event = promote_event(registry, args.version, by=_who(), reason=args.reason or "", timestamp=now_iso,
+                                  follow=args.follow)  # fmt: skip
+        else:
+            event = rollback_event(registry, by=_who(), reason=args.reason or "", timestamp=now_iso)
+    except PromotionRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    await publish_event(settings, event)
+    print(f"{event['action']} {event['version']} (was {event['previous']})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app models", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--timeout-s", type=float, default=30.0, help="give up on the broker after this long")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every version with its status, labels seen and rolling AUC / AP")
+    promote = sub.add_parser("promote", help="make a version the champion (every worker follows within seconds)")
+    promote.add_argument("version", help="a version id, or 'latest': the trainer's newest, following later ones")
+    promote.add_argument("--follow", action="store_true", help="keep promoting the trainer's newer versions")
+    promote.add_argument("--reason", default="")
+    rollback = sub.add_parser("rollback", help="back to the champion before the current one (pinned)")
+    rollback.add_argument("--reason", default="")
+    train = sub.add_parser("train", help="warm start: train from a labelled run, evaluate held-out days, register")
+    train.add_argument("--from-dir", type=Path, required=True, help="a scripts/simulate.py --out-dir folder")
+    train.add_argument("--holdout-days", type=float, default=7.0)
+    train.add_argument("--promote", action="store_true", help="promote the registered version at once")
+    train.add_argument("--reason", default="")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(_run(args, load()))
+    except (TimeoutError, OSError) as exc:
+        print(f"error: broker not reachable ({exc!r})", file=sys.stderr)
+        return 1

@@ -1,0 +1,173 @@
+"""Every worker follows the promoted model version: it reads ``models`` and ``model-events`` and swaps the scorer.
+
+Both topics have one partition and are read from the start (``read_committed``, no consumer group), so every
+worker folds the same events into the same champion (:class:`app.model_registry.Registry`), and a restarted
+worker scores with the version it scored with before. A snapshot is verified when it arrives; one that is
+unsigned, altered or signed with another key is refused before deserialisation: logged, counted, shown in health,
+and the version in use keeps scoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app import metrics
+from app.model import FraudModel
+from app.model_registry import Registry
+from app.model_snapshots import SnapshotRefused, load_model_snapshot, verify
+from app.serialization import loads
+
+log = logging.getLogger(__name__)
+
+REFUSAL_SHOWN_S = 600.0  # a refused snapshot stays an issue in the health events this long
+
+
+class ModelFollower:
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        models_topic: str,
+        events_topic: str,
+        key: bytes,
+        on_champion: Callable[[FraudModel], None],
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.models_topic = models_topic
+        self.events_topic = events_topic
+        self.key = key
+        self.on_champion = on_champion
+        self.client_options = client_options or {}
+        self.registry = Registry()
+        self.snapshots: dict[str, bytes] = {}  # verified snapshots by version
+        self.refused: list[tuple[float, str, str]] = []  # (monotonic time, record key, code)
+        self.serving: str | None = None
+        self._missing_logged: str | None = None
+        self._read_to: dict[str, int] = {}  # topic -> next offset, kept across reconnects
+        self.caught_up = asyncio.Event()
+
+    async def run(self) -> None:
+        """Follow both topics until cancelled; reconnects after failures."""
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                fetch_max_bytes=64 * 2**20,
+                max_partition_fetch_bytes=32 * 2**20,
+                **self.client_options,
+            )
+            try:
+                await consumer.start()
+                await self._follow(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("model follower: %r; reconnecting", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await asyncio.wait_for(consumer.stop(), 5)
+                except Exception:
+                    log.debug("model follower: consumer stop failed", exc_info=True)
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        tps = [TopicPartition(self.models_topic, 0), TopicPartition(self.events_topic, 0)]
+        consumer.assign(tps)
+        positions = {tp: self._read_to.get(tp.topic, 0) for tp in tps}
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        ends = await consumer.end_offsets(tps)
+        while True:
+            batches = await consumer.getmany(*tps, timeout_ms=500, max_records=1000)
+            for tp in tps:  # snapshots before the events that name them
+                for record in batches.get(tp, []):
+                    if tp.topic == self.models_topic:
+                        self._snapshot(record.key, record.value)
+                    else:
+                        self._event(record.value)
+                    self._read_to[tp.topic] = record.offset + 1
+            if not self.caught_up.is_set() and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                self.caught_up.set()
+                log.info("model follower caught up: champion %s, %d versions", self.registry.champion,
+                         len(self.registry.headers))  # fmt: skip
+            if self.caught_up.is_set():
+                self._serve()
+
+    def _snapshot(self, key: bytes | None, value: bytes | None) -> None:
+        name = key.decode(errors="replace") if key else "?"
+        if value is None:  # a tombstone: the version was deleted
+            self.snapshots.pop(name, None)
+            return
+        try:
+            header, _ = verify(value, self.key)
+        except SnapshotRefused as exc:
+            self.refused.append((time.monotonic(), name, exc.code))
+            metrics.MODEL_SNAPSHOTS_REFUSED.labels(exc.code).inc()
+            log.error("model snapshot %s refused (%s): not loaded; version %s keeps scoring", name, exc, self.serving)
+            return
+        self.registry.add_header(header)
+        self.snapshots[str(header["version"])] = value
+
+    def _event(self, value: bytes | None) -> None:
+        try:
+            event = loads(value or b"")
+        except Exception:
+            log.warning("model event not JSON, ignored: %r", (value or b"")[:200])
+            return
+        if isinstance(event, dict):
+            self.registry.apply(event)
+            if event.get("action") in ("promoted", "rolled_back"):
+                log.info("model %s %s by %s: %s", event.get("version"), event.get("action"), event.get("by"),
+                         event.get("reason", ""))  # fmt: skip
+
+    def _serve(self) -> None:
+        """Load the champion if it changed and its snapshot is here (it may come a moment after its event)."""
+        champion = self.registry.champion
+        if champion is None or champion == self.serving:
+            return
+        raw = self.snapshots.get(champion)
+        if raw is None:
+            if self._missing_logged != champion:
+                self._missing_logged = champion
+                log.error("champion %s has no valid snapshot (refused or not arrived); %s keeps scoring", champion,
+                          self.serving)  # fmt: skip
+            return
+        try:
+            _, model = load_model_snapshot(raw, self.key)
+        except Exception as exc:  # verified on arrival; a payload that does not load is refused now
+            self.snapshots.pop(champion, None)
+            self.refused.append((time.monotonic(), champion, "malformed"))
+            metrics.MODEL_SNAPSHOTS_REFUSED.labels("malformed").inc()
+            log.error("model snapshot %s does not load (%r); %s keeps scoring", champion, exc, self.serving)
+            return
+        previous, self.serving = self.serving, champion
+        self.on_champion(model)
+        log.info("scoring with model %s (was %s)", champion, previous)
+
+    def issues(self, now_s: float | None = None) -> list[str]:
+        """Refusals of the last ten minutes, for the health events."""
+        now_s = time.monotonic() if now_s is None else now_s
+        recent = [(key, code) for at, key, code in self.refused if now_s - at < REFUSAL_SHOWN_S]
+        return [f"model snapshot {key} refused: {code}" for key, code in recent[-5:]]
+
+    def models_view(self) -> dict[str, Any]:
+        """What ``GET /models`` answers."""
+        r = self.registry
+        return {
+            "serving": self.serving,
+            "champion": r.champion,
+            "challenger": r.challenger,
+            "follow": r.follow,
+            "latest": r.latest_champion,
+            "versions": r.versions(),
+            "events": r.events[-20:],
+            "refused": [{"key": key, "code": code} for _, key, code in self.refused[-20:]],
+        }

@@ -1,0 +1,234 @@
+"""The trainer's core, pure: each label meets the features its transaction was scored with, and is learned once.
+
+The predictions topic is the feature log: each prediction carries the features as scored and the probability the
+serving version gave. A pair (features, label) is learned by the champion line and, in shadow, by the challenger;
+the challenger also scores each transaction when its prediction arrives - before its label exists - so both
+models' rolling quality is measured on the same transactions, and no prediction is ever changed by it.
+
+Real chargeback feeds report frauds only: a scored transaction whose label has not come ``horizon_s`` of event
+time after it is learned as legitimate (an implicit negative). Its features are kept ``grace_s`` longer, so a fraud
+label that arrives late is still learned (and counted). An explicit ``is_fraud: false`` label is learned as usual.
+
+Everything here, models included, is one picklable object: the trainer publishes it with the input positions in
+the same Kafka transaction, so a new owner resumes exactly where the snapshot was taken.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.evaluation import average_precision, roc_auc
+from app.features import FEATURE_NAMES
+from app.model import FraudModel
+
+_FEATURES = struct.Struct(f"<{len(FEATURE_NAMES)}d")
+
+
+def pack(features: dict[str, float]) -> bytes:
+    """Features in ``FEATURE_NAMES`` order as doubles (bytes: the garbage collector does not track them)."""
+    return _FEATURES.pack(*(float(features.get(name, 0.0)) for name in FEATURE_NAMES))
+
+
+def unpack(x: bytes) -> dict[str, float]:
+    return dict(zip(FEATURE_NAMES, _FEATURES.unpack(x), strict=True))
+
+
+class RollingQuality:
+    """AUC ROC, AP, precision and recall of a model's scores over its last ``window`` labelled transactions."""
+
+    def __init__(self, window: int, threshold: float) -> None:
+        self.threshold = threshold
+        self.scores: deque[float] = deque(maxlen=window)
+        self.labels: deque[bool] = deque(maxlen=window)
+
+    def add(self, score: float, y: bool) -> None:
+        self.scores.append(score)
+        self.labels.append(y)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """None for a figure the window cannot give yet (AUC and AP need both classes)."""
+        y = np.fromiter(self.labels, dtype=bool, count=len(self.labels))
+        s = np.fromiter(self.scores, dtype=float, count=len(self.scores))
+        both = 0 < int(y.sum()) < len(y)
+        alerts = s >= self.threshold
+        tp = int((alerts & y).sum())
+        return {
+            "labelled": len(y),
+            "frauds": int(y.sum()),
+            "auc": float(roc_auc(y, s)) if both else None,
+            "ap": float(average_precision(y, s)) if both else None,
+            "precision": tp / int(alerts.sum()) if alerts.any() else None,
+            "recall": tp / int(y.sum()) if y.any() else None,
+        }
+
+
+@dataclass
+class Training:
+    """Waiting halves, both models, their rolling quality and the input positions covered."""
+
+    champion: FraudModel
+    challenger: FraudModel | None
+    horizon_s: float
+    grace_s: float
+    ttl_s: float
+    quality_window: int = 5000
+    threshold: float = 0.5
+    # tx_id -> ("x", packed features, event time, served probability, shadow probability)
+    #        | ("n", packed features, event time, served, shadow): learned as an implicit negative, kept for late frauds
+    #        | ("y", is_fraud, when known): a label that came before its prediction
+    waiting: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    by_time: deque[tuple[float, str]] = field(default_factory=deque)  # scored halves in arrival order
+    negatives: deque[tuple[float, str]] = field(default_factory=deque)  # implicit negatives kept for late frauds
+    positions: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> next offset covered
+    stream_time_s: float = float("-inf")  # newest event time of a scored transaction seen
+    counts: Counter[str] = field(default_factory=Counter)
+    sequence: int = 0  # versions published so far (the next is v<sequence + 1>)
+    champion_version: str | None = None
+    challenger_version: str | None = None
+    learned_since_publish: int = 0
+    adopted: set[str] = field(default_factory=set)  # warm starts the champion line was reset to
+    labels_since_comparison: int = 0
+
+    def __post_init__(self) -> None:
+        self.quality = {"champion": RollingQuality(self.quality_window, self.threshold),
+                        "challenger": RollingQuality(self.quality_window, self.threshold)}  # fmt: skip
+
+    # ---- inputs ------------------------------------------------------------------------------------------------
+
+    def on_prediction(self, tx_id: str, features: dict[str, float], event_time_s: float, probability: float) -> None:
+        x = pack(features)
+        shadow = self.challenger.predict_proba_one(features) if self.challenger is not None else -1.0
+        self.stream_time_s = max(self.stream_time_s, event_time_s)
+        other = self.waiting.get(tx_id)
+        if other is not None and other[0] == "y":
+            del self.waiting[tx_id]
+            self._learn(x, bool(other[1]), probability, shadow, "learned")
+            return
+        if other is not None:
+            self.counts["duplicate_prediction"] += 1
+            return
+        self.waiting[tx_id] = ("x", x, event_time_s, probability, shadow)
+        self.by_time.append((event_time_s, tx_id))
+
+    def on_label(self, tx_id: str, is_fraud: bool, known_s: float) -> None:
+        self.counts["received"] += 1
+        other = self.waiting.get(tx_id)
+        if other is None or other[0] == "y":
+            self.waiting[tx_id] = ("y", is_fraud, known_s)  # before its prediction (a re-sent label replaces it)
+            return
+        if other[0] == "x":
+            del self.waiting[tx_id]
+            self._learn(other[1], is_fraud, other[3], other[4], "learned")
+        elif is_fraud:  # "n": learned as legitimate at the horizon, a chargeback came after all
+            del self.waiting[tx_id]
+            self._learn(other[1], True, other[3], other[4], "late_fraud")
+        else:
+            del self.waiting[tx_id]
+            self.counts["confirmed_negative"] += 1  # already learned as legitimate at the horizon
+
+    def advance(self) -> int:
+        """Learn as legitimate what passed the horizon without a label; drop what passed horizon + grace (and
+        labels whose prediction never came within the TTL). Returns the implicit negatives learned."""
+        learned = 0
+        horizon = self.stream_time_s - self.horizon_s
+        forget = horizon - self.grace_s
+        by_time, negatives, waiting = self.by_time, self.negatives, self.waiting
+        while by_time and by_time[0][0] < horizon:
+            t, tx_id = by_time.popleft()
+            half = waiting.get(tx_id)
+            if half is not None and half[0] == "x":
+                waiting[tx_id] = ("n", *half[1:])
+                self._learn(half[1], False, half[3], half[4], "implicit_negative")
+                negatives.append((t, tx_id))
+                learned += 1
+        while negatives and negatives[0][0] < forget:
+            _, tx_id = negatives.popleft()
+            half = waiting.get(tx_id)
+            if half is not None and half[0] == "n":
+                del waiting[tx_id]
+        return learned
+
+    def sweep_labels(self) -> int:
+        """Labels waiting for a prediction longer than the TTL (in stream time) are dropped; returns how many."""
+        horizon = self.stream_time_s - self.ttl_s
+        old = [tx_id for tx_id, half in self.waiting.items() if half[0] == "y" and half[2] < horizon]
+        for tx_id in old:
+            del self.waiting[tx_id]
+        self.counts["expired"] += len(old)
+        return len(old)
+
+    # ---- learning ----------------------------------------------------------------------------------------------
+
+    def _learn(self, x: bytes, y: bool, served: float, shadow: float, outcome: str) -> None:
+        features = unpack(x)
+        self.champion.learn_one(features, y)
+        self.quality["champion"].add(served, y)
+        if self.challenger is not None:
+            self.challenger.learn_one(features, y)
+            if shadow >= 0.0:
+                self.quality["challenger"].add(shadow, y)
+        self.counts[outcome] += 1
+        self.learned_since_publish += 1
+        self.labels_since_comparison += 1
+
+    @property
+    def labels_seen(self) -> int:
+        """Labels learned by the champion line (explicit, implicit negatives and late frauds), each once."""
+        return self.champion.labels_learned
+
+    def challenger_wins(self, margin: float, min_labels: int) -> bool:
+        """The challenger's rolling AP beats the champion's by ``margin`` over at least ``min_labels`` labels."""
+        if self.challenger is None or self.labels_since_comparison < min_labels:
+            return False
+        self.labels_since_comparison = 0
+        champion = self.quality["champion"].summary()["ap"]
+        challenger = self.quality["challenger"].summary()["ap"]
+        return champion is not None and challenger is not None and challenger >= champion + margin
+
+    def swap_roles(self) -> None:
+        """The challenger becomes the champion line (and the former champion keeps learning as the challenger)."""
+        assert self.challenger is not None
+        self.champion, self.challenger = self.challenger, self.champion
+        self.champion_version, self.challenger_version = self.challenger_version, self.champion_version
+        self.quality["champion"], self.quality["challenger"] = self.quality["challenger"], self.quality["champion"]
+
+    # ---- the published state, in slices ------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the waiting halves (see :meth:`state_parts`: they go in slices)."""
+        state = dict(self.__dict__)
+        for name in ("waiting", "by_time", "negatives"):
+            state[name] = type(state[name])()
+        return state
+
+    def state_parts(self, slice_size: int = 2000) -> Iterator[bytes]:
+        """The state as pickles: the models and figures first, then the waiting halves ``slice_size`` at a time, so a
+        caller can let its event loop run between slices (a week of waiting halves pickles in hundreds of ms)."""
+        yield pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        items = list(self.waiting.items())
+        for i in range(0, len(items), slice_size):
+            yield pickle.dumps(items[i : i + slice_size], protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_parts(cls, parts: Sequence[bytes]) -> Training:
+        training: Training = pickle.loads(parts[0])  # noqa: S301 - the caller verified the signature
+        for part in parts[1:]:
+            training.waiting.update(pickle.loads(part))  # noqa: S301
+        scored = sorted((half[2], tx_id) for tx_id, half in training.waiting.items() if half[0] == "x")
+        negatives = sorted((half[2], tx_id) for tx_id, half in training.waiting.items() if half[0] == "n")
+        training.by_time, training.negatives = deque(scored), deque(negatives)
+        return training
+
+    def next_version(self) -> str:
+        self.sequence += 1
+        return f"v{self.sequence}"
+
+    def pending(self) -> int:
+        return len(self.waiting)

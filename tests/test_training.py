@@ -1,0 +1,174 @@
+"""The trainer's pure core: the join, implicit negatives, late frauds, rolling quality; signed snapshots; the
+registry's folding of promotion events."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from app.features import FEATURE_NAMES
+from app.model import FraudModel
+from app.model_commands import warm_start
+from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
+from app.model_snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
+from app.serialization import loads
+from app.settings import REPO_ROOT, Settings
+from app.training import RollingQuality, Training
+
+
+def _training(**kwargs: float) -> Training:
+    return Training(FraudModel("logreg"), FraudModel("hoeffding"), horizon_s=kwargs.get("horizon_s", 100.0),
+                    grace_s=kwargs.get("grace_s", 50.0), ttl_s=1000.0, quality_window=100)  # fmt: skip
+
+
+def _x(amount: float) -> dict[str, float]:
+    return {name: 0.0 for name in FEATURE_NAMES} | {"amount": amount}
+
+
+def test_a_pair_is_learned_once_whichever_half_comes_first() -> None:
+    t = _training()
+    t.on_prediction("a", _x(10), 0.0, 0.1)
+    t.on_label("a", False, 5.0)
+    t.on_label("b", True, 5.0)  # before its prediction
+    t.on_prediction("b", _x(900), 1.0, 0.2)
+    assert t.labels_seen == 2 and t.challenger is not None and t.challenger.labels_learned == 2
+    assert t.counts["learned"] == 2 and t.pending() == 0
+    t.on_prediction("a", _x(10), 0.0, 0.1)  # the same prediction again (a re-read): waits, is not learned twice
+    assert t.labels_seen == 2
+
+
+def test_implicit_negatives_after_the_horizon_and_a_late_fraud_within_the_grace() -> None:
+    t = _training(horizon_s=100.0, grace_s=50.0)
+    for i in range(5):
+        t.on_prediction(f"n{i}", _x(10), float(i), 0.1)
+    t.on_prediction("now", _x(10), 99.0, 0.1)
+    assert t.advance() == 0  # nothing past the horizon yet
+    t.on_prediction("later", _x(10), 102.5, 0.1)
+    assert t.advance() == 3  # n0, n1, n2 are older than 102.5 - 100
+    assert t.counts["implicit_negative"] == 3 and t.labels_seen == 3
+    t.on_label("n1", True, 103.0)  # a chargeback after the horizon: learned, once
+    t.on_label("n1", True, 103.0)
+    assert t.counts["late_fraud"] == 1 and t.labels_seen == 4
+    t.on_label("n2", False, 103.0)  # a confirmed negative is not learned twice
+    assert t.counts["confirmed_negative"] == 1 and t.labels_seen == 4
+    t.on_prediction("much-later", _x(10), 200.0, 0.1)
+    t.advance()  # n0 passes horizon + grace: forgotten
+    assert "n0" not in t.waiting
+    t.on_label("n0", True, 201.0)  # too late: waits as a label whose prediction never comes, then expires
+    assert t.labels_seen == 4 + 3  # n3, n4 and "now" became implicit negatives meanwhile
+
+
+def test_the_training_state_pickles_whole_and_resumes_identically() -> None:
+    t = _training()
+    for i in range(50):
+        t.on_prediction(f"a{i}", _x(10 + i), float(i), 0.1)
+        t.on_label(f"a{i}", i % 5 == 0, float(i))
+    copy = pickle.loads(pickle.dumps(t))
+    x = _x(300)
+    assert copy.champion.predict_proba_one(x) == t.champion.predict_proba_one(x)
+    assert copy.labels_seen == t.labels_seen == 50
+    assert copy.quality["champion"].summary() == t.quality["champion"].summary()
+
+
+def test_rolling_quality_figures() -> None:
+    q = RollingQuality(window=4, threshold=0.5)
+    assert q.summary()["auc"] is None
+    for score, y in [(0.9, True), (0.2, False), (0.6, False), (0.1, False), (0.8, True)]:
+        q.add(score, y)
+    s = q.summary()  # the last four: (0.2, F), (0.6, F), (0.1, F), (0.8, T)
+    assert s["labelled"] == 4 and s["frauds"] == 1 and s["auc"] == 1.0 and s["ap"] == 1.0
+    assert s["precision"] == 0.5 and s["recall"] == 1.0
+
+
+def test_the_challenger_wins_only_by_the_margin_over_enough_labels() -> None:
+    t = _training()
+    for i in range(40):
+        y = i % 4 == 0
+        t.quality["champion"].add(0.9 if i % 8 == 0 else 0.1, y)  # finds half the frauds
+        t.quality["challenger"].add(0.9 if y else 0.1, y)  # finds them all
+    t.labels_since_comparison = 40
+    assert not t.challenger_wins(margin=0.02, min_labels=100)
+    t.labels_since_comparison = 100
+    assert t.challenger_wins(margin=0.02, min_labels=100)
+    t.labels_since_comparison = 100
+    assert not t.challenger_wins(margin=0.9, min_labels=100)
+
+
+def test_a_snapshot_is_verified_before_it_is_unpickled() -> None:
+    header = {"version": "v1", "role": "champion"}
+    raw = model_snapshot(header, FraudModel("logreg"), b"key")
+    loaded_header, model = load_model_snapshot(raw, b"key")
+    assert loaded_header == header and model.version == "v1"
+    with pytest.raises(SnapshotRefused, match="bad_signature"):
+        load_model_snapshot(raw, b"another key")
+    with pytest.raises(SnapshotRefused, match="bad_signature"):
+        verify(raw[:-1] + bytes([raw[-1] ^ 1]), b"key")
+    with pytest.raises(SnapshotRefused, match="unsigned"):
+        verify(pickle.dumps(FraudModel("logreg")), b"key")
+    with pytest.raises(SnapshotRefused, match="malformed"):
+        load_model_snapshot(sign(header, pickle.dumps({"not": "a model"}), b"key"), b"key")
+
+
+def test_the_registry_follows_published_versions_until_pinned() -> None:
+    r = Registry()
+    for v in ("v1", "v2"):
+        r.add_header({"version": v, "sequence": int(v[1:])})
+        r.apply({"action": "published", "version": v, "role": "champion"})
+    r.add_header({"version": "v3", "sequence": 3})
+    r.apply({"action": "published", "version": "v3", "role": "challenger"})
+    assert (r.champion, r.challenger, r.follow) == ("v2", "v3", True)
+    r.apply(rollback_event(r, by="cli:a", reason="", timestamp="t"))
+    assert (r.champion, r.follow) == ("v1", False)
+    r.add_header({"version": "v4", "sequence": 4})
+    r.apply({"action": "published", "version": "v4", "role": "champion"})
+    assert r.champion == "v1" and r.latest_champion == "v4"  # pinned: new versions wait
+    event = promote_event(r, "latest", by="cli:a", reason="", timestamp="t")
+    assert event["version"] == "v4" and event["follow"] is True
+    r.apply(event)
+    assert (r.champion, r.follow) == ("v4", True)
+    with pytest.raises(PromotionRefused):
+        promote_event(r, "v99", by="cli:a", reason="", timestamp="t")
+    with pytest.raises(PromotionRefused):
+        rollback_event(Registry(), by="cli:a", reason="", timestamp="t")
+    assert [v["version"] for v in r.versions()] == ["v4", "v3", "v2", "v1"]
+
+
+def test_warm_start_trains_before_the_held_out_days_and_evaluates_a_frozen_copy(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "simulate.py"), "--no-kafka", "--out-dir", str(run),
+                    "--customers", "100", "--terminals", "200", "--days", "40", "--seed", "3"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    model, metrics = warm_start(Settings(), run, holdout_days=7.0)
+
+    def times(name: str) -> dict[str, float]:
+        rows = [loads(line) for line in (run / name).read_bytes().splitlines() if line.strip()]
+        return {r["tx_id"]: datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00")).timestamp() for r in rows}
+
+    scored, known = times("transactions.jsonl"), times("labels.jsonl")
+    cutoff = max(scored.values()) - 7 * 86400
+    assert model.labels_learned == sum(1 for tx, t in known.items() if t < cutoff and scored[tx] < cutoff)
+    assert metrics["labelled"] == sum(1 for t in scored.values() if t >= cutoff)
+    assert metrics["auc"] is not None and metrics["auc"] > 0.7, metrics
+    assert {"ap", "cp_at_100", "precision", "recall", "f1"} <= metrics.keys()
+
+
+def test_the_state_in_slices_restores_the_waiting_halves_and_their_order() -> None:
+    t = _training(horizon_s=100.0, grace_s=50.0)
+    for i in range(30):
+        t.on_prediction(f"a{i}", _x(10 + i), float(i), 0.1)
+    t.on_label("a3", True, 5.0)
+    t.on_label("early", False, 5.0)
+    t.on_prediction("later", _x(1), 110.0, 0.1)
+    t.advance()  # a0..a9 (but a3) are implicit negatives now
+    restored = Training.from_parts(list(t.state_parts(slice_size=7)))
+    assert restored.waiting == t.waiting and restored.labels_seen == t.labels_seen
+    assert list(restored.by_time) == [(float(i), f"a{i}") for i in range(10, 30)] + [(110.0, "later")]
+    assert [tx for _, tx in restored.negatives] == [f"a{i}" for i in range(10) if i != 3]
+    t.on_prediction("much-later", _x(1), 200.0, 0.1)
+    restored.on_prediction("much-later", _x(1), 200.0, 0.1)
+    assert t.advance() == restored.advance() and restored.waiting == t.waiting
