@@ -22,6 +22,7 @@ from mode import Service
 from app import metrics
 from app.decisions import Scorer
 from app.health import HealthWindow
+from app.kafka_security import client_security_options, faust_credentials
 from app.learner import Learner
 from app.logs import quiet_kafka_client
 from app.model import FraudModel, load_model, save_model
@@ -52,6 +53,7 @@ class FraudApp(faust.App):
 faust_app = FraudApp(
     settings.app_id,
     broker=f"kafka://{settings.bootstrap_servers}",
+    broker_credentials=faust_credentials(settings),
     store="memory://",
     datadir=settings.data_dir,
     web_bind=settings.web_bind,
@@ -81,6 +83,7 @@ metrics.LABELS_LEARNED.set(model.labels_learned)
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
 aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s)
+kafka_options = client_security_options(settings)  # TLS and SASL of every client below
 feed = TerminalFeed(
     aggregates,
     bootstrap_servers=settings.bootstrap_servers,
@@ -90,6 +93,7 @@ feed = TerminalFeed(
     snapshot_interval_s=settings.terminal_snapshot_interval_s,
     sweep_interval_s=settings.features_sweep_interval_s,
     max_message_bytes=settings.max_message_bytes,
+    client_options=kafka_options,
 )
 scorer = Scorer(
     settings,
@@ -98,6 +102,7 @@ scorer = Scorer(
     window,
     changelog_topic=changelog_topic(settings),
     terminal_topic=terminal_topic(settings),
+    client_options=kafka_options,
 )
 decisions = TransactionalLoop(
     name="decisions",
@@ -113,6 +118,7 @@ decisions = TransactionalLoop(
     on_batch=metrics.observe_batch,
     max_skew_s=settings.catchup_max_skew_s,
     offsets_in_state=True,  # the changelog carries each batch's next offset: two round trips fewer per commit
+    client_options=kafka_options,
 )
 learning = TransactionalLoop(
     name="learning",
@@ -128,6 +134,7 @@ learning = TransactionalLoop(
     linger_ms=settings.producer_linger_ms,
     session_timeout_ms=settings.session_timeout_ms,
     transaction_timeout_ms=settings.transaction_timeout_ms,
+    client_options=kafka_options,
 )
 
 
