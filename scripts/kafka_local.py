@@ -611,6 +611,9 @@ def launch(
         if running_port != port:
             raise RuntimeError(f"the broker of {layout.data_dir} (pid {pid}) listens on port {running_port}, "
                                f"not {port}: stop it first")  # fmt: skip
+        if sasl_ssl_port and state.get("sasl_ssl_port") != sasl_ssl_port:
+            raise RuntimeError(f"the broker of {layout.data_dir} (pid {pid}) has no SASL_SSL listener on port "
+                               f"{sasl_ssl_port}: stop it first")  # fmt: skip
         if not _wait_ready(port, pid, deadline):
             raise RuntimeError(f"the broker of {layout.data_dir} (pid {pid}) does not answer on port {port}")
         return Broker(f"{HOST}:{port}", pid, str(state.get("version", "?")), already_running=True)
