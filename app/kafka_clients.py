@@ -1,11 +1,15 @@
-"""Plain Kafka clients for scripts and tests: publish raw bytes, read a topic until a condition holds."""
+"""Plain Kafka clients for scripts and tests: publish raw bytes, read a topic until a condition holds.
+
+``client_options`` are extra aiokafka arguments: for a secured broker, ``client_security_options(settings)`` of
+:mod:`app.kafka_security`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -19,9 +23,15 @@ class Record:
 
 
 async def _produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]], rate_tps: float | None
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    rate_tps: float | None,
+    client_options: Mapping[str, Any] | None,
 ) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024, **(client_options or {})
+    )
     await producer.start()
     count = 0
     started = time.monotonic()
@@ -44,13 +54,23 @@ async def _produce(
 
 
 def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]], rate_tps: float | None = None
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    rate_tps: float | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Publish (key, value) pairs (at ``rate_tps`` when given) and wait until the broker acknowledged all."""
-    return asyncio.run(_produce(bootstrap, topic, messages, rate_tps))
+    return asyncio.run(_produce(bootstrap, topic, messages, rate_tps, client_options))
 
 
-async def _consume(bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float) -> list[Record]:
+async def _consume(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[Record]], bool],
+    timeout_s: float,
+    client_options: Mapping[str, Any] | None,
+) -> list[Record]:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -60,6 +80,7 @@ async def _consume(bootstrap: str, topic: str, until: Callable[[list[Record]], b
         isolation_level="read_committed",  # the worker writes in transactions: only committed output counts
         fetch_max_bytes=16 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
+        **(client_options or {}),
     )
     await consumer.start()
     records: list[Record] = []
@@ -74,9 +95,15 @@ async def _consume(bootstrap: str, topic: str, until: Callable[[list[Record]], b
     return records
 
 
-def consume(bootstrap: str, topic: str, until: Callable[[list[Record]], bool], timeout_s: float = 60.0) -> list[Record]:
+def consume(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[Record]], bool],
+    timeout_s: float = 60.0,
+    client_options: Mapping[str, Any] | None = None,
+) -> list[Record]:
     """Read ``topic``'s committed messages from the beginning until ``until(records)`` is true or the time is up."""
-    return asyncio.run(_consume(bootstrap, topic, until, timeout_s))
+    return asyncio.run(_consume(bootstrap, topic, until, timeout_s, client_options))
 
 
 def at_least(n: int) -> Callable[[list[Record]], bool]:

@@ -16,13 +16,14 @@ class RepeatFilter(logging.Filter):
     (True, False)
     """
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, min_level: int = logging.WARNING) -> None:
         super().__init__()
         self.interval_s = interval_s
+        self.min_level = min_level
         self.last_s: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < self.min_level:
             return True
         key = (record.name, str(record.msg))
         now = time.monotonic()
@@ -40,3 +41,5 @@ def quiet_kafka_client(interval_s: float = 60.0) -> None:
         logger = logging.getLogger(name)
         logger.setLevel(level)
         logger.addFilter(repeat)
+    # With SASL, one INFO line per connection ("Authenticated as <user> via SCRAM-SHA-512"): dozens at start.
+    logging.getLogger("aiokafka.conn").addFilter(RepeatFilter(interval_s, min_level=logging.INFO))

@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.evaluation import average_precision, card_precision_top_k, decision_summary, roc_auc
+from app.kafka_security import client_security_options
 from app.model import FraudModel
 from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.model_snapshots import SnapshotRefused, model_snapshot, verify
@@ -36,7 +37,8 @@ async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Re
     """Both topics read to their end: the registry every worker folds, and the refused snapshots (key, code)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
                                 enable_auto_commit=False, fetch_max_bytes=64 * 2**20,
-                                max_partition_fetch_bytes=32 * 2**20)  # fmt: skip
+                                max_partition_fetch_bytes=32 * 2**20,
+                                **client_security_options(settings))  # fmt: skip
     await asyncio.wait_for(consumer.start(), timeout_s)
     registry, refused = Registry(), []
     key = signing_key(settings)
@@ -67,7 +69,8 @@ async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Re
 
 
 async def publish_event(settings: Settings, event: dict[str, Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
+                                **client_security_options(settings))  # fmt: skip
     await producer.start()
     try:
         key = str(event["version"]).encode()
@@ -77,7 +80,8 @@ async def publish_event(settings: Settings, event: dict[str, Any]) -> None:
 
 
 async def publish_version(settings: Settings, header: dict[str, Any], model: FraudModel) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=16 * 2**20)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=16 * 2**20,
+                                **client_security_options(settings))  # fmt: skip
     await producer.start()
     try:
         raw = model_snapshot(header, model, signing_key(settings))

@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from app.kafka_security import client_security_options
 from app.serialization import loads
 from app.settings import TOPICS_DIR, Settings
 
@@ -96,7 +97,11 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics (the contract's and the worker's own); returns the names created. Existing
     topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.app_id}-admin",
+        **client_security_options(settings),
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -27,6 +27,34 @@ class Thresholds:
     stale_after_s: float = 3600.0
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every Kafka client of the worker connects: TLS and SASL (built by :mod:`app.kafka_security`).
+    Secrets stay out of ``repr`` (settings are logged)."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""  # empty: the system's trusted CAs
+    ssl_certfile: str = ""  # a client certificate (PEM), for brokers that ask for one (mutual TLS)
+    ssl_keyfile: str = ""
+    ssl_key_password: str = field(default="", repr=False)
+    ssl_check_hostname: bool = True
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -77,11 +105,51 @@ class Settings:
     auto_promote_margin: float = 0.02  # challenger AP over champion AP that promotes it; negative: never
     auto_promote_min_labels: int = 20_000
     quality_window_labels: int = 5000
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name)
     return default if value is None or value == "" else value
+
+
+def _get_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _get(env, name, str(default)).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    """The ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``/``KAFKA_SSL_*`` block; a wrong combination is refused here,
+    before any connection, with the setting's name."""
+    d = KafkaSecurity()
+    security = KafkaSecurity(
+        protocol=_get(env, "KAFKA_SECURITY_PROTOCOL", d.protocol).upper(),
+        sasl_mechanism=_get(env, "KAFKA_SASL_MECHANISM", d.sasl_mechanism).upper(),
+        sasl_username=_get(env, "KAFKA_SASL_USERNAME", d.sasl_username),
+        sasl_password=_get(env, "KAFKA_SASL_PASSWORD", d.sasl_password),
+        ssl_cafile=_get(env, "KAFKA_SSL_CAFILE", d.ssl_cafile),
+        ssl_certfile=_get(env, "KAFKA_SSL_CERTFILE", d.ssl_certfile),
+        ssl_keyfile=_get(env, "KAFKA_SSL_KEYFILE", d.ssl_keyfile),
+        ssl_key_password=_get(env, "KAFKA_SSL_KEY_PASSWORD", d.ssl_key_password),
+        ssl_check_hostname=_get_bool(env, "KAFKA_SSL_CHECK_HOSTNAME", d.ssl_check_hostname),
+    )
+    if security.protocol not in SECURITY_PROTOCOLS:
+        raise ValueError(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                         f"not {security.protocol!r}")  # fmt: skip
+    if security.uses_sasl:
+        if security.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
+                             f"not {security.sasl_mechanism!r}")  # fmt: skip
+        if not security.sasl_username or not security.sasl_password:
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={security.protocol} needs KAFKA_SASL_USERNAME and "
+                             "KAFKA_SASL_PASSWORD")  # fmt: skip
+    if security.ssl_keyfile and not security.ssl_certfile:
+        raise ValueError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE")
+    return security
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +213,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         auto_promote_margin=float(_get(env, "AUTO_PROMOTE_MARGIN", str(d.auto_promote_margin))),
         auto_promote_min_labels=int(_get(env, "AUTO_PROMOTE_MIN_LABELS", str(d.auto_promote_min_labels))),
         quality_window_labels=int(_get(env, "QUALITY_WINDOW_LABELS", str(d.quality_window_labels))),
+        kafka_security=_kafka_security(env),
     )
 
 

@@ -23,6 +23,7 @@ from mode import Service
 from app import metrics
 from app.decisions import Scorer
 from app.health import HealthWindow
+from app.kafka_security import client_security_options, faust_credentials
 from app.logs import quiet_kafka_client
 from app.model import FraudModel
 from app.model_follower import ModelFollower
@@ -54,6 +55,7 @@ class FraudApp(faust.App):
 faust_app = FraudApp(
     settings.app_id,
     broker=f"kafka://{settings.bootstrap_servers}",
+    broker_credentials=faust_credentials(settings),
     store="memory://",
     datadir=settings.data_dir,
     web_bind=settings.web_bind,
@@ -70,6 +72,7 @@ model = FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_ra
 metrics.MODEL_INFO.labels(model.version).set(1)
 window = HealthWindow(settings.health_window_s, time.monotonic())
 aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s)
+kafka_options = client_security_options(settings)  # TLS and SASL of every client below
 feed = TerminalFeed(
     aggregates,
     bootstrap_servers=settings.bootstrap_servers,
@@ -79,6 +82,7 @@ feed = TerminalFeed(
     snapshot_interval_s=settings.terminal_snapshot_interval_s,
     sweep_interval_s=settings.features_sweep_interval_s,
     max_message_bytes=settings.max_message_bytes,
+    client_options=kafka_options,
 )
 scorer = Scorer(
     settings,
@@ -87,6 +91,7 @@ scorer = Scorer(
     window,
     changelog_topic=changelog_topic(settings),
     terminal_topic=terminal_topic(settings),
+    client_options=kafka_options,
 )
 decisions = TransactionalLoop(
     name="decisions",
@@ -102,6 +107,7 @@ decisions = TransactionalLoop(
     on_batch=metrics.observe_batch,
     max_skew_s=settings.catchup_max_skew_s,
     offsets_in_state=True,  # the changelog carries each batch's next offset: two round trips fewer per commit
+    client_options=kafka_options,
 )
 
 
@@ -124,8 +130,9 @@ follower = ModelFollower(
     events_topic=settings.model_events_topic,
     key=signing_key(settings),
     on_champion=serve,
+    client_options=kafka_options,
 )
-trainer = Trainer(settings, follower, signing_key(settings), client_options={})
+trainer = Trainer(settings, follower, signing_key(settings), client_options=kafka_options)
 
 
 @faust_app.service

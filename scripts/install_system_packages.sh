@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the tests use as independent peers: kcat (a Kafka client that is not ours) and promtool
-# (from the prometheus package, to lint /metrics). Java and Maven are expected on the machine already.
+# (from the prometheus package, to lint /metrics), and openssl (the CA and broker certificate of the SASL_SSL
+# tests). Java and Maven are expected on the machine already.
 set -euo pipefail
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 [ ${#missing[@]} -eq 0 ] && exit 0

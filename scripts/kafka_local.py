@@ -7,18 +7,28 @@ Standard library only: it runs with the system ``python3`` before any virtualenv
 
     python3 scripts/kafka_local.py start [--port 9092] [--controller-port 9093] [--data-dir .kafka/data]
                                          [--cache-dir .cache/kafka] [--kafka-version 4.1.1] [--wipe]
+                                         [--sasl-ssl-port 9094 --scram-user NAME:PASSWORD ...
+                                          [--keystore broker.p12 --keystore-password PW]]
+    python3 scripts/kafka_local.py certs --out .kafka/tls
     python3 scripts/kafka_local.py status [--port 9092] [--data-dir .kafka/data]
     python3 scripts/kafka_local.py stop [--data-dir .kafka/data]
 
 Relative paths are relative to the repository root. Defaults come from KAFKA_LOCAL_PORT, KAFKA_LOCAL_DATA_DIR,
 KAFKA_LOCAL_CACHE_DIR and KAFKA_VERSION; KAFKA_LOCAL_JAVA_OPTS adds JVM options. The pid file, the broker's
 log (kafka.log), its console output (kafka.out) and its configuration live in the data folder's parent.
+
+``--sasl-ssl-port`` adds a SASL_SSL listener (SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN) beside the PLAINTEXT one,
+which stays for the readiness probe and the broker itself. The SCRAM users are written when the data folder is
+formatted (``--wipe`` to change them). Without ``--keystore`` a CA and a broker certificate for 127.0.0.1 and
+localhost are generated (``certs``, with the ``openssl`` command) into ``tls/`` beside the data folder; clients
+trust ``tls/ca.pem``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -118,6 +128,23 @@ class Layout(NamedTuple):
         return self.home / "log4j2.xml"
 
 
+class SaslSsl(NamedTuple):
+    """A SASL_SSL listener: its port, the broker's PKCS#12 keystore, and the users (name -> password)."""
+
+    port: int
+    keystore: Path
+    keystore_password: str
+    users: dict[str, str]
+
+
+class Certificates(NamedTuple):
+    """What :func:`generate_certificates` made: the CA clients trust and the broker's keystore."""
+
+    ca_file: Path
+    keystore: Path
+    keystore_password: str
+
+
 class Broker(NamedTuple):
     """A running broker, as start() found or launched it."""
 
@@ -207,21 +234,99 @@ def resolve_jars(version: str = DEFAULT_VERSION, cache_dir: Path | str = DEFAULT
     return libs
 
 
+# --- TLS material ------------------------------------------------------------------------------------------
+
+
+def _openssl(*args: str) -> None:
+    if not shutil.which("openssl"):
+        raise RuntimeError("openssl is not on PATH: install it (Debian package openssl)")
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed:\n{result.stdout}{result.stderr}")
+
+
+def generate_certificates(folder: Path | str, hosts: tuple[str, ...] = (HOST, "localhost"),
+                          days: int = 30) -> Certificates:  # fmt: skip
+    """A throwaway CA and a broker certificate it signed, for ``hosts`` (IP or DNS subject alternative names),
+    packed with its key into a PKCS#12 keystore. For tests and local runs only: the keys are not protected."""
+    folder = _repo_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_file = folder / "ca.key", folder / "ca.pem"
+    key, csr, cert = folder / "broker.key", folder / "broker.csr", folder / "broker.pem"
+    keystore, password = folder / "broker.p12", uuid.uuid4().hex
+    names = ",".join(("IP:" if _is_ip(h) else "DNS:") + h for h in hosts)
+    extensions = folder / "broker.ext"
+    extensions.write_text(f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_file),
+             "-days", str(days), "-subj", "/CN=kafka-local test CA")  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+             "-subj", f"/CN={hosts[0]}")  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_file), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(cert), "-days", str(days), "-extfile", str(extensions))  # fmt: skip
+    _openssl("pkcs12", "-export", "-in", str(cert), "-inkey", str(key), "-name", "broker",
+             "-out", str(keystore), "-passout", f"pass:{password}")  # fmt: skip
+    (folder / "keystore.password").write_text(password + "\n")
+    return Certificates(ca_file, keystore, password)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _scram_user(text: str) -> tuple[str, str]:
+    """``NAME:PASSWORD`` from the command line; characters the format tool or the JAAS line would read as syntax
+    are refused rather than escaped (these are test users)."""
+    name, sep, password = text.partition(":")
+    if not sep or not name or not password or re.search(r'[\s"\\,=\[\];]', name + password):
+        raise argparse.ArgumentTypeError(f'expected NAME:PASSWORD without spaces or any of \\",=[];, got {text!r}')
+    return name, password
+
+
+def _sasl_ssl_properties(sasl: SaslSsl) -> list[str]:
+    """The SASL_SSL listener's mechanisms: SCRAM (users in the cluster metadata) and PLAIN (users listed here)."""
+    plain_users = " ".join(f'user_{name}="{pw}"' for name, pw in sorted(sasl.users.items()))
+    prefix = "listener.name.sasl_ssl"
+    return [
+        "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+        f"{prefix}.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        f"{prefix}.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        f"{prefix}.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f"{plain_users};",
+        f"{prefix}.ssl.keystore.type=PKCS12",
+        f"{prefix}.ssl.keystore.location={sasl.keystore}",
+        f"{prefix}.ssl.keystore.password={sasl.keystore_password}",
+    ]
+
+
 # --- configuration and the JVM ------------------------------------------------------------------------------
 
 
-def _properties(port: int, controller_port: int, data_dir: Path) -> str:
+def _properties(port: int, controller_port: int, data_dir: Path, sasl: SaslSsl | None = None) -> str:
     """A combined broker+controller with a static one-voter quorum and single-replica internal topics."""
+    listeners, advertised = (
+        f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        f"PLAINTEXT://{HOST}:{port}",
+    )
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if sasl is not None:
+        listeners += f",SASL_SSL://{HOST}:{sasl.port}"
+        advertised += f",SASL_SSL://{HOST}:{sasl.port}"
+        protocols += ",SASL_SSL:SASL_SSL"
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{HOST}:{controller_port}",
-            f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+            f"listeners={listeners}",
+            f"advertised.listeners={advertised}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
+            *(_sasl_ssl_properties(sasl) if sasl is not None else []),
             f"log.dirs={data_dir}",
             "num.partitions=1",
             "default.replication.factor=1",
@@ -262,12 +367,17 @@ def _cluster_id() -> str:
             return text
 
 
-def _format_storage(libs: Path, layout: Layout) -> None:
-    """KRaft refuses to start on an unformatted log dir; a static voter set needs no --standalone."""
+def _format_storage(libs: Path, layout: Layout, scram_users: dict[str, str] | None = None) -> None:
+    """KRaft refuses to start on an unformatted log dir; a static voter set needs no --standalone. SCRAM
+    credentials (both hash sizes) go into the first metadata records, so they exist before the broker listens."""
     cluster_id = _cluster_id()
     log.info("formatting %s (cluster id %s)", layout.data_dir, cluster_id)
+    scram = []
+    for name, password in sorted((scram_users or {}).items()):
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            scram += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
     command = _java(libs, layout.log4j2, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                    "-c", str(layout.properties), heap="-Xmx256m", tool=True)  # fmt: skip
+                    "-c", str(layout.properties), *scram, heap="-Xmx256m", tool=True)  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"formatting {layout.data_dir} failed:\n{result.stdout}{result.stderr}")
@@ -473,10 +583,19 @@ def launch(
     version: str = DEFAULT_VERSION,
     timeout_s: float = 120.0,
     wipe: bool = False,
+    sasl_ssl_port: int | None = None,
+    scram_users: dict[str, str] | None = None,
+    keystore: Path | str | None = None,
+    keystore_password: str | None = None,
 ) -> Broker:
-    """Start a broker in the background (or find data_dir's broker running); wait until it answers."""
+    """Start a broker in the background (or find data_dir's broker running); wait until it answers.
+
+    With ``sasl_ssl_port``, also a SASL_SSL listener for ``scram_users`` (name -> password) presenting
+    ``keystore`` (PKCS#12), or a certificate generated into ``tls/`` beside the data folder when none is given."""
     layout = Layout(_repo_path(data_dir))
     controller_port = controller_port or port + 1
+    for name, password in (scram_users or {}).items():
+        _scram_user(f"{name}:{password}")
     deadline = time.monotonic() + timeout_s
     owner = _foreign_owner(layout)
     if owner is not None and _running_pid(layout) is not None:
@@ -492,20 +611,32 @@ def launch(
         if running_port != port:
             raise RuntimeError(f"the broker of {layout.data_dir} (pid {pid}) listens on port {running_port}, "
                                f"not {port}: stop it first")  # fmt: skip
+        if sasl_ssl_port and state.get("sasl_ssl_port") != sasl_ssl_port:
+            raise RuntimeError(f"the broker of {layout.data_dir} (pid {pid}) has no SASL_SSL listener on port "
+                               f"{sasl_ssl_port}: stop it first")  # fmt: skip
         if not _wait_ready(port, pid, deadline):
             raise RuntimeError(f"the broker of {layout.data_dir} (pid {pid}) does not answer on port {port}")
         return Broker(f"{HOST}:{port}", pid, str(state.get("version", "?")), already_running=True)
-    for wanted in (port, controller_port):
+    for wanted in (port, controller_port, *([sasl_ssl_port] if sasl_ssl_port else [])):
         if not _port_free(wanted):
             raise RuntimeError(f"port {wanted} on {HOST} is taken by another process")
 
     libs = resolve_jars(version, cache_dir)
     layout.home.mkdir(parents=True, exist_ok=True)
-    layout.properties.write_text(_properties(port, controller_port, layout.data_dir))
+    sasl = None
+    if sasl_ssl_port:
+        if keystore is None:
+            generated = generate_certificates(layout.home / "tls")
+            keystore, keystore_password = generated.keystore, generated.keystore_password
+            log.info("SASL_SSL listener: clients trust the CA %s", generated.ca_file)
+        if keystore_password is None:
+            raise RuntimeError("a keystore needs its password (--keystore-password)")
+        sasl = SaslSsl(sasl_ssl_port, _repo_path(keystore), keystore_password, dict(scram_users or {}))
+    layout.properties.write_text(_properties(port, controller_port, layout.data_dir, sasl))
     layout.log4j2.write_text(LOG4J2_XML.format(log_file=escape(str(layout.log), {'"': "&quot;"})))
     if not (layout.data_dir / "meta.properties").exists():
         layout.data_dir.mkdir(parents=True, exist_ok=True)
-        _format_storage(libs, layout)
+        _format_storage(libs, layout, sasl.users if sasl is not None else None)
 
     log_offset = layout.log.stat().st_size if layout.log.exists() else 0
     with layout.stdout.open("wb") as out:
@@ -519,7 +650,7 @@ def launch(
     _CHILDREN[process.pid] = process
     layout.pid.write_text(f"{process.pid}\n")
     state = {"pid": process.pid, "port": port, "controller_port": controller_port, "version": version,
-             "libs": str(libs), "data_dir": str(layout.data_dir)}  # fmt: skip
+             "libs": str(libs), "data_dir": str(layout.data_dir), "sasl_ssl_port": sasl_ssl_port}  # fmt: skip
     layout.state.write_text(json.dumps(state))
     log.info("started kafka %s (pid %d), waiting for port %d", version, process.pid, port)
     if _wait_ready(port, process.pid, deadline):
@@ -539,9 +670,15 @@ def start(
     version: str = DEFAULT_VERSION,
     timeout_s: float = 120.0,
     wipe: bool = False,
+    sasl_ssl_port: int | None = None,
+    scram_users: dict[str, str] | None = None,
+    keystore: Path | str | None = None,
+    keystore_password: str | None = None,
 ) -> str:
-    """Start (or reuse) the broker of data_dir and return its bootstrap address, for fixtures and scripts."""
-    return launch(port, controller_port, data_dir, cache_dir, version, timeout_s, wipe).bootstrap
+    """Start (or reuse) the broker of data_dir and return its (PLAINTEXT) bootstrap address, for fixtures and
+    scripts; the SASL_SSL listener, when asked for, is ``127.0.0.1:<sasl_ssl_port>``."""
+    return launch(port, controller_port, data_dir, cache_dir, version, timeout_s, wipe, sasl_ssl_port, scram_users,
+                  keystore, keystore_password).bootstrap  # fmt: skip
 
 
 def stop(data_dir: Path | str = DEFAULT_DATA_DIR, timeout_s: float = 30.0) -> bool:
@@ -574,7 +711,7 @@ def stop(data_dir: Path | str = DEFAULT_DATA_DIR, timeout_s: float = 30.0) -> bo
 def main(argv: list[str] | None = None) -> int:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("command", choices=["start", "stop", "status"])
+    parser.add_argument("command", choices=["start", "stop", "status", "certs"])
     parser.add_argument("--port", type=int, default=None, help=f"broker port (default {DEFAULT_PORT})")
     parser.add_argument("--controller-port", type=int, default=None, help="controller port (default port+1)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -582,6 +719,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka-version", default=DEFAULT_VERSION)
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--wipe", action="store_true", help="delete the data folder before starting")
+    parser.add_argument("--sasl-ssl-port", type=int, default=None, help="also listen with SASL_SSL on this port")
+    parser.add_argument("--scram-user", type=_scram_user, action="append", default=[], metavar="NAME:PASSWORD",
+                        help="a SCRAM (and PLAIN) user of the SASL_SSL listener; repeat for more")  # fmt: skip
+    parser.add_argument("--keystore", type=Path, default=None, help="the broker's PKCS#12 keystore (default: "
+                        "a CA and certificate generated into tls/ beside the data folder)")  # fmt: skip
+    parser.add_argument("--keystore-password", default=None)
+    parser.add_argument("--out", type=Path, default=None, help="certs: where to write ca.pem and broker.p12")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="kafka_local: %(message)s")
     layout = Layout(_repo_path(args.data_dir))
@@ -590,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         port = args.port or DEFAULT_PORT
         try:
             broker = launch(port, args.controller_port, layout.data_dir, args.cache_dir, args.kafka_version,
-                            args.timeout_s, args.wipe)  # fmt: skip
+                            args.timeout_s, args.wipe, args.sasl_ssl_port, dict(args.scram_user), args.keystore,
+                            args.keystore_password)  # fmt: skip
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             print(f"kafka_local: {exc}", file=sys.stderr)
             return 1
@@ -598,6 +743,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kafka {broker.version} already running on {broker.bootstrap} (pid {broker.pid})")
         else:
             print(f"kafka {broker.version} ready on {broker.bootstrap} (pid {broker.pid})")
+        return 0
+
+    if args.command == "certs":
+        try:
+            made = generate_certificates(args.out or layout.home / "tls")
+        except RuntimeError as exc:
+            print(f"kafka_local: {exc}", file=sys.stderr)
+            return 1
+        print(f"CA {made.ca_file}; keystore {made.keystore} (password in {made.keystore.parent}/keystore.password)")
         return 0
 
     if args.command == "stop":
