@@ -18,7 +18,8 @@ def run_worker(faust_args: list[str]) -> None:
     from app.provisioning import ensure_topics
     from app.worker import faust_app, settings  # builds the app, model and loops: only for the worker
 
-    asyncio.run(ensure_topics(settings))
+    if "--help" not in faust_args:  # help needs no broker (Faust's -h is --web-host)
+        asyncio.run(ensure_topics(settings))
     sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, *faust_args]
     faust_app.main()
 
