@@ -65,6 +65,7 @@ def test_every_command_on_a_running_worker_and_a_fixed_dead_letter_replayed_and_
     assert "invalid_amount" in letters[0] and f"from {topics['TRANSACTIONS_TOPIC']} " in letters[0]
     assert f"key bad text {bad.decode()}" in letters[0]
     assert ok(run_app(env, "dlq", "--from-beginning", "--which", "labels")) == []
+    assert ok(run_app(env, "dlq", "--last", "1")) == letters  # the last message, not the last offset (a marker)
 
     # The edit step: export, a refused replay of the unedited line, a dry run, then the replay of the fixed one.
     exported = ok(run_app(env, "dlq", "list", "--from-beginning", "--json"))

@@ -7,6 +7,7 @@ turns into one line and a non-zero exit.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -106,9 +107,16 @@ async def partitions(client: AIOKafkaConsumer, topics: Sequence[str]) -> list[To
     return [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
 
 
+TAIL_OFFSETS_PER_MESSAGE = 2
+
+
+def _order(record: Any) -> tuple[int, str, int, int]:
+    return (record.timestamp, record.topic, record.partition, record.offset)
+
+
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Where to start in each partition: ``from_beginning``, else the last ``last`` offsets (0: only new ones)."""
+    """Where to start in each partition: ``from_beginning``, else its last ``last`` messages (0: only new ones)."""
 
     from_beginning: bool = False
     last: int = 10
@@ -124,12 +132,22 @@ async def tail(
     begin = await client.beginning_offsets(tps)
     end = await client.end_offsets(tps)  # read_committed: the last stable offset
     for tp in tps:
-        client.seek(tp, begin[tp] if start.from_beginning else max(begin[tp], end[tp] - start.last))
+        # Commit markers take offsets (one per transaction), so the last N messages lie further back than N offsets;
+        # twice as far covers the worker's topics (a dead letter is at worst alone in its transaction).
+        back = TAIL_OFFSETS_PER_MESSAGE * start.last
+        client.seek(tp, begin[tp] if start.from_beginning else max(begin[tp], end[tp] - back))
+    if not start.from_beginning and start.last > 0:
+        last: dict[TopicPartition, deque[Any]] = {tp: deque(maxlen=start.last) for tp in tps}
+        while not all([await client.position(tp) >= end[tp] for tp in tps]):
+            for tp, messages in (await client.getmany(timeout_ms=500, max_records=1000)).items():
+                last[tp].extend(messages)
+        for record in sorted((m for kept in last.values() for m in kept), key=_order):
+            yield record
     while True:
         if not follow and all([await client.position(tp) >= end[tp] for tp in tps]):
             return
         batches = await client.getmany(timeout_ms=500, max_records=1000)
         records = [m for messages in batches.values() for m in messages]
-        records.sort(key=lambda m: (m.timestamp, m.topic, m.partition, m.offset))
+        records.sort(key=_order)
         for record in records:
             yield record

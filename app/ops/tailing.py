@@ -29,7 +29,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 def add_tail_options(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--last", type=int, default=10, metavar="N",
-                       help="start N offsets before the end of each partition (default 10)")  # fmt: skip
+                       help="start with the last N messages of each partition (default 10)")  # fmt: skip
     where.add_argument("--from-beginning", action="store_true", help="start at the oldest message kept")
     where.add_argument("--new", action="store_true", help="only messages published from now on (implies --follow)")
     parser.add_argument("-f", "--follow", action="store_true",
@@ -142,7 +142,7 @@ def register(commands: Any) -> None:
         help="tail decisions (read committed)",
         description="Print the decisions of PREDICTIONS_TOPIC, committed ones only (read_committed), one line "
         "each: scored time, tx_id, fraud probability, FRAUD or ok, model version and reasons. By default the "
-        "last 10 offsets of each partition, then exit; --follow keeps following, --new shows only new ones.",
+        "last 10 of each partition, then exit; --follow keeps following, --new shows only new ones.",
     )
     predictions.add_argument("--min-probability", type=float, default=None, metavar="P",
                              help="only decisions with fraud_probability >= P")  # fmt: skip
