@@ -103,6 +103,9 @@ def test_lag_counts_from_the_log_start_when_nothing_was_committed_or_the_commit_
     assert LagRow("g", "t", 0, 15, 0, 15).lag == 0
     lines = lag_table([LagRow("a", "t", 0, 1, 0, 3), LagRow("b", "u", 0, 2, 0, 2)], {})
     assert lines[-2:] == ["a: total lag 2", "b: total lag 0"]
+    assert lag_table([LagRow("a", "t", 0, None, 0, 3), LagRow("a", "t", 1, None, 0, 1)])[-1] == (
+        "a: total lag 4; 2 partitions without a committed offset (lag counted from the log start)"
+    )
 
 
 def test_an_exported_dead_letter_edited_and_replayed_is_keyed_by_its_customer() -> None:

@@ -192,7 +192,7 @@ def lag_table(rows: Sequence[LagRow], states: Mapping[str, str] | None = None) -
     GROUP  TOPIC  PARTITION  COMMITTED  LOG-END  LAG
     g      t      0          5          9        4
     g      t      1          -          4        2
-    g: total lag 6 (Stable)
+    g: total lag 6 (Stable); 1 partition without a committed offset (lag counted from the log start)
     """
     header = ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG")
     table: list[tuple[str, ...]] = [header]
@@ -203,6 +203,11 @@ def lag_table(rows: Sequence[LagRow], states: Mapping[str, str] | None = None) -
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in table]
     for group in dict.fromkeys(row.group for row in rows):
         state = (states or {}).get(group)
-        total = sum(row.lag for row in rows if row.group == group)
-        lines.append(f"{group}: total lag {total}" + (f" ({state})" if state else ""))
+        mine = [row for row in rows if row.group == group]
+        line = f"{group}: total lag {sum(row.lag for row in mine)}" + (f" ({state})" if state else "")
+        uncommitted = sum(row.committed is None for row in mine)
+        if uncommitted:
+            line += (f"; {uncommitted} partition{'' if uncommitted == 1 else 's'} without a committed offset "
+                     "(lag counted from the log start)")  # fmt: skip
+        lines.append(line)
     return lines
