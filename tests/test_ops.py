@@ -179,3 +179,12 @@ def test_an_unreachable_broker_is_one_line_and_exit_code_2(command: str) -> None
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("error: Kafka broker 127.0.0.1:") and "unreachable within 3 s" in result.stderr
+
+
+def test_the_commands_never_import_the_worker_or_faust() -> None:
+    code = "import sys; import app.__main__, app.ops.cli; print(sorted(m for m in sys.modules if m in CHECKED))"
+    checked = "CHECKED = {'app.worker', 'faust', 'mode', 'river'}; "
+    result = subprocess.run([sys.executable, "-c", checked + code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
