@@ -138,7 +138,8 @@ Where the messages come from:
               errors fixed elsewhere, such as scoring_error); --code or --offset must select them.
 --code and --offset narrow either source. Every message is validated as the worker would first; if any is
 still invalid, each is reported with its code and nothing is published (exit 1), unless --skip-invalid.
---dry-run prints what would be published and publishes nothing.
+--dry-run prints what would be published and publishes nothing. Only the worker knows which tx_ids it decided
+already: a replayed tx_id it still holds is dead-lettered again as duplicate_transaction.
 
 The edit step:
   python -m app dlq list --from-beginning --code invalid_amount --json > fix.jsonl
