@@ -1,9 +1,11 @@
-"""``python -m app``: check the Kafka credentials, create the topics, then run the Faust worker (its CLI:
-``python -m app --help``).
+"""``python -m app``: the worker (credentials checked, topics created, then the Faust worker), or an operator command.
+
+``python -m app`` and ``python -m app worker [Faust worker options]`` run the worker; ``python -m app --help``
+lists the operator's commands (:mod:`app.ops.cli`, ``models`` among them), which never import the worker.
 
 A configuration error (an invalid setting, credentials the broker refuses, a broker certificate we do not trust)
-ends the process with one log line and exit status 78 (``EX_CONFIG``): restarting cannot fix it, and a
-supervisor shows the status and the line. A broker that does not answer is an outage: the clients retry.
+ends the worker with one log line and exit status 78 (``EX_CONFIG``): restarting cannot fix it, and a supervisor
+shows the status and the line. A broker that does not answer is an outage: the clients retry.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sys
 from typing import NoReturn
 
-from app.kafka_security import KafkaSecurityError, check_credentials
+from app.ops.cli import WORKER, is_worker, run
 from app.settings import load
 
 log = logging.getLogger("app")
@@ -28,26 +30,34 @@ def _config_error(message: str) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "models":  # model versions, without starting a worker
-        from app.model_commands import main as models_main
+def run_worker(faust_args: list[str]) -> None:
+    """Check the credentials, create the topics, then hand the command line to Faust's ``worker``."""
+    from app.kafka_security import KafkaSecurityError, check_credentials  # faust: only for the worker
 
-        sys.exit(models_main(sys.argv[2:]))
-    try:
-        settings = load()
-    except ValueError as exc:
-        _config_error(str(exc))
-    try:
-        asyncio.run(check_credentials(settings))
-    except KafkaSecurityError as exc:
-        _config_error(str(exc))
-
+    if "--help" not in faust_args:  # help needs no broker (Faust's -h is --web-host)
+        try:
+            settings = load()
+        except ValueError as exc:
+            _config_error(str(exc))
+        try:
+            asyncio.run(check_credentials(settings))
+        except KafkaSecurityError as exc:
+            _config_error(str(exc))
     from app.provisioning import ensure_topics
-    from app.worker import faust_app
+    from app.worker import faust_app, settings  # builds the app, model and loops: only for the worker
 
-    asyncio.run(ensure_topics(settings))
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, *sys.argv[1:]]
+    if "--help" not in faust_args:
+        asyncio.run(ensure_topics(settings))
+    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, *faust_args]
     faust_app.main()
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if is_worker(argv):
+        run_worker(argv[1:] if argv and argv[0] == WORKER else argv)
+    else:
+        sys.exit(run(argv))
 
 
 if __name__ == "__main__":

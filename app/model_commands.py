@@ -1,20 +1,17 @@
-"""``python -m app models list|promote|rollback|train``: the model registry from the command line.
+"""The model registry's Kafka side: read it, publish events and versions, and the warm start.
 
-The registry is the ``models`` and ``model-events`` topics; these commands read and write them directly (no worker
-needed), and every worker follows within seconds. ``GET /models`` and ``POST /models/promote|rollback`` on a worker
-do the same through :func:`publish_event`.
+The registry is the ``models`` and ``model-events`` topics. ``python -m app models ...`` (:mod:`app.ops.models`)
+and the worker's ``POST /models/promote|rollback`` publish promotions through :func:`publish_event`; every worker
+follows within seconds.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
-import getpass
 import heapq
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +21,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from app.evaluation import average_precision, card_precision_top_k, decision_summary, roc_auc
 from app.kafka_security import client_security_options
 from app.model import FraudModel
-from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
+from app.model_registry import Registry
 from app.model_snapshots import SnapshotRefused, model_snapshot, verify
-from app.provisioning import ensure_topics
 from app.records import Prediction
 from app.replay import replay_offline
-from app.serialization import dumps, isoformat_utc, loads
-from app.settings import Settings, load, signing_key
+from app.serialization import dumps, loads
+from app.settings import Settings, signing_key
 
 
 async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Registry, list[tuple[str, str]]]:
@@ -158,87 +154,3 @@ def warm_start(settings: Settings, run_dir: Path, holdout_days: float) -> tuple[
 
 
 # ---- the command line ------------------------------------------------------------------------------------------
-
-
-def _who() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli"
-
-
-def _print_versions(registry: Registry, refused: Sequence[tuple[str, str]]) -> None:
-    print(f"champion {registry.champion}  challenger {registry.challenger}  follow {registry.follow}")
-    print(f"{'version':<22} {'status':<10} {'role':<11} {'model':<34} {'labels':>9} {'auc':>6} {'ap':>6}  created")
-    for h in registry.versions():
-        m = h.get("metrics") or {}
-        auc = f"{m['auc']:.3f}" if m.get("auc") is not None else "-"
-        ap = f"{m['ap']:.3f}" if m.get("ap") is not None else "-"
-        print(f"{h['version']:<22} {h['status']:<10} {h.get('role', ''):<11} {h.get('model_name', ''):<34} "
-              f"{h.get('labels_seen', 0):>9} {auc:>6} {ap:>6}  {h.get('created_at', '')}")  # fmt: skip
-    for key, code in refused:
-        print(f"refused snapshot {key}: {code}")
-
-
-async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command == "list":
-        registry, refused = await read_registry(settings, args.timeout_s)
-        _print_versions(registry, refused)
-        return 0
-    if args.command == "train":
-        model, metrics = warm_start(settings, args.from_dir, args.holdout_days)
-        await ensure_topics(settings)
-        registry, _ = await read_registry(settings, args.timeout_s)
-        sequence = max((int(h.get("sequence", 0)) for h in registry.headers.values()), default=0) + 1
-        now = time.time()
-        version = f"warm-{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}"
-        header = {"version": version, "parent": None, "created_at": isoformat_utc(now), "model_name": model.name,
-                  "role": "warm-start", "labels_seen": model.labels_learned, "sequence": sequence,
-                  "metrics": metrics, "by": _who()}  # fmt: skip
-        await publish_version(settings, header, model)
-        figures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-        print(f"registered {version}: {model.labels_learned} labels; held-out {figures}")
-        if args.promote:
-            await publish_event(settings, {"action": "promoted", "version": version, "previous": registry.champion,
-                                           "follow": True, "by": _who(), "reason": args.reason or "warm start",
-                                           "timestamp": isoformat_utc(time.time())})  # fmt: skip
-            print(f"promoted {version}")
-        return 0
-    registry, _ = await read_registry(settings, args.timeout_s)
-    now_iso = isoformat_utc(time.time())
-    try:
-        if args.command == "promote":
-            event = promote_event(registry, args.version, by=_who(), reason=args.reason or "", timestamp=now_iso,
-                                  follow=args.follow)  # fmt: skip
-        else:
-            event = rollback_event(registry, by=_who(), reason=args.reason or "", timestamp=now_iso)
-    except PromotionRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    await publish_event(settings, event)
-    print(f"{event['action']} {event['version']} (was {event['previous']})")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timeout-s", type=float, default=30.0, help="give up on the broker after this long")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="every version with its status, labels seen and rolling AUC / AP")
-    promote = sub.add_parser("promote", help="make a version the champion (every worker follows within seconds)")
-    promote.add_argument("version", help="a version id, or 'latest': the trainer's newest, following later ones")
-    promote.add_argument("--follow", action="store_true", help="keep promoting the trainer's newer versions")
-    promote.add_argument("--reason", default="")
-    rollback = sub.add_parser("rollback", help="back to the champion before the current one (pinned)")
-    rollback.add_argument("--reason", default="")
-    train = sub.add_parser("train", help="warm start: train from a labelled run, evaluate held-out days, register")
-    train.add_argument("--from-dir", type=Path, required=True, help="a scripts/simulate.py --out-dir folder")
-    train.add_argument("--holdout-days", type=float, default=7.0)
-    train.add_argument("--promote", action="store_true", help="promote the registered version at once")
-    train.add_argument("--reason", default="")
-    args = parser.parse_args(argv)
-    try:
-        return asyncio.run(_run(args, load()))
-    except (TimeoutError, OSError) as exc:
-        print(f"error: broker not reachable ({exc!r})", file=sys.stderr)
-        return 1

@@ -57,6 +57,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.protocol.api import Request, RequestStruct, Response  # noqa: E402
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
+from progress_bars import add_progress_argument, bar  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from app.evaluation import percentiles  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
@@ -129,10 +131,17 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int, timeo
 
 
 async def drive(
-    bootstrap: str, source: str, sink: str, batch: list[Message], rate_tps: float, timeout_s: float
+    bootstrap: str,
+    source: str,
+    sink: str,
+    batch: list[Message],
+    rate_tps: float,
+    timeout_s: float,
+    progress: tqdm | None = None,
 ) -> dict[str, Any]:
     """Publish ``batch`` (at ``rate_tps``, or as fast as possible when 0) and read the sink with read_committed
-    until every transaction's output came back (or ``timeout_s`` after the last publish)."""
+    until every transaction's output came back (or ``timeout_s`` after the last publish); ``progress`` counts
+    the outputs read, once per fetch."""
     consumer = AIOKafkaConsumer(sink, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
                                 isolation_level="read_committed")  # fmt: skip
     await consumer.start()
@@ -148,6 +157,7 @@ async def drive(
     async def read() -> None:
         nonlocal last_read
         while len(latencies) < len(wanted):
+            before = len(latencies)
             for records in (await consumer.getmany(timeout_ms=100, max_records=5000)).values():
                 now = time.perf_counter()
                 for record in records:
@@ -155,6 +165,8 @@ async def drive(
                     if tx_id in sent_at:
                         latencies.append((now - sent_at.pop(tx_id)) * 1000.0)
                         last_read = now
+            if progress is not None and len(latencies) > before:
+                progress.update(len(latencies) - before)
         done.set()
 
     reader = asyncio.create_task(read())
@@ -405,7 +417,12 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
 
 
 def run_system(
-    name: str, bootstrap: str, args: argparse.Namespace, work: Path, phases: dict[str, list[Message]]
+    name: str,
+    bootstrap: str,
+    args: argparse.Namespace,
+    work: Path,
+    phases: dict[str, list[Message]],
+    progress: tqdm | None = None,
 ) -> dict[str, Any]:
     run = f"{name}-{uuid.uuid4().hex[:8]}"  # topics, groups and state of this run only
     source, sink = f"bench-{run}-transactions", f"bench-{run}-predictions"
@@ -439,14 +456,16 @@ def run_system(
         if metrics_url is not None:
             wait_http_ok(metrics_url.replace("/metrics", "/ready"), process, 120)
         # warm-up: the consumer group joins and the first fetches happen outside the measurements
-        asyncio.run(drive(bootstrap, source, sink, phases["warmup"], 0, 120))
+        asyncio.run(drive(bootstrap, source, sink, phases["warmup"], 0, 120, progress))
         wait_idle(process.pid)
         written = asyncio.run(written_topics(bootstrap, app_id, named))
         offsets_before = asyncio.run(end_offsets(bootstrap, written))
         samples_before = scrape(metrics_url) if metrics_url else {}
         profile = work / f"{name}-profile.txt"
         spy = start_profiler(process.pid, profile) if name == "worker" else None
-        m = result["max_throughput"] = asyncio.run(drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s))
+        m = result["max_throughput"] = asyncio.run(
+            drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s, progress)
+        )
         m["busy_s_after_last_output"] = wait_idle(process.pid)  # the learning backlog, for the worker
         m["sustained_tps_until_idle"] = m["published"] / (m["seconds"] + max(m["busy_s_after_last_output"] - 1.0, 0))
         if spy is not None:
@@ -469,7 +488,7 @@ def run_system(
                                    - samples_before.get('fraud_transactions_total{outcome="scored"}', 0))  # fmt: skip
         result["messages_per_transaction"] = per_tx
         result["rates"] = [
-            asyncio.run(drive(bootstrap, source, sink, phases[f"r{rate:g}"], rate, args.timeout_s))
+            asyncio.run(drive(bootstrap, source, sink, phases[f"r{rate:g}"], rate, args.timeout_s, progress))
             for rate in args.rates
         ]
         result["peak_rss_bytes"] = peak_rss_bytes(process.pid)
@@ -575,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                         help="a broker to use; without one, a local broker is started and stopped")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "benchmark.json")
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
     unknown = [v for v in args.ceiling_variants if not faust_ceiling.known_variant(v)]
     if unknown:
@@ -590,7 +610,13 @@ def main(argv: list[str] | None = None) -> int:
         port=free_port(), controller_port=free_port(), data_dir=work / "kafka", wipe=True
     )
     try:
-        systems = [run_system(name, bootstrap, args, work, phases) for name in SYSTEMS]
+        # One bar over the outputs of every phase of every system (the Faust ceiling afterwards has none).
+        outputs = len(SYSTEMS) * sum(n for _, n in phase_sizes)
+        with bar(outputs, "benchmark outputs", enabled=not args.no_progress) as progress:
+            systems = []
+            for name in SYSTEMS:
+                progress.set_description(f"benchmark {name}")
+                systems.append(run_system(name, bootstrap, args, work, phases, progress))
         ceiling = None
         if args.faust_ceiling:
             ceiling = faust_ceiling.run_ceiling(bootstrap, args.ceiling_messages, args.ceiling_variants,

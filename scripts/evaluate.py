@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
+from progress_bars import add_progress_argument, bar, counted  # noqa: E402
 from simulate import add_simulator_arguments, config_from, wire_events  # noqa: E402
 
 from app.batch_features import baseline_features  # noqa: E402
@@ -127,7 +128,7 @@ def baseline_scores(data: RunData, protocol: Protocol, seed: int) -> dict[str, n
 
 
 def project_predictions(
-    config: SimulatorConfig, label_delay_s: float, source: argparse.Namespace
+    config: SimulatorConfig, label_delay_s: float, source: argparse.Namespace, transactions: int | None = None
 ) -> dict[str, tuple[float, bool]]:
     """tx_id -> (fraud_probability, is_fraud) from a file, the topic, or an offline replay."""
     if source.predictions:
@@ -142,9 +143,11 @@ def project_predictions(
         return {r["tx_id"]: (r["fraud_probability"], r["is_fraud"]) for r in rows}
     settings = load()
     out = {}
-    for p in replay_offline(wire_events(config, label_delay_s), settings):
-        if isinstance(p, Prediction):
-            out[p.tx_id] = (p.fraud_probability, p.is_fraud)
+    progress = bar(transactions, f"seed {config.seed} replay", enabled=not getattr(source, "no_progress", False))
+    with progress:
+        for p in counted(replay_offline(wire_events(config, label_delay_s), settings), progress):
+            if isinstance(p, Prediction):
+                out[p.tx_id] = (p.fraud_probability, p.is_fraud)
     return out
 
 
@@ -169,7 +172,7 @@ def evaluate_seed(config: SimulatorConfig, args: argparse.Namespace, protocol: P
     started = time.perf_counter()
     txs = simulate(config)
     data = run_data(config, txs)
-    predicted = project_predictions(config, args.label_delay_days * 86400, args)
+    predicted = project_predictions(config, args.label_delay_days * 86400, args, len(txs))
     covered = np.array([tx in predicted for tx in data.tx_id])
     scores = np.array([predicted.get(tx, (0.0, False))[0] for tx in data.tx_id])
     decisions = np.array([predicted.get(tx, (0.0, False))[1] for tx in data.tx_id])
@@ -278,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "quality")
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
     if (args.predictions or args.from_topic) and len(args.seeds) != 1:
         parser.error("--predictions and --from-topic describe one run: give exactly one --seeds value")

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from evaluate import baseline_scores, metrics_of, run_data  # noqa: E402
+from progress_bars import add_progress_argument, bar, counted  # noqa: E402
 from simulate import add_simulator_arguments, config_from, wire_events  # noqa: E402
 
 from app.evaluation import Protocol, average_precision, card_precision_top_k, protocol_test_mask, roc_auc  # noqa: E402
@@ -84,8 +85,9 @@ def make_tape(args: argparse.Namespace, protocol: Protocol, path: Path) -> None:
     baselines = {name: metrics_of(data, test, s) for name, s in baseline_scores(data, protocol, config.seed).items()}
     recorder = Recorder(len(txs))
     events = wire_events(config, args.label_delay_days * 86400, transactions=txs)
-    for _ in replay_offline(events, load(), recorder):  # the settings scripts/evaluate.py replays with
-        pass
+    with bar(len(txs), f"seed {args.seed} tape", enabled=not args.no_progress) as progress:
+        for _ in counted(replay_offline(events, load(), recorder), progress):  # the settings evaluate.py uses
+            pass
     if recorder.scored != len(txs):
         raise RuntimeError(f"replay scored {recorder.scored} of {len(txs)} transactions")
     learned = np.array(recorder.learned, dtype=np.int64).reshape(-1, 3)
@@ -98,7 +100,9 @@ def make_tape(args: argparse.Namespace, protocol: Protocol, path: Path) -> None:
           f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
 
 
-def run_candidate(name: str, tape: Any, prior_fraud_rate: float, threshold: float) -> dict[str, Any]:
+def run_candidate(
+    name: str, tape: Any, prior_fraud_rate: float, threshold: float, progress_enabled: bool = True
+) -> dict[str, Any]:
     """Learn the tape's labels in order, scoring each test transaction at its place; metrics, alerts at the decision
     threshold on the test set, and costs."""
     model = FraudModel(name, prior_fraud_rate=prior_fraud_rate)
@@ -124,16 +128,17 @@ def run_candidate(name: str, tape: Any, prior_fraud_rate: float, threshold: floa
             score_ns[k] = clock() - t0
             k += 1
 
-    for position, row, y in learned.tolist():
-        if position > last:
-            break
-        score_until(position)
-        x = dict(zip(names, x_rows[row].tolist(), strict=True))
-        t0 = clock()
-        model.learn_one(x, bool(y))
-        learn_ns[n_learned] = clock() - t0
-        n_learned += 1
-    score_until(last + 1)
+    with bar(len(learned), name, unit="label", enabled=progress_enabled) as progress:
+        for position, row, y in counted(learned.tolist(), progress):  # the clock times the model calls only
+            if position > last:
+                break
+            score_until(position)
+            x = dict(zip(names, x_rows[row].tolist(), strict=True))
+            t0 = clock()
+            model.learn_one(x, bool(y))
+            learn_ns[n_learned] = clock() - t0
+            n_learned += 1
+        score_until(last + 1)
     y = tape["fraud"][test]
     alerts = scores[test] >= threshold
     result: dict[str, Any] = {
@@ -201,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-start-day", type=int, default=115)
     parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "results" / "candidates")
     parser.add_argument("--table", action="store_true", help="print the table of every cached result")
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
     for name in args.models:
         FraudModel(name)  # an unknown name fails before any simulation
@@ -217,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         tape = np.load(tape_path)
         results_path = args.cache_dir / f"results-{size}-{seed}.json"
         for name in args.models:
-            r = run_candidate(name, tape, prior, threshold)
+            r = run_candidate(name, tape, prior, threshold, progress_enabled=not args.no_progress)
             with (args.cache_dir / "results.lock").open("w") as lock:  # runs of other models may share the file
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 results = json.loads(results_path.read_text()) if results_path.exists() else {"models": {}}

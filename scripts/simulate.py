@@ -29,8 +29,10 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiokafka import AIOKafkaProducer  # noqa: E402
+from progress_bars import EVERY, add_progress_argument, bar  # noqa: E402
 
 from app.serialization import dumps  # noqa: E402  (orjson, the project's one JSON dialect)
 from app.simulator import SimulatedTransaction, SimulatorConfig, label_of, replay, simulate, to_wire  # noqa: E402
@@ -51,6 +53,26 @@ class PublishReport:
     @property
     def achieved_tps(self) -> float:
         return self.transactions / self.seconds if self.seconds > 0 else 0.0
+
+
+def with_progress(events: Iterable[Event], total: int, enabled: bool) -> Iterator[Event]:
+    """``events`` unchanged, with a bar of the transactions published (labels ride along), every EVERY."""
+    progress = bar(total, "publishing", enabled=enabled)
+    if progress.disable:
+        yield from events
+        return
+    n = 0
+    try:
+        for event in events:
+            if event[0] == "transaction":
+                n += 1
+                if n == EVERY:
+                    progress.update(n)
+                    n = 0
+            yield event
+    finally:
+        progress.update(n)
+        progress.close()
 
 
 def wire_events(
@@ -176,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-labels", action="store_true", help="publish (and write) no labels")
     parser.add_argument("--out-dir", type=Path, default=None, help="write transactions, labels and truth files")
     parser.add_argument("--no-kafka", action="store_true", help="do not publish (use with --out-dir)")
+    add_progress_argument(parser)
     args = parser.parse_args(argv)
     if args.no_kafka and args.out_dir is None:
         parser.error("--no-kafka without --out-dir would do nothing")
@@ -199,10 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_kafka:
         return 0
 
+    expected = len(txs)
+    if args.rate_tps > 0 and args.duration_s is not None:
+        expected = min(expected, int(args.rate_tps * args.duration_s))
+    events = wire_events(config, delay_s, with_labels=not args.no_labels, transactions=txs)
     report = asyncio.run(
         publish(
             args.bootstrap_servers,
-            wire_events(config, delay_s, with_labels=not args.no_labels, transactions=txs),
+            with_progress(events, expected, enabled=not args.no_progress),
             args.transactions_topic,
             args.labels_topic,
             rate_tps=args.rate_tps,
