@@ -14,7 +14,6 @@ import logging
 import ssl
 from typing import Any
 
-import faust
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
@@ -59,8 +58,10 @@ def client_security_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def faust_credentials(settings: Settings) -> faust.SASLCredentials | faust.SSLCredentials | None:
+def faust_credentials(settings: Settings) -> Any:
     """The same options for the Faust app's ``broker_credentials`` (its producer sends the health events)."""
+    import faust  # only the worker needs it: the operator's commands never import faust
+
     security = settings.kafka_security
     context = ssl_context(security)
     if security.uses_sasl:

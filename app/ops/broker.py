@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from app.kafka_security import client_security_options
 from app.settings import Settings
 
 
@@ -30,7 +31,8 @@ class UnknownTopic(Exception):
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection options every client of the commands shares (the place for TLS/SASL options)."""
-    return {"bootstrap_servers": settings.bootstrap_servers, "client_id": f"{settings.app_id}-ops"}
+    return {"bootstrap_servers": settings.bootstrap_servers, "client_id": f"{settings.app_id}-ops",
+            **client_security_options(settings)}  # fmt: skip
 
 
 def _unreachable(settings: Settings, timeout_s: float, exc: BaseException) -> BrokerUnavailable:

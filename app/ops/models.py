@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
-from app.provisioning import ensure_topics
 from app.serialization import isoformat_utc
 from app.settings import Settings
 
@@ -40,6 +39,7 @@ def _print_versions(registry: Registry, refused: list[tuple[str, str]]) -> None:
 async def run_models(args: argparse.Namespace, settings: Settings) -> int:
     # The registry's Kafka side and the warm start load the model code (river): only when this command runs.
     from app.model_commands import publish_event, publish_version, read_registry, warm_start
+    from app.provisioning import ensure_topics
 
     if args.action == "list":
         registry, refused = await read_registry(settings, args.timeout_s)
