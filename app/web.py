@@ -7,7 +7,7 @@ from typing import cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app import metrics
+from app import metrics, operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
 from app.worker import faust_app, is_ready, settings
 
 
