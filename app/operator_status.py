@@ -24,9 +24,8 @@ def dead_letter_rows(counts: Mapping[tuple[str, ...], float]) -> list[dict[str, 
     {'input': 'labels', 'error': 'invalid_type', 'count': 5}
     {'input': 'transactions', 'error': 'invalid_json', 'count': 2}
     """
-    rows = [{"input": key[0], "error": key[1], "count": int(count)} for key, count in counts.items() if count > 0]
-    rows.sort(key=lambda row: (-row["count"], row["input"], row["error"]))
-    return rows
+    rows = sorted((-int(count), key[0], key[1]) for key, count in counts.items() if count > 0)
+    return [{"input": source, "error": code, "count": -negative} for negative, source, code in rows]
 
 
 def latest_high_scores(high_scores: Iterable[Prediction], shown: int = HIGH_SCORES_SHOWN) -> list[Prediction]:
