@@ -46,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", help="the operator page, e.g. http://127.0.0.1:6066/")
     parser.add_argument("--out", type=Path, default=Path("results/operator-page.png"))
     parser.add_argument("--timeout-s", type=float, default=30.0)
+    parser.add_argument("--open-first", action="store_true", help="unfold the newest high score's features")
     args = parser.parse_args(argv)
     browser = headless_chromium()
     try:
         browser.get(args.url)
         wait_rendered(browser, args.timeout_s)
+        if args.open_first:
+            for summary in browser.find_elements("css selector", "#high-scores summary")[:1]:
+                summary.click()
         height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1440, max(700, int(height) + 40))
+        browser.set_window_size(1440, max(700, int(height) + 200))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if not browser.save_screenshot(str(args.out)):
             print(f"could not write {args.out}", file=sys.stderr)

@@ -95,7 +95,7 @@ def test_the_page_shows_status_model_throughput_dead_letter_codes_and_a_high_sco
         assert float(cells[3].text) == pytest.approx(float(flagged["fraud_probability"]), abs=5e-4)
         reasons = [span.text.split(" = ")[0] for span in row.find_elements(By.CSS_SELECTOR, ".reason")]
         assert reasons and reasons == flagged["reasons"]
-        assert "amount=901" in cells[5].text  # the features as scored
+        assert "amount=901" in str(cells[5].get_attribute("textContent"))  # the features as scored (folded)
         shown = [r.get_attribute("data-tx-id") for r in browser.find_elements(By.CSS_SELECTOR, "#high-scores tr")]
         assert shown[0] == "after-1" and "normal-999" not in shown  # newest first; only what crossed the threshold
     finally:

@@ -45,6 +45,32 @@ function renderDeadLetters(rows) {
   }
 }
 
+// Transactions whose feature list the operator opened: kept open across the 2 s re-renders.
+const openFeatures = new Set();
+
+function timeOf(iso) {
+  return typeof iso === "string" && iso.length > 19 ? iso.slice(11, 23) : iso;
+}
+
+function featureList(p) {
+  const details = document.createElement("details");
+  details.open = openFeatures.has(p.tx_id);
+  details.addEventListener("toggle", () => {
+    if (details.open) openFeatures.add(p.tx_id);
+    else openFeatures.delete(p.tx_id);
+  });
+  const entries = Object.entries(p.features);
+  const summary = document.createElement("summary");
+  summary.textContent = entries.length + " features";
+  const list = document.createElement("div");
+  list.className = "features";
+  list.textContent = entries
+    .map(([name, value]) => name + "=" + (typeof value === "number" ? +value.toFixed(3) : value))
+    .join(", ");
+  details.append(summary, list);
+  return details;
+}
+
 function renderHighScores(predictions) {
   const body = byId("high-scores");
   body.replaceChildren();
@@ -52,9 +78,9 @@ function renderHighScores(predictions) {
   for (const p of predictions) {
     const row = document.createElement("tr");
     row.dataset.txId = p.tx_id;
-    cell(row, p.scored_at);
-    cell(row, p.tx_id);
-    cell(row, p.customer_id + " / " + p.terminal_id);
+    cell(row, timeOf(p.scored_at)).title = p.scored_at;
+    cell(row, p.tx_id, "id");
+    cell(row, p.customer_id + " / " + p.terminal_id, "id");
     cell(row, fixed(p.fraud_probability, 3), "num probability");
     const reasons = cell(row, undefined, "reasons");
     for (const name of p.reasons) {
@@ -64,10 +90,7 @@ function renderHighScores(predictions) {
       span.textContent = typeof value === "number" ? name + " = " + +value.toFixed(3) : name;
       reasons.appendChild(span);
     }
-    const features = Object.entries(p.features)
-      .map(([name, value]) => name + "=" + (typeof value === "number" ? +value.toFixed(3) : value))
-      .join(", ");
-    cell(row, features, "features");
+    cell(row, undefined, "feature-list").appendChild(featureList(p));
     body.appendChild(row);
   }
 }
