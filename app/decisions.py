@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,7 +29,7 @@ from app.feature_engine import CustomerState, newest_event_time_s
 from app.features import customer_side_features
 from app.health import HealthWindow
 from app.model import FraudModel
-from app.records import DeadLetter, InvalidMessage, parse_transaction
+from app.records import DeadLetter, InvalidMessage, Prediction, parse_transaction
 from app.scoring import score_transaction
 from app.serialization import b64, dumps, isoformat_utc, loads
 from app.settings import Settings
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time and next input offset
 ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
+HIGH_SCORES_KEPT = 50  # the latest predictions at or over the threshold, for the operator page
 
 
 @dataclass
@@ -138,6 +140,9 @@ class Scorer:
         self.client_options = client_options or {}
         self.now_s = now_s
         self.partitions: dict[int, PartitionState] = {}
+        # Committed predictions at or over the threshold, oldest first: the operator page shows the newest. Bounded
+        # and filled only with what is flagged, so it costs the decision path nothing per ordinary transaction.
+        self.high_scores: deque[Prediction] = deque(maxlen=HIGH_SCORES_KEPT)
 
     # ---- state ---------------------------------------------------------------------------------------------
 
@@ -226,6 +231,7 @@ class Scorer:
         late = 0
         dead_codes: list[str] = []  # counted once the batch commits, like everything else
         probabilities: list[float] = []
+        flagged: list[Prediction] = []  # at or over the threshold
         for record in records:
             try:
                 tx = parse_transaction(record.value, settings.max_message_bytes, settings.max_amount)
@@ -270,6 +276,8 @@ class Scorer:
             # then writes one terminal-log partition instead of up to all (fewer partitions and markers per commit).
             outputs.append(Output(self.terminal_topic, tx.terminal_id.encode(), dumps([t, tx.tx_id]), partition))
             probabilities.append(prediction.fraud_probability)
+            if prediction.is_fraud:
+                flagged.append(prediction)
         outputs.extend(entry_outputs)
         expired = [c for c in self._expired(state, stream_time_s) if c not in changed]
         for customer_id in expired:
@@ -298,7 +306,8 @@ class Scorer:
             for probability in probabilities:
                 metrics.SCORES.observe(probability)
                 metrics.SCORING_LATENCY.observe(latency_ms / 1000.0)
-            metrics.PREDICTED_FRAUD.inc(sum(1 for p in probabilities if p >= settings.decision_threshold))
+            metrics.PREDICTED_FRAUD.inc(len(flagged))
+            self.high_scores.extend(flagged)
 
         return Batch(outputs, on_commit)
 

@@ -80,6 +80,22 @@ def observe_batch(records: int, seconds: float) -> None:
     BATCH_RECORDS.observe(records)
 
 
+def counts(counter: Counter) -> dict[tuple[str, ...], float]:
+    """A counter's current totals by label values (read from the objects ``/metrics`` serves, not kept twice).
+
+    >>> c = Counter("example_events", "Example.", ["kind"], registry=None)
+    >>> c.labels("a").inc(2)
+    >>> counts(c)
+    {('a',): 2.0}
+    """
+    return {
+        tuple(sample.labels.values()): sample.value  # in the counter's label order
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
 def exposition() -> tuple[bytes, str]:
     """The text format of every metric of the process, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

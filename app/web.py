@@ -10,7 +10,7 @@ from typing import cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app import metrics
+from app import metrics, operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
 from app.model_commands import publish_event
 from app.model_registry import PromotionRefused, promote_event, rollback_event
 from app.serialization import isoformat_utc, loads

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             worker = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, stdout=log,
                                       stderr=subprocess.STDOUT)  # fmt: skip
         print(f"starting the worker (log {log_path.relative_to(REPO_ROOT)}, http://127.0.0.1:{web_port}/metrics)")
+        print(f"operator page: http://127.0.0.1:{web_port}/ (live while the demo runs)")
         wait_http_ok(f"http://127.0.0.1:{web_port}/ready", worker, timeout_s=120)
 
         config = config_from(args)

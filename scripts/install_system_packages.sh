@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages the tests use as independent peers: kcat (a Kafka client that is not ours) and promtool
-# (from the prometheus package, to lint /metrics), and openssl (the CA and broker certificate of the SASL_SSL
-# tests). Java and Maven are expected on the machine already.
+# Debian packages the tests use as independent peers: kcat (a Kafka client that is not ours), promtool
+# (from the prometheus package, to lint /metrics), openssl (the CA and broker certificate of the SASL_SSL tests)
+# and a headless browser for the operator page (chromium and chromium-driver, driven by Selenium). Java and Maven
+# are expected on the machine already.
 set -euo pipefail
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
@@ -9,6 +10,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from app.decisions import PartitionState, Scorer, entry_key, entry_value, pruned, restored_state
+from app.decisions import HIGH_SCORES_KEPT, PartitionState, Scorer, entry_key, entry_value, pruned, restored_state
 from app.health import HealthWindow
 from app.model import FraudModel
 from app.serialization import dumps, loads
@@ -27,6 +27,13 @@ class BrokenModel(FraudModel):
         if x["amount"] == 13.0:
             raise ZeroDivisionError("bug")
         return super().score_one(x, k)
+
+
+class AmountModel(FraudModel):
+    """Flags amounts over 500, naming the amount: a known score without training."""
+
+    def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
+        return (0.9, ["amount"]) if x["amount"] > 500 else (0.01, [])
 
 
 def scorer(model: FraudModel | None = None, **env: str) -> Scorer:
@@ -120,3 +127,19 @@ def test_idle_customers_expire_without_traffic_in_stream_time() -> None:
     assert batch is not None and [(o.key, o.value) for o in batch.outputs] == [(entry_key("old", "tx-1"), None)]
     batch.on_commit()  # type: ignore[misc]
     assert set(handler.partitions[0].customers) == {"new"}
+
+
+def test_only_committed_predictions_over_the_threshold_are_kept_for_the_operator_page_newest_last() -> None:
+    handler = scorer(AmountModel())
+    amounts = [20.0, 900.0, 30.0, 700.0]
+    batch = handler.process(TP, [record(i, dumps(transaction(i, amount=a))) for i, a in enumerate(amounts)])
+    assert not handler.high_scores  # an aborted batch shows nothing
+    batch.on_commit()  # type: ignore[misc]
+    assert [(p.tx_id, p.reasons, p.features["amount"]) for p in handler.high_scores] == [
+        ("tx-1", ["amount"], 900.0),
+        ("tx-3", ["amount"], 700.0),
+    ]
+    many = [record(10 + i, dumps(transaction(10 + i, amount=600.0 + i))) for i in range(HIGH_SCORES_KEPT + 5)]
+    handler.process(TP, many).on_commit()  # type: ignore[misc]
+    assert len(handler.high_scores) == HIGH_SCORES_KEPT  # bounded: the oldest leave
+    assert handler.high_scores[-1].tx_id == f"tx-{10 + HIGH_SCORES_KEPT + 4}"

@@ -1,0 +1,84 @@
+"""The operator page: ``/`` (plain HTML and a small script from ``app/static``) and ``GET /status.json`` it polls.
+
+Grafana is not installable on our machines, so this page is what a person looks at on a worker. The document is
+built by :func:`app.operator_status.status_document` from the worker's own objects, read at request time (the
+model through ``scorer.model``: a swapped model shows at once). It is computed at most once per
+``STATUS_MAX_AGE_S`` whatever the number of open pages, because the health window's percentiles sort every
+latency of the window on the event loop the decision path runs on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import cast
+
+from aiohttp import web
+from faust.web import Request, Response, View
+
+from app import metrics
+from app.health import health_event
+from app.operator_status import status_document
+from app.serialization import dumps, isoformat_utc
+from app.worker import faust_app, feed, is_ready, scorer, settings, window
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATUS_MAX_AGE_S = 1.0
+_PAGE_HTML = (STATIC_DIR / "operator.html").read_bytes()
+_PAGE_JS = (STATIC_DIR / "operator.js").read_bytes()
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class _StatusCache:
+    """The last document's bytes and when they were built (monotonic seconds)."""
+
+    built_at_s = float("-inf")
+    body = b""
+
+
+def status_body(now_s: float) -> bytes:
+    """``/status.json``'s body: rebuilt when older than ``STATUS_MAX_AGE_S``."""
+    if now_s - _StatusCache.built_at_s < STATUS_MAX_AGE_S:
+        return _StatusCache.body
+    model = scorer.model
+    health = health_event(
+        timestamp=isoformat_utc(time.time()),
+        worker=settings.worker_id,
+        window_s=settings.health_window_s,
+        stats=window.stats(now_s),
+        last_transaction_age_s=window.last_transaction_age_s(now_s),
+        model_version=model.version,
+        labels_learned=model.labels_learned,
+        thresholds=settings.thresholds,
+        terminal_feed_lag_s=feed.lag_s,
+    )
+    document = status_document(
+        health=health,
+        ready=is_ready(),
+        decision_threshold=settings.decision_threshold,
+        dead_letters=metrics.counts(metrics.DEAD_LETTERS),
+        outcomes=metrics.counts(metrics.TRANSACTIONS),
+        predicted_fraud=sum(metrics.counts(metrics.PREDICTED_FRAUD).values()),
+        high_scores=scorer.high_scores,
+    )
+    _StatusCache.body, _StatusCache.built_at_s = dumps(document), now_s
+    return _StatusCache.body
+
+
+def _static(body: bytes, content_type: str) -> Response:
+    return cast(Response, web.Response(body=body, content_type=content_type, charset="utf-8", headers=_NO_STORE))
+
+
+@faust_app.page("/")
+async def operator_page(self: View, request: Request) -> Response:
+    return _static(_PAGE_HTML, "text/html")
+
+
+@faust_app.page("/operator.js")
+async def operator_script(self: View, request: Request) -> Response:
+    return _static(_PAGE_JS, "text/javascript")
+
+
+@faust_app.page("/status.json")
+async def status_json(self: View, request: Request) -> Response:
+    return _static(status_body(time.monotonic()), "application/json")

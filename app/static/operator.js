@@ -1,0 +1,143 @@
+// The operator page's script: polls status.json every 2 s and renders it. No framework, no build step.
+// Every value from the worker goes through textContent (never innerHTML): ids and reasons are data, not markup.
+"use strict";
+
+const POLL_MS = 2000;
+
+function byId(id) {
+  return document.getElementById(id);
+}
+
+function setText(id, value) {
+  byId(id).textContent = value;
+}
+
+function fixed(value, digits) {
+  return typeof value === "number" ? value.toFixed(digits) : "-";
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  if (text !== undefined) td.textContent = text;
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function emptyRow(body, columns, text) {
+  const row = document.createElement("tr");
+  const td = cell(row, text, "muted");
+  td.colSpan = columns;
+  body.appendChild(row);
+}
+
+function renderDeadLetters(rows) {
+  const body = byId("dead-letters");
+  body.replaceChildren();
+  if (!rows.length) return emptyRow(body, 3, "none");
+  for (const r of rows) {
+    const row = document.createElement("tr");
+    row.dataset.code = r.error;
+    cell(row, r.input);
+    cell(row, r.error);
+    cell(row, String(r.count), "num");
+    body.appendChild(row);
+  }
+}
+
+// Transactions whose feature list the operator opened: kept open across the 2 s re-renders.
+const openFeatures = new Set();
+
+function timeOf(iso) {
+  return typeof iso === "string" && iso.length > 19 ? iso.slice(11, 23) : iso;
+}
+
+function featureList(p) {
+  const details = document.createElement("details");
+  details.open = openFeatures.has(p.tx_id);
+  details.addEventListener("toggle", () => {
+    if (details.open) openFeatures.add(p.tx_id);
+    else openFeatures.delete(p.tx_id);
+  });
+  const entries = Object.entries(p.features);
+  const summary = document.createElement("summary");
+  summary.textContent = entries.length + " features";
+  const list = document.createElement("div");
+  list.className = "features";
+  list.textContent = entries
+    .map(([name, value]) => name + "=" + (typeof value === "number" ? +value.toFixed(3) : value))
+    .join(", ");
+  details.append(summary, list);
+  return details;
+}
+
+function renderHighScores(predictions) {
+  const body = byId("high-scores");
+  body.replaceChildren();
+  if (!predictions.length) return emptyRow(body, 6, "none yet");
+  for (const p of predictions) {
+    const row = document.createElement("tr");
+    row.dataset.txId = p.tx_id;
+    cell(row, timeOf(p.scored_at)).title = p.scored_at;
+    cell(row, p.tx_id, "id");
+    cell(row, p.customer_id + " / " + p.terminal_id, "id");
+    cell(row, fixed(p.fraud_probability, 3), "num probability");
+    const reasons = cell(row, undefined, "reasons");
+    for (const name of p.reasons) {
+      const span = document.createElement("span");
+      span.className = "reason";
+      const value = p.features[name];
+      span.textContent = typeof value === "number" ? name + " = " + +value.toFixed(3) : name;
+      reasons.appendChild(span);
+    }
+    cell(row, undefined, "feature-list").appendChild(featureList(p));
+    body.appendChild(row);
+  }
+}
+
+function render(s) {
+  setText("worker", s.worker);
+  const status = byId("status");
+  status.textContent = s.status;
+  status.className = "badge " + s.status;
+  setText("ready", s.ready ? "ready" : "not ready");
+  const issues = byId("issues");
+  issues.replaceChildren();
+  for (const issue of s.issues) {
+    const li = document.createElement("li");
+    li.textContent = issue;
+    issues.appendChild(li);
+  }
+  setText("window", String(s.window_s));
+  setText("throughput", fixed(s.throughput_tps, 1));
+  setText("latency-p50", fixed(s.latency_ms.p50, 1));
+  setText("latency-p95", fixed(s.latency_ms.p95, 1));
+  setText("latency-p99", fixed(s.latency_ms.p99, 1));
+  setText("error-rate", fixed(s.error_rate * 100, 2) + " %");
+  setText("last-transaction-age", fixed(s.last_transaction_age_s, 0));
+  setText("model-version", s.model_version);
+  setText("labels-learned", String(s.labels_learned));
+  setText("feed-lag", fixed(s.terminal_feed_lag_s, 2));
+  setText("total-scored", String(s.totals.scored));
+  setText("total-dead", String(s.totals.dead_letter));
+  setText("total-flagged", String(s.totals.predicted_fraud));
+  setText("threshold", String(s.decision_threshold));
+  renderDeadLetters(s.dead_letters_by_code);
+  renderHighScores(s.high_scores);
+  setText("updated", s.timestamp);
+  setText("error", "");
+}
+
+async function poll() {
+  try {
+    const response = await fetch("status.json", { cache: "no-store" });
+    if (!response.ok) throw new Error("status.json answered " + response.status);
+    render(await response.json());
+  } catch (err) {
+    setText("error", "worker not answering: " + err.message);
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+poll();
