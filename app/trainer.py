@@ -362,7 +362,14 @@ class Trainer:
         blob = sign({"kind": "trainer-state", "sequence": training.sequence, "parts": [len(p) for p in parts]},
                     b"".join(parts), self.key)  # fmt: skip
         chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
-        head = dumps({"chunks": len(chunks), "sha256": hashlib.sha256(blob).hexdigest(), "sequence": training.sequence})
+        head = dumps(
+            {
+                "chunks": len(chunks),
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "sequence": training.sequence,
+                "positions": training.positions,
+            }
+        )  # the operator's lag command reads the positions here
         state_topic = trainer_state_topic(s)
         async with producer.transaction():
             sends = [await producer.send(topic, key=key, value=value) for topic, key, value in messages]

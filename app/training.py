@@ -208,7 +208,7 @@ class Training:
             state[name] = type(state[name])()
         return state
 
-    def state_parts(self, slice_size: int = 2000) -> Iterator[bytes]:
+    def state_parts(self, slice_size: int = 500) -> Iterator[bytes]:
         """The state as pickles: the models and figures first, then the waiting halves ``slice_size`` at a time, so a
         caller can let its event loop run between slices (a week of waiting halves pickles in hundreds of ms)."""
         yield pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
