@@ -167,21 +167,28 @@ class Trainer:
                 offset = training.positions.get(f"{tp.topic}/{tp.partition}")
                 if offset is None:
                     await consumer.seek_to_beginning(tp)
+                    training.positions[f"{tp.topic}/{tp.partition}"] = await consumer.position(tp)
                 else:
                     consumer.seek(tp, offset)
             log.info("trainer resumes: %d labels learned, %d waiting, version %s", training.labels_seen,
                      training.pending(), training.champion_version)  # fmt: skip
             dead: list[tuple[bytes | None, bytes]] = []
             published_at = time.monotonic()
+            published_positions = dict(training.positions)
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for tp, records in batches.items():
                     self._handle(training, tp, records, dead)
                 training.advance()
                 self._adopt_warm_start(training)
+                for tp in inputs:  # past commit markers and aborted records too: everything before it was handled
+                    training.positions[f"{tp.topic}/{tp.partition}"] = await consumer.position(tp)
                 now = time.monotonic()
                 due = now - published_at >= s.model_publish_interval_s and (
-                    training.learned_since_publish or training.champion_version is None or dead
+                    training.learned_since_publish
+                    or training.champion_version is None
+                    or dead
+                    or training.positions != published_positions  # read on (lag shows it), nothing to learn yet
                 )
                 if (
                     due
@@ -192,6 +199,7 @@ class Trainer:
                     await self._publish(producer, training, dead)
                     dead = []
                     published_at = now
+                    published_positions = dict(training.positions)
                 await asyncio.sleep(0)  # the decision loop runs between slices
         finally:
             self.training = None
