@@ -26,6 +26,7 @@ from app.serialization import loads
 log = logging.getLogger(__name__)
 
 REFUSAL_SHOWN_S = 600.0  # a refused snapshot stays an issue in the health events this long
+SNAPSHOTS_KEPT = 200  # versions whose bytes a worker keeps in memory (a snapshot of the default model: ~5 KB)
 
 
 class ModelFollower:
@@ -115,6 +116,16 @@ class ModelFollower:
             return
         self.registry.add_header(header)
         self.snapshots[str(header["version"])] = value
+        if len(self.snapshots) > SNAPSHOTS_KEPT:
+            self._forget_old_snapshots()
+
+    def _forget_old_snapshots(self) -> None:
+        """Keep the newest ``SNAPSHOTS_KEPT`` versions' bytes, the ones serving and the recent champions (a rollback
+        target); older ones stay listed (their headers) and can be read back from the topic by the command line."""
+        keep = {self.registry.champion, self.registry.challenger, self.serving, *self.registry.history[-10:]}
+        for version in list(self.snapshots)[: len(self.snapshots) - SNAPSHOTS_KEPT]:
+            if version not in keep:
+                del self.snapshots[version]
 
     def _event(self, value: bytes | None) -> None:
         try:

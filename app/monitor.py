@@ -47,4 +47,7 @@ def models_summary() -> dict[str, object]:
         if version is not None:
             header = registry.headers.get(version, {})
             summary[role] = {"version": version, "labels_seen": header.get("labels_seen"), **header.get("metrics", {})}
+            for name, value in (header.get("metrics") or {}).items():
+                if isinstance(value, int | float):
+                    metrics.MODEL_QUALITY.labels(role, name).set(value)
     return summary

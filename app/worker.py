@@ -117,11 +117,6 @@ def serve(champion: FraudModel) -> None:
     metrics.MODEL_INFO.labels(champion.version).set(1)
     metrics.LABELS_LEARNED.set(champion.labels_learned)
     scorer.model = champion
-    for role, version in (("champion", follower.registry.champion), ("challenger", follower.registry.challenger)):
-        header = follower.registry.headers.get(version or "", {})
-        for name, value in (header.get("metrics") or {}).items():
-            if isinstance(value, int | float):
-                metrics.MODEL_QUALITY.labels(role, name).set(value)
 
 
 follower = ModelFollower(
