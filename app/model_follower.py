@@ -145,11 +145,10 @@ class ModelFollower:
         if champion is None or champion == self.serving:
             return
         raw = self.snapshots.get(champion)
-        if raw is None:
-            if self._missing_logged != champion:
+        if raw is None:  # refused, or its snapshot not read yet (the two topics are fetched apart)
+            if self._missing_logged != champion and any(key == champion for _, key, _ in self.refused):
                 self._missing_logged = champion
-                log.error("champion %s has no valid snapshot (refused or not arrived); %s keeps scoring", champion,
-                          self.serving)  # fmt: skip
+                log.error("champion %s was refused; %s keeps scoring", champion, self.serving)
             return
         try:
             _, model = load_model_snapshot(raw, self.key)
