@@ -26,11 +26,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
 from app.feature_engine import CustomerState, newest_event_time_s
-from app.features import customer_side_features
 from app.health import HealthWindow
 from app.model import FraudModel
 from app.records import DeadLetter, InvalidMessage, Prediction, parse_transaction
-from app.scoring import score_transaction
+from app.scoring import assess
 from app.serialization import b64, dumps, isoformat_utc, loads
 from app.settings import Settings
 from app.terminal_aggregates import TerminalAggregates
@@ -238,14 +237,17 @@ class Scorer:
                 customer = changed.get(tx.customer_id)
                 if customer is None:
                     customer = state.customer(tx.customer_id)
-                x, after = customer_side_features(tx, customer, settings.lateness_s)
-                if after is customer:
-                    raise InvalidMessage("duplicate_transaction", f"tx_id {tx.tx_id!r} was decided already")
-                t = tx.event_time_s
-                x.update(self.aggregates.features(tx.terminal_id, t, tx.tx_id, pending.get(tx.terminal_id, ())))
-                prediction = score_transaction(
-                    tx, x, self.model, threshold=settings.decision_threshold, received_at_s=received_at_s
+                prediction, after = assess(
+                    tx,
+                    customer,
+                    self.aggregates,
+                    self.model,
+                    lateness_s=settings.lateness_s,
+                    threshold=settings.decision_threshold,
+                    received_at_s=received_at_s,
+                    pending=pending.get(tx.terminal_id, ()),
                 )
+                t = tx.event_time_s
             except InvalidMessage as exc:
                 outputs.append(Output(settings.transactions_dlq_topic, record.key, dead_letter(record, exc)))
                 dead_codes.append(exc.code)

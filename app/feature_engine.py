@@ -42,6 +42,8 @@ CUSTOMER_FEATURE_NAMES: tuple[str, ...] = (
     "terminal_new_for_customer_30day",
     "customer_nb_terminals_30day",
 )
+# What a customer lookup shows: the windows themselves, not the per-transaction comparisons.
+CUSTOMER_WINDOW_NAMES: tuple[str, ...] = (*CUSTOMER_FEATURE_NAMES[:16], "customer_nb_terminals_30day")
 TERMINAL_FEATURE_NAMES: tuple[str, ...] = (
     *(f"terminal_{m}_{n}day_delay" for n in TERMINAL_DAYS for m in ("nb_tx", "risk")),
     "terminal_nb_tx_1hour",
@@ -277,3 +279,37 @@ def record_fraud(frauds_known_s: dict[str, float], tx_id: str, known_s: float) -
 def newest_event_time_s(state: Sequence[Sequence[Any]]) -> float:
     """Event time of the key's newest entry (states are sorted), for expiring idle keys in stream time."""
     return _time(state[-1]) if state else float("-inf")
+
+
+def customer_windows_at(state: CustomerState) -> tuple[float, dict[str, float]]:
+    """A customer's windows over ``(t - w, t]`` at its newest event time ``t`` (read-only, for lookups): count,
+    mean, std and max per window and the distinct terminals in 30 days, over every entry held.
+
+    >>> t, x = customer_windows_at([(0.0, 10.0, "k1", "a", 0), (60.0, 30.0, "k2", "b", 1)])
+    >>> t, x["customer_nb_tx_1hour"], x["customer_avg_amount_1hour"], x["customer_nb_terminals_30day"]
+    (60.0, 2.0, 20.0, 2.0)
+    """
+    if not state:
+        raise ValueError("no entries")
+    times, amounts, terminals, _, _ = zip(*state, strict=True)
+    t = times[-1]
+    x = _customer_x(times[:-1], amounts[:-1], terminals[:-1], t, amounts[-1], terminals[-1])
+    return t, {name: x[name] for name in CUSTOMER_WINDOW_NAMES}
+
+
+def terminal_windows_at(
+    state: TerminalState, frauds_known_s: Mapping[str, float], delay_days: float = 7.0
+) -> tuple[float, dict[str, float]]:
+    """A terminal's windows at its newest event time ``t`` (read-only, for lookups): the delayed counts and risks
+    as :func:`terminal_x` gives them, and the entries held in ``(t - 1 hour, t]``.
+
+    >>> t, x = terminal_windows_at([(0.0, "a", 0), (600.0, "b", 1)], {})
+    >>> t, x["terminal_nb_tx_1hour"], x["terminal_nb_tx_1day_delay"]
+    (600.0, 2.0, 0.0)
+    """
+    if not state:
+        raise ValueError("no entries")
+    t = _time(state[-1])
+    x = terminal_x(state, t, frauds_known_s, delay_days)
+    x["terminal_nb_tx_1hour"] -= 1.0  # terminal_x counts the transaction being scored; here there is none
+    return t, x

@@ -72,6 +72,19 @@ BATCHES = Histogram(
 BATCH_RECORDS = Histogram(
     "fraud_decision_batch_records", "Transactions per committed batch.", buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500)
 )
+SYNC_PREDICT_LATENCY = Histogram(
+    "fraud_sync_predict_latency_seconds",
+    "Server time of one synchronous score (POST /predict, gRPC Predict and each PredictStream item), by API; a "
+    "forwarded request counts at both workers.",
+    ["api"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+SYNC_REQUESTS = Counter(
+    "fraud_sync_requests", "Synchronous requests by API, endpoint and HTTP-like status.", ["api", "endpoint", "status"]
+)
+SYNC_FORWARDED = Counter(
+    "fraud_sync_forwarded", "Synchronous requests forwarded to the worker that holds the customer's partition."
+)
 HEALTH_STATUS = Gauge("fraud_health_status", "1 for the worker's current health status, 0 for the others.", ["status"])
 
 

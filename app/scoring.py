@@ -1,12 +1,44 @@
-"""Features in, prediction out: score, decision and reasons, with no I/O."""
+"""Features in, prediction out: score, decision and reasons, with no I/O.
+
+:func:`assess` is the one place a transaction meets the state: the stream (:mod:`app.decisions`) and the
+synchronous APIs (:mod:`app.serving`) both call it, so a ``/predict`` answer is what the stream would publish.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
+from app.feature_engine import CustomerState
+from app.features import customer_side_features
 from app.model import FraudModel
-from app.records import Prediction, Transaction
+from app.records import InvalidMessage, Prediction, Transaction
 from app.serialization import isoformat_utc
+from app.terminal_aggregates import TerminalAggregates
+
+
+def assess(
+    tx: Transaction,
+    customer: CustomerState,
+    aggregates: TerminalAggregates,
+    model: FraudModel,
+    *,
+    lateness_s: float,
+    threshold: float,
+    received_at_s: float,
+    pending: Iterable[tuple[float, str]] = (),
+) -> tuple[Prediction, CustomerState]:
+    """Features and score of ``tx`` against the current state, changing nothing: the prediction, and the
+    customer's state with ``tx`` added (the stream stores it once its batch commits; a lookup drops it).
+
+    ``pending``: the terminal's transactions of the same batch, not committed yet (the stream's only).
+    A ``tx_id`` the customer's state still holds raises ``duplicate_transaction``.
+    """
+    x, after = customer_side_features(tx, customer, lateness_s)
+    if after is customer:
+        raise InvalidMessage("duplicate_transaction", f"tx_id {tx.tx_id!r} was decided already")
+    x.update(aggregates.features(tx.terminal_id, tx.event_time_s, tx.tx_id, pending))
+    return score_transaction(tx, x, model, threshold=threshold, received_at_s=received_at_s), after
 
 
 def score_transaction(

@@ -71,6 +71,8 @@ class Settings:
     data_dir: str = str(REPO_ROOT / ".data")
     web_bind: str = "0.0.0.0"
     web_port: int = 6066
+    web_advertised_url: str = ""  # load(): http://<WEB_BIND, or the hostname when it binds all>:<WEB_PORT>
+    grpc_port: int = 6067  # 0: no gRPC server
     health_interval_s: float = 10.0
     health_window_s: float = 60.0
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -152,11 +154,23 @@ def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
     return security
 
 
+def default_advertised_url(web_bind: str, web_port: int) -> str:
+    """Where other workers reach this one's web server (they forward requests for customers it owns).
+
+    >>> default_advertised_url("127.0.0.1", 6066)
+    'http://127.0.0.1:6066'
+    """
+    host = socket.gethostname() if web_bind in ("", "0.0.0.0", "::") else web_bind
+    return f"http://{host}:{web_port}"
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from environment variables; unset variables keep their defaults."""
     env = os.environ if env is None else env
     d = Settings()
     t = Thresholds()
+    web_bind = _get(env, "WEB_BIND", d.web_bind)
+    web_port = int(_get(env, "WEB_PORT", str(d.web_port)))
     return Settings(
         bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP_SERVERS", d.bootstrap_servers),
         app_id=_get(env, "APP_ID", d.app_id),
@@ -170,8 +184,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         partitions=int(_get(env, "TOPIC_PARTITIONS", str(d.partitions))),
         replication_factor=int(_get(env, "TOPIC_REPLICATION_FACTOR", str(d.replication_factor))),
         data_dir=_get(env, "DATA_DIR", d.data_dir),
-        web_bind=_get(env, "WEB_BIND", d.web_bind),
-        web_port=int(_get(env, "WEB_PORT", str(d.web_port))),
+        web_bind=web_bind,
+        web_port=web_port,
+        web_advertised_url=_get(env, "WEB_ADVERTISED_URL", default_advertised_url(web_bind, web_port)),
+        grpc_port=int(_get(env, "GRPC_PORT", str(d.grpc_port))),
         health_interval_s=float(_get(env, "HEALTH_INTERVAL_S", str(d.health_interval_s))),
         health_window_s=float(_get(env, "HEALTH_WINDOW_S", str(d.health_window_s))),
         thresholds=Thresholds(

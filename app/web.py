@@ -1,6 +1,8 @@
-"""Pages on the Faust web server: ``/metrics`` (Prometheus), ``/ready`` (503 until consuming), ``/health``, and the
+"""Pages on the Faust web server: ``/metrics`` (Prometheus), ``/ready`` (503 until consuming), ``/health``, the
 model registry: ``GET /models``, ``POST /models/promote`` (``{"version": ..., "reason": ...}``) and
-``POST /models/rollback``."""
+``POST /models/rollback``, and the synchronous API of :mod:`app.serving`: ``POST /predict``,
+``GET /features/customers/{id}``, ``GET /features/terminals/{id}``, ``GET /model`` and ``GET /openapi.json``
+(``topics/openapi.json``)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,19 @@ from faust.web import Request, Response, View
 from app import metrics, operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
 from app.model_commands import publish_event
 from app.model_registry import PromotionRefused, promote_event, rollback_event
-from app.serialization import isoformat_utc, loads
-from app.worker import faust_app, follower, is_ready, settings
+from app.serialization import dumps, isoformat_utc, loads
+from app.serving import FORWARDED_HEADER, WORKER_HEADER, Reply
+from app.settings import TOPICS_DIR
+from app.worker import faust_app, follower, is_ready, serving, settings
+
+OPENAPI_PATH = TOPICS_DIR / "openapi.json"
+
+
+def _json(reply: Reply) -> Response:
+    headers = {"Content-Type": "application/json"}
+    if reply.worker:
+        headers[WORKER_HEADER] = reply.worker
+    return cast(Response, web.Response(body=dumps(reply.body), status=reply.status, headers=headers))
 
 
 @faust_app.page("/metrics")
@@ -67,3 +80,43 @@ class ChangeModel(View):
             return self.json({"error": "refused", "reason": str(exc)}, status=409)
         await publish_event(settings, event)
         return self.json(event)
+
+
+@faust_app.page("/predict")
+class Predict(View):
+    """Score one transaction synchronously; the owner of its customer answers (forwarded once when needed)."""
+
+    async def post(self, request: Request) -> Response:
+        started = time.perf_counter()
+        raw = await cast(web.Request, request).read()
+        reply = await serving.predict(raw, forwarded=FORWARDED_HEADER in request.headers)
+        metrics.SYNC_PREDICT_LATENCY.labels("rest").observe(time.perf_counter() - started)
+        metrics.SYNC_REQUESTS.labels("rest", "predict", str(reply.status)).inc()
+        return _json(reply)
+
+
+@faust_app.page("/features/customers/{customer_id}")
+class CustomerFeatures(View):
+    async def get(self, request: Request, customer_id: str) -> Response:
+        reply = await serving.customer_features(customer_id, forwarded=FORWARDED_HEADER in request.headers)
+        metrics.SYNC_REQUESTS.labels("rest", "features", str(reply.status)).inc()
+        return _json(reply)
+
+
+@faust_app.page("/features/terminals/{terminal_id}")
+class TerminalFeatures(View):
+    async def get(self, request: Request, terminal_id: str) -> Response:
+        reply = serving.terminal_features(terminal_id)
+        metrics.SYNC_REQUESTS.labels("rest", "features", str(reply.status)).inc()
+        return _json(reply)
+
+
+@faust_app.page("/model")
+async def model_info(self: View, request: Request) -> Response:
+    metrics.SYNC_REQUESTS.labels("rest", "model", "200").inc()
+    return _json(serving.model_info())
+
+
+@faust_app.page("/openapi.json")
+async def openapi(self: View, request: Request) -> Response:
+    return cast(Response, web.Response(body=OPENAPI_PATH.read_bytes(), headers={"Content-Type": "application/json"}))

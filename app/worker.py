@@ -22,12 +22,15 @@ from mode import Service
 
 from app import metrics
 from app.decisions import Scorer
+from app.grpc_api import GrpcServer
 from app.health import HealthWindow
 from app.kafka_security import client_security_options, faust_credentials
 from app.logs import quiet_kafka_client
 from app.model import FraudModel
 from app.model_follower import ModelFollower
 from app.provisioning import changelog_topic, terminal_topic
+from app.routing import PartitionOwners, client_id_with_url
+from app.serving import Serving
 from app.settings import load, signing_key
 from app.terminal_aggregates import TerminalAggregates
 from app.terminal_feed import TerminalFeed
@@ -93,6 +96,9 @@ scorer = Scorer(
     terminal_topic=terminal_topic(settings),
     client_options=kafka_options,
 )
+# Other workers find this one in the group's description by the URL in its client id (app/routing.py).
+decisions_name = f"{settings.app_id}-decisions-{settings.worker_id}"
+decisions_client_id = client_id_with_url(decisions_name, settings.web_advertised_url)
 decisions = TransactionalLoop(
     name="decisions",
     bootstrap_servers=settings.bootstrap_servers,
@@ -108,6 +114,7 @@ decisions = TransactionalLoop(
     max_skew_s=settings.catchup_max_skew_s,
     offsets_in_state=True,  # the changelog carries each batch's next offset: two round trips fewer per commit
     client_options=kafka_options,
+    consumer_options={"client_id": decisions_client_id},
 )
 
 
@@ -149,6 +156,15 @@ class DecisionPath(Service):
             asyncio.ensure_future(self._decide()),
             asyncio.ensure_future(trainer.run()),
         ]
+        self._grpc: GrpcServer | None = None
+        if settings.grpc_port:
+            grpc_server = GrpcServer(serving, settings.web_bind, settings.grpc_port, is_ready)
+            try:
+                await grpc_server.start()
+            except RuntimeError as exc:  # the port is taken: the decision path goes on, REST still answers
+                log.error("gRPC server not started on port %s: %s", settings.grpc_port, exc)
+            else:
+                self._grpc = grpc_server
 
     async def _decide(self) -> None:
         await feed.caught_up.wait()  # the delayed terminal windows need everything committed before now
@@ -156,6 +172,9 @@ class DecisionPath(Service):
         await decisions.run()
 
     async def on_stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
+        await serving.close()
         try:  # the batches in flight commit first; bounded, so SIGTERM always ends
             await asyncio.wait_for(decisions.stop(), settings.transaction_timeout_ms / 1000 + 15)
         except TimeoutError:
@@ -170,5 +189,19 @@ def is_ready() -> bool:
     """Consuming: the terminal feed caught up, partitions assigned and restored, the broker answering."""
     return feed.caught_up.is_set() and follower.caught_up.is_set() and decisions.ready
 
+
+serving = Serving(
+    settings,
+    scorer,
+    aggregates,
+    decisions,
+    PartitionOwners(
+        settings.bootstrap_servers,
+        f"{settings.app_id}-decisions",
+        settings.transactions_topic,
+        client_options=kafka_options,
+    ),  # fmt: skip
+    is_ready,
+)
 
 from app import monitor, web  # noqa: E402,F401 - timers and pages register themselves on faust_app

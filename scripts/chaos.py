@@ -828,6 +828,7 @@ class ChaosRun:
             "TOPIC_PARTITIONS": str(self.args.partitions),
             "DATA_DIR": str(self.work / f"worker-{index}"),
             "WEB_PORT": str(free_port()),
+            "GRPC_PORT": str(free_port()),
             "WEB_BIND": "127.0.0.1",
             "LOG_LEVEL": self.args.worker_log_level,
         }

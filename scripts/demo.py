@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "WORKER_ID": "demo-worker",
             "DATA_DIR": str(home / "worker"),
             "WEB_PORT": str(web_port),
+            "GRPC_PORT": str(free_port()),
             "WEB_BIND": "127.0.0.1",
         }
         log_path = home / "worker.log"

@@ -99,6 +99,10 @@ class WorkerProcess:
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.env['WEB_PORT']}"
 
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.env['GRPC_PORT']}"
+
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -181,6 +185,7 @@ def worker_factory(
             "TOPIC_PARTITIONS": str(partitions),
             "DATA_DIR": str(tmp_path / f"worker-{index}"),
             "WEB_PORT": str(free_port()),
+            "GRPC_PORT": str(free_port()),
             "WEB_BIND": "127.0.0.1",
             "HEALTH_INTERVAL_S": "2",
             "MODEL_PUBLISH_INTERVAL_S": "1",
