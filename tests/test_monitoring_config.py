@@ -5,16 +5,18 @@ A renamed metric, a PromQL typo or an alert without a test fails here, so it fai
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, start_http_server
 
 import app.metrics  # noqa: F401 - registers every metric of the app in the default registry
 
@@ -223,3 +225,35 @@ def test_promql_check_rejects_a_syntax_error(tmp_path: Path, expr: str) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "bad:query", "expr": expr}]}]}))
     result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, timeout=60)
     assert result.returncode != 0
+
+
+# ---- the demo's Prometheus -------------------------------------------------------------------------------------
+
+
+def test_the_demo_prometheus_scrapes_metrics_and_loads_the_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``scripts/prometheus_local.py`` as ``make demo`` uses it, against this process's registry served over HTTP."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    prometheus_local = importlib.import_module("prometheus_local")
+    local_processes = importlib.import_module("local_processes")
+    port = local_processes.free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1")
+    started = prometheus_local.start([f"127.0.0.1:{port}"], tmp_path / "prometheus", interval_s=1)
+    assert started is not None, "no prometheus binary: run scripts/install_system_packages.sh (package prometheus)"
+    process, url = started
+    try:
+        run_promtool("check", "config", str(tmp_path / "prometheus" / "prometheus.yml"))
+        deadline = time.monotonic() + 30
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("targets {'up': 1}"):
+            time.sleep(0.5)
+            line = prometheus_local.status_line(url)
+        assert line.startswith(f"targets {{'up': 1}}, {len(alert_rules())} alert rules loaded"), line
+        scraped = prometheus_local.api(url, "/api/v1/query?query=fraud_decision_batch_seconds_count")["result"]
+        assert scraped and scraped[0]["metric"]["job"] == prometheus_local.JOB
+    finally:
+        local_processes.stop_process(process)
+        server.shutdown()
+        thread.join(5)
+    assert process.returncode == 0
