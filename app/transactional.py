@@ -225,11 +225,12 @@ class TransactionalLoop:
         for tp in list(self.ready_partitions):
             inflight = self._inflight.get(tp)
             pending = bool(self._queues.get(tp)) or tp in held or (inflight is not None and inflight.locked())
-            try:  # known after the partition's seek: answers at once
+            try:  # the position is known after the partition's seek: answers at once
                 position: int | None = await asyncio.wait_for(consumer.position(tp), 0.5)
-            except Exception:  # revoked meanwhile
+                stable = consumer.last_stable_offset(tp)
+            except Exception:  # revoked meanwhile (this must never end the watch that calls it)
                 continue
-            total += partition_lag(consumer.last_stable_offset(tp), self._processed_to.get(tp), position, pending)
+            total += partition_lag(stable, self._processed_to.get(tp), position, pending)
         return total
 
     async def _commit_group_offsets(self, consumer: AIOKafkaConsumer) -> None:
