@@ -64,6 +64,12 @@ TERMINAL_FEED_LAG = Gauge(
     "Feature freshness: wall time from a scorer's commit of a terminal-log record to this worker reading it. The "
     "1-hour terminal count misses other partitions' transactions younger than this.",
 )
+CONSUMER_LAG = Gauge(
+    "fraud_consumer_lag_records",
+    "Input records of this worker's partitions not committed yet, by transactional loop (decisions): the last "
+    "stable offset the fetches saw minus the next offset to process, updated once a second.",
+    ["loop"],
+)
 BATCHES = Histogram(
     "fraud_decision_batch_seconds",
     "Time to process and commit one partition's batch of transactions in one Kafka transaction.",

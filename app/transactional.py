@@ -47,6 +47,26 @@ RETRY_BACKOFF_MS = 5
 aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000.0
 
 
+def partition_lag(stable: int | None, next_offset: int | None, position: int | None, pending: bool) -> int:
+    """Records of one partition not committed yet: its last stable offset (as the fetches last saw it) minus the
+    next offset to process. With nothing fetched waiting, the fetch position counts instead: it is past the
+    transaction markers, which take offsets but are never processed. Unknown offsets count 0.
+
+    >>> partition_lag(120, 100, 110, pending=True)
+    20
+    >>> partition_lag(101, 100, 101, pending=False)  # a commit marker at offset 100
+    0
+    >>> partition_lag(None, 100, 100, pending=False)  # no fetch answered yet
+    0
+    """
+    if stable is None or stable < 0:
+        return 0
+    done = next_offset if next_offset is not None else position
+    if not pending and position is not None:
+        done = max(done or 0, position)
+    return 0 if done is None else max(0, stable - done)
+
+
 def set_fetch_pause(fetch_pause_ms: float) -> None:
     """aiokafka stops fetching from a broker for up to 100 ms while fetched records of any partition wait to be
     consumed (they do while a batch commits); with one broker that put 100 ms on decisions. Our loops drain what
@@ -118,6 +138,7 @@ class TransactionalLoop:
         session_timeout_ms: int = 10_000,
         transaction_timeout_ms: int = 30_000,
         on_batch: Callable[[int, float], None] | None = None,
+        on_lag: Callable[[int], None] | None = None,
         max_skew_s: float = 0.0,
         offsets_in_state: bool = False,
         consumer_options: dict[str, Any] | None = None,
@@ -134,11 +155,13 @@ class TransactionalLoop:
         self.session_timeout_ms = session_timeout_ms
         self.transaction_timeout_ms = transaction_timeout_ms
         self.on_batch = on_batch
+        self.on_lag = on_lag
         self.pacer = CatchUpPacer(max_skew_s)
         self.offsets_in_state = offsets_in_state
         self.consumer_options = consumer_options or {}
         self._to_commit: dict[TopicPartition, int] = {}
         self._fetched_to: dict[TopicPartition, int] = {}
+        self._processed_to: dict[TopicPartition, int | None] = {}  # next input offset to process, per partition
         self.client_options = client_options or {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
@@ -190,7 +213,25 @@ class TransactionalLoop:
                 else:
                     self._set_connected(True)
                     await self._commit_group_offsets(consumer)
+                    if self.on_lag is not None:
+                        self.on_lag(await self.consumer_lag(consumer))
             await asyncio.sleep(1.0)
+
+    async def consumer_lag(self, consumer: AIOKafkaConsumer) -> int:
+        """Records of the ready partitions not committed yet (:func:`partition_lag`), from offsets the loop already
+        holds: no request to the broker. Asked once a second, never per message."""
+        held = self.pacer.held()
+        total = 0
+        for tp in list(self.ready_partitions):
+            inflight = self._inflight.get(tp)
+            pending = bool(self._queues.get(tp)) or tp in held or (inflight is not None and inflight.locked())
+            try:  # the position is known after the partition's seek: answers at once
+                position: int | None = await asyncio.wait_for(consumer.position(tp), 0.5)
+                stable = consumer.last_stable_offset(tp)
+            except Exception:  # revoked meanwhile (this must never end the watch that calls it)
+                continue
+            total += partition_lag(stable, self._processed_to.get(tp), position, pending)
+        return total
 
     async def _commit_group_offsets(self, consumer: AIOKafkaConsumer) -> None:
         """Offsets of batches that wrote nothing (and, with the offsets in the handler's state, of every batch:
@@ -323,6 +364,7 @@ class TransactionalLoop:
             await self.consumer.seek_to_beginning(tp)
         else:
             self.consumer.seek(tp, committed)
+        self._processed_to[tp] = committed
         self._broken.discard(tp)
         self.ready_partitions.add(tp)
 
@@ -443,6 +485,7 @@ class TransactionalLoop:
             if not batch.outputs and records and not self.offsets_in_state:
                 # Nothing to write: no transaction, the offset is committed with the group's next commit.
                 self._to_commit[tp] = records[-1].offset + 1
+                self._processed_to[tp] = records[-1].offset + 1
                 if batch.on_commit is not None:
                     batch.on_commit()
                 return
@@ -459,6 +502,8 @@ class TransactionalLoop:
             self._mark_broken(tp)
             return
         self._set_connected(True)
+        if records:
+            self._processed_to[tp] = records[-1].offset + 1
         if records and self.offsets_in_state:
             self._to_commit[tp] = records[-1].offset + 1
         if batch.on_commit is not None:

@@ -111,6 +111,7 @@ decisions = TransactionalLoop(
     session_timeout_ms=settings.session_timeout_ms,
     transaction_timeout_ms=settings.transaction_timeout_ms,
     on_batch=metrics.observe_batch,
+    on_lag=metrics.CONSUMER_LAG.labels("decisions").set,
     max_skew_s=settings.catchup_max_skew_s,
     offsets_in_state=True,  # the changelog carries each batch's next offset: two round trips fewer per commit
     client_options=kafka_options,

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The demo: a local Kafka, the worker, simulated traffic for a while, then a summary. Nothing is left running.
+"""The demo: a local Kafka, the worker, a Prometheus scraping it with the alert rules (when the Debian package
+is installed), simulated traffic for a while, then a summary. Nothing is left running.
 
 python scripts/demo.py --duration-s 60 --rate-tps 1000
 """
@@ -22,6 +23,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import kafka_local  # noqa: E402
+import prometheus_local  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 from simulate import Event, add_simulator_arguments, config_from, publish, wire_events  # noqa: E402
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting Apache Kafka on 127.0.0.1:{port} ...", flush=True)
     bootstrap = kafka_local.start(port=port, controller_port=free_port(), data_dir=data_dir, wipe=True)
     worker = None
+    prometheus = None
     try:
         env = {
             **os.environ,
@@ -78,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                                       stderr=subprocess.STDOUT)  # fmt: skip
         print(f"starting the worker (log {log_path.relative_to(REPO_ROOT)}, http://127.0.0.1:{web_port}/metrics)")
         print(f"operator page: http://127.0.0.1:{web_port}/ (live while the demo runs)")
+        prometheus = prometheus_local.start([f"127.0.0.1:{web_port}"], home / "prometheus")
+        if prometheus is None:
+            print("Prometheus UI: not started (no prometheus binary: scripts/install_system_packages.sh installs it)")
+        else:
+            print(f"Prometheus UI: {prometheus[1]}/ (scraping the worker; alert rules loaded)", flush=True)
         wait_http_ok(f"http://127.0.0.1:{web_port}/ready", worker, timeout_s=120)
 
         config = config_from(args)
@@ -102,12 +110,19 @@ def main(argv: list[str] | None = None) -> int:
                 break
         health = [loads(r.value or b"") for r in consume(bootstrap, "health", lambda rs: False, 1)]
         summarize(config, predictions, letters, health, sent, report.achieved_tps)
+        if prometheus is not None:
+            try:
+                print(f"  prometheus               {prometheus_local.status_line(prometheus[1])}")
+            except OSError as exc:  # the summary above stands without it
+                print(f"  prometheus               API not answering: {exc}")
         return 0
     finally:
+        if prometheus is not None:
+            stop_process(prometheus[0])
         if worker is not None:
             stop_process(worker)
         kafka_local.stop(data_dir)
-        print("stopped the worker and Kafka")
+        print("stopped Prometheus, the worker and Kafka" if prometheus is not None else "stopped the worker and Kafka")
 
 
 def summarize(config, predictions, letters, health, sent, achieved_tps) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@
 # are expected on the machine already.
 set -euo pipefail
 missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)  # its server: make demo's live Prometheus
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

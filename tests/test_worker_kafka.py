@@ -123,6 +123,13 @@ def test_ready_is_503_until_assigned_then_200_and_metrics_pass_promtool(
     # The default model: its prior until the trainer's first version is published, then that version.
     served = rf'fraud_model_info{{version="(v\d+|{re.escape(Settings().model_name)}@prior)"}} 1.0'
     assert re.search(served, body), body
+    # The decision loop reports its consumer lag once a second; it has committed everything it read.
+    caught_up = 'fraud_consumer_lag_records{loop="decisions"} 0.0'
+    deadline = time.monotonic() + 15
+    while caught_up not in body and time.monotonic() < deadline:
+        time.sleep(0.5)
+        body = worker.http_get("/metrics").decode()
+    assert caught_up in body, body
 
 
 def _health(worker: WorkerProcess, kafka_bootstrap: str, until: Callable[[list[Record]], bool]) -> list[dict]:
