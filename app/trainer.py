@@ -39,6 +39,9 @@ from app.training import Training
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 900_000
+# Records learned between two yields to the event loop: about 8 ms of learning at ~120 µs a label. The trainer shares
+# the loop with the decision path; a batch of 1,000 labels learned at once held decisions for over 100 ms.
+LEARN_SLICE = 64
 STATE_HEAD = b"head"
 
 
@@ -178,8 +181,11 @@ class Trainer:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=1000)
                 for tp, records in batches.items():
-                    self._handle(training, tp, records, dead)
-                training.advance()
+                    for i in range(0, len(records), LEARN_SLICE):
+                        self._handle(training, tp, records[i : i + LEARN_SLICE], dead)
+                        await asyncio.sleep(0)  # the decisions run between slices of learning
+                while training.advance(limit=LEARN_SLICE) == LEARN_SLICE:
+                    await asyncio.sleep(0)
                 self._adopt_warm_start(training)
                 for tp in inputs:  # past commit markers and aborted records too: everything before it was handled
                     training.positions[f"{tp.topic}/{tp.partition}"] = await consumer.position(tp)

@@ -133,14 +133,14 @@ class Training:
             del self.waiting[tx_id]
             self.counts["confirmed_negative"] += 1  # already learned as legitimate at the horizon
 
-    def advance(self) -> int:
-        """Learn as legitimate what passed the horizon without a label; drop what passed horizon + grace (and
-        labels whose prediction never came within the TTL). Returns the implicit negatives learned."""
+    def advance(self, limit: int | None = None) -> int:
+        """Learn as legitimate what passed the horizon without a label (at most ``limit`` of them: call again while
+        it returns ``limit``); drop what passed horizon + grace. Returns the implicit negatives learned."""
         learned = 0
         horizon = self.stream_time_s - self.horizon_s
         forget = horizon - self.grace_s
         by_time, negatives, waiting = self.by_time, self.negatives, self.waiting
-        while by_time and by_time[0][0] < horizon:
+        while by_time and by_time[0][0] < horizon and (limit is None or learned < limit):
             t, tx_id = by_time.popleft()
             half = waiting.get(tx_id)
             if half is not None and half[0] == "x":
@@ -208,7 +208,7 @@ class Training:
             state[name] = type(state[name])()
         return state
 
-    def state_parts(self, slice_size: int = 500) -> Iterator[bytes]:
+    def state_parts(self, slice_size: int = 200) -> Iterator[bytes]:
         """The state as pickles: the models and figures first, then the waiting halves ``slice_size`` at a time, so a
         caller can let its event loop run between slices (a week of waiting halves pickles in hundreds of ms)."""
         yield pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)

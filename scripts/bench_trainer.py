@@ -111,7 +111,7 @@ def main() -> int:
     peak = max(pickles)
     each = peak[2] / max(peak[0], 1)
     print(f"published state at its largest: {peak[0]} waiting, {peak[2] / 2**20:.1f} MiB ({each:.0f} bytes each), "
-          f"pickled in {peak[1]:.0f} ms in slices of 500, the longest {peak[3]:.1f} ms")  # fmt: skip
+          f"pickled in {peak[1]:.0f} ms in slices of 200, the longest {peak[3]:.1f} ms")  # fmt: skip
     return 0
 
 

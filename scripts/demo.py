@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             "WEB_PORT": str(web_port),
             "GRPC_PORT": str(free_port()),
             "WEB_BIND": "127.0.0.1",
+            # The demo runs weeks of simulated traffic in minutes: a new model version every 5 s, not every 30 s.
+            "MODEL_PUBLISH_INTERVAL_S": "5",
         }
         log_path = home / "worker.log"
         with log_path.open("wb") as log:
