@@ -153,6 +153,10 @@ class Trainer:
             isolation_level="read_committed",
             enable_auto_commit=False,
             fetch_max_bytes=16 * 2**20,
+            # Fewer, larger fetches of the feature log and the labels: every fetch response is decoded on the event
+            # loop the decisions run on, and learning can wait half a second.
+            fetch_min_bytes=256 * 1024,
+            fetch_max_wait_ms=500,
             **self.client_options,
         )
         await producer.start()  # fences a previous trainer and aborts its open transaction

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             "GRPC_PORT": str(free_port()),
             "WEB_BIND": "127.0.0.1",
             # The demo runs weeks of simulated traffic in minutes: a new model version every 5 s, not every 30 s.
-            "MODEL_PUBLISH_INTERVAL_S": "5",
+            "MODEL_PUBLISH_INTERVAL_S": os.environ.get("MODEL_PUBLISH_INTERVAL_S", "5"),
         }
         log_path = home / "worker.log"
         with log_path.open("wb") as log:
