@@ -204,6 +204,13 @@ def test_bins_are_fixed_after_the_warm_up_and_reasons_name_features_never_bins()
     x = {"amount": 390.0, "noise": 0.0, "is_night": 0.0}
     reasons = model.reasons(x, k=3)
     assert reasons[0] == "amount" and all("#" not in name for name in reasons)
+    # The one-pass walk scores what the regression computes on the scaled features and the indicators.
+    for _ in range(200):
+        x, _ = draw(rng)
+        inputs = model.learner._inputs(x)
+        assert sum(name.startswith("amount#") for name in inputs) == 1
+        river = model.learner.classifier.predict_proba_one(inputs)[True]
+        assert model.predict_proba_one(x) == pytest.approx(river, rel=1e-12, abs=1e-12)
 
 
 def test_binned_model_draws_a_threshold_a_straight_line_cannot() -> None:
