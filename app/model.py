@@ -11,8 +11,11 @@ handbook's protocol by ``scripts/model_candidates.py`` (see BENCHMARKS.md, "Mode
 
 - ``logreg``: standard scaling then logistic regression (``opt`` sgd, adam or adagrad, ``lr``, ``wpos`` the
   weight of a fraud in the loss, ``l2``); the intercept starts at the prior, so a cold model does not flag
-  everything. Reasons are the features whose scaled value times weight raised the score most: exact for a linear
-  model, and what an analyst asks first.
+  everything. ``bins`` (0: none) adds one indicator per quantile bin of each feature, the bins fixed after ``warm``
+  labels from their quantiles and, with ``fq`` 1, the frauds' quantiles too (:mod:`app.binning`): thresholds
+  such as an amount over 220 that a straight line cannot draw. ``log`` 1 squashes every feature by a signed
+  ``log1p`` before scaling. Reasons are the features whose scaled value times weight (plus their bin's weight)
+  raised the score most: exact for a linear model, and what an analyst asks first.
 - ``hoeffding``, ``arf`` and ``bagged-ht``: a Hoeffding tree, an adaptive random forest, online bagging of
   Hoeffding trees (``trees``, ``grace`` period, ``share`` the ``max_share_to_split``: River's default of 0.99
   never lets a leaf with 0.8 % fraud split, ``leaf`` prediction mc, nb or nba, ``depth``). Reasons are the
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,16 +38,27 @@ from typing import Any
 from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
 from river.tree.base import Branch
 
+from app.binning import QuantileBins
 from app.checkpoints import write_atomically
 
 # The measured choice (BENCHMARKS.md, "Model candidates (issue 9)"); app/settings.py has the same default.
-DEFAULT_MODEL = "logreg:opt=adagrad,lr=0.1"
+DEFAULT_MODEL = "logreg:opt=adagrad,lr=0.1,bins=8"
 
 Param = float | int | str
 
 # Each family's parameters and their defaults; a name may override any of them and nothing else.
 FAMILIES: dict[str, dict[str, Param]] = {
-    "logreg": {"opt": "sgd", "lr": 0.05, "wpos": 5.0, "l2": 0.0, "neg": 1.0},
+    "logreg": {
+        "opt": "sgd",
+        "lr": 0.05,
+        "wpos": 5.0,
+        "l2": 0.0,
+        "neg": 1.0,
+        "bins": 0,
+        "warm": 50000,
+        "fq": 1,
+        "log": 0,
+    },
     "hoeffding": {"grace": 200, "share": 1.0, "leaf": "mc", "depth": 0, "neg": 1.0},
     "arf": {"trees": 10, "grace": 50, "share": 1.0, "leaf": "mc", "depth": 0, "lam": 6, "neg": 1.0},
     "bagged-ht": {"trees": 10, "grace": 200, "share": 1.0, "leaf": "mc", "depth": 0, "neg": 1.0},
@@ -66,8 +81,8 @@ _SEED = 42  # sampling and ensemble randomness: a replay of the same labels lear
 def parse_name(name: str) -> tuple[str, dict[str, Param]]:
     """The family and its parameters (defaults overridden by the name); ValueError for anything unknown.
 
-    >>> parse_name("logreg:opt=adam,lr=0.01")
-    ('logreg', {'opt': 'adam', 'lr': 0.01, 'wpos': 5.0, 'l2': 0.0, 'neg': 1.0})
+    >>> parse_name("logreg:opt=adam,lr=0.01,bins=16")
+    ('logreg', {'opt': 'adam', 'lr': 0.01, 'wpos': 5.0, 'l2': 0.0, 'neg': 1.0, 'bins': 16, 'warm': 50000, 'fq': 1, ...})
     """
     family, _, rest = name.partition(":")
     if family not in FAMILIES:
@@ -91,7 +106,15 @@ def parse_name(name: str) -> tuple[str, dict[str, Param]]:
 
 
 class _Linear:
-    """Standard scaling then logistic regression; reasons are the largest positive contributions."""
+    """Standard scaling then logistic regression; reasons are the largest positive contributions.
+
+    Optional transforms before the regression (``log``: signed ``log1p`` of every feature, so counts, amounts and
+    gaps weigh by order of magnitude; ``bins``: one indicator per quantile bin of each feature, fixed after ``warm``
+    labels, see :mod:`app.binning`). A feature's contribution is its scaled value times weight plus its bin's weight.
+    """
+
+    bins: QuantileBins | None = None  # class defaults: checkpoints of models from before the transforms load as-is
+    log = False
 
     def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
         lr = float(params["lr"])
@@ -109,20 +132,69 @@ class _Linear:
             intercept_init=math.log(prior_fraud_rate / (1.0 - prior_fraud_rate)),
         )
         self.pipeline = compose.Pipeline(self.scaler, self.classifier)
+        if int(params.get("bins", 0)) > 0:
+            self.bins = QuantileBins(int(params["bins"]), int(params["warm"]), fraud_quantiles=bool(params["fq"]))
+        if int(params.get("log", 0)):
+            self.log = True
+
+    def _inputs(self, x: dict[str, float]) -> dict[str, float]:
+        """What the regression learns from: the scaled (and log-squashed) features plus the bin indicators."""
+        squashed = {name: math.copysign(math.log1p(abs(v)), v) for name, v in x.items()} if self.log else x
+        scaled = self.scaler.transform_one(squashed)
+        bins = self.bins
+        return scaled if bins is None or not bins.fitted else bins.indicators(x, scaled)
 
     def proba(self, x: dict[str, float]) -> float:
-        return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
+        if self.bins is None and not self.log:
+            return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
+        return self._walk(x, 0)[0]
 
     def score(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
-        scaled = self.scaler.transform_one(x)
-        probability = float(self.classifier.predict_proba_one(scaled).get(True, 0.0))
-        return probability, self._top_contributions(scaled, k)
+        if self.bins is None and not self.log:
+            scaled = self.scaler.transform_one(x)
+            probability = float(self.classifier.predict_proba_one(scaled).get(True, 0.0))
+            return probability, self._top_contributions(scaled, k)
+        return self._walk(x, k)
+
+    def _walk(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
+        """Probability and reasons in one pass over ``x``: each feature's scaled value times weight plus its bin's
+        weight, summed into the logit, the positive ones kept as reasons. What the regression computes on
+        :meth:`_inputs` (the same terms, summed per feature), without building the scaled and indicator dicts and
+        without copying the weights (the decision path has about 30 µs for the model)."""
+        means, variances = self.scaler.means, self.scaler.vars
+        weight = self.classifier._weights.get
+        log, bins = self.log, self.bins
+        edges, names = (bins.edges, bins.names) if bins is not None and bins.fitted else ({}, {})
+        logit = self.classifier.intercept
+        raising: list[tuple[float, str]] = []
+        for name, raw in x.items():
+            value = math.copysign(math.log1p(abs(raw)), raw) if log else raw
+            variance = variances.get(name, 0.0)
+            contribution = weight(name, 0.0) * ((value - means[name]) / variance**0.5) if variance else 0.0
+            cut = edges.get(name)
+            if cut is not None:
+                contribution += weight(names[name][bisect_left(cut, raw)], 0.0)
+            logit += contribution
+            if contribution > 0.0:
+                raising.append((contribution, name))
+        if not k:
+            return _sigmoid(logit), []
+        raising.sort(reverse=True)
+        return _sigmoid(logit), [name for _, name in raising[:k]]
 
     def learn(self, x: dict[str, float], y: bool) -> None:
-        self.pipeline.learn_one(x, y)
+        if self.bins is None and not self.log:
+            self.pipeline.learn_one(x, y)
+            return
+        self.scaler.learn_one({name: math.copysign(math.log1p(abs(v)), v) for name, v in x.items()} if self.log else x)
+        self.classifier.learn_one(self._inputs(x), y)
+        if self.bins is not None:
+            self.bins.observe(x, y)
 
     def reasons(self, x: dict[str, float], k: int) -> list[str]:
-        return self._top_contributions(self.scaler.transform_one(x), k)
+        if self.bins is None and not self.log:
+            return self._top_contributions(self.scaler.transform_one(x), k)
+        return self._walk(x, k)[1]
 
     def _top_contributions(self, scaled: dict[str, float], k: int) -> list[str]:
         weights = self.classifier.weights
@@ -271,6 +343,15 @@ class _LeafLinear(_Linear):
             weight = _poisson1(self._bootstrap)
             if weight:
                 model.learn_one(x, y, w=weight)
+
+
+def _sigmoid(logit: float) -> float:
+    """River's logistic function (``utils.math.sigmoid``), clamped the same way."""
+    if logit < -30.0:
+        return 0.0
+    if logit > 30.0:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-logit))
 
 
 def _poisson1(rng: random.Random) -> int:

@@ -4,6 +4,7 @@
     python scripts/model_candidates.py --seeds 0 --models logreg "logreg:opt=adam,lr=0.01"   # screen on one seed
     python scripts/model_candidates.py --seeds 0 1 2 --models logreg "arf:trees=5,neg=0.1"    # the same, 3 seeds
     python scripts/model_candidates.py --seeds 0 1 2 --table                                  # table of all results
+    python scripts/model_candidates.py --seeds 0 --cost --models "logreg:opt=adagrad,lr=0.1" "logreg:bins=8"
 
 Why a tape: the features of a run do not depend on the model (terminal risk comes from fraud labels, never from
 scores), so the worker's own replay (``app/replay.py``: parsing, both feature halves, scoring, the label join) runs
@@ -18,7 +19,10 @@ The batch baselines (``scripts/evaluate.py``'s, scikit-learn defaults on the tra
 same data when the tape is made. Tapes and per-seed results are cached in ``--cache-dir``; results of a model are
 replaced when it runs again, and several runs (other models, other seeds) may share the directory. Cost per score
 and per label is the wall time of ``score_one`` over the test transactions and of ``learn_one`` over every label
-delivered (sampled out or not), in this process: mean and median.
+delivered (sampled out or not), in this process: mean and median. ``--cost`` measures cost alone, the candidates
+side by side in one process (the machine is shared and noisy: a ratio to the first model is what to read): each
+learns the tape's first ``--cost-labels`` labels in the same loop, then each scores the same 20,000 test
+transactions, in turns, 5 times.
 """
 
 from __future__ import annotations
@@ -159,6 +163,45 @@ def run_candidate(
     return result
 
 
+def compare_costs(names: list[str], tape: Any, labels: int) -> str:
+    """Cost of ``score_one`` and ``learn_one`` of every model in one process; ratios to the first."""
+    clock = time.perf_counter_ns
+    x_rows, learned = tape["x"], tape["learned"][:labels]
+    models = {name: FraudModel(name) for name in names}
+    learn_ns = {name: np.zeros(len(learned), dtype=np.int64) for name in names}
+    for i, (_, row, y) in enumerate(learned.tolist()):
+        x = dict(zip(FEATURE_NAMES, x_rows[row].tolist(), strict=True))
+        for name, model in models.items():
+            t0 = clock()
+            model.learn_one(x, bool(y))
+            learn_ns[name][i] = clock() - t0
+    test_rows = np.flatnonzero(tape["test"])[:20000]
+    xs = [dict(zip(FEATURE_NAMES, x_rows[row].tolist(), strict=True)) for row in test_rows]
+    score_ns: dict[str, list[int]] = {name: [] for name in names}
+    for _ in range(5):
+        for name, model in models.items():
+            for x in xs:
+                t0 = clock()
+                model.score_one(x)
+                score_ns[name].append(clock() - t0)
+    later = len(learned) // 3  # the learning cost once the bins (warm-up) and the trees have grown
+    base_score, base_learn = np.median(score_ns[names[0]]), np.median(learn_ns[names[0]][later:])
+    lines = [
+        f"{len(learned)} labels learned, then {len(xs)} test transactions scored 5 times; learn p50 over labels "
+        f"{later}-{len(learned)}; ratios to {names[0]}",
+        "",
+        "| model | µs per score p50 | p90 | ratio (p50) | µs per label p50 | ratio (p50) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        s, lp = np.median(score_ns[name]), np.median(learn_ns[name][later:])
+        lines.append(
+            f"| {name} | {s / 1000:.1f} | {np.percentile(score_ns[name], 90) / 1000:.1f} | {s / base_score:.2f} | "
+            f"{lp / 1000:.1f} | {lp / base_learn:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def cost(what: str, ns: np.ndarray) -> dict[str, float]:
     """Mean and median µs per call. Calls over 50 ms are left out of the mean: on this shared machine another
     session may pause the process (SIGSTOP) to measure latency, and one pause would swamp a million calls."""
@@ -206,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-start-day", type=int, default=115)
     parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "results" / "candidates")
     parser.add_argument("--table", action="store_true", help="print the table of every cached result")
+    parser.add_argument("--cost", action="store_true", help="only cost: the models side by side in this process")
+    parser.add_argument("--cost-labels", type=int, default=300_000, help="with --cost: labels learned first")
     add_progress_argument(parser)
     args = parser.parse_args(argv)
     for name in args.models:
@@ -221,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.models:
             continue
         tape = np.load(tape_path)
+        if args.cost:
+            print(f"seed {seed}: " + compare_costs(args.models, tape, args.cost_labels), flush=True)
+            continue
         results_path = args.cache_dir / f"results-{size}-{seed}.json"
         for name in args.models:
             r = run_candidate(name, tape, prior, threshold, progress_enabled=not args.no_progress)

@@ -15,6 +15,7 @@ SMALL = [
     "logreg",
     "logreg:opt=adam,lr=0.01,neg=0.3",
     "logreg:opt=adagrad,lr=0.1,l2=0.0001",
+    "logreg:opt=adagrad,lr=0.1,bins=8,warm=300,log=1",
     "hoeffding:grace=50",
     "arf:trees=3,grace=20,neg=0.5",
     "bagged-ht:trees=3,grace=50,leaf=nb",
@@ -180,3 +181,53 @@ def test_the_fast_tree_walk_scores_what_river_scores(name: str) -> None:
         x, _ = draw(rng)
         assert model.predict_proba_one(x) == pytest.approx(model.learner._river_proba(x), abs=1e-12)
     assert FraudModel(name.replace("grace=50", "grace=50,leaf=nb")).learner.fast is False
+
+
+def test_bins_are_fixed_after_the_warm_up_and_reasons_name_features_never_bins() -> None:
+    model = FraudModel("logreg:opt=adagrad,lr=0.1,bins=8,warm=500")
+    rng = random.Random(4)
+    for i in range(499):
+        model.learn_one(*draw(rng))
+        assert i == 498 or model.learner.bins is not None and not model.learner.bins.fitted
+    model.learn_one(*draw(rng))
+    bins = model.learner.bins
+    assert bins is not None and bins.fitted and bins.edges["is_night"] == [0.0]  # a flag: at or below 0, above it
+    assert not bins._seen and not bins._seen_fraud  # the warm-up sample is not carried in snapshots any more
+    # The frauds' own quantiles add edges above 220, where a line through all amounts has few.
+    assert sum(edge > 220.0 for edge in bins.edges["amount"]) >= 4
+    edges = {name: list(cut) for name, cut in bins.edges.items()}
+    for _ in range(2000):
+        model.learn_one(*draw(rng))
+    assert bins.edges == edges  # never moved: a bin's weight keeps its meaning
+    weights = model.learner.classifier.weights
+    assert any(name.startswith("amount#") for name in weights)
+    x = {"amount": 390.0, "noise": 0.0, "is_night": 0.0}
+    reasons = model.reasons(x, k=3)
+    assert reasons[0] == "amount" and all("#" not in name for name in reasons)
+    # The one-pass walk scores what the regression computes on the scaled features and the indicators.
+    for _ in range(200):
+        x, _ = draw(rng)
+        inputs = model.learner._inputs(x)
+        assert sum(name.startswith("amount#") for name in inputs) == 1
+        river = model.learner.classifier.predict_proba_one(inputs)[True]
+        assert model.predict_proba_one(x) == pytest.approx(river, rel=1e-12, abs=1e-12)
+
+
+def test_binned_model_draws_a_threshold_a_straight_line_cannot() -> None:
+    """Fraud only in a middle band of amounts: a linear score in amount ranks it badly, bins rank it well."""
+
+    def band(rng: random.Random) -> tuple[dict[str, float], bool]:
+        x = {"amount": rng.uniform(0.0, 400.0)}
+        return x, 150.0 < x["amount"] < 250.0
+
+    def ranking(name: str) -> float:
+        model, rng = FraudModel(name), random.Random(8)
+        for _ in range(4000):
+            model.learn_one(*band(rng))
+        held_out = [band(rng) for _ in range(400)]
+        frauds = [model.predict_proba_one(x) for x, y in held_out if y]
+        legitimate = [model.predict_proba_one(x) for x, y in held_out if not y]
+        return sum(f > g for f in frauds for g in legitimate) / (len(frauds) * len(legitimate))
+
+    assert ranking("logreg:opt=adagrad,lr=0.1") < 0.7
+    assert ranking("logreg:opt=adagrad,lr=0.1,bins=8,warm=500") > 0.95
