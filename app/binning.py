@@ -52,6 +52,12 @@ class QuantileBins:
         self._seen_fraud: dict[str, array[float]] = {}
         self._count = 0
 
+    def without_sample(self) -> QuantileBins:
+        """A copy for a model that only scores: the same edges (none during the warm-up), no warm-up sample."""
+        copy = QuantileBins(self.bins, self.warm, self.fraud_quantiles)
+        copy.fitted, copy.edges, copy.names, copy._count = self.fitted, self.edges, self.names, self._count
+        return copy
+
     def observe(self, x: dict[str, float], y: bool) -> None:
         """Keep ``x`` for the quantiles until ``warm`` labels were seen; then fix the edges."""
         if self.fitted:

@@ -18,6 +18,7 @@ app.model_snapshots.SnapshotRefused: bad_signature: the HMAC does not match (alt
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import pickle
@@ -72,7 +73,16 @@ def verify(raw: bytes | None, key: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def model_snapshot(header: dict[str, Any], model: FraudModel, key: bytes) -> bytes:
-    """A signed snapshot of ``model`` (its version id goes in the header)."""
+    """A signed snapshot of ``model`` for scoring (its version id goes in the header).
+
+    A binned model still in its warm-up carries the sample its bins will be cut from (about 12 MB); scorers never
+    learn, so their copy goes without it (the trainer's own state keeps it)."""
+    bins = getattr(model.learner, "bins", None)
+    if bins is not None and not bins.fitted:
+        learner = copy.copy(model.learner)
+        learner.bins = bins.without_sample()  # type: ignore[union-attr]  # only the linear family has bins
+        model = copy.copy(model)
+        model.learner = learner
     return sign(header, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), key)
 
 

@@ -172,3 +172,15 @@ def test_the_state_in_slices_restores_the_waiting_halves_and_their_order() -> No
     t.on_prediction("much-later", _x(1), 200.0, 0.1)
     restored.on_prediction("much-later", _x(1), 200.0, 0.1)
     assert t.advance() == restored.advance() and restored.waiting == t.waiting
+
+
+def test_a_binned_model_in_its_warm_up_is_shipped_without_its_sample_and_scores_the_same() -> None:
+    model = FraudModel("logreg:opt=adagrad,lr=0.1,bins=8,warm=1000")
+    for i in range(300):
+        model.learn_one(_x(10 + i % 50), i % 10 == 0)
+    raw = model_snapshot({"version": "v1"}, model, b"key")
+    assert len(raw) < len(pickle.dumps(model)) / 2  # the warm-up sample stays with the trainer
+    _, shipped = load_model_snapshot(raw, b"key")
+    x = _x(33)
+    assert shipped.predict_proba_one(x) == model.predict_proba_one(x)
+    model.learn_one(x, False)  # the trainer's model still has its sample
