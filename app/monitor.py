@@ -13,11 +13,9 @@ from app.worker import decisions, faust_app, feed, follower, health_topic, score
 log = logging.getLogger(__name__)
 
 
-@faust_app.timer(interval=settings.health_interval_s)
-async def publish_health() -> None:
-    """One event per interval, keyed by worker id; a broker that does not answer is an issue of its own."""
-    now_s = time.monotonic()
-    event = health_event(
+def current_health(now_s: float) -> dict[str, object]:
+    """The worker's health event now: what the health topic carries and what the operator page shows."""
+    return health_event(
         timestamp=isoformat_utc(time.time()),
         worker=settings.worker_id,
         window_s=settings.health_window_s,
@@ -30,6 +28,12 @@ async def publish_health() -> None:
         model_issues=follower.issues(),
         models=models_summary(),
     )
+
+
+@faust_app.timer(interval=settings.health_interval_s)
+async def publish_health() -> None:
+    """One event per interval, keyed by worker id; a broker that does not answer is an issue of its own."""
+    event = current_health(time.monotonic())
     for status in STATUSES:
         metrics.HEALTH_STATUS.labels(status).set(1 if status == event["status"] else 0)
     if not decisions.connected:

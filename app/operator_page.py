@@ -17,10 +17,10 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from app import metrics
-from app.health import health_event
+from app.monitor import current_health
 from app.operator_status import status_document
-from app.serialization import dumps, isoformat_utc
-from app.worker import faust_app, feed, is_ready, scorer, settings, window
+from app.serialization import dumps
+from app.worker import faust_app, is_ready, scorer, settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATUS_MAX_AGE_S = 1.0
@@ -40,18 +40,7 @@ def status_body(now_s: float) -> bytes:
     """``/status.json``'s body: rebuilt when older than ``STATUS_MAX_AGE_S``."""
     if now_s - _StatusCache.built_at_s < STATUS_MAX_AGE_S:
         return _StatusCache.body
-    model = scorer.model
-    health = health_event(
-        timestamp=isoformat_utc(time.time()),
-        worker=settings.worker_id,
-        window_s=settings.health_window_s,
-        stats=window.stats(now_s),
-        last_transaction_age_s=window.last_transaction_age_s(now_s),
-        model_version=model.version,
-        labels_learned=model.labels_learned,
-        thresholds=settings.thresholds,
-        terminal_feed_lag_s=feed.lag_s,
-    )
+    health = current_health(now_s)  # the monitor's own event: the page and the health topic never disagree
     document = status_document(
         health=health,
         ready=is_ready(),
