@@ -16,8 +16,8 @@ from typing import cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app import metrics
-from app.monitor import current_health
+# app.monitor and this module import each other through app.worker: its function is read at call time.
+from app import metrics, monitor
 from app.operator_status import status_document
 from app.serialization import dumps
 from app.worker import faust_app, is_ready, scorer, settings
@@ -40,7 +40,7 @@ def status_body(now_s: float) -> bytes:
     """``/status.json``'s body: rebuilt when older than ``STATUS_MAX_AGE_S``."""
     if now_s - _StatusCache.built_at_s < STATUS_MAX_AGE_S:
         return _StatusCache.body
-    health = current_health(now_s)  # the monitor's own event: the page and the health topic never disagree
+    health = monitor.current_health(now_s)  # the monitor's own event: the page and the health topic never disagree
     document = status_document(
         health=health,
         ready=is_ready(),
