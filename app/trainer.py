@@ -254,8 +254,6 @@ class Trainer:
                     training.counts[f"dead_letter:{exc.code}"] += 1
                     continue
                 training.on_label(label.tx_id, label.is_fraud, label.timestamp.timestamp())
-        if records:
-            training.positions[f"{tp.topic}/{tp.partition}"] = records[-1].offset + 1
 
     async def _restore(self, consumer: AIOKafkaConsumer) -> Training:
         """The last published state; a fresh one (from the newest warm start of ``MODEL_NAME``, if any) without."""

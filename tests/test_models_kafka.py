@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,6 @@ def test_two_workers_score_with_the_same_version_a_rollback_reaches_both_and_a_r
     second.wait_ready()
     assert _models(second)["serving"] == v1
     assert _metric(second, f'fraud_model_info{{version="{v1}"}}') == 1.0
-    import urllib.request
-
     request = urllib.request.Request(first.web_url + "/models/promote", data=dumps({"version": v2}), method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert loads(response.read())["by"].startswith("http:")
