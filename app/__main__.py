@@ -32,7 +32,7 @@ def _config_error(message: str) -> NoReturn:
 
 def run_worker(faust_args: list[str]) -> None:
     """Check the credentials, create the topics, then hand the command line to Faust's ``worker``."""
-    from app.kafka_security import KafkaSecurityError, check_credentials  # faust: only for the worker
+    from app.kafka.security import KafkaSecurityError, check_credentials  # faust: only for the worker
 
     if "--help" not in faust_args:  # help needs no broker (Faust's -h is --web-host)
         try:
@@ -43,7 +43,7 @@ def run_worker(faust_args: list[str]) -> None:
             asyncio.run(check_credentials(settings))
         except KafkaSecurityError as exc:
             _config_error(str(exc))
-    from app.provisioning import ensure_topics
+    from app.kafka.topics import ensure_topics
     from app.worker import faust_app, settings  # builds the app, model and loops: only for the worker
 
     if "--help" not in faust_args:

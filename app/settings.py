@@ -33,7 +33,7 @@ SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 
 @dataclass(frozen=True, slots=True)
 class KafkaSecurity:
-    """How every Kafka client of the worker connects: TLS and SASL (built by :mod:`app.kafka_security`).
+    """How every Kafka client of the worker connects: TLS and SASL (built by :mod:`app.kafka.security`).
     Secrets stay out of ``repr`` (settings are logged)."""
 
     protocol: str = "PLAINTEXT"
@@ -91,7 +91,7 @@ class Settings:
     transaction_timeout_ms: int = 30_000
     terminal_snapshot_interval_s: float = 30.0
     catchup_max_skew_s: float = 86400.0
-    model_name: str = "logreg:opt=adagrad,lr=0.1,bins=8"  # app/model.py DEFAULT_MODEL
+    model_name: str = "logreg:opt=adagrad,lr=0.1,bins=8"  # app/learning/model.py DEFAULT_MODEL
     prior_fraud_rate: float = 0.01
     log_level: str = "info"
     producer_linger_ms: float = 2.0

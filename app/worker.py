@@ -1,11 +1,11 @@
 """The Faust app: lifecycle, web server, timers and CLI; the Kafka-heavy loops run inside it as one service.
 
 Run it with ``python -m app`` (which creates the topics first). Roles, each in its own module:
-- :mod:`app.decisions` scores ``transactions`` (the decision path, one batched transactional hop);
-- :mod:`app.terminal_feed` keeps the terminal aggregates every scorer reads (off the path);
-- :mod:`app.trainer` (one worker of the deployment, by lease) joins labels to the features as scored and publishes
-  signed model versions; :mod:`app.model_follower` (every worker) loads the promoted version into the scorer;
-- :mod:`app.monitor` publishes health events; :mod:`app.web` serves the pages.
+- :mod:`app.decisions.scorer` scores ``transactions`` (the decision path, one batched transactional hop);
+- :mod:`app.state.terminal_feed` keeps the terminal aggregates every scorer reads (off the path);
+- :mod:`app.learning.trainer` (one worker of the deployment, by lease) joins labels to the features as scored and publishes
+  signed model versions; :mod:`app.learning.follower` (every worker) loads the promoted version into the scorer;
+- :mod:`app.monitoring.monitor` publishes health events; :mod:`app.serving.web` serves the pages.
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ from faust.app.base import BootStrategy
 from mode import Service
 
 from app import metrics
-from app.decisions import Scorer
-from app.grpc_api import GrpcServer
-from app.health import HealthWindow
-from app.kafka_security import client_security_options, faust_credentials
+from app.decisions.scorer import Scorer
+from app.serving.grpc_api import GrpcServer
+from app.monitoring.health import HealthWindow
+from app.kafka.security import client_security_options, faust_credentials
 from app.logs import quiet_kafka_client
-from app.model import FraudModel
-from app.model_follower import ModelFollower
-from app.provisioning import changelog_topic, terminal_topic
-from app.routing import PartitionOwners, client_id_with_url
-from app.serving import Serving
+from app.learning.model import FraudModel
+from app.learning.follower import ModelFollower
+from app.kafka.topics import changelog_topic, terminal_topic
+from app.serving.routing import PartitionOwners, client_id_with_url
+from app.serving.service import Serving
 from app.settings import load, signing_key
-from app.terminal_aggregates import TerminalAggregates
-from app.terminal_feed import TerminalFeed
-from app.trainer import Trainer
-from app.transactional import TransactionalLoop, set_fetch_pause
+from app.state.terminals import TerminalAggregates
+from app.state.terminal_feed import TerminalFeed
+from app.learning.trainer import Trainer
+from app.kafka.transactional import TransactionalLoop, set_fetch_pause
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ scorer = Scorer(
     terminal_topic=terminal_topic(settings),
     client_options=kafka_options,
 )
-# Other workers find this one in the group's description by the URL in its client id (app/routing.py).
+# Other workers find this one in the group's description by the URL in its client id (app/serving/routing.py).
 decisions_name = f"{settings.app_id}-decisions-{settings.worker_id}"
 decisions_client_id = client_id_with_url(decisions_name, settings.web_advertised_url)
 decisions = TransactionalLoop(
@@ -205,4 +205,5 @@ serving = Serving(
     is_ready,
 )
 
-from app import monitor, web  # noqa: E402,F401 - timers and pages register themselves on faust_app
+from app.monitoring import monitor  # noqa: E402,F401
+from app.serving import web  # noqa: E402,F401 - timers and pages register themselves on faust_app

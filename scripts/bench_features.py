@@ -6,7 +6,7 @@ whether the state stops growing over a whole run.
     python scripts/bench_features.py --customers 1000 --terminals 2000 --days 120 --out results/features.json
     MODEL_NAME="arf:trees=5,neg=0.1" python scripts/bench_features.py --customers 1000 --terminals 2000 --days 60
 
-``MODEL_NAME`` picks the model scored with (``app/model.py``; the default otherwise). No Kafka. The run is
+``MODEL_NAME`` picks the model scored with (``app/learning/model.py``; the default otherwise). No Kafka. The run is
 replayed in event time through the worker's two feature halves (the terminal half as the runtime calls it:
 ``terminal_x`` then ``add_terminal_entry`` in place) and scoring (``score_transaction``: the model's ``score_one``
 and the ``Prediction``), with labels arriving 7 days after their transaction (a fraud recorded in
@@ -28,21 +28,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.evaluation import percentiles  # noqa: E402
-from app.feature_engine import (  # noqa: E402
+from app.learning.quality import percentiles  # noqa: E402
+from app.features.engine import (  # noqa: E402
     DAY_S,
     add_terminal_entry,
     newest_event_time_s,
     record_fraud,
     terminal_x,
 )
-from app.features import customer_side_features  # noqa: E402
-from app.model import FraudModel  # noqa: E402
+from app.features.halves import customer_side_features  # noqa: E402
+from app.learning.model import FraudModel  # noqa: E402
 from app.records import parse_transaction  # noqa: E402
-from app.scoring import score_transaction  # noqa: E402
+from app.decisions.assess import score_transaction  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
 from app.settings import load  # noqa: E402
-from app.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
+from lab.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
 
 State = dict[str, list[list[object]]]
 

@@ -60,22 +60,22 @@ from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 from progress_bars import add_progress_argument, bar  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from app.evaluation import percentiles  # noqa: E402
+from app.learning.quality import percentiles  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
-from app.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
+from lab.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
 
 FRAMEWORK = "asyncio, faust, web and the rest"
 CATEGORIES = (  # a sample's category: the first frame that matches one, from the innermost frame outwards
     ("parsing (app/records.py)", ("app/records.py",)),
-    ("customer features (app/feature_engine.py, app/features.py)", ("app/feature_engine.py", "app/features.py")),
-    ("terminal aggregates (app/terminal_aggregates.py)", ("app/terminal_aggregates.py",)),
-    ("model (app/model.py, app/scoring.py, river)", ("app/model.py", "app/scoring.py", "river/")),
-    ("decisions (app/decisions.py: batch, outputs, their JSON)", ("app/decisions.py",)),
-    ("terminal feed (app/terminal_feed.py)", ("app/terminal_feed.py",)),
-    ("trainer (app/trainer.py, app/training.py: reads predictions and labels)", ("app/trainer.py", "app/training.py")),
+    ("customer features (app/features/engine.py, app/features/halves.py)", ("app/features/engine.py", "app/features/halves.py")),
+    ("terminal aggregates (app/state/terminals.py)", ("app/state/terminals.py",)),
+    ("model (app/learning/model.py, app/decisions/assess.py, river)", ("app/learning/model.py", "app/decisions/assess.py", "river/")),
+    ("decisions (app/decisions/scorer.py: batch, outputs, their JSON)", ("app/decisions/scorer.py",)),
+    ("terminal feed (app/state/terminal_feed.py)", ("app/state/terminal_feed.py",)),
+    ("trainer (app/learning/trainer.py, app/learning/training.py: reads predictions and labels)", ("app/learning/trainer.py", "app/learning/training.py")),
     ("aiokafka producer (sends, batches, transactions)", ("aiokafka/producer/",)),
     ("aiokafka consumer (fetches, records)", ("aiokafka/consumer/",)),
-    ("transactional loop (app/transactional.py)", ("app/transactional.py",)),
+    ("transactional loop (app/kafka/transactional.py)", ("app/kafka/transactional.py",)),
 )
 # aiokafka's shared layers count for the producer or consumer that called them, else on their own
 CLIENT: tuple[str, tuple[str, ...]] = ("aiokafka client and connections (requests, socket I/O)", ("aiokafka/",))

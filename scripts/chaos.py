@@ -23,7 +23,7 @@ What runs, each as its own process:
 - workers: ``python -m app`` (``--worker-cmd``) with one APP_ID and one set of topics for the run, each with
   its own WORKER_ID (``worker-0``, ``worker-1``), DATA_DIR (``<work>/worker-N``) and WEB_PORT; the run waits
   for ``GET /ready`` = 200 from the first before publishing;
-- a publisher: N messages at ``--rate-tps`` (simulated by ``app.simulator``, tx_ids unique to the run), with
+- a publisher: N messages at ``--rate-tps`` (simulated by ``lab.simulator``, tx_ids unique to the run), with
   ``acks=all`` and ``enable_idempotence=True``. It appends one line per acknowledged send to
   ``<work>/published.tsv`` (id, kind, first send time, ack time, partition, offset): the independent record of
   what was published. A send that fails or times out (broker down) is sent again until acknowledged; only
@@ -380,7 +380,7 @@ SEGMENT_DAYS = 30
 def simulated_transactions(seed: int) -> Iterator[Any]:
     """An endless stream of simulated transactions in time order: 30-day runs of the handbook's simulator, each
     starting where the last ended (fresh profiles, seed + k)."""
-    from app.simulator import SimulatorConfig, iter_days
+    from lab.simulator import SimulatorConfig, iter_days
 
     start = date(2018, 4, 1)
     for k in itertools.count():
@@ -419,7 +419,7 @@ def malformed(bad_id: str, variant: int) -> bytes:
 
 def messages(n: int, run_id: str, seed: int, bad_share: float) -> Iterator[tuple[str, bool, bytes, bytes]]:
     """(id, malformed, key, value) for the run's n messages; valid ones keyed by customer_id."""
-    from app.simulator import to_wire
+    from lab.simulator import to_wire
 
     n_bad = min(n, round(n * bad_share))
     txs = simulated_transactions(seed)

@@ -27,10 +27,10 @@ import prometheus_local  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 from simulate import Event, add_simulator_arguments, config_from, publish, wire_events  # noqa: E402
 
-from app.evaluation import average_precision, decision_summary, percentiles, roc_auc  # noqa: E402
-from app.kafka_clients import consume  # noqa: E402
+from app.learning.quality import average_precision, decision_summary, percentiles, roc_auc  # noqa: E402
+from app.kafka.clients import consume  # noqa: E402
 from app.serialization import loads  # noqa: E402
-from app.simulator import simulate  # noqa: E402
+from lab.simulator import simulate  # noqa: E402
 
 BAD_MESSAGES = [b"not json at all", b'{"tx_id": "broken"}', b'{"tx_id":"x","timestamp":"2018-04-01T00:00:00Z",'
                 b'"customer_id":"c","terminal_id":"t","amount":-5}']  # fmt: skip

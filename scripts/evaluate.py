@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from progress_bars import add_progress_argument, bar, counted  # noqa: E402
 from simulate import add_simulator_arguments, config_from, wire_events  # noqa: E402
 
-from app.batch_features import baseline_features  # noqa: E402
-from app.evaluation import (  # noqa: E402
+from lab.batch_features import baseline_features  # noqa: E402
+from app.learning.quality import (  # noqa: E402
     Protocol,
     average_precision,
     card_precision_top_k,
@@ -42,10 +42,10 @@ from app.evaluation import (  # noqa: E402
     roc_auc,
 )
 from app.records import Prediction  # noqa: E402
-from app.replay import replay_offline  # noqa: E402
+from app.learning.offline import replay_offline  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
 from app.settings import load  # noqa: E402
-from app.simulator import SimulatedTransaction, SimulatorConfig, simulate  # noqa: E402
+from lab.simulator import SimulatedTransaction, SimulatorConfig, simulate  # noqa: E402
 
 PUBLISHED = {  # benchmark section 4: baselines trained on the one training week
     "logistic regression": (0.871, 0.606, 0.291),
@@ -135,7 +135,7 @@ def project_predictions(
         rows = (loads(line) for line in Path(source.predictions).read_bytes().splitlines() if line.strip())
         return {r["tx_id"]: (r["fraud_probability"], r["is_fraud"]) for r in rows}
     if source.from_topic:
-        from app.kafka_clients import consume
+        from app.kafka.clients import consume
 
         expected = source.expected or 1
         records = consume(source.bootstrap_servers, source.from_topic, lambda rs: len(rs) >= expected, source.timeout_s)

@@ -1,10 +1,10 @@
-"""Regenerate the checked-in gRPC modules of ``proto/*.proto`` into ``app/protos/`` (grpcio-tools, dev extra).
+"""Regenerate the checked-in gRPC modules of ``proto/*.proto`` into ``app/serving/protos/`` (grpcio-tools).
 
-    .venv/bin/python scripts/gen_protos.py            # writes app/protos/
-    .venv/bin/python scripts/gen_protos.py --out DIR  # writes DIR/app/protos/ (the test compares it)
+    .venv/bin/python scripts/gen_protos.py            # writes app/serving/protos/
+    .venv/bin/python scripts/gen_protos.py --out DIR  # writes DIR/app/serving/protos/ (the test compares it)
 
-The proto directory is mapped to the import path ``app/protos`` so the generated ``_pb2_grpc`` module imports
-``from app.protos import ..._pb2``.
+The proto directory is mapped to the import path ``app/serving/protos`` so the generated ``_pb2_grpc`` module imports
+``from app.serving.protos import ..._pb2``.
 """
 
 from __future__ import annotations
@@ -24,20 +24,20 @@ def generate(out: Path) -> list[Path]:
     protos = sorted(PROTO_DIR.glob("*.proto"))
     args = [
         "protoc",
-        f"-Iapp/protos={PROTO_DIR}",
+        f"-Iapp/serving/protos={PROTO_DIR}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
-        *(f"app/protos/{p.name}" for p in protos),
+        *(f"app/serving/protos/{p.name}" for p in protos),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted((out / "app" / "protos").glob("*_pb2*.py*"))
+    return sorted((out / "app" / "serving" / "protos").glob("*_pb2*.py*"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT, help="root to write app/protos/ under")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT, help="root to write app/serving/protos/ under")
     args = parser.parse_args()
     for path in generate(args.out):
         print(path)

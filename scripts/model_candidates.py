@@ -7,7 +7,7 @@
     python scripts/model_candidates.py --seeds 0 --cost --models "logreg:opt=adagrad,lr=0.1" "logreg:bins=8"
 
 Why a tape: the features of a run do not depend on the model (terminal risk comes from fraud labels, never from
-scores), so the worker's own replay (``app/replay.py``: parsing, both feature halves, scoring, the label join) runs
+scores), so the worker's own replay (``app/learning/offline.py``: parsing, both feature halves, scoring, the label join) runs
 once per seed with a recorder in place of the model. The recorder keeps every scored feature vector and, in
 arrival order, every label the join hands to ``learn_one`` (with how many transactions had been scored by then).
 Each candidate then replays that tape: it learns the same labels at the same points of the stream as
@@ -47,12 +47,12 @@ from evaluate import baseline_scores, metrics_of, run_data  # noqa: E402
 from progress_bars import add_progress_argument, bar, counted  # noqa: E402
 from simulate import add_simulator_arguments, config_from, wire_events  # noqa: E402
 
-from app.evaluation import Protocol, average_precision, card_precision_top_k, protocol_test_mask, roc_auc  # noqa: E402
-from app.features import FEATURE_NAMES  # noqa: E402
-from app.model import FraudModel  # noqa: E402
-from app.replay import replay_offline  # noqa: E402
+from app.learning.quality import Protocol, average_precision, card_precision_top_k, protocol_test_mask, roc_auc  # noqa: E402
+from app.features.halves import FEATURE_NAMES  # noqa: E402
+from app.learning.model import FraudModel  # noqa: E402
+from app.learning.offline import replay_offline  # noqa: E402
 from app.settings import Settings, load  # noqa: E402
-from app.simulator import simulate  # noqa: E402
+from lab.simulator import simulate  # noqa: E402
 
 METRICS = ("auc_roc", "average_precision", "card_precision_top_100")
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_simulator_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--models", nargs="*", default=[], help="model names (see app/model.py)")
+    parser.add_argument("--models", nargs="*", default=[], help="model names (see app/learning/model.py)")
     parser.add_argument("--train-start-day", type=int, default=115)
     parser.add_argument("--cache-dir", type=Path, default=REPO_ROOT / "results" / "candidates")
     parser.add_argument("--table", action="store_true", help="print the table of every cached result")

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from progress_bars import EVERY, add_progress_argument, bar  # noqa: E402
 
 from app.serialization import dumps  # noqa: E402  (orjson, the project's one JSON dialect)
-from app.simulator import SimulatedTransaction, SimulatorConfig, label_of, replay, simulate, to_wire  # noqa: E402
+from lab.simulator import SimulatedTransaction, SimulatorConfig, label_of, replay, simulate, to_wire  # noqa: E402
 
 Event = tuple[str, bytes, bytes]  # (kind, key, value) with kind "transaction" or "label"
 MAX_IN_FLIGHT = 5000  # sends awaited oldest-first beyond this, so the producer's buffer stays bounded

@@ -10,7 +10,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from app.feature_engine import CUSTOMER_WINDOWS_S, DAY_S, HOUR_S, TERMINAL_DAYS
+from app.features.engine import CUSTOMER_WINDOWS_S, DAY_S, HOUR_S, TERMINAL_DAYS
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from app.decisions import HIGH_SCORES_KEPT, PartitionState, Scorer, entry_key, entry_value, pruned, restored_state
-from app.health import HealthWindow
-from app.model import FraudModel
+from app.decisions.scorer import HIGH_SCORES_KEPT, PartitionState, Scorer, entry_key, entry_value, pruned, restored_state
+from app.monitoring.health import HealthWindow
+from app.learning.model import FraudModel
 from app.serialization import dumps, loads
 from app.settings import load
-from app.terminal_aggregates import TerminalAggregates
+from app.state.terminals import TerminalAggregates
 from tests.cases import transaction
 
 TP = TopicPartition("transactions", 0)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from app.batch_features import BASELINE_FEATURES, baseline_features
-from app.evaluation import (
+from lab.batch_features import BASELINE_FEATURES, baseline_features
+from app.learning.quality import (
     Protocol,
     average_precision,
     card_precision_top_k,
@@ -129,10 +129,10 @@ def test_evaluate_reads_predictions_from_a_file(tmp_path) -> None:  # type: igno
     from simulate import wire_events
 
     from app.records import Prediction
-    from app.replay import replay_offline
+    from app.learning.offline import replay_offline
     from app.serialization import dumps
     from app.settings import Settings
-    from app.simulator import SimulatorConfig
+    from lab.simulator import SimulatorConfig
 
     config = SimulatorConfig(n_customers=60, n_terminals=120, n_days=140, seed=0)
     predictions = [p for p in replay_offline(wire_events(config, 7 * 86400), Settings()) if isinstance(p, Prediction)]

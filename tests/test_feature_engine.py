@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.feature_engine import (
+from app.features.engine import (
     DAY_S,
     HOUR_S,
     CustomerState,
@@ -20,7 +20,7 @@ from app.feature_engine import (
     terminal_features,
     terminal_x,
 )
-from app.simulator import SimulatorConfig, simulate
+from lab.simulator import SimulatorConfig, simulate
 from tests.reference import Event, LabelArrival, Tx, reference
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from app.feature_engine import TERMINAL_FEATURE_NAMES, newest_event_time_s
-from app.features import FEATURE_NAMES, calendar_features, customer_side_features
+from app.features.engine import TERMINAL_FEATURE_NAMES, newest_event_time_s
+from app.features.halves import FEATURE_NAMES, calendar_features, customer_side_features
 from app.records import Transaction
 
 DAY_S = 86400.0

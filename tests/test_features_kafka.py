@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 import pytest
 from aiokafka.partitioner import murmur2
 
-from app.feature_engine import CUSTOMER_FEATURE_NAMES, HOUR_S, TERMINAL_FEATURE_NAMES
-from app.kafka_clients import Record, at_least, consume, produce
+from app.features.engine import CUSTOMER_FEATURE_NAMES, HOUR_S, TERMINAL_FEATURE_NAMES
+from app.kafka.clients import Record, at_least, consume, produce
 from app.serialization import dumps, loads
-from app.simulator import SimulatedTransaction, SimulatorConfig, label_of, simulate, to_wire
+from lab.simulator import SimulatedTransaction, SimulatorConfig, label_of, simulate, to_wire
 from tests.cases import transaction
 from tests.conftest import WorkerProcess
 from tests.reference import Event, LabelArrival, Tx, reference

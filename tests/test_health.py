@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.health import HealthWindow, WindowStats, evaluate, health_event, percentile
+from app.monitoring.health import HealthWindow, WindowStats, evaluate, health_event, percentile
 from app.settings import Thresholds
 
 

@@ -10,7 +10,7 @@ import faust
 import kafka_local  # scripts/ is on sys.path (tests/conftest.py)
 import pytest
 
-from app.kafka_security import client_security_options, faust_credentials, ssl_context
+from app.kafka.security import client_security_options, faust_credentials, ssl_context
 from app.settings import load
 
 

@@ -15,8 +15,8 @@ import kafka_local  # scripts/ is on sys.path (tests/conftest.py)
 import pytest
 from local_processes import free_port
 
-from app.kafka_clients import at_least, consume
-from app.kafka_security import client_security_options
+from app.kafka.clients import at_least, consume
+from app.kafka.security import client_security_options
 from app.serialization import dumps, loads
 from app.settings import load
 from tests.cases import transaction

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.learning import expired, join, label_entry, scored_entry
-from app.model import FraudModel
+from app.learning.join import expired, join, label_entry, scored_entry
+from app.learning.model import FraudModel
 
 
 def test_join_in_either_order_learns_once() -> None:
@@ -61,7 +61,7 @@ def test_score_one_equals_predict_proba_one_and_reasons() -> None:
 def test_score_one_on_every_feature_equals_the_pipeline_and_the_full_sort_of_contributions() -> None:
     import random
 
-    from app.features import FEATURE_NAMES
+    from app.features.halves import FEATURE_NAMES
 
     model, rng = FraudModel(), random.Random(7)
 

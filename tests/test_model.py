@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from app.model import DEFAULT_MODEL, FAMILIES, FraudModel, _poisson1, parse_name
+from app.learning.model import DEFAULT_MODEL, FAMILIES, FraudModel, _poisson1, parse_name
 from app.settings import Settings, load
 
 # Small configurations of every family, quick enough to learn a pattern from a few thousand labels.

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from app.kafka_clients import Record, at_least, consume, produce
-from app.model import FraudModel
-from app.model_snapshots import load_model_snapshot, model_snapshot, sign
+from app.kafka.clients import Record, at_least, consume, produce
+from app.learning.model import FraudModel
+from app.learning.snapshots import load_model_snapshot, model_snapshot, sign
 from app.serialization import dumps, loads
 from app.settings import DEVELOPMENT_SIGNING_KEY
 from tests.cases import transaction

@@ -16,7 +16,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from app.kafka_clients import Record, at_least, consume, produce
+from app.kafka.clients import Record, at_least, consume, produce
 from app.serialization import dumps, loads
 from tests.cases import transaction
 from tests.conftest import WorkerProcess

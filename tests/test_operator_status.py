@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.health import WindowStats, health_event
-from app.operator_status import status_document
+from app.monitoring.health import WindowStats, health_event
+from app.serving.operator_status import status_document
 from app.records import Prediction
 from app.serialization import dumps, loads
 from app.settings import Thresholds

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.kafka_clients import at_least, consume, produce
-from app.provisioning import ensure_topics
+from app.kafka.clients import at_least, consume, produce
+from app.kafka.topics import ensure_topics
 from app.serialization import dumps, loads
 from app.settings import load
 from tests.cases import transaction

@@ -13,14 +13,14 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from app.decisions import PartitionState, Scorer
-from app.health import HealthWindow
-from app.model import FraudModel
-from app.routing import client_id_with_url, owners_from_members
+from app.decisions.scorer import PartitionState, Scorer
+from app.monitoring.health import HealthWindow
+from app.learning.model import FraudModel
+from app.serving.routing import client_id_with_url, owners_from_members
 from app.serialization import dumps, loads
-from app.serving import Serving
+from app.serving.service import Serving
 from app.settings import TOPICS_DIR, load
-from app.terminal_aggregates import TerminalAggregates
+from app.state.terminals import TerminalAggregates
 from tests.cases import BAD_TRANSACTIONS, transaction
 from tests.openapi import document
 
@@ -29,7 +29,7 @@ SAME_AS_STREAM = ("tx_id", "fraud_probability", "is_fraud", "threshold", "model_
 
 
 class Owners:
-    """Stands in for :class:`app.routing.PartitionOwners`: a fixed answer, and what was asked."""
+    """Stands in for :class:`app.serving.routing.PartitionOwners`: a fixed answer, and what was asked."""
 
     def __init__(self, url: str | None) -> None:
         self.url = url
@@ -162,7 +162,7 @@ def test_the_openapi_document_is_valid_and_its_schemas_are_the_topics() -> None:
 
 
 def test_the_prediction_fields_are_the_proto_fields() -> None:
-    from app.protos import fraud_serving_pb2 as pb
+    from app.serving.protos import fraud_serving_pb2 as pb
     from app.records import Prediction
 
     assert [f.name for f in dataclasses.fields(Prediction)] == [f.name for f in pb.Prediction.DESCRIPTOR.fields]
@@ -172,14 +172,14 @@ def test_the_checked_in_grpc_modules_are_generated_from_the_proto(tmp_path: Path
     from gen_protos import generate  # scripts/ is on the path (tests/conftest.py)
 
     for path in generate(tmp_path):
-        checked_in = REPO_ROOT / "app" / "protos" / path.name
+        checked_in = REPO_ROOT / "app" / "serving" / "protos" / path.name
         assert checked_in.read_bytes() == path.read_bytes(), f"{checked_in} is stale: run scripts/gen_protos.py"
 
 
 def test_a_second_grpc_server_on_a_taken_port_fails_to_start_instead_of_sharing_it() -> None:
     from local_processes import free_port  # scripts/ is on the path (tests/conftest.py)
 
-    from app.grpc_api import GrpcServer
+    from app.serving.grpc_api import GrpcServer
 
     serving, _, _ = setup()
     port = free_port()

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from app.kafka_clients import at_least, consume, produce
+from app.kafka.clients import at_least, consume, produce
 from app.serialization import dumps, loads
-from app.simulator import SimulatorConfig, simulate, to_wire
+from lab.simulator import SimulatorConfig, simulate, to_wire
 from tests.conftest import WorkerProcess
 from tests.contract import assert_valid
 

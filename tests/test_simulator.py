@@ -1,4 +1,4 @@
-"""The handbook simulator (app/simulator.py): determinism, order, profiles, the three fraud scenarios as defined
+"""The handbook simulator (lab/simulator.py): determinism, order, profiles, the three fraud scenarios as defined
 in the module docstring, the fraud rate, the wire objects and the event-time label replay."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-import app.simulator
-from app.simulator import (
+import lab.simulator
+from lab.simulator import (
     SimulatedTransaction,
     SimulatorConfig,
     iter_days,
@@ -35,8 +35,8 @@ def small() -> list[SimulatedTransaction]:
 
 
 @pytest.fixture(scope="module")
-def table() -> app.simulator._Table:
-    return app.simulator._generate(SMALL)
+def table() -> lab.simulator._Table:
+    return lab.simulator._generate(SMALL)
 
 
 def index(identifier: str) -> int:
@@ -44,7 +44,7 @@ def index(identifier: str) -> int:
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(app.simulator)
+    result = doctest.testmod(lab.simulator)
     assert result.attempted >= 8 and result.failed == 0
 
 
@@ -112,14 +112,14 @@ def test_every_terminal_is_within_the_radius_of_its_customer(small: list[Simulat
 # the transaction; fraud_scenario is the lowest that applies.
 
 
-def test_fraud_is_any_scenario_and_the_lowest_wins(table: app.simulator._Table) -> None:
+def test_fraud_is_any_scenario_and_the_lowest_wins(table: lab.simulator._Table) -> None:
     mask = table.scenario_mask
     lowest = np.where(mask & 1, 1, np.where(mask & 2, 2, np.where(mask & 4, 3, 0)))
     assert (table.scenario == lowest).all()
     assert ((mask & 3) == 3).any() or ((mask & 6) == 6).any()  # overlaps do happen, so the rule is exercised
 
 
-def test_scenario_1_on_the_drawn_amount(small: list[SimulatedTransaction], table: app.simulator._Table) -> None:
+def test_scenario_1_on_the_drawn_amount(small: list[SimulatedTransaction], table: lab.simulator._Table) -> None:
     over = SMALL.fraud_amount_over
     assert (((table.scenario_mask & 1) != 0) == (table.drawn_amount > over)).all()
     for tx in small:
@@ -133,7 +133,7 @@ def test_scenario_1_on_the_drawn_amount(small: list[SimulatedTransaction], table
     assert pushed.any() and (table.scenario[pushed] != 1).all() and (table.multiplied[pushed] > 0).all()
 
 
-def test_scenario_2_compromised_terminals(small: list[SimulatedTransaction], table: app.simulator._Table) -> None:
+def test_scenario_2_compromised_terminals(small: list[SimulatedTransaction], table: lab.simulator._Table) -> None:
     compromised = table.compromised
     window, per_day = SMALL.compromised_terminal_days, SMALL.compromised_terminals_per_day
     assert compromised[:, 0].sum() == per_day
@@ -153,7 +153,7 @@ def test_scenario_2_compromised_terminals(small: list[SimulatedTransaction], tab
     assert on_compromised > 100
 
 
-def test_scenario_3_compromised_customers(table: app.simulator._Table) -> None:
+def test_scenario_3_compromised_customers(table: lab.simulator._Table) -> None:
     window = SMALL.compromised_customer_days
     drawn = table.compromised_customers
     day = table.time_s // DAY_S

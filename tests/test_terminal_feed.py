@@ -9,9 +9,9 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from app import terminal_feed
-from app.terminal_aggregates import TerminalAggregates
-from app.terminal_feed import TerminalFeed
+from app.state import terminal_feed
+from app.state.terminals import TerminalAggregates
+from app.state.terminal_feed import TerminalFeed
 
 DAY_S = 86400.0
 

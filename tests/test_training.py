@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from app.features import FEATURE_NAMES
-from app.model import FraudModel
-from app.model_commands import warm_start
-from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
-from app.model_snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
+from app.features.halves import FEATURE_NAMES
+from app.learning.model import FraudModel
+from app.learning.registry_topics import warm_start
+from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
+from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
 from app.serialization import loads
 from app.settings import REPO_ROOT, Settings
-from app.training import RollingQuality, Training
+from app.learning.training import RollingQuality, Training
 
 
 def _training(**kwargs: float) -> Training:

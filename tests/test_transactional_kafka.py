@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.transactional import Batch, Output, TransactionalLoop
+from app.kafka.transactional import Batch, Output, TransactionalLoop
 
 pytestmark = pytest.mark.kafka
 

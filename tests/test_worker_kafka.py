@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from app.kafka_clients import Record, at_least, consume, produce
+from app.kafka.clients import Record, at_least, consume, produce
 from app.serialization import dumps, loads
 from app.settings import Settings
 from tests.cases import BAD_TRANSACTIONS, transaction

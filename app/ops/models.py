@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.model_registry import PromotionRefused, Registry, promote_event, rollback_event
+from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.serialization import isoformat_utc
 from app.settings import Settings
 
@@ -38,8 +38,8 @@ def _print_versions(registry: Registry, refused: list[tuple[str, str]]) -> None:
 
 async def run_models(args: argparse.Namespace, settings: Settings) -> int:
     # The registry's Kafka side and the warm start load the model code (river): only when this command runs.
-    from app.model_commands import publish_event, publish_version, read_registry, warm_start
-    from app.provisioning import ensure_topics
+    from app.learning.registry_topics import publish_event, publish_version, read_registry, warm_start
+    from app.kafka.topics import ensure_topics
 
     if args.action == "list":
         registry, refused = await read_registry(settings, args.timeout_s)

@@ -1,7 +1,7 @@
 """The features the worker scores with, in two halves that live on different partitions.
 
 The customer half (calendar flags of the handbook's baseline and the customer's event-time windows from
-:mod:`app.feature_engine`) is computed where the customer's state lives; the terminal half (delayed risk
+:mod:`app.features.engine`) is computed where the customer's state lives; the terminal half (delayed risk
 windows and the 1-hour burst count) where the terminal's state lives, after a repartition by terminal.
 Both states are JSON lists sorted by event time, stored as they are in RocksDB tables.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.feature_engine import CUSTOMER_FEATURE_NAMES, TERMINAL_FEATURE_NAMES, CustomerState, customer_features
+from app.features.engine import CUSTOMER_FEATURE_NAMES, TERMINAL_FEATURE_NAMES, CustomerState, customer_features
 from app.records import Transaction
 
 CALENDAR_FEATURE_NAMES: tuple[str, ...] = ("hour_of_day", "is_weekend", "is_night")

@@ -20,10 +20,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
-from app.checkpoints import write_atomically, write_in_thread
+from app.state.checkpoints import write_atomically, write_in_thread
 from app.records import InvalidMessage, parse_label
 from app.serialization import loads
-from app.terminal_aggregates import TerminalAggregates
+from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
 

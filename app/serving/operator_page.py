@@ -1,7 +1,7 @@
-"""The operator page: ``/`` (plain HTML and a small script from ``app/static``) and ``GET /status.json`` it polls.
+"""The operator page: ``/`` (plain HTML and a small script from ``app/serving/static``) and ``GET /status.json`` it polls.
 
 Grafana is not installable on our machines, so this page is what a person looks at on a worker. The document is
-built by :func:`app.operator_status.status_document` from the worker's own objects, read at request time (the
+built by :func:`app.serving.operator_status.status_document` from the worker's own objects, read at request time (the
 model through ``scorer.model``: a swapped model shows at once). It is computed at most once per
 ``STATUS_MAX_AGE_S`` whatever the number of open pages, because the health window's percentiles sort every
 latency of the window on the event loop the decision path runs on.
@@ -16,9 +16,10 @@ from typing import cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
-# app.monitor and this module import each other through app.worker: its function is read at call time.
-from app import metrics, monitor
-from app.operator_status import status_document
+# app.monitoring.monitor and this module import each other through app.worker: its function is read at call time.
+from app import metrics
+from app.monitoring import monitor
+from app.serving.operator_status import status_document
 from app.serialization import dumps
 from app.worker import faust_app, is_ready, scorer, settings
 

@@ -6,7 +6,7 @@ import logging
 import time
 
 from app import metrics
-from app.health import STATUSES, health_event
+from app.monitoring.health import STATUSES, health_event
 from app.serialization import dumps, isoformat_utc
 from app.worker import decisions, faust_app, feed, follower, health_topic, scorer, settings, trainer, window
 

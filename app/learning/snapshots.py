@@ -13,7 +13,7 @@ key *before* it touches the payload. Layout::
 >>> verify(raw[:-1] + b"!", key)
 Traceback (most recent call last):
 ...
-app.model_snapshots.SnapshotRefused: bad_signature: the HMAC does not match (altered, or signed with another key)
+app.learning.snapshots.SnapshotRefused: bad_signature: the HMAC does not match (altered, or signed with another key)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pickle
 import struct
 from typing import Any
 
-from app.model import FraudModel
+from app.learning.model import FraudModel
 from app.serialization import dumps, loads
 
 MAGIC = b"FRM1"

@@ -1,7 +1,7 @@
-"""The gRPC face of :mod:`app.serving` (``proto/fraud_serving.proto``), with the standard health and reflection
+"""The gRPC face of :mod:`app.serving.service` (``proto/fraud_serving.proto``), with the standard health and reflection
 services, on the worker's own event loop (``grpc.aio``, started and stopped with the decision path).
 
-Same answers as REST: a :class:`app.serving.Reply`'s status becomes the gRPC code (400 INVALID_ARGUMENT with
+Same answers as REST: a :class:`app.serving.service.Reply`'s status becomes the gRPC code (400 INVALID_ARGUMENT with
 details ``"<code>: <reason>"`` and trailing metadata ``fraud-error``, 404 NOT_FOUND, 503 UNAVAILABLE, 500
 INTERNAL). The health service says SERVING while the worker is ready (checked when asked, and every second).
 """
@@ -19,9 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app import metrics
-from app.protos import fraud_serving_pb2 as pb
-from app.protos import fraud_serving_pb2_grpc as pb_grpc
-from app.serving import Reply, Serving
+from app.serving.protos import fraud_serving_pb2 as pb
+from app.serving.protos import fraud_serving_pb2_grpc as pb_grpc
+from app.serving.service import Reply, Serving
 
 log = logging.getLogger(__name__)
 

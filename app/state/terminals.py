@@ -1,7 +1,7 @@
 """Every terminal's recent transactions and the known frauds, as one worker reads them: pure, no Kafka.
 
 Every worker holds all terminals (a terminal's transactions come from customers on every partition), fed off
-the decision path by :mod:`app.terminal_feed` from the compact terminal log the scorers write and from the
+the decision path by :mod:`app.state.terminal_feed` from the compact terminal log the scorers write and from the
 fraud labels. Scorers read it; their own transactions are added at once after their batch commits, so what a
 partition scored is never missed, and what other partitions scored arrives with the feed's lag
 (``fraud_terminal_feed_lag_seconds``): the 1-hour count may miss another partition's last moments, the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from app.feature_engine import TerminalState, add_terminal_entry, newest_event_time_s, terminal_x
+from app.features.engine import TerminalState, add_terminal_entry, newest_event_time_s, terminal_x
 
 
 class TerminalAggregates:
@@ -72,7 +72,7 @@ class TerminalAggregates:
         return len(idle)
 
     def load(self, states: dict[str, TerminalState], frauds_known_s: dict[str, float], stream_time_s: float) -> None:
-        """Take over a snapshot's content (see :mod:`app.terminal_feed`)."""
+        """Take over a snapshot's content (see :mod:`app.state.terminal_feed`)."""
         self.states = states
         self.frauds_known_s = frauds_known_s
         self.stream_time_s = float(stream_time_s)

@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from app.kafka_security import client_security_options
+from app.kafka.security import client_security_options
 from app.serialization import loads
 from app.settings import TOPICS_DIR, Settings
 

@@ -12,7 +12,7 @@ handbook's protocol by ``scripts/model_candidates.py`` (see BENCHMARKS.md, "Mode
 - ``logreg``: standard scaling then logistic regression (``opt`` sgd, adam or adagrad, ``lr``, ``wpos`` the
   weight of a fraud in the loss, ``l2``); the intercept starts at the prior, so a cold model does not flag
   everything. ``bins`` (0: none) adds one indicator per quantile bin of each feature, the bins fixed after ``warm``
-  labels from their quantiles and, with ``fq`` 1, the frauds' quantiles too (:mod:`app.binning`): thresholds
+  labels from their quantiles and, with ``fq`` 1, the frauds' quantiles too (:mod:`app.learning.binning`): thresholds
   such as an amount over 220 that a straight line cannot draw. ``log`` 1 squashes every feature by a signed
   ``log1p`` before scaling. Reasons are the features whose scaled value times weight (plus their bin's weight)
   raised the score most: exact for a linear model, and what an analyst asks first.
@@ -38,8 +38,8 @@ from typing import Any
 from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
 from river.tree.base import Branch
 
-from app.binning import QuantileBins
-from app.checkpoints import write_atomically
+from app.learning.binning import QuantileBins
+from app.state.checkpoints import write_atomically
 
 # The measured choice (BENCHMARKS.md, "Model candidates (issue 9)"); app/settings.py has the same default.
 DEFAULT_MODEL = "logreg:opt=adagrad,lr=0.1,bins=8"
@@ -110,7 +110,7 @@ class _Linear:
 
     Optional transforms before the regression (``log``: signed ``log1p`` of every feature, so counts, amounts and
     gaps weigh by order of magnitude; ``bins``: one indicator per quantile bin of each feature, fixed after ``warm``
-    labels, see :mod:`app.binning`). A feature's contribution is its scaled value times weight plus its bin's weight.
+    labels, see :mod:`app.learning.binning`). A feature's contribution is its scaled value times weight plus its bin's weight.
     """
 
     bins: QuantileBins | None = None  # class defaults: checkpoints of models from before the transforms load as-is
@@ -387,7 +387,7 @@ class FraudModel:
             self.learner = _Trees(family, params, prior)
         self.labels_learned = 0  # labels given to learn_one, sampled out or not
         self.labels_skipped = 0  # legitimate labels left out by the sampling
-        self.version_id: str | None = None  # set when loaded from a published snapshot (app/model_snapshots.py)
+        self.version_id: str | None = None  # set when loaded from a published snapshot (app/learning/snapshots.py)
 
     @property
     def version(self) -> str:
@@ -464,7 +464,7 @@ class FraudModel:
 
 
 def model_bytes(model: FraudModel) -> bytes:
-    """The checkpoint of ``model`` (write it with :mod:`app.checkpoints`)."""
+    """The checkpoint of ``model`` (write it with :mod:`app.state.checkpoints`)."""
     return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
 
 

@@ -1,8 +1,8 @@
 """The operator page's status document: what ``GET /status.json`` answers, built from values passed in.
 
-Pure (no Faust, no Kafka): :mod:`app.operator_page` reads the worker's objects (the health window, the metrics,
+Pure (no Faust, no Kafka): :mod:`app.serving.operator_page` reads the worker's objects (the health window, the metrics,
 the scorer's model and its high scores) and hands them here, so the document's shape is unit-tested alone.
-The health part is :func:`app.health.health_event`, the monitor's own record, so the page and the ``health``
+The health part is :func:`app.monitoring.health.health_event`, the monitor's own record, so the page and the ``health``
 topic never disagree on a status.
 """
 

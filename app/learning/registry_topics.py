@@ -18,13 +18,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.evaluation import average_precision, card_precision_top_k, decision_summary, roc_auc
-from app.kafka_security import client_security_options
-from app.model import FraudModel
-from app.model_registry import Registry
-from app.model_snapshots import SnapshotRefused, model_snapshot, verify
+from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
+from app.kafka.security import client_security_options
+from app.learning.model import FraudModel
+from app.learning.registry import Registry
+from app.learning.snapshots import SnapshotRefused, model_snapshot, verify
 from app.records import Prediction
-from app.replay import replay_offline
+from app.learning.offline import replay_offline
 from app.serialization import dumps, loads
 from app.settings import Settings, signing_key
 

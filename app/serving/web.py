@@ -1,6 +1,6 @@
 """Pages on the Faust web server: ``/metrics`` (Prometheus), ``/ready`` (503 until consuming), ``/health``, the
 model registry: ``GET /models``, ``POST /models/promote`` (``{"version": ..., "reason": ...}``) and
-``POST /models/rollback``, and the synchronous API of :mod:`app.serving`: ``POST /predict``,
+``POST /models/rollback``, and the synchronous API of :mod:`app.serving.service`: ``POST /predict``,
 ``GET /features/customers/{id}``, ``GET /features/terminals/{id}``, ``GET /model`` and ``GET /openapi.json``
 (``topics/openapi.json``)."""
 
@@ -12,11 +12,12 @@ from typing import cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app import metrics, operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
-from app.model_commands import publish_event
-from app.model_registry import PromotionRefused, promote_event, rollback_event
+from app import metrics
+from app.serving import operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
+from app.learning.registry_topics import publish_event
+from app.learning.registry import PromotionRefused, promote_event, rollback_event
 from app.serialization import dumps, isoformat_utc, loads
-from app.serving import FORWARDED_HEADER, WORKER_HEADER, Reply
+from app.serving.service import FORWARDED_HEADER, WORKER_HEADER, Reply
 from app.settings import TOPICS_DIR
 from app.worker import faust_app, follower, is_ready, serving, settings
 

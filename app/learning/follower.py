@@ -1,7 +1,7 @@
 """Every worker follows the promoted model version: it reads ``models`` and ``model-events`` and swaps the scorer.
 
 Both topics have one partition and are read from the start (``read_committed``, no consumer group), so every
-worker folds the same events into the same champion (:class:`app.model_registry.Registry`), and a restarted
+worker folds the same events into the same champion (:class:`app.learning.registry.Registry`), and a restarted
 worker scores with the version it scored with before. A snapshot is verified when it arrives; one that is
 unsigned, altered or signed with another key is refused before deserialisation: logged, counted, shown in health,
 and the version in use keeps scoring.
@@ -18,9 +18,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
-from app.model import FraudModel
-from app.model_registry import Registry
-from app.model_snapshots import SnapshotRefused, load_model_snapshot, verify
+from app.learning.model import FraudModel
+from app.learning.registry import Registry
+from app.learning.snapshots import SnapshotRefused, load_model_snapshot, verify
 from app.serialization import loads
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The decision path: one hop from a transaction to its prediction, batched, in Kafka transactions.
 
-For each batch of one ``transactions`` partition (:class:`app.transactional.TransactionalLoop`): validate,
+For each batch of one ``transactions`` partition (:class:`app.kafka.transactional.TransactionalLoop`): validate,
 compute the customer windows from this partition's state, read the terminal half from the worker's
 :class:`TerminalAggregates`, score, and emit in one transaction the predictions, the dead letters, one compact
 terminal-log record per transaction, the customer states that changed (once per key per batch, to a compacted
@@ -25,15 +25,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
-from app.feature_engine import CustomerState, newest_event_time_s
-from app.health import HealthWindow
-from app.model import FraudModel
+from app.features.engine import CustomerState, newest_event_time_s
+from app.monitoring.health import HealthWindow
+from app.learning.model import FraudModel
 from app.records import DeadLetter, InvalidMessage, Prediction, parse_transaction
-from app.scoring import assess
+from app.decisions.assess import assess
 from app.serialization import b64, dumps, isoformat_utc, loads
 from app.settings import Settings
-from app.terminal_aggregates import TerminalAggregates
-from app.transactional import Batch, Output
+from app.state.terminals import TerminalAggregates
+from app.kafka.transactional import Batch, Output
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def dead_letter(record: Any, error: InvalidMessage) -> bytes:
 
 
 class Scorer:
-    """The :class:`app.transactional.BatchHandler` of the ``transactions`` topic."""
+    """The :class:`app.kafka.transactional.BatchHandler` of the ``transactions`` topic."""
 
     def __init__(
         self,

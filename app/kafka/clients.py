@@ -1,7 +1,7 @@
 """Plain Kafka clients for scripts and tests: publish raw bytes, read a topic until a condition holds.
 
 ``client_options`` are extra aiokafka arguments: for a secured broker, ``client_security_options(settings)`` of
-:mod:`app.kafka_security`."""
+:mod:`app.kafka.security`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Synchronous scoring and feature lookup, for REST (:mod:`app.web`) and gRPC (:mod:`app.grpc_api`) alike.
+"""Synchronous scoring and feature lookup, for REST (:mod:`app.serving.web`) and gRPC (:mod:`app.serving.grpc_api`) alike.
 
 Each answer is a :class:`Reply`: an HTTP status and a JSON-able body, which gRPC maps to its codes (400
 INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE). A prediction is what the stream would publish for the same
-transaction and state (:func:`app.scoring.assess`, the model the scorer holds at that moment), and nothing
+transaction and state (:func:`app.decisions.assess.assess`, the model the scorer holds at that moment), and nothing
 changes: the customer's new state is dropped. A customer whose partition another worker holds is answered by
 that worker (the request is forwarded over HTTP to its advertised URL, one hop); when the owner cannot be found
 or reached, the answer is 503 with the reason, never features computed from an empty state.
@@ -22,14 +22,14 @@ import aiohttp
 from aiokafka import TopicPartition
 
 from app import metrics
-from app.decisions import PartitionState, Scorer, restored_state
-from app.feature_engine import CustomerState, customer_windows_at, terminal_windows_at
+from app.decisions.scorer import PartitionState, Scorer, restored_state
+from app.features.engine import CustomerState, customer_windows_at, terminal_windows_at
 from app.records import ID_MAX_CHARS, InvalidMessage, parse_transaction
-from app.routing import PartitionOwners, partition_for_key
-from app.scoring import assess
+from app.serving.routing import PartitionOwners, partition_for_key
+from app.decisions.assess import assess
 from app.serialization import isoformat_utc, loads
 from app.settings import Settings
-from app.terminal_aggregates import TerminalAggregates
+from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def error(status: int, code: str, reason: str, worker: str = "") -> Reply:
 
 
 class DecisionGroup(Protocol):
-    """What serving reads of the decisions loop (:class:`app.transactional.TransactionalLoop`)."""
+    """What serving reads of the decisions loop (:class:`app.kafka.transactional.TransactionalLoop`)."""
 
     ready_partitions: set[TopicPartition]
 

@@ -35,7 +35,7 @@ from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.producer import sender as aiokafka_sender
 
-from app.pacing import CatchUpPacer
+from app.kafka.pacing import CatchUpPacer
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Features in, prediction out: score, decision and reasons, with no I/O.
 
-:func:`assess` is the one place a transaction meets the state: the stream (:mod:`app.decisions`) and the
-synchronous APIs (:mod:`app.serving`) both call it, so a ``/predict`` answer is what the stream would publish.
+:func:`assess` is the one place a transaction meets the state: the stream (:mod:`app.decisions.scorer`) and the
+synchronous APIs (:mod:`app.serving.service`) both call it, so a ``/predict`` answer is what the stream would publish.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from app.feature_engine import CustomerState
-from app.features import customer_side_features
-from app.model import FraudModel
+from app.features.engine import CustomerState
+from app.features.halves import customer_side_features
+from app.learning.model import FraudModel
 from app.records import InvalidMessage, Prediction, Transaction
 from app.serialization import isoformat_utc
-from app.terminal_aggregates import TerminalAggregates
+from app.state.terminals import TerminalAggregates
 
 
 def assess(

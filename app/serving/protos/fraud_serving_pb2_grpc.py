@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from app.protos import fraud_serving_pb2 as app_dot_protos_dot_fraud__serving__pb2
+from app.serving.protos import fraud_serving_pb2 as app_dot_serving_dot_protos_dot_fraud__serving__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in app/protos/fraud_serving_pb2_grpc.py depends on'
+        + ' but the generated code in app/serving/protos/fraud_serving_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class FraudServingStub:
         """
         self.Predict = channel.unary_unary(
                 '/fraud.serving.v1.FraudServing/Predict',
-                request_serializer=app_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=app_dot_protos_dot_fraud__serving__pb2.Prediction.FromString,
+                request_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.Prediction.FromString,
                 _registered_method=True)
         self.PredictStream = channel.stream_stream(
                 '/fraud.serving.v1.FraudServing/PredictStream',
-                request_serializer=app_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=app_dot_protos_dot_fraud__serving__pb2.PredictReply.FromString,
+                request_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictReply.FromString,
                 _registered_method=True)
         self.GetFeatures = channel.unary_unary(
                 '/fraud.serving.v1.FraudServing/GetFeatures',
-                request_serializer=app_dot_protos_dot_fraud__serving__pb2.FeaturesRequest.SerializeToString,
-                response_deserializer=app_dot_protos_dot_fraud__serving__pb2.Features.FromString,
+                request_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.FeaturesRequest.SerializeToString,
+                response_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.Features.FromString,
                 _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/fraud.serving.v1.FraudServing/GetModelInfo',
-                request_serializer=app_dot_protos_dot_fraud__serving__pb2.ModelInfoRequest.SerializeToString,
-                response_deserializer=app_dot_protos_dot_fraud__serving__pb2.ModelInfo.FromString,
+                request_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.ModelInfoRequest.SerializeToString,
+                response_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.ModelInfo.FromString,
                 _registered_method=True)
 
 
@@ -93,23 +93,23 @@ def add_FraudServingServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=app_dot_protos_dot_fraud__serving__pb2.PredictRequest.FromString,
-                    response_serializer=app_dot_protos_dot_fraud__serving__pb2.Prediction.SerializeToString,
+                    request_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictRequest.FromString,
+                    response_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.Prediction.SerializeToString,
             ),
             'PredictStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PredictStream,
-                    request_deserializer=app_dot_protos_dot_fraud__serving__pb2.PredictRequest.FromString,
-                    response_serializer=app_dot_protos_dot_fraud__serving__pb2.PredictReply.SerializeToString,
+                    request_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictRequest.FromString,
+                    response_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictReply.SerializeToString,
             ),
             'GetFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFeatures,
-                    request_deserializer=app_dot_protos_dot_fraud__serving__pb2.FeaturesRequest.FromString,
-                    response_serializer=app_dot_protos_dot_fraud__serving__pb2.Features.SerializeToString,
+                    request_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.FeaturesRequest.FromString,
+                    response_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.Features.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=app_dot_protos_dot_fraud__serving__pb2.ModelInfoRequest.FromString,
-                    response_serializer=app_dot_protos_dot_fraud__serving__pb2.ModelInfo.SerializeToString,
+                    request_deserializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.ModelInfoRequest.FromString,
+                    response_serializer=app_dot_serving_dot_protos_dot_fraud__serving__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,8 +137,8 @@ class FraudServing:
             request,
             target,
             '/fraud.serving.v1.FraudServing/Predict',
-            app_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
-            app_dot_protos_dot_fraud__serving__pb2.Prediction.FromString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.Prediction.FromString,
             options,
             channel_credentials,
             insecure,
@@ -164,8 +164,8 @@ class FraudServing:
             request_iterator,
             target,
             '/fraud.serving.v1.FraudServing/PredictStream',
-            app_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
-            app_dot_protos_dot_fraud__serving__pb2.PredictReply.FromString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictRequest.SerializeToString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.PredictReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -191,8 +191,8 @@ class FraudServing:
             request,
             target,
             '/fraud.serving.v1.FraudServing/GetFeatures',
-            app_dot_protos_dot_fraud__serving__pb2.FeaturesRequest.SerializeToString,
-            app_dot_protos_dot_fraud__serving__pb2.Features.FromString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.FeaturesRequest.SerializeToString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.Features.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,8 +218,8 @@ class FraudServing:
             request,
             target,
             '/fraud.serving.v1.FraudServing/GetModelInfo',
-            app_dot_protos_dot_fraud__serving__pb2.ModelInfoRequest.SerializeToString,
-            app_dot_protos_dot_fraud__serving__pb2.ModelInfo.FromString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.ModelInfoRequest.SerializeToString,
+            app_dot_serving_dot_protos_dot_fraud__serving__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

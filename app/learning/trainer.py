@@ -6,7 +6,7 @@ that holds it trains, and when it dies the group hands the lease to a survivor w
 Exactly once: the trainer reads ``predictions`` (the feature log) and ``labels`` without a consumer group, from
 the positions of its last state; it publishes, in ONE Kafka transaction with ``transactional_id <APP_ID>-trainer``
 (a new owner fences the old one), the new model versions, their events, the dead letters of invalid labels and its
-whole state (models, waiting halves, input positions: :class:`app.training.Training`, signed) on the compacted
+whole state (models, waiting halves, input positions: :class:`app.learning.training.Training`, signed) on the compacted
 ``<APP_ID>-trainer-state``. A new owner resumes from that state: what the old one learned after it is learned again
 from the same records, and nothing is learned twice in the published line. The state is split into chunks under
 1 MiB (Kafka's default message limit), all in the same transaction, so readers see one state or the previous one.
@@ -26,15 +26,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import ProducerFenced
 
 from app import metrics
-from app.decisions import dead_letter
-from app.model import FraudModel
-from app.model_follower import ModelFollower
-from app.model_snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.provisioning import trainer_lease_topic, trainer_state_topic
+from app.decisions.scorer import dead_letter
+from app.learning.model import FraudModel
+from app.learning.follower import ModelFollower
+from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
+from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.records import InvalidMessage, parse_label
 from app.serialization import dumps, isoformat_utc, loads
 from app.settings import Settings
-from app.training import Training
+from app.learning.training import Training
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The decision path: one transactional hop from a transaction to its prediction (or its dead letter)."""

@@ -1,0 +1,1 @@
+"""Learning off the decision path: the model, the label join, the trainer, signed snapshots, registry, follower."""

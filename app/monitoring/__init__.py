@@ -1,0 +1,1 @@
+"""Health: sliding windows of outcomes and latencies, the rules that name a status, the health events."""

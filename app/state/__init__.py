@@ -1,0 +1,1 @@
+"""The state the decision path reads: customer windows per partition, terminal aggregates, their feeds and files."""
