@@ -22,20 +22,20 @@ from mode import Service
 
 from app import metrics
 from app.decisions.scorer import Scorer
-from app.serving.grpc_api import GrpcServer
-from app.monitoring.health import HealthWindow
 from app.kafka.security import client_security_options, faust_credentials
-from app.logs import quiet_kafka_client
-from app.learning.model import FraudModel
-from app.learning.follower import ModelFollower
 from app.kafka.topics import changelog_topic, terminal_topic
+from app.kafka.transactional import TransactionalLoop, set_fetch_pause
+from app.learning.follower import ModelFollower
+from app.learning.model import FraudModel
+from app.learning.trainer import Trainer
+from app.logs import quiet_kafka_client
+from app.monitoring.health import HealthWindow
+from app.serving.grpc_api import GrpcServer
 from app.serving.routing import PartitionOwners, client_id_with_url
 from app.serving.service import Serving
 from app.settings import load, signing_key
-from app.state.terminals import TerminalAggregates
 from app.state.terminal_feed import TerminalFeed
-from app.learning.trainer import Trainer
-from app.kafka.transactional import TransactionalLoop, set_fetch_pause
+from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.learning.quality import percentiles  # noqa: E402
+from app.decisions.assess import score_transaction  # noqa: E402
 from app.features.engine import (  # noqa: E402
     DAY_S,
     add_terminal_entry,
@@ -38,8 +38,8 @@ from app.features.engine import (  # noqa: E402
 )
 from app.features.halves import customer_side_features  # noqa: E402
 from app.learning.model import FraudModel  # noqa: E402
+from app.learning.quality import percentiles  # noqa: E402
 from app.records import parse_transaction  # noqa: E402
-from app.decisions.assess import score_transaction  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
 from app.settings import load  # noqa: E402
 from lab.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402

@@ -50,11 +50,11 @@ import kafka_local  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 
-from app.learning.quality import percentiles  # noqa: E402
 from app.kafka.clients import produce  # noqa: E402
+from app.learning.quality import percentiles  # noqa: E402
+from app.serialization import dumps  # noqa: E402
 from app.serving.protos import fraud_serving_pb2 as pb  # noqa: E402
 from app.serving.protos import fraud_serving_pb2_grpc as pb_grpc  # noqa: E402
-from app.serialization import dumps  # noqa: E402
 from lab.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
 
 HISTOGRAM = "fraud_sync_predict_latency_seconds"

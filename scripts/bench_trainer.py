@@ -5,8 +5,8 @@
     python scripts/bench_trainer.py                              # default simulator sizes, 60 days
     python scripts/bench_trainer.py --customers 1000 --terminals 2000 --days 30
 
-No Kafka. The run is replayed once through the worker's logic (``app/learning/offline.py``) to get the predictions as the
-decision path publishes them (features and served probability, as JSON); then the predictions and the labels (7 days
+No Kafka. The run is replayed once through the worker's logic (``app/learning/offline.py``) to get the predictions as
+the decision path publishes them (features and served probability, as JSON); then the predictions and the labels (7 days
 after their transaction) are fed to :class:`app.learning.training.Training` in event order, as the trainer reads them:
 JSON parsing, the join, learning, the horizon. The baseline is ``FraudModel.learn_one`` on the same pairs, parsed
 in advance. The state is pickled in its slices once a simulated day (what the trainer publishes every
@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.learning.quality import percentiles  # noqa: E402
 from app.learning.model import FraudModel  # noqa: E402
-from app.records import Prediction  # noqa: E402
 from app.learning.offline import replay_offline  # noqa: E402
+from app.learning.quality import percentiles  # noqa: E402
+from app.learning.training import Training  # noqa: E402
+from app.records import Prediction  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
 from app.settings import load  # noqa: E402
 from lab.simulator import SimulatorConfig, label_of, simulate, to_wire  # noqa: E402
-from app.learning.training import Training  # noqa: E402
 
 
 def main() -> int:

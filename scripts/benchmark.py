@@ -67,12 +67,18 @@ from lab.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
 FRAMEWORK = "asyncio, faust, web and the rest"
 CATEGORIES = (  # a sample's category: the first frame that matches one, from the innermost frame outwards
     ("parsing (app/records.py)", ("app/records.py",)),
-    ("customer features (app/features/engine.py, app/features/halves.py)", ("app/features/engine.py", "app/features/halves.py")),
+    ("customer features (app/features/)", ("app/features/",)),
     ("terminal aggregates (app/state/terminals.py)", ("app/state/terminals.py",)),
-    ("model (app/learning/model.py, app/decisions/assess.py, river)", ("app/learning/model.py", "app/decisions/assess.py", "river/")),
+    (
+        "model (app/learning/model.py, app/decisions/assess.py, river)",
+        ("app/learning/model.py", "app/decisions/assess.py", "river/"),
+    ),  # noqa: E501
     ("decisions (app/decisions/scorer.py: batch, outputs, their JSON)", ("app/decisions/scorer.py",)),
     ("terminal feed (app/state/terminal_feed.py)", ("app/state/terminal_feed.py",)),
-    ("trainer (app/learning/trainer.py, app/learning/training.py: reads predictions and labels)", ("app/learning/trainer.py", "app/learning/training.py")),
+    (
+        "trainer (app/learning/trainer.py, training.py: reads predictions and labels)",
+        ("app/learning/trainer.py", "app/learning/training.py"),
+    ),  # noqa: E501
     ("aiokafka producer (sends, batches, transactions)", ("aiokafka/producer/",)),
     ("aiokafka consumer (fetches, records)", ("aiokafka/consumer/",)),
     ("transactional loop (app/kafka/transactional.py)", ("app/kafka/transactional.py",)),

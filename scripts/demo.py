@@ -27,8 +27,8 @@ import prometheus_local  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 from simulate import Event, add_simulator_arguments, config_from, publish, wire_events  # noqa: E402
 
-from app.learning.quality import average_precision, decision_summary, percentiles, roc_auc  # noqa: E402
 from app.kafka.clients import consume  # noqa: E402
+from app.learning.quality import average_precision, decision_summary, percentiles, roc_auc  # noqa: E402
 from app.serialization import loads  # noqa: E402
 from lab.simulator import simulate  # noqa: E402
 

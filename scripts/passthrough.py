@@ -21,8 +21,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.settings import Settings  # noqa: E402
 from app.kafka.transactional import RETRY_BACKOFF_MS, set_fetch_pause  # noqa: E402 - and its retry-backoff patch
+from app.settings import Settings  # noqa: E402
 
 # The worker's fetch pause too: the same client settings, so the difference is the worker's own work.
 set_fetch_pause(Settings().fetch_pause_ms)

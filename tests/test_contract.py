@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from jsonschema import ValidationError
 
-from app.monitoring.health import WindowStats, health_event
 from app.kafka.topics import manifest
+from app.monitoring.health import WindowStats, health_event
 from app.serialization import loads
 from app.settings import TOPICS_DIR, Thresholds
 from tests.cases import transaction

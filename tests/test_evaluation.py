@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from lab.batch_features import BASELINE_FEATURES, baseline_features
 from app.learning.quality import (
     Protocol,
     average_precision,
@@ -17,6 +16,7 @@ from app.learning.quality import (
     roc_auc,
 )
 from app.serialization import loads
+from lab.batch_features import BASELINE_FEATURES, baseline_features
 from tests.conftest import REPO_ROOT
 
 
@@ -128,8 +128,8 @@ def test_evaluate_reads_predictions_from_a_file(tmp_path) -> None:  # type: igno
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     from simulate import wire_events
 
-    from app.records import Prediction
     from app.learning.offline import replay_offline
+    from app.records import Prediction
     from app.serialization import dumps
     from app.settings import Settings
     from lab.simulator import SimulatorConfig

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from app.monitoring.health import WindowStats, health_event
-from app.serving.operator_status import status_document
 from app.records import Prediction
 from app.serialization import dumps, loads
+from app.serving.operator_status import status_document
 from app.settings import Thresholds
 
 

@@ -14,10 +14,10 @@ from aiokafka import TopicPartition
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from app.decisions.scorer import PartitionState, Scorer
-from app.monitoring.health import HealthWindow
 from app.learning.model import FraudModel
-from app.serving.routing import client_id_with_url, owners_from_members
+from app.monitoring.health import HealthWindow
 from app.serialization import dumps, loads
+from app.serving.routing import client_id_with_url, owners_from_members
 from app.serving.service import Serving
 from app.settings import TOPICS_DIR, load
 from app.state.terminals import TerminalAggregates
@@ -162,8 +162,8 @@ def test_the_openapi_document_is_valid_and_its_schemas_are_the_topics() -> None:
 
 
 def test_the_prediction_fields_are_the_proto_fields() -> None:
-    from app.serving.protos import fraud_serving_pb2 as pb
     from app.records import Prediction
+    from app.serving.protos import fraud_serving_pb2 as pb
 
     assert [f.name for f in dataclasses.fields(Prediction)] == [f.name for f in pb.Prediction.DESCRIPTOR.fields]
 

@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from app.kafka.clients import Record, at_least, consume, produce
+from app.serialization import dumps, loads
 from app.serving.protos import fraud_serving_pb2 as pb
 from app.serving.protos import fraud_serving_pb2_grpc as pb_grpc
 from app.serving.routing import partition_for_key
-from app.serialization import dumps, loads
 from tests.cases import BAD_TRANSACTIONS
 from tests.conftest import WorkerProcess
 from tests.contract import assert_valid

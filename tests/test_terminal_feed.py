@@ -10,8 +10,8 @@ from pathlib import Path
 from aiokafka import TopicPartition
 
 from app.state import terminal_feed
-from app.state.terminals import TerminalAggregates
 from app.state.terminal_feed import TerminalFeed
+from app.state.terminals import TerminalAggregates
 
 DAY_S = 86400.0
 

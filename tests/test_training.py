@@ -13,12 +13,12 @@ import pytest
 
 from app.features.halves import FEATURE_NAMES
 from app.learning.model import FraudModel
-from app.learning.registry_topics import warm_start
 from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
+from app.learning.registry_topics import warm_start
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
+from app.learning.training import RollingQuality, Training
 from app.serialization import loads
 from app.settings import REPO_ROOT, Settings
-from app.learning.training import RollingQuality, Training
 
 
 def _training(**kwargs: float) -> Training:

@@ -25,15 +25,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
-from app.features.engine import CustomerState, newest_event_time_s
-from app.monitoring.health import HealthWindow
-from app.learning.model import FraudModel
-from app.records import DeadLetter, InvalidMessage, Prediction, parse_transaction
 from app.decisions.assess import assess
+from app.features.engine import CustomerState, newest_event_time_s
+from app.kafka.transactional import Batch, Output
+from app.learning.model import FraudModel
+from app.monitoring.health import HealthWindow
+from app.records import DeadLetter, InvalidMessage, Prediction, parse_transaction
 from app.serialization import b64, dumps, isoformat_utc, loads
 from app.settings import Settings
 from app.state.terminals import TerminalAggregates
-from app.kafka.transactional import Batch, Output
 
 log = logging.getLogger(__name__)
 

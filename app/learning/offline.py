@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
+from app.decisions.assess import score_transaction
 from app.features.engine import CustomerState, TerminalState, record_fraud, terminal_features
 from app.features.halves import customer_side_features
 from app.learning.join import Entry, join, label_entry, scored_entry
 from app.learning.model import FraudModel
 from app.records import InvalidMessage, Prediction, parse_label, parse_transaction
-from app.decisions.assess import score_transaction
 from app.settings import Settings
 
 

@@ -18,13 +18,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
 from app.kafka.security import client_security_options
 from app.learning.model import FraudModel
+from app.learning.offline import replay_offline
+from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
 from app.learning.registry import Registry
 from app.learning.snapshots import SnapshotRefused, model_snapshot, verify
 from app.records import Prediction
-from app.learning.offline import replay_offline
 from app.serialization import dumps, loads
 from app.settings import Settings, signing_key
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from app.learning.quality import average_precision, roc_auc
 from app.features.halves import FEATURE_NAMES
 from app.learning.model import FraudModel
+from app.learning.quality import average_precision, roc_auc
 
 _FEATURES = struct.Struct(f"<{len(FEATURE_NAMES)}d")
 

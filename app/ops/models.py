@@ -38,8 +38,8 @@ def _print_versions(registry: Registry, refused: list[tuple[str, str]]) -> None:
 
 async def run_models(args: argparse.Namespace, settings: Settings) -> int:
     # The registry's Kafka side and the warm start load the model code (river): only when this command runs.
-    from app.learning.registry_topics import publish_event, publish_version, read_registry, warm_start
     from app.kafka.topics import ensure_topics
+    from app.learning.registry_topics import publish_event, publish_version, read_registry, warm_start
 
     if args.action == "list":
         registry, refused = await read_registry(settings, args.timeout_s)

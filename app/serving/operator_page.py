@@ -1,4 +1,4 @@
-"""The operator page: ``/`` (plain HTML and a small script from ``app/serving/static``) and ``GET /status.json`` it polls.
+"""The operator page: ``/`` (HTML and a small script from ``app/serving/static``) and ``GET /status.json`` it polls.
 
 Grafana is not installable on our machines, so this page is what a person looks at on a worker. The document is
 built by :func:`app.serving.operator_status.status_document` from the worker's own objects, read at request time (the
@@ -19,8 +19,8 @@ from faust.web import Request, Response, View
 # app.monitoring.monitor and this module import each other through app.worker: its function is read at call time.
 from app import metrics
 from app.monitoring import monitor
-from app.serving.operator_status import status_document
 from app.serialization import dumps
+from app.serving.operator_status import status_document
 from app.worker import faust_app, is_ready, scorer, settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

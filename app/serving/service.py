@@ -1,4 +1,4 @@
-"""Synchronous scoring and feature lookup, for REST (:mod:`app.serving.web`) and gRPC (:mod:`app.serving.grpc_api`) alike.
+"""Synchronous scoring and feature lookup, for REST (:mod:`app.serving.web`) and gRPC (:mod:`.grpc_api`) alike.
 
 Each answer is a :class:`Reply`: an HTTP status and a JSON-able body, which gRPC maps to its codes (400
 INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE). A prediction is what the stream would publish for the same
@@ -22,12 +22,12 @@ import aiohttp
 from aiokafka import TopicPartition
 
 from app import metrics
+from app.decisions.assess import assess
 from app.decisions.scorer import PartitionState, Scorer, restored_state
 from app.features.engine import CustomerState, customer_windows_at, terminal_windows_at
 from app.records import ID_MAX_CHARS, InvalidMessage, parse_transaction
-from app.serving.routing import PartitionOwners, partition_for_key
-from app.decisions.assess import assess
 from app.serialization import isoformat_utc, loads
+from app.serving.routing import PartitionOwners, partition_for_key
 from app.settings import Settings
 from app.state.terminals import TerminalAggregates
 

@@ -13,10 +13,10 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from app import metrics
-from app.serving import operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
-from app.learning.registry_topics import publish_event
 from app.learning.registry import PromotionRefused, promote_event, rollback_event
+from app.learning.registry_topics import publish_event
 from app.serialization import dumps, isoformat_utc, loads
+from app.serving import operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
 from app.serving.service import FORWARDED_HEADER, WORKER_HEADER, Reply
 from app.settings import TOPICS_DIR
 from app.worker import faust_app, follower, is_ready, serving, settings

@@ -20,9 +20,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
-from app.state.checkpoints import write_atomically, write_in_thread
 from app.records import InvalidMessage, parse_label
 from app.serialization import loads
+from app.state.checkpoints import write_atomically, write_in_thread
 from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
