@@ -34,22 +34,21 @@ def run_worker(faust_args: list[str]) -> None:
     """Check the credentials, create the topics, then hand the command line to Faust's ``worker``."""
     from app.kafka.security import KafkaSecurityError, check_credentials  # faust: only for the worker
 
+    try:
+        settings = load()
+    except ValueError as exc:
+        _config_error(str(exc))
     if "--help" not in faust_args:  # help needs no broker (Faust's -h is --web-host)
-        try:
-            settings = load()
-        except ValueError as exc:
-            _config_error(str(exc))
         try:
             asyncio.run(check_credentials(settings))
         except KafkaSecurityError as exc:
             _config_error(str(exc))
     from app.kafka.topics import ensure_topics
-    from app.worker import faust_app, settings  # builds the app, model and loops: only for the worker
+    from app.worker import main as worker_main  # faust: only for the worker
 
     if "--help" not in faust_args:
         asyncio.run(ensure_topics(settings))
-    sys.argv = [sys.argv[0], "worker", "--loglevel", settings.log_level, *faust_args]
-    faust_app.main()
+    worker_main(settings, ["worker", "--loglevel", settings.log_level, *faust_args])
 
 
 def main() -> None:

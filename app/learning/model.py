@@ -108,10 +108,10 @@ def parse_name(name: str) -> tuple[str, dict[str, Param]]:
 class _Linear:
     """Standard scaling then logistic regression; reasons are the largest positive contributions.
 
-    Optional transforms before the regression (``log``: signed ``log1p`` of every feature, so counts, amounts and
-    gaps weigh by order of magnitude; ``bins``: one indicator per quantile bin of each feature, fixed after ``warm``
-    labels, see :mod:`app.learning.binning`). A feature's contribution is its scaled value times weight plus its
-bin's weight.
+        Optional transforms before the regression (``log``: signed ``log1p`` of every feature, so counts, amounts and
+        gaps weigh by order of magnitude; ``bins``: one indicator per quantile bin of each feature, fixed after ``warm``
+        labels, see :mod:`app.learning.binning`). A feature's contribution is its scaled value times weight plus its
+    bin's weight.
     """
 
     bins: QuantileBins | None = None  # class defaults: checkpoints of models from before the transforms load as-is

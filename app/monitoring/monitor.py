@@ -1,52 +1,55 @@
-"""The monitor: a health event every ``HEALTH_INTERVAL_S`` on the health topic."""
+"""The monitor: a health event every ``HEALTH_INTERVAL_S`` on the health topic, from the worker's components."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from app import metrics
+from app.components import Components
 from app.monitoring.health import STATUSES, health_event
 from app.serialization import dumps, isoformat_utc
-from app.worker import decisions, faust_app, feed, follower, health_topic, scorer, settings, trainer, window
 
 log = logging.getLogger(__name__)
 
+Send = Callable[[bytes, bytes], Awaitable[object]]
 
-def current_health(now_s: float) -> dict[str, object]:
+
+def current_health(components: Components, now_s: float) -> dict[str, object]:
     """The worker's health event now: what the health topic carries and what the operator page shows."""
+    settings, scorer = components.settings, components.scorer
     return health_event(
         timestamp=isoformat_utc(time.time()),
         worker=settings.worker_id,
         window_s=settings.health_window_s,
-        stats=window.stats(now_s),
-        last_transaction_age_s=window.last_transaction_age_s(now_s),
+        stats=components.window.stats(now_s),
+        last_transaction_age_s=components.window.last_transaction_age_s(now_s),
         model_version=scorer.model.version,
         labels_learned=scorer.model.labels_learned,
         thresholds=settings.thresholds,
-        terminal_feed_lag_s=feed.lag_s,
-        model_issues=follower.issues(),
-        models=models_summary(),
+        terminal_feed_lag_s=components.feed.lag_s,
+        model_issues=components.follower.issues(),
+        models=models_summary(components),
     )
 
 
-@faust_app.timer(interval=settings.health_interval_s)
-async def publish_health() -> None:
+async def publish_health(components: Components, send: Send) -> None:
     """One event per interval, keyed by worker id; a broker that does not answer is an issue of its own."""
-    event = current_health(time.monotonic())
+    event = current_health(components, time.monotonic())
     for status in STATUSES:
         metrics.HEALTH_STATUS.labels(status).set(1 if status == event["status"] else 0)
-    if not decisions.connected:
+    if not components.decisions.connected:
         return  # nothing to publish to; /ready says so, and the loop logged the state change once
-    await health_topic.send(key=settings.worker_id.encode(), value=dumps(event))
+    await send(components.settings.worker_id.encode(), dumps(event))
     if event["status"] != "healthy":
         log.warning("health %s: %s", event["status"], "; ".join(event["issues"]))  # type: ignore[arg-type]
 
 
-def models_summary() -> dict[str, object]:
+def models_summary(components: Components) -> dict[str, object]:
     """Champion and challenger with their rolling quality (from their newest snapshots), and the trainer's role."""
-    registry = follower.registry
-    summary: dict[str, object] = {"trainer": trainer.active, "follow": registry.follow}
+    registry = components.follower.registry
+    summary: dict[str, object] = {"trainer": components.trainer.active, "follow": registry.follow}
     for role, version in (("champion", registry.champion), ("challenger", registry.challenger)):
         if version is not None:
             header = registry.headers.get(version, {})

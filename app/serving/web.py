@@ -9,17 +9,18 @@ from __future__ import annotations
 import time
 from typing import cast
 
+import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
 from app import metrics
+from app.components import Components
 from app.learning.registry import PromotionRefused, promote_event, rollback_event
 from app.learning.registry_topics import publish_event
 from app.serialization import dumps, isoformat_utc, loads
-from app.serving import operator_page  # noqa: F401 - the operator page (/, /status.json) registers itself
+from app.serving import operator_page
 from app.serving.service import FORWARDED_HEADER, WORKER_HEADER, Reply
 from app.settings import TOPICS_DIR
-from app.worker import faust_app, follower, is_ready, serving, settings
 
 OPENAPI_PATH = TOPICS_DIR / "openapi.json"
 
@@ -31,93 +32,92 @@ def _json(reply: Reply) -> Response:
     return cast(Response, web.Response(body=dumps(reply.body), status=reply.status, headers=headers))
 
 
-@faust_app.page("/metrics")
-async def prometheus_metrics(self: View, request: Request) -> Response:
-    body, content_type = metrics.exposition()
-    return cast(Response, web.Response(body=body, headers={"Content-Type": content_type}))
+def register(app: faust.App, components: Components) -> None:
+    """Add every page of the worker (the operator page's too) to the app's web server."""
+    settings, follower, serving = components.settings, components.follower, components.serving
+    operator_page.register(app, components)
 
+    @app.page("/metrics")
+    async def prometheus_metrics(self: View, request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return cast(Response, web.Response(body=body, headers={"Content-Type": content_type}))
 
-@faust_app.page("/ready")
-async def ready(self: View, request: Request) -> Response:
-    ok = is_ready()
-    return self.json({"ready": ok, "worker": settings.worker_id}, status=200 if ok else 503)
+    @app.page("/ready")
+    async def ready(self: View, request: Request) -> Response:
+        ok = components.is_ready()
+        return self.json({"ready": ok, "worker": settings.worker_id}, status=200 if ok else 503)
 
+    @app.page("/health")
+    async def alive(self: View, request: Request) -> Response:
+        return self.json({"status": "alive", "worker": settings.worker_id})
 
-@faust_app.page("/health")
-async def alive(self: View, request: Request) -> Response:
-    return self.json({"status": "alive", "worker": settings.worker_id})
+    @app.page("/models")
+    async def models(self: View, request: Request) -> Response:
+        return self.json(follower.models_view())
 
+    @app.page("/models/{action}")
+    class ChangeModel(View):
+        """``POST /models/promote`` and ``POST /models/rollback``: publish the event every worker (this one too)
+        follows; 409 with the reason when it cannot be made."""
 
-@faust_app.page("/models")
-async def models(self: View, request: Request) -> Response:
-    return self.json(follower.models_view())
+        async def post(self, request: Request, action: str) -> Response:
+            try:
+                raw = await request.read()
+                body = loads(raw) if raw.strip() else {}
+                if not isinstance(body, dict):
+                    raise ValueError("not an object")
+            except Exception:
+                return self.json({"error": "invalid_json", "reason": "the body is not a JSON object"}, status=400)
+            by = f"http:{getattr(request, 'remote', None) or 'unknown'}"
+            now = isoformat_utc(time.time())
+            reason = str(body.get("reason", ""))
+            try:
+                if action == "promote":
+                    version, follow = str(body.get("version", "")), bool(body.get("follow", False))
+                    event = promote_event(
+                        follower.registry, version, by=by, reason=reason, timestamp=now, follow=follow
+                    )
+                elif action == "rollback":
+                    event = rollback_event(follower.registry, by=by, reason=reason, timestamp=now)
+                else:
+                    return self.json({"error": "not_found", "reason": f"no action {action!r}"}, status=404)
+            except PromotionRefused as exc:
+                return self.json({"error": "refused", "reason": str(exc)}, status=409)
+            await publish_event(settings, event)
+            return self.json(event)
 
+    @app.page("/predict")
+    class Predict(View):
+        """Score one transaction synchronously; the owner of its customer answers (forwarded once when needed)."""
 
-@faust_app.page("/models/{action}")
-class ChangeModel(View):
-    """``POST /models/promote`` and ``POST /models/rollback``: publish the event every worker (this one too)
-    follows; 409 with the reason when it cannot be made."""
+        async def post(self, request: Request) -> Response:
+            started = time.perf_counter()
+            raw = await cast(web.Request, request).read()
+            reply = await serving.predict(raw, forwarded=FORWARDED_HEADER in request.headers)
+            metrics.SYNC_PREDICT_LATENCY.labels("rest").observe(time.perf_counter() - started)
+            metrics.SYNC_REQUESTS.labels("rest", "predict", str(reply.status)).inc()
+            return _json(reply)
 
-    async def post(self, request: Request, action: str) -> Response:
-        try:
-            raw = await request.read()
-            body = loads(raw) if raw.strip() else {}
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
-        except Exception:
-            return self.json({"error": "invalid_json", "reason": "the body is not a JSON object"}, status=400)
-        by = f"http:{getattr(request, 'remote', None) or 'unknown'}"
-        now = isoformat_utc(time.time())
-        reason = str(body.get("reason", ""))
-        try:
-            if action == "promote":
-                version, follow = str(body.get("version", "")), bool(body.get("follow", False))
-                event = promote_event(follower.registry, version, by=by, reason=reason, timestamp=now, follow=follow)
-            elif action == "rollback":
-                event = rollback_event(follower.registry, by=by, reason=reason, timestamp=now)
-            else:
-                return self.json({"error": "not_found", "reason": f"no action {action!r}"}, status=404)
-        except PromotionRefused as exc:
-            return self.json({"error": "refused", "reason": str(exc)}, status=409)
-        await publish_event(settings, event)
-        return self.json(event)
+    @app.page("/features/customers/{customer_id}")
+    class CustomerFeatures(View):
+        async def get(self, request: Request, customer_id: str) -> Response:
+            reply = await serving.customer_features(customer_id, forwarded=FORWARDED_HEADER in request.headers)
+            metrics.SYNC_REQUESTS.labels("rest", "features", str(reply.status)).inc()
+            return _json(reply)
 
+    @app.page("/features/terminals/{terminal_id}")
+    class TerminalFeatures(View):
+        async def get(self, request: Request, terminal_id: str) -> Response:
+            reply = serving.terminal_features(terminal_id)
+            metrics.SYNC_REQUESTS.labels("rest", "features", str(reply.status)).inc()
+            return _json(reply)
 
-@faust_app.page("/predict")
-class Predict(View):
-    """Score one transaction synchronously; the owner of its customer answers (forwarded once when needed)."""
+    @app.page("/model")
+    async def model_info(self: View, request: Request) -> Response:
+        metrics.SYNC_REQUESTS.labels("rest", "model", "200").inc()
+        return _json(serving.model_info())
 
-    async def post(self, request: Request) -> Response:
-        started = time.perf_counter()
-        raw = await cast(web.Request, request).read()
-        reply = await serving.predict(raw, forwarded=FORWARDED_HEADER in request.headers)
-        metrics.SYNC_PREDICT_LATENCY.labels("rest").observe(time.perf_counter() - started)
-        metrics.SYNC_REQUESTS.labels("rest", "predict", str(reply.status)).inc()
-        return _json(reply)
-
-
-@faust_app.page("/features/customers/{customer_id}")
-class CustomerFeatures(View):
-    async def get(self, request: Request, customer_id: str) -> Response:
-        reply = await serving.customer_features(customer_id, forwarded=FORWARDED_HEADER in request.headers)
-        metrics.SYNC_REQUESTS.labels("rest", "features", str(reply.status)).inc()
-        return _json(reply)
-
-
-@faust_app.page("/features/terminals/{terminal_id}")
-class TerminalFeatures(View):
-    async def get(self, request: Request, terminal_id: str) -> Response:
-        reply = serving.terminal_features(terminal_id)
-        metrics.SYNC_REQUESTS.labels("rest", "features", str(reply.status)).inc()
-        return _json(reply)
-
-
-@faust_app.page("/model")
-async def model_info(self: View, request: Request) -> Response:
-    metrics.SYNC_REQUESTS.labels("rest", "model", "200").inc()
-    return _json(serving.model_info())
-
-
-@faust_app.page("/openapi.json")
-async def openapi(self: View, request: Request) -> Response:
-    return cast(Response, web.Response(body=OPENAPI_PATH.read_bytes(), headers={"Content-Type": "application/json"}))
+    @app.page("/openapi.json")
+    async def openapi(self: View, request: Request) -> Response:
+        body = OPENAPI_PATH.read_bytes()
+        return cast(Response, web.Response(body=body, headers={"Content-Type": "application/json"}))
