@@ -33,18 +33,12 @@ from progress_bars import add_progress_argument, bar, counted  # noqa: E402
 from simulate import add_simulator_arguments, config_from, wire_events  # noqa: E402
 
 from app.learning.offline import replay_offline  # noqa: E402
-from app.learning.quality import (  # noqa: E402
-    Protocol,
-    average_precision,
-    card_precision_top_k,
-    decision_summary,
-    protocol_test_mask,
-    roc_auc,
-)
+from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc  # noqa: E402
 from app.records import Prediction  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
 from app.settings import load  # noqa: E402
 from lab.batch_features import baseline_features  # noqa: E402
+from lab.protocol import Protocol, protocol_test_mask  # noqa: E402
 from lab.simulator import SimulatedTransaction, SimulatorConfig, simulate  # noqa: E402
 
 PUBLISHED = {  # benchmark section 4: baselines trained on the one training week

@@ -9,7 +9,8 @@
 Why a tape: the features of a run do not depend on the model (terminal risk comes from fraud labels, never from
 scores), so the worker's own offline replay (``app/learning/offline.py``: parsing, both feature halves, scoring, the
 label join) runs once per seed with a recorder in place of the model. The recorder keeps every scored feature
-vector and, in arrival order, every label the join hands to ``learn_one`` (with how many transactions had been scored by then).
+vector and, in arrival order, every label the join hands to ``learn_one`` (with how many transactions had been
+scored by then).
 Each candidate then replays that tape: it learns the same labels at the same points of the stream as
 ``scripts/evaluate.py``'s replay would make it learn, and scores the test-period transactions at their place
 in the stream, before their own label. The run is cut after the test period (nothing later can move its
@@ -50,8 +51,9 @@ from simulate import add_simulator_arguments, config_from, wire_events  # noqa: 
 from app.features.halves import FEATURE_NAMES  # noqa: E402
 from app.learning.model import FraudModel  # noqa: E402
 from app.learning.offline import replay_offline  # noqa: E402
-from app.learning.quality import Protocol, average_precision, card_precision_top_k, protocol_test_mask, roc_auc  # noqa: E402
+from app.learning.quality import average_precision, card_precision_top_k, roc_auc  # noqa: E402
 from app.settings import Settings, load  # noqa: E402
+from lab.protocol import Protocol, protocol_test_mask  # noqa: E402
 from lab.simulator import simulate  # noqa: E402
 
 METRICS = ("auc_roc", "average_precision", "card_precision_top_100")

@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from app.learning.quality import (
-    Protocol,
-    average_precision,
-    card_precision_top_k,
-    decision_summary,
-    protocol_test_mask,
-    roc_auc,
-)
+from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
 from app.serialization import loads
 from lab.batch_features import BASELINE_FEATURES, baseline_features
+from lab.protocol import Protocol, protocol_test_mask
 from tests.conftest import REPO_ROOT
 
 
