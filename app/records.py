@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.serialization import JSONDecodeError, loads
+from app.serialization import JSONDecodeError, b64, dumps, isoformat_utc, loads
 
 ID_MAX_CHARS = 128
 
@@ -162,3 +163,11 @@ def parse_label(raw: bytes | None, max_bytes: int) -> Label:
     if not isinstance(is_fraud, bool):
         raise InvalidMessage("invalid_type", f"'is_fraud' must be a boolean, got {type(is_fraud).__name__}")
     return Label(tx_id, is_fraud, _timestamp(obj))
+
+
+def dead_letter(record: Any, error: InvalidMessage) -> bytes:
+    """The original bytes, key and position with the reason, so nothing sent to us is ever lost."""
+    value = record.value if isinstance(record.value, bytes) else b""
+    letter = DeadLetter(error.code, error.reason, record.topic, record.partition, record.offset, b64(value),
+                        isoformat_utc(time.time()))  # fmt: skip
+    return dumps(letter)

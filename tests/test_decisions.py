@@ -9,19 +9,12 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from app.decisions.scorer import (
-    HIGH_SCORES_KEPT,
-    PartitionState,
-    Scorer,
-    entry_key,
-    entry_value,
-    pruned,
-    restored_state,
-)
+from app.decisions.scorer import HIGH_SCORES_KEPT, Scorer
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
 from app.serialization import dumps, loads
 from app.settings import load
+from app.state.customers import PartitionState, entry_key, entry_value, pruned, restored_state
 from app.state.terminals import TerminalAggregates
 from tests.cases import transaction
 

@@ -13,13 +13,14 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from app.decisions.scorer import PartitionState, Scorer
+from app.decisions.scorer import Scorer
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
 from app.serialization import dumps, loads
 from app.serving.routing import client_id_with_url, owners_from_members
 from app.serving.service import Serving
 from app.settings import TOPICS_DIR, load
+from app.state.customers import PartitionState
 from app.state.terminals import TerminalAggregates
 from tests.cases import BAD_TRANSACTIONS, transaction
 from tests.openapi import document

@@ -18,7 +18,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,89 +29,23 @@ from app.features.engine import CustomerState, newest_event_time_s
 from app.kafka.transactional import Batch, Output
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
-from app.records import DeadLetter, InvalidMessage, Prediction, parse_transaction
-from app.serialization import b64, dumps, isoformat_utc, loads
+from app.records import InvalidMessage, Prediction, dead_letter, parse_transaction
+from app.serialization import dumps, loads
 from app.settings import Settings
+from app.state.customers import (
+    ENTRY_KEY_SEPARATOR,
+    POSITION_KEY,
+    PartitionState,
+    after_entry,
+    entry_key,
+    entry_value,
+    pruned,
+)
 from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
 
-POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time and next input offset
-ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
 HIGH_SCORES_KEPT = 50  # the latest predictions at or over the threshold, for the operator page
-
-
-@dataclass
-class PartitionState:
-    """One input partition's customers (``bytes`` until first read after a restore) and its stream time."""
-
-    customers: dict[str, CustomerState | dict[str, bytes]] = field(default_factory=dict)
-    stream_time_s: float = float("-inf")
-    swept_at_s: float = field(default_factory=time.monotonic)
-
-    def customer(self, customer_id: str) -> CustomerState:
-        value = self.customers.get(customer_id)
-        if value is None:
-            return []
-        if isinstance(value, dict):  # parsed lazily: a restore only keeps each entry's bytes
-            value = self.customers[customer_id] = restored_state(value)
-        return value
-
-
-def entry_key(customer_id: str, tx_id: str) -> bytes:
-    return f"{customer_id}{ENTRY_KEY_SEPARATOR}{tx_id}".encode()
-
-
-def entry_value(entry: Sequence[Any]) -> bytes:
-    """``[t, amount, terminal_id, seq]`` of a customer state entry ``[t, amount, terminal_id, tx_id, seq]``."""
-    return dumps([entry[0], entry[1], entry[2], entry[4]])
-
-
-def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
-    """A customer's state from its changelog entries, in event-time order (ties in arrival order).
-
-    >>> state = [(5.0, 1.0, "k1", "t2", 1), (5.0, 2.0, "k2", "t1", 0), (1.0, 3.0, "k1", "t0", 2)]
-    >>> restored_state({e[3]: entry_value(e) for e in state})
-    [(1.0, 3.0, 'k1', 't0', 2), (5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1)]
-    """
-    state: CustomerState = []
-    for tx_id, raw in by_tx_id.items():
-        t, amount, terminal_id, seq = loads(raw)
-        state.append((t, amount, terminal_id, tx_id, seq))
-    state.sort(key=lambda e: (e[0], e[4]))  # type: ignore[arg-type,return-value]
-    return state
-
-
-def pruned(before: CustomerState, after: CustomerState) -> CustomerState:
-    """The entries of ``before`` that adding one transaction pruned (the oldest: pruning is from the front; a
-    transaction older than the horizon is scored but not kept).
-
-    >>> a, b, c = (1.0, 1.0, "k", "a", 0), (2.0, 1.0, "k", "b", 1), (9.0, 1.0, "k", "c", 2)
-    >>> pruned([a, b], [b, c]), pruned([a, b], [b])
-    ([(1.0, 1.0, 'k', 'a', 0)], [(1.0, 1.0, 'k', 'a', 0)])
-    """
-    k = len(before) + 1 - len(after)
-    if k <= 0:
-        return []
-    kept = {e[3] for e in after[: k + 1]}  # a kept entry of before[:k] sits at most one place later in after
-    return [e for e in before[:k] if e[3] not in kept]
-
-
-def after_entry(state: CustomerState, tx_id: str) -> tuple[Any, ...] | None:
-    """The entry just added for ``tx_id`` (searched from the newest end: in-order arrivals are last); None when
-    the transaction was older than the state's horizon and not kept."""
-    for entry in reversed(state):
-        if entry[3] == tx_id:
-            return entry
-    return None
-
-
-def dead_letter(record: Any, error: InvalidMessage) -> bytes:
-    """The original bytes, key and position with the reason, so nothing sent to us is ever lost."""
-    value = record.value if isinstance(record.value, bytes) else b""
-    letter = DeadLetter(error.code, error.reason, record.topic, record.partition, record.offset, b64(value),
-                        isoformat_utc(time.time()))  # fmt: skip
-    return dumps(letter)
 
 
 class Scorer:

@@ -1,7 +1,7 @@
 """Event-time features per customer and per terminal: pure functions over small, sorted, JSON-able states.
 
 State is plain lists sorted by event time, holding only what the longest window needs (plus the allowed
-lateness), so it fits a RocksDB table and its changelog. Windows follow the transactions' own timestamps: a
+lateness), so it travels as one small changelog record per entry. Windows follow the transactions' own timestamps: a
 replay of last month gives the features that living through it gave.
 
 Definitions (t = the transaction's event time, "before" = arrived earlier in the stream):

@@ -2,8 +2,9 @@
 
 The customer half (calendar flags of the handbook's baseline and the customer's event-time windows from
 :mod:`app.features.engine`) is computed where the customer's state lives; the terminal half (delayed risk
-windows and the 1-hour burst count) where the terminal's state lives, after a repartition by terminal.
-Both states are JSON lists sorted by event time, stored as they are in RocksDB tables.
+windows and the 1-hour burst count) from the terminal aggregates every worker keeps off the terminal log
+(:mod:`app.state.terminals`). Both states are lists sorted by event time (:mod:`app.state.customers` has how the
+customer half travels on the changelog).
 """
 
 from __future__ import annotations

@@ -26,13 +26,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import ProducerFenced
 
 from app import metrics
-from app.decisions.scorer import dead_letter
 from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
 from app.learning.training import Training
-from app.records import InvalidMessage, parse_label
+from app.records import InvalidMessage, dead_letter, parse_label
 from app.serialization import dumps, isoformat_utc, loads
 from app.settings import Settings
 

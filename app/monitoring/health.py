@@ -1,6 +1,6 @@
 """Health of a worker over a sliding window: pure bookkeeping and the rules that name a status.
 
-The monitor agent feeds :class:`HealthWindow` with every outcome and asks it for a report every interval.
+The decision path feeds :class:`HealthWindow` with every outcome; the monitor asks it for a report every interval.
 Percentiles are exact over the window (sorted samples, linear interpolation as numpy's default), not
 estimated from histogram buckets.
 """

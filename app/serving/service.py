@@ -23,12 +23,13 @@ from aiokafka import TopicPartition
 
 from app import metrics
 from app.decisions.assess import assess
-from app.decisions.scorer import PartitionState, Scorer, restored_state
+from app.decisions.scorer import Scorer
 from app.features.engine import CustomerState, customer_windows_at, terminal_windows_at
 from app.records import ID_MAX_CHARS, InvalidMessage, parse_transaction
 from app.serialization import isoformat_utc, loads
 from app.serving.routing import PartitionOwners, partition_for_key
 from app.settings import Settings
+from app.state.customers import PartitionState, restored_state
 from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
