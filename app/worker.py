@@ -13,7 +13,7 @@ from faust.app.base import BootStrategy
 from mode import Service
 
 from app.components import Components, build
-from app.kafka.security import faust_credentials
+from app.kafka.security import client_security_options, faust_credentials
 from app.kafka.transactional import set_fetch_pause
 from app.monitoring import monitor
 from app.serving import web
@@ -21,10 +21,11 @@ from app.settings import Settings
 
 
 class DecisionPathBoot(BootStrategy):
-    """Faust's own consumer (and its group, tables and conductor) stays off: no agent reads a topic here, and a
-    Faust consumer group would hold a restarted worker back for its session timeout (60 s) after a SIGKILL."""
+    """Faust's own Kafka clients stay off: no agent reads a topic here (a Faust consumer group would hold a
+    restarted worker back for its session timeout, 60 s, after a SIGKILL), and a Faust producer that cannot
+    bootstrap at start ends the worker while the broker is away; the health events have a producer of their own."""
 
-    enable_kafka_consumer = False
+    enable_kafka = False
 
 
 class FraudApp(faust.App):
@@ -48,14 +49,13 @@ def create_app(components: Components) -> faust.App:
         producer_linger=settings.producer_linger_ms / 1000.0,
         autodiscover=False,
     )
-    health_topic = app.topic(settings.health_topic, key_serializer="raw", value_serializer="raw")
-
-    async def send_health(key: bytes, value: bytes) -> object:
-        return await health_topic.send(key=key, value=value)
+    health = monitor.HealthPublisher(
+        settings.bootstrap_servers, settings.health_topic, client_security_options(settings)
+    )
 
     @app.timer(interval=settings.health_interval_s)
     async def publish_health() -> None:
-        await monitor.publish_health(components, send_health)
+        await monitor.publish_health(components, health.send)
 
     web.register(app, components)
 
@@ -68,6 +68,7 @@ def create_app(components: Components) -> faust.App:
 
         async def on_stop(self) -> None:
             await components.stop()
+            await health.close()
 
     return app
 

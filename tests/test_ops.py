@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import os
 import subprocess
 import sys
@@ -188,3 +190,35 @@ def test_the_commands_never_import_the_worker_or_faust() -> None:
                             timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_worker_started_during_an_outage_waits_for_the_broker_with_one_line_each_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``python -m app`` creates the topics first; a broker that does not answer yet is waited for, not an exit."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from app.__main__ import wait_for_topics
+
+    calls: list[int] = []
+
+    async def ensure(settings: Settings) -> None:
+        calls.append(1)
+        if len(calls) <= 4:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
+
+    caplog.set_level(logging.INFO, logger="app")
+    asyncio.run(wait_for_topics(Settings(bootstrap_servers="127.0.0.1:1"), ensure, max_backoff_s=0.01))
+    assert len(calls) == 5
+    lines = [r.getMessage() for r in caplog.records if r.name == "app"]
+    assert len(lines) == 2 and "does not answer" in lines[0] and "answers after" in lines[1], lines
+
+
+def test_a_refusal_that_is_not_an_outage_is_not_waited_for() -> None:
+    from app.__main__ import wait_for_topics
+
+    async def ensure(settings: Settings) -> None:
+        raise ValueError("invalid topic config")
+
+    with pytest.raises(ValueError, match="invalid topic config"):
+        asyncio.run(wait_for_topics(Settings(), ensure, max_backoff_s=0.01))

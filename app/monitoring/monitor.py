@@ -6,6 +6,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
 from app import metrics
 from app.components import Components
 from app.monitoring.health import STATUSES, health_event
@@ -14,6 +17,44 @@ from app.serialization import dumps, isoformat_utc
 log = logging.getLogger(__name__)
 
 Send = Callable[[bytes, bytes], Awaitable[object]]
+
+
+class HealthPublisher:
+    """The health topic's producer, started at the first event: a worker that starts while the broker is away
+    keeps running (its loops wait for the broker) instead of exiting; events are skipped until it answers, with
+    one log line when it stops answering and one when it answers again."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, client_options: dict[str, object]) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.client_options = client_options
+        self._producer: AIOKafkaProducer | None = None
+        self._failing = False
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        try:
+            if self._producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.client_options)
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            await self._producer.send(self.topic, value, key=key)
+        except KafkaError as exc:
+            if not self._failing:
+                log.warning("health events not published: %r (skipped until the broker answers)", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("health events published again")
+        self._failing = False
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
 
 def current_health(components: Components, now_s: float) -> dict[str, object]:
