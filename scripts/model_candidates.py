@@ -9,8 +9,8 @@
 Why a tape: the features of a run do not depend on the model (terminal risk comes from fraud labels, never from
 scores), so the worker's own offline replay (``app/learning/offline.py``: parsing, both feature halves, scoring, the
 label join) runs once per seed with a recorder in place of the model. The recorder keeps every scored feature
-vector and, in arrival order, every label the join hands to ``learn_one`` (with how many transactions had been scored by then).
-Each candidate then replays that tape: it learns the same labels at the same points of the stream as
+vector and, in arrival order, every label the join hands to ``learn_one`` (with how many transactions had been
+scored by then). Each candidate then replays that tape: it learns the same labels at the same points of the stream as
 ``scripts/evaluate.py``'s replay would make it learn, and scores the test-period transactions at their place
 in the stream, before their own label. The run is cut after the test period (nothing later can move its
 figures), so a tape is about 75 % of the run.
