@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from faultrun.run import ChaosRun
 
 
-def apply(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
+def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
     """Apply ``fault`` now and append its record to ``run.faults`` (keys with ``_`` are the run's own)."""
     record: dict[str, Any] = {"kind": fault.kind, "planned_at_s": round(fault.planned_at_s, 3)}
     if fault.kind == "sigkill":

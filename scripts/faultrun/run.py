@@ -20,8 +20,8 @@ from typing import Any
 import kafka_local
 from local_processes import free_port
 
-from faultrun import faults
 from faultrun.cluster import REPO_ROOT, SetupError, Worker, create_topics
+from faultrun.faults import apply_fault, note_ready
 from faultrun.files import read_json
 from faultrun.publisher import publisher_main
 from faultrun.reader import reader_main, scan_input
@@ -159,7 +159,7 @@ class ChaosRun:
             if worker.wanted and worker.ready_at is None and worker.probe_ready():
                 assert worker.ready_at is not None
                 self.event("ready", worker=worker.name, after_s=round(worker.ready_at - worker.awaited_since, 2))
-                faults.note_ready(self, worker)
+                note_ready(self, worker)
         for entry in list(self.stopping):
             worker, deadline, fault = entry
             if not worker.alive():
@@ -236,7 +236,7 @@ class ChaosRun:
             self.sleep_until(self.t0 + fault.planned_at_s)
             if not self.publisher.is_alive():
                 self.event("publishing ended before this fault", fault=fault.kind)
-            faults.apply(self, fault, kills)
+            apply_fault(self, fault, kills)
             kills += fault.kind == "sigkill"
 
         while self.publisher.is_alive():
