@@ -60,8 +60,8 @@ unexpected (outputs for ids never acknowledged), the publisher's own count and t
 read, and per fault its kind, time and recovery_s: seconds from the fault until the first output read after it
 for a message first sent after it (null when none came); ready_after_s (a restarted or added worker's first
 ``/ready`` 200 after the fault), ready_again_after_s (after a broker restart, each worker's, counted from the
-broker's return) and, for the stopped worker, decided_before_stop (transactions it committed, from its
-``/metrics``).
+broker's return; when the run hit the worker again before that, hit_again_before_ready and how long it had
+waited) and, for the stopped worker, decided_before_stop (transactions it committed, from its ``/metrics``).
 
 Exit code: 0 when nothing was lost or duplicated, 1 when something was (or misrouted, or output for an unknown
 id), 2 when the measurement itself is void (the record disagrees with the publisher's count or the input

@@ -194,18 +194,31 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
     assert kinds == ["broker_restart", "scale_down", "scale_up", "sigkill", "sigkill"], output
     assert all(f["recovery_s"] is not None for f in report["faults"]), output
     # Every worker is ready again within READY_BOUND_S of each fault that took it away: a SIGKILLed worker from its
-    # kill, the added worker from its start, every running worker from the broker's return after the restart.
-    ready = {}
+    # kill, the added worker from its start, every running worker from the broker's return after the restart. A wait
+    # the script itself cut short (its next fault hit that worker first) is excused if it was shorter than the
+    # bound; never a SIGKILL's: each SIGKILLed worker must be ready again, as before.
+    ready: dict[str, float | None] = {}
     for i, fault in enumerate(report["faults"]):
         if fault["kind"] in ("sigkill", "scale_up"):
-            ready[f"{fault['kind']} {i} {fault['target']}"] = fault["ready_after_s"]
-        if fault["kind"] == "broker_restart":
+            waits = {fault["target"]: (fault["ready_after_s"], fault.get("waited_before_hit_s"))}
+        elif fault["kind"] == "broker_restart":
             assert fault["ready_again_after_s"], output  # some worker was running: its readiness was awaited
-            for worker, after_s in fault["ready_again_after_s"].items():
-                ready[f"broker_restart {i} {worker}"] = after_s
+            hit = fault.get("hit_again_before_ready", {})
+            waits = {w: (after_s, hit.get(w)) for w, after_s in fault["ready_again_after_s"].items()}
+        else:
+            continue
+        for worker, (after_s, cut_after_s) in waits.items():
+            if (
+                after_s is None
+                and cut_after_s is not None
+                and cut_after_s < READY_BOUND_S
+                and fault["kind"] != "sigkill"
+            ):
+                continue  # not measured: stopped or killed by the script before the bound ran out
+            ready[f"{fault['kind']} {i} {worker}"] = after_s
     late = {k: v for k, v in ready.items() if v is None or v > READY_BOUND_S}
     assert not late, f"not ready again within {READY_BOUND_S} s: {late}\n{output}"
-    slow_kills = {k: v for k, v in ready.items() if k.startswith("sigkill") and v > SIGKILL_READY_S}
+    slow_kills = {k: v for k, v in ready.items() if k.startswith("sigkill") and (v or 0) > SIGKILL_READY_S}
     assert not slow_kills, f"a SIGKILLed worker not ready again within {SIGKILL_READY_S} s: {slow_kills}\n{output}"
     for fault in report["faults"]:
         if fault["kind"] == "scale_down":  # SIGTERM: the batches in flight commit, then the worker exits promptly

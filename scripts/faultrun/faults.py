@@ -98,14 +98,17 @@ def note_ready(run: ChaosRun, worker: Worker) -> None:
 
 
 def hit_before_ready(run: ChaosRun, worker: Worker) -> None:
-    """An earlier fault's wait for ``worker`` that never saw it ready: no readiness time for that fault."""
+    """An earlier fault's wait for ``worker`` that never saw it ready: no readiness time for that fault, and how
+    long it had waited when this run hit the worker again (a wait cut short says nothing about recovery)."""
+    now = time.time()
     for fault in run.faults:
         if fault.get("target") == worker.name and fault.pop("_awaiting_ready", False):
             fault["ready_after_s"] = None
             fault["hit_again_before_ready"] = True
+            fault["waited_before_hit_s"] = round(now - fault["_at"], 3)
         if worker.name in fault.get("_awaiting_ready_again", ()):
             fault["_awaiting_ready_again"].discard(worker.name)
-            fault.setdefault("hit_again_before_ready", []).append(worker.name)
+            fault.setdefault("hit_again_before_ready", {})[worker.name] = round(now - fault["_back_at"], 3)
 
 
 def _size(path: Path) -> int:
