@@ -1,4 +1,5 @@
-"""Starting and stopping local processes for the demo and the benchmark: free ports, readiness, shutdown."""
+"""Starting and stopping local processes for the demo, the benchmark and the fault runs: free ports, readiness,
+metrics, shutdown."""
 
 from __future__ import annotations
 
@@ -30,6 +31,21 @@ def http_status(url: str, timeout_s: float = 2.0) -> int:
         return int(exc.code)
     except (urllib.error.URLError, OSError, ValueError):
         return 0
+
+
+def scrape(url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """Prometheus text samples of a /metrics page, by name with labels (``name{label="value"}``)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                samples[name] = float(value)
+            except ValueError:
+                continue
+    return samples
 
 
 def wait_http_ok(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:

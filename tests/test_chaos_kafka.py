@@ -2,7 +2,8 @@
 and a scale step 1 -> 2 -> 1 while transactions flow; nothing may be lost or come out twice.
 
 The accounting the verdict rests on (``tally``, ``recovery_s``, ``input_check``, the ids read back from
-predictions and dead letters) is checked first on crafted inputs, so a run that reports 0/0 means 0/0.
+predictions and dead letters: ``scripts/faultrun/measurement.py``) is checked first on crafted inputs, so a run
+that reports 0/0 means 0/0.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import sys
 import uuid
 from pathlib import Path
 
-import chaos  # scripts/ is on sys.path: tests/conftest.py puts it there
 import orjson
 import pytest
-from chaos import Output, Published
+from faultrun import measurement, scenarios  # scripts/ is on sys.path: tests/conftest.py puts it there
+from faultrun.measurement import Output, Published
+from faultrun.report import exit_code
 
 from tests.conftest import REPO_ROOT
 
@@ -54,7 +56,7 @@ def test_tally_finds_the_lost_the_duplicated_the_misrouted_and_the_unexpected() 
         Output("p", "y", 2.0),
         Output("p", "z", 2.0),  # never published
     ]
-    t = chaos.tally(published, outputs)
+    t = measurement.tally(published, outputs)
     assert (t["published"], t["published_valid"], t["published_malformed"]) == (6, 4, 2)
     assert t["lost"] == 1 and t["lost_sample"] == ["c"]
     assert t["duplicated"] == 2 and t["duplicated_sample"] == {"a": 2, "d": 3}
@@ -67,7 +69,7 @@ def test_tally_finds_the_lost_the_duplicated_the_misrouted_and_the_unexpected() 
 
 def test_tally_of_a_clean_run_is_all_zero_and_a_repeated_record_line_is_seen() -> None:
     published = [Published("a", False, 1.0), Published("x", True, 1.0), Published("a", False, 1.5)]
-    t = chaos.tally(published, [Output("p", "a", 2.0), Output("d", "x", 2.0)])
+    t = measurement.tally(published, [Output("p", "a", 2.0), Output("d", "x", 2.0)])
     assert (t["lost"], t["duplicated"], t["extra_copies"], t["misrouted"], t["unexpected"]) == (0, 0, 0, 0, 0)
     assert t["published"] == 2 and t["record_duplicates"] == 1
 
@@ -83,63 +85,66 @@ def test_recovery_counts_only_outputs_of_messages_sent_after_the_fault() -> None
         ],
         key=lambda o: o.read_at,
     )
-    assert chaos.recovery_s(10.0, sent_at, outputs) == pytest.approx(2.0)  # "later" at 12.0, not "before"
-    assert chaos.recovery_s(11.2, sent_at, outputs) is None  # nothing sent after 11.2
-    assert chaos.longest_gap(o.read_at for o in outputs) == (pytest.approx(1.3), 10.2)
-    assert chaos.longest_gap([1.0]) == (0.0, None)
+    assert measurement.recovery_s(10.0, sent_at, outputs) == pytest.approx(2.0)  # "later" at 12.0, not "before"
+    assert measurement.recovery_s(11.2, sent_at, outputs) is None  # nothing sent after 11.2
+    assert measurement.longest_gap(o.read_at for o in outputs) == (pytest.approx(1.3), 10.2)
+    assert measurement.longest_gap([1.0]) == (0.0, None)
 
 
 def test_input_check_catches_a_publisher_that_duplicated_or_dropped() -> None:
-    assert chaos.input_check(["a", "b"], ["b", "a"])["consistent"]
-    twice = chaos.input_check(["a", "b"], ["a", "b", "b"])
+    assert measurement.input_check(["a", "b"], ["b", "a"])["consistent"]
+    twice = measurement.input_check(["a", "b"], ["a", "b", "b"])
     assert not twice["consistent"] and twice["duplicated"] == 1 and twice["messages"] == 3
-    dropped = chaos.input_check(["a", "b"], ["a"])
+    dropped = measurement.input_check(["a", "b"], ["a"])
     assert not dropped["consistent"] and dropped["recorded_not_in_topic"] == 1
-    unrecorded = chaos.input_check(["a"], ["a", "c"])
+    unrecorded = measurement.input_check(["a"], ["a", "c"])
     assert not unrecorded["consistent"] and unrecorded["not_in_record"] == 1
 
 
 def test_published_ids_are_the_ids_read_back_from_predictions_and_dead_letters() -> None:
-    msgs = list(chaos.messages(600, "r1", seed=0, bad_share=0.02))
+    msgs = list(scenarios.messages(600, "r1", seed=0, bad_share=0.02))
     ids = [m[0] for m in msgs]
     assert len(msgs) == 600 and len(set(ids)) == 600
     bad = [m for m in msgs if m[1]]
     assert len(bad) == 12 and all(m[0].startswith("bad-r1-") for m in bad)
     for msg_id, is_bad, key, value in msgs:
-        assert chaos.input_id(key, value) == msg_id
+        assert measurement.input_id(key, value) == msg_id
         if is_bad:
             assert key == msg_id.encode()
-            assert chaos.output_id(chaos.DEAD_LETTER, key, dead_letter(value)) == msg_id
+            assert measurement.output_id(measurement.DEAD_LETTER, key, dead_letter(value)) == msg_id
         else:
             wire = orjson.loads(value)
             assert wire["tx_id"] == msg_id and key == wire["customer_id"].encode()
-            assert chaos.output_id(chaos.PREDICTION, msg_id.encode(), b"{}") == msg_id
+            assert measurement.output_id(measurement.PREDICTION, msg_id.encode(), b"{}") == msg_id
             # a valid transaction dead-lettered is still recognised (as misrouted, not as unexpected)
-            assert chaos.output_id(chaos.DEAD_LETTER, key, dead_letter(value)) == msg_id
-    assert {orjson.loads(chaos.malformed("b", v)).get("tx_id") for v in (3, 4, 5)} == {"b"}
+            assert measurement.output_id(measurement.DEAD_LETTER, key, dead_letter(value)) == msg_id
+    assert {orjson.loads(scenarios.malformed("b", v)).get("tx_id") for v in (3, 4, 5)} == {"b"}
 
 
 def test_records_round_trip_and_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "published.tsv").write_text("a\tg\t1.5\t1.6\t0\t7\nx\tb\t2.0\t2.1\t1\t3\ny\tb\t2.")
     (tmp_path / "outputs.tsv").write_text("p\ta\t3.0\t2\t0\nd\tx\t3.5\t0\t4\np\ta")
-    assert chaos.read_published(tmp_path / "published.tsv") == [
+    assert measurement.read_published(tmp_path / "published.tsv") == [
         Published("a", False, 1.5, 1.6, 0, 7),
         Published("x", True, 2.0, 2.1, 1, 3),
     ]
-    assert chaos.read_outputs(tmp_path / "outputs.tsv") == [Output("p", "a", 3.0, 2, 0), Output("d", "x", 3.5, 0, 4)]
+    assert measurement.read_outputs(tmp_path / "outputs.tsv") == [
+        Output("p", "a", 3.0, 2, 0),
+        Output("d", "x", 3.5, 0, 4),
+    ]
 
 
 def test_faults_are_spread_evenly_and_the_exit_code_follows_the_counts() -> None:
-    schedule = chaos.fault_schedule(70.0, kills=3, broker_restart=True, scale=True)  # 6 faults
+    schedule = scenarios.fault_schedule(70.0, kills=3, broker_restart=True, scale=True)  # 6 faults
     assert [f.planned_at_s for f in schedule] == pytest.approx([10.0 * i for i in range(1, 7)])
     assert sorted(f.kind for f in schedule) == ["broker_restart", "scale_down", "scale_up", *["sigkill"] * 3]
     kinds = [f.kind for f in schedule]
     assert kinds.index("scale_up") < kinds.index("scale_down")
     clean = {"measurement_valid": True, "lost": 0, "duplicated": 0, "misrouted": 0, "unexpected": 0}
-    assert chaos.exit_code(clean) == 0
-    assert chaos.exit_code({**clean, "lost": 1}) == 1
-    assert chaos.exit_code({**clean, "duplicated": 1}) == 1
-    assert chaos.exit_code({**clean, "measurement_valid": False}) == 2
+    assert exit_code(clean) == 0
+    assert exit_code({**clean, "lost": 1}) == 1
+    assert exit_code({**clean, "duplicated": 1}) == 1
+    assert exit_code({**clean, "measurement_valid": False}) == 2
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
@@ -149,6 +154,12 @@ RUN = [
     "--kills", "2", "--scale", "--broker-restart", "--broker-down-s", "5",
     "--drain-timeout-s", "120", "--settle-s", "5", "--progress-s", "10",
 ]  # fmt: skip
+# Ready again within READY_BOUND_S. The README says a restarted worker decides again within seconds; the full run in
+# BENCHMARKS.md had replacements ready in 2.8-9.5 s and the added worker in 14.7 s (it reads the terminal log from
+# its start). On the shared 2-core machine, with other sessions' brokers and workers beside this run, 30 s still
+# tells a slow recovery from a stuck one (a worker that waits out a 10 s session or a rebalance twice stays under it).
+READY_BOUND_S = 30.0
+SIGKILL_READY_S = 15.0  # a SIGKILLed worker restarts with the same id and static membership: no session to wait out
 
 
 @pytest.mark.timeout(900)
@@ -182,13 +193,42 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
     kinds = sorted(f["kind"] for f in report["faults"])
     assert kinds == ["broker_restart", "scale_down", "scale_up", "sigkill", "sigkill"], output
     assert all(f["recovery_s"] is not None for f in report["faults"]), output
+    # Every worker is ready again within READY_BOUND_S of each fault that took it away: a SIGKILLed worker from its
+    # kill, the added worker from its start, every running worker from the broker's return after the restart. A wait
+    # the script itself cut short (its next fault hit that worker first) is excused if it was shorter than the
+    # bound; never a SIGKILL's: each SIGKILLed worker must be ready again, as before.
+    ready: dict[str, float | None] = {}
+    for i, fault in enumerate(report["faults"]):
+        if fault["kind"] in ("sigkill", "scale_up"):
+            waits = {fault["target"]: (fault["ready_after_s"], fault.get("waited_before_hit_s"))}
+        elif fault["kind"] == "broker_restart":
+            assert fault["ready_again_after_s"], output  # some worker was running: its readiness was awaited
+            hit = fault.get("hit_again_before_ready", {})
+            waits = {w: (after_s, hit.get(w)) for w, after_s in fault["ready_again_after_s"].items()}
+        else:
+            continue
+        for worker, (after_s, cut_after_s) in waits.items():
+            if (
+                after_s is None
+                and cut_after_s is not None
+                and cut_after_s < READY_BOUND_S
+                and fault["kind"] != "sigkill"
+            ):
+                continue  # not measured: stopped or killed by the script before the bound ran out
+            ready[f"{fault['kind']} {i} {worker}"] = after_s
+    late = {k: v for k, v in ready.items() if v is None or v > READY_BOUND_S}
+    assert not late, f"not ready again within {READY_BOUND_S} s: {late}\n{output}"
+    slow_kills = {k: v for k, v in ready.items() if k.startswith("sigkill") and (v or 0) > SIGKILL_READY_S}
+    assert not slow_kills, f"a SIGKILLed worker not ready again within {SIGKILL_READY_S} s: {slow_kills}\n{output}"
     for fault in report["faults"]:
-        if fault["kind"] == "sigkill":  # the restarted worker decides again well within 15 s
-            assert fault["ready_after_s"] is not None and fault["ready_after_s"] <= 15.0, output
         if fault["kind"] == "scale_down":  # SIGTERM: the batches in flight commit, then the worker exits promptly
             assert fault.get("exited_after_s") is not None and fault["exited_after_s"] <= 15.0, output
+            # the added worker took part: it committed decisions of its own (its /metrics, read before the SIGTERM)
+            assert fault["target"] == "worker-1" and (fault["decided_before_stop"] or 0) >= 1, output
         if fault["kind"] == "broker_restart":  # not ready while the broker is away; a line per change, not per message
             assert 503 in fault["ready_while_down"], output
             assert fault["log_lines_while_down"] <= 60, output
+    # every exit of a worker was one the script caused (SIGKILL, the scale-down's SIGTERM, the end of the run)
+    assert report["unexpected_exits"] == [], output
     assert process.returncode == 0, output
     shutil.rmtree(work, ignore_errors=True)  # kept for a look when the test fails

@@ -1,0 +1,111 @@
+"""One system's run on the broker: started as its own process, warmed up, then the maximum-throughput phase
+(with what it wrote and, for the worker, its py-spy samples and metrics) and the held rates."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from local_processes import free_port, scrape, stop_process, wait_http_ok
+from tqdm import tqdm
+
+from bench.process import cost_split, dir_bytes, peak_rss_bytes, start_profiler, wait_idle
+from bench.traffic import Message, create_topics, drive
+from bench.written import disk_bytes, end_offsets, messages_per_transaction, written_topics
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The raw client, the raw client in Kafka transactions shaped like the decision loop (exactly once alone), the worker.
+SYSTEMS = ("passthrough", "passthrough-eos", "worker")
+
+
+def run_system(
+    name: str,
+    bootstrap: str,
+    args: argparse.Namespace,
+    work: Path,
+    phases: dict[str, list[Message]],
+    progress: tqdm | None = None,
+) -> dict[str, Any]:
+    run = f"{name}-{uuid.uuid4().hex[:8]}"  # topics, groups and state of this run only
+    source, sink = f"bench-{run}-transactions", f"bench-{run}-predictions"
+    asyncio.run(create_topics(bootstrap, [source, sink], args.partitions))
+    log = (work / f"{name}.log").open("wb")
+    data_dir = work / f"{name}-data"
+    app_id: str | None = None
+    metrics_url = None
+    if name.startswith("passthrough"):
+        command = [sys.executable, "scripts/passthrough.py", "--bootstrap-servers", bootstrap, "--source", source,
+                   "--sink", sink, "--group", f"bench-{run}"]  # fmt: skip
+        if name == "passthrough-eos":
+            command.append("--transactional")
+        env = dict(os.environ)
+        named = [sink]
+    else:
+        app_id = f"bench-{run}-app"  # its own prefix: no topic of the benchmark's starts with it
+        topics = {"TRANSACTIONS_TOPIC": source, "PREDICTIONS_TOPIC": sink, "LABELS_TOPIC": f"bench-{run}-labels",
+                  "HEALTH_TOPIC": f"bench-{run}-health", "TRANSACTIONS_DLQ_TOPIC": f"bench-{run}-transactions-dlq",
+                  "LABELS_DLQ_TOPIC": f"bench-{run}-labels-dlq"}  # fmt: skip
+        web_port = free_port()
+        metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+        command = [sys.executable, "-m", "app"]
+        env = {**os.environ, **topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "APP_ID": app_id, "WORKER_ID": run,
+               "TOPIC_PARTITIONS": str(args.partitions), "DATA_DIR": str(data_dir), "WEB_PORT": str(web_port),
+               "GRPC_PORT": str(free_port()), "WEB_BIND": "127.0.0.1", "LOG_LEVEL": "warn"}  # fmt: skip
+        named = [sink, topics["TRANSACTIONS_DLQ_TOPIC"], topics["HEALTH_TOPIC"], topics["LABELS_DLQ_TOPIC"]]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    result: dict[str, Any] = {"system": name, "run": run, "app_id": app_id}
+    try:
+        if metrics_url is not None:
+            wait_http_ok(metrics_url.replace("/metrics", "/ready"), process, 120)
+        # warm-up: the consumer group joins and the first fetches happen outside the measurements
+        asyncio.run(drive(bootstrap, source, sink, phases["warmup"], 0, 120, progress))
+        wait_idle(process.pid)
+        written = asyncio.run(written_topics(bootstrap, app_id, named))
+        offsets_before = asyncio.run(end_offsets(bootstrap, written))
+        samples_before = scrape(metrics_url) if metrics_url else {}
+        profile = work / f"{name}-profile.txt"
+        spy = start_profiler(process.pid, profile) if name == "worker" else None
+        m = result["max_throughput"] = asyncio.run(
+            drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s, progress)
+        )
+        m["busy_s_after_last_output"] = wait_idle(process.pid)  # the learning backlog, for the worker
+        m["sustained_tps_until_idle"] = m["published"] / (m["seconds"] + max(m["busy_s_after_last_output"] - 1.0, 0))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+            result["cpu_split"] = cost_split(profile) if profile.exists() else {}
+        written = asyncio.run(written_topics(bootstrap, app_id, named))  # any topic created during the phase
+        per_tx = messages_per_transaction(bootstrap, written, offsets_before, m["published"])
+        if metrics_url:
+            samples = scrape(metrics_url)
+            batches = samples.get("fraud_decision_batch_records_count", 0) - samples_before.get(
+                "fraud_decision_batch_records_count", 0
+            )
+            per_tx["kafka_transactions"] = int(batches)
+            per_tx["tx_per_kafka_transaction"] = m["published"] / batches if batches else None
+            per_tx["markers_or_aborted_per_kafka_transaction"] = (
+                per_tx["total"]["markers_or_aborted"] / batches if batches else None
+            )
+            per_tx["scored"] = int(samples.get('fraud_transactions_total{outcome="scored"}', 0)
+                                   - samples_before.get('fraud_transactions_total{outcome="scored"}', 0))  # fmt: skip
+        result["messages_per_transaction"] = per_tx
+        result["rates"] = [
+            asyncio.run(drive(bootstrap, source, sink, phases[f"r{rate:g}"], rate, args.timeout_s, progress))
+            for rate in args.rates
+        ]
+        result["peak_rss_bytes"] = peak_rss_bytes(process.pid)
+        if app_id is not None:
+            result["topic_disk_bytes"] = asyncio.run(disk_bytes(bootstrap, written))
+    finally:
+        stop_process(process)
+        log.close()
+    if name == "worker":
+        result["state_bytes"] = dir_bytes(data_dir)  # what the worker leaves in DATA_DIR after its shutdown
+    return result

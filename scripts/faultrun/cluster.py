@@ -1,0 +1,131 @@
+"""The workers a fault run starts, kills and stops (each a ``python -m app`` process), and the run's topics."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from local_processes import http_status, scrape
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Worker:
+    """One ``python -m app`` worker; its name, data dir and web port stay the same across restarts."""
+
+    name: str
+    env: dict[str, str]
+    command: list[str]
+    log_path: Path
+    cwd: Path = REPO_ROOT
+    process: subprocess.Popen[bytes] | None = None
+    wanted: bool = False  # should be running: an exit that nobody asked for is unexpected
+    started_at: float = 0.0
+    ready_at: float | None = None
+    awaited_since: float = 0.0  # its start, or the broker's return after a restart: readiness is awaited since
+    last_probe: float = 0.0
+    restarts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.env['WEB_PORT']}/ready"
+
+    def decided(self) -> int | None:
+        """Transactions it decided (scored or dead-lettered) in committed Kafka transactions since its last start,
+        from its ``/metrics``; None when it does not answer."""
+        try:
+            samples = scrape(self.url.replace("/ready", "/metrics"), timeout_s=5.0)
+        except OSError:
+            return None
+        return sum(int(samples.get(f'fraud_transactions_total{{outcome="{o}"}}', 0)) for o in ("scored", "dead_letter"))
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"\n=== chaos: start {self.name} at {datetime.now(UTC).isoformat()} ===\n".encode())
+            log_file.flush()
+            self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=log_file,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        self.wanted = True
+        self.started_at = time.time()
+        self.await_ready(since=self.started_at)
+
+    def await_ready(self, since: float) -> None:
+        """Forget the last 200 of ``/ready``: readiness is awaited again from ``since``."""
+        self.ready_at = None
+        self.awaited_since = since
+        self.last_probe = 0.0
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def probe_ready(self, min_interval_s: float = 0.25) -> bool:
+        """Poll GET /ready (at most every min_interval_s); remembers the first 200 since readiness was awaited."""
+        if self.ready_at is not None:
+            return True
+        now = time.time()
+        if now - self.last_probe < min_interval_s or not self.alive():
+            return False
+        self.last_probe = now
+        ok = http_status(self.url, timeout_s=0.5) == 200
+        if ok:
+            self.ready_at = time.time()
+        return ok
+
+    def kill(self) -> float:
+        """SIGKILL: no shutdown hook, no flush, no commit. Returns when it was sent."""
+        assert self.process is not None
+        at = time.time()
+        self.process.kill()
+        self.process.wait(timeout=30)
+        return at
+
+    def terminate(self) -> float:
+        assert self.process is not None
+        self.wanted = False
+        at = time.time()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return at
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.wanted = False
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class SetupError(RuntimeError):
+    """The run could not be set up (broker, worker readiness, helper processes)."""
+
+
+async def create_topics(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
+    """The contract's topics (configs from topics/manifest.json) under the run's names, before anyone publishes:
+    a topic auto-created by the publisher would get one partition."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    manifest = orjson.loads((REPO_ROOT / "topics" / "manifest.json").read_bytes())["topics"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for entry in manifest:
+            name = topics.get(entry["env"])
+            if name is None:
+                continue
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(name, entry["partitions"] or partitions, 1,
+                                                    topic_configs=dict(entry.get("config", {})))])  # fmt: skip
+    finally:
+        await admin.close()

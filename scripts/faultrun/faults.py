@@ -1,0 +1,128 @@
+"""The faults a run applies: SIGKILL and restart of a worker, a broker restart, a worker added and one stopped;
+and what each fault's record notes (readiness again, exit time, what the workers logged)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import kafka_local
+from local_processes import http_status
+
+from faultrun.cluster import Worker
+from faultrun.scenarios import Fault
+
+if TYPE_CHECKING:
+    from faultrun.run import ChaosRun
+
+
+def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
+    """Apply ``fault`` now and append its record to ``run.faults`` (keys with ``_`` are the run's own)."""
+    record: dict[str, Any] = {"kind": fault.kind, "planned_at_s": round(fault.planned_at_s, 3)}
+    if fault.kind == "sigkill":
+        running = run.running()
+        target = running[kills_so_far % len(running)]
+        hit_before_ready(run, target)
+        at = target.kill()
+        target.restarts += 1
+        target.start()
+        record.update(target=target.name, _at=at, restarted_after_s=round(target.started_at - at, 3),
+                      _awaiting_ready=True)  # fmt: skip
+        run.event("SIGKILL and restart", worker=target.name)
+    elif fault.kind == "scale_up":
+        worker = run.new_worker()
+        worker.start()
+        at = worker.started_at
+        record.update(target=worker.name, _at=at, _awaiting_ready=True)
+        run.event("scale up: started", worker=worker.name)
+    elif fault.kind == "scale_down":
+        target = run.running()[-1]
+        hit_before_ready(run, target)
+        # what it committed since its last start, before it is told to stop: a worker that never got partitions
+        # would show 0 here (predictions do not say which worker decided them)
+        record["decided_before_stop"] = target.decided()
+        at = target.terminate()
+        record.update(target=target.name, _at=at)
+        run.stopping.append((target, at + 60.0, record))
+        run.event("scale down: SIGTERM", worker=target.name, decided=record["decided_before_stop"])
+    elif fault.kind == "broker_restart":
+        restart_broker(run, record)
+    else:
+        raise ValueError(fault.kind)
+    record["at_s"] = run.rel(record["_at"])
+    run.faults.append(record)
+
+
+def restart_broker(run: ChaosRun, record: dict[str, Any]) -> None:
+    """Stop the broker, watch the workers while it is away, start it on the same ports and data; then each running
+    worker's ``/ready`` is awaited again (``ready_again_after_s``: seconds after the broker answered again)."""
+    at = time.time()
+    record["_at"] = at
+    run.event("broker stop")
+    running = run.running()
+    log_sizes = {w.name: _size(w.log_path) for w in running}
+    kafka_local.stop(run.broker_data)
+    record["stopped_after_s"] = round(time.time() - at, 3)
+    # What operators see while the broker is away: /ready answers, and how much the workers log.
+    statuses: set[int] = set()
+    until = time.time() + run.args.broker_down_s
+    while time.time() < until:
+        statuses.update(http_status(w.url, timeout_s=1.0) for w in running)
+        run.sleep_until(min(until, time.time() + 0.5))
+    record["ready_while_down"] = sorted(statuses)
+    record["log_lines_while_down"] = sum(_count_problem_lines(w.log_path, log_sizes[w.name]) for w in running)
+    kafka_local.start(port=run.broker_port, controller_port=run.controller_port, data_dir=run.broker_data)
+    back = time.time()
+    record["back_after_s"] = round(back - at, 3)
+    record["_back_at"] = back
+    record["ready_again_after_s"] = {}
+    record["_awaiting_ready_again"] = set()
+    for worker in run.running():
+        worker.await_ready(since=back)
+        record["ready_again_after_s"][worker.name] = None
+        record["_awaiting_ready_again"].add(worker.name)
+    run.event("broker answering again", after_s=record["back_after_s"])
+
+
+def note_ready(run: ChaosRun, worker: Worker) -> None:
+    """``worker`` answered ``/ready`` 200: the readiness time of the faults that waited for it."""
+    assert worker.ready_at is not None
+    for fault in run.faults:
+        if fault.get("target") == worker.name and fault.get("_awaiting_ready"):
+            fault["ready_after_s"] = round(worker.ready_at - fault["_at"], 3)
+            del fault["_awaiting_ready"]
+        if worker.name in fault.get("_awaiting_ready_again", ()):
+            fault["ready_again_after_s"][worker.name] = round(worker.ready_at - fault["_back_at"], 3)
+            fault["_awaiting_ready_again"].discard(worker.name)
+
+
+def hit_before_ready(run: ChaosRun, worker: Worker) -> None:
+    """An earlier fault's wait for ``worker`` that never saw it ready: no readiness time for that fault, and how
+    long it had waited when this run hit the worker again (a wait cut short says nothing about recovery)."""
+    now = time.time()
+    for fault in run.faults:
+        if fault.get("target") == worker.name and fault.pop("_awaiting_ready", False):
+            fault["ready_after_s"] = None
+            fault["hit_again_before_ready"] = True
+            fault["waited_before_hit_s"] = round(now - fault["_at"], 3)
+        if worker.name in fault.get("_awaiting_ready_again", ()):
+            fault["_awaiting_ready_again"].discard(worker.name)
+            fault.setdefault("hit_again_before_ready", {})[worker.name] = round(now - fault["_back_at"], 3)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _count_problem_lines(path: Path, since: int) -> int:
+    """WARNING and ERROR lines a worker wrote to its log after byte ``since``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(since)
+            return sum(1 for line in f if b"[ERROR]" in line or b"[WARNING]" in line)
+    except OSError:
+        return 0

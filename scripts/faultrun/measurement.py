@@ -1,0 +1,249 @@
+"""The accounting a fault run's verdict rests on: what was published, what came out, lost, duplicated, recovery.
+
+Pure: no broker, no process. tests/test_chaos_kafka.py checks it on crafted inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.learning.quality import percentiles
+
+PREDICTION = "p"
+DEAD_LETTER = "d"
+GOOD = "g"
+BAD = "b"
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One acknowledged send, as the publisher recorded it."""
+
+    id: str
+    bad: bool  # malformed on purpose: its outcome must be a dead letter
+    sent_at: float  # wall time of the first send attempt
+    acked_at: float = 0.0
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One message read from predictions (kind "p") or the dead-letter topic (kind "d")."""
+
+    kind: str
+    id: str
+    read_at: float
+    partition: int = -1
+    offset: int = -1
+
+
+def tally(published: Iterable[Published], outputs: Iterable[Output], sample: int = 20) -> dict[str, Any]:
+    """Delivery counts from the publisher's record and the outputs read.
+
+    ``lost``: published ids without any output; ``duplicated``: published ids with more than one output (of
+    either kind), ``extra_copies`` the outputs beyond the first; ``misrouted``: valid transactions that were
+    dead-lettered or malformed ones predicted; ``unexpected``: ids output but never recorded as published.
+
+    >>> p = [Published("a", False, 1.0), Published("b", False, 1.0), Published("x", True, 1.0)]
+    >>> o = [Output("p", "a", 2.0), Output("p", "a", 3.0), Output("d", "x", 2.0)]
+    >>> t = tally(p, o)
+    >>> t["lost"], t["duplicated"], t["extra_copies"], t["predicted"], t["dead_lettered"]
+    (1, 1, 1, 1, 1)
+    """
+    bad_of: dict[str, bool] = {}
+    record_duplicates = 0
+    for p in published:
+        if p.id in bad_of:
+            record_duplicates += 1
+        bad_of[p.id] = p.bad
+    predictions: Counter[str] = Counter()
+    letters: Counter[str] = Counter()
+    unexpected: Counter[str] = Counter()
+    for o in outputs:
+        if o.id not in bad_of:
+            unexpected[o.id] += 1
+        elif o.kind == PREDICTION:
+            predictions[o.id] += 1
+        else:
+            letters[o.id] += 1
+    lost = [i for i in bad_of if predictions[i] + letters[i] == 0]
+    duplicated = {i: predictions[i] + letters[i] for i in bad_of if predictions[i] + letters[i] > 1}
+    misrouted = [i for i, bad in bad_of.items() if (letters[i] if not bad else predictions[i])]
+    return {
+        "published": len(bad_of),
+        "published_valid": sum(1 for bad in bad_of.values() if not bad),
+        "published_malformed": sum(1 for bad in bad_of.values() if bad),
+        "record_duplicates": record_duplicates,
+        "predicted": len(predictions),
+        "dead_lettered": len(letters),
+        "lost": len(lost),
+        "duplicated": len(duplicated),
+        "extra_copies": sum(n - 1 for n in duplicated.values()),
+        "misrouted": len(misrouted),
+        "unexpected": len(unexpected),
+        "lost_sample": sorted(lost)[:sample],
+        "duplicated_sample": dict(sorted(duplicated.items())[:sample]),
+        "misrouted_sample": sorted(misrouted)[:sample],
+        "unexpected_sample": sorted(unexpected)[:sample],
+    }
+
+
+def recovery_s(
+    fault_at: float,
+    sent_at: Mapping[str, float],
+    outputs_by_time: Sequence[Output],
+    times: Sequence[float] | None = None,
+) -> float | None:
+    """Seconds from ``fault_at`` to the first output read after it for a message first sent after it.
+
+    ``outputs_by_time`` must be sorted by ``read_at`` (``times``: their read times, to bisect without a copy).
+    None when no such output came.
+
+    >>> outs = [Output("p", "old", 11.0), Output("p", "new", 12.5), Output("p", "newer", 13.0)]
+    >>> recovery_s(10.0, {"old": 9.0, "new": 10.5, "newer": 12.0}, outs)
+    2.5
+    >>> recovery_s(20.0, {"old": 9.0, "new": 10.5, "newer": 12.0}, outs) is None
+    True
+    """
+    times = times if times is not None else [o.read_at for o in outputs_by_time]
+    for o in itertools.islice(outputs_by_time, bisect.bisect_left(times, fault_at), None):
+        sent = sent_at.get(o.id)
+        if sent is not None and sent >= fault_at:
+            return o.read_at - fault_at
+    return None
+
+
+def longest_gap(read_times: Iterable[float]) -> tuple[float, float | None]:
+    """The longest time between two consecutive outputs, and when it began; (0.0, None) for fewer than two.
+
+    >>> longest_gap([5.0, 1.0, 2.0, 2.5])
+    (2.5, 2.5)
+    """
+    times = sorted(read_times)
+    best, at = 0.0, None
+    for a, b in itertools.pairwise(times):
+        if b - a > best:
+            best, at = b - a, a
+    return best, at
+
+
+def input_check(recorded: Iterable[str], in_topic: Iterable[str], sample: int = 20) -> dict[str, Any]:
+    """The record against the input topic's content: the publisher must have written each id exactly once.
+
+    >>> c = input_check(["a", "b", "c"], ["a", "b", "b", "d"])
+    >>> c["messages"], c["duplicated"], c["not_in_record"], c["recorded_not_in_topic"], c["consistent"]
+    (4, 1, 1, 1, False)
+    """
+    record = Counter(recorded)
+    topic = Counter(in_topic)
+    duplicated = sorted(i for i, n in topic.items() if n > 1)
+    extra = sorted(i for i in topic if i not in record)
+    missing = sorted(i for i in record if i not in topic)
+    return {
+        "messages": sum(topic.values()),
+        "distinct": len(topic),
+        "duplicated": len(duplicated),
+        "not_in_record": len(extra),
+        "recorded_not_in_topic": len(missing),
+        "consistent": not duplicated and not extra and not missing and sum(record.values()) == len(record),
+        "duplicated_sample": duplicated[:sample],
+        "not_in_record_sample": extra[:sample],
+        "recorded_not_in_topic_sample": missing[:sample],
+    }
+
+
+def latency_percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p95, p99 and max of ``values`` (app.learning.quality's percentiles: numpy's linear interpolation),
+    rounded to the millisecond; None when there are none.
+
+    >>> latency_percentiles([3.0, 1.0, 2.0, 4.0])
+    {'p50': 2.5, 'p95': 3.85, 'p99': 3.97, 'max': 4.0}
+    >>> latency_percentiles([])
+    {'p50': None, 'p95': None, 'p99': None, 'max': None}
+    """
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    p = percentiles(values, (50, 95, 99, 100))
+    return {"p50": round(p["p50"], 3), "p95": round(p["p95"], 3), "p99": round(p["p99"], 3), "max": round(p["p100"], 3)}
+
+
+def output_id(kind: str, key: bytes | None, value: bytes | None) -> str:
+    """The id an output is about: a prediction's key (else its value's tx_id); a dead letter's original tx_id
+    (from the base64 ``raw`` bytes, when they are a JSON object with a string tx_id), else its key.
+
+    >>> letter = orjson.dumps({"error": "invalid_json", "raw": base64.b64encode(b"{oops").decode()})
+    >>> output_id("d", b"bad-1", letter), output_id("p", b"tx-1", b"{}"), output_id("p", None, b'{"tx_id":"tx-2"}')
+    ('bad-1', 'tx-1', 'tx-2')
+    """
+    if kind == PREDICTION:
+        if key:
+            return key.decode(errors="replace")
+        return str(_json_field(value, "tx_id") or "?")
+    raw = _json_field(value, "raw")
+    if isinstance(raw, str):
+        try:
+            tx_id = _json_field(base64.b64decode(raw), "tx_id")
+        except ValueError:
+            tx_id = None
+        if isinstance(tx_id, str) and tx_id:
+            return tx_id
+    return key.decode(errors="replace") if key else "?"
+
+
+def input_id(key: bytes | None, value: bytes | None) -> str:
+    """The id of a message on the input topic: its value's tx_id when it has one, else its key."""
+    tx_id = _json_field(value, "tx_id")
+    if isinstance(tx_id, str) and tx_id:
+        return tx_id
+    return key.decode(errors="replace") if key else "?"
+
+
+def _json_field(data: bytes | None, name: str) -> Any:
+    if not data:
+        return None
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj.get(name) if isinstance(obj, dict) else None
+
+
+def read_published(path: Path) -> list[Published]:
+    """The publisher's record; a torn last line (a crash mid-write) is skipped."""
+    out = []
+    for line in _lines(path):
+        parts = line.split("\t")
+        if len(parts) != 6:
+            continue
+        out.append(Published(parts[0], parts[1] == BAD, float(parts[2]), float(parts[3]), int(parts[4]),
+                             int(parts[5])))  # fmt: skip
+    return out
+
+
+def read_outputs(path: Path) -> list[Output]:
+    out = []
+    for line in _lines(path):
+        parts = line.split("\t")
+        if len(parts) != 5:
+            continue
+        out.append(Output(parts[0], parts[1], float(parts[2]), int(parts[3]), int(parts[4])))
+    return out
+
+
+def _lines(path: Path) -> Iterator[str]:
+    if not path.exists():
+        return
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.endswith("\n"):
+                yield line[:-1]

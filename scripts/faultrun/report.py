@@ -1,0 +1,124 @@
+"""The report of a fault run: counts, recovery per fault, latency; its printed summary and the exit code."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faultrun.measurement import (
+    input_check,
+    latency_percentiles,
+    longest_gap,
+    read_outputs,
+    read_published,
+    recovery_s,
+    tally,
+)
+
+if TYPE_CHECKING:
+    from faultrun.run import ChaosRun
+
+
+def build_report(
+    run: ChaosRun, done: dict[str, Any], reader_done: dict[str, Any], topic_ids: list[str]
+) -> dict[str, Any]:
+    """The report of a finished run, from its records, the publisher's and the reader's last words and the
+    input topic's ids."""
+    a = run.args
+    published = read_published(run.work / "published.tsv")
+    outputs = sorted(read_outputs(run.work / "outputs.tsv"), key=lambda o: o.read_at)
+    times = [o.read_at for o in outputs]
+    counts = tally(published, outputs)
+    sent_at = {p.id: p.sent_at for p in published}
+    for fault in run.faults:
+        r = recovery_s(fault["_at"], sent_at, outputs, times)
+        fault["recovery_s"] = None if r is None else round(r, 3)
+        if fault.pop("_awaiting_ready", False):
+            fault["ready_after_s"] = None
+    faults = [{k: v for k, v in f.items() if not k.startswith("_")} for f in run.faults]
+    gap, gap_at = longest_gap(times)
+    first_read: dict[str, float] = {}
+    for o in outputs:
+        first_read.setdefault(o.id, o.read_at)
+    latencies = [first_read[p.id] - p.sent_at for p in published if p.id in first_read]
+    check = input_check((p.id for p in published), topic_ids)
+    publisher_count = done.get("count")
+    last_outcome = max(first_read.values(), default=None)
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "scripts/chaos.py", *(a.argv or [])]),
+        "run_id": run.run_id,
+        "work_dir": str(run.work),
+        "bootstrap": run.bootstrap,
+        "own_broker": run.own_broker,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k != "argv"},
+        **{k: v for k, v in counts.items() if not k.endswith("_sample")},
+        "publisher_count": publisher_count,
+        "record_matches_publisher": publisher_count == counts["published"] and not counts["record_duplicates"],
+        "publisher_retries": done.get("retries"),
+        "publisher_resends": done.get("resends"),
+        "publish_s": round(done.get("acked_done", run.t0) - run.t0, 3),
+        "publish_tps": round(counts["published"] / max(done.get("acked_done", run.t0) - run.t0, 1e-9), 1),
+        "input_topic": {k: v for k, v in check.items() if not k.endswith("_sample")},
+        "complete": bool(reader_done.get("complete")),
+        "outputs_read": len(outputs),
+        "last_outcome_after_publishing_s": None if last_outcome is None or not done.get("acked_done")
+        else round(last_outcome - done["acked_done"], 3),
+        "latency_s": latency_percentiles(latencies),
+        "longest_output_gap_s": round(gap, 3),
+        "longest_output_gap_at_s": run.rel(gap_at),
+        "faults": faults,
+        "unexpected_exits": run.unexpected_exits,
+        "timeline": run.timeline,
+        "samples": {k: v for k, v in {**counts, **{f"input_{k}": v for k, v in check.items()}}.items()
+                    if k.endswith("_sample")},
+    }  # fmt: skip
+    report["reader_ok"] = reader_done.get("exitcode") == 0 and "outputs" in reader_done
+    report["measurement_valid"] = bool(
+        report["record_matches_publisher"] and check["consistent"] and report["reader_ok"]
+    )
+    report["ok"] = (report["measurement_valid"] and counts["lost"] == 0 and counts["duplicated"] == 0
+                    and counts["misrouted"] == 0 and counts["unexpected"] == 0)  # fmt: skip
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"published {report['published']} ({report['published_valid']} valid, {report['published_malformed']} "
+        f"malformed; publisher counted {report['publisher_count']}, input topic holds "
+        f"{report['input_topic']['messages']}, consistent: {report['input_topic']['consistent']}) "
+        f"in {report['publish_s']:.1f} s ({report['publish_tps']:.0f} tx/s)",
+        f"predicted {report['predicted']}, dead-lettered {report['dead_lettered']}, "
+        f"LOST {report['lost']}, DUPLICATED {report['duplicated']} ({report['extra_copies']} extra copies), "
+        f"misrouted {report['misrouted']}, unexpected {report['unexpected']}; complete: {report['complete']}",
+        f"latency s {report['latency_s']}; longest output gap {report['longest_output_gap_s']:.1f} s "
+        f"at t+{report['longest_output_gap_at_s'] or 0:.1f} s",
+    ]
+    for f in report["faults"]:
+        details = ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("kind", "at_s", "recovery_s"))
+        rec = "never" if f["recovery_s"] is None else f"{f['recovery_s']:.1f} s"
+        lines.append(f"  {f['kind']:<15} at t+{f['at_s']:6.1f} s: recovery {rec} ({details})")
+    if report["unexpected_exits"]:
+        lines.append(f"unexpected worker exits: {report['unexpected_exits']}")
+    samples = report["samples"]
+    for name in ("lost_sample", "duplicated_sample", "misrouted_sample", "unexpected_sample"):
+        if samples.get(name):
+            lines.append(f"{name}: {samples[name]}")
+    verdict = "OK" if report["ok"] else "FAILED" if report["measurement_valid"] else "MEASUREMENT VOID"
+    lines.append(f"{verdict}: lost {report['lost']}, duplicated {report['duplicated']}")
+    return "\n".join(lines)
+
+
+def exit_code(report: dict[str, Any]) -> int:
+    """0: nothing lost or duplicated; 1: a delivery failure; 2: the record cannot be trusted.
+
+    >>> exit_code({"measurement_valid": True, "lost": 0, "duplicated": 0, "misrouted": 0, "unexpected": 0})
+    0
+    >>> exit_code({"measurement_valid": True, "lost": 0, "duplicated": 3, "misrouted": 0, "unexpected": 0})
+    1
+    """
+    if not report["measurement_valid"]:
+        return 2
+    failures = report["lost"] + report["duplicated"] + report["misrouted"] + report["unexpected"]
+    return 1 if failures else 0
