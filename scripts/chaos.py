@@ -145,6 +145,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start a second worker at about a quarter, SIGTERM it at about three quarters",
     )
+    g.add_argument(
+        "--fault-after-ready",
+        action="store_true",
+        help="hold each fault until every running worker is ready (at most --ready-timeout-s), so each recovery is "
+        "measured whole on a slow machine; the wait is in the fault's record (waited_for_ready_s)",
+    )
     g = p.add_argument_group("workers")
     g.add_argument("--partitions", type=int, default=4, help="TOPIC_PARTITIONS of the run's topics (default 4)")
     g.add_argument(

@@ -187,6 +187,13 @@ class ChaosRun:
               f"with outcome {rd.get('with_outcome', 0)}/{rd.get('published_seen', 0)}; {states}",
               flush=True)  # fmt: skip
 
+    def wait_all_ready(self, timeout_s: float) -> float:
+        """Supervise until every wanted worker answered ready (or ``timeout_s``); the seconds waited."""
+        started = time.time()
+        while time.time() - started < timeout_s and any(w.ready_at is None for w in self.running()):
+            self.sleep_until(time.time() + 0.1)
+        return round(time.time() - started, 3)
+
     def sleep_until(self, at: float) -> None:
         while time.time() < at:
             self.supervise()
@@ -234,9 +241,12 @@ class ChaosRun:
         kills = 0
         for fault in schedule:
             self.sleep_until(self.t0 + fault.planned_at_s)
+            waited_s = self.wait_all_ready(a.ready_timeout_s) if a.fault_after_ready else None
             if not self.publisher.is_alive():
                 self.event("publishing ended before this fault", fault=fault.kind)
             apply_fault(self, fault, kills)
+            if waited_s is not None:
+                self.faults[-1]["waited_for_ready_s"] = waited_s
             kills += fault.kind == "sigkill"
 
         while self.publisher.is_alive():
