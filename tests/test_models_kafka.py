@@ -165,8 +165,11 @@ def test_a_tampered_unsigned_or_foreign_snapshot_is_refused_before_deserialisati
     assert not marker.exists(), "a refused snapshot was deserialised"
     assert _models(worker)["serving"] == serving
     assert "refused" in worker.log_tail(200)
-    health = consume(kafka_bootstrap, worker.topics["HEALTH_TOPIC"],
-                     lambda rs: any("feature_set" in " ".join(loads(r.value or b"")["issues"]) for r in rs))  # fmt: skip
+
+    def shown(rs: list[Record]) -> bool:  # the last refusal (another feature set) is in the health events
+        return any("feature_set" in " ".join(loads(r.value or b"")["issues"]) for r in rs)
+
+    health = consume(kafka_bootstrap, worker.topics["HEALTH_TOPIC"], shown)
     last = loads(health[-1].value or b"")
     assert last["status"] == "degraded" and any("evil refused" in issue for issue in last["issues"])
     assert any("refused: feature_set" in issue and "fs-00000000" in issue for issue in last["issues"]), last
