@@ -59,6 +59,7 @@ class Prediction:
     is_fraud: bool
     threshold: float
     model_version: str
+    feature_set: str  # the feature set the features were computed by (app.features.spec.FEATURE_SET_VERSION)
     reasons: list[str]
     features: dict[str, float]
     latency_ms: float

@@ -152,6 +152,7 @@ def test_a_tampered_unsigned_or_foreign_snapshot_is_refused_before_deserialisati
         (b"evil", bomb),  # unsigned
         (b"evil", sign(header, bomb, b"another key")),  # signed with another key
         (b"evil", tampered),  # altered after signing
+        (b"evil", sign(header | {"feature_set": "fs-00000000"}, bomb, DEVELOPMENT_SIGNING_KEY)),  # other features
     ]
     produce(kafka_bootstrap, worker.topics["MODELS_TOPIC"], snapshots)
     event = {"action": "promoted", "version": "evil", "follow": False, "by": "attacker", "timestamp": "x"}
@@ -159,13 +160,19 @@ def test_a_tampered_unsigned_or_foreign_snapshot_is_refused_before_deserialisati
     _wait(lambda: _metric(worker, 'fraud_model_snapshots_refused_total{reason="bad_signature"}') == 2, 30,
           "two bad signatures counted")  # fmt: skip
     assert _metric(worker, 'fraud_model_snapshots_refused_total{reason="unsigned"}') == 1
+    _wait(lambda: _metric(worker, 'fraud_model_snapshots_refused_total{reason="feature_set"}') == 1, 30,
+          "the snapshot of another feature set counted")  # fmt: skip
     assert not marker.exists(), "a refused snapshot was deserialised"
     assert _models(worker)["serving"] == serving
     assert "refused" in worker.log_tail(200)
-    health = consume(kafka_bootstrap, worker.topics["HEALTH_TOPIC"],
-                     lambda rs: any("refused" in " ".join(loads(r.value or b"")["issues"]) for r in rs))  # fmt: skip
+
+    def shown(rs: list[Record]) -> bool:  # the last refusal (another feature set) is in the health events
+        return any("feature_set" in " ".join(loads(r.value or b"")["issues"]) for r in rs)
+
+    health = consume(kafka_bootstrap, worker.topics["HEALTH_TOPIC"], shown)
     last = loads(health[-1].value or b"")
     assert last["status"] == "degraded" and any("evil refused" in issue for issue in last["issues"])
+    assert any("refused: feature_set" in issue and "fs-00000000" in issue for issue in last["issues"]), last
     # Scoring goes on with the version in use.
     _publish(kafka_bootstrap, worker, [transaction(99, tx_id="after")], labels=False)
     after = _by_tx_id(consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(21)))["after"]

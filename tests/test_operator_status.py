@@ -19,6 +19,7 @@ def prediction(i: int, probability: float = 0.9) -> Prediction:
         is_fraud=True,
         threshold=0.5,
         model_version="logreg-v3",
+        feature_set="fs-00000000",
         reasons=["amount", "is_night"],
         features={"amount": 901.0, "is_night": 1.0},
         latency_ms=4.2,

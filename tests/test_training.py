@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.features.halves import FEATURE_NAMES
+from app.features.spec import FEATURE_SET_VERSION
 from app.learning.model import FraudModel
 from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.learning.registry_topics import warm_start
@@ -103,7 +104,7 @@ def test_a_snapshot_is_verified_before_it_is_unpickled() -> None:
     header = {"version": "v1", "role": "champion"}
     raw = model_snapshot(header, FraudModel("logreg"), b"key")
     loaded_header, model = load_model_snapshot(raw, b"key")
-    assert loaded_header == header and model.version == "v1"
+    assert loaded_header == header | {"feature_set": FEATURE_SET_VERSION} and model.version == "v1"
     with pytest.raises(SnapshotRefused, match="bad_signature"):
         load_model_snapshot(raw, b"another key")
     with pytest.raises(SnapshotRefused, match="bad_signature"):
@@ -111,7 +112,7 @@ def test_a_snapshot_is_verified_before_it_is_unpickled() -> None:
     with pytest.raises(SnapshotRefused, match="unsigned"):
         verify(pickle.dumps(FraudModel("logreg")), b"key")
     with pytest.raises(SnapshotRefused, match="malformed"):
-        load_model_snapshot(sign(header, pickle.dumps({"not": "a model"}), b"key"), b"key")
+        load_model_snapshot(sign(loaded_header, pickle.dumps({"not": "a model"}), b"key"), b"key")
 
 
 def test_the_registry_follows_published_versions_until_pinned() -> None:

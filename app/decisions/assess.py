@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from app.features.engine import CustomerState
 from app.features.halves import customer_side_features
+from app.features.spec import FEATURE_SET_VERSION
 from app.learning.model import FraudModel
 from app.records import InvalidMessage, Prediction, Transaction
 from app.serialization import isoformat_utc
@@ -60,6 +61,7 @@ def score_transaction(
         is_fraud=probability >= threshold,
         threshold=threshold,
         model_version=model.version,
+        feature_set=FEATURE_SET_VERSION,
         reasons=reasons,
         features=x,
         latency_ms=max(0.0, (time.time() - received_at_s) * 1000.0),

@@ -4,7 +4,8 @@ State is plain lists sorted by event time, holding only what the longest window 
 lateness), so it travels as one small changelog record per entry. Windows follow the transactions' own timestamps: a
 replay of last month gives the features that living through it gave.
 
-Definitions (t = the transaction's event time, "before" = arrived earlier in the stream):
+Definitions (t = the transaction's event time, "before" = arrived earlier in the stream; names and windows are
+those declared in :mod:`app.features.spec`, the defaults given here):
 - customer windows (t - w, t] over the customer's transactions that arrived before, plus this one:
   count, mean, std (population), max for w in 1 hour, 1, 7 and 30 days;
 - z-score of the amount against the 30-day mean and std (0 when the std is 0, or rounding noise <= 1e-9);
@@ -31,23 +32,56 @@ import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-HOUR_S = 3600.0
-DAY_S = 86400.0
-CUSTOMER_WINDOWS_S: dict[str, float] = {"1hour": HOUR_S, "1day": DAY_S, "7day": 7 * DAY_S, "30day": 30 * DAY_S}
-TERMINAL_DAYS = (1, 7, 30)
-CUSTOMER_FEATURE_NAMES: tuple[str, ...] = (
-    *(f"customer_{m}_{w}" for w in CUSTOMER_WINDOWS_S for m in ("nb_tx", "avg_amount", "std_amount", "max_amount")),
-    "amount_zscore_30day",
-    "seconds_since_previous_tx",
-    "terminal_new_for_customer_30day",
-    "customer_nb_terminals_30day",
-)
+from app.features import spec
+from app.features.spec import DAY_S, HOUR_S
+
+# Windows and names come from the declaration (app/features/spec.py); the engine computes each kind there.
+CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore",
+                         "seconds_since_previous", "terminal_new", "distinct_terminals")  # fmt: skip
+_STATS = ("count", "mean_amount", "std_amount", "max_amount")  # per customer window, computed together
+CUSTOMER_FEATURE_NAMES: tuple[str, ...] = spec.names("customer", CUSTOMER_ENGINE_KINDS)
 # What a customer lookup shows: the windows themselves, not the per-transaction comparisons.
-CUSTOMER_WINDOW_NAMES: tuple[str, ...] = (*CUSTOMER_FEATURE_NAMES[:16], "customer_nb_terminals_30day")
-TERMINAL_FEATURE_NAMES: tuple[str, ...] = (
-    *(f"terminal_{m}_{n}day_delay" for n in TERMINAL_DAYS for m in ("nb_tx", "risk")),
-    "terminal_nb_tx_1hour",
-)
+CUSTOMER_WINDOW_NAMES: tuple[str, ...] = spec.names("customer", (*_STATS, "distinct_terminals"))
+TERMINAL_FEATURE_NAMES: tuple[str, ...] = spec.TERMINAL_HALF_NAMES
+
+
+def _window_label(window_s: float) -> str:
+    """``1hour``, ``7day``: how the default names spell a window (for the reference in the tests)."""
+    return f"{window_s / HOUR_S:g}hour" if window_s < DAY_S else f"{window_s / DAY_S:g}day"
+
+
+def _by_window(kinds: tuple[str, ...], half: str) -> tuple[tuple[Any, ...], ...]:
+    """``(window_s, *names of kinds)`` per window, shortest first: a window declares each of ``kinds`` once."""
+    declared = [f for f in spec.FEATURES if f.half == half and f.kind in kinds]
+    rows = []
+    for window_s in sorted({f.window_s for f in declared}):  # type: ignore[type-var]  # windowed kinds
+        named = {f.kind: f.name for f in declared if f.window_s == window_s}
+        if sorted(f.kind for f in declared if f.window_s == window_s) != sorted(kinds):
+            raise spec.FeatureSetError(f"the {half} window of {window_s:g} s must declare each of {kinds} once")
+        rows.append((window_s, *(named[kind] for kind in kinds)))
+    return tuple(rows)
+
+
+_CUSTOMER_WINDOWS = _by_window(_STATS, "customer")
+CUSTOMER_WINDOWS_S: dict[str, float] = {_window_label(row[0]): row[0] for row in _CUSTOMER_WINDOWS}
+_ZSCORE, _GAP, _NEW_TERMINAL, _NB_TERMINALS = (spec.one(k) for k in CUSTOMER_ENGINE_KINDS[4:])
+_zscore_of = {row[0]: (row[2], row[3]) for row in _CUSTOMER_WINDOWS}.get(_ZSCORE.window_s)  # (mean, std) names
+if _zscore_of is None:
+    raise spec.FeatureSetError(f"{_ZSCORE.name}: no customer window of {_ZSCORE.window_s:g} s to take the z-score in")
+_ZSCORE_OF: tuple[str, str] = _zscore_of
+if _NEW_TERMINAL.window_s != _NB_TERMINALS.window_s:
+    raise spec.FeatureSetError("terminal_new and distinct_terminals share one window (one set of terminals)")
+_TERMINALS_WINDOW_S: float = _NB_TERMINALS.window_s  # type: ignore[assignment]  # checked: windowed kinds
+_GAP_CAP_S: float = _GAP.window_s  # type: ignore[assignment]
+_TERMINALS_FROM_START = _TERMINALS_WINDOW_S == _CUSTOMER_WINDOWS[-1][0]  # the longest window's start: no bisect
+# The customer state holds what the longest customer window needs (plus the lateness).
+_CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S)
+
+_TERMINAL_WINDOWS = _by_window(("delayed_count", "delayed_risk"), "terminal")
+TERMINAL_DAYS = tuple(int(row[0] // DAY_S) if row[0] % DAY_S == 0 else row[0] / DAY_S for row in _TERMINAL_WINDOWS)
+_TERMINAL_LONGEST_S = _TERMINAL_WINDOWS[-1][0]
+_BURST = spec.one("count", "terminal")
+_BURST_S: float = _BURST.window_s  # type: ignore[assignment]
 
 # Customer state: [(t, amount, terminal_id, tx_id, seq), ...]; terminal state: [(t, tx_id, seq), ...]; both
 # sorted by t, ties by arrival. ``seq`` numbers a key's arrivals (larger = later) for the repeat semantics: the
@@ -60,13 +94,6 @@ CustomerState = list[tuple[Any, ...]]
 TerminalState = list[tuple[Any, ...]]
 
 _T = operator.itemgetter(0)
-_30_DAYS_S = 30 * DAY_S
-_CUSTOMER_WINDOWS = tuple(
-    (w, f"customer_nb_tx_{n}", f"customer_avg_amount_{n}", f"customer_std_amount_{n}", f"customer_max_amount_{n}")
-    for n, w in CUSTOMER_WINDOWS_S.items()
-)
-assert sorted(CUSTOMER_WINDOWS_S.values()) == list(CUSTOMER_WINDOWS_S.values())[:-1] + [_30_DAYS_S]  # nested
-_TERMINAL_WINDOWS = tuple((n, f"terminal_nb_tx_{n}day_delay", f"terminal_risk_{n}day_delay") for n in TERMINAL_DAYS)
 _STD_NOISE = 1e-9  # below this a standard deviation is rounding noise of equal amounts, not spread
 
 
@@ -102,7 +129,7 @@ def customer_features(
         return x, state
     x = _customer_x(times, amounts, terminals, t, amount, terminal_id)
     at = bisect.bisect_right(times, t)  # after equal times: ties keep arrival order
-    horizon = max(times[-1], t) - _30_DAYS_S - lateness_s
+    horizon = max(times[-1], t) - _CUSTOMER_HORIZON_S - lateness_s
     keep = bisect.bisect_right(times, horizon)
     if t <= horizon:  # later than the lateness: scored, but already out of what the state holds
         return x, state[keep:]
@@ -122,7 +149,7 @@ def _customer_x(
     when the spread is small against the mean.
     """
     end = bisect.bisect_right(times, t)  # entries with time <= t
-    start = bisect.bisect_right(times, t - _30_DAYS_S, 0, end)
+    start = bisect.bisect_right(times, t - _CUSTOMER_WINDOWS[-1][0], 0, end)
     x: dict[str, float] = {}
     total, top, done = amount, amount, end  # amounts[done:end] and this one are in ``total`` and ``top``
     for window_s, nb_tx, avg, std, max_ in _CUSTOMER_WINDOWS:  # shortest first
@@ -141,13 +168,14 @@ def _customer_x(
         else:
             x[std] = math.sqrt((math.dist(amounts[lo:end], (mean,) * (n - 1)) ** 2 + (amount - mean) ** 2) / n)
         x[max_] = float(top)
-    std30 = x["customer_std_amount_30day"]
-    x["amount_zscore_30day"] = (amount - x["customer_avg_amount_30day"]) / std30 if std30 > _STD_NOISE else 0.0
-    x["seconds_since_previous_tx"] = min(t - times[end - 1], _30_DAYS_S) if end else _30_DAYS_S
-    recent = set(terminals[start:end])
+    z_mean, z_std = x[_ZSCORE_OF[0]], x[_ZSCORE_OF[1]]
+    x[_ZSCORE.name] = (amount - z_mean) / z_std if z_std > _STD_NOISE else 0.0
+    x[_GAP.name] = min(t - times[end - 1], _GAP_CAP_S) if end else _GAP_CAP_S
+    lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
+    recent = set(terminals[lo:end])
     new = terminal_id not in recent
-    x["terminal_new_for_customer_30day"] = 1.0 if new else 0.0
-    x["customer_nb_terminals_30day"] = float(len(recent) + new)
+    x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
+    x[_NB_TERMINALS.name] = float(len(recent) + new)
     return x
 
 
@@ -170,18 +198,18 @@ def terminal_x(
     """
     end = t - delay_days * DAY_S
     stop = bisect.bisect_left(state, end, key=_T)
-    first = bisect.bisect_left(state, end - TERMINAL_DAYS[-1] * DAY_S, 0, stop, key=_T)
+    first = bisect.bisect_left(state, end - _TERMINAL_LONGEST_S, 0, stop, key=_T)
     # Frauds are rare: pick the entries of the longest window that have a fraud label at all, then look closer.
     flagged = [e for e in state[first:stop] if e[1] in frauds_known_s] if frauds_known_s else ()
     known = [_time(e) for e in flagged if frauds_known_s[e[1]] <= t]  # type: ignore[index]
     x: dict[str, float] = {}
-    for n, nb_tx, risk in _TERMINAL_WINDOWS:
-        lo = end - n * DAY_S
+    for window_s, nb_tx, risk in _TERMINAL_WINDOWS:
+        lo = end - window_s
         count = stop - bisect.bisect_left(state, lo, first, stop, key=_T)
         x[nb_tx] = float(count)
         x[risk] = sum(lo <= e_t for e_t in known) / count if count else 0.0
-    recent = bisect.bisect_right(state, t, key=_T) - bisect.bisect_right(state, t - HOUR_S, key=_T)
-    x["terminal_nb_tx_1hour"] = float(recent + 1)
+    recent = bisect.bisect_right(state, t, key=_T) - bisect.bisect_right(state, t - _BURST_S, key=_T)
+    x[_BURST.name] = float(recent + 1)
     return x
 
 
@@ -229,7 +257,7 @@ def _insert_and_prune(state: TerminalState, entry: tuple[Any, ...], delay_days: 
         state.append(entry)  # the common case: in event-time order
     else:
         bisect.insort_right(state, entry, key=_T)
-    horizon = _time(state[-1]) - (delay_days + 30) * DAY_S - lateness_s
+    horizon = _time(state[-1]) - delay_days * DAY_S - _TERMINAL_LONGEST_S - lateness_s
     if _time(state[0]) < horizon:
         del state[: bisect.bisect_left(state, horizon, key=_T)]
 
@@ -311,5 +339,5 @@ def terminal_windows_at(
         raise ValueError("no entries")
     t = _time(state[-1])
     x = terminal_x(state, t, frauds_known_s, delay_days)
-    x["terminal_nb_tx_1hour"] -= 1.0  # terminal_x counts the transaction being scored; here there is none
+    x[_BURST.name] -= 1.0  # terminal_x counts the transaction being scored; here there is none
     return t, x

@@ -4,18 +4,23 @@ The customer half (calendar flags of the handbook's baseline and the customer's 
 :mod:`app.features.engine`) is computed where the customer's state lives; the terminal half (delayed risk
 windows and the 1-hour burst count) from the terminal aggregates every worker keeps off the terminal log
 (:mod:`app.state.terminals`). Both states are lists sorted by event time (:mod:`app.state.customers` has how the
-customer half travels on the changelog).
+customer half travels on the changelog). Names and windows are declared in
+:mod:`app.features.spec`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from app.features.engine import CUSTOMER_FEATURE_NAMES, TERMINAL_FEATURE_NAMES, CustomerState, customer_features
+from app.features import spec
+from app.features.engine import CustomerState, customer_features
+from app.features.spec import FEATURE_NAMES
 from app.records import Transaction
 
-CALENDAR_FEATURE_NAMES: tuple[str, ...] = ("hour_of_day", "is_weekend", "is_night")
-FEATURE_NAMES: tuple[str, ...] = ("amount", *CALENDAR_FEATURE_NAMES, *CUSTOMER_FEATURE_NAMES, *TERMINAL_FEATURE_NAMES)
+__all__ = ["CALENDAR_FEATURE_NAMES", "FEATURE_NAMES", "calendar_features", "customer_side_features"]
+
+_AMOUNT, _HOUR, _WEEKEND, _NIGHT = (spec.one(kind).name for kind in ("amount", "hour_of_day", "weekend", "night"))
+CALENDAR_FEATURE_NAMES: tuple[str, ...] = (_HOUR, _WEEKEND, _NIGHT)
 
 
 def calendar_features(timestamp: datetime) -> dict[str, float]:
@@ -27,9 +32,9 @@ def calendar_features(timestamp: datetime) -> dict[str, float]:
     """
     hour = timestamp.hour
     return {
-        "hour_of_day": float(hour),
-        "is_weekend": 1.0 if timestamp.weekday() >= 5 else 0.0,
-        "is_night": 1.0 if hour <= 6 else 0.0,
+        _HOUR: float(hour),
+        _WEEKEND: 1.0 if timestamp.weekday() >= 5 else 0.0,
+        _NIGHT: 1.0 if hour <= 6 else 0.0,
     }
 
 
@@ -45,4 +50,4 @@ def customer_side_features(
     (1.0, 1.0, 1)
     """
     customer_x, state = customer_features(state, tx.event_time_s, tx.amount, tx.terminal_id, tx.tx_id, lateness_s)
-    return {"amount": tx.amount, **calendar_features(tx.timestamp), **customer_x}, state
+    return {_AMOUNT: tx.amount, **calendar_features(tx.timestamp), **customer_x}, state

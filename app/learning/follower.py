@@ -3,8 +3,8 @@
 Both topics have one partition and are read from the start (``read_committed``, no consumer group), so every
 worker folds the same events into the same champion (:class:`app.learning.registry.Registry`), and a restarted
 worker scores with the version it scored with before. A snapshot is verified when it arrives; one that is
-unsigned, altered or signed with another key is refused before deserialisation: logged, counted, shown in health,
-and the version in use keeps scoring.
+unsigned, altered, signed with another key or made for another feature set (:mod:`app.features.spec`) is refused
+before deserialisation: logged, counted, shown in health, and the version in use keeps scoring.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from app import metrics
 from app.learning.model import FraudModel
 from app.learning.registry import Registry
-from app.learning.snapshots import SnapshotRefused, load_model_snapshot, verify
+from app.learning.snapshots import SnapshotRefused, check_feature_set, load_model_snapshot, verify
 from app.serialization import loads
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class ModelFollower:
         self.client_options = client_options or {}
         self.registry = Registry()
         self.snapshots: dict[str, bytes] = {}  # verified snapshots by version
-        self.refused: list[tuple[float, str, str]] = []  # (monotonic time, record key, code)
+        self.refused: list[tuple[float, str, str, str]] = []  # (monotonic time, record key, code, reason)
+        self.newest_sequence = 0  # of every signed snapshot, refused ones too: a new line does not reuse their ids
         self.serving: str | None = None
         self._missing_logged: str | None = None
         self._read_to: dict[str, int] = {}  # topic -> next offset, kept across reconnects
@@ -109,8 +110,10 @@ class ModelFollower:
             return
         try:
             header, _ = verify(value, self.key)
+            self.newest_sequence = max(self.newest_sequence, _sequence(header))
+            check_feature_set(header)
         except SnapshotRefused as exc:
-            self.refused.append((time.monotonic(), name, exc.code))
+            self.refused.append((time.monotonic(), name, exc.code, exc.reason))
             metrics.MODEL_SNAPSHOTS_REFUSED.labels(exc.code).inc()
             log.error("model snapshot %s refused (%s): not loaded; version %s keeps scoring", name, exc, self.serving)
             return
@@ -146,7 +149,7 @@ class ModelFollower:
             return
         raw = self.snapshots.get(champion)
         if raw is None:  # refused, or its snapshot not read yet (the two topics are fetched apart)
-            if self._missing_logged != champion and any(key == champion for _, key, _ in self.refused):
+            if self._missing_logged != champion and any(key == champion for _, key, _, _ in self.refused):
                 self._missing_logged = champion
                 log.error("champion %s was refused; %s keeps scoring", champion, self.serving)
             return
@@ -154,7 +157,7 @@ class ModelFollower:
             _, model = load_model_snapshot(raw, self.key)
         except Exception as exc:  # verified on arrival; a payload that does not load is refused now
             self.snapshots.pop(champion, None)
-            self.refused.append((time.monotonic(), champion, "malformed"))
+            self.refused.append((time.monotonic(), champion, "malformed", repr(exc)))
             metrics.MODEL_SNAPSHOTS_REFUSED.labels("malformed").inc()
             log.error("model snapshot %s does not load (%r); %s keeps scoring", champion, exc, self.serving)
             return
@@ -163,10 +166,12 @@ class ModelFollower:
         log.info("scoring with model %s (was %s)", champion, previous)
 
     def issues(self, now_s: float | None = None) -> list[str]:
-        """Refusals of the last ten minutes, for the health events."""
+        """Refusals of the last ten minutes, for the health events: the reason's code and, for another feature set,
+        both versions."""
         now_s = time.monotonic() if now_s is None else now_s
-        recent = [(key, code) for at, key, code in self.refused if now_s - at < REFUSAL_SHOWN_S]
-        return [f"model snapshot {key} refused: {code}" for key, code in recent[-5:]]
+        recent = [(key, code, why) for at, key, code, why in self.refused if now_s - at < REFUSAL_SHOWN_S]
+        return [f"model snapshot {key} refused: {code}" + (f" ({why})" if code == "feature_set" else "")
+                for key, code, why in recent[-5:]]  # fmt: skip
 
     def models_view(self) -> dict[str, Any]:
         """What ``GET /models`` answers."""
@@ -179,5 +184,12 @@ class ModelFollower:
             "latest": r.latest_champion,
             "versions": r.versions(),
             "events": r.events[-20:],
-            "refused": [{"key": key, "code": code} for _, key, code in self.refused[-20:]],
+            "refused": [{"key": key, "code": code} for _, key, code, _ in self.refused[-20:]],
         }
+
+
+def _sequence(header: dict[str, Any]) -> int:
+    try:
+        return int(header.get("sequence", 0))
+    except (TypeError, ValueError):
+        return 0

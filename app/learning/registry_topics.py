@@ -18,19 +18,21 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from app.features.spec import FEATURE_SET_VERSION
 from app.kafka.security import client_security_options
 from app.learning.model import FraudModel
 from app.learning.offline import replay_offline
 from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
 from app.learning.registry import Registry
-from app.learning.snapshots import SnapshotRefused, model_snapshot, verify
+from app.learning.snapshots import SnapshotRefused, check_feature_set, model_snapshot, verify
 from app.records import Prediction
 from app.serialization import dumps, loads
 from app.settings import Settings, signing_key
 
 
 async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Registry, list[tuple[str, str]]]:
-    """Both topics read to their end: the registry every worker folds, and the refused snapshots (key, code)."""
+    """Both topics read to their end: the registry every worker folds, and the refused snapshots (key, code): as a
+    worker refuses them, another feature set's included."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
                                 enable_auto_commit=False, fetch_max_bytes=64 * 2**20,
                                 max_partition_fetch_bytes=32 * 2**20,
@@ -53,6 +55,7 @@ async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Re
                     if tp.topic == settings.models_topic:
                         try:
                             header, _ = verify(record.value, key)
+                            check_feature_set(header)
                         except SnapshotRefused as exc:
                             refused.append(((record.key or b"?").decode(errors="replace"), exc.code))
                             continue
@@ -76,6 +79,9 @@ async def publish_event(settings: Settings, event: dict[str, Any]) -> None:
 
 
 async def publish_version(settings: Settings, header: dict[str, Any], model: FraudModel) -> None:
+    """A warm start's snapshot and its ``published`` event; the header names the feature set it was trained on
+    (this process's: the warm start computes its features with this code)."""
+    header = {**header, "feature_set": FEATURE_SET_VERSION}
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=16 * 2**20,
                                 **client_security_options(settings))  # fmt: skip
     await producer.start()

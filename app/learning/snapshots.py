@@ -2,7 +2,9 @@
 
 A snapshot is a pickle, and unpickling runs code: so every snapshot carries an HMAC-SHA256 over its header and
 payload, made with ``MODEL_SIGNING_KEY``, and a reader refuses one that is unsigned, altered or signed with another
-key *before* it touches the payload. Layout::
+key *before* it touches the payload. The header names the feature set the model was trained on
+(:data:`app.features.spec.FEATURE_SET_VERSION`); a model of another one (or of none: older snapshots) is refused
+too, as it would be fed features in another layout. Layout::
 
     b"FRM1" | 32-byte HMAC | 4-byte header length (big endian) | header (JSON) | payload (pickle)
 
@@ -25,6 +27,7 @@ import pickle
 import struct
 from typing import Any
 
+from app.features.spec import FEATURE_SET_VERSION, UNVERSIONED_FEATURE_SET, FeatureSetMismatch
 from app.learning.model import FraudModel
 from app.serialization import dumps, loads
 
@@ -34,7 +37,8 @@ _PREFIX = len(MAGIC) + 32 + _LENGTH.size
 
 
 class SnapshotRefused(Exception):
-    """A snapshot that must not be loaded; ``code`` is ``unsigned``, ``bad_signature`` or ``malformed``."""
+    """A snapshot that must not be loaded; ``code`` is ``unsigned``, ``bad_signature``, ``malformed`` or
+    ``feature_set`` (a bounded set: it labels ``fraud_model_snapshots_refused_total``)."""
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
@@ -72,8 +76,24 @@ def verify(raw: bytes | None, key: bytes) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
+def check_feature_set(header: dict[str, Any], expected: str = FEATURE_SET_VERSION) -> None:
+    """:class:`SnapshotRefused` (``feature_set``) unless the header names the feature set this process computes.
+
+    >>> try:
+    ...     check_feature_set({"version": "v1", "feature_set": "fs-00000000"}, expected="fs-12345678")
+    ... except SnapshotRefused as exc:
+    ...     print(exc.code, "|", exc.reason)
+    feature_set | model snapshot v1 was made for feature set fs-00000000; this process computes fs-12345678
+    """
+    found = header.get("feature_set", UNVERSIONED_FEATURE_SET)
+    if found != expected:
+        what = f"model snapshot {header.get('version', '?')}"
+        raise SnapshotRefused("feature_set", str(FeatureSetMismatch(what, found, expected)))
+
+
 def model_snapshot(header: dict[str, Any], model: FraudModel, key: bytes) -> bytes:
-    """A signed snapshot of ``model`` for scoring (its version id goes in the header).
+    """A signed snapshot of ``model`` for scoring (its version id goes in the header; the header names the feature
+    set this process computes unless it names one).
 
     A binned model still in its warm-up carries the sample its bins will be cut from (about 12 MB); scorers never
     learn, so their copy goes without it (the trainer's own state keeps it)."""
@@ -83,12 +103,15 @@ def model_snapshot(header: dict[str, Any], model: FraudModel, key: bytes) -> byt
         learner.bins = bins.without_sample()  # type: ignore[union-attr]  # only the linear family has bins
         model = copy.copy(model)
         model.learner = learner
+    header = {**header, "feature_set": header.get("feature_set", FEATURE_SET_VERSION)}
     return sign(header, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), key)
 
 
 def load_model_snapshot(raw: bytes | None, key: bytes) -> tuple[dict[str, Any], FraudModel]:
-    """Verify, then (only then) unpickle; the model comes back carrying the header's version id."""
+    """Verify and check the feature set, then (only then) unpickle; the model comes back carrying the header's
+    version id."""
     header, payload = verify(raw, key)
+    check_feature_set(header)
     model = pickle.loads(payload)  # noqa: S301 - signed by a holder of MODEL_SIGNING_KEY, checked above
     if not isinstance(model, FraudModel):
         raise SnapshotRefused("malformed", f"payload is a {type(model).__name__}, not a FraudModel")

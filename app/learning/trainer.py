@@ -30,7 +30,7 @@ from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.learning.training import Training
+from app.learning.training import FeatureSetMismatch, Training
 from app.records import InvalidMessage, dead_letter, parse_label
 from app.serialization import dumps, isoformat_utc, loads
 from app.settings import Settings
@@ -241,7 +241,8 @@ class Trainer:
                 try:
                     p = loads(record.value)
                     t = datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
-                    training.on_prediction(p["tx_id"], p["features"], t, float(p["fraud_probability"]))
+                    training.on_prediction(p["tx_id"], p["features"], t, float(p["fraud_probability"]),
+                                           feature_set=p.get("feature_set"))  # fmt: skip
                 except Exception as exc:  # predictions are ours; one that does not parse is a bug, not input
                     log.error("prediction at %s@%d not usable for learning: %r", tp, record.offset, exc)
         else:
@@ -255,7 +256,8 @@ class Trainer:
                 training.on_label(label.tx_id, label.is_fraud, label.timestamp.timestamp())
 
     async def _restore(self, consumer: AIOKafkaConsumer) -> Training:
-        """The last published state; a fresh one (from the newest warm start of ``MODEL_NAME``, if any) without."""
+        """The last published state; a fresh one (from the newest warm start of ``MODEL_NAME``, if any) without it, or
+        when it holds another ``MODEL_NAME`` or was made for another feature set."""
         s = self.settings
         tp = TopicPartition(trainer_state_topic(s), 0)
         consumer.assign([tp])
@@ -265,7 +267,13 @@ class Trainer:
         while await consumer.position(tp) < end:
             for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                 latest[record.key] = record.value
-        training = self._from_chunks(latest)
+        try:
+            training = self._from_chunks(latest)
+        except FeatureSetMismatch as exc:  # the features changed: the old line's models and halves do not fit
+            log.warning("trainer state refused (%s): a new line starts (from the prior, or a warm start of this "
+                        "feature set) instead of resuming", exc)  # fmt: skip
+            training = self._fresh()
+            training.sequence = max(training.sequence, int(loads(latest[STATE_HEAD] or b"{}").get("sequence", 0)))
         if training is not None and training.champion.name != s.model_name:
             log.warning("trainer state holds model %r but MODEL_NAME is %r: starting the configured model afresh",
                         training.champion.name, s.model_name)  # fmt: skip
@@ -320,7 +328,8 @@ class Trainer:
         training.champion_version = parent
         if parent is not None:
             training.adopted.add(parent)
-        training.sequence = max((int(h.get("sequence", 0)) for h in self.follower.registry.versions()), default=0)
+        newest = max((int(h.get("sequence", 0)) for h in self.follower.registry.versions()), default=0)
+        training.sequence = max(newest, self.follower.newest_sequence)  # versions of another feature set too
         return training
 
     # ---- publishing --------------------------------------------------------------------------------------------
@@ -332,6 +341,7 @@ class Trainer:
             "parent": parent,
             "created_at": isoformat_utc(time.time()),
             "model_name": model.name,
+            "feature_set": training.feature_set,
             "role": role,
             "labels_seen": model.labels_learned,
             "sequence": training.sequence,

@@ -16,7 +16,6 @@ the same Kafka transaction, so a new owner resumes exactly where the snapshot wa
 from __future__ import annotations
 
 import pickle
-import struct
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,20 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from app.features.halves import FEATURE_NAMES
+from app.features.spec import FEATURE_SET_VERSION, UNVERSIONED_FEATURE_SET, FeatureSetMismatch, pack, unpack
 from app.learning.model import FraudModel
 from app.learning.quality import average_precision, roc_auc
 
-_FEATURES = struct.Struct(f"<{len(FEATURE_NAMES)}d")
-
-
-def pack(features: dict[str, float]) -> bytes:
-    """Features in ``FEATURE_NAMES`` order as doubles (bytes: the garbage collector does not track them)."""
-    return _FEATURES.pack(*(float(features.get(name, 0.0)) for name in FEATURE_NAMES))
-
-
-def unpack(x: bytes) -> dict[str, float]:
-    return dict(zip(FEATURE_NAMES, _FEATURES.unpack(x), strict=True))
+__all__ = ["FeatureSetMismatch", "RollingQuality", "Training", "pack", "unpack"]
 
 
 class RollingQuality:
@@ -95,6 +85,9 @@ class Training:
     learned_since_publish: int = 0
     adopted: set[str] = field(default_factory=set)  # warm starts the champion line was reset to
     labels_since_comparison: int = 0
+    # The feature set the waiting halves are packed in and the models learned (app.features.spec): a state of
+    # another one is refused on restore, and predictions of another one are counted, not learned.
+    feature_set: str = FEATURE_SET_VERSION
 
     def __post_init__(self) -> None:
         self.quality = {"champion": RollingQuality(self.quality_window, self.threshold),
@@ -102,7 +95,20 @@ class Training:
 
     # ---- inputs ------------------------------------------------------------------------------------------------
 
-    def on_prediction(self, tx_id: str, features: dict[str, float], event_time_s: float, probability: float) -> None:
+    def on_prediction(
+        self,
+        tx_id: str,
+        features: dict[str, float],
+        event_time_s: float,
+        probability: float,
+        feature_set: str | None = FEATURE_SET_VERSION,
+    ) -> None:
+        """A scored transaction's features; one scored with another feature set (``feature_set``: the prediction's;
+        None, from a release before versions, reads as :data:`UNVERSIONED_FEATURE_SET`) is counted and not learned,
+        so features laid out by another declaration are never learned as this one's."""
+        if (feature_set or UNVERSIONED_FEATURE_SET) != self.feature_set:
+            self.counts["other_feature_set"] += 1
+            return
         x = pack(features)
         shadow = self.challenger.predict_proba_one(features) if self.challenger is not None else -1.0
         self.stream_time_s = max(self.stream_time_s, event_time_s)
@@ -217,8 +223,14 @@ class Training:
             yield pickle.dumps(items[i : i + slice_size], protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def from_parts(cls, parts: Sequence[bytes]) -> Training:
+    def from_parts(cls, parts: Sequence[bytes], feature_set: str = FEATURE_SET_VERSION) -> Training:
+        """The state :meth:`state_parts` gave; :class:`FeatureSetMismatch` when it was made for another feature set
+        than ``feature_set`` (its models and waiting halves would be read in the wrong layout)."""
         training: Training = pickle.loads(parts[0])  # noqa: S301 - the caller verified the signature
+        found = training.__dict__.get("feature_set", UNVERSIONED_FEATURE_SET)  # absent from older states
+        if found != feature_set:
+            raise FeatureSetMismatch("the trainer state", found, feature_set)
+        training.feature_set = found
         for part in parts[1:]:
             training.waiting.update(pickle.loads(part))  # noqa: S301
         scored = sorted((half[2], tx_id) for tx_id, half in training.waiting.items() if half[0] == "x")

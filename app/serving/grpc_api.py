@@ -48,6 +48,7 @@ def prediction_message(body: dict[str, Any]) -> pb.Prediction:
         is_fraud=body["is_fraud"],
         threshold=body["threshold"],
         model_version=body["model_version"],
+        feature_set=body["feature_set"],
         reasons=body["reasons"],
         features=body["features"],
         latency_ms=body["latency_ms"],

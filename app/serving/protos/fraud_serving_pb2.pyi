@@ -13,7 +13,7 @@ class PredictRequest(_message.Message):
     def __init__(self, transaction_json: _Optional[bytes] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("tx_id", "customer_id", "terminal_id", "timestamp", "fraud_probability", "is_fraud", "threshold", "model_version", "reasons", "features", "latency_ms", "scored_at")
+    __slots__ = ("tx_id", "customer_id", "terminal_id", "timestamp", "fraud_probability", "is_fraud", "threshold", "model_version", "feature_set", "reasons", "features", "latency_ms", "scored_at")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Prediction(_message.Message):
     IS_FRAUD_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SET_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -41,11 +42,12 @@ class Prediction(_message.Message):
     is_fraud: bool
     threshold: float
     model_version: str
+    feature_set: str
     reasons: _containers.RepeatedScalarFieldContainer[str]
     features: _containers.ScalarMap[str, float]
     latency_ms: float
     scored_at: str
-    def __init__(self, tx_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., timestamp: _Optional[str] = ..., fraud_probability: _Optional[float] = ..., is_fraud: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., features: _Optional[_Mapping[str, float]] = ..., latency_ms: _Optional[float] = ..., scored_at: _Optional[str] = ...) -> None: ...
+    def __init__(self, tx_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., timestamp: _Optional[str] = ..., fraud_probability: _Optional[float] = ..., is_fraud: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., feature_set: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., features: _Optional[_Mapping[str, float]] = ..., latency_ms: _Optional[float] = ..., scored_at: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "reason", "status")
