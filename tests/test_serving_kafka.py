@@ -97,8 +97,14 @@ def publish(kafka_bootstrap: str, worker: WorkerProcess, txs: list[dict[str, Any
 
 
 def predictions(kafka_bootstrap: str, worker: WorkerProcess, n: int) -> dict[str, dict[str, Any]]:
-    records: list[Record] = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(n))
+    """The topic's predictions by ``tx_id``, once it holds ``n``; exactly ``n``, each ``tx_id`` once: a synchronous
+    answer published by mistake, or a repeated one, fails here instead of vanishing in the dict."""
+    topic = worker.topics["PREDICTIONS_TOPIC"]
+    records: list[Record] = consume(kafka_bootstrap, topic, at_least(n))
     assert len(records) >= n, f"{len(records)} predictions of {n}:\n{worker.log_tail()}"
+    records = consume(kafka_bootstrap, topic, at_least(n + 1), timeout_s=3.0)  # and nothing after them
+    ids = [loads(r.value or b"")["tx_id"] for r in records]
+    assert len(ids) == n and len(set(ids)) == n, f"expected {n} predictions, each tx_id once: {sorted(ids)}"
     return {p["tx_id"]: p for p in (loads(r.value or b"") for r in records)}
 
 
