@@ -69,6 +69,12 @@ class Settings:
     partitions: int = 4
     replication_factor: int = 1
     data_dir: str = str(REPO_ROOT / ".data")
+    # Local state (issue 16, app/state/rocksdb_store.py): memory bounded by these, not by the data held.
+    state_dir: str = ""  # empty: DATA_DIR/state
+    state_block_cache_mb: int = 64  # one LRU cache of data, index and filter blocks for every store and partition
+    state_write_buffer_mb: int = 16  # one memtable
+    state_write_buffer_count: int = 3  # memtables per partition; times STATE_WRITE_BUFFER_MB: the worker's budget
+    state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush
     web_bind: str = "0.0.0.0"
     web_port: int = 6066
     web_advertised_url: str = ""  # load(): http://<WEB_BIND, or the hostname when it binds all>:<WEB_PORT>
@@ -184,6 +190,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         partitions=int(_get(env, "TOPIC_PARTITIONS", str(d.partitions))),
         replication_factor=int(_get(env, "TOPIC_REPLICATION_FACTOR", str(d.replication_factor))),
         data_dir=_get(env, "DATA_DIR", d.data_dir),
+        state_dir=_get(env, "STATE_DIR", d.state_dir),
+        state_block_cache_mb=int(_get(env, "STATE_BLOCK_CACHE_MB", str(d.state_block_cache_mb))),
+        state_write_buffer_mb=int(_get(env, "STATE_WRITE_BUFFER_MB", str(d.state_write_buffer_mb))),
+        state_write_buffer_count=int(_get(env, "STATE_WRITE_BUFFER_COUNT", str(d.state_write_buffer_count))),
+        state_wal=_get_bool(env, "STATE_WAL", d.state_wal),
         web_bind=web_bind,
         web_port=web_port,
         web_advertised_url=_get(env, "WEB_ADVERTISED_URL", default_advertised_url(web_bind, web_port)),
@@ -231,6 +242,15 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         quality_window_labels=int(_get(env, "QUALITY_WINDOW_LABELS", str(d.quality_window_labels))),
         kafka_security=_kafka_security(env),
     )
+
+
+def state_directory(settings: Settings) -> Path:
+    """Where the local stores live: ``STATE_DIR``, or ``DATA_DIR/state`` when it is unset.
+
+    >>> state_directory(Settings(data_dir="/var/lib/fraud")), state_directory(Settings(state_dir="/ssd/state"))
+    (PosixPath('/var/lib/fraud/state'), PosixPath('/ssd/state'))
+    """
+    return Path(settings.state_dir) if settings.state_dir else Path(settings.data_dir) / "state"
 
 
 DEVELOPMENT_SIGNING_KEY = b"fraud-detector-development-key"
