@@ -24,7 +24,8 @@ from app import metrics
 from app.decisions.scorer import Scorer
 from app.kafka.security import client_security_options, faust_credentials
 from app.kafka.topics import changelog_topic, terminal_topic
-from app.kafka.transactional import TransactionalLoop, set_fetch_pause
+from app.kafka.transactional import TransactionalLoop
+from app.kafka.tuning import apply_tuning
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.learning.trainer import Trainer
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 settings = load()
 
-set_fetch_pause(settings.fetch_pause_ms)
+apply_tuning(fetch_pause_ms=settings.fetch_pause_ms)
 
 
 class DecisionPathBoot(BootStrategy):

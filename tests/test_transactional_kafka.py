@@ -12,8 +12,15 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.kafka.transactional import Batch, Output, TransactionalLoop
+from app.kafka.tuning import apply_tuning
 
 pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _worker_tuning() -> None:
+    """The loop under the client tuning the worker applies at start (importing it no longer patches aiokafka)."""
+    apply_tuning()
 
 RECORDS = 300
 

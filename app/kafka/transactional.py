@@ -31,20 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.producer import sender as aiokafka_sender
 
 from app.kafka.pacing import CatchUpPacer
+from app.kafka.tuning import RETRY_BACKOFF_MS
 
 log = logging.getLogger(__name__)
 
-# A transaction starts while the broker still writes the previous one's commit markers; the broker answers
-# CONCURRENT_TRANSACTIONS and the client retries after a backoff (aiokafka: 20 ms for the first partition, else
-# retry_backoff_ms, 100 ms by default). Markers take a millisecond or two here, so back-to-back batches of one
-# partition would wait 20-100 ms each for nothing.
-RETRY_BACKOFF_MS = 5
-aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000.0
 
 
 def partition_lag(stable: int | None, next_offset: int | None, position: int | None, pending: bool) -> int:
@@ -65,13 +58,6 @@ def partition_lag(stable: int | None, next_offset: int | None, position: int | N
     if not pending and position is not None:
         done = max(done or 0, position)
     return 0 if done is None else max(0, stable - done)
-
-
-def set_fetch_pause(fetch_pause_ms: float) -> None:
-    """aiokafka stops fetching from a broker for up to 100 ms while fetched records of any partition wait to be
-    consumed (they do while a batch commits); with one broker that put 100 ms on decisions. Our loops drain what
-    they fetch at once, so a short pause (``FETCH_PAUSE_MS``) is enough. Applies to consumers created after."""
-    Fetcher.__init__.__kwdefaults__["prefetch_backoff"] = fetch_pause_ms / 1000.0
 
 
 @dataclass(slots=True)
