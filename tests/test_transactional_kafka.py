@@ -22,6 +22,7 @@ def _worker_tuning() -> None:
     """The loop under the client tuning the worker applies at start (importing it no longer patches aiokafka)."""
     apply_tuning()
 
+
 RECORDS = 300
 
 

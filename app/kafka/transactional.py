@@ -39,7 +39,6 @@ from app.kafka.tuning import RETRY_BACKOFF_MS
 log = logging.getLogger(__name__)
 
 
-
 def partition_lag(stable: int | None, next_offset: int | None, position: int | None, pending: bool) -> int:
     """Records of one partition not committed yet: its last stable offset (as the fetches last saw it) minus the
     next offset to process. With nothing fetched waiting, the fetch position counts instead: it is past the
