@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from app import metrics
 from app.decisions.assess import assess
 from app.features.engine import CustomerState, newest_event_time_s
+from app.kafka.clients import Connection, committed_reader
 from app.kafka.transactional import Batch, Output
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
@@ -158,15 +159,11 @@ class Scorer:
         until no transaction is pending on the changelog partition (a fenced owner's last one completing)."""
         state = PartitionState()
         changelog = TopicPartition(self.changelog_topic, tp.partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
+        consumer = committed_reader(
+            Connection(self.settings.bootstrap_servers, self.client_options),
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=32 * 1024 * 1024,
             fetch_max_wait_ms=50,
-            **self.client_options,
         )
         await consumer.start()
         started = time.monotonic()

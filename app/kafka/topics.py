@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from app.kafka.security import client_security_options
+from app.kafka.clients import Connection, admin_client
 from app.serialization import loads
 from app.settings import TOPICS_DIR, Settings
 
@@ -97,11 +97,7 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics (the contract's and the worker's own); returns the names created. Existing
     topics are left as they are."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.app_id}-admin",
-        **client_security_options(settings),
-    )
+    admin = admin_client(Connection.of(settings), client_id=f"{settings.app_id}-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
+from app.kafka.clients import Connection, group_member, transactional_producer
 from app.kafka.pacing import CatchUpPacer
 from app.kafka.tuning import RETRY_BACKOFF_MS
 
@@ -148,6 +149,7 @@ class TransactionalLoop:
         self._fetched_to: dict[TopicPartition, int] = {}
         self._processed_to: dict[TopicPartition, int | None] = {}  # next input offset to process, per partition
         self.client_options = client_options or {}
+        self.connection = Connection(bootstrap_servers, self.client_options)
         self.consumer: AIOKafkaConsumer | None = None
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.ready_partitions: set[TopicPartition] = set()
@@ -264,17 +266,14 @@ class TransactionalLoop:
     async def _start_consumer(self) -> None:
         if self.consumer is not None:
             return
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=self.group_id,
+        consumer = group_member(
+            self.connection,
+            self.group_id,
+            session_timeout_ms=self.session_timeout_ms,
             group_instance_id=self.instance_id,
-            enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(500, self.session_timeout_ms // 5),
             max_poll_interval_ms=300_000,
-            **self.client_options,
             **self.consumer_options,
         )
         await consumer.start()
@@ -328,15 +327,12 @@ class TransactionalLoop:
         """Fence the previous owner, restore the committed state, and continue from the committed offset."""
         assert self.consumer is not None
         await self._close_producer(tp)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            transactional_id=f"{self.group_id}-{tp.topic}-{tp.partition}",
-            enable_idempotence=True,
-            linger_ms=self.linger_ms,
+        producer = transactional_producer(
+            self.connection,
+            f"{self.group_id}-{tp.topic}-{tp.partition}",
             transaction_timeout_ms=self.transaction_timeout_ms,
+            linger_ms=self.linger_ms,
             retry_backoff_ms=RETRY_BACKOFF_MS,
-            max_request_size=16 * 1024 * 1024,
-            **self.client_options,
         )
         await producer.start()  # InitProducerId: fences the old owner, aborts its open transaction
         self.producers[tp] = producer

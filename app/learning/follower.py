@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
+from app.kafka.clients import Connection, committed_reader
 from app.learning.model import FraudModel
 from app.learning.registry import Registry
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, verify
@@ -57,13 +58,10 @@ class ModelFollower:
     async def run(self) -> None:
         """Follow both topics until cancelled; reconnects after failures."""
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                isolation_level="read_committed",
-                enable_auto_commit=False,
+            consumer = committed_reader(
+                Connection(self.bootstrap_servers, self.client_options),
                 fetch_max_bytes=64 * 2**20,
                 max_partition_fetch_bytes=32 * 2**20,
-                **self.client_options,
             )
             try:
                 await consumer.start()

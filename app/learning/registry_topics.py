@@ -16,9 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
-from app.kafka.security import client_security_options
+from app.kafka.clients import Connection, committed_reader, plain_producer
 from app.learning.model import FraudModel
 from app.learning.offline import replay_offline
 from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
@@ -31,10 +31,8 @@ from app.settings import Settings, signing_key
 
 async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Registry, list[tuple[str, str]]]:
     """Both topics read to their end: the registry every worker folds, and the refused snapshots (key, code)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
-                                enable_auto_commit=False, fetch_max_bytes=64 * 2**20,
-                                max_partition_fetch_bytes=32 * 2**20,
-                                **client_security_options(settings))  # fmt: skip
+    consumer = committed_reader(Connection.of(settings), fetch_max_bytes=64 * 2**20,
+                                max_partition_fetch_bytes=32 * 2**20)  # fmt: skip
     await asyncio.wait_for(consumer.start(), timeout_s)
     registry, refused = Registry(), []
     key = signing_key(settings)
@@ -65,29 +63,27 @@ async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Re
 
 
 async def publish_event(settings: Settings, event: dict[str, Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
-                                **client_security_options(settings))  # fmt: skip
-    await producer.start()
+    client = plain_producer(Connection.of(settings), enable_idempotence=True)
+    await client.start()
     try:
         key = str(event["version"]).encode()
-        await producer.send_and_wait(settings.model_events_topic, key=key, value=dumps(event))
+        await client.send_and_wait(settings.model_events_topic, key=key, value=dumps(event))
     finally:
-        await producer.stop()
+        await client.stop()
 
 
 async def publish_version(settings: Settings, header: dict[str, Any], model: FraudModel) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=16 * 2**20,
-                                **client_security_options(settings))  # fmt: skip
-    await producer.start()
+    client = plain_producer(Connection.of(settings), max_request_size=16 * 2**20)
+    await client.start()
     try:
         raw = model_snapshot(header, model, signing_key(settings))
         event = {"action": "published", "version": header["version"], "role": header["role"], "by": header["by"],
                  "reason": "warm start", "timestamp": header["created_at"]}  # fmt: skip
-        await producer.send_and_wait(settings.models_topic, key=str(header["version"]).encode(), value=raw)
-        await producer.send_and_wait(settings.model_events_topic, key=str(header["version"]).encode(),
-                                     value=dumps(event))  # fmt: skip
+        await client.send_and_wait(settings.models_topic, key=str(header["version"]).encode(), value=raw)
+        await client.send_and_wait(settings.model_events_topic, key=str(header["version"]).encode(),
+                                   value=dumps(event))  # fmt: skip
     finally:
-        await producer.stop()
+        await client.stop()
 
 
 # ---- warm start ------------------------------------------------------------------------------------------------

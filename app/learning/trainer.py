@@ -27,6 +27,7 @@ from aiokafka.errors import ProducerFenced
 
 from app import metrics
 from app.decisions.scorer import dead_letter
+from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
 from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
@@ -67,6 +68,7 @@ class Trainer:
         self.follower = follower
         self.key = key
         self.client_options = client_options
+        self.connection = Connection(settings.bootstrap_servers, client_options)
         self.training: Training | None = None
         self._task: asyncio.Task[None] | None = None
         self._counted: Counter[str] = Counter()
@@ -80,14 +82,11 @@ class Trainer:
     async def run(self) -> None:
         s = self.settings
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers,
-                group_id=f"{s.app_id}-trainer",
-                group_instance_id=f"{s.app_id}-trainer-{s.worker_id}",
+            consumer = group_member(
+                self.connection,
+                f"{s.app_id}-trainer",
                 session_timeout_ms=s.session_timeout_ms,
-                heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
-                enable_auto_commit=False,
-                **self.client_options,
+                group_instance_id=f"{s.app_id}-trainer-{s.worker_id}",
             )
             try:
                 await consumer.start()
@@ -139,25 +138,16 @@ class Trainer:
     async def _train(self) -> None:
         s = self.settings
         await self.follower.caught_up.wait()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            transactional_id=f"{s.app_id}-trainer",
-            enable_idempotence=True,
-            transaction_timeout_ms=s.transaction_timeout_ms,
-            max_request_size=16 * 2**20,
-            linger_ms=5,
-            **self.client_options,
+        producer = transactional_producer(
+            self.connection, f"{s.app_id}-trainer", transaction_timeout_ms=s.transaction_timeout_ms, linger_ms=5
         )
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
+        consumer = committed_reader(
+            self.connection,
             fetch_max_bytes=16 * 2**20,
             # Fewer, larger fetches of the feature log and the labels: every fetch response is decoded on the event
             # loop the decisions run on, and learning can wait half a second.
             fetch_min_bytes=256 * 1024,
             fetch_max_wait_ms=500,
-            **self.client_options,
         )
         await producer.start()  # fences a previous trainer and aborts its open transaction
         await consumer.start()

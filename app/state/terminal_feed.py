@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
+from app.kafka.clients import Connection, committed_reader
 from app.records import InvalidMessage, parse_label
 from app.serialization import loads
 from app.state.checkpoints import write_atomically, write_in_thread
@@ -63,15 +64,11 @@ class TerminalFeed:
         """Consume until cancelled, reconnecting after failures (one log line per failure, not per message)."""
         self._load_snapshot()
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
+            consumer = committed_reader(
+                Connection(self.bootstrap_servers, self.client_options),
                 auto_offset_reset="earliest",
                 fetch_max_bytes=16 * 1024 * 1024,
                 fetch_max_wait_ms=100,  # also how long a seek or an offset lookup may wait behind a fetch
-                **self.client_options,
             )
             try:
                 await consumer.start()
