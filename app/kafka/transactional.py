@@ -16,8 +16,9 @@ How it keeps exactly once:
   outcome is unknown, the partition is rebuilt from the committed truth (its changelog and committed offset);
 - a rebalance waits for the batch in flight, so offsets of revoked partitions are never committed late.
 
-The broker being away is one state change in the log (``broker unreachable`` / ``broker reachable again``),
-not a line per message; :attr:`TransactionalLoop.connected` feeds ``/ready``.
+The broker being away is one state change in the log (connection lost / reconnected, by
+:class:`app.kafka.supervision.Supervisor`), not a line per message; :attr:`TransactionalLoop.connected` feeds
+``/ready``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from app.kafka.clients import Connection, group_member, transactional_producer
 from app.kafka.pacing import CatchUpPacer
+from app.kafka.supervision import Supervisor
 from app.kafka.tuning import RETRY_BACKOFF_MS
 
 log = logging.getLogger(__name__)
@@ -154,7 +156,7 @@ class TransactionalLoop:
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.ready_partitions: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = set()
-        self.connected = False
+        self.supervisor = Supervisor(name)
         self.generation = 0
         self._lock = asyncio.Lock()
         self._broken: set[TopicPartition] = set()
@@ -172,18 +174,21 @@ class TransactionalLoop:
         """Consume until cancelled; reconnects and rebuilds partitions after failures, logging state changes."""
         watch = asyncio.ensure_future(self._watch())
         try:
-            while not self._stopping:
-                try:
-                    await self._start_consumer()
-                    await self._consume()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the broker went away while (re)starting, or a client bug: retry
-                    self._set_connected(False, exc)
-                    await self._close_consumer()
-                    await asyncio.sleep(1.0)
+            await self.supervisor.run(self._session)
         finally:
             watch.cancel()
+
+    async def _session(self) -> None:
+        """Consume until stopping; a failure (the broker went away while (re)starting, or a client bug) closes the
+        consumer and its partitions, and the supervisor starts a new session after its backoff."""
+        if self._stopping:
+            return
+        try:
+            await self._start_consumer()
+            await self._consume()
+        except Exception:
+            await self._close_consumer()
+            raise
 
     async def _watch(self) -> None:
         """Ask the broker for metadata every second, beside the loop (which may be waiting on a commit): an empty
@@ -256,12 +261,16 @@ class TransactionalLoop:
         """Connected, assigned, and every assigned partition restored."""
         return self.connected and bool(self.assigned) and self.assigned <= self.ready_partitions
 
+    @property
+    def connected(self) -> bool:
+        """The broker answered the last metadata request or commit."""
+        return self.supervisor.connected
+
     def _set_connected(self, connected: bool, reason: object = None) -> None:
-        if connected and not self.connected:
-            log.info("%s: broker reachable, consuming", self.name)
-        elif not connected and self.connected and not self._stopping:
-            log.error("%s: broker unreachable (%s); retrying until it is back", self.name, reason)
-        self.connected = connected
+        if connected:
+            self.supervisor.mark_connected()
+        else:
+            self.supervisor.mark_lost(reason, quiet=self._stopping)
 
     async def _start_consumer(self) -> None:
         if self.consumer is not None:

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
 from app.kafka.clients import Connection, committed_reader
+from app.kafka.supervision import Supervisor
 from app.learning.model import FraudModel
 from app.learning.registry import Registry
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, verify
@@ -54,28 +55,27 @@ class ModelFollower:
         self._missing_logged: str | None = None
         self._read_to: dict[str, int] = {}  # topic -> next offset, kept across reconnects
         self.caught_up = asyncio.Event()
+        self.supervisor = Supervisor("model follower")
 
     async def run(self) -> None:
-        """Follow both topics until cancelled; reconnects after failures."""
-        while True:
-            consumer = committed_reader(
-                Connection(self.bootstrap_servers, self.client_options),
-                fetch_max_bytes=64 * 2**20,
-                max_partition_fetch_bytes=32 * 2**20,
-            )
+        """Follow both topics until cancelled; reconnects after failures (:class:`app.kafka.supervision.Supervisor`)."""
+        await self.supervisor.run(self._session)
+
+    async def _session(self) -> None:
+        consumer = committed_reader(
+            Connection(self.bootstrap_servers, self.client_options),
+            fetch_max_bytes=64 * 2**20,
+            max_partition_fetch_bytes=32 * 2**20,
+        )
+        try:
+            await consumer.start()
+            self.supervisor.mark_connected()
+            await self._follow(consumer)
+        finally:
             try:
-                await consumer.start()
-                await self._follow(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("model follower: %r; reconnecting", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                try:
-                    await asyncio.wait_for(consumer.stop(), 5)
-                except Exception:
-                    log.debug("model follower: consumer stop failed", exc_info=True)
+                await asyncio.wait_for(consumer.stop(), 5)
+            except Exception:
+                log.debug("model follower: consumer stop failed", exc_info=True)
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         tps = [TopicPartition(self.models_topic, 0), TopicPartition(self.events_topic, 0)]

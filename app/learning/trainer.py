@@ -28,6 +28,7 @@ from aiokafka.errors import ProducerFenced
 from app import metrics
 from app.decisions.scorer import dead_letter
 from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
+from app.kafka.supervision import Supervisor
 from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
@@ -72,6 +73,8 @@ class Trainer:
         self.training: Training | None = None
         self._task: asyncio.Task[None] | None = None
         self._counted: Counter[str] = Counter()
+        self.lease = Supervisor("trainer lease")
+        self.training_supervisor = Supervisor("trainer")  # sessions resume from the last published state
 
     @property
     def active(self) -> bool:
@@ -80,30 +83,29 @@ class Trainer:
     # ---- the lease ---------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Compete for the lease until cancelled; rejoins after failures (:class:`app.kafka.supervision.Supervisor`)."""
+        await self.lease.run(self._lease_session)
+
+    async def _lease_session(self) -> None:
         s = self.settings
-        while True:
-            consumer = group_member(
-                self.connection,
-                f"{s.app_id}-trainer",
-                session_timeout_ms=s.session_timeout_ms,
-                group_instance_id=f"{s.app_id}-trainer-{s.worker_id}",
-            )
+        consumer = group_member(
+            self.connection,
+            f"{s.app_id}-trainer",
+            session_timeout_ms=s.session_timeout_ms,
+            group_instance_id=f"{s.app_id}-trainer-{s.worker_id}",
+        )
+        try:
+            await consumer.start()
+            consumer.subscribe([trainer_lease_topic(s)], listener=_Lease(self))
+            self.lease.mark_connected()
+            while True:
+                await consumer.getmany(timeout_ms=1000)
+        finally:
+            await self._release()
             try:
-                await consumer.start()
-                consumer.subscribe([trainer_lease_topic(s)], listener=_Lease(self))
-                while True:
-                    await consumer.getmany(timeout_ms=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("trainer lease: %r; rejoining", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await self._release()
-                try:
-                    await asyncio.wait_for(consumer.stop(), 5)
-                except Exception:
-                    log.debug("trainer lease: consumer stop failed", exc_info=True)
+                await asyncio.wait_for(consumer.stop(), 5)
+            except Exception:
+                log.debug("trainer lease: consumer stop failed", exc_info=True)
 
     def _acquire(self) -> None:
         if not self.active:
@@ -119,19 +121,15 @@ class Trainer:
         metrics.TRAINER_ACTIVE.set(0)
 
     async def _train_until_released(self) -> None:
-        while True:
-            try:
-                await self._train()
-            except asyncio.CancelledError:
-                raise
-            except ProducerFenced:
-                log.warning("trainer fenced: another worker trains now")
-                return
-            except Exception as exc:
-                log.warning("trainer: %r; resuming from the last published state", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                metrics.TRAINER_ACTIVE.set(0)
+        """Train until the lease goes (cancelled) or another worker fences this one; after a failure, the supervisor
+        resumes from the last published state."""
+        await self.training_supervisor.run(self._train_unless_fenced)
+
+    async def _train_unless_fenced(self) -> None:
+        try:
+            await self._train()
+        except ProducerFenced:
+            log.warning("trainer fenced: another worker trains now")
 
     # ---- training ----------------------------------------------------------------------------------------------
 
@@ -155,6 +153,7 @@ class Trainer:
             training = await self._restore(consumer)
             self.training = training
             metrics.TRAINER_ACTIVE.set(1)
+            self.training_supervisor.mark_connected()
             inputs = []
             for topic in (s.predictions_topic, s.labels_topic):
                 partitions = await producer.partitions_for(topic)  # waits for the topic's metadata
@@ -203,6 +202,7 @@ class Trainer:
                 await asyncio.sleep(0)  # the decision loop runs between slices
         finally:
             self.training = None
+            metrics.TRAINER_ACTIVE.set(0)
             await asyncio.gather(consumer.stop(), producer.stop(), return_exceptions=True)
 
     def _adopt_warm_start(self, training: Training) -> None:
