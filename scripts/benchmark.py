@@ -53,13 +53,16 @@ import faust_ceiling  # noqa: E402
 import kafka_local  # noqa: E402
 import psutil  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.protocol.api import Request, RequestStruct, Response  # noqa: E402
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Int64, Schema, String  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 from progress_bars import add_progress_argument, bar  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from app.kafka.clients import Connection  # noqa: E402
+from app.kafka.topics import TopicSpec  # noqa: E402
+from app.kafka.topics import create_topics as create_kafka_topics  # noqa: E402
 from app.learning.quality import percentiles  # noqa: E402
 from app.serialization import dumps, loads  # noqa: E402
 from lab.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
@@ -117,12 +120,7 @@ def traffic(phases: list[tuple[str, int]], seed: int = 2) -> dict[str, list[Mess
 async def create_topics(bootstrap: str, names: list[str], partitions: int, timeout_s: float = 30.0) -> None:
     """Create the topics and wait until every partition answers an offset lookup (a reader started before that
     logs NotLeaderForPartition)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
-    finally:
-        await admin.close()
+    await create_kafka_topics(Connection(bootstrap), [TopicSpec(name, partitions) for name in names])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")

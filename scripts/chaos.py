@@ -1123,22 +1123,10 @@ class ChaosRun:
 async def _create_topics(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
     """The contract's topics (configs from topics/manifest.json) under the run's names, before anyone publishes:
     a topic auto-created by the publisher would get one partition."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    from app.kafka.clients import Connection
+    from app.kafka.topics import create_topics, manifest_specs
 
-    manifest = orjson.loads((REPO_ROOT / "topics" / "manifest.json").read_bytes())["topics"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        for entry in manifest:
-            name = topics.get(entry["env"])
-            if name is None:
-                continue
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, entry["partitions"] or partitions, 1,
-                                                    topic_configs=dict(entry.get("config", {})))])  # fmt: skip
-    finally:
-        await admin.close()
+    await create_topics(Connection(bootstrap), manifest_specs(topics, partitions))
 
 
 async def _scan_input(bootstrap: str, topic: str, timeout_s: float) -> list[str]:

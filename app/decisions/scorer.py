@@ -28,6 +28,7 @@ from app import metrics
 from app.decisions.assess import assess
 from app.features.engine import CustomerState, newest_event_time_s
 from app.kafka.clients import Connection, committed_reader
+from app.kafka.reading import read_to_end
 from app.kafka.transactional import Batch, Output
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
@@ -176,8 +177,9 @@ class Scorer:
             deadline = time.monotonic() + 30.0
             while True:
                 end = (await consumer.end_offsets([changelog]))[changelog]
-                while await consumer.position(changelog) < end:
-                    for records in (await consumer.getmany(changelog, timeout_ms=500, max_records=10000)).values():
+                ends = {changelog: end}
+                async for batch in read_to_end(consumer, [changelog], ends=ends, timeout_ms=500, max_records=10000):
+                    for records in batch.values():
                         count += len(records)
                         next_offset = self._apply_changelog(records, state, entries, next_offset)
                 if consumer.highwater(changelog) in (None, end) or time.monotonic() > deadline:

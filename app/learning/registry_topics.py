@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import heapq
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from app.kafka.clients import Connection, committed_reader, plain_producer
+from app.kafka.reading import read_to_end
 from app.learning.model import FraudModel
 from app.learning.offline import replay_offline
 from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
@@ -41,13 +41,10 @@ async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Re
         consumer.assign(tps)
         for tp in tps:
             await consumer.seek_to_beginning(tp)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        for tp in tps:  # snapshots first, then the events that name them
-            while await consumer.position(tp) < ends[tp]:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {tp.topic} took over {timeout_s} s")
-                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+        # snapshots first, then the events that name them
+        async for batch in read_to_end(consumer, tps, in_order=True, timeout_ms=1000, timeout_s=timeout_s):
+            for tp, records in batch.items():
+                for record in records:
                     if tp.topic == settings.models_topic:
                         try:
                             header, _ = verify(record.value, key)

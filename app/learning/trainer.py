@@ -28,6 +28,7 @@ from aiokafka.errors import ProducerFenced
 from app import metrics
 from app.decisions.scorer import dead_letter
 from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
+from app.kafka.reading import read_to_end
 from app.kafka.supervision import Supervisor
 from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
@@ -251,10 +252,9 @@ class Trainer:
         tp = TopicPartition(trainer_state_topic(s), 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
         latest: dict[bytes, bytes | None] = {}
-        while await consumer.position(tp) < end:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+        async for batch in read_to_end(consumer, [tp], timeout_ms=1000):
+            for record in batch.get(tp, []):
                 latest[record.key] = record.value
         training = self._from_chunks(latest)
         if training is not None and training.champion.name != s.model_name:

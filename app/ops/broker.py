@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from app.kafka.clients import Connection, admin_client, committed_reader, plain_producer
+from app.kafka.reading import read_to_end
 from app.settings import Settings
 
 
@@ -140,16 +141,19 @@ async def tail(
         client.seek(tp, begin[tp] if start.from_beginning else max(begin[tp], end[tp] - back))
     if not start.from_beginning and start.last > 0:
         last: dict[TopicPartition, deque[Any]] = {tp: deque(maxlen=start.last) for tp in tps}
-        while not all([await client.position(tp) >= end[tp] for tp in tps]):
-            for tp, messages in (await client.getmany(timeout_ms=500, max_records=1000)).items():
+        async for batch in read_to_end(client, tps, ends=end, timeout_ms=500, max_records=1000):
+            for tp, messages in batch.items():
                 last[tp].extend(messages)
         for record in sorted((m for kept in last.values() for m in kept), key=_order):
             yield record
-    while True:
-        if not follow and all([await client.position(tp) >= end[tp] for tp in tps]):
-            return
-        batches = await client.getmany(timeout_ms=500, max_records=1000)
-        records = [m for messages in batches.values() for m in messages]
+    batches = _follow(client) if follow else read_to_end(client, tps, ends=end, timeout_ms=500, max_records=1000)
+    async for batch in batches:
+        records = [m for messages in batch.values() for m in messages]
         records.sort(key=_order)
         for record in records:
             yield record
+
+
+async def _follow(client: AIOKafkaConsumer) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+    while True:
+        yield await client.getmany(timeout_ms=500, max_records=1000)
