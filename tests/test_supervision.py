@@ -15,10 +15,9 @@ class FlakyLoop:
     """A session that fails ``failures_before[i]`` times before connecting in its i-th outage; after the last, it
     connects and returns (the loop stopping)."""
 
-    def __init__(self, supervisor: Supervisor, failures_before: list[int], fail_after_connect: bool = True) -> None:
+    def __init__(self, supervisor: Supervisor, failures_before: list[int]) -> None:
         self.supervisor = supervisor
         self.plan = list(failures_before)
-        self.fail_after_connect = fail_after_connect
         self.sessions = 0
 
     async def session(self) -> None:
