@@ -13,8 +13,9 @@ from faust.app.base import BootStrategy
 from mode import Service
 
 from app.components import Components, build
-from app.kafka.security import client_security_options, faust_credentials
-from app.kafka.transactional import set_fetch_pause
+from app.kafka.clients import Connection
+from app.kafka.security import faust_credentials
+from app.kafka.tuning import apply_tuning
 from app.monitoring import monitor
 from app.serving import web
 from app.settings import Settings
@@ -35,7 +36,7 @@ class FraudApp(faust.App):
 def create_app(components: Components) -> faust.App:
     """A Faust app hosting ``components``: the pages, the health timer, and the loops started and stopped with it."""
     settings = components.settings
-    set_fetch_pause(settings.fetch_pause_ms)
+    apply_tuning(fetch_pause_ms=settings.fetch_pause_ms)
     app = FraudApp(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
@@ -49,9 +50,7 @@ def create_app(components: Components) -> faust.App:
         producer_linger=settings.producer_linger_ms / 1000.0,
         autodiscover=False,
     )
-    health = monitor.HealthPublisher(
-        settings.bootstrap_servers, settings.health_topic, client_security_options(settings)
-    )
+    health = monitor.HealthPublisher(Connection.of(settings), settings.health_topic)
 
     @app.timer(interval=settings.health_interval_s)
     async def publish_health() -> None:

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from local_processes import free_port, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -191,12 +190,13 @@ def variant_main(env: dict[str, str]) -> None:
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
-    finally:
-        await admin.close()
+    if str(REPO_ROOT) not in sys.path:  # run on its own, only the scripts folder is on the path
+        sys.path.insert(0, str(REPO_ROOT))
+    from app.kafka.clients import Connection
+    from app.kafka.topics import TopicSpec
+    from app.kafka.topics import create_topics as create_kafka_topics
+
+    await create_kafka_topics(Connection(bootstrap), [TopicSpec(name, partitions) for name in names])
 
 
 async def produce(bootstrap: str, topic: str, n: int, seed: int = 0) -> float:

@@ -21,11 +21,11 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.kafka.transactional import RETRY_BACKOFF_MS, set_fetch_pause  # noqa: E402 - and its retry-backoff patch
+from app.kafka.tuning import RETRY_BACKOFF_MS, apply_tuning  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
-# The worker's fetch pause too: the same client settings, so the difference is the worker's own work.
-set_fetch_pause(Settings().fetch_pause_ms)
+# The worker's client tuning (retry backoff, fetch pause): the same client, so the difference is the worker's own work.
+apply_tuning(fetch_pause_ms=Settings().fetch_pause_ms)
 
 
 async def passthrough(bootstrap: str, source: str, sink: str, group: str, transactional: bool) -> None:

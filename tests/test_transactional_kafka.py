@@ -9,11 +9,20 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from app.kafka.clients import Connection
+from app.kafka.topics import TopicSpec, create_topics
 from app.kafka.transactional import Batch, Output, TransactionalLoop
+from app.kafka.tuning import apply_tuning
 
 pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _worker_tuning() -> None:
+    """The loop under the client tuning the worker applies at start (importing it no longer patches aiokafka)."""
+    apply_tuning()
+
 
 RECORDS = 300
 
@@ -48,12 +57,7 @@ class SlowHandler:
 
 async def _publish_in_one_transaction(bootstrap: str, topic: str, count: int, transactional_id: str) -> None:
     """Input written in a transaction, as the learning loop's predictions are: a commit marker follows it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topics(Connection(bootstrap), [TopicSpec(topic, 1)])
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=transactional_id)
     await producer.start()
     try:

@@ -21,11 +21,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from app import metrics
 from app.decisions.assess import assess
 from app.features.engine import CustomerState, newest_event_time_s
+from app.kafka.clients import Connection, committed_reader
+from app.kafka.reading import read_to_end
 from app.kafka.transactional import Batch, Output
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
@@ -91,15 +93,11 @@ class Scorer:
         until no transaction is pending on the changelog partition (a fenced owner's last one completing)."""
         state = PartitionState()
         changelog = TopicPartition(self.changelog_topic, tp.partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
+        consumer = committed_reader(
+            Connection(self.settings.bootstrap_servers, self.client_options),
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=32 * 1024 * 1024,
             fetch_max_wait_ms=50,
-            **self.client_options,
         )
         await consumer.start()
         started = time.monotonic()
@@ -112,8 +110,9 @@ class Scorer:
             deadline = time.monotonic() + 30.0
             while True:
                 end = (await consumer.end_offsets([changelog]))[changelog]
-                while await consumer.position(changelog) < end:
-                    for records in (await consumer.getmany(changelog, timeout_ms=500, max_records=10000)).values():
+                ends = {changelog: end}
+                async for batch in read_to_end(consumer, [changelog], ends=ends, timeout_ms=500, max_records=10000):
+                    for records in batch.values():
                         count += len(records)
                         next_offset = self._apply_changelog(records, state, entries, next_offset)
                 if consumer.highwater(changelog) in (None, end) or time.monotonic() > deadline:

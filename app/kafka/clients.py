@@ -1,17 +1,91 @@
-"""Plain Kafka clients for scripts and tests: publish raw bytes, read a topic until a condition holds.
+"""Every Kafka client by preset (what each kind always sets), and plain produce/consume helpers for scripts and tests.
 
-``client_options`` are extra aiokafka arguments: for a secured broker, ``client_security_options(settings)`` of
-:mod:`app.kafka.security`."""
+A :class:`Connection` is the bootstrap servers and the TLS/SASL options (``client_security_options(settings)`` of
+:mod:`app.kafka.security`); the presets apply it, so a caller names it once and adds only its own options (fetch
+sizes, client id, timeouts). ``client_options`` of the helpers are extra aiokafka arguments, such as those TLS/SASL
+options.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from app.kafka.security import client_security_options
+from app.settings import Settings
+
+TRANSACTION_MAX_REQUEST_BYTES = 16 * 2**20  # a transaction's batch: a model snapshot or a state chunk fits
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where the broker is and how to reach it: what every client shares."""
+
+    bootstrap_servers: str
+    security: Mapping[str, Any] = field(default_factory=dict)  # protocol, TLS context, SASL
+
+    @classmethod
+    def of(cls, settings: Settings) -> Connection:
+        return cls(settings.bootstrap_servers, client_security_options(settings))
+
+    def options(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap_servers, **self.security}
+
+
+def committed_reader(connection: Connection, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer without a group (``topics`` subscribed, else partitions assigned by hand; positions kept by the
+    caller) that reads committed messages only: what the worker's transactions committed."""
+    return AIOKafkaConsumer(
+        *topics,
+        **connection.options(),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **options,
+    )
+
+
+def group_member(connection: Connection, group_id: str, *, session_timeout_ms: int, **options: Any) -> AIOKafkaConsumer:
+    """A consumer in ``group_id`` that commits its offsets itself (never automatically), heartbeating five times per
+    session timeout (at least every 500 ms)."""
+    return AIOKafkaConsumer(
+        **connection.options(),
+        group_id=group_id,
+        enable_auto_commit=False,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(500, session_timeout_ms // 5),
+        **options,
+    )
+
+
+def transactional_producer(
+    connection: Connection, transactional_id: str, *, transaction_timeout_ms: int, **options: Any
+) -> AIOKafkaProducer:
+    """An idempotent producer writing in transactions as ``transactional_id``: its start fences a previous
+    producer of the same id and aborts that one's open transaction."""
+    return AIOKafkaProducer(
+        **connection.options(),
+        transactional_id=transactional_id,
+        enable_idempotence=True,
+        transaction_timeout_ms=transaction_timeout_ms,
+        max_request_size=TRANSACTION_MAX_REQUEST_BYTES,
+        **options,
+    )
+
+
+def plain_producer(connection: Connection, **options: Any) -> AIOKafkaProducer:
+    """A producer outside transactions (idempotence, acks and sizes as the caller asks)."""
+    return AIOKafkaProducer(**connection.options(), **options)
+
+
+def admin_client(connection: Connection, **options: Any) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection.options(), **options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +103,8 @@ async def _produce(
     rate_tps: float | None,
     client_options: Mapping[str, Any] | None,
 ) -> int:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024, **(client_options or {})
-    )
-    await producer.start()
+    client = plain_producer(Connection(bootstrap, client_options or {}), linger_ms=5, max_request_size=4 * 1024 * 1024)
+    await client.start()
     count = 0
     started = time.monotonic()
     try:
@@ -42,14 +114,14 @@ async def _produce(
                 delay = started + count / rate_tps - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            batch.append(await producer.send(topic, key=key, value=value))
+            batch.append(await client.send(topic, key=key, value=value))
             count += 1
             if len(batch) >= 1000:
                 await asyncio.gather(*batch)
                 batch.clear()
         await asyncio.gather(*batch)
     finally:
-        await producer.stop()
+        await client.stop()
     return count
 
 
@@ -71,16 +143,13 @@ async def _consume(
     timeout_s: float,
     client_options: Mapping[str, Any] | None,
 ) -> list[Record]:
-    consumer = AIOKafkaConsumer(
+    # read_committed: the worker writes in transactions, only committed output counts
+    consumer = committed_reader(
+        Connection(bootstrap, client_options or {}),
         topic,
-        bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed",  # the worker writes in transactions: only committed output counts
         fetch_max_bytes=16 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
-        **(client_options or {}),
     )
     await consumer.start()
     records: list[Record] = []

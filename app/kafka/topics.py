@@ -1,19 +1,21 @@
 """Creates the contract's topics from ``topics/manifest.json`` before the worker subscribes.
 
 Relying on the broker's auto-creation would give one partition and default limits (too small for the
-dead-letter topics, which carry the original bytes in base64).
+dead-letter topics, which carry the original bytes in base64). :func:`create_topics` is the one place topics are
+created: the worker's start, the operator's commands, and the scripts' and tests' own topics.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from app.kafka.security import client_security_options
+from app.kafka.clients import Connection, admin_client
 from app.serialization import loads
 from app.settings import TOPICS_DIR, Settings
 
@@ -35,8 +37,8 @@ _TOPIC_SETTING = {
 class TopicSpec:
     name: str
     partitions: int
-    config: dict[str, str]
-    schema: str
+    config: dict[str, str] = field(default_factory=dict)
+    schema: str = ""
 
 
 def manifest() -> list[dict[str, Any]]:
@@ -44,14 +46,20 @@ def manifest() -> list[dict[str, Any]]:
     return topics
 
 
+def manifest_specs(names: Mapping[str, str], partitions: int) -> list[TopicSpec]:
+    """The manifest's topics whose ``env`` key (``TRANSACTIONS_TOPIC``...) ``names`` maps to a name, with
+    ``partitions`` where the manifest leaves the count open."""
+    return [
+        TopicSpec(names[entry["env"]], entry["partitions"] or partitions, dict(entry["config"]), entry["schema"])
+        for entry in manifest()
+        if entry["env"] in names
+    ]
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """The manifest's topics under the names and partition count that ``settings`` give."""
-    specs = []
-    for entry in manifest():
-        name = getattr(settings, _TOPIC_SETTING[entry["env"]])
-        partitions = entry["partitions"] or settings.partitions
-        specs.append(TopicSpec(name, partitions, dict(entry["config"]), entry["schema"]))
-    return specs
+    names = {env: getattr(settings, attribute) for env, attribute in _TOPIC_SETTING.items()}
+    return manifest_specs(names, settings.partitions)
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -94,28 +102,43 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the missing topics (the contract's and the worker's own); returns the names created. Existing
-    topics are left as they are."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.app_id}-admin",
-        **client_security_options(settings),
-    )
+async def create_topics(
+    connection: Connection,
+    specs: Sequence[TopicSpec],
+    *,
+    replication_factor: int = 1,
+    client_id: str | None = None,
+) -> list[str]:
+    """Create the topics of ``specs`` that do not exist; returns the names created. Existing topics (also one
+    another process creates meanwhile) are left as they are."""
+    admin = admin_client(connection, **({"client_id": client_id} if client_id else {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [s for s in [*topic_specs(settings), *internal_topic_specs(settings)] if s.name not in existing]
         created = []
-        for spec in wanted:
-            topic = NewTopic(spec.name, spec.partitions, settings.replication_factor, topic_configs=spec.config)
+        for spec in specs:
+            if spec.name in existing:
+                continue
+            topic = NewTopic(spec.name, spec.partitions, replication_factor, topic_configs=spec.config)
             try:
                 await admin.create_topics([topic])
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass
-        if created:
-            log.info("created topics %s", ", ".join(created))
         return created
     finally:
         await admin.close()
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics (the contract's and the worker's own); returns the names created. Existing
+    topics are left as they are."""
+    created = await create_topics(
+        Connection.of(settings),
+        [*topic_specs(settings), *internal_topic_specs(settings)],
+        replication_factor=settings.replication_factor,
+        client_id=f"{settings.app_id}-admin",
+    )
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created

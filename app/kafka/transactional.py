@@ -16,8 +16,9 @@ How it keeps exactly once:
   outcome is unknown, the partition is rebuilt from the committed truth (its changelog and committed offset);
 - a rebalance waits for the batch in flight, so offsets of revoked partitions are never committed late.
 
-The broker being away is one state change in the log (``broker unreachable`` / ``broker reachable again``),
-not a line per message; :attr:`TransactionalLoop.connected` feeds ``/ready``.
+The broker being away is one state change in the log (connection lost / reconnected, by
+:class:`app.kafka.supervision.Supervisor`), not a line per message; :attr:`TransactionalLoop.connected` feeds
+``/ready``.
 """
 
 from __future__ import annotations
@@ -31,20 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.producer import sender as aiokafka_sender
 
+from app.kafka.clients import Connection, group_member, transactional_producer
 from app.kafka.pacing import CatchUpPacer
+from app.kafka.supervision import Supervisor
+from app.kafka.tuning import RETRY_BACKOFF_MS
 
 log = logging.getLogger(__name__)
-
-# A transaction starts while the broker still writes the previous one's commit markers; the broker answers
-# CONCURRENT_TRANSACTIONS and the client retries after a backoff (aiokafka: 20 ms for the first partition, else
-# retry_backoff_ms, 100 ms by default). Markers take a millisecond or two here, so back-to-back batches of one
-# partition would wait 20-100 ms each for nothing.
-RETRY_BACKOFF_MS = 5
-aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000.0
 
 
 def partition_lag(stable: int | None, next_offset: int | None, position: int | None, pending: bool) -> int:
@@ -65,13 +60,6 @@ def partition_lag(stable: int | None, next_offset: int | None, position: int | N
     if not pending and position is not None:
         done = max(done or 0, position)
     return 0 if done is None else max(0, stable - done)
-
-
-def set_fetch_pause(fetch_pause_ms: float) -> None:
-    """aiokafka stops fetching from a broker for up to 100 ms while fetched records of any partition wait to be
-    consumed (they do while a batch commits); with one broker that put 100 ms on decisions. Our loops drain what
-    they fetch at once, so a short pause (``FETCH_PAUSE_MS``) is enough. Applies to consumers created after."""
-    Fetcher.__init__.__kwdefaults__["prefetch_backoff"] = fetch_pause_ms / 1000.0
 
 
 @dataclass(slots=True)
@@ -163,11 +151,12 @@ class TransactionalLoop:
         self._fetched_to: dict[TopicPartition, int] = {}
         self._processed_to: dict[TopicPartition, int | None] = {}  # next input offset to process, per partition
         self.client_options = client_options or {}
+        self.connection = Connection(bootstrap_servers, self.client_options)
         self.consumer: AIOKafkaConsumer | None = None
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.ready_partitions: set[TopicPartition] = set()
         self.assigned: set[TopicPartition] = set()
-        self.connected = False
+        self.supervisor = Supervisor(name)
         self.generation = 0
         self._lock = asyncio.Lock()
         self._broken: set[TopicPartition] = set()
@@ -185,18 +174,21 @@ class TransactionalLoop:
         """Consume until cancelled; reconnects and rebuilds partitions after failures, logging state changes."""
         watch = asyncio.ensure_future(self._watch())
         try:
-            while not self._stopping:
-                try:
-                    await self._start_consumer()
-                    await self._consume()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the broker went away while (re)starting, or a client bug: retry
-                    self._set_connected(False, exc)
-                    await self._close_consumer()
-                    await asyncio.sleep(1.0)
+            await self.supervisor.run(self._session)
         finally:
             watch.cancel()
+
+    async def _session(self) -> None:
+        """Consume until stopping; a failure (the broker went away while (re)starting, or a client bug) closes the
+        consumer and its partitions, and the supervisor starts a new session after its backoff."""
+        if self._stopping:
+            return
+        try:
+            await self._start_consumer()
+            await self._consume()
+        except Exception:
+            await self._close_consumer()
+            raise
 
     async def _watch(self) -> None:
         """Ask the broker for metadata every second, beside the loop (which may be waiting on a commit): an empty
@@ -269,27 +261,28 @@ class TransactionalLoop:
         """Connected, assigned, and every assigned partition restored."""
         return self.connected and bool(self.assigned) and self.assigned <= self.ready_partitions
 
+    @property
+    def connected(self) -> bool:
+        """The broker answered the last metadata request or commit."""
+        return self.supervisor.connected
+
     def _set_connected(self, connected: bool, reason: object = None) -> None:
-        if connected and not self.connected:
-            log.info("%s: broker reachable, consuming", self.name)
-        elif not connected and self.connected and not self._stopping:
-            log.error("%s: broker unreachable (%s); retrying until it is back", self.name, reason)
-        self.connected = connected
+        if connected:
+            self.supervisor.mark_connected()
+        else:
+            self.supervisor.mark_lost(reason, quiet=self._stopping)
 
     async def _start_consumer(self) -> None:
         if self.consumer is not None:
             return
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=self.group_id,
+        consumer = group_member(
+            self.connection,
+            self.group_id,
+            session_timeout_ms=self.session_timeout_ms,
             group_instance_id=self.instance_id,
-            enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(500, self.session_timeout_ms // 5),
             max_poll_interval_ms=300_000,
-            **self.client_options,
             **self.consumer_options,
         )
         await consumer.start()
@@ -343,15 +336,12 @@ class TransactionalLoop:
         """Fence the previous owner, restore the committed state, and continue from the committed offset."""
         assert self.consumer is not None
         await self._close_producer(tp)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            transactional_id=f"{self.group_id}-{tp.topic}-{tp.partition}",
-            enable_idempotence=True,
-            linger_ms=self.linger_ms,
+        producer = transactional_producer(
+            self.connection,
+            f"{self.group_id}-{tp.topic}-{tp.partition}",
             transaction_timeout_ms=self.transaction_timeout_ms,
+            linger_ms=self.linger_ms,
             retry_backoff_ms=RETRY_BACKOFF_MS,
-            max_request_size=16 * 1024 * 1024,
-            **self.client_options,
         )
         await producer.start()  # InitProducerId: fences the old owner, aborts its open transaction
         self.producers[tp] = producer

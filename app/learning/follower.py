@@ -18,6 +18,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
+from app.kafka.clients import Connection, committed_reader
+from app.kafka.reading import read_to_end
+from app.kafka.supervision import Supervisor
 from app.learning.model import FraudModel
 from app.learning.registry import Registry
 from app.learning.snapshots import SnapshotRefused, check_feature_set, load_model_snapshot, verify
@@ -54,54 +57,53 @@ class ModelFollower:
         self._missing_logged: str | None = None
         self._read_to: dict[str, int] = {}  # topic -> next offset, kept across reconnects
         self.caught_up = asyncio.Event()
+        self.supervisor = Supervisor("model follower")
 
     async def run(self) -> None:
-        """Follow both topics until cancelled; reconnects after failures."""
-        while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                isolation_level="read_committed",
-                enable_auto_commit=False,
-                fetch_max_bytes=64 * 2**20,
-                max_partition_fetch_bytes=32 * 2**20,
-                **self.client_options,
-            )
+        """Follow both topics until cancelled; reconnects after failures (:class:`app.kafka.supervision.Supervisor`)."""
+        await self.supervisor.run(self._session)
+
+    async def _session(self) -> None:
+        consumer = committed_reader(
+            Connection(self.bootstrap_servers, self.client_options),
+            fetch_max_bytes=64 * 2**20,
+            max_partition_fetch_bytes=32 * 2**20,
+        )
+        try:
+            await consumer.start()
+            self.supervisor.mark_connected()
+            await self._follow(consumer)
+        finally:
             try:
-                await consumer.start()
-                await self._follow(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("model follower: %r; reconnecting", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                try:
-                    await asyncio.wait_for(consumer.stop(), 5)
-                except Exception:
-                    log.debug("model follower: consumer stop failed", exc_info=True)
+                await asyncio.wait_for(consumer.stop(), 5)
+            except Exception:
+                log.debug("model follower: consumer stop failed", exc_info=True)
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         tps = [TopicPartition(self.models_topic, 0), TopicPartition(self.events_topic, 0)]
         consumer.assign(tps)
-        positions = {tp: self._read_to.get(tp.topic, 0) for tp in tps}
-        for tp, offset in positions.items():
-            consumer.seek(tp, offset)
-        ends = await consumer.end_offsets(tps)
+        starts = {tp: self._read_to.get(tp.topic, 0) for tp in tps}
+        if not self.caught_up.is_set():  # the first connection: read to the end, then serve the champion
+            async for batch in read_to_end(consumer, tps, starts=starts, timeout_ms=500, max_records=1000):
+                self._apply(tps, batch)
+            self.caught_up.set()
+            log.info("model follower caught up: champion %s, %d versions", self.registry.champion,
+                     len(self.registry.headers))  # fmt: skip
+        else:
+            for tp, offset in starts.items():
+                consumer.seek(tp, offset)
         while True:
-            batches = await consumer.getmany(*tps, timeout_ms=500, max_records=1000)
-            for tp in tps:  # snapshots before the events that name them
-                for record in batches.get(tp, []):
-                    if tp.topic == self.models_topic:
-                        self._snapshot(record.key, record.value)
-                    else:
-                        self._event(record.value)
-                    self._read_to[tp.topic] = record.offset + 1
-            if not self.caught_up.is_set() and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                self.caught_up.set()
-                log.info("model follower caught up: champion %s, %d versions", self.registry.champion,
-                         len(self.registry.headers))  # fmt: skip
-            if self.caught_up.is_set():
-                self._serve()
+            self._serve()
+            self._apply(tps, await consumer.getmany(*tps, timeout_ms=500, max_records=1000))
+
+    def _apply(self, tps: list[TopicPartition], batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp in tps:  # snapshots before the events that name them
+            for record in batch.get(tp, []):
+                if tp.topic == self.models_topic:
+                    self._snapshot(record.key, record.value)
+                else:
+                    self._event(record.value)
+                self._read_to[tp.topic] = record.offset + 1
 
     def _snapshot(self, key: bytes | None, value: bytes | None) -> None:
         name = key.decode(errors="replace") if key else "?"

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import heapq
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from app.features.spec import FEATURE_SET_VERSION
-from app.kafka.security import client_security_options
+from app.kafka.clients import Connection, committed_reader, plain_producer
+from app.kafka.reading import read_to_end
 from app.learning.model import FraudModel
 from app.learning.offline import replay_offline
 from app.learning.quality import average_precision, card_precision_top_k, decision_summary, roc_auc
@@ -33,10 +33,8 @@ from app.settings import Settings, signing_key
 async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Registry, list[tuple[str, str]]]:
     """Both topics read to their end: the registry every worker folds, and the refused snapshots (key, code): as a
     worker refuses them, another feature set's included."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed",
-                                enable_auto_commit=False, fetch_max_bytes=64 * 2**20,
-                                max_partition_fetch_bytes=32 * 2**20,
-                                **client_security_options(settings))  # fmt: skip
+    consumer = committed_reader(Connection.of(settings), fetch_max_bytes=64 * 2**20,
+                                max_partition_fetch_bytes=32 * 2**20)  # fmt: skip
     await asyncio.wait_for(consumer.start(), timeout_s)
     registry, refused = Registry(), []
     key = signing_key(settings)
@@ -45,13 +43,10 @@ async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Re
         consumer.assign(tps)
         for tp in tps:
             await consumer.seek_to_beginning(tp)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        for tp in tps:  # snapshots first, then the events that name them
-            while await consumer.position(tp) < ends[tp]:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {tp.topic} took over {timeout_s} s")
-                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+        # snapshots first, then the events that name them
+        async for batch in read_to_end(consumer, tps, in_order=True, timeout_ms=1000, timeout_s=timeout_s):
+            for tp, records in batch.items():
+                for record in records:
                     if tp.topic == settings.models_topic:
                         try:
                             header, _ = verify(record.value, key)
@@ -68,32 +63,30 @@ async def read_registry(settings: Settings, timeout_s: float = 30.0) -> tuple[Re
 
 
 async def publish_event(settings: Settings, event: dict[str, Any]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True,
-                                **client_security_options(settings))  # fmt: skip
-    await producer.start()
+    client = plain_producer(Connection.of(settings), enable_idempotence=True)
+    await client.start()
     try:
         key = str(event["version"]).encode()
-        await producer.send_and_wait(settings.model_events_topic, key=key, value=dumps(event))
+        await client.send_and_wait(settings.model_events_topic, key=key, value=dumps(event))
     finally:
-        await producer.stop()
+        await client.stop()
 
 
 async def publish_version(settings: Settings, header: dict[str, Any], model: FraudModel) -> None:
     """A warm start's snapshot and its ``published`` event; the header names the feature set it was trained on
     (this process's: the warm start computes its features with this code)."""
     header = {**header, "feature_set": FEATURE_SET_VERSION}
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, max_request_size=16 * 2**20,
-                                **client_security_options(settings))  # fmt: skip
-    await producer.start()
+    client = plain_producer(Connection.of(settings), max_request_size=16 * 2**20)
+    await client.start()
     try:
         raw = model_snapshot(header, model, signing_key(settings))
         event = {"action": "published", "version": header["version"], "role": header["role"], "by": header["by"],
                  "reason": "warm start", "timestamp": header["created_at"]}  # fmt: skip
-        await producer.send_and_wait(settings.models_topic, key=str(header["version"]).encode(), value=raw)
-        await producer.send_and_wait(settings.model_events_topic, key=str(header["version"]).encode(),
-                                     value=dumps(event))  # fmt: skip
+        await client.send_and_wait(settings.models_topic, key=str(header["version"]).encode(), value=raw)
+        await client.send_and_wait(settings.model_events_topic, key=str(header["version"]).encode(),
+                                   value=dumps(event))  # fmt: skip
     finally:
-        await producer.stop()
+        await client.stop()
 
 
 # ---- warm start ------------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import ProducerFenced
 
 from app import metrics
+from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
+from app.kafka.reading import read_to_end
+from app.kafka.supervision import Supervisor
 from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
@@ -66,9 +69,12 @@ class Trainer:
         self.follower = follower
         self.key = key
         self.client_options = client_options
+        self.connection = Connection(settings.bootstrap_servers, client_options)
         self.training: Training | None = None
         self._task: asyncio.Task[None] | None = None
         self._counted: Counter[str] = Counter()
+        self.lease = Supervisor("trainer lease")
+        self.training_supervisor = Supervisor("trainer")  # sessions resume from the last published state
 
     @property
     def active(self) -> bool:
@@ -77,33 +83,29 @@ class Trainer:
     # ---- the lease ---------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Compete for the lease until cancelled; rejoins after failures (:class:`app.kafka.supervision.Supervisor`)."""
+        await self.lease.run(self._lease_session)
+
+    async def _lease_session(self) -> None:
         s = self.settings
-        while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers,
-                group_id=f"{s.app_id}-trainer",
-                group_instance_id=f"{s.app_id}-trainer-{s.worker_id}",
-                session_timeout_ms=s.session_timeout_ms,
-                heartbeat_interval_ms=max(500, s.session_timeout_ms // 5),
-                enable_auto_commit=False,
-                **self.client_options,
-            )
+        consumer = group_member(
+            self.connection,
+            f"{s.app_id}-trainer",
+            session_timeout_ms=s.session_timeout_ms,
+            group_instance_id=f"{s.app_id}-trainer-{s.worker_id}",
+        )
+        try:
+            await consumer.start()
+            consumer.subscribe([trainer_lease_topic(s)], listener=_Lease(self))
+            self.lease.mark_connected()
+            while True:
+                await consumer.getmany(timeout_ms=1000)
+        finally:
+            await self._release()
             try:
-                await consumer.start()
-                consumer.subscribe([trainer_lease_topic(s)], listener=_Lease(self))
-                while True:
-                    await consumer.getmany(timeout_ms=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("trainer lease: %r; rejoining", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await self._release()
-                try:
-                    await asyncio.wait_for(consumer.stop(), 5)
-                except Exception:
-                    log.debug("trainer lease: consumer stop failed", exc_info=True)
+                await asyncio.wait_for(consumer.stop(), 5)
+            except Exception:
+                log.debug("trainer lease: consumer stop failed", exc_info=True)
 
     def _acquire(self) -> None:
         if not self.active:
@@ -119,44 +121,31 @@ class Trainer:
         metrics.TRAINER_ACTIVE.set(0)
 
     async def _train_until_released(self) -> None:
-        while True:
-            try:
-                await self._train()
-            except asyncio.CancelledError:
-                raise
-            except ProducerFenced:
-                log.warning("trainer fenced: another worker trains now")
-                return
-            except Exception as exc:
-                log.warning("trainer: %r; resuming from the last published state", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                metrics.TRAINER_ACTIVE.set(0)
+        """Train until the lease goes (cancelled) or another worker fences this one; after a failure, the supervisor
+        resumes from the last published state."""
+        await self.training_supervisor.run(self._train_unless_fenced)
+
+    async def _train_unless_fenced(self) -> None:
+        try:
+            await self._train()
+        except ProducerFenced:
+            log.warning("trainer fenced: another worker trains now")
 
     # ---- training ----------------------------------------------------------------------------------------------
 
     async def _train(self) -> None:
         s = self.settings
         await self.follower.caught_up.wait()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            transactional_id=f"{s.app_id}-trainer",
-            enable_idempotence=True,
-            transaction_timeout_ms=s.transaction_timeout_ms,
-            max_request_size=16 * 2**20,
-            linger_ms=5,
-            **self.client_options,
+        producer = transactional_producer(
+            self.connection, f"{s.app_id}-trainer", transaction_timeout_ms=s.transaction_timeout_ms, linger_ms=5
         )
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
+        consumer = committed_reader(
+            self.connection,
             fetch_max_bytes=16 * 2**20,
             # Fewer, larger fetches of the feature log and the labels: every fetch response is decoded on the event
             # loop the decisions run on, and learning can wait half a second.
             fetch_min_bytes=256 * 1024,
             fetch_max_wait_ms=500,
-            **self.client_options,
         )
         await producer.start()  # fences a previous trainer and aborts its open transaction
         await consumer.start()
@@ -164,6 +153,7 @@ class Trainer:
             training = await self._restore(consumer)
             self.training = training
             metrics.TRAINER_ACTIVE.set(1)
+            self.training_supervisor.mark_connected()
             inputs = []
             for topic in (s.predictions_topic, s.labels_topic):
                 partitions = await producer.partitions_for(topic)  # waits for the topic's metadata
@@ -212,6 +202,7 @@ class Trainer:
                 await asyncio.sleep(0)  # the decision loop runs between slices
         finally:
             self.training = None
+            metrics.TRAINER_ACTIVE.set(0)
             await asyncio.gather(consumer.stop(), producer.stop(), return_exceptions=True)
 
     def _adopt_warm_start(self, training: Training) -> None:
@@ -262,10 +253,9 @@ class Trainer:
         tp = TopicPartition(trainer_state_topic(s), 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
         latest: dict[bytes, bytes | None] = {}
-        while await consumer.position(tp) < end:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+        async for batch in read_to_end(consumer, [tp], timeout_ms=1000):
+            for record in batch.get(tp, []):
                 latest[record.key] = record.value
         try:
             training = self._from_chunks(latest)

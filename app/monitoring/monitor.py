@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaError
 
 from app import metrics
 from app.components import Components
+from app.kafka.clients import Connection, plain_producer
 from app.monitoring.health import STATUSES, health_event
 from app.serialization import dumps, isoformat_utc
 
@@ -24,17 +25,16 @@ class HealthPublisher:
     keeps running (its loops wait for the broker) instead of exiting; events are skipped until it answers, with
     one log line when it stops answering and one when it answers again."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, client_options: dict[str, object]) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, connection: Connection, topic: str) -> None:
+        self.connection = connection
         self.topic = topic
-        self.client_options = client_options
         self._producer: AIOKafkaProducer | None = None
         self._failing = False
 
     async def send(self, key: bytes, value: bytes) -> None:
         try:
             if self._producer is None:
-                producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.client_options)
+                producer = plain_producer(self.connection)
                 try:
                     await producer.start()
                 except BaseException:

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from app.kafka.security import client_security_options
+from app.kafka.clients import Connection, admin_client, committed_reader, plain_producer
+from app.kafka.reading import read_to_end
 from app.settings import Settings
 
 
@@ -29,10 +30,9 @@ class UnknownTopic(Exception):
     """A topic the command was asked to read does not exist."""
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
-    """Connection options every client of the commands shares (the place for TLS/SASL options)."""
-    return {"bootstrap_servers": settings.bootstrap_servers, "client_id": f"{settings.app_id}-ops",
-            **client_security_options(settings)}  # fmt: skip
+def client_id(settings: Settings) -> str:
+    """The client id every client of the commands shares."""
+    return f"{settings.app_id}-ops"
 
 
 def _unreachable(settings: Settings, timeout_s: float, exc: BaseException) -> BrokerUnavailable:
@@ -58,11 +58,9 @@ async def _close(client: Any) -> None:
 @asynccontextmanager
 async def consumer(settings: Settings, timeout_s: float) -> AsyncIterator[AIOKafkaConsumer]:
     """A group-less consumer reading committed messages only (the worker writes in transactions)."""
-    client = AIOKafkaConsumer(
-        **client_options(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
+    client = committed_reader(
+        Connection.of(settings),
+        client_id=client_id(settings),
         request_timeout_ms=max(1000, int(timeout_s * 1000)),
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
@@ -76,8 +74,9 @@ async def consumer(settings: Settings, timeout_s: float) -> AsyncIterator[AIOKaf
 @asynccontextmanager
 async def producer(settings: Settings, timeout_s: float) -> AsyncIterator[AIOKafkaProducer]:
     """An idempotent producer acknowledged by all replicas, with the Java client's key partitioner (murmur2)."""
-    client = AIOKafkaProducer(
-        **client_options(settings),
+    client = plain_producer(
+        Connection.of(settings),
+        client_id=client_id(settings),
         acks="all",
         enable_idempotence=True,
         request_timeout_ms=max(1000, int(timeout_s * 1000)),
@@ -92,7 +91,9 @@ async def producer(settings: Settings, timeout_s: float) -> AsyncIterator[AIOKaf
 
 @asynccontextmanager
 async def admin(settings: Settings, timeout_s: float) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=max(1000, int(timeout_s * 1000)))
+    client = admin_client(
+        Connection.of(settings), client_id=client_id(settings), request_timeout_ms=max(1000, int(timeout_s * 1000))
+    )
     await _start(client, settings, timeout_s)
     try:
         yield client
@@ -140,16 +141,19 @@ async def tail(
         client.seek(tp, begin[tp] if start.from_beginning else max(begin[tp], end[tp] - back))
     if not start.from_beginning and start.last > 0:
         last: dict[TopicPartition, deque[Any]] = {tp: deque(maxlen=start.last) for tp in tps}
-        while not all([await client.position(tp) >= end[tp] for tp in tps]):
-            for tp, messages in (await client.getmany(timeout_ms=500, max_records=1000)).items():
+        async for batch in read_to_end(client, tps, ends=end, timeout_ms=500, max_records=1000):
+            for tp, messages in batch.items():
                 last[tp].extend(messages)
         for record in sorted((m for kept in last.values() for m in kept), key=_order):
             yield record
-    while True:
-        if not follow and all([await client.position(tp) >= end[tp] for tp in tps]):
-            return
-        batches = await client.getmany(timeout_ms=500, max_records=1000)
-        records = [m for messages in batches.values() for m in messages]
+    batches = _follow(client) if follow else read_to_end(client, tps, ends=end, timeout_ms=500, max_records=1000)
+    async for batch in batches:
+        records = [m for messages in batch.values() for m in messages]
         records.sort(key=_order)
         for record in records:
             yield record
+
+
+async def _follow(client: AIOKafkaConsumer) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+    while True:
+        yield await client.getmany(timeout_ms=500, max_records=1000)

@@ -19,6 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.partitioner import murmur2
 
+from app.kafka.clients import Connection, admin_client
+
 log = logging.getLogger(__name__)
 
 URL_MARK = ";web="  # client_id = "<name>;web=<advertised URL>"
@@ -110,7 +112,7 @@ class PartitionOwners:
             if time.monotonic() - self._read_at_s < self.refresh_s:
                 return
             if self._admin is None:
-                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self.client_options)
+                admin = admin_client(Connection(self.bootstrap_servers, self.client_options))
                 await admin.start()
                 self._admin = admin
             (response,) = await asyncio.wait_for(self._admin.describe_consumer_groups([self.group_id]), 5.0)

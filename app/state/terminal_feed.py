@@ -20,6 +20,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app import metrics
+from app.kafka.clients import Connection, committed_reader
+from app.kafka.supervision import Supervisor
 from app.records import InvalidMessage, parse_label
 from app.serialization import loads
 from app.state.checkpoints import write_atomically, write_in_thread
@@ -57,37 +59,29 @@ class TerminalFeed:
         self.positions: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
         self.lag_s = 0.0
-        self.interrupted = False
+        self.supervisor = Supervisor("terminal feed")
 
     async def run(self) -> None:
-        """Consume until cancelled, reconnecting after failures (one log line per failure, not per message)."""
+        """Consume until cancelled, reconnecting after failures (one log line when the broker goes, one when the
+        feed is back: :class:`app.kafka.supervision.Supervisor`)."""
         self._load_snapshot()
-        while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-                auto_offset_reset="earliest",
-                fetch_max_bytes=16 * 1024 * 1024,
-                fetch_max_wait_ms=100,  # also how long a seek or an offset lookup may wait behind a fetch
-                **self.client_options,
-            )
+        await self.supervisor.run(self._session)
+
+    async def _session(self) -> None:
+        consumer = committed_reader(
+            Connection(self.bootstrap_servers, self.client_options),
+            auto_offset_reset="earliest",
+            fetch_max_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=100,  # also how long a seek or an offset lookup may wait behind a fetch
+        )
+        try:
+            await consumer.start()
+            await self._consume(consumer)
+        finally:
             try:
-                await consumer.start()
-                await self._consume(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker went away: one line when it starts, one when the feed is back
-                if not self.interrupted:
-                    log.warning("terminal feed interrupted (%r); resuming when the broker is back", exc)
-                self.interrupted = True
-                await asyncio.sleep(1.0)
-            finally:
-                try:
-                    await asyncio.wait_for(consumer.stop(), 10)
-                except Exception:
-                    log.debug("terminal feed consumer stop failed", exc_info=True)
+                await asyncio.wait_for(consumer.stop(), 10)
+            except Exception:
+                log.debug("terminal feed consumer stop failed", exc_info=True)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         partitions: list[TopicPartition] = []
@@ -102,9 +96,7 @@ class TerminalFeed:
         last_snapshot = last_sweep = time.monotonic()
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
-            if self.interrupted:
-                self.interrupted = False
-                log.info("terminal feed resumed")
+            self.supervisor.mark_connected()
             now_wall = time.time()
             for tp, records in batches.items():
                 if tp.topic == self.terminal_topic:

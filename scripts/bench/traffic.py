@@ -9,9 +9,11 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tqdm import tqdm
 
+from app.kafka.clients import Connection
+from app.kafka.topics import TopicSpec
+from app.kafka.topics import create_topics as create_kafka_topics
 from app.learning.quality import percentiles
 from app.serialization import dumps, loads
 from lab.simulator import SimulatorConfig, simulate, to_wire
@@ -42,12 +44,7 @@ def traffic(phases: list[tuple[str, int]], seed: int = 2) -> dict[str, list[Mess
 async def create_topics(bootstrap: str, names: list[str], partitions: int, timeout_s: float = 30.0) -> None:
     """Create the topics and wait until every partition answers an offset lookup (a reader started before that
     logs NotLeaderForPartition)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1) for name in names])
-    finally:
-        await admin.close()
+    await create_kafka_topics(Connection(bootstrap), [TopicSpec(name, partitions) for name in names])
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")

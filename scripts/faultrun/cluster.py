@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import time
@@ -10,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 from local_processes import http_status, scrape
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,19 +111,8 @@ class SetupError(RuntimeError):
 async def create_topics(bootstrap: str, topics: dict[str, str], partitions: int) -> None:
     """The contract's topics (configs from topics/manifest.json) under the run's names, before anyone publishes:
     a topic auto-created by the publisher would get one partition."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    from app.kafka.clients import Connection
+    from app.kafka.topics import create_topics as create_kafka_topics
+    from app.kafka.topics import manifest_specs
 
-    manifest = orjson.loads((REPO_ROOT / "topics" / "manifest.json").read_bytes())["topics"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        for entry in manifest:
-            name = topics.get(entry["env"])
-            if name is None:
-                continue
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, entry["partitions"] or partitions, 1,
-                                                    topic_configs=dict(entry.get("config", {})))])  # fmt: skip
-    finally:
-        await admin.close()
+    await create_kafka_topics(Connection(bootstrap), manifest_specs(topics, partitions))
