@@ -117,7 +117,11 @@ class Scorer:
                         next_offset = self._apply_changelog(records, state, entries, next_offset)
                 if consumer.highwater(changelog) in (None, end) or time.monotonic() > deadline:
                     break  # nothing pending past what was read (or waited long enough)
-                await consumer.getmany(changelog, timeout_ms=100)  # refreshes the high watermark
+                # Refreshes the high watermark; what it returns (a pending transaction that committed meanwhile) is
+                # part of the state like the rest: dropping it lost committed entries.
+                for records in (await consumer.getmany(changelog, timeout_ms=100)).values():
+                    count += len(records)
+                    next_offset = self._apply_changelog(records, state, entries, next_offset)
         finally:
             await consumer.stop()
         for customer_id, by_tx_id in entries.items():

@@ -383,11 +383,26 @@ class TransactionalLoop:
                 continue
             async with self._lock:
                 if generation != self.generation:
-                    continue  # fetched before a rebalance: the new positions decide what is read
+                    # A rebalance ran while this fetch was in flight; its records may come from before or after
+                    # the partitions were reopened at their committed offsets. Neither kind is processed, but the
+                    # consumer has moved past them: each ready partition goes back to the next offset to process
+                    # (dropping them without the rewind lost the first records of a fresh assignment).
+                    await self._rewind(consumer, batches)
+                    continue
                 for tp, records in self._pace(consumer, batches).items():
                     self._queues.setdefault(tp, deque()).extend(records)
                     self._wake[tp].set()
                 self._hold(consumer)
+
+    async def _rewind(self, consumer: Any, dropped: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in dropped.items():
+            if not records or tp not in self.ready_partitions or self._queues.get(tp):
+                continue  # not ours any more, reopened later by the repair, or already fed by a newer fetch
+            offset = self._processed_to.get(tp)
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
 
     def _start_worker(self, tp: TopicPartition) -> None:
         self._queues.setdefault(tp, deque())
