@@ -198,7 +198,7 @@ class _StateTopic:
     async def position(self, tp: Any) -> int:
         return self.at
 
-    async def getmany(self, tp: Any, timeout_ms: int) -> dict[Any, list[Any]]:
+    async def getmany(self, tp: Any, timeout_ms: int, max_records: int | None = None) -> dict[Any, list[Any]]:
         batch, self.at = self.records[self.at :], len(self.records)
         return {tp: batch}
 
