@@ -8,9 +8,9 @@
 
 Why a tape: the features of a run do not depend on the model (terminal risk comes from fraud labels, never from
 scores), so the worker's own offline replay (``app/learning/offline.py``: parsing, both feature halves, scoring, the
-label join) runs once per seed with a recorder in place of the model. The recorder keeps every scored feature
-vector and, in arrival order, every label the join hands to ``learn_one`` (with how many transactions had been
-scored by then).
+trainer's label join) runs once per seed with a recorder in place of the model. The recorder keeps every scored
+feature vector and, in order, every label the join hands to ``learn_one`` (with how many transactions had been scored
+by then).
 Each candidate then replays that tape: it learns the same labels at the same points of the stream as
 ``scripts/evaluate.py``'s replay would make it learn, and scores the test-period transactions at their place
 in the stream, before their own label. The run is cut after the test period (nothing later can move its
@@ -49,6 +49,7 @@ from progress_bars import add_progress_argument, bar, counted  # noqa: E402
 from simulate import add_simulator_arguments, config_from, wire_events  # noqa: E402
 
 from app.features.halves import FEATURE_NAMES  # noqa: E402
+from app.features.spec import pack  # noqa: E402
 from app.learning.model import FraudModel  # noqa: E402
 from app.learning.offline import replay_offline  # noqa: E402
 from app.learning.quality import average_precision, card_precision_top_k, roc_auc  # noqa: E402
@@ -66,17 +67,20 @@ class Recorder(FraudModel):
         super().__init__()
         self.x = np.zeros((rows, len(FEATURE_NAMES)))
         self.scored = 0
-        self.index_of: dict[int, int] = {}  # id of a scored feature dict -> its row (alive until its label)
+        # The packed features of a scored transaction -> its row. The trainer's core learns from its own packed copy
+        # (and an implicit negative's features may be learned again as a late fraud), so rows are found by value;
+        # two transactions with the same features share a row, which teaches the same.
+        self.index_of: dict[bytes, int] = {}
         self.learned: list[tuple[int, int, bool]] = []  # (transactions scored by then, row, label)
 
     def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
         self.x[self.scored] = [x[name] for name in FEATURE_NAMES]
-        self.index_of[id(x)] = self.scored
+        self.index_of[pack(x)] = self.scored
         self.scored += 1
         return 0.0, []
 
     def learn_one(self, x: dict[str, float], y: bool) -> None:
-        self.learned.append((self.scored, self.index_of.pop(id(x)), y))
+        self.learned.append((self.scored, self.index_of[pack(x)], y))
 
 
 def make_tape(args: argparse.Namespace, protocol: Protocol, path: Path) -> None:

@@ -2,32 +2,76 @@ from __future__ import annotations
 
 import pytest
 
-from app.learning.join import expired, join, label_entry, scored_entry
 from app.learning.model import FraudModel
+from app.learning.offline import replay_offline
+from app.learning.training import pack
+from app.records import Prediction
+from app.serialization import dumps
+from app.settings import Settings
+from tests.cases import transaction
+
+DAY_S = 86400.0
 
 
-def test_join_in_either_order_learns_once() -> None:
-    x = {"amount": 3.0}
-    pair, keep = join(None, scored_entry(x, 100.0))
-    assert pair is None and keep == scored_entry(x, 100.0)
-    pair, keep = join(keep, label_entry(True, 200.0))
-    assert pair is not None and (pair.x, pair.y) == (x, True) and keep is None
+class Recording(FraudModel):
+    """The replay's champion, noting what it is taught: (tx_id of the scored features, label), in order."""
 
-    pair, keep = join(None, label_entry(False, 200.0))
-    assert pair is None
-    pair, keep = join(keep, scored_entry(x, 100.0))
-    assert pair is not None and (pair.x, pair.y) == (x, False) and keep is None
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: dict[bytes, str] = {}
+        self.taught: list[tuple[str, bool]] = []
 
+    def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
+        self.scored[pack(x)] = f"tx-{int(x['amount'])}"  # the amount tells the transactions apart here
+        return super().score_one(x, k)
 
-def test_repeated_label_replaces_the_waiting_one() -> None:
-    _, keep = join(None, label_entry(False, 1.0))
-    pair, keep = join(keep, label_entry(True, 2.0))
-    assert pair is None and keep == label_entry(True, 2.0)
+    def learn_one(self, x: dict[str, float], y: bool) -> None:
+        self.taught.append((self.scored[pack(x)], y))
+        super().learn_one(x, y)
 
 
-def test_expiry_is_in_event_time() -> None:
-    assert expired(scored_entry({}, 100.0), watermark_s=201.0, ttl_s=100.0)
-    assert not expired(scored_entry({}, 100.0), watermark_s=200.0, ttl_s=100.0)
+def _tx(i: int, day: float) -> tuple[str, bytes, bytes]:
+    ts = f"2018-04-{1 + int(day):02d}T{int(day % 1 * 24):02d}:00:00Z"
+    return "transaction", b"c", dumps(transaction(i, timestamp=ts, amount=float(i)))
+
+
+def _label(i: int, day: float, is_fraud: bool) -> tuple[str, bytes, bytes]:
+    ts = f"2018-04-{1 + int(day):02d}T{int(day % 1 * 24):02d}:00:00Z"
+    return "label", b"", dumps({"tx_id": f"tx-{i}", "is_fraud": is_fraud, "timestamp": ts})
+
+
+def _replay(events: list[tuple[str, bytes, bytes]], **settings: float) -> Recording:
+    model = Recording()
+    predictions = list(replay_offline(events, Settings(**settings), model))  # type: ignore[arg-type]
+    assert [p.tx_id for p in predictions if isinstance(p, Prediction)] == sorted(model.scored.values())
+    return model
+
+
+def test_the_replay_learns_a_pair_once_whichever_half_comes_first() -> None:
+    model = _replay([_tx(1, 0.0), _label(1, 0.5, True), _label(2, 0.6, False), _tx(2, 0.7), _tx(3, 0.8)])
+    assert model.taught == [("tx-1", True), ("tx-2", False)]
+    assert model.labels_learned == 2
+
+
+def test_a_resent_label_replaces_the_waiting_one() -> None:
+    model = _replay([_label(1, 0.1, False), _label(1, 0.2, True), _tx(1, 0.5)])
+    assert model.taught == [("tx-1", True)]
+
+
+def test_the_replay_learns_implicit_negatives_at_the_horizon_and_late_frauds_within_the_grace() -> None:
+    """Production's join, not a pair-as-soon-as-both-halves-meet: a transaction without a label LABEL_HORIZON_S after
+    it is learned as legitimate once the stream passes the horizon; a fraud label within the grace after that is
+    learned too, a later one is not."""
+    events = [_tx(1, 0.0), _tx(2, 0.25), _tx(3, 0.5), _label(3, 1.0, False), _tx(4, 2.3), _label(1, 2.4, True)]
+    events += [_tx(5, 5.0), _label(2, 5.1, True)]
+    model = _replay(events, label_horizon_s=2 * DAY_S, late_label_grace_s=2 * DAY_S)
+    assert model.taught == [
+        ("tx-3", False),  # its label came in time
+        ("tx-1", False),  # day 2.3 passes days 0 and 0.25 + the horizon: implicit negatives, in scoring order
+        ("tx-2", False),
+        ("tx-1", True),  # a late fraud within the grace
+        ("tx-4", False),  # day 5 passes its horizon; tx-2's features were forgotten at 0.25 + horizon + grace
+    ]
 
 
 def test_model_score_rises_for_a_pattern_labelled_fraud() -> None:

@@ -5,6 +5,12 @@ aligned worker handles them (events given in event-time order), so a replay of a
 minutes instead of a broker run of hours; the evaluator uses it for the multi-seed quality figures and the
 benchmarks use it for the pure cost per transaction. A fraud label counts toward terminal risk from the moment
 it arrives (from its own ``timestamp`` on), whether or not its transaction was scored yet, as in the reference.
+
+Learning goes through the trainer's own core, :class:`app.learning.training.Training`: the same join, the same
+packed features, implicit negatives at ``LABEL_HORIZON_S``, late frauds within ``LATE_LABEL_GRACE_S``, in the order
+the trainer learns them when it keeps up (its clock moved by every prediction, the horizon applied right after).
+One difference, on purpose: the deployed scorer uses the champion snapshot published every
+``MODEL_PUBLISH_INTERVAL_S``, while here the live champion scores, so the model is at most that much fresher.
 """
 
 from __future__ import annotations
@@ -15,10 +21,28 @@ from collections.abc import Iterable, Iterator
 from app.decisions.assess import score_transaction
 from app.features.engine import CustomerState, TerminalState, record_fraud, terminal_features
 from app.features.halves import customer_side_features
-from app.learning.join import Entry, join, label_entry, scored_entry
 from app.learning.model import FraudModel
+from app.learning.training import Training
 from app.records import InvalidMessage, Prediction, parse_label, parse_transaction
 from app.settings import Settings
+
+# How often (stream time) labels that never met a prediction are dropped after FEATURES_TTL_S. The trainer does it at
+# every publish (MODEL_PUBLISH_INTERVAL_S of wall time); a label's fate changes only if its prediction comes between
+# the TTL and the TTL plus this, and scanning the waiting halves every 30 s of a simulated half year costs hours.
+SWEEP_EVERY_S = 86400.0
+
+
+def training_for(settings: Settings, model: FraudModel) -> Training:
+    """The trainer's core with ``model`` as its champion line and no challenger, configured as the trainer is."""
+    return Training(
+        model,
+        None,
+        horizon_s=settings.label_horizon_s,
+        grace_s=settings.late_label_grace_s,
+        ttl_s=settings.features_ttl_s,
+        quality_window=settings.quality_window_labels,
+        threshold=settings.decision_threshold,
+    )
 
 
 def replay_offline(
@@ -27,22 +51,15 @@ def replay_offline(
     """Yield a prediction (or the validation error) for every transaction; labels teach the model on the way.
 
     ``events`` are ``(kind, key, value)`` with kind ``"transaction"`` or ``"label"``, as the simulator
-    publishes them.
+    publishes them. ``model`` is the champion line: it scores every transaction and learns what the trainer's
+    join hands it.
     """
     model = model if model is not None else FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
+    training = training_for(settings, model)
     customers: dict[str, CustomerState] = {}
     terminals: dict[str, TerminalState] = {}
-    entries: dict[str, Entry] = {}
     frauds_known_s: dict[str, float] = {}  # fraud tx_id -> when it became known, recorded as labels arrive
-
-    def learn(tx_id: str, incoming: Entry) -> None:
-        pair, keep = join(entries.get(tx_id), incoming)
-        if pair is not None:
-            model.learn_one(pair.x, pair.y)
-        if keep is None:
-            entries.pop(tx_id, None)
-        else:
-            entries[tx_id] = keep
+    next_sweep_s = float("-inf")
 
     for kind, _key, value in events:
         received_at_s = time.time()
@@ -65,9 +82,14 @@ def replay_offline(
             )
             x.update(terminal_x)
             prediction = score_transaction(
-                tx, x, model, threshold=settings.decision_threshold, received_at_s=received_at_s
+                tx, x, training.champion, threshold=settings.decision_threshold, received_at_s=received_at_s
             )
-            learn(tx.tx_id, scored_entry(x, tx.event_time_s, tx.terminal_id))
+            # The prediction is the trainer's input (the feature log): its features, event time and served score.
+            training.on_prediction(tx.tx_id, x, tx.event_time_s, prediction.fraud_probability)
+            training.advance()
+            if training.stream_time_s >= next_sweep_s:
+                training.sweep_labels()
+                next_sweep_s = training.stream_time_s + SWEEP_EVERY_S
             yield prediction
         else:
             try:
@@ -77,4 +99,4 @@ def replay_offline(
             known_s = label.timestamp.timestamp()
             if label.is_fraud:
                 record_fraud(frauds_known_s, label.tx_id, known_s)
-            learn(label.tx_id, label_entry(label.is_fraud, known_s))
+            training.on_label(label.tx_id, label.is_fraud, known_s)
