@@ -138,7 +138,8 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     for c in codecs:
         runs = [r for r in results if r["compression"] == c]
         tps = mean([r["throughput_tps"] for r in runs])
-        lines.append(f"| {c} | {', '.join(f'{r["throughput_tps"]:,.0f}' for r in runs)} | {tps:,.0f} | "
+        each = ", ".join(f"{r['throughput_tps']:,.0f}" for r in runs)
+        lines.append(f"| {c} | {each} | {tps:,.0f} | "
                      f"{tps / base_tps:.2f} | {mean([r['cpu_ms_per_tx'] for r in runs]):.3f} | "
                      f"{mean([r['latency_ms']['p50'] for r in runs]):,.0f} / "
                      f"{mean([r['latency_ms']['p99'] for r in runs]):,.0f} |")  # fmt: skip

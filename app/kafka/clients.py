@@ -3,8 +3,8 @@
 A :class:`Connection` is the bootstrap servers and the TLS/SASL options (``client_security_options(settings)`` of
 :mod:`app.kafka.security`); the presets apply it, so a caller names it once and adds only its own options (fetch
 sizes, client id, timeouts). The producer presets also compress with the connection's ``compression``
-(``OUTPUT_COMPRESSION``); consumers decompress whatever codec they meet. ``client_options`` of the helpers are extra aiokafka arguments, such as those TLS/SASL
-options.
+(``OUTPUT_COMPRESSION``); consumers decompress whatever codec they meet. ``client_options`` of the helpers are
+extra aiokafka arguments, such as those TLS/SASL options.
 """
 
 from __future__ import annotations
