@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -38,7 +40,10 @@ from bench.traffic import Message, create_topics, drive, traffic  # noqa: E402
 from bench.written import end_offsets, messages_per_transaction, written_topics  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
 
+from app.kafka.clients import at_least, consume  # noqa: E402
 from app.serialization import dumps  # noqa: E402
+
+CODECS = {"none": 0, "gzip": 1, "lz4": 3, "zstd": 4}  # a record batch's attributes & 0x7
 
 
 def segment_bytes(log_dir: Path, topics: list[str]) -> dict[str, int]:
@@ -109,6 +114,41 @@ def run_worker(
             "cpu_ms_per_tx": cpu * 1000 / n, "topics": rows}  # fmt: skip
 
 
+def codec_cost(records: list[tuple[bytes, bytes]], codecs: list[str], batch_sizes: list[int]) -> list[dict[str, Any]]:
+    """CPU of the codecs alone, on the worker's own predictions: aiokafka's batch builder (where the producer
+    compresses) and batch reader, per record, for batches of each size; and the batch's bytes per record."""
+    rows = []
+    for size in batch_sizes:
+        batches = [records[i : i + size] for i in range(0, len(records) - size + 1, size)]
+        for codec in codecs:
+            built: list[bytes] = []
+            started = time.process_time()
+            for batch in batches:
+                builder = DefaultRecordBatchBuilder(2, CODECS[codec], 1, 1, 0, 0, 2**24)
+                for offset, (key, value) in enumerate(batch):
+                    builder.append(offset, int(time.time() * 1000), key, value, [])
+                built.append(bytes(builder.build()))
+            write_s = time.process_time() - started
+            started = time.process_time()
+            for data in built:
+                read = MemoryRecords(data).next_batch()
+                assert read is not None and sum(1 for _ in read) == size
+            read_s = time.process_time() - started
+            n = size * len(batches)
+            rows.append({"batch_records": size, "codec": codec, "bytes_per_record": sum(map(len, built)) / n,
+                         "write_us_per_record": write_s * 1e6 / n, "read_us_per_record": read_s * 1e6 / n})  # fmt: skip
+    return rows
+
+
+def cost_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| records per batch | codec | bytes per record | write µs per record | read µs per record |",
+             "|---:|---|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['batch_records']} | {r['codec']} | {r['bytes_per_record']:,.0f} | "
+                     f"{r['write_us_per_record']:.1f} | {r['read_us_per_record']:.1f} |")  # fmt: skip
+    return lines
+
+
 def table(results: list[dict[str, Any]]) -> list[str]:
     """Markdown: per codec (mean over rounds), disk bytes per transaction by topic, throughput and CPU."""
     codecs = list(dict.fromkeys(r["compression"] for r in results))
@@ -174,13 +214,19 @@ def main(argv: list[str] | None = None) -> int:
                       + ", ".join(f"{t['topic']} {t['disk_bytes_per_tx']:,.1f} B/tx" for t in result["topics"]),
                       flush=True)  # fmt: skip
                 results.append(result)
+        sink = f"bpt-{results[0]['run']}-predictions"
+        sample = [(r.key or b"", r.value or b"") for r in consume(bootstrap, sink, at_least(args.transactions))]
+        costs = codec_cost(sample[: args.transactions], ["none", *(c for c in args.compressions if c != "none")],
+                           [1, 10, 100, 500])  # fmt: skip
     finally:
         kafka_local.stop(log_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(dumps({"date": started, "argv": argv if argv is not None else sys.argv[1:],
-                                "results": results}))  # fmt: skip
+                                "results": results, "codec_cost": costs}))  # fmt: skip
     print()
     print("\n".join(table(results)))
+    print()
+    print("\n".join(cost_table(costs)))
     return 0
 
 
