@@ -158,6 +158,7 @@ def build(settings: Settings) -> Components:
         max_skew_s=settings.catchup_max_skew_s,
         offsets_in_state=True,  # the changelog carries each batch's next offset: two round trips fewer per commit
         client_options=kafka_options,
+        compression=settings.output_compression,
         consumer_options={"client_id": client_id_with_url(decisions_name, settings.web_advertised_url)},
     )
     components: Components

@@ -101,6 +101,7 @@ class Settings:
     prior_fraud_rate: float = 0.01
     log_level: str = "info"
     producer_linger_ms: float = 2.0
+    output_compression: str = "zstd"  # the worker's producers' codec (app/kafka/clients.py): none, gzip, lz4, zstd
     # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
     models_topic: str = "models"
     model_events_topic: str = "model-events"
@@ -158,6 +159,16 @@ def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
     if security.ssl_keyfile and not security.ssl_certfile:
         raise ValueError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE")
     return security
+
+
+OUTPUT_COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
+
+
+def _output_compression(env: Mapping[str, str], default: str) -> str:
+    value = _get(env, "OUTPUT_COMPRESSION", default).strip().lower()
+    if value not in OUTPUT_COMPRESSIONS:
+        raise ValueError(f"OUTPUT_COMPRESSION must be one of {', '.join(OUTPUT_COMPRESSIONS)}, not {value!r}")
+    return value
 
 
 def default_advertised_url(web_bind: str, web_port: int) -> str:
@@ -229,6 +240,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
         producer_linger_ms=float(_get(env, "PRODUCER_LINGER_MS", str(d.producer_linger_ms))),
+        output_compression=_output_compression(env, d.output_compression),
         models_topic=_get(env, "MODELS_TOPIC", d.models_topic),
         model_events_topic=_get(env, "MODEL_EVENTS_TOPIC", d.model_events_topic),
         model_signing_key=_get(env, "MODEL_SIGNING_KEY", d.model_signing_key),

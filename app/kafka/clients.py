@@ -2,8 +2,9 @@
 
 A :class:`Connection` is the bootstrap servers and the TLS/SASL options (``client_security_options(settings)`` of
 :mod:`app.kafka.security`); the presets apply it, so a caller names it once and adds only its own options (fetch
-sizes, client id, timeouts). ``client_options`` of the helpers are extra aiokafka arguments, such as those TLS/SASL
-options.
+sizes, client id, timeouts). The producer presets also compress with the connection's ``compression``
+(``OUTPUT_COMPRESSION``); consumers decompress whatever codec they meet. ``client_options`` of the helpers are
+extra aiokafka arguments, such as those TLS/SASL options.
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ class Connection:
 
     bootstrap_servers: str
     security: Mapping[str, Any] = field(default_factory=dict)  # protocol, TLS context, SASL
+    compression: str = "none"  # the producers' codec (OUTPUT_COMPRESSION): none, gzip, lz4, zstd
 
     @classmethod
     def of(cls, settings: Settings) -> Connection:
-        return cls(settings.bootstrap_servers, client_security_options(settings))
+        return cls(settings.bootstrap_servers, client_security_options(settings), settings.output_compression)
 
     def options(self) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap_servers, **self.security}
+
+    def producer_options(self) -> dict[str, Any]:
+        """:meth:`options` plus the codec: record batches are compressed by the producer, stored so by the broker
+        (topics keep ``compression.type=producer``) and decompressed by every consumer, kcat included."""
+        codec = None if self.compression == "none" else self.compression
+        return {**self.options(), "compression_type": codec}
 
 
 def committed_reader(connection: Connection, *topics: str, **options: Any) -> AIOKafkaConsumer:
@@ -70,18 +78,20 @@ def transactional_producer(
     """An idempotent producer writing in transactions as ``transactional_id``: its start fences a previous
     producer of the same id and aborts that one's open transaction."""
     return AIOKafkaProducer(
-        **connection.options(),
-        transactional_id=transactional_id,
-        enable_idempotence=True,
-        transaction_timeout_ms=transaction_timeout_ms,
-        max_request_size=TRANSACTION_MAX_REQUEST_BYTES,
-        **options,
+        **{
+            **connection.producer_options(),
+            "transactional_id": transactional_id,
+            "enable_idempotence": True,
+            "transaction_timeout_ms": transaction_timeout_ms,
+            "max_request_size": TRANSACTION_MAX_REQUEST_BYTES,
+            **options,
+        }
     )
 
 
 def plain_producer(connection: Connection, **options: Any) -> AIOKafkaProducer:
     """A producer outside transactions (idempotence, acks and sizes as the caller asks)."""
-    return AIOKafkaProducer(**connection.options(), **options)
+    return AIOKafkaProducer(**{**connection.producer_options(), **options})
 
 
 def admin_client(connection: Connection, **options: Any) -> AIOKafkaAdminClient:

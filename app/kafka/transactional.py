@@ -131,6 +131,7 @@ class TransactionalLoop:
         offsets_in_state: bool = False,
         consumer_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
+        compression: str = "none",
     ) -> None:
         self.name = name
         self.bootstrap_servers = bootstrap_servers
@@ -151,7 +152,7 @@ class TransactionalLoop:
         self._fetched_to: dict[TopicPartition, int] = {}
         self._processed_to: dict[TopicPartition, int | None] = {}  # next input offset to process, per partition
         self.client_options = client_options or {}
-        self.connection = Connection(bootstrap_servers, self.client_options)
+        self.connection = Connection(bootstrap_servers, self.client_options, compression)
         self.consumer: AIOKafkaConsumer | None = None
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.ready_partitions: set[TopicPartition] = set()

@@ -69,7 +69,7 @@ class Trainer:
         self.follower = follower
         self.key = key
         self.client_options = client_options
-        self.connection = Connection(settings.bootstrap_servers, client_options)
+        self.connection = Connection(settings.bootstrap_servers, client_options, settings.output_compression)
         self.training: Training | None = None
         self._task: asyncio.Task[None] | None = None
         self._counted: Counter[str] = Counter()
