@@ -273,6 +273,23 @@ def _restart(worker: WorkerProcess, what: str, env: dict[str, str], timeout_s: f
     }
 
 
+def _held(
+    bootstrap: str, worker: WorkerProcess, txs: list[SimulatedTransaction], rate: float, on: str
+) -> dict[str, Any]:
+    """``txs`` published at ``rate``: latency from each publish to its committed prediction read back."""
+    batch: list[Message] = [(tx.customer_id.encode(), dumps(to_wire(tx)), tx.tx_id) for tx in txs]
+    held = asyncio.run(drive(bootstrap, TOPICS["TRANSACTIONS_TOPIC"], TOPICS["PREDICTIONS_TOPIC"], batch, rate, 60))
+    held["on_worker"] = on
+    held["peak_rss_bytes_after"] = peak_rss_bytes(worker.pid)
+    lat = held["latency_ms"]
+    print(
+        f"  held {rate:g} tx/s on {on}: p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} ms, "
+        f"{held['received']}/{held['published']}",
+        file=sys.stderr,
+    )
+    return held
+
+
 def _wait_snapshot(snapshot: Path, since: float, timeout_s: float) -> float | None:
     """Wait for the terminal snapshot written after ``since`` (wall time); its age at return, None if none came."""
     deadline = time.monotonic() + timeout_s
@@ -290,9 +307,9 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
     print(f"== {scale:g}x: {customers:,} customers, {terminals:,} terminals, {days} days", file=sys.stderr)
     started = time.monotonic()
     config = SimulatorConfig(
-        n_customers=customers, n_terminals=terminals, n_days=days + 2 + held_n // (customers * 2), seed=args.seed
+        n_customers=customers, n_terminals=terminals, n_days=days + 2 + held_n // customers, seed=args.seed
     )
-    txs, held_txs = split_traffic(simulate(config), days, held_n)
+    txs, held_txs = split_traffic(simulate(config), days, 2 * held_n)  # held on the first worker, then its replacement
     n = len(txs)
     simulate_s = time.monotonic() - started
     print(f"  simulated {n:,} transactions (+{held_n:,} held) in {simulate_s:.0f} s", file=sys.stderr)
@@ -343,7 +360,8 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         decided_wall = time.time()
         busy_s = wait_idle(worker.pid, timeout_s=args.idle_timeout_s)
         result["busy_s_after_last_decision"] = busy_s
-        snapshot_age = _wait_snapshot(Path(env["DATA_DIR"]) / "terminal-aggregates.pkl", decided_wall, 75)
+        snapshot = Path(env["DATA_DIR"]) / "terminal-aggregates.pkl"
+        snapshot_age = _wait_snapshot(snapshot, decided_wall, 75)
         quiet_from = time.monotonic()
         time.sleep(5)
         steady = [rss for t, rss in sampler.samples if t >= quiet_from]
@@ -377,6 +395,10 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
             file=sys.stderr,
         )
 
+        if held_n:
+            result["held_before_kill"] = _held(bootstrap, worker, held_txs[:held_n], args.held_rate, "the first worker")
+            # the restart below is measured with a terminal snapshot as fresh as after the catch-up
+            result["terminal_snapshot_age_s_at_kill"] = _wait_snapshot(snapshot, time.time(), 75)
         result["restart"] = _restart(worker, "restart after SIGKILL, same disk", dict(env), args.ready_timeout_s)
         same_id = {**env, "DATA_DIR": str(here / "data-2")}
         result["replacement_same_id"] = _restart(worker, "empty disk, same id", same_id, args.ready_timeout_s)
@@ -384,23 +406,10 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         result["replacement_new_id"] = _restart(worker, "empty disk, new id", new_id, args.ready_timeout_s)
 
         if held_n:
-            # the replacement restores, and may hold the trainer's lease and catch up with its backlog: the p99 is
+            # the replacement restores, and may hold the trainer's lease and catch up with its backlog: its p99 is
             # measured once it is idle
             result["busy_s_before_held"] = wait_idle(worker.pid, timeout_s=args.idle_timeout_s)
-            batch: list[Message] = []
-            for tx in held_txs:
-                wire = to_wire(tx)
-                batch.append((tx.customer_id.encode(), dumps(wire), tx.tx_id))
-            held = asyncio.run(
-                drive(bootstrap, TOPICS["TRANSACTIONS_TOPIC"], TOPICS["PREDICTIONS_TOPIC"], batch, args.held_rate, 60)
-            )
-            held["on_worker"] = "the new-id replacement"
-            held["peak_rss_bytes_after"] = peak_rss_bytes(worker.pid)
-            result["held"] = held
-            print(
-                f"  held {args.held_rate:g} tx/s for {args.held_s:g} s: p99 {held['latency_ms']['p99']:.1f} ms",
-                file=sys.stderr,
-            )
+            result["held"] = _held(bootstrap, worker, held_txs[held_n:], args.held_rate, "the new-id replacement")
     finally:
         if sampler is not None:
             sampler.finish()
