@@ -269,7 +269,7 @@ def _restart(worker: WorkerProcess, what: str, env: dict[str, str], timeout_s: f
         "rss_at_ready_bytes": psutil.Process(worker.pid).memory_info().rss,
         "peak_rss_at_ready_bytes": max(rss_max, peak_rss_bytes(worker.pid)),
         "worker_id": env["WORKER_ID"],
-        "data_dir_bytes_at_start": dir_bytes(Path(env["DATA_DIR"])),
+        "data_dir_bytes_at_ready": dir_bytes(Path(env["DATA_DIR"])),
     }
 
 
