@@ -2,7 +2,7 @@
 """The worker's state at a real issuer's scale: memory, disk, restart and replacement times, throughput and p99 of
 one worker fed a simulated issuer of 1x, 10x, ... the size of the small one, each size on a broker of its own.
 
-    python scripts/scale.py --scales 1 10 --out results/scale.json     # ~25 minutes on 2 shared cores
+    python scripts/scale.py --scales 1 10 --out results/scale.json     # 38 minutes on 2 loaded shared cores
     python scripts/scale.py --scales 0.1 --days 10 --held-s 10         # a quick look
 
 1x is 2,000 customers and 4,000 terminals over 40 days (~154,000 transactions, with their labels 7 days later in
@@ -20,8 +20,12 @@ event time: ``scripts/simulate.py``); 10x is 20,000 and 40,000 (~1.5 M). For eac
 - restart: SIGKILL, then the same worker on the same DATA_DIR: seconds from its start to ``/ready`` 200;
 - replacement on an empty disk: SIGKILL, then the same worker id on a new DATA_DIR; then SIGKILL again and a new
   worker id on a new DATA_DIR (its decision partitions wait for the killed static member's session timeout);
-- p99: the transactions that follow in event time, at ``--held-rate`` for ``--held-s`` (on the last replacement),
-  latency from the publish to the committed prediction read back (``scripts/bench/traffic.py``).
+- p99: the transactions that follow in event time, at ``--held-rate`` for ``--held-s``, on the first worker before
+  its SIGKILL and again on the last replacement once idle; latency from the publish to the committed prediction
+  read back with read_committed (``scripts/bench/traffic.py``).
+
+Each size's broker data (about 3.3 GiB at 10x) is deleted after it unless ``--keep``; the worker's log and data
+dirs stay in ``.kafka/scale/x<size>/``.
 
 Ratios of each size to the first close the table: the machine is shared, read them rather than the absolutes.
 The code is in ``scripts/bench/scaling.py`` (one size) and ``scripts/bench/scale_report.py`` (the tables).
