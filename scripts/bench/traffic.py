@@ -74,6 +74,8 @@ async def drive(
                                 isolation_level="read_committed")  # fmt: skip
     await consumer.start()
     await consumer.seek_to_end()
+    for tp in consumer.assignment():  # the reset to the end happens now, not at a first fetch after outputs came
+        await consumer.position(tp)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2)
     await producer.start()
     sent_at: dict[str, float] = {}

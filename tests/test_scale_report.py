@@ -1,0 +1,65 @@
+"""The report of ``scripts/scale.py`` (``scripts/bench/scale_report.py``): its ratios of each size to the first and
+its tables, on crafted results. Pure: the benchmark itself is not run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bench import scale_report  # scripts/ is on sys.path (tests/conftest.py)
+
+MIB = 2**20
+
+
+def _size(scale: float, tx: int, rss_mib: float, tps: float, restart_s: float, p99: float | None) -> dict[str, Any]:
+    held = None
+    if p99 is not None:
+        held = {"latency_ms": {"p99": p99}, "publisher_kept_rate": True, "received": 10, "published": 10,
+                "publish_tps": 200.0}  # fmt: skip
+    return {
+        "scale": scale, "customers": int(2000 * scale), "terminals": int(4000 * scale), "days": 40,
+        "transactions": tx,
+        "rss": {"steady_bytes": int(rss_mib * MIB), "peak_bytes": int(rss_mib * 1.1 * MIB)},
+        "throughput": {"throughput_tps": tps},
+        "restart": {"ready_s": restart_s},
+        "replacement_same_id": {"ready_s": 2 * restart_s},
+        "replacement_new_id": None,  # not measured: its ratio is None, not an error
+        "held_before_kill": held,
+        "held": held,
+        "data_dir": {"total_bytes": 0, "files": {"terminal-aggregates.pkl": 0}},  # zero: no ratio over it
+        "topics": {"predictions": {"log_bytes": 13 * tx, "bytes_per_tx": 13.0, "offsets_per_tx": 1.01}},
+        "topics_total": {"log_bytes": 20 * tx, "bytes_per_tx": 20.0, "offsets_per_tx": 5.0},
+    }  # fmt: skip
+
+
+def test_ratios_are_each_size_over_the_first() -> None:
+    small = _size(1, 1000, 400, 3000, 4.0, 50.0)
+    big = _size(10, 10_000, 1200, 2000, 8.0, 75.0)
+    (row,) = scale_report.ratios([small, big])
+    assert (row["scale"], row["over_scale"]) == (10, 1)
+    assert row["transactions"] == pytest.approx(10.0)
+    assert row["rss_steady"] == pytest.approx(3.0, rel=1e-6)
+    assert row["throughput"] == pytest.approx(2000 / 3000)
+    assert row["restart_ready"] == pytest.approx(2.0)
+    assert row["replacement_same_id_ready"] == pytest.approx(2.0)
+    assert row["held_p99_replacement"] == pytest.approx(1.5)
+    assert row["topics_on_disk"] == pytest.approx(10.0)
+    assert row["replacement_new_id_ready"] is None  # missing on both sides
+    assert row["data_dir"] is None  # zero on the first size
+
+
+def test_a_missing_figure_gives_no_ratio() -> None:
+    small = _size(1, 1000, 400, 3000, 4.0, None)
+    big = _size(10, 10_000, 1200, 2000, 8.0, 75.0)
+    (row,) = scale_report.ratios([small, big])
+    assert row["held_p99_first_worker"] is None and row["held_p99_replacement"] is None
+    assert scale_report.ratios([small]) == [] and scale_report.ratios([]) == []
+
+
+def test_the_summary_has_a_row_per_size_and_per_ratio() -> None:
+    sizes = [_size(1, 1000, 400, 3000, 4.0, 50.0), _size(10, 10_000, 1200, 2000, 8.0, 75.0)]
+    report = {"sizes": sizes, "ratios": scale_report.ratios(sizes), "held_rate_tps": 200.0}
+    text = "\n".join(scale_report.summary(report))
+    assert "| 1x | 2,000 / 4,000 / 40 | 1,000 | 400 / 440 | 3,000 | 4.0 | 8.0 | n/a | 50.0 / 50.0 |" in text
+    assert "| 10x / 1x |  | 10.00 | 3.00 / 3.00 | 0.67 | 2.00 | 2.00 | n/a | 1.50 / 1.50 |" in text
+    assert "| predictions | 0.0 / 13 / 1.010 | 0.1 / 13 / 1.010 |" in text
