@@ -14,7 +14,8 @@ from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
 from app.serialization import dumps, loads
 from app.settings import load
-from app.state.customers import PartitionState, entry_key, entry_value, pruned, restored_state
+from app.state.customers import POSITION_KEY, entry_key, entry_value, pruned, restored_state
+from app.state.memory_store import MemoryStore
 from app.state.terminals import TerminalAggregates
 from tests.cases import transaction
 
@@ -41,8 +42,9 @@ def scorer(model: FraudModel | None = None, **env: str) -> Scorer:
     settings = load({"PREDICTIONS_TOPIC": "predictions", **env})
     aggregates = TerminalAggregates(7.0, 86400.0, 38 * 86400.0)
     handler = Scorer(settings, model or FraudModel(), aggregates, HealthWindow(60.0, time.monotonic()),
-                     changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
-    handler.partitions[0] = PartitionState()
+                     store=MemoryStore("customers"), changelog_topic="changelog",
+                     terminal_topic="terminal-log")  # fmt: skip
+    handler.open_state(0)
     return handler
 
 
@@ -92,7 +94,7 @@ def test_a_tx_id_decided_already_is_a_duplicate_dead_letter_not_a_second_predict
 def test_state_changes_only_when_the_batch_commits() -> None:
     handler = scorer()
     batch = handler.process(TP, [record(0, dumps(transaction(1, customer_id="c9")))])
-    assert handler.partitions[0].customers == {}  # an aborted transaction leaves the committed state
+    assert handler.partitions[0].customer_ids() == []  # an aborted transaction leaves the committed state
     assert not handler.aggregates.states
     changelog = [o for o in batch.outputs if o.topic == "changelog"]
     assert [o.key for o in changelog if o.value is not None][0] == entry_key("c9", "tx-1")
@@ -125,9 +127,10 @@ def test_idle_customers_expire_without_traffic_in_stream_time() -> None:
     assert handler.idle(TP) is None  # one day later: not idle yet
     handler.partitions[0].stream_time_s += 2 * 86400
     batch = handler.idle(TP)
-    assert batch is not None and [(o.key, o.value) for o in batch.outputs] == [(entry_key("old", "tx-1"), None)]
+    assert batch is not None and [(o.key, o.value) for o in batch.outputs][:-1] == [(entry_key("old", "tx-1"), None)]
+    assert batch.outputs[-1].key == POSITION_KEY and loads(batch.outputs[-1].value)["customers"] == 1  # type: ignore[arg-type]
     batch.on_commit()  # type: ignore[misc]
-    assert set(handler.partitions[0].customers) == {"new"}
+    assert handler.partitions[0].customer_ids() == ["new"] and handler.partitions[0].customer_count == 1
 
 
 def test_only_committed_predictions_over_the_threshold_are_kept_for_the_operator_page_newest_last() -> None:

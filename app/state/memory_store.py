@@ -49,6 +49,11 @@ class MemoryPartition(StorePartition):
         for key in sorted(key for key in values if key.startswith(prefix)):
             yield key, values[key]
 
+    def iter_from(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        values = self._live.values
+        for key in sorted(key for key in values if key >= start):
+            yield key, values[key]
+
     @property
     def committed_offset(self) -> int | None:
         position = self._live.position
