@@ -75,7 +75,7 @@ class Settings:
     state_write_buffer_mb: int = 16  # one memtable
     state_write_buffer_count: int = 3  # memtables per partition; times STATE_WRITE_BUFFER_MB: the worker's budget
     state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush
-    state_backend: str = "memory"  # rocksdb (production) | memory (tests): where the customer windows live
+    state_backend: str = "rocksdb"  # rocksdb (production) | memory (tests): where the customer windows live
     state_customer_cache: int = 10_000  # parsed customer states kept in memory, per decision partition (an LRU)
     state_sweep_customers: int = 5_000  # customers the idle-expiry sweep reads from the store per sweep interval
     web_bind: str = "0.0.0.0"
