@@ -147,3 +147,33 @@ def test_only_committed_predictions_over_the_threshold_are_kept_for_the_operator
     handler.process(TP, many).on_commit()  # type: ignore[misc]
     assert len(handler.high_scores) == HIGH_SCORES_KEPT  # bounded: the oldest leave
     assert handler.high_scores[-1].tx_id == f"tx-{10 + HIGH_SCORES_KEPT + 4}"
+
+
+def test_the_store_takes_the_changelog_offset_the_commit_reached_and_memory_keeps_only_the_cache() -> None:
+    handler = scorer(STATE_CUSTOMER_CACHE="2")
+    state = handler.partitions[0]
+    for i in range(4):
+        batch = handler.process(TP, [record(i, dumps(transaction(i, customer_id=f"c{i}")))])
+        batch.produced_to = 10 * (i + 1)  # what the transactional loop reads from the produced records' metadata
+        batch.on_commit()  # type: ignore[misc]
+    assert state.store.committed_offset == 40 and state.customer_count == 4 and state.next_offset == 4
+    assert list(state.cache) == ["c2", "c3"]  # the two most recent; the others are read from the store
+    assert [len(state.customer(f"c{i}")) for i in range(4)] == [1, 1, 1, 1] and len(state.cache) == 2
+    reopened = handler.open_state(0)  # what a restore finds in the store
+    assert (reopened.next_offset, reopened.customer_count, reopened.stream_time_s) == (4, 4, state.stream_time_s)
+
+
+def test_the_idle_sweep_reads_the_store_a_slice_at_a_time_and_goes_on_where_it_stopped() -> None:
+    handler = scorer(CUSTOMER_TTL_S=str(2 * 86400), FEATURES_SWEEP_INTERVAL_S="0", STATE_SWEEP_CUSTOMERS="2")
+    txs = [transaction(i, customer_id=f"c{i}", timestamp="2018-04-01T10:00:00Z") for i in range(5)]
+    handler.process(TP, [record(i, dumps(t)) for i, t in enumerate(txs)]).on_commit()  # type: ignore[misc]
+    handler.partitions[0].stream_time_s += 3 * 86400
+    swept = []
+    for _ in range(3):
+        batch = handler.idle(TP)
+        assert batch is not None
+        swept.append(sorted(o.key.decode().split("\x1f")[0] for o in batch.outputs if o.value is None))  # type: ignore[union-attr]
+        batch.on_commit()  # type: ignore[misc]
+    assert swept == [["c0", "c1"], ["c2", "c3"], ["c4"]]
+    assert handler.partitions[0].customer_ids() == [] and handler.partitions[0].customer_count == 0
+    assert handler.idle(TP) is None
