@@ -34,10 +34,15 @@ from app.serving.grpc_api import GrpcServer
 from app.serving.routing import PartitionOwners, client_id_with_url
 from app.serving.service import Serving
 from app.settings import Settings, signing_key
+from app.state.memory_store import MemoryStore
+from app.state.rocksdb_store import RocksDBConfig, RocksDBStore
+from app.state.store import Store
 from app.state.terminal_feed import TerminalFeed
 from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
+
+CUSTOMER_STORE = "customers"  # the store's folder under the state directory
 
 
 @dataclass
@@ -109,7 +114,18 @@ class Components:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self.scorer.close()
         self.feed.save_snapshot()
+
+
+def customer_store(settings: Settings) -> Store:
+    """The decision path's customer windows: RocksDB under the state directory (one :class:`RocksDBConfig`, so one
+    block cache and one write-buffer budget for the worker), or memory (``STATE_BACKEND=memory``, tests)."""
+    if settings.state_backend == "rocksdb":
+        return RocksDBStore.from_settings(CUSTOMER_STORE, settings, RocksDBConfig.from_settings(settings))
+    if settings.state_backend == "memory":
+        return MemoryStore(CUSTOMER_STORE)
+    raise ValueError(f"STATE_BACKEND must be rocksdb or memory, not {settings.state_backend!r}")
 
 
 def build(settings: Settings) -> Components:
@@ -136,6 +152,7 @@ def build(settings: Settings) -> Components:
         model,
         aggregates,
         window,
+        store=customer_store(settings),
         changelog_topic=changelog_topic(settings),
         terminal_topic=terminal_topic(settings),
         client_options=kafka_options,

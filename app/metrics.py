@@ -57,6 +57,9 @@ LATE_TRANSACTIONS = Counter(
 )
 CUSTOMERS_EXPIRED = Counter("fraud_customers_expired", "Customer states removed after idling past the TTL.")
 CUSTOMER_STATES = Gauge("fraud_customer_states", "Customer states held by this worker's decision partitions.")
+CHANGELOG_REPLAYED = Counter(
+    "fraud_changelog_records_replayed", "Changelog records read into the local store by partition restores."
+)
 TERMINALS_EXPIRED = Counter("fraud_terminals_expired", "Terminal states removed after idling past the TTL.")
 TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states in this worker's aggregates (all terminals).")
 TERMINAL_FEED_LAG = Gauge(

@@ -14,7 +14,8 @@ from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
 from app.serialization import dumps, loads
 from app.settings import load
-from app.state.customers import PartitionState, entry_key, entry_value, pruned, restored_state
+from app.state.customers import POSITION_KEY, entry_key, entry_value, pruned, restored_state
+from app.state.memory_store import MemoryStore
 from app.state.terminals import TerminalAggregates
 from tests.cases import transaction
 
@@ -41,8 +42,9 @@ def scorer(model: FraudModel | None = None, **env: str) -> Scorer:
     settings = load({"PREDICTIONS_TOPIC": "predictions", **env})
     aggregates = TerminalAggregates(7.0, 86400.0, 38 * 86400.0)
     handler = Scorer(settings, model or FraudModel(), aggregates, HealthWindow(60.0, time.monotonic()),
-                     changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
-    handler.partitions[0] = PartitionState()
+                     store=MemoryStore("customers"), changelog_topic="changelog",
+                     terminal_topic="terminal-log")  # fmt: skip
+    handler.open_state(0)
     return handler
 
 
@@ -92,7 +94,7 @@ def test_a_tx_id_decided_already_is_a_duplicate_dead_letter_not_a_second_predict
 def test_state_changes_only_when_the_batch_commits() -> None:
     handler = scorer()
     batch = handler.process(TP, [record(0, dumps(transaction(1, customer_id="c9")))])
-    assert handler.partitions[0].customers == {}  # an aborted transaction leaves the committed state
+    assert handler.partitions[0].customer_ids() == []  # an aborted transaction leaves the committed state
     assert not handler.aggregates.states
     changelog = [o for o in batch.outputs if o.topic == "changelog"]
     assert [o.key for o in changelog if o.value is not None][0] == entry_key("c9", "tx-1")
@@ -125,9 +127,10 @@ def test_idle_customers_expire_without_traffic_in_stream_time() -> None:
     assert handler.idle(TP) is None  # one day later: not idle yet
     handler.partitions[0].stream_time_s += 2 * 86400
     batch = handler.idle(TP)
-    assert batch is not None and [(o.key, o.value) for o in batch.outputs] == [(entry_key("old", "tx-1"), None)]
+    assert batch is not None and [(o.key, o.value) for o in batch.outputs][:-1] == [(entry_key("old", "tx-1"), None)]
+    assert batch.outputs[-1].key == POSITION_KEY and loads(batch.outputs[-1].value)["customers"] == 1  # type: ignore[arg-type]
     batch.on_commit()  # type: ignore[misc]
-    assert set(handler.partitions[0].customers) == {"new"}
+    assert handler.partitions[0].customer_ids() == ["new"] and handler.partitions[0].customer_count == 1
 
 
 def test_only_committed_predictions_over_the_threshold_are_kept_for_the_operator_page_newest_last() -> None:
@@ -144,3 +147,33 @@ def test_only_committed_predictions_over_the_threshold_are_kept_for_the_operator
     handler.process(TP, many).on_commit()  # type: ignore[misc]
     assert len(handler.high_scores) == HIGH_SCORES_KEPT  # bounded: the oldest leave
     assert handler.high_scores[-1].tx_id == f"tx-{10 + HIGH_SCORES_KEPT + 4}"
+
+
+def test_the_store_takes_the_changelog_offset_the_commit_reached_and_memory_keeps_only_the_cache() -> None:
+    handler = scorer(STATE_CUSTOMER_CACHE="2")
+    state = handler.partitions[0]
+    for i in range(4):
+        batch = handler.process(TP, [record(i, dumps(transaction(i, customer_id=f"c{i}")))])
+        batch.produced_to = 10 * (i + 1)  # what the transactional loop reads from the produced records' metadata
+        batch.on_commit()  # type: ignore[misc]
+    assert state.store.committed_offset == 40 and state.customer_count == 4 and state.next_offset == 4
+    assert list(state.cache) == ["c2", "c3"]  # the two most recent; the others are read from the store
+    assert [len(state.customer(f"c{i}")) for i in range(4)] == [1, 1, 1, 1] and len(state.cache) == 2
+    reopened = handler.open_state(0)  # what a restore finds in the store
+    assert (reopened.next_offset, reopened.customer_count, reopened.stream_time_s) == (4, 4, state.stream_time_s)
+
+
+def test_the_idle_sweep_reads_the_store_a_slice_at_a_time_and_goes_on_where_it_stopped() -> None:
+    handler = scorer(CUSTOMER_TTL_S=str(2 * 86400), FEATURES_SWEEP_INTERVAL_S="0", STATE_SWEEP_CUSTOMERS="2")
+    txs = [transaction(i, customer_id=f"c{i}", timestamp="2018-04-01T10:00:00Z") for i in range(5)]
+    handler.process(TP, [record(i, dumps(t)) for i, t in enumerate(txs)]).on_commit()  # type: ignore[misc]
+    handler.partitions[0].stream_time_s += 3 * 86400
+    swept = []
+    for _ in range(3):
+        batch = handler.idle(TP)
+        assert batch is not None
+        swept.append(sorted(o.key.decode().split("\x1f")[0] for o in batch.outputs if o.value is None))  # type: ignore[union-attr]
+        batch.on_commit()  # type: ignore[misc]
+    assert swept == [["c0", "c1"], ["c2", "c3"], ["c4"]]
+    assert handler.partitions[0].customer_ids() == [] and handler.partitions[0].customer_count == 0
+    assert handler.idle(TP) is None

@@ -20,7 +20,7 @@ from app.serialization import dumps, loads
 from app.serving.routing import client_id_with_url, owners_from_members
 from app.serving.service import Serving
 from app.settings import TOPICS_DIR, load
-from app.state.customers import PartitionState
+from app.state.memory_store import MemoryStore
 from app.state.terminals import TerminalAggregates
 from tests.cases import BAD_TRANSACTIONS, transaction
 from tests.openapi import document
@@ -52,8 +52,9 @@ def setup(partitions: int = 1, ready: bool = True, owner: str | None = None) -> 
                      "WEB_ADVERTISED_URL": "http://self:1"})  # fmt: skip
     aggregates = TerminalAggregates(7.0, 86400.0, 38 * 86400.0)
     scorer = Scorer(settings, FraudModel(), aggregates, HealthWindow(60.0, time.monotonic()),
-                    changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
-    scorer.partitions[0] = PartitionState()
+                    store=MemoryStore("customers"), changelog_topic="changelog",
+                     terminal_topic="terminal-log")  # fmt: skip
+    scorer.open_state(0)
     decisions = SimpleNamespace(ready_partitions={TopicPartition(settings.transactions_topic, 0)}, consumer=None)
     owners = Owners(owner)
     serving = Serving(settings, scorer, aggregates, decisions, owners, lambda: ready)  # type: ignore[arg-type]
@@ -79,13 +80,14 @@ def test_predict_is_the_streams_prediction_and_changes_nothing() -> None:
     history = [transaction(i, customer_id="c", terminal_id=f"t-{i % 2}") for i in range(7)]
     stream(scorer, history)
     state = scorer.partitions[0]
-    customer_before = list(state.customers["c"])  # type: ignore[arg-type]
+    customer_before, stored_before = list(state.customer("c")), dict(state.store.iter_from(b""))
     terminals_before = {k: list(v) for k, v in scorer.aggregates.states.items()}
     probe = transaction(8, customer_id="c", terminal_id="t-0", amount=900.0)
 
     reply = asyncio.run(serving.predict(dumps(probe)))
     assert reply.status == 200 and reply.worker == "w-test"
-    assert state.customers["c"] == customer_before and scorer.aggregates.states == terminals_before
+    assert state.customer("c") == customer_before and dict(state.store.iter_from(b"")) == stored_before
+    assert scorer.aggregates.states == terminals_before
     assert reply.body["features"]["customer_nb_tx_30day"] == 8.0
     (streamed,) = stream(scorer, [probe])
     assert {k: reply.body[k] for k in SAME_AS_STREAM} == {k: streamed[k] for k in SAME_AS_STREAM}

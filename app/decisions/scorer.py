@@ -3,9 +3,10 @@
 For each batch of one ``transactions`` partition (:class:`app.kafka.transactional.TransactionalLoop`): validate,
 compute the customer windows from this partition's state, read the terminal half from the worker's
 :class:`TerminalAggregates`, score, and emit in one transaction the predictions, the dead letters, one compact
-terminal-log record per transaction, the customer states that changed (once per key per batch, to a compacted
-changelog) and the input offsets. Memory follows only after the commit, so a failed or fenced batch leaves the
-committed state, which is also what a restart restores.
+terminal-log record per transaction, the customer entries that changed (to a compacted changelog) and the input
+offsets. The local store (:mod:`app.state.customers`) and memory follow only after the commit, so a failed or
+fenced batch leaves the committed state, which is also what a restart restores (the changelog's tail after the
+offset the store covers, or all of it when the store is gone).
 
 Every input ends as one prediction or one dead letter; a ``tx_id`` seen again while its customer still holds it
 (30 days plus the lateness) is dead-lettered as ``duplicate_transaction``, so the predictions topic carries
@@ -25,7 +26,7 @@ from aiokafka import TopicPartition
 
 from app import metrics
 from app.decisions.assess import assess
-from app.features.engine import CustomerState, newest_event_time_s
+from app.features.engine import CustomerState
 from app.kafka.clients import Connection, committed_reader
 from app.kafka.reading import read_to_end
 from app.kafka.transactional import Batch, Output
@@ -35,19 +36,26 @@ from app.records import InvalidMessage, Prediction, dead_letter, parse_transacti
 from app.serialization import dumps, loads
 from app.settings import Settings
 from app.state.customers import (
-    ENTRY_KEY_SEPARATOR,
     POSITION_KEY,
     PartitionState,
     after_entry,
     entry_key,
     entry_value,
+    idle_slice,
+    position_value,
     pruned,
 )
+from app.state.recovery import open_for_recovery
+from app.state.store import Store, StorePartition
 from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
 
 HIGH_SCORES_KEPT = 50  # the latest predictions at or over the threshold, for the operator page
+REPLAY_COMMIT_RECORDS = 10_000  # a restore commits the store every this many changelog records
+# The changelog keeps a tombstone this long after compaction cleaned it (Kafka's default delete.retention.ms, the
+# changelog does not set it), less an hour for clock skew: a store idle longer is rebuilt, it may miss deletions.
+CHANGELOG_TOMBSTONES_KEPT_S = 86400.0 - 3600.0
 
 
 class Scorer:
@@ -60,6 +68,7 @@ class Scorer:
         aggregates: TerminalAggregates,
         window: HealthWindow,
         *,
+        store: Store,
         changelog_topic: str,
         terminal_topic: str,
         client_options: dict[str, Any] | None = None,
@@ -69,6 +78,7 @@ class Scorer:
         self.model = model
         self.aggregates = aggregates
         self.window = window
+        self.store = store  # the customer windows, one store partition per input partition
         self.changelog_topic = changelog_topic
         self.terminal_topic = terminal_topic
         self.client_options = client_options or {}
@@ -80,18 +90,35 @@ class Scorer:
 
     # ---- state ---------------------------------------------------------------------------------------------
 
+    def open_state(self, partition: int) -> PartitionState:
+        """The partition's state over its opened store partition (a restore replays the changelog into it)."""
+        state = PartitionState(self.store.open_partition(partition), cache_size=self.settings.state_customer_cache)
+        state.load_position()
+        self.partitions[partition] = state
+        return state
+
     def drop(self, tp: TopicPartition) -> None:
-        self.partitions.pop(tp.partition, None)
+        if self.partitions.pop(tp.partition, None) is not None:
+            self.store.close_partition(tp.partition)
+
+    def close(self) -> None:
+        self.partitions.clear()
+        self.store.close()
 
     async def restore(self, tp: TopicPartition) -> int | None:
-        """Read the partition's changelog to its end with ``read_committed``: the state of the last commit, and
-        the input offset it covers (None before the first batch).
+        """Bring the local store up to the changelog's committed end and return the input offset it covers (None
+        before the first batch).
 
-        The offset is kept in the changelog, in each batch's transaction, because the consumer group's offset of
-        a committed transaction can lag behind its changelog records: the broker writes the commit markers to
-        each partition one after the other, and aiokafka cannot ask for stable offsets (KIP-447). The read waits
-        until no transaction is pending on the changelog partition (a fenced owner's last one completing)."""
-        state = PartitionState()
+        The store keeps the changelog offset its data covers; :func:`app.state.recovery.open_for_recovery` decides
+        whether it may resume from there (a restart on the same disk replays only the tail) or is rebuilt from the
+        changelog's start (no store, a corrupt one, or a changelog that moved on without it). The tail is read with
+        ``read_committed`` and written to the store as it comes, each slice committed with the offset it reaches.
+
+        The input offset is kept in the changelog, in each batch's transaction, because the consumer group's
+        offset of a committed transaction can lag behind its changelog records: the broker writes the commit
+        markers to each partition one after the other, and aiokafka cannot ask for stable offsets (KIP-447). The
+        read waits until no transaction is pending on the changelog partition (a fenced owner's last one
+        completing)."""
         changelog = TopicPartition(self.changelog_topic, tp.partition)
         consumer = committed_reader(
             Connection(self.settings.bootstrap_servers, self.client_options),
@@ -101,54 +128,60 @@ class Scorer:
         )
         await consumer.start()
         started = time.monotonic()
-        count = 0
-        entries: dict[str, dict[str, bytes]] = {}
-        next_offset: int | None = None
         try:
             consumer.assign([changelog])
-            consumer.seek(changelog, (await consumer.beginning_offsets([changelog]))[changelog])
-            deadline = time.monotonic() + 30.0
-            while True:
-                end = (await consumer.end_offsets([changelog]))[changelog]
-                ends = {changelog: end}
-                async for batch in read_to_end(consumer, [changelog], ends=ends, timeout_ms=500, max_records=10000):
-                    for records in batch.values():
-                        count += len(records)
-                        next_offset = self._apply_changelog(records, state, entries, next_offset)
-                if consumer.highwater(changelog) in (None, end) or time.monotonic() > deadline:
-                    break  # nothing pending past what was read (or waited long enough)
-                # Refreshes the high watermark; what it returns (a pending transaction that committed meanwhile) is
-                # part of the state like the rest: dropping it lost committed entries.
-                for records in (await consumer.getmany(changelog, timeout_ms=100)).values():
-                    count += len(records)
-                    next_offset = self._apply_changelog(records, state, entries, next_offset)
+            low = (await consumer.beginning_offsets([changelog]))[changelog]
+            end = (await consumer.end_offsets([changelog]))[changelog]
+            part, plan = open_for_recovery(self.store, tp.partition, low, end,
+                                           tombstone_retention_s=CHANGELOG_TOMBSTONES_KEPT_S)  # fmt: skip
+            consumer.seek(changelog, plan.replay_from)
+            replayed = await self._replay(consumer, changelog, part, end)
+        except BaseException:
+            self.store.close_partition(tp.partition)
+            raise
         finally:
             await consumer.stop()
-        for customer_id, by_tx_id in entries.items():
-            if by_tx_id:
-                state.customers[customer_id] = by_tx_id
-        self.partitions[tp.partition] = state
-        metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))
-        log.info("partition %s restored: %d customers from %d changelog records in %.2f s",
-                 tp.partition, len(state.customers), count, time.monotonic() - started)  # fmt: skip
-        return next_offset
+        state = self.open_state(tp.partition)
+        metrics.CHANGELOG_REPLAYED.inc(replayed)
+        metrics.CUSTOMER_STATES.set(sum(p.customer_count for p in self.partitions.values()))
+        log.info("partition %s restored (%s from changelog offset %d): %d changelog records replayed, %d customers, "
+                 "in %.2f s", tp.partition, plan.action.value, plan.replay_from, replayed, state.customer_count,
+                 time.monotonic() - started)  # fmt: skip
+        return state.next_offset
 
     @staticmethod
-    def _apply_changelog(
-        records: Sequence[Any], state: PartitionState, entries: dict[str, dict[str, bytes]], next_offset: int | None
-    ) -> int | None:
-        for record in records:
-            if record.key == POSITION_KEY:
-                position = loads(record.value)
-                state.stream_time_s = float(position["stream_time_s"])
-                next_offset = int(position["next_offset"])
-                continue
-            customer_id, _, tx_id = record.key.decode().partition(ENTRY_KEY_SEPARATOR)
-            if record.value is None:
-                entries.get(customer_id, {}).pop(tx_id, None)
-            else:
-                entries.setdefault(customer_id, {})[tx_id] = record.value
-        return next_offset
+    async def _replay(consumer: Any, changelog: TopicPartition, part: StorePartition, end: int) -> int:
+        """Apply the changelog from the consumer's position to its end to ``part``; returns the records read."""
+        count = 0
+        transaction = part.begin()
+        deadline = time.monotonic() + 30.0
+
+        def apply(records: Sequence[Any]) -> None:
+            for record in records:
+                if record.value is None:
+                    transaction.delete(record.key)
+                else:
+                    transaction.put(record.key, record.value)
+
+        while True:
+            ends = {changelog: end}
+            async for batch in read_to_end(consumer, [changelog], ends=ends, timeout_ms=500, max_records=10000):
+                for records in batch.values():
+                    count += len(records)
+                    apply(records)
+                if transaction.pending_count >= REPLAY_COMMIT_RECORDS:
+                    transaction.commit(await consumer.position(changelog))  # every record before it is applied
+                    transaction = part.begin()
+            if consumer.highwater(changelog) in (None, end) or time.monotonic() > deadline:
+                break  # nothing pending past what was read (or waited long enough)
+            # Refreshes the high watermark; what it returns (a pending transaction that committed meanwhile) is
+            # part of the state like the rest: dropping it lost committed entries.
+            for records in (await consumer.getmany(changelog, timeout_ms=100)).values():
+                count += len(records)
+                apply(records)
+            end = (await consumer.end_offsets([changelog]))[changelog]
+        transaction.commit(max(await consumer.position(changelog), part.committed_offset or 0))
+        return count
 
     # ---- one batch -----------------------------------------------------------------------------------------
 
@@ -158,7 +191,9 @@ class Scorer:
         state = self.partitions[partition]
         received_at_s = time.time()
         changed: dict[str, CustomerState] = {}
+        new_customers: set[str] = set()
         entry_outputs: list[Output] = []
+        updates: dict[bytes, bytes | None] = {}  # the changelog records of this batch, for the store after commit
         scored: list[tuple[str, float, str]] = []  # (terminal, t, tx_id), applied to the aggregates on commit
         pending: dict[str, list[tuple[float, str]]] = {}
         outputs: list[Output] = []
@@ -195,14 +230,18 @@ class Scorer:
                 dead_codes.append(error.code)
                 continue
             changed[tx.customer_id] = after
+            if not customer and after:
+                new_customers.add(tx.customer_id)
             added = after_entry(after, tx.tx_id)
             if added is not None:
                 changelog_key = entry_key(tx.customer_id, tx.tx_id)
-                entry_outputs.append(Output(self.changelog_topic, changelog_key, entry_value(added), partition))
+                value = entry_value(added)
+                entry_outputs.append(Output(self.changelog_topic, changelog_key, value, partition))
+                updates[changelog_key] = value
             for old in pruned(customer, after):
-                entry_outputs.append(
-                    Output(self.changelog_topic, entry_key(tx.customer_id, str(old[3])), None, partition)
-                )
+                old_key = entry_key(tx.customer_id, str(old[3]))
+                entry_outputs.append(Output(self.changelog_topic, old_key, None, partition))
+                updates[old_key] = None
             pending.setdefault(tx.terminal_id, []).append((t, tx.tx_id))
             scored.append((tx.terminal_id, t, tx.tx_id))
             if t < stream_time_s - settings.lateness_s:
@@ -217,18 +256,24 @@ class Scorer:
             if prediction.is_fraud:
                 flagged.append(prediction)
         outputs.extend(entry_outputs)
-        expired = [c for c in self._expired(state, stream_time_s) if c not in changed]
+        idle = self._expired(state, stream_time_s)
+        expired = [c for c in idle if c not in changed]
         for customer_id in expired:
-            for old in state.customer(customer_id):
-                outputs.append(Output(self.changelog_topic, entry_key(customer_id, str(old[3])), None, partition))
-        position = {"stream_time_s": stream_time_s, "next_offset": records[-1].offset + 1}
-        outputs.append(Output(self.changelog_topic, POSITION_KEY, dumps(position), partition))
+            for old_key in idle[customer_id]:
+                outputs.append(Output(self.changelog_topic, old_key, None, partition))
+                updates[old_key] = None
+        next_offset = records[-1].offset + 1
+        customer_count = state.customer_count + len(new_customers) - len(expired)
+        position = position_value(stream_time_s, next_offset, customer_count)
+        outputs.append(Output(self.changelog_topic, POSITION_KEY, position, partition))
+        updates[POSITION_KEY] = position
+        batch = Batch(outputs, track=(self.changelog_topic, partition))
 
         def on_commit() -> None:
-            state.customers.update(changed)
-            for customer_id in expired:
-                state.customers.pop(customer_id, None)
+            state.apply(updates, batch.produced_to, changed, expired)
             state.stream_time_s = stream_time_s
+            state.next_offset = next_offset
+            state.customer_count = customer_count
             for terminal_id, t, tx_id in scored:
                 self.aggregates.add(terminal_id, t, tx_id)
             now = self.now_s()
@@ -240,14 +285,15 @@ class Scorer:
                 metrics.DEAD_LETTERS.labels("transactions", code).inc()
             metrics.LATE_TRANSACTIONS.inc(late)
             metrics.CUSTOMERS_EXPIRED.inc(len(expired))
-            metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))
+            metrics.CUSTOMER_STATES.set(sum(p.customer_count for p in self.partitions.values()))
             for probability in probabilities:
                 metrics.SCORES.observe(probability)
                 metrics.SCORING_LATENCY.observe(latency_ms / 1000.0)
             metrics.PREDICTED_FRAUD.inc(len(flagged))
             self.high_scores.extend(flagged)
 
-        return Batch(outputs, on_commit)
+        batch.on_commit = on_commit
+        return batch
 
     def event_time(self, record: Any) -> float:
         """Event time for catch-up pacing; ``-inf`` for what will be dead-lettered (it goes at once)."""
@@ -261,32 +307,33 @@ class Scorer:
         state = self.partitions.get(tp.partition)
         if state is None:
             return None
-        expired = self._expired(state, state.stream_time_s)
-        if not expired:
+        idle = self._expired(state, state.stream_time_s)
+        if not idle:
             return None
-        outputs = [
-            Output(self.changelog_topic, entry_key(customer_id, str(old[3])), None, tp.partition)
-            for customer_id in expired
-            for old in state.customer(customer_id)
-        ]
+        expired = list(idle)
+        updates: dict[bytes, bytes | None] = {key: None for keys in idle.values() for key in keys}
+        customer_count = state.customer_count - len(expired)
+        updates[POSITION_KEY] = position_value(state.stream_time_s, state.next_offset, customer_count)
+        outputs = [Output(self.changelog_topic, key, value, tp.partition) for key, value in updates.items()]
+        batch = Batch(outputs, track=(self.changelog_topic, tp.partition))
 
         def on_commit() -> None:
-            for customer_id in expired:
-                state.customers.pop(customer_id, None)
+            state.apply(updates, batch.produced_to, {}, expired)
+            state.customer_count = customer_count
             metrics.CUSTOMERS_EXPIRED.inc(len(expired))
-            metrics.CUSTOMER_STATES.set(sum(len(p.customers) for p in self.partitions.values()))
+            metrics.CUSTOMER_STATES.set(sum(p.customer_count for p in self.partitions.values()))
 
-        return Batch(outputs, on_commit)
+        batch.on_commit = on_commit
+        return batch
 
-    def _expired(self, state: PartitionState, stream_time_s: float) -> list[str]:
-        """Customers idle past the TTL in stream time, once per sweep interval (restored ones included)."""
+    def _expired(self, state: PartitionState, stream_time_s: float) -> dict[str, list[bytes]]:
+        """Customers idle past the TTL in stream time, with their store keys: once per sweep interval, one slice
+        of ``STATE_SWEEP_CUSTOMERS`` customers read from the store (the next sweep goes on from there), so a sweep
+        costs the same however many customers the partition holds."""
         now = self.now_s()
         if now - state.swept_at_s < self.settings.features_sweep_interval_s:
-            return []
+            return {}
         state.swept_at_s = now
         horizon = stream_time_s - self.settings.customer_ttl_s
-        idle = []
-        for customer_id in list(state.customers):
-            if newest_event_time_s(state.customer(customer_id)) < horizon:
-                idle.append(customer_id)
+        idle, state.sweep_from = idle_slice(state.store, state.sweep_from, self.settings.state_sweep_customers, horizon)
         return idle

@@ -74,10 +74,17 @@ class Output:
 
 @dataclass(slots=True)
 class Batch:
-    """What a handler made of one partition's records: messages to commit, and what to do once committed."""
+    """What a handler made of one partition's records: messages to commit, and what to do once committed.
+
+    ``track`` names one ``(topic, partition)`` of the outputs; before ``on_commit`` runs, ``produced_to`` is set
+    to the offset right after the last record the transaction wrote there (from the produced records' metadata),
+    so a handler can store state together with the changelog offset it covers.
+    """
 
     outputs: list[Output] = field(default_factory=list)
     on_commit: Callable[[], None] | None = None
+    track: tuple[str, int] | None = None
+    produced_to: int | None = None
 
 
 class BatchHandler(Protocol):
@@ -513,7 +520,12 @@ class TransactionalLoop:
         if records and self.offsets_in_state:
             self._to_commit[tp] = records[-1].offset + 1
         if batch.on_commit is not None:
-            batch.on_commit()
+            try:
+                batch.on_commit()
+            except Exception:  # committed in Kafka, not applied locally (a full disk): rebuild from the changelog
+                log.exception("%s: %s: applying a committed batch failed; rebuilding the partition", self.name, tp)
+                self._mark_broken(tp)
+                return
         if self.on_batch is not None and records:
             self.on_batch(len(records), time.perf_counter() - started)
 
@@ -524,8 +536,11 @@ class TransactionalLoop:
         if records and not self.offsets_in_state:
             await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
         await producer.commit_transaction()
+        track = batch.track
         for future in pending:  # delivered with the commit; surfaces a per-message error, if any
-            await future
+            metadata = await future
+            if track is not None and metadata.partition == track[1] and metadata.topic == track[0]:
+                batch.produced_to = max(batch.produced_to or 0, metadata.offset + 1)
 
     def _mark_broken(self, tp: TopicPartition) -> None:
         self._broken.add(tp)

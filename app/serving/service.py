@@ -29,7 +29,7 @@ from app.records import ID_MAX_CHARS, InvalidMessage, parse_transaction
 from app.serialization import isoformat_utc, loads
 from app.serving.routing import PartitionOwners, partition_for_key
 from app.settings import Settings
-from app.state.customers import PartitionState, restored_state
+from app.state.customers import PartitionState
 from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,8 @@ class Serving:
 
 
 def peek_customer(state: PartitionState, customer_id: str) -> CustomerState:
-    """A customer's committed state, read without touching the partition (a restored one is parsed, not kept)."""
-    value = state.customers.get(customer_id)
-    if value is None:
-        return []
-    return restored_state(value) if isinstance(value, dict) else value
+    """A customer's committed state, read without changing what the partition's cache keeps."""
+    return state.peek(customer_id)
 
 
 def invalid_id(name: str, value: str, worker: str) -> Reply | None:

@@ -1,40 +1,153 @@
 """Each input partition's customer windows, and how they travel on the changelog: one small record per entry.
 
-A partition's state is a dict of customers, each a list of entries sorted by event time
-(:data:`app.features.engine.CustomerState`). The decision path writes the entries a batch added or pruned to the
-compacted changelog, keyed ``customer_id \x1f tx_id``, in the batch's transaction, with the partition's position
-under :data:`POSITION_KEY`; a restore reads them back as bytes and parses a customer on first use. Pure: no Kafka.
+A customer's state is a list of entries sorted by event time (:data:`app.features.engine.CustomerState`). The
+decision path writes the entries a batch added or pruned to the compacted changelog, keyed ``customer_id \x1f
+tx_id``, in the batch's transaction, with the partition's position under :data:`POSITION_KEY`. The local store
+(:mod:`app.state.store`) holds the same keys and values: a copy of the changelog, written only after the Kafka
+transaction committed, with the changelog offset it covers. A customer is read from the store when a batch needs
+it, through a small LRU cache of parsed states, so memory follows the settings, not the number of customers.
+Pure: no Kafka.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.features.engine import CustomerState
 from app.serialization import dumps, loads
+from app.state.store import StorePartition
 
-POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time and next input offset
+POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time, next input offset, customers
 ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
 
 
 @dataclass
 class PartitionState:
-    """One input partition's customers (``bytes`` until first read after a restore) and its stream time."""
+    """One input partition's committed customers (in ``store``), its stream time and where its input stands.
 
-    customers: dict[str, CustomerState | dict[str, bytes]] = field(default_factory=dict)
+    ``cache_size`` parsed customers stay in memory (least recently used go first); the store is the truth, and
+    both change only in :meth:`apply`, after the batch's Kafka transaction committed."""
+
+    store: StorePartition
+    cache_size: int = 10_000
     stream_time_s: float = float("-inf")
+    next_offset: int | None = None  # the next input offset the state covers; None before the first batch
+    customer_count: int = 0  # customers with at least one entry (carried in the position record)
     swept_at_s: float = field(default_factory=time.monotonic)
+    sweep_from: bytes = b""  # the key the next idle-expiry slice starts at (b"": from the start)
+    cache: OrderedDict[str, CustomerState] = field(default_factory=OrderedDict)
 
     def customer(self, customer_id: str) -> CustomerState:
-        value = self.customers.get(customer_id)
-        if value is None:
-            return []
-        if isinstance(value, dict):  # parsed lazily: a restore only keeps each entry's bytes
-            value = self.customers[customer_id] = restored_state(value)
+        """The committed state, kept in the cache (the decision path: the customer will likely come again)."""
+        cache = self.cache
+        value = cache.get(customer_id)
+        if value is not None:
+            cache.move_to_end(customer_id)
+            return value
+        value = self.peek(customer_id)
+        if value:
+            self._keep(customer_id, value)
         return value
+
+    def peek(self, customer_id: str) -> CustomerState:
+        """The committed state, without changing what the cache keeps (serving reads)."""
+        value = self.cache.get(customer_id)
+        if value is not None:
+            return value
+        prefix = customer_prefix(customer_id)
+        n = len(prefix)
+        return restored_state({key[n:].decode(): raw for key, raw in self.store.iter_prefix(prefix)})
+
+    def customer_ids(self) -> list[str]:
+        """Every customer in the store: a full scan, for tests and diagnostics only."""
+        ids = {key.split(b"\x1f", 1)[0].decode() for key, _ in self.store.iter_from(b"") if key != POSITION_KEY}
+        return sorted(ids)
+
+    def apply(
+        self,
+        updates: Mapping[bytes, bytes | None],
+        offset: int | None,
+        changed: Mapping[str, CustomerState],
+        removed: Sequence[str],
+    ) -> None:
+        """Write a committed batch's changelog records to the store in one transaction with ``offset`` (the
+        changelog offset right after them), then the cache. Without an ``offset`` the stored one stays: a replay
+        from an older offset rewrites the same keys in the same order, so it only costs time."""
+        transaction = self.store.begin()
+        for key, raw in updates.items():
+            if raw is None:
+                transaction.delete(key)
+            else:
+                transaction.put(key, raw)
+        committed = self.store.committed_offset
+        transaction.commit(offset if offset is not None else (committed or 0))
+        for customer_id, value in changed.items():
+            if value:
+                self._keep(customer_id, value)
+            else:
+                self.cache.pop(customer_id, None)
+        for customer_id in removed:
+            self.cache.pop(customer_id, None)
+
+    def load_position(self) -> None:
+        """Stream time, next input offset and customer count from the store's position entry (after a restore)."""
+        raw = self.store.get(POSITION_KEY)
+        position = loads(raw) if raw is not None else {}
+        self.stream_time_s = float(position.get("stream_time_s", float("-inf")))
+        next_offset = position.get("next_offset")
+        self.next_offset = None if next_offset is None else int(next_offset)
+        count = position.get("customers")
+        self.customer_count = len(self.customer_ids()) if count is None else int(count)  # older records: count
+
+    def _keep(self, customer_id: str, value: CustomerState) -> None:
+        cache = self.cache
+        cache[customer_id] = value
+        cache.move_to_end(customer_id)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+
+
+def position_value(stream_time_s: float, next_offset: int | None, customers: int) -> bytes:
+    return dumps({"stream_time_s": stream_time_s, "next_offset": next_offset, "customers": customers})
+
+
+def customer_prefix(customer_id: str) -> bytes:
+    return f"{customer_id}{ENTRY_KEY_SEPARATOR}".encode()
+
+
+def idle_slice(
+    store: StorePartition, start: bytes, max_customers: int, horizon_s: float
+) -> tuple[dict[str, list[bytes]], bytes]:
+    """Read up to ``max_customers`` customers from key ``start`` on; those whose newest entry is older than
+    ``horizon_s``, with their keys, and the key the next slice starts at (``b""``: this one reached the end).
+
+    The sweep reads the store a slice at a time, so it costs the same however many customers it holds."""
+    idle: dict[str, list[bytes]] = {}
+    current: bytes | None = None
+    keys: list[bytes] = []
+    newest = float("-inf")
+    seen = 0
+    for key, value in store.iter_from(start):
+        if key == POSITION_KEY:
+            continue
+        customer = key.split(b"\x1f", 1)[0]
+        if customer != current:
+            if current is not None:
+                if newest < horizon_s:
+                    idle[current.decode()] = keys
+                seen += 1
+                if seen >= max_customers:
+                    return idle, key
+            current, keys, newest = customer, [], float("-inf")
+        keys.append(key)
+        newest = max(newest, float(loads(value)[0]))
+    if current is not None and newest < horizon_s:
+        idle[current.decode()] = keys
+    return idle, b""
 
 
 def entry_key(customer_id: str, tx_id: str) -> bytes:

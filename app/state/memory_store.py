@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sortedcontainers import SortedDict
+
 from app.state.store import (
     FORMAT_MARKER,
     OpenedAs,
@@ -16,12 +18,13 @@ from app.state.store import (
     StorePartition,
     decode_position,
     encode_position,
+    prefix_upper_bound,
 )
 
 
 @dataclass
 class _Data:
-    values: dict[bytes, bytes] = field(default_factory=dict)
+    values: SortedDict = field(default_factory=SortedDict)  # in key order, like RocksDB: slices cost their size
     format_marker: bytes = FORMAT_MARKER
     position: bytes | None = None  # encode_position(offset, committed_at_s)
 
@@ -46,8 +49,15 @@ class MemoryPartition(StorePartition):
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         values = self._live.values
-        for key in sorted(key for key in values if key.startswith(prefix)):
+        upper = prefix_upper_bound(prefix)
+        for key in list(values.irange(prefix, upper, inclusive=(True, False))):
             yield key, values[key]
+
+    def iter_from(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        values = self._live.values
+        for key in values.irange(start):
+            if key in values:  # deleted since the slice started
+                yield key, values[key]
 
     @property
     def committed_offset(self) -> int | None:

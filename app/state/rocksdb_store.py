@@ -148,6 +148,10 @@ class RocksDBPartition(StorePartition):
         for key, value in self.db.items(from_key=prefix, read_opt=read_opt):
             yield cast(bytes, key), cast(bytes, value)
 
+    def iter_from(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.db.items(from_key=start):
+            yield cast(bytes, key), cast(bytes, value)
+
     @property
     def committed_offset(self) -> int | None:
         return None if self._position is None else self._position[0]

@@ -84,6 +84,10 @@ class StorePartition(ABC):
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every ``(key, value)`` whose key starts with ``prefix``, in key order."""
 
+    @abstractmethod
+    def iter_from(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` whose key is ``start`` or above, in key order (read a slice, then stop)."""
+
     @property
     @abstractmethod
     def committed_offset(self) -> int | None:
