@@ -1,7 +1,7 @@
 """The worker's logic without Kafka: one process, events in the order given, state in dicts.
 
-Same parsing, both feature halves, scoring, label join and fraud marks as the agents, in the order the
-aligned worker handles them (events given in event-time order), so a replay of a whole simulated run takes
+Same parsing, both feature halves, scoring, label join and fraud marks as the decision path and the trainer, in
+the order an aligned worker handles them (events given in event-time order), so a replay of a whole simulated run takes
 minutes instead of a broker run of hours; the evaluator uses it for the multi-seed quality figures and the
 benchmarks use it for the pure cost per transaction. A fraud label counts toward terminal risk from the moment
 it arrives (from its own ``timestamp`` on), whether or not its transaction was scored yet, as in the reference.
