@@ -22,7 +22,7 @@ from app.decisions.assess import score_transaction
 from app.features.engine import CustomerState, TerminalState, record_fraud, terminal_features
 from app.features.halves import customer_side_features
 from app.learning.model import FraudModel
-from app.learning.training import Training
+from app.learning.training import training_for
 from app.records import InvalidMessage, Prediction, parse_label, parse_transaction
 from app.settings import Settings
 
@@ -30,19 +30,6 @@ from app.settings import Settings
 # every publish (MODEL_PUBLISH_INTERVAL_S of wall time); a label's fate changes only if its prediction comes between
 # the TTL and the TTL plus this, and scanning the waiting halves every 30 s of a simulated half year costs hours.
 SWEEP_EVERY_S = 86400.0
-
-
-def training_for(settings: Settings, model: FraudModel) -> Training:
-    """The trainer's core with ``model`` as its champion line and no challenger, configured as the trainer is."""
-    return Training(
-        model,
-        None,
-        horizon_s=settings.label_horizon_s,
-        grace_s=settings.late_label_grace_s,
-        ttl_s=settings.features_ttl_s,
-        quality_window=settings.quality_window_labels,
-        threshold=settings.decision_threshold,
-    )
 
 
 def replay_offline(

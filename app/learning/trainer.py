@@ -33,7 +33,7 @@ from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.learning.training import FeatureSetMismatch, Training
+from app.learning.training import FeatureSetMismatch, Training, training_for
 from app.records import InvalidMessage, dead_letter, parse_label
 from app.serialization import dumps, isoformat_utc, loads
 from app.settings import Settings
@@ -306,15 +306,7 @@ class Trainer:
             parent = str(warm[0]["version"])
             _, champion = load_model_snapshot(self.follower.snapshots[parent], self.key)
             log.info("trainer starts from warm-start version %s (%d labels)", parent, champion.labels_learned)
-        training = Training(
-            champion,
-            None,
-            horizon_s=s.label_horizon_s,
-            grace_s=s.late_label_grace_s,
-            ttl_s=s.features_ttl_s,
-            quality_window=s.quality_window_labels,
-            threshold=s.decision_threshold,
-        )
+        training = training_for(s, champion)
         training.champion_version = parent
         if parent is not None:
             training.adopted.add(parent)

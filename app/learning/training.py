@@ -26,6 +26,7 @@ import numpy as np
 from app.features.spec import FEATURE_SET_VERSION, UNVERSIONED_FEATURE_SET, FeatureSetMismatch, pack, unpack
 from app.learning.model import FraudModel
 from app.learning.quality import average_precision, roc_auc
+from app.settings import Settings
 
 __all__ = ["FeatureSetMismatch", "RollingQuality", "Training", "pack", "unpack"]
 
@@ -244,3 +245,16 @@ class Training:
 
     def pending(self) -> int:
         return len(self.waiting)
+
+
+def training_for(settings: Settings, model: FraudModel) -> Training:
+    """The trainer's core with ``model`` as its champion line and no challenger, configured as the trainer is."""
+    return Training(
+        model,
+        None,
+        horizon_s=settings.label_horizon_s,
+        grace_s=settings.late_label_grace_s,
+        ttl_s=settings.features_ttl_s,
+        quality_window=settings.quality_window_labels,
+        threshold=settings.decision_threshold,
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 import kafka_local
 import psutil
-from local_processes import free_port, http_status, scrape
+from local_processes import free_port, http_status, scrape, stop_process
 from simulate import publish, wire_events
 
 from app.serialization import dumps
@@ -141,14 +141,8 @@ class WorkerProcess:
         self.process.wait(timeout=30)
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
 
 
 def size_of(scale: float, days: int) -> tuple[int, int, int]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from local_processes import http_status, scrape
+from local_processes import http_status, scrape, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,14 +94,8 @@ class Worker:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.wanted = False
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
 
 
 class SetupError(RuntimeError):
