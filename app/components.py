@@ -18,12 +18,11 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from app import metrics
 from app.decisions.scorer import Scorer
 from app.kafka.security import client_security_options
-from app.kafka.topics import changelog_topic, terminal_topic
+from app.kafka.topics import changelog_topic, terminal_checkpoint_topic, terminal_topic
 from app.kafka.transactional import TransactionalLoop
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
@@ -42,7 +41,8 @@ from app.state.terminals import TerminalAggregates
 
 log = logging.getLogger(__name__)
 
-CUSTOMER_STORE = "customers"  # the store's folder under the state directory
+CUSTOMER_STORE = "customers"  # the stores' folders under the state directory
+TERMINAL_STORE = "terminals"
 
 
 @dataclass
@@ -115,16 +115,16 @@ class Components:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self.scorer.close()
-        self.feed.save_snapshot()
+        self.feed.close()
 
 
-def customer_store(settings: Settings) -> Store:
-    """The decision path's customer windows: RocksDB under the state directory (one :class:`RocksDBConfig`, so one
-    block cache and one write-buffer budget for the worker), or memory (``STATE_BACKEND=memory``, tests)."""
-    if settings.state_backend == "rocksdb":
-        return RocksDBStore.from_settings(CUSTOMER_STORE, settings, RocksDBConfig.from_settings(settings))
+def state_store(name: str, settings: Settings, rocksdb: RocksDBConfig | None) -> Store:
+    """A local store under the state directory: RocksDB with the worker's one :class:`RocksDBConfig` (so one block
+    cache and one write-buffer budget for all its stores), or memory (``STATE_BACKEND=memory``, tests)."""
+    if settings.state_backend == "rocksdb" and rocksdb is not None:
+        return RocksDBStore.from_settings(name, settings, rocksdb)
     if settings.state_backend == "memory":
-        return MemoryStore(CUSTOMER_STORE)
+        return MemoryStore(name)
     raise ValueError(f"STATE_BACKEND must be rocksdb or memory, not {settings.state_backend!r}")
 
 
@@ -135,16 +135,25 @@ def build(settings: Settings) -> Components:
     model = FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
     metrics.MODEL_INFO.labels(model.version).set(1)
     window = HealthWindow(settings.health_window_s, time.monotonic())
-    aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s)
+    rocksdb = RocksDBConfig.from_settings(settings) if settings.state_backend == "rocksdb" else None
+    aggregates = TerminalAggregates(
+        settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s,
+        cache_size=settings.state_terminal_cache,
+    )  # fmt: skip
+    scorer: Scorer
     feed = TerminalFeed(
         aggregates,
+        state_store(TERMINAL_STORE, settings, rocksdb),
         bootstrap_servers=settings.bootstrap_servers,
         terminal_topic=terminal_topic(settings),
         labels_topic=settings.labels_topic,
-        snapshot_path=Path(settings.data_dir) / "terminal-aggregates.pkl",
-        snapshot_interval_s=settings.terminal_snapshot_interval_s,
+        checkpoint_topic=terminal_checkpoint_topic(settings),
+        checkpoint_transactional_id=f"{settings.app_id}-terminal-checkpoint",
+        checkpoint_interval_s=settings.terminal_checkpoint_interval_s,
         sweep_interval_s=settings.features_sweep_interval_s,
         max_message_bytes=settings.max_message_bytes,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        is_checkpoint_writer=lambda: 0 in scorer.partitions,  # one writer: the holder of input partition 0
         client_options=kafka_options,
     )
     scorer = Scorer(
@@ -152,10 +161,11 @@ def build(settings: Settings) -> Components:
         model,
         aggregates,
         window,
-        store=customer_store(settings),
+        store=state_store(CUSTOMER_STORE, settings, rocksdb),
         changelog_topic=changelog_topic(settings),
         terminal_topic=terminal_topic(settings),
         client_options=kafka_options,
+        terminals_ready=feed.reach_committed_end,
     )
     # Other workers find this one in the group's description by the URL in its client id (app/serving/routing.py).
     decisions_name = f"{settings.app_id}-decisions-{settings.worker_id}"

@@ -61,6 +61,9 @@ CHANGELOG_REPLAYED = Counter(
     "fraud_changelog_records_replayed", "Changelog records read into the local store by partition restores."
 )
 TERMINALS_EXPIRED = Counter("fraud_terminals_expired", "Terminal states removed after idling past the TTL.")
+TERMINAL_CHECKPOINTS = Counter(
+    "fraud_terminal_checkpoints", "Terminal checkpoints this worker wrote to Kafka (for workers on an empty disk)."
+)
 TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states in this worker's aggregates (all terminals).")
 TERMINAL_FEED_LAG = Gauge(
     "fraud_terminal_feed_lag_seconds",

@@ -77,6 +77,7 @@ class Settings:
     state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush
     state_backend: str = "rocksdb"  # rocksdb (production) | memory (tests): where the customer windows live
     state_customer_cache: int = 10_000  # parsed customer states kept in memory, per decision partition (an LRU)
+    state_terminal_cache: int = 5_000  # parsed terminal states kept in memory (an LRU; every worker holds all)
     state_sweep_customers: int = 5_000  # customers the idle-expiry sweep reads from the store per sweep interval
     web_bind: str = "0.0.0.0"
     web_port: int = 6066
@@ -98,7 +99,7 @@ class Settings:
     batch_max_records: int = 500
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 30_000
-    terminal_snapshot_interval_s: float = 30.0
+    terminal_checkpoint_interval_s: float = 60.0  # the terminal store to Kafka, for workers on an empty disk
     catchup_max_skew_s: float = 86400.0
     model_name: str = "logreg:opt=adagrad,lr=0.1,bins=8"  # app/learning/model.py DEFAULT_MODEL
     prior_fraud_rate: float = 0.01
@@ -211,6 +212,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         state_wal=_get_bool(env, "STATE_WAL", d.state_wal),
         state_backend=_get(env, "STATE_BACKEND", d.state_backend),
         state_customer_cache=int(_get(env, "STATE_CUSTOMER_CACHE", str(d.state_customer_cache))),
+        state_terminal_cache=int(_get(env, "STATE_TERMINAL_CACHE", str(d.state_terminal_cache))),
         state_sweep_customers=int(_get(env, "STATE_SWEEP_CUSTOMERS", str(d.state_sweep_customers))),
         web_bind=web_bind,
         web_port=web_port,
@@ -239,8 +241,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         session_timeout_ms=int(_get(env, "SESSION_TIMEOUT_MS", str(d.session_timeout_ms))),
         transaction_timeout_ms=int(_get(env, "TRANSACTION_TIMEOUT_MS", str(d.transaction_timeout_ms))),
         catchup_max_skew_s=float(_get(env, "CATCHUP_MAX_SKEW_S", str(d.catchup_max_skew_s))),
-        terminal_snapshot_interval_s=float(
-            _get(env, "TERMINAL_SNAPSHOT_INTERVAL_S", str(d.terminal_snapshot_interval_s))
+        terminal_checkpoint_interval_s=float(
+            _get(env, "TERMINAL_CHECKPOINT_INTERVAL_S", str(d.terminal_checkpoint_interval_s))
         ),
         model_name=_get(env, "MODEL_NAME", d.model_name),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),

@@ -95,11 +95,11 @@ def test_state_changes_only_when_the_batch_commits() -> None:
     handler = scorer()
     batch = handler.process(TP, [record(0, dumps(transaction(1, customer_id="c9")))])
     assert handler.partitions[0].customer_ids() == []  # an aborted transaction leaves the committed state
-    assert not handler.aggregates.states
+    assert not handler.aggregates.all_states()
     changelog = [o for o in batch.outputs if o.topic == "changelog"]
     assert [o.key for o in changelog if o.value is not None][0] == entry_key("c9", "tx-1")
     batch.on_commit()  # type: ignore[misc]
-    assert len(handler.partitions[0].customer("c9")) == 1 and "t-1" in handler.aggregates.states
+    assert len(handler.partitions[0].customer("c9")) == 1 and "t-1" in handler.aggregates.all_states()
 
 
 def test_the_second_transaction_of_a_terminal_in_one_batch_sees_the_first() -> None:

@@ -81,13 +81,13 @@ def test_predict_is_the_streams_prediction_and_changes_nothing() -> None:
     stream(scorer, history)
     state = scorer.partitions[0]
     customer_before, stored_before = list(state.customer("c")), dict(state.store.iter_from(b""))
-    terminals_before = {k: list(v) for k, v in scorer.aggregates.states.items()}
+    terminals_before = {k: list(v) for k, v in scorer.aggregates.all_states().items()}
     probe = transaction(8, customer_id="c", terminal_id="t-0", amount=900.0)
 
     reply = asyncio.run(serving.predict(dumps(probe)))
     assert reply.status == 200 and reply.worker == "w-test"
     assert state.customer("c") == customer_before and dict(state.store.iter_from(b"")) == stored_before
-    assert scorer.aggregates.states == terminals_before
+    assert scorer.aggregates.all_states() == terminals_before
     assert reply.body["features"]["customer_nb_tx_30day"] == 8.0
     (streamed,) = stream(scorer, [probe])
     assert {k: reply.body[k] for k in SAME_AS_STREAM} == {k: streamed[k] for k in SAME_AS_STREAM}

@@ -1,73 +1,180 @@
-"""The terminal snapshot without a broker: written in slices while the aggregates keep changing, it restores
-the same aggregates once the logs are read again from the positions it names."""
+"""The terminal aggregates on a store, and their Kafka checkpoint, without a broker: a flush writes the data with
+the positions it covers; a crash before a flush loses nothing the logs cannot give again; a checkpoint taken at a
+flush, then the logs' tail, restores the same aggregates; an untrustworthy checkpoint is refused."""
 
 from __future__ import annotations
 
-import asyncio
-import pickle
+import random
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 
-from app.state import terminal_feed
+from app.state import terminal_checkpoint
+from app.state.memory_store import MemoryStore
+from app.state.rocksdb_store import RocksDBConfig, RocksDBStore
+from app.state.store import Store
 from app.state.terminal_feed import TerminalFeed
 from app.state.terminals import TerminalAggregates
+from tests.reference import Tx, features_of
 
 DAY_S = 86400.0
+WINDOWS = {"delay_days": 7.0, "lateness_s": DAY_S, "ttl_s": 38 * DAY_S}
 
 
-def feed(path: Path) -> TerminalFeed:
-    aggregates = TerminalAggregates(delay_days=7.0, lateness_s=DAY_S, ttl_s=38 * DAY_S)
-    return TerminalFeed(aggregates, bootstrap_servers="unused:9092", terminal_topic="terminal-log",
-                        labels_topic="labels", snapshot_path=path, snapshot_interval_s=30.0, sweep_interval_s=60.0,
-                        max_message_bytes=65536)  # fmt: skip
+def aggregates(store: Store | None = None, cache_size: int = 5000) -> TerminalAggregates:
+    a = TerminalAggregates(7.0, DAY_S, 38 * DAY_S, cache_size=cache_size)
+    a.store = (store or MemoryStore("terminals")).open_partition(0)
+    a.load()
+    return a
 
 
-def test_a_sliced_snapshot_taken_under_changes_restores_the_same_aggregates(tmp_path: Path) -> None:
-    path = tmp_path / "terminal-aggregates.pkl"
-    live = feed(path)
-    n_terminals = 3 * terminal_feed.SNAPSHOT_TERMINALS_PER_SLICE + 7  # several slices
-    before = [(f"k{i % n_terminals}", 1000.0 * i, f"tx{i}") for i in range(2 * n_terminals)]
-    for terminal, t, tx_id in before:
-        live.aggregates.add(terminal, t, tx_id)
-    live.aggregates.add_fraud("tx3", known_s=5000.0)
-    live.positions = {TopicPartition("terminal-log", 0): len(before), TopicPartition("labels", 0): 1}
-    # What the log holds after the positions the snapshot names: it arrives while the snapshot is being sliced.
-    after = [(f"k{i % n_terminals}", 1000.0 * i, f"tx{i}") for i in range(2 * n_terminals, 3 * n_terminals)]
-    after.append(("a-new-terminal", 10.0**7, "tx-new"))
-
-    async def write_while_changing() -> None:
-        async def change() -> None:
-            for terminal, t, tx_id in after:
-                live.aggregates.add(terminal, t, tx_id)
-                await asyncio.sleep(0)
-            live.aggregates.add_fraud("tx5", known_s=6000.0)
-
-        changing = asyncio.ensure_future(change())
-        await live.write_snapshot()
-        await changing
-
-    asyncio.run(write_while_changing())
-    with path.open("rb") as f:
-        header = pickle.load(f)  # noqa: S301
-    assert header["slices"] == 4
-
-    restored = feed(path)
-    restored._load_snapshot()
-    assert restored.positions == {TopicPartition("terminal-log", 0): len(before), TopicPartition("labels", 0): 1}
-    assert restored.aggregates.states != live.aggregates.states  # the snapshot did not see all of ``after``
-    for terminal, t, tx_id in after:  # read again from the positions: repeats change nothing
-        restored.aggregates.add(terminal, t, tx_id)
-    restored.aggregates.add_fraud("tx5", known_s=6000.0)
-    assert restored.aggregates.states == live.aggregates.states
-    assert restored.aggregates.frauds_known_s == live.aggregates.frauds_known_s
-    assert restored.aggregates.stream_time_s == live.aggregates.stream_time_s
+def history(n: int, terminals: int, seed: int = 0) -> list[tuple[str, float, str]]:
+    rng = random.Random(seed)
+    t = 0.0
+    out = []
+    for i in range(n):
+        t += rng.expovariate(1 / 600.0)
+        out.append((f"k{rng.randrange(terminals)}", t, f"tx{i}"))
+    return out
 
 
-def test_an_unreadable_snapshot_means_reading_the_logs_from_their_start(tmp_path: Path) -> None:
-    path = tmp_path / "terminal-aggregates.pkl"
-    path.write_bytes(pickle.dumps({"aggregates": {}, "positions": {("terminal-log", 0): 5}}))  # an older format
-    restored = feed(path)
-    restored._load_snapshot()
-    assert restored.positions == {}
-    assert restored.aggregates.states == {}
+def feed_of(store: Store) -> TerminalFeed:
+    a = TerminalAggregates(7.0, DAY_S, 38 * DAY_S)
+    return TerminalFeed(a, store, bootstrap_servers="unused:9092", terminal_topic="terminal-log", labels_topic="labels",
+                        checkpoint_topic="checkpoints", checkpoint_transactional_id="x", checkpoint_interval_s=60.0,
+                        sweep_interval_s=60.0, max_message_bytes=65536)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_a_small_cache_gives_the_same_features_as_holding_everything(tmp_path: Path, backend: str) -> None:
+    store: Store = MemoryStore("t") if backend == "memory" else RocksDBStore("t", tmp_path, RocksDBConfig(8, 1, 2))
+    small, whole = aggregates(store, cache_size=3), aggregates(MemoryStore("w"), cache_size=10**6)
+    events = history(3000, 40)
+    for i, (terminal, t, tx_id) in enumerate(events):
+        if i % 50 == 7:
+            small.add_fraud(events[i - 5][2], t)
+            whole.add_fraud(events[i - 5][2], t)
+        assert small.features(terminal, t, tx_id) == whole.features(terminal, t, tx_id)
+        small.add(terminal, t, tx_id)
+        whole.add(terminal, t, tx_id)
+        if i % 97 == 0:
+            small.flush({"terminal-log/0": i + 1})
+    assert len(small.cache) <= 3
+    assert small.all_states() == whole.all_states()
+    store.close()
+
+
+def test_the_features_equal_the_reference_implementation() -> None:
+    a = aggregates()
+    events = history(2000, 15, seed=3)
+    frauds: dict[str, float] = {}
+    seen: dict[str, list[Tx]] = {}
+    for i, (terminal, t, tx_id) in enumerate(events):
+        if i % 40 == 39:
+            frauds[events[i - 30][2]] = t
+            a.add_fraud(events[i - 30][2], t)
+        x = a.features(terminal, t, tx_id)
+        tx = Tx(tx_id, t, "c", terminal, 1.0)
+        ref = features_of(tx, [], seen.get(terminal, []), frauds, 7.0)
+        assert x == pytest.approx({k: ref[k] for k in x}), i
+        a.add(terminal, t, tx_id)
+        seen.setdefault(terminal, []).append(tx)
+        if i % 13 == 0:
+            a.flush({"terminal-log/0": i + 1})
+
+
+def test_a_crash_before_the_flush_loses_nothing_the_logs_cannot_give_again(tmp_path: Path) -> None:
+    events = history(1500, 30, seed=1)
+    live = aggregates(RocksDBStore("t", tmp_path / "live", RocksDBConfig(8, 1, 2)))
+    for terminal, t, tx_id in events[:1000]:
+        live.add(terminal, t, tx_id)
+    live.add_fraud("tx10", 5000.0)
+    live.flush({"terminal-log/0": 1000, "labels/0": 1})
+    for terminal, t, tx_id in events[1000:1200]:  # applied, never flushed: the process dies here
+        live.add(terminal, t, tx_id)
+    assert live.store is not None
+    live.store.close()
+
+    store = RocksDBStore("t", tmp_path / "live", RocksDBConfig(8, 1, 2))
+    feed = feed_of(store)
+    feed.open_store()
+    assert feed.restored_from == "store"
+    assert feed.positions == {TopicPartition("terminal-log", 0): 1000, TopicPartition("labels", 0): 1}
+    for terminal, t, tx_id in events[1000:]:  # the logs again from the positions
+        feed.aggregates.add(terminal, t, tx_id)
+    expected = aggregates()
+    for terminal, t, tx_id in events:
+        expected.add(terminal, t, tx_id)
+    expected.add_fraud("tx10", 5000.0)
+    assert feed.aggregates.all_states() == expected.all_states()
+    assert feed.aggregates.frauds_known_s == expected.frauds_known_s
+    assert feed.aggregates.terminal_count == len(expected.all_states()) == 30
+    feed.close()
+
+
+def test_a_store_without_positions_is_wiped(tmp_path: Path) -> None:
+    store = RocksDBStore("t", tmp_path, RocksDBConfig(8, 1, 2))
+    part = store.open_partition(0)
+    tx = part.begin()
+    tx.put(b"kA", b'[[1.0,"t",0]]')  # a checkpoint load cut short before its positions
+    tx.commit(1)
+    store.close()
+    feed = feed_of(RocksDBStore("t", tmp_path, RocksDBConfig(8, 1, 2)))
+    feed.open_store()
+    assert not feed.restored and feed.aggregates.all_states() == {}
+    feed.close()
+
+
+def test_a_checkpoint_at_a_flush_and_the_logs_tail_restore_the_same_aggregates() -> None:
+    events = history(6000, 3000, seed=2)  # several chunks of terminals
+    live = aggregates()
+    for terminal, t, tx_id in events[:4000]:
+        live.add(terminal, t, tx_id)
+    live.add_fraud("tx3", known_s=5000.0)
+    positions = {"terminal-log/0": 4000, "labels/0": 1}
+    live.flush(positions)
+    encoded = list(terminal_checkpoint.encode(live, positions, WINDOWS))
+    head = encoded[-1]
+    assert isinstance(head, dict) and head["chunks"] == len(encoded) - 1 >= 2
+    latest: dict[bytes, bytes | None] = {terminal_checkpoint.chunk_key(i): c for i, c in enumerate(encoded[:-1])}  # type: ignore[misc]
+    latest[terminal_checkpoint.HEAD_KEY] = terminal_checkpoint.dumps(head)
+    checkpoint = terminal_checkpoint.decode(latest, WINDOWS)
+    assert checkpoint is not None and checkpoint.positions == positions
+
+    restored = aggregates()
+    restored.replace(checkpoint.chunks, checkpoint.frauds_known_s, checkpoint.stream_time_s, checkpoint.positions)
+    assert restored.load() == positions
+    for terminal, t, tx_id in [*events[3900:4000], *events[4000:]]:  # the tail, and some repeats
+        restored.add(terminal, t, tx_id)
+    for terminal, t, tx_id in events[4000:]:
+        live.add(terminal, t, tx_id)
+    assert restored.all_states() == live.all_states()
+    assert restored.frauds_known_s == live.frauds_known_s
+    assert restored.terminal_count == live.terminal_count
+    assert restored.stream_time_s == live.stream_time_s
+
+    # A chunk that is not the head's (a torn or mixed checkpoint), or other windows: refused.
+    torn = dict(latest)
+    torn[terminal_checkpoint.chunk_key(1)] = encoded[0]  # type: ignore[assignment]
+    assert terminal_checkpoint.decode(torn, WINDOWS) is None
+    missing = {k: v for k, v in latest.items() if k != terminal_checkpoint.chunk_key(0)}
+    assert terminal_checkpoint.decode(missing, WINDOWS) is None
+    assert terminal_checkpoint.decode(latest, {**WINDOWS, "delay_days": 3.0}) is None
+
+
+def test_the_sweep_removes_idle_terminals_a_slice_at_a_time() -> None:
+    a = aggregates()
+    for i in range(50):
+        a.add(f"old{i:02d}", float(i), f"o{i}")
+    a.add("busy", 100 * DAY_S, "b")
+    a.add_fraud("o1", 10.0)
+    a.flush({})
+    removed = 0
+    for _ in range(6):  # 10 terminals a slice: every terminal seen after 6 slices
+        removed += a.sweep(max_terminals=10)
+        a.flush({})
+    assert removed == 50
+    assert list(a.all_states()) == ["busy"] and a.terminal_count == 1
+    assert a.frauds_known_s == {}
+    assert a.load() == {} and a.terminal_count == 1 and a.frauds_known_s == {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -73,6 +73,7 @@ class Scorer:
         terminal_topic: str,
         client_options: dict[str, Any] | None = None,
         now_s: Callable[[], float] = time.monotonic,
+        terminals_ready: Callable[[int], Awaitable[object]] | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -83,6 +84,8 @@ class Scorer:
         self.terminal_topic = terminal_topic
         self.client_options = client_options or {}
         self.now_s = now_s
+        # After a partition's previous owner is fenced: the terminal feed has what that owner committed last.
+        self.terminals_ready = terminals_ready
         self.partitions: dict[int, PartitionState] = {}
         # Committed predictions at or over the threshold, oldest first: the operator page shows the newest. Bounded
         # and filled only with what is flagged, so it costs the decision path nothing per ordinary transaction.
@@ -142,6 +145,8 @@ class Scorer:
         finally:
             await consumer.stop()
         state = self.open_state(tp.partition)
+        if self.terminals_ready is not None:
+            await self.terminals_ready(tp.partition)
         metrics.CHANGELOG_REPLAYED.inc(replayed)
         metrics.CUSTOMER_STATES.set(sum(p.customer_count for p in self.partitions.values()))
         log.info("partition %s restored (%s from changelog offset %d): %d changelog records replayed, %d customers, "

@@ -73,6 +73,12 @@ def terminal_topic(settings: Settings) -> str:
     return f"{settings.app_id}-terminal-transactions"
 
 
+def terminal_checkpoint_topic(settings: Settings) -> str:
+    """One partition, compacted: the newest checkpoint of the terminal aggregates (app/state/terminal_checkpoint.py),
+    which a worker on an empty disk starts from instead of the whole terminal log."""
+    return f"{settings.app_id}-terminal-checkpoints"
+
+
 def trainer_lease_topic(settings: Settings) -> str:
     """One partition: the worker it is assigned to (in the group ``<APP_ID>-trainer``) runs the trainer."""
     return f"{settings.app_id}-trainer-lease"
@@ -92,6 +98,17 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(changelog_topic(settings), settings.partitions, changelog, ""),
         TopicSpec(terminal_topic(settings), settings.partitions, terminal_log, ""),
+        TopicSpec(
+            terminal_checkpoint_topic(settings),
+            1,
+            {
+                "cleanup.policy": "compact",
+                "segment.ms": "600000",
+                "min.cleanable.dirty.ratio": "0.2",
+                "max.message.bytes": str(2 * 2**20),
+            },
+            "",
+        ),  # fmt: skip
         TopicSpec(trainer_lease_topic(settings), 1, {}, ""),
         TopicSpec(
             trainer_state_topic(settings),

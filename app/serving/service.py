@@ -137,7 +137,7 @@ class Serving:
         bad = invalid_id("terminal_id", terminal_id, self.worker)
         if bad is not None:
             return bad
-        terminal = self.aggregates.states.get(terminal_id)
+        terminal = self.aggregates.peek(terminal_id)
         if not terminal:
             return error(404, "unknown_terminal", f"no state for terminal {terminal_id!r}", self.worker)
         t, x = terminal_windows_at(terminal, self.aggregates.frauds_known_s, self.aggregates.delay_days)

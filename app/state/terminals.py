@@ -1,4 +1,4 @@
-"""Every terminal's recent transactions and the known frauds, as one worker reads them: pure, no Kafka.
+"""Every terminal's recent transactions and the known frauds, as one worker holds them: on a store, pure, no Kafka.
 
 Every worker holds all terminals (a terminal's transactions come from customers on every partition), fed off
 the decision path by :mod:`app.state.terminal_feed` from the compact terminal log the scorers write and from the
@@ -6,19 +6,46 @@ fraud labels. Scorers read it; their own transactions are added at once after th
 partition scored is never missed, and what other partitions scored arrives with the feed's lag
 (``fraud_terminal_feed_lag_seconds``): the 1-hour count may miss another partition's last moments, the
 delayed windows (which end ``delay_days`` back) miss nothing while the lag stays under the delay.
+
+The terminals live in a :class:`~app.state.store.StorePartition` (RocksDB in production), one value per terminal,
+with the feed's log positions written in the same batch (:meth:`TerminalAggregates.flush`); a small LRU cache of
+parsed terminals (``STATE_TERMINAL_CACHE``) and the changes not flushed yet are all that stays in memory, besides
+the fraud marks (one float per fraud of the last ``TERMINAL_TTL_S``: frauds are rare).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from app.features.engine import TerminalState, add_terminal_entry, newest_event_time_s, terminal_x
+from app.serialization import dumps, loads
+from app.state.store import StorePartition
+
+TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> [[t, tx_id, seq], ...]
+FRAUD_PREFIX = b"f"  # b"f" + tx_id -> known_s
+META_KEY = b"\x00meta"  # the feed's positions, stream time and terminal count, written with the data they cover
+
+
+def encode_state(state: TerminalState) -> bytes:
+    return dumps(state)
+
+
+def decode_state(raw: bytes) -> TerminalState:
+    """A stored terminal, as the engine's tuples (a list of lists would compare unequal to the same state).
+
+    >>> decode_state(encode_state([(1.5, "t1", 0)]))
+    [(1.5, 't1', 0)]
+    """
+    return [tuple(e) for e in loads(raw)]  # type: ignore[misc]
 
 
 class TerminalAggregates:
     """Per terminal, ``[(t, tx_id, seq), ...]`` over the longest delayed window; per fraud ``tx_id``, when known.
 
-    >>> aggregates = TerminalAggregates(delay_days=7.0, lateness_s=86400.0, ttl_s=38 * 86400.0)
+    >>> from app.state.memory_store import MemoryStore
+    >>> aggregates = TerminalAggregates(7.0, 86400.0, 38 * 86400.0, MemoryStore("terminals").open_partition(0))
     >>> aggregates.add("k1", 0.0, "t1")
     True
     >>> aggregates.add_fraud("t1", known_s=86400.0)
@@ -26,53 +53,235 @@ class TerminalAggregates:
     1.0
     """
 
-    def __init__(self, delay_days: float, lateness_s: float, ttl_s: float) -> None:
+    def __init__(
+        self,
+        delay_days: float,
+        lateness_s: float,
+        ttl_s: float,
+        store: StorePartition | None = None,
+        cache_size: int = 5000,
+    ) -> None:
         self.delay_days = delay_days
         self.lateness_s = lateness_s
         self.ttl_s = ttl_s
-        self.states: dict[str, TerminalState] = {}
+        self.store = store  # set by the feed when it opens the store (reads before that see no terminal)
+        self.cache_size = cache_size
+        self.cache: OrderedDict[str, TerminalState] = OrderedDict()
+        self.dirty: dict[str, TerminalState] = {}  # changed since the last flush (an empty list: removed)
+        self.dirty_frauds: dict[str, float | None] = {}
         self.frauds_known_s: dict[str, float] = {}
         self.stream_time_s = float("-inf")
+        self.terminal_count = 0
+        self.sweep_from = b""  # the key the next sweep slice starts at
+
+    # ---- reads -------------------------------------------------------------------------------------------
+
+    def state(self, terminal_id: str) -> TerminalState:
+        """The terminal's entries (the unflushed change, else the cache, else the store, then cached)."""
+        state = self.dirty.get(terminal_id)
+        if state is not None:
+            return state
+        cache = self.cache
+        state = cache.get(terminal_id)
+        if state is not None:
+            cache.move_to_end(terminal_id)
+            return state
+        raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
+        state = decode_state(raw) if raw is not None else []
+        if state:
+            self._keep(terminal_id, state)
+        return state
+
+    def peek(self, terminal_id: str) -> TerminalState:
+        """:meth:`state` without changing what the cache keeps (serving reads)."""
+        state = self.dirty.get(terminal_id)
+        if state is None:
+            state = self.cache.get(terminal_id)
+        if state is None:
+            raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
+            state = decode_state(raw) if raw is not None else []
+        return state
+
+    def prefetch(self, terminal_ids: Iterable[str]) -> None:
+        """Read the terminals a batch will touch in one store call (the feed's catch-up: mostly cache misses)."""
+        missing = {k for k in terminal_ids if k not in self.dirty and k not in self.cache}
+        if not missing or self.store is None:
+            return
+        found = self.store.get_many(TERMINAL_PREFIX + k.encode() for k in missing)
+        n = len(TERMINAL_PREFIX)
+        for key, raw in found.items():
+            self._keep(key[n:].decode(), decode_state(raw))
 
     def features(
         self, terminal_id: str, t: float, tx_id: str, pending: Iterable[tuple[float, str]] = ()
     ) -> dict[str, float]:
         """The terminal half of ``x`` for a transaction, seeing ``pending`` (same batch, not committed) too."""
-        state = self.states.get(terminal_id, [])
+        state = self.state(terminal_id)
         extra = [(te, tid) for te, tid in pending if tid != tx_id]
         if extra:
             state = sorted([*state, *extra], key=lambda e: e[0])  # type: ignore[arg-type,return-value]
         return terminal_x(state, t, self.frauds_known_s, self.delay_days)
 
+    def all_states(self) -> dict[str, TerminalState]:
+        """Every terminal with entries, flushed or not: a full scan, for tests and diagnostics only."""
+        n = len(TERMINAL_PREFIX)
+        stored = self.store.iter_prefix(TERMINAL_PREFIX) if self.store is not None else iter(())
+        states = {key[n:].decode(): decode_state(raw) for key, raw in stored}
+        for terminal_id, state in self.dirty.items():
+            if state:
+                states[terminal_id] = state
+            else:
+                states.pop(terminal_id, None)
+        return states
+
+    # ---- writes (in memory until :meth:`flush`) ------------------------------------------------------------
+
     def add(self, terminal_id: str, t: float, tx_id: str) -> bool:
         """Record a scored transaction (idempotent by ``tx_id``); False when it was there already."""
-        state = self.states.get(terminal_id)
-        if state is None:
-            state = self.states[terminal_id] = []
+        state = self.state(terminal_id)
+        if not state:
+            state = []
         if t > self.stream_time_s:
             self.stream_time_s = t
-        return add_terminal_entry(state, t, tx_id, self.delay_days, self.lateness_s)
+        was_empty = not state
+        added = add_terminal_entry(state, t, tx_id, self.delay_days, self.lateness_s)
+        if added or was_empty:
+            if was_empty and state:
+                self.terminal_count += 1
+            self.dirty[terminal_id] = state
+            if state:
+                self._keep(terminal_id, state)
+        return added
 
     def add_fraud(self, tx_id: str, known_s: float) -> None:
         """A fraud label: counts for its transaction from ``known_s`` on (the earliest, if sent twice)."""
         known = self.frauds_known_s.get(tx_id)
         if known is None or known_s < known:
             self.frauds_known_s[tx_id] = known_s
+            self.dirty_frauds[tx_id] = known_s
 
-    def sweep(self) -> int:
-        """Remove terminals idle past the TTL and fraud marks older than it, in stream time; returns terminals
-        removed."""
+    @property
+    def pending_changes(self) -> int:
+        return len(self.dirty) + len(self.dirty_frauds)
+
+    def flush(self, positions: dict[str, int]) -> None:
+        """Write every change since the last flush and ``positions`` (the logs' offsets they cover) in ONE batch.
+
+        A crash before it loses the changes and keeps the older positions: the feed reads the logs again from
+        those and adds the same entries (idempotent by ``tx_id``), so the state after a restart is the same."""
+        store = self._opened()
+        transaction = store.begin()
+        for terminal_id, state in self.dirty.items():
+            key = TERMINAL_PREFIX + terminal_id.encode()
+            if state:
+                transaction.put(key, encode_state(state))
+            else:
+                transaction.delete(key)
+        for tx_id, known in self.dirty_frauds.items():
+            key = FRAUD_PREFIX + tx_id.encode()
+            if known is None:
+                transaction.delete(key)
+            else:
+                transaction.put(key, dumps(known))
+        meta = {"positions": positions, "stream_time_s": self.stream_time_s, "terminals": self.terminal_count}
+        transaction.put(META_KEY, dumps(meta))
+        transaction.commit((store.committed_offset or 0) + 1)  # a flush counter: the positions are in meta
+        self.dirty = {}
+        self.dirty_frauds = {}
+
+    def load(self) -> dict[str, int] | None:
+        """Stream time, terminal count and the fraud marks from the store; the positions the data covers (``None``
+        when the store never had a flush: nothing to resume from)."""
+        store = self._opened()
+        raw = store.get(META_KEY)
+        self.cache.clear()
+        self.dirty = {}
+        self.dirty_frauds = {}
+        n = len(FRAUD_PREFIX)
+        self.frauds_known_s = {key[n:].decode(): float(loads(v)) for key, v in store.iter_prefix(FRAUD_PREFIX)}
+        if raw is None:
+            self.stream_time_s = float("-inf")
+            self.terminal_count = 0
+            return None
+        meta = loads(raw)
+        self.stream_time_s = float(meta["stream_time_s"]) if meta["stream_time_s"] is not None else float("-inf")
+        self.terminal_count = int(meta["terminals"])
+        return {str(k): int(v) for k, v in meta["positions"].items()}
+
+    def sweep(self, max_terminals: int = 10_000) -> int:
+        """Remove terminals idle past the TTL (a slice of ``max_terminals`` of the store from where the last
+        slice stopped, so a sweep costs the same however many terminals there are) and fraud marks older than it,
+        in stream time; returns the terminals removed. Changes are written by the next :meth:`flush`."""
         horizon = self.stream_time_s - self.ttl_s
-        idle = [k for k, state in self.states.items() if newest_event_time_s(state) < horizon]
-        for key in idle:
-            del self.states[key]
+        removed = 0
+        seen = 0
+        next_from = b""
+        n = len(TERMINAL_PREFIX)
+        for key, raw in self._opened().iter_from(self.sweep_from or TERMINAL_PREFIX):
+            if not key.startswith(TERMINAL_PREFIX):
+                break
+            if seen >= max_terminals:
+                next_from = key
+                break
+            seen += 1
+            terminal_id = key[n:].decode()
+            state = self.dirty.get(terminal_id)
+            if state is None:
+                state = decode_state(raw)
+            if state and newest_event_time_s(state) < horizon:
+                self.dirty[terminal_id] = []
+                self.cache.pop(terminal_id, None)
+                self.terminal_count -= 1
+                removed += 1
+        self.sweep_from = next_from
         old = [tx_id for tx_id, known in self.frauds_known_s.items() if known < horizon - self.lateness_s]
         for tx_id in old:
             del self.frauds_known_s[tx_id]
-        return len(idle)
+            self.dirty_frauds[tx_id] = None
+        return removed
 
-    def load(self, states: dict[str, TerminalState], frauds_known_s: dict[str, float], stream_time_s: float) -> None:
-        """Take over a snapshot's content (see :mod:`app.state.terminal_feed`)."""
-        self.states = states
-        self.frauds_known_s = frauds_known_s
-        self.stream_time_s = float(stream_time_s)
+    # ---- checkpoints (see :mod:`app.state.terminal_checkpoint`) ---------------------------------------------
+
+    def committed_items(self) -> Iterator[tuple[str, TerminalState]]:
+        """Every flushed terminal (call right after :meth:`flush`, and do not flush while reading: the feed's
+        own loop does both, so a checkpoint is the state at one flush)."""
+        n = len(TERMINAL_PREFIX)
+        for key, raw in self._opened().iter_prefix(TERMINAL_PREFIX):
+            yield key[n:].decode(), decode_state(raw)
+
+    def replace(
+        self,
+        chunks: Iterable[dict[str, Any]],
+        frauds_known_s: dict[str, float],
+        stream_time_s: float,
+        positions: dict[str, int],
+    ) -> None:
+        """Take over a checkpoint: the store must be empty (a new disk, or wiped). Terminals are written a chunk at
+        a time, the positions last (a crash before them leaves a store without positions: wiped and loaded again)."""
+        store = self._opened()
+        count = 0
+        for chunk in chunks:
+            transaction = store.begin()
+            for terminal_id, state in chunk.items():
+                transaction.put(TERMINAL_PREFIX + terminal_id.encode(), encode_state(state))
+                count += 1
+            transaction.commit((store.committed_offset or 0) + 1)
+        self.cache.clear()
+        self.dirty = {}
+        self.dirty_frauds = dict(frauds_known_s)
+        self.frauds_known_s = dict(frauds_known_s)
+        self.stream_time_s = stream_time_s
+        self.terminal_count = count
+        self.flush(positions)
+
+    def _opened(self) -> StorePartition:
+        if self.store is None:
+            raise RuntimeError("the terminal store is not open (the feed opens it when it starts)")
+        return self.store
+
+    def _keep(self, terminal_id: str, state: TerminalState) -> None:
+        cache = self.cache
+        cache[terminal_id] = state
+        cache.move_to_end(terminal_id)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)

@@ -284,13 +284,19 @@ def _held(
     return held
 
 
-def _wait_snapshot(snapshot: Path, since: float, timeout_s: float) -> float | None:
-    """Wait for the terminal snapshot written after ``since`` (wall time); its age at return, None if none came."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if snapshot.exists() and snapshot.stat().st_mtime > since:
-            return time.time() - snapshot.stat().st_mtime
+def _checkpoints(worker: WorkerProcess) -> float:
+    return worker.metrics().get("fraud_terminal_checkpoints_total", 0.0)
+
+
+def _wait_checkpoint(worker: WorkerProcess, timeout_s: float) -> float | None:
+    """Wait for the next terminal checkpoint the worker writes to Kafka (what a worker on an empty disk starts
+    from); seconds waited, None if none came."""
+    started = time.monotonic()
+    before = _checkpoints(worker)
+    while time.monotonic() - started < timeout_s:
         time.sleep(0.5)
+        if _checkpoints(worker) > before:
+            return time.monotonic() - started
     return None
 
 
@@ -351,11 +357,9 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
             f"(published in {m['publish_s']:.0f} s)",
             file=sys.stderr,
         )
-        decided_wall = time.time()
         busy_s = wait_idle(worker.pid, timeout_s=args.idle_timeout_s)
         result["busy_s_after_last_decision"] = busy_s
-        snapshot = Path(env["DATA_DIR"]) / "terminal-aggregates.pkl"
-        snapshot_age = _wait_snapshot(snapshot, decided_wall, 75)
+        checkpoint_wait = _wait_checkpoint(worker, 75)
         quiet_from = time.monotonic()
         time.sleep(5)
         steady = [rss for t, rss in sampler.samples if t >= quiet_from]
@@ -366,7 +370,7 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         }
         sampler = None
         result["metrics"] = _gauges(worker)
-        result["terminal_snapshot_age_s_at_kill"] = snapshot_age
+        result["terminal_checkpoint_wait_s"] = checkpoint_wait
         result["data_dir"] = data_dir_files(Path(env["DATA_DIR"]))
         offsets = asyncio.run(end_offsets(bootstrap, sorted(t for t in _topic_names(broker_data))))
         topics = topic_dirs(broker_data, n)
@@ -391,8 +395,8 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
 
         if held_n:
             result["held_before_kill"] = _held(bootstrap, worker, held_txs[:held_n], args.held_rate, "the first worker")
-            # the restart below is measured with a terminal snapshot as fresh as after the catch-up
-            result["terminal_snapshot_age_s_at_kill"] = _wait_snapshot(snapshot, time.time(), 75)
+            # the replacements below start from a terminal checkpoint as fresh as after the catch-up
+            result["terminal_checkpoint_wait_s_before_kill"] = _wait_checkpoint(worker, 75)
         result["restart"] = _restart(worker, "restart after SIGKILL, same disk", dict(env), args.ready_timeout_s)
         same_id = {**env, "DATA_DIR": str(here / "data-2")}
         result["replacement_same_id"] = _restart(worker, "empty disk, same id", same_id, args.ready_timeout_s)
