@@ -86,8 +86,9 @@ class Components:
             asyncio.ensure_future(self.feed.run()),
             asyncio.ensure_future(self.follower.run()),
             asyncio.ensure_future(self._decide()),
-            asyncio.ensure_future(self.trainer.run()),
         ]
+        if self.settings.trainer_enabled:
+            self._loops.append(asyncio.ensure_future(self.trainer.run()))
         if self.settings.grpc_port:
             grpc_server = GrpcServer(self.serving, self.settings.web_bind, self.settings.grpc_port, self.is_ready)
             try:

@@ -64,6 +64,12 @@ TERMINALS_EXPIRED = Counter("fraud_terminals_expired", "Terminal states removed 
 TERMINAL_CHECKPOINTS = Counter(
     "fraud_terminal_checkpoints", "Terminal checkpoints this worker wrote to Kafka (for workers on an empty disk)."
 )
+TERMINAL_START = Gauge(
+    "fraud_terminal_start",
+    "How this process's terminal aggregates started (1 on the source taken): its own store, the Kafka checkpoint, "
+    "or the logs from their start.",
+    ["source"],
+)
 TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states in this worker's aggregates (all terminals).")
 TERMINAL_FEED_LAG = Gauge(
     "fraud_terminal_feed_lag_seconds",

@@ -106,6 +106,8 @@ class Settings:
     log_level: str = "info"
     producer_linger_ms: float = 2.0
     output_compression: str = "none"  # the worker's producers' codec (app/kafka/clients.py): none, gzip, lz4, zstd
+    # false: this worker never takes the trainer's lease (the trainer runs in other workers or processes)
+    trainer_enabled: bool = True
     # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
     models_topic: str = "models"
     model_events_topic: str = "model-events"
@@ -245,6 +247,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
             _get(env, "TERMINAL_CHECKPOINT_INTERVAL_S", str(d.terminal_checkpoint_interval_s))
         ),
         model_name=_get(env, "MODEL_NAME", d.model_name),
+        trainer_enabled=_get_bool(env, "TRAINER_ENABLED", d.trainer_enabled),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
         producer_linger_ms=float(_get(env, "PRODUCER_LINGER_MS", str(d.producer_linger_ms))),

@@ -27,6 +27,9 @@ event time: ``scripts/simulate.py``); 10x is 20,000 and 40,000 (~1.5 M). For eac
 Each size's broker data (about 3.3 GiB at 10x) is deleted after it unless ``--keep``; the worker's log and data
 dirs stay in ``.kafka/scale/x<size>/``.
 
+``--no-trainer`` runs the worker without the trainer (``TRAINER_ENABLED=false``): the decision path's state alone,
+as a deployment with the trainer elsewhere runs it; the model then scores with its prior.
+
 Ratios of each size to the first close the table: the machine is shared, read them rather than the absolutes.
 The code is in ``scripts/bench/scaling.py`` (one size) and ``scripts/bench/scale_report.py`` (the tables).
 """
@@ -67,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout-s", type=float, default=600, help="for /ready after each start")
     parser.add_argument("--poll-s", type=float, default=0.5, help="how often the decided count is read")
     parser.add_argument("--keep", action="store_true", help="keep each size's broker data (.kafka/scale/)")
+    parser.add_argument(
+        "--no-trainer",
+        action="store_true",
+        help="TRAINER_ENABLED=false: the decision path's state alone (the trainer's is the learning issue's)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "scale.json")
     args = parser.parse_args(argv)
     work = REPO_ROOT / ".kafka" / "scale"

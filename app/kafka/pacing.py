@@ -23,8 +23,12 @@ class CatchUpPacer:
     >>> pacer.add("b", [(20.0, "b0")])
     >>> pacer.take(backlog=set())  # a's head is at 0 s: nothing more than 10 s later goes yet
     {'a': ['a0', 'a1']}
+    >>> pacer.take(backlog=set())  # a0 and a1 are taken, not committed: they still hold b back
+    {}
+    >>> pacer.done("a", 2)
     >>> pacer.take(backlog=set())
     {'b': ['b0']}
+    >>> pacer.done("b", 1)
     >>> pacer.take(backlog=set())  # b has nothing more and no backlog: a is not held
     {'a': ['a2']}
     """
@@ -32,17 +36,28 @@ class CatchUpPacer:
     def __init__(self, max_skew_s: float) -> None:
         self.max_skew_s = max_skew_s
         self.waiting: dict[Hashable, deque[tuple[float, Any]]] = {}
+        # Taken and not committed yet, per partition: their entries are not in the terminal aggregates, so they
+        # hold the others back as if still waiting (a partition's queue can hold days of a replay's event time).
+        self.in_flight: dict[Hashable, deque[float]] = {}
         self.last_s: dict[Hashable, float] = {}
 
     def add(self, partition: Hashable, timed: list[tuple[float, Any]]) -> None:
         self.waiting.setdefault(partition, deque()).extend(timed)
 
+    def done(self, partition: Hashable, count: int) -> None:
+        """The oldest ``count`` records taken for ``partition`` are committed (or given up)."""
+        times = self.in_flight.get(partition)
+        for _ in range(min(count, len(times) if times else 0)):
+            times.popleft()  # type: ignore[union-attr]
+
     def drop(self, partition: Hashable) -> None:
         self.waiting.pop(partition, None)
+        self.in_flight.pop(partition, None)
         self.last_s.pop(partition, None)
 
     def clear(self) -> None:
         self.waiting.clear()
+        self.in_flight.clear()
         self.last_s.clear()
 
     def held(self) -> set[Hashable]:
@@ -52,6 +67,9 @@ class CatchUpPacer:
         """What each partition may process now. ``backlog``: partitions known to have more to read than what
         is waiting here; their last event time stands in for their next one."""
         heads = {p: q[0][0] for p, q in self.waiting.items() if q}
+        for p, times in self.in_flight.items():
+            if times:
+                heads[p] = min(heads.get(p, times[0]), times[0])
         for p in backlog:
             if p not in heads and p in self.last_s:
                 heads[p] = self.last_s[p]
@@ -62,9 +80,11 @@ class CatchUpPacer:
         out: dict[Hashable, list[Any]] = {}
         for p, q in self.waiting.items():
             taken: list[Any] = []
+            flying = self.in_flight.setdefault(p, deque())
             while q and q[0][0] <= ceiling and (limit is None or len(taken) < limit):
                 t, record = q.popleft()
                 taken.append(record)
+                flying.append(t)
                 self.last_s[p] = max(self.last_s.get(p, t), t)
             if taken:
                 out[p] = taken

@@ -451,10 +451,14 @@ class TransactionalLoop:
                     return
                 if tp not in self.ready_partitions or tp in self._broken:
                     queue.clear()
+                    self.pacer.drop(tp)
                     continue
                 if queue:
                     records = [queue.popleft() for _ in range(min(len(queue), self.max_records))]
-                    await self._commit_partition(tp, records)
+                    try:
+                        await self._commit_partition(tp, records)
+                    finally:
+                        self.pacer.done(tp, len(records))  # committed, or given up and read again
                     if queue:
                         wake.set()
                 else:

@@ -113,6 +113,7 @@ class TerminalFeed:
             return
         self.positions = _from_keys(positions)
         self.restored, self.restored_from = True, "store"
+        metrics.TERMINAL_START.labels("store").set(1)
         log.info("terminal store opened: %d terminals, %d frauds known, logs read from the positions it covers",
                  self.aggregates.terminal_count, len(self.aggregates.frauds_known_s))  # fmt: skip
 
@@ -149,11 +150,13 @@ class TerminalFeed:
         if checkpoint is None:
             log.info("no terminal checkpoint to start from: reading the logs from their start")
             self.restored, self.restored_from = True, "logs"
+            metrics.TERMINAL_START.labels("logs").set(1)
             return
         chunks = checkpoint.chunks
         self.aggregates.replace(chunks, checkpoint.frauds_known_s, checkpoint.stream_time_s, checkpoint.positions)
         self.positions = _from_keys(checkpoint.positions)
         self.restored, self.restored_from = True, "checkpoint"
+        metrics.TERMINAL_START.labels("checkpoint").set(1)
         log.info("terminal aggregates taken from the checkpoint of %.0f s ago in %.1f s: %d terminals; the logs' "
                  "tail follows", time.time() - checkpoint.written_at_s, time.monotonic() - started,
                  self.aggregates.terminal_count)  # fmt: skip

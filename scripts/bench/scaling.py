@@ -326,6 +326,7 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         "transactions": n,
         "simulate_s": simulate_s,
         "load_average_at_start": os.getloadavg(),
+        "trainer_enabled": not getattr(args, "no_trainer", False),
     }
     env = {
         **os.environ,
@@ -340,6 +341,7 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         "WEB_BIND": "127.0.0.1",
         "LOG_LEVEL": "warn",
         "MODEL_SIGNING_KEY": "scale-benchmark",
+        "TRAINER_ENABLED": "false" if getattr(args, "no_trainer", False) else "true",
     }
     worker = WorkerProcess(env, here / "worker.log")
     sampler: RssSampler | None = None
