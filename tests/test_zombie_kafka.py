@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from faultrun.measurement import Output, Published, tally  # scripts/ is on sys.path: tests/conftest.py puts it there
 
-from app.kafka.clients import Connection, admin_client, plain_producer
+from app.kafka.clients import Connection, admin_client, consume, plain_producer
 from app.serialization import dumps, loads
 from app.serving.routing import owners_from_members
 from tests.cases import transaction
@@ -125,6 +125,28 @@ def owners(bootstrap: str, worker: WorkerProcess) -> dict[int, str]:
     return asyncio.run(describe())
 
 
+def tracebacks(log_text: str) -> tuple[int, list[str]]:
+    """A worker's logged tracebacks: how many are asyncio's "Future exception was never retrieved" (what the fenced
+    producer's failed batch leaves in aiokafka's futures, logged when they are collected: noise, not a crash), and
+    the others, each with the lines before it.
+
+    >>> tracebacks("Future exception was never retrieved\\nfuture: <Future>\\nTraceback (most recent call last):")
+    (1, [])
+    >>> tracebacks("[ERROR] boom\\nTraceback (most recent call last):\\n")[1]
+    ['[ERROR] boom\\nTraceback (most recent call last):']
+    """
+    lines = log_text.splitlines()
+    unretrieved, others = 0, []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            before = lines[max(0, i - 2) : i]
+            if any("Future exception was never retrieved" in b for b in before):
+                unretrieved += 1
+            else:
+                others.append("\n".join([*before, line]))
+    return unretrieved, others
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
     """Poll ``condition`` until true; the seconds it took."""
     started = time.monotonic()
@@ -155,16 +177,18 @@ def test_a_worker_paused_past_its_session_is_fenced_and_publishes_nothing_for_th
         assert zombie.process is not None
         zombie.process.send_signal(signal.SIGSTOP)
         stopped_at = time.time()
-        takeover_s = wait_for(lambda: set(owners(kafka_bootstrap, zombie).values()) == {other.web_url},
-                              TAKEOVER_BOUND_S, "the other worker takes the paused one's partitions")  # fmt: skip
+        everything = {p: other.web_url for p in range(PARTITIONS)}
+        takeover_s = wait_for(lambda: owners(kafka_bootstrap, zombie) == everything, TAKEOVER_BOUND_S,
+                              "the other worker takes the paused one's partitions")  # fmt: skip
         time.sleep(3.0)  # the other worker decides the lost partitions' new transactions meanwhile
         marked_at = time.time()
         during = [s for s in list(publisher.sent) if s.acked_at <= marked_at]
         # Everything published so far is decided while the zombie still sleeps: any copy of it after the resume
         # is a second prediction.
-        predicted = all_predictions(kafka_bootstrap, zombie, len(during))
-        scored = {loads(r.value)["tx_id"]: loads(r.value) for r in predicted}
-        assert {s.tx_id for s in during} <= scored.keys(), "not decided while the worker was paused"
+        wanted = {s.tx_id.encode() for s in during}
+        predicted = consume(kafka_bootstrap, zombie.topics["PREDICTIONS_TOPIC"],
+                            lambda records: wanted <= {r.key for r in records}, timeout_s=60)  # fmt: skip
+        assert wanted <= {r.key for r in predicted}, "not decided while the worker was paused"
         zombie.process.send_signal(signal.SIGCONT)
         resumed_at = time.time()
         # Rejoined: the group gives it partitions again (its /ready may answer 200 before it learns it was out).
@@ -197,12 +221,11 @@ def test_a_worker_paused_past_its_session_is_fenced_and_publishes_nothing_for_th
     else:
         assert returncode == 0, zombie.log_tail()
     assert other.process.poll() is None, other.log_tail()
-    zombie_log = zombie.log_path.read_text(errors="replace")
-    assert "Traceback" not in zombie_log, zombie.log_tail(120)  # no exception escaped while it ran
     zombie.stop()
-    assert zombie.process.returncode == 0, zombie.log_tail()  # and it stops cleanly
-    # The fenced producer's failed batches: aiokafka's futures, reported when the event loop closes (not a crash).
-    unretrieved = zombie.log_path.read_text(errors="replace").count("Future exception was never retrieved")
+    assert zombie.process.returncode == 0, zombie.log_tail()  # it stops cleanly
+    zombie_log = zombie.log_path.read_text(errors="replace")
+    unretrieved, crashes = tracebacks(zombie_log)
+    assert not crashes, crashes[0]
     log.warning(
         "zombie: lost partitions %s; taken over %.1f s after SIGSTOP (session %d ms); %d transactions on them "
         "decided by the other worker during the pause; resumed worker %s %.1f s after SIGCONT; its fenced lines %d, "
