@@ -229,7 +229,7 @@ def test_a_worker_paused_past_its_session_is_fenced_and_publishes_nothing_for_th
     log.warning(
         "zombie: lost partitions %s; taken over %.1f s after SIGSTOP (session %d ms); %d transactions on them "
         "decided by the other worker during the pause; resumed worker %s %.1f s after SIGCONT; its fenced lines %d, "
-        "unretrieved futures at its exit %d; %d transactions, each predicted once; %.0f s in all",
+        "unretrieved-future tracebacks in its log %d; %d transactions, each predicted once; %.0f s in all",
         sorted(lost), takeover_s, SESSION_TIMEOUT_MS, len(paused), "ready again" if returncode is None else
         f"exited {returncode}", rejoined_s, zombie_log.count(FENCED), unretrieved, len(sent), time.monotonic() - began,
     )  # fmt: skip
