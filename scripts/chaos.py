@@ -3,8 +3,8 @@
 restarted and the group is scaled, then count what came out - lost, duplicated, and how long each fault
 stopped the flow.
 
-    # the full run (about 7 minutes of publishing)
-    python scripts/chaos.py --transactions 1000000 --rate-tps 2500 --kills 10 --broker-restart --scale
+    # the full run (about 8 minutes of publishing)
+    python scripts/chaos.py --transactions 1000000 --rate-tps 2000 --kills 10 --pauses 1 --broker-restart --scale
 
     # a small run: 8,000 transactions at 200 tx/s, 2 SIGKILLs, scale 1 -> 2 -> 1, 1 % malformed messages
     python scripts/chaos.py --transactions 8000 --rate-tps 200 --kills 2 --scale --bad-share 0.01 \\
@@ -14,7 +14,7 @@ stopped the flow.
     python scripts/chaos.py --transactions 5000 --rate-tps 250
 
     # print the fault schedule and exit
-    python scripts/chaos.py --transactions 1000000 --rate-tps 2500 --kills 10 --broker-restart --scale --plan
+    python scripts/chaos.py --transactions 1000000 --rate-tps 2000 --kills 10 --pauses 1 --broker-restart --scale --plan
 
 The code is in ``scripts/faultrun/``: scenarios (traffic, fault schedule), cluster (workers, topics), faults,
 publisher, reader, measurement (the accounting), report; this file is its command line.
@@ -41,10 +41,16 @@ What runs, each as its own process:
   duplicates), or ``--drain-timeout-s`` after publishing ended.
 
 Faults, spread evenly over the publishing time (fault i of E at (i + 1) / (E + 1) of it; kills evenly, the
-scale-up at a quarter, the broker restart at half, the scale-down at three quarters):
+scale-up at a quarter, the broker restart at half, the scale-down at three quarters, pauses between the scale-up
+and the broker restart with ``--scale``, evenly without):
 
 - ``--kills K``: SIGKILL of a running worker (round robin when two run), restarted at once with the same
   WORKER_ID, DATA_DIR and WEB_PORT;
+- ``--pauses P``: SIGSTOP of a running worker (round robin) for its session timeout (SESSION_TIMEOUT_MS of its
+  environment, else the default) plus ``--pause-margin-s``, then SIGCONT: the group gives its partitions to the
+  other worker, and the resumed one is a zombie that must be fenced (anything it published twice is a
+  duplicate). Its record notes the partitions the group gave it before and at the end of the pause, when it
+  held partitions again (rejoined_after_s) and its log's "fenced" lines;
 - ``--broker-restart``: the broker stopped (``kafka_local.stop``: SIGTERM), started again after
   ``--broker-down-s`` on the same ports and data dir, nothing wiped;
 - ``--scale``: a second worker started, later stopped with SIGTERM.
@@ -53,15 +59,16 @@ A worker that exits when it was not told to is restarted (a supervisor would) an
 ``unexpected_exits``.
 
 The report (printed, and written as JSON to ``--out``, default ``<work>/report.json``): published (lines of the
-record), predicted and dead-lettered (distinct ids), lost (published, no outcome), duplicated (ids with more
-than one outcome) and extra_copies, misrouted (a valid transaction dead-lettered or a malformed one predicted),
-unexpected (outputs for ids never acknowledged), the publisher's own count and the input topic's content
-(to show the publisher did not duplicate or drop), end-to-end latency, the longest gap between two outputs
-read, and per fault its kind, time and recovery_s: seconds from the fault until the first output read after it
-for a message first sent after it (null when none came); ready_after_s (a restarted or added worker's first
-``/ready`` 200 after the fault), ready_again_after_s (after a broker restart, each worker's, counted from the
-broker's return; when the run hit the worker again before that, hit_again_before_ready and how long it had
-waited) and, for the stopped worker, decided_before_stop (transactions it committed, from its ``/metrics``).
+record), predicted and dead-lettered (distinct ids), lost (published, no outcome), duplicated (ids with more than
+one outcome) and extra_copies, misrouted (a valid transaction dead-lettered or a malformed one predicted),
+unexpected (outputs for ids never acknowledged), the publisher's own count and the input topic's content (to show
+the publisher did not duplicate or drop), end-to-end latency, the longest gap between two outputs read, the faults
+applied by kind (fault_counts), and per fault its kind, time and recovery_s: seconds from the fault until the first
+output read after it for a message first sent after it (null when none came); ready_after_s (a restarted or added
+worker's first ``/ready`` 200 after the fault), ready_again_after_s (after a broker restart, each worker's, counted
+from the broker's return; when the run hit the worker again before that, hit_again_before_ready and how long it had
+waited), for the stopped worker, decided_before_stop (transactions it committed, from its ``/metrics``) and, for a
+paused one, owned_before, owned_at_resume, rejoined_after_s and fenced_lines.
 
 Exit code: 0 when nothing was lost or duplicated, 1 when something was (or misrouted, or output for an unknown
 id), 2 when the measurement itself is void (the record disagrees with the publisher's count or the input
@@ -133,6 +140,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SIGKILLs of a running worker, each followed by an immediate restart (default 0)",
     )
     g.add_argument(
+        "--pauses",
+        type=int,
+        default=0,
+        metavar="P",
+        help="SIGSTOPs of a running worker past its session timeout, each followed by a SIGCONT (default 0)",
+    )
+    g.add_argument(
+        "--pause-margin-s",
+        type=float,
+        default=5.0,
+        help="a pause lasts the worker's session timeout plus this (default 5)",
+    )
+    g.add_argument(
         "--broker-restart",
         action="store_true",
         help="stop the broker once and start it again on the same port and data (needs its own broker)",
@@ -202,9 +222,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.broker_restart and args.bootstrap_servers:
         p.error("--broker-restart needs a broker this run starts and stops: drop --bootstrap-servers")
-    if args.transactions <= 0 or args.rate_tps < 0 or not 0 <= args.bad_share <= 1 or args.kills < 0:
-        p.error("--transactions > 0, --rate-tps >= 0, 0 <= --bad-share <= 1, --kills >= 0")
-    if (args.kills or args.broker_restart or args.scale) and args.rate_tps <= 0:
+    if (args.transactions <= 0 or args.rate_tps < 0 or not 0 <= args.bad_share <= 1 or args.kills < 0
+            or args.pauses < 0 or args.pause_margin_s < 0):  # fmt: skip
+        p.error("--transactions > 0, --rate-tps >= 0, 0 <= --bad-share <= 1, --kills >= 0, --pauses >= 0, "
+                "--pause-margin-s >= 0")  # fmt: skip
+    if (args.kills or args.pauses or args.broker_restart or args.scale) and args.rate_tps <= 0:
         p.error("faults are spread over the publishing time: give --rate-tps > 0")
     for item in args.worker_env:
         if "=" not in item:
@@ -218,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         publish_s = args.transactions / args.rate_tps if args.rate_tps > 0 else 0.0
         print(f"publishing {args.transactions} messages for ~{publish_s:.0f} s")
-        for fault in fault_schedule(publish_s, args.kills, args.broker_restart, args.scale):
+        for fault in fault_schedule(publish_s, args.kills, args.broker_restart, args.scale, args.pauses):
             print(f"  t+{fault.planned_at_s:7.1f} s  {fault.kind}")
         return 0
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the broker and the workers are stopped on the way out

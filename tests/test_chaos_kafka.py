@@ -135,11 +135,23 @@ def test_records_round_trip_and_a_torn_last_line_is_skipped(tmp_path: Path) -> N
 
 
 def test_faults_are_spread_evenly_and_the_exit_code_follows_the_counts() -> None:
-    schedule = scenarios.fault_schedule(70.0, kills=3, broker_restart=True, scale=True)  # 6 faults
+    schedule = schedule_without = scenarios.fault_schedule(70.0, kills=3, broker_restart=True, scale=True)  # 6
     assert [f.planned_at_s for f in schedule] == pytest.approx([10.0 * i for i in range(1, 7)])
     assert sorted(f.kind for f in schedule) == ["broker_restart", "scale_down", "scale_up", *["sigkill"] * 3]
     kinds = [f.kind for f in schedule]
     assert kinds.index("scale_up") < kinds.index("scale_down")
+    # A pause wants another worker to take the paused one's partitions: with the scale step, while two run and
+    # before the broker restart; the other faults keep their places and the spacing stays even.
+    schedule = scenarios.fault_schedule(140.0, kills=3, broker_restart=True, scale=True, pauses=1)  # 7 faults
+    kinds = [f.kind for f in schedule]
+    assert [f.planned_at_s for f in schedule] == pytest.approx([17.5 * i for i in range(1, 8)])
+    assert sorted(kinds) == ["broker_restart", "pause", "scale_down", "scale_up", *["sigkill"] * 3]
+    assert kinds.index("scale_up") < kinds.index("pause") < kinds.index("broker_restart") < kinds.index("scale_down")
+    two = scenarios.fault_schedule(100.0, kills=0, broker_restart=False, scale=True, pauses=2)
+    assert [f.kind for f in two] == ["scale_up", "pause", "pause", "scale_down"]
+    alone = scenarios.fault_schedule(90.0, kills=1, broker_restart=False, scale=False, pauses=2)  # spread evenly
+    assert [(f.kind, f.planned_at_s) for f in alone] == [("pause", 22.5), ("sigkill", 45.0), ("pause", 67.5)]
+    assert scenarios.fault_schedule(70.0, kills=3, broker_restart=True, scale=True, pauses=0) == schedule_without
     clean = {"measurement_valid": True, "lost": 0, "duplicated": 0, "misrouted": 0, "unexpected": 0}
     assert exit_code(clean) == 0
     assert exit_code({**clean, "lost": 1}) == 1

@@ -1,8 +1,11 @@
-"""The faults a run applies: SIGKILL and restart of a worker, a broker restart, a worker added and one stopped;
-and what each fault's record notes (readiness again, exit time, what the workers logged)."""
+"""The faults a run applies: SIGKILL and restart of a worker, a worker paused past its session timeout and
+resumed (a zombie), a broker restart, a worker added and one stopped; and what each fault's record notes
+(readiness again, exit time, partitions held, what the workers logged)."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,12 +49,80 @@ def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
         record.update(target=target.name, _at=at)
         run.stopping.append((target, at + 60.0, record))
         run.event("scale down: SIGTERM", worker=target.name, decided=record["decided_before_stop"])
+    elif fault.kind == "pause":
+        running = run.running()
+        target = running[sum(f["kind"] == "pause" for f in run.faults) % len(running)]
+        pause_worker(run, target, record)
     elif fault.kind == "broker_restart":
         restart_broker(run, record)
     else:
         raise ValueError(fault.kind)
     record["at_s"] = run.rel(record["_at"])
     run.faults.append(record)
+
+
+def pause_worker(run: ChaosRun, target: Worker, record: dict[str, Any]) -> None:
+    """SIGSTOP ``target`` for its session timeout plus ``--pause-margin-s``, then SIGCONT. The group drops it and
+    gives its partitions to the others; resumed, it is a zombie until it learns so, and must be fenced: whatever
+    it publishes twice shows in the run's duplicates. Notes the partitions the group gave it before the pause and
+    at its end (none: taken over), when it held partitions again (``rejoined_after_s``, from the resume; its
+    ``/ready`` may answer 200 before it learns it was out) and how often its log says it was fenced."""
+    from app.settings import load
+
+    assert target.process is not None
+    hit_before_ready(run, target)
+    session_s = load(target.env).session_timeout_ms / 1000.0
+    paused_s = session_s + run.args.pause_margin_s
+    record.update(target=target.name, session_timeout_s=session_s, owned_before=owned(run, target))
+    log_size = _size(target.log_path)
+    at = time.time()
+    target.process.send_signal(signal.SIGSTOP)
+    record["_at"] = at
+    run.event("SIGSTOP", worker=target.name, for_s=round(paused_s, 1))
+    try:
+        run.sleep_until(at + paused_s)
+        record["owned_at_resume"] = owned(run, target)
+    finally:
+        target.process.send_signal(signal.SIGCONT)
+    resumed = time.time()
+    record["resumed_after_s"] = round(resumed - at, 3)
+    run.event("SIGCONT", worker=target.name, owned_at_resume=record["owned_at_resume"])
+    record["rejoined_after_s"] = None
+    while time.time() < resumed + run.args.ready_timeout_s and target.alive():
+        if owned(run, target):
+            record["rejoined_after_s"] = round(time.time() - resumed, 3)
+            break
+        run.sleep_until(time.time() + 0.5)
+    record["fenced_lines"] = _count_lines(target.log_path, log_size, b"(fenced)")
+    run.event("rejoined" if record["rejoined_after_s"] is not None else "not rejoined", worker=target.name,
+              after_s=record["rejoined_after_s"], fenced_lines=record["fenced_lines"])  # fmt: skip
+
+
+def owned(run: ChaosRun, worker: Worker) -> list[int] | None:
+    """The partitions of the transactions topic the decisions group gives ``worker`` (the coordinator's view, by the
+    web URL in its client id: ``app/serving/routing.py``); None when the broker does not answer."""
+    from app.kafka.clients import Connection, admin_client
+    from app.serving.routing import owners_from_members
+
+    async def describe() -> list[int]:
+        admin = admin_client(Connection(run.bootstrap))
+        await admin.start()
+        try:
+            group = f"{worker.env['APP_ID']}-decisions"
+            (response,) = await asyncio.wait_for(admin.describe_consumer_groups([group]), 5.0)
+        finally:
+            await admin.close()
+        url = worker.url.removesuffix("/ready")
+        owners: dict[int, str] = {}
+        for g in response.groups:
+            if g[0] == 0:
+                owners.update(owners_from_members(g[5], run.topics["TRANSACTIONS_TOPIC"]))
+        return sorted(p for p, owner in owners.items() if owner == url)
+
+    try:
+        return asyncio.run(describe())
+    except Exception:  # the broker away: unknown, not "none"
+        return None
 
 
 def restart_broker(run: ChaosRun, record: dict[str, Any]) -> None:
@@ -124,5 +195,15 @@ def _count_problem_lines(path: Path, since: int) -> int:
         with path.open("rb") as f:
             f.seek(since)
             return sum(1 for line in f if b"[ERROR]" in line or b"[WARNING]" in line)
+    except OSError:
+        return 0
+
+
+def _count_lines(path: Path, since: int, text: bytes) -> int:
+    """Lines with ``text`` a worker wrote to its log after byte ``since``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(since)
+            return sum(1 for line in f if text in line)
     except OSError:
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ def build_report(
         "longest_output_gap_s": round(gap, 3),
         "longest_output_gap_at_s": run.rel(gap_at),
         "faults": faults,
+        "fault_counts": dict(Counter(f["kind"] for f in faults)),
         "unexpected_exits": run.unexpected_exits,
         "timeline": run.timeline,
         "samples": {k: v for k, v in {**counts, **{f"input_{k}": v for k, v in check.items()}}.items()
@@ -95,6 +97,8 @@ def summary(report: dict[str, Any]) -> str:
         f"latency s {report['latency_s']}; longest output gap {report['longest_output_gap_s']:.1f} s "
         f"at t+{report['longest_output_gap_at_s'] or 0:.1f} s",
     ]
+    if report["fault_counts"]:
+        lines.append("faults: " + ", ".join(f"{kind} {n}" for kind, n in report["fault_counts"].items()))
     for f in report["faults"]:
         details = ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("kind", "at_s", "recovery_s"))
         rec = "never" if f["recovery_s"] is None else f"{f['recovery_s']:.1f} s"

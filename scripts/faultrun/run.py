@@ -212,7 +212,7 @@ class ChaosRun:
                       "reader.stop"):  # fmt: skip
             (self.work / stale).unlink(missing_ok=True)
         publish_s = a.transactions / a.rate_tps if a.rate_tps > 0 else 0.0
-        schedule = fault_schedule(publish_s, a.kills, a.broker_restart, a.scale)
+        schedule = fault_schedule(publish_s, a.kills, a.broker_restart, a.scale, a.pauses)
         print(f"chaos run {self.run_id}: {a.transactions} messages at {a.rate_tps:g} tx/s (~{publish_s:.0f} s), "
               f"{len(schedule)} faults; work dir {self.work}", flush=True)  # fmt: skip
         self.start_broker()

@@ -14,22 +14,29 @@ import orjson
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    kind: str  # "sigkill", "broker_restart", "scale_up", "scale_down"
+    kind: str  # "sigkill", "pause", "broker_restart", "scale_up", "scale_down"
     planned_at_s: float  # seconds after publishing started
 
 
-def fault_schedule(publish_s: float, kills: int, broker_restart: bool, scale: bool) -> list[Fault]:
+def fault_schedule(publish_s: float, kills: int, broker_restart: bool, scale: bool, pauses: int = 0) -> list[Fault]:
     """Faults evenly over the publishing time: the i-th of E at (i + 1) / (E + 1) of it.
 
     Kills are spread over the run, the scale-up comes near a quarter, the broker restart near half and the
-    scale-down near three quarters (ties keep that order).
+    scale-down near three quarters (ties keep that order). Pauses (a worker stopped past its session timeout, then
+    resumed: a zombie) want a second worker to take its partitions: with ``scale`` they fall between the scale-up
+    and the broker restart, while two workers run and the broker has not moved; without, spread over the run.
 
     >>> [(f.kind, round(f.planned_at_s)) for f in fault_schedule(120.0, 2, True, True)]
     [('scale_up', 20), ('sigkill', 40), ('broker_restart', 60), ('scale_down', 80), ('sigkill', 100)]
+    >>> [(f.kind, round(f.planned_at_s)) for f in fault_schedule(120.0, 0, True, True, pauses=1)]
+    [('scale_up', 24), ('pause', 48), ('broker_restart', 72), ('scale_down', 96)]
     """
     wanted: list[tuple[float, int, str]] = [((i + 0.5) / kills, 3, "sigkill") for i in range(kills)]
     if scale:
         wanted += [(0.25, 0, "scale_up"), (0.75, 2, "scale_down")]
+        wanted += [(0.25 + 0.25 * (i + 1) / (pauses + 1), 4, "pause") for i in range(pauses)]
+    else:
+        wanted += [((i + 1) / (pauses + 1), 4, "pause") for i in range(pauses)]
     if broker_restart:
         wanted.append((0.5, 1, "broker_restart"))
     wanted.sort()
