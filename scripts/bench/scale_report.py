@@ -154,13 +154,29 @@ def topic_table(sizes: list[dict[str, Any]]) -> list[str]:
 
 
 def data_dir_table(sizes: list[dict[str, Any]]) -> list[str]:
-    """The worker's DATA_DIR by file, per size (before the SIGKILL)."""
-    files: list[str] = []
-    for s in sizes:
-        files += [f for f in s["data_dir"]["files"] if f not in files]
-    head = ["DATA_DIR file", *[f"{s['scale']:g}x (MiB)" for s in sizes]]
+    """The worker's DATA_DIR per store (``state/<store>``, all its partitions) or file, per size (before the
+    SIGKILL)."""
+    grouped = [_by_store(s["data_dir"]["files"]) for s in sizes]
+    names: list[str] = []
+    for g in grouped:
+        names += [n for n in g if n not in names]
+    head = ["DATA_DIR store or file", *[f"{s['scale']:g}x (MiB)" for s in sizes]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in files:
-        cells = [name, *[_num(s["data_dir"]["files"].get(name, 0) / MIB, 2) for s in sizes]]
+    for name in names:
+        cells = [name, *[_num(g.get(name, 0) / MIB, 2) for g in grouped]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _by_store(files: dict[str, int]) -> dict[str, int]:
+    """Bytes per ``state/<store>`` (RocksDB's files of every partition together), other files as they are.
+
+    >>> _by_store({"state/customers/0/1.sst": 5, "state/customers/1/2.sst": 6, "model.pkl": 1})
+    {'state/customers': 11, 'model.pkl': 1}
+    """
+    out: dict[str, int] = {}
+    for name, size in files.items():
+        parts = name.split("/")
+        key = "/".join(parts[:2]) if len(parts) > 2 and parts[0] == "state" else name
+        out[key] = out.get(key, 0) + size
+    return out
