@@ -3,6 +3,7 @@
 Faust ceiling on the same broker, in one run.
 
     python scripts/benchmark.py --out results/benchmark.json     # defaults: 50,000 tx; 200 and 1000 tx/s for 60 s
+    python scripts/benchmark.py --baseline-ref HEAD~1             # and the previous commit's worker, same run
 
 The three systems (``passthrough``: the raw client; ``passthrough-eos``: the raw client committing each
 partition's batch in a Kafka transaction, exactly once and nothing else; ``worker``) run as their own process
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-partitions", type=int, default=4)
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                         help="a broker to use; without one, a local broker is started and stopped")  # fmt: skip
+    parser.add_argument("--baseline-ref", help="also run the worker of this git commit (from a temporary worktree, "
+                        "on the same venv) just before the current one, in the same run: worker@<ref>")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "benchmark.json")
     add_progress_argument(parser)
     args = parser.parse_args(argv)
@@ -82,14 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = args.bootstrap_servers or kafka_local.start(
         port=free_port(), controller_port=free_port(), data_dir=work / "kafka", wipe=True
     )
+    names: list[tuple[str, Path]] = [(name, REPO_ROOT) for name in SYSTEMS]
+    baseline_tree = work / "baseline"
+    if args.baseline_ref:
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(baseline_tree),
+                        args.baseline_ref], check=True, capture_output=True)  # fmt: skip
+        names.insert(len(names) - 1, (f"worker@{args.baseline_ref}", baseline_tree))
     try:
         # One bar over the outputs of every phase of every system (the Faust ceiling afterwards has none).
-        outputs = len(SYSTEMS) * sum(n for _, n in phase_sizes)
+        outputs = len(names) * sum(n for _, n in phase_sizes)
         with bar(outputs, "benchmark outputs", enabled=not args.no_progress) as progress:
             systems = []
-            for name in SYSTEMS:
+            for name, cwd in names:
                 progress.set_description(f"benchmark {name}")
-                systems.append(run_system(name, bootstrap, args, work, phases, progress))
+                systems.append(run_system(name, bootstrap, args, work, phases, progress, cwd=cwd))
         ceiling = None
         if args.faust_ceiling:
             ceiling = faust_ceiling.run_ceiling(bootstrap, args.ceiling_messages, args.ceiling_variants,
@@ -97,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own_broker:
             kafka_local.stop(work / "kafka")
+        if args.baseline_ref:
+            subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(baseline_tree)],
+                           check=False, capture_output=True)  # fmt: skip
     report = bench_report.build(systems, ceiling, argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(dumps(report))

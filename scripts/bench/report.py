@@ -11,9 +11,10 @@ import faust_ceiling
 
 
 def build(systems: list[dict[str, Any]], ceiling: dict[str, Any] | None, argv: list[str]) -> dict[str, Any]:
-    """The JSON report: the three systems, the worker's ratios to the passthroughs, the Faust ceiling."""
-    base, eos, worker = systems
-    return {
+    """The JSON report: the systems, the worker's ratios to the passthroughs (and to the baseline commit's worker,
+    when one ran), the Faust ceiling."""
+    base, eos, *baselines, worker = systems
+    report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
         "command": " ".join(["python", "scripts/benchmark.py", *argv]),
@@ -32,6 +33,16 @@ def build(systems: list[dict[str, Any]], ceiling: dict[str, Any] | None, argv: l
         },
         "ceiling": ceiling,
     }
+    for baseline in baselines:  # ``worker@<ref>``: the same run, the previous commit's worker
+        report["ratios"]["throughput_worker_over_baseline"] = (
+            worker["max_throughput"]["throughput_tps"] / baseline["max_throughput"]["throughput_tps"]
+        )
+        report["ratios"]["p99_latency_worker_over_baseline"] = [
+            w["latency_ms"]["p99"] / b["latency_ms"]["p99"]
+            for w, b in zip(worker["rates"], baseline["rates"], strict=True)
+        ]
+        report["ratios"]["baseline"] = baseline["system"]
+    return report
 
 
 def figures(report: dict[str, Any]) -> list[str]:
@@ -96,6 +107,10 @@ def summary(report: dict[str, Any]) -> list[str]:
     if "p99_latency_worker_over_passthrough_eos" in ratios:
         lines.append("| worker / passthrough-eos | | " + " | ".join(
             [*[f"p99 x {x:,.1f}" for x in ratios["p99_latency_worker_over_passthrough_eos"]], ""]) + " |")  # fmt: skip
+    if "p99_latency_worker_over_baseline" in ratios:
+        over = [f"p99 x {x:,.2f}" for x in ratios["p99_latency_worker_over_baseline"]]
+        throughput = f"{ratios['throughput_worker_over_baseline']:.3f}"
+        lines.append(f"| worker / {ratios['baseline']} | {throughput} | " + " | ".join([*over, ""]) + " |")
     worker = systems[-1]
     lines.append("")
     lines.append(f"Worker state: DATA_DIR {worker['state_bytes'] / 2**20:.2f} MiB on disk after shutdown"

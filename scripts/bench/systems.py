@@ -32,7 +32,9 @@ def run_system(
     work: Path,
     phases: dict[str, list[Message]],
     progress: tqdm | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> dict[str, Any]:
+    """Run system ``name``; a ``worker@<ref>`` runs the worker of the checkout in ``cwd`` (the baseline commit)."""
     run = f"{name}-{uuid.uuid4().hex[:8]}"  # topics, groups and state of this run only
     source, sink = f"bench-{run}-transactions", f"bench-{run}-predictions"
     asyncio.run(create_topics(bootstrap, [source, sink], args.partitions))
@@ -59,7 +61,7 @@ def run_system(
                "TOPIC_PARTITIONS": str(args.partitions), "DATA_DIR": str(data_dir), "WEB_PORT": str(web_port),
                "GRPC_PORT": str(free_port()), "WEB_BIND": "127.0.0.1", "LOG_LEVEL": "warn"}  # fmt: skip
         named = [sink, topics["TRANSACTIONS_DLQ_TOPIC"], topics["HEALTH_TOPIC"], topics["LABELS_DLQ_TOPIC"]]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     result: dict[str, Any] = {"system": name, "run": run, "app_id": app_id}
     try:
         if metrics_url is not None:
@@ -106,6 +108,6 @@ def run_system(
     finally:
         stop_process(process)
         log.close()
-    if name == "worker":
+    if name.startswith("worker"):
         result["state_bytes"] = dir_bytes(data_dir)  # what the worker leaves in DATA_DIR after its shutdown
     return result
