@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout-s", type=float, default=600, help="for /ready after each start")
     parser.add_argument("--poll-s", type=float, default=0.5, help="how often the decided count is read")
     parser.add_argument("--keep", action="store_true", help="keep each size's broker data (.kafka/scale/)")
+    parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings for the worker, e.g. STATE_CUSTOMER_CACHE=1000")  # fmt: skip
     parser.add_argument(
         "--no-trainer",
         action="store_true",

@@ -327,6 +327,7 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         "simulate_s": simulate_s,
         "load_average_at_start": os.getloadavg(),
         "trainer_enabled": not getattr(args, "no_trainer", False),
+        "worker_env": list(getattr(args, "worker_env", [])),
     }
     env = {
         **os.environ,
@@ -342,6 +343,7 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         "LOG_LEVEL": "warn",
         "MODEL_SIGNING_KEY": "scale-benchmark",
         "TRAINER_ENABLED": "false" if getattr(args, "no_trainer", False) else "true",
+        **dict(item.split("=", 1) for item in getattr(args, "worker_env", [])),
     }
     worker = WorkerProcess(env, here / "worker.log")
     sampler: RssSampler | None = None
