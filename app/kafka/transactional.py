@@ -536,10 +536,19 @@ class TransactionalLoop:
     async def _transaction(self, producer: AIOKafkaProducer, tp: TopicPartition, records: Sequence[Any],
                            batch: Batch) -> None:  # fmt: skip
         await producer.begin_transaction()
-        pending = [await producer.send(o.topic, key=o.key, value=o.value, partition=o.partition) for o in batch.outputs]
-        if records and not self.offsets_in_state:
-            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
-        await producer.commit_transaction()
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            for o in batch.outputs:
+                pending.append(await producer.send(o.topic, key=o.key, value=o.value, partition=o.partition))
+            if records and not self.offsets_in_state:
+                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group_id)
+            await producer.commit_transaction()
+        except BaseException:
+            # The batch is given up (fenced, broker gone): its sends fail with it. Read their errors, or asyncio
+            # logs "Future exception was never retrieved" with a traceback for every one of them.
+            for future in pending:
+                future.add_done_callback(_retrieve)
+            raise
         track = batch.track
         for future in pending:  # delivered with the commit; surfaces a per-message error, if any
             metadata = await future
@@ -573,6 +582,11 @@ class TransactionalLoop:
                     await self._close_producer(tp)
         if self._broken:
             await asyncio.sleep(1.0)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _no_time(record: Any) -> float:

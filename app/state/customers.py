@@ -166,10 +166,11 @@ def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
     >>> restored_state({e[3]: entry_value(e) for e in state})
     [(1.0, 3.0, 'k1', 't0', 2), (5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1)]
     """
-    state: CustomerState = []
-    for tx_id, raw in by_tx_id.items():
-        t, amount, terminal_id, seq = loads(raw)
-        state.append((t, amount, terminal_id, tx_id, seq))
+    if not by_tx_id:
+        return []
+    # One parse for all the entries (a customer holds dozens): a third of the cost of a cache miss, not most of it.
+    values = loads(b"[" + b",".join(by_tx_id.values()) + b"]")
+    state: CustomerState = [(v[0], v[1], v[2], tx_id, v[3]) for tx_id, v in zip(by_tx_id, values, strict=True)]
     state.sort(key=lambda e: (e[0], e[4]))  # type: ignore[arg-type,return-value]
     return state
 

@@ -117,6 +117,15 @@ class TerminalFeed:
         log.info("terminal store opened: %d terminals, %d frauds known, logs read from the positions it covers",
                  self.aggregates.terminal_count, len(self.aggregates.frauds_known_s))  # fmt: skip
 
+    def rebuild_empty(self) -> None:
+        """Wipe the store and start from nothing: the logs are read from their start."""
+        self.store.wipe_partition(TERMINAL_PARTITION)
+        self.aggregates.store = self.store.open_partition(TERMINAL_PARTITION)
+        self.aggregates.load()
+        self.positions = {}
+        self.restored, self.restored_from = True, "logs"
+        metrics.TERMINAL_START.labels("logs").set(1)
+
     def close(self) -> None:
         """Write what is not flushed yet (at shutdown) and close the store."""
         if self.aggregates.store is not None and self.restored:
@@ -168,9 +177,15 @@ class TerminalFeed:
             partitions.extend(TopicPartition(topic, p) for p in found)
         consumer.assign(partitions)
         beginnings = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        ahead = sorted(f"{tp.topic}/{tp.partition}" for tp in partitions if self.positions.get(tp, 0) > ends[tp])
+        if ahead:  # the logs were deleted and created again: what the store holds is another deployment's past
+            log.warning("terminal state covers offsets beyond the logs' end (%s): wiped, read from the logs' start",
+                        ", ".join(ahead))  # fmt: skip
+            self.rebuild_empty()
         for tp in partitions:
             consumer.seek(tp, max(self.positions.get(tp, 0), beginnings[tp]))
-        target = await consumer.end_offsets(partitions) if not self.caught_up.is_set() else {}
+        target = ends if not self.caught_up.is_set() else {}
         last_flush = last_checkpoint = last_sweep = time.monotonic()
         aggregates = self.aggregates
         while True:
