@@ -12,8 +12,8 @@ from app.settings import load
 
 
 def test_the_setting_defaults_to_zstd_and_refuses_an_unknown_codec_by_name() -> None:
-    # zstd by default: with a transaction's records of a partition in one batch it costs the decision path nothing
-    # measurable and cuts predictions to about a ninth (BENCHMARKS.md, "Bytes per transaction")
+    # zstd by default: with a transaction's records of a partition in one batch the decision path lost no throughput
+    # to it, and predictions take about a ninth of the bytes (BENCHMARKS.md, "Bytes per transaction")
     assert load({}).output_compression == "zstd"
     assert load({"OUTPUT_COMPRESSION": "None"}).output_compression == "none"
     with pytest.raises(ValueError, match="OUTPUT_COMPRESSION"):
