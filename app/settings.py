@@ -104,7 +104,7 @@ class Settings:
     prior_fraud_rate: float = 0.01
     log_level: str = "info"
     producer_linger_ms: float = 2.0
-    output_compression: str = "zstd"  # the worker's producers' codec (app/kafka/clients.py): none, gzip, lz4, zstd
+    output_compression: str = "none"  # the worker's producers' codec (app/kafka/clients.py): none, gzip, lz4, zstd
     # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
     models_topic: str = "models"
     model_events_topic: str = "model-events"
