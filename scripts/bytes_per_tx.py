@@ -9,7 +9,8 @@ gets the same N simulated transactions, as fast as possible (or at ``--rate``) u
 back committed. Then, once it is idle again (the trainer has read the predictions): per topic, the bytes its
 segment files (``*.log`` in the broker's log dir) grew by, the records a read_committed reader sees and their
 key + value bytes (uncompressed), each divided by N; the decision path's throughput (tx/s to the last committed
-prediction) and the worker's CPU seconds over the phase (until idle), per transaction.
+prediction) and the CPU seconds over the phase (until idle) of the worker, of the broker (it validates every batch
+it stores, decompressing those compressed) and of this script (publishing, reading back), per transaction.
 """
 
 from __future__ import annotations
@@ -91,10 +92,13 @@ def run_worker(
         written = asyncio.run(written_topics(bootstrap, app_id, named))
         offsets_before = asyncio.run(end_offsets(bootstrap, written))
         disk_before = segment_bytes(log_dir, written)
-        cpu_before = cpu_s(process.pid)
+        broker_pid = int((log_dir.parent / "kafka.pid").read_text().split()[0])
+        cpu_before, broker_before, driver_before = cpu_s(process.pid), cpu_s(broker_pid), time.process_time()
         phase = asyncio.run(drive(bootstrap, source, sink, phases["main"], args.rate, args.timeout_s))
+        driver = time.process_time() - driver_before
         wait_idle(process.pid)
         cpu = cpu_s(process.pid) - cpu_before
+        broker = cpu_s(broker_pid) - broker_before
         written = asyncio.run(written_topics(bootstrap, app_id, named))
         per_tx = messages_per_transaction(bootstrap, written, offsets_before, phase["published"])
         disk_after = segment_bytes(log_dir, written)
@@ -111,7 +115,8 @@ def run_worker(
                      "payload_bytes_per_tx": row["bytes"] / n})  # fmt: skip
     return {"compression": compression, "run": run, "published": n, "received": phase["received"],
             "throughput_tps": phase["throughput_tps"], "latency_ms": phase["latency_ms"],
-            "cpu_ms_per_tx": cpu * 1000 / n, "topics": rows}  # fmt: skip
+            "cpu_ms_per_tx": cpu * 1000 / n, "broker_cpu_ms_per_tx": broker * 1000 / n,
+            "driver_cpu_ms_per_tx": driver * 1000 / n, "topics": rows}  # fmt: skip
 
 
 def codec_cost(records: list[tuple[bytes, bytes]], codecs: list[str], batch_sizes: list[int]) -> list[dict[str, Any]]:
@@ -173,14 +178,17 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     lines.append("| all topics | | " + " | ".join(f"{v:,.1f}" for v in totals) + " |")
     lines.append("")
     lines.append("| codec | decision path tx/s (to the last committed prediction), each round | mean | vs "
-                 f"{base} | worker CPU ms/tx (until idle) | p50 / p99 latency ms (mean) |")  # fmt: skip
-    lines.append("|---|---|---:|---:|---:|---|")
+                 f"{base} | CPU ms/tx (until idle): worker, broker, load driver | "
+                 "p50 / p99 latency ms (mean) |")  # fmt: skip
+    lines.append("|---|---|---:|---:|---|---|")
     for c in codecs:
         runs = [r for r in results if r["compression"] == c]
         tps = mean([r["throughput_tps"] for r in runs])
         each = ", ".join(f"{r['throughput_tps']:,.0f}" for r in runs)
         lines.append(f"| {c} | {each} | {tps:,.0f} | "
-                     f"{tps / base_tps:.2f} | {mean([r['cpu_ms_per_tx'] for r in runs]):.3f} | "
+                     f"{tps / base_tps:.2f} | {mean([r['cpu_ms_per_tx'] for r in runs]):.3f}, "
+                     f"{mean([r.get('broker_cpu_ms_per_tx', 0.0) for r in runs]):.3f}, "
+                     f"{mean([r.get('driver_cpu_ms_per_tx', 0.0) for r in runs]):.3f} | "
                      f"{mean([r['latency_ms']['p50'] for r in runs]):,.0f} / "
                      f"{mean([r['latency_ms']['p99'] for r in runs]):,.0f} |")  # fmt: skip
     return lines
@@ -210,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             for compression in args.compressions:
                 result = run_worker(compression, bootstrap, log_dir, work, phases, args)
                 print(f"round {round_ + 1} {compression}: {result['throughput_tps']:,.0f} tx/s, "
-                      f"{result['cpu_ms_per_tx']:.3f} CPU ms/tx, "
+                      f"{result['cpu_ms_per_tx']:.3f} CPU ms/tx, broker {result['broker_cpu_ms_per_tx']:.3f}, "
+                      f"driver {result['driver_cpu_ms_per_tx']:.3f}, "
                       + ", ".join(f"{t['topic']} {t['disk_bytes_per_tx']:,.1f} B/tx" for t in result["topics"]),
                       flush=True)  # fmt: skip
                 results.append(result)

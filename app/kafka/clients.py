@@ -22,6 +22,12 @@ from app.kafka.security import client_security_options
 from app.settings import Settings
 
 TRANSACTION_MAX_REQUEST_BYTES = 16 * 2**20  # a transaction's batch: a model snapshot or a state chunk fits
+# A partition's records in one record batch, up to this many bytes before compression (aiokafka's max_batch_size,
+# 16 KiB by default). An idempotent producer has one produce request in flight per broker, with one batch per
+# partition: at 16 KiB a Kafka transaction of 500 decisions took about ten round trips and compressed ten small
+# batches a partition, at 512 KiB one, and zstd gets the whole transaction's repetition (BENCHMARKS.md, "Bytes per
+# transaction"). Under the broker's default message.max.bytes (1 MiB), even uncompressed.
+TRANSACTION_BATCH_BYTES = 512 * 2**10
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +82,8 @@ def transactional_producer(
     connection: Connection, transactional_id: str, *, transaction_timeout_ms: int, **options: Any
 ) -> AIOKafkaProducer:
     """An idempotent producer writing in transactions as ``transactional_id``: its start fences a previous
-    producer of the same id and aborts that one's open transaction."""
+    producer of the same id and aborts that one's open transaction. Its record batches hold up to
+    :data:`TRANSACTION_BATCH_BYTES`."""
     return AIOKafkaProducer(
         **{
             **connection.producer_options(),
@@ -84,6 +91,7 @@ def transactional_producer(
             "enable_idempotence": True,
             "transaction_timeout_ms": transaction_timeout_ms,
             "max_request_size": TRANSACTION_MAX_REQUEST_BYTES,
+            "max_batch_size": TRANSACTION_BATCH_BYTES,
             **options,
         }
     )
