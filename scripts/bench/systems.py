@@ -35,7 +35,8 @@ def run_system(
     cwd: Path = REPO_ROOT,
 ) -> dict[str, Any]:
     """Run system ``name``; a ``worker@<ref>`` runs the worker of the checkout in ``cwd`` (the baseline commit)."""
-    run = f"{name}-{uuid.uuid4().hex[:8]}"  # topics, groups and state of this run only
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)  # worker@<ref>: no "@" in topic names
+    run = f"{safe}-{uuid.uuid4().hex[:8]}"  # topics, groups and state of this run only
     source, sink = f"bench-{run}-transactions", f"bench-{run}-predictions"
     asyncio.run(create_topics(bootstrap, [source, sink], args.partitions))
     log = (work / f"{name}.log").open("wb")
