@@ -1,3 +1,3 @@
-"""The state the decision path reads: customer windows per partition (in the local store: one interface, dicts or
-RocksDB, with its recovery rules), terminal aggregates, their feeds and files (the terminal aggregates are to move
-onto the store too, issue 16)."""
+"""The state the decision path reads: customer windows per partition and every terminal's aggregates, both in local
+stores (one interface, dicts or RocksDB, with their recovery rules), the terminal feed, and the terminal checkpoint on
+Kafka for workers on an empty disk."""

@@ -1,4 +1,4 @@
-"""Local checkpoint files (the model, the terminal snapshot): written whole or not at all.
+"""Local checkpoint files (the model): written whole or not at all.
 
 The bytes are made on the event loop (they must be a consistent picture of live state); the write and the
 ``fsync`` go to a thread with :func:`write_in_thread`, because a disk flush can take tens of milliseconds on a
