@@ -15,6 +15,7 @@ the fraud marks (one float per fraud of the last ``TERMINAL_TTL_S``: frauds are 
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -164,6 +165,26 @@ class TerminalAggregates:
     def pending_changes(self) -> int:
         return len(self.dirty) + len(self.dirty_frauds)
 
+    def write_some(self, limit: int) -> int:
+        """Write up to ``limit`` changed terminals WITHOUT the positions; returns how many are left to write.
+
+        The feed writes a large flush a slice at a time, the event loop running between slices, and the positions
+        with the last slice (:meth:`flush`). Data ahead of the stored positions is safe: a restart reads the logs
+        again from those and adds the same entries (idempotent by ``tx_id``); only ``terminal_count``, a gauge, may
+        then miss the terminals such a slice created."""
+        store = self._opened()
+        transaction = store.begin()
+        taken = list(itertools.islice(self.dirty.items(), limit))
+        for terminal_id, state in taken:
+            key = TERMINAL_PREFIX + terminal_id.encode()
+            if state:
+                transaction.put(key, encode_state(state))
+            else:
+                transaction.delete(key)
+            del self.dirty[terminal_id]
+        transaction.commit(store.committed_offset or 0)
+        return len(self.dirty)
+
     def flush(self, positions: dict[str, int]) -> None:
         """Write every change since the last flush and ``positions`` (the logs' offsets they cover) in ONE batch.
 
@@ -226,9 +247,8 @@ class TerminalAggregates:
             seen += 1
             terminal_id = key[n:].decode()
             state = self.dirty.get(terminal_id)
-            if state is None:
-                state = decode_state(raw)
-            if state and newest_event_time_s(state) < horizon:
+            newest = newest_event_time_s(state) if state is not None else float(loads(raw)[-1][0])
+            if (state is None or state) and newest < horizon:
                 self.dirty[terminal_id] = []
                 self.cache.pop(terminal_id, None)
                 self.terminal_count -= 1
