@@ -1,11 +1,11 @@
 """The decision path's local store on the real broker: a SIGKILLed worker restarted on the same disk replays only
-the changelog's tail, a deleted store is rebuilt from the changelog, and a replacement on an empty disk is ready
-within a bound and decides with the reference's features; every transaction is decided once and the customer
-windows (what the store holds) stay equal to the reference.
+the changelog's tail, and a deleted store is rebuilt from the changelog; every transaction is decided once and the
+customer windows (what the store holds) stay equal to the reference. (A replacement on an empty disk:
+tests/test_terminal_checkpoint_kafka.py.)
 
-The terminal half is not compared here: it comes from the terminal feed, not from this store, and its delayed
-windows after a SIGKILL differ from the reference on this loaded machine on main as well (tests/test_features_kafka.py
-covers them)."""
+The terminal half is not compared here: it comes from the terminal store and feed, not from this store;
+tests/test_features_kafka.py (across a SIGKILL) and tests/test_terminal_checkpoint_kafka.py (an empty disk) compare
+it with the reference."""
 
 from __future__ import annotations
 
