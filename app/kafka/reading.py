@@ -49,3 +49,17 @@ async def read_to_end(
             batches = await consumer.getmany(*group, timeout_ms=timeout_ms, max_records=max_records)
             if batches:
                 yield batches
+
+
+async def read_latest(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, *, timeout_ms: int = 1000
+) -> dict[bytes, bytes | None]:
+    """The newest value per key of a compacted partition (``None``: a tombstone), read from its start to its end
+    (assigns ``tp`` to ``consumer``): the trainer's state and the terminal checkpoint."""
+    consumer.assign([tp])
+    await consumer.seek_to_beginning(tp)
+    latest: dict[bytes, bytes | None] = {}
+    async for batch in read_to_end(consumer, [tp], timeout_ms=timeout_ms):
+        for record in batch.get(tp, []):
+            latest[record.key] = record.value
+    return latest

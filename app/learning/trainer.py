@@ -27,7 +27,7 @@ from aiokafka.errors import ProducerFenced
 
 from app import metrics
 from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
-from app.kafka.reading import read_to_end
+from app.kafka.reading import read_latest
 from app.kafka.supervision import Supervisor
 from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
@@ -250,13 +250,7 @@ class Trainer:
         """The last published state; a fresh one (from the newest warm start of ``MODEL_NAME``, if any) without it, or
         when it holds another ``MODEL_NAME`` or was made for another feature set."""
         s = self.settings
-        tp = TopicPartition(trainer_state_topic(s), 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        latest: dict[bytes, bytes | None] = {}
-        async for batch in read_to_end(consumer, [tp], timeout_ms=1000):
-            for record in batch.get(tp, []):
-                latest[record.key] = record.value
+        latest = await read_latest(consumer, TopicPartition(trainer_state_topic(s), 0))
         try:
             training = self._from_chunks(latest)
         except FeatureSetMismatch as exc:  # the features changed: the old line's models and halves do not fit

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.features.engine import CustomerState
 from app.serialization import dumps, loads
-from app.state.store import StorePartition
+from app.state.store import StorePartition, keep_recent
 
 POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time, next input offset, customers
 ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
@@ -104,11 +104,7 @@ class PartitionState:
         self.customer_count = len(self.customer_ids()) if count is None else int(count)  # older records: count
 
     def _keep(self, customer_id: str, value: CustomerState) -> None:
-        cache = self.cache
-        cache[customer_id] = value
-        cache.move_to_end(customer_id)
-        while len(cache) > self.cache_size:
-            cache.popitem(last=False)
+        keep_recent(self.cache, customer_id, value, self.cache_size)
 
 
 def position_value(stream_time_s: float, next_offset: int | None, customers: int) -> bytes:

@@ -13,13 +13,16 @@ import enum
 import struct
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 # Written into every partition when it is created and checked on every open: a partition without it, or with
 # another one, was written by something else (or an older layout) and is rebuilt from the changelog.
 FORMAT_MARKER = b"fraud-stream-state/1"
 
+V = TypeVar("V")
 _POSITION = struct.Struct(">qd")  # committed offset, wall time of the commit (seconds since the epoch)
 
 
@@ -52,6 +55,20 @@ def encode_position(offset: int, committed_at_s: float) -> bytes:
 def decode_position(value: bytes) -> tuple[int, float]:
     offset, committed_at_s = _POSITION.unpack(value)
     return offset, committed_at_s
+
+
+def keep_recent(cache: OrderedDict[str, V], key: str, value: V, size: int) -> None:
+    """Put ``key`` in an LRU ``cache`` as its newest entry, dropping the oldest past ``size`` (the parsed-state caches
+    of the customer and terminal stores).
+
+    >>> cache = OrderedDict(a=1, b=2)
+    >>> keep_recent(cache, "a", 3, size=2); keep_recent(cache, "c", 4, size=2); list(cache.items())
+    [('a', 3), ('c', 4)]
+    """
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)
 
 
 def prefix_upper_bound(prefix: bytes) -> bytes | None:

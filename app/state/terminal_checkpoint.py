@@ -26,7 +26,7 @@ import cramjam
 from aiokafka import TopicPartition
 
 from app.kafka.clients import Connection, committed_reader, transactional_producer
-from app.kafka.reading import read_to_end
+from app.kafka.reading import read_latest
 from app.serialization import dumps, loads
 from app.state.terminals import TerminalAggregates
 
@@ -138,14 +138,7 @@ async def read(connection: Connection, topic: str, windows: dict[str, float]) ->
     consumer = committed_reader(connection, fetch_max_bytes=32 * 2**20, max_partition_fetch_bytes=32 * 2**20)
     await consumer.start()
     try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        latest: dict[bytes, bytes | None] = {}
-        async for batch in read_to_end(consumer, [tp], timeout_ms=500):
-            for record in batch.get(tp, []):
-                latest[record.key] = record.value
-        return decode(latest, windows)
+        return decode(await read_latest(consumer, TopicPartition(topic, 0), timeout_ms=500), windows)
     finally:
         await consumer.stop()
 

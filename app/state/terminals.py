@@ -22,7 +22,7 @@ from typing import Any
 
 from app.features.engine import TerminalState, add_terminal_entry, newest_event_time_s, terminal_x
 from app.serialization import dumps, loads
-from app.state.store import StorePartition
+from app.state.store import StorePartition, keep_recent
 
 TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> [[t, tx_id, seq], ...]
 FRAUD_PREFIX = b"f"  # b"f" + tx_id -> known_s
@@ -140,8 +140,6 @@ class TerminalAggregates:
     def add(self, terminal_id: str, t: float, tx_id: str) -> bool:
         """Record a scored transaction (idempotent by ``tx_id``); False when it was there already."""
         state = self.state(terminal_id)
-        if not state:
-            state = []
         if t > self.stream_time_s:
             self.stream_time_s = t
         was_empty = not state
@@ -300,8 +298,4 @@ class TerminalAggregates:
         return self.store
 
     def _keep(self, terminal_id: str, state: TerminalState) -> None:
-        cache = self.cache
-        cache[terminal_id] = state
-        cache.move_to_end(terminal_id)
-        while len(cache) > self.cache_size:
-            cache.popitem(last=False)
+        keep_recent(self.cache, terminal_id, state, self.cache_size)
