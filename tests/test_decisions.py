@@ -113,7 +113,7 @@ def test_the_second_transaction_of_a_terminal_in_one_batch_sees_the_first() -> N
 
 def test_restored_entries_give_back_the_state_and_pruning_names_what_left() -> None:
     state = [(1.0, 5.0, "k", "a", 0), (2.0, 6.0, "k", "b", 1), (2.0, 7.0, "j", "c", 2)]
-    assert restored_state({e[3]: entry_value(e) for e in reversed(state)}) == state
+    assert list(restored_state({e[3]: entry_value(e) for e in reversed(state)})) == state
     assert pruned(state, state[1:] + [(50.0, 1.0, "k", "d", 3)]) == state[:1]
     assert pruned(state, state + [(3.0, 1.0, "k", "d", 3)]) == []
 

@@ -80,7 +80,7 @@ def test_predict_is_the_streams_prediction_and_changes_nothing() -> None:
     history = [transaction(i, customer_id="c", terminal_id=f"t-{i % 2}") for i in range(7)]
     stream(scorer, history)
     state = scorer.partitions[0]
-    customer_before, stored_before = list(state.customer("c")), dict(state.store.iter_from(b""))
+    customer_before, stored_before = state.customer("c"), dict(state.store.iter_from(b""))
     terminals_before = {k: list(v) for k, v in scorer.aggregates.all_states().items()}
     probe = transaction(8, customer_id="c", terminal_id="t-0", amount=900.0)
 

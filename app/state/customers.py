@@ -1,6 +1,6 @@
 """Each input partition's customer windows, and how they travel on the changelog: one small record per entry.
 
-A customer's state is a list of entries sorted by event time (:data:`app.features.engine.CustomerState`). The
+A customer's state is a tuple of entries sorted by event time (:data:`app.features.engine.CustomerState`). The
 decision path writes the entries a batch added or pruned to the compacted changelog, keyed ``customer_id \x1f
 tx_id``, in the batch's transaction, with the partition's position under :data:`POSITION_KEY`. The local store
 (:mod:`app.state.store`) holds the same keys and values: a copy of the changelog, written only after the Kafka
@@ -160,15 +160,15 @@ def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
 
     >>> state = [(5.0, 1.0, "k1", "t2", 1), (5.0, 2.0, "k2", "t1", 0), (1.0, 3.0, "k1", "t0", 2)]
     >>> restored_state({e[3]: entry_value(e) for e in state})
-    [(1.0, 3.0, 'k1', 't0', 2), (5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1)]
+    ((1.0, 3.0, 'k1', 't0', 2), (5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1))
     """
     if not by_tx_id:
-        return []
+        return ()
     # One parse for all the entries (a customer holds dozens): a third of the cost of a cache miss, not most of it.
     values = loads(b"[" + b",".join(by_tx_id.values()) + b"]")
-    state: CustomerState = [(v[0], v[1], v[2], tx_id, v[3]) for tx_id, v in zip(by_tx_id, values, strict=True)]
-    state.sort(key=lambda e: (e[0], e[4]))  # type: ignore[arg-type,return-value]
-    return state
+    state = [(v[0], v[1], v[2], tx_id, v[3]) for tx_id, v in zip(by_tx_id, values, strict=True)]
+    state.sort(key=lambda e: (e[0], e[4]))
+    return tuple(state)  # a tuple: see CustomerState
 
 
 def pruned(before: CustomerState, after: CustomerState) -> CustomerState:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from app.features.engine import TerminalState, add_terminal_entry, newest_event_time_s, terminal_x
+from app.features.engine import add_terminal_entry, newest_event_time_s, terminal_x
 from app.serialization import dumps, loads
 from app.state.store import StorePartition, keep_recent
 
@@ -28,18 +28,22 @@ TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> [[t, tx_id, seq], ...]
 FRAUD_PREFIX = b"f"  # b"f" + tx_id -> known_s
 META_KEY = b"\x00meta"  # the feed's positions, stream time and terminal count, written with the data they cover
 
+# A terminal's entries as held in memory: a tuple of the engine's entry tuples, which the garbage collector stops
+# tracking (see app.features.engine.CustomerState); add() builds the new tuple from a list.
+Terminal = tuple[tuple[Any, ...], ...]
 
-def encode_state(state: TerminalState) -> bytes:
+
+def encode_state(state: Sequence[tuple[Any, ...]]) -> bytes:
     return dumps(state)
 
 
-def decode_state(raw: bytes) -> TerminalState:
+def decode_state(raw: bytes) -> Terminal:
     """A stored terminal, as the engine's tuples (a list of lists would compare unequal to the same state).
 
     >>> decode_state(encode_state([(1.5, "t1", 0)]))
-    [(1.5, 't1', 0)]
+    ((1.5, 't1', 0),)
     """
-    return [tuple(e) for e in loads(raw)]  # type: ignore[misc]
+    return tuple(tuple(e) for e in loads(raw))
 
 
 class TerminalAggregates:
@@ -67,8 +71,8 @@ class TerminalAggregates:
         self.ttl_s = ttl_s
         self.store = store  # set by the feed when it opens the store (reads before that see no terminal)
         self.cache_size = cache_size
-        self.cache: OrderedDict[str, TerminalState] = OrderedDict()
-        self.dirty: dict[str, TerminalState] = {}  # changed since the last flush (an empty list: removed)
+        self.cache: OrderedDict[str, Terminal] = OrderedDict()
+        self.dirty: dict[str, Terminal] = {}  # changed since the last flush (an empty tuple: removed)
         self.dirty_frauds: dict[str, float | None] = {}
         self.frauds_known_s: dict[str, float] = {}
         self.stream_time_s = float("-inf")
@@ -77,7 +81,7 @@ class TerminalAggregates:
 
     # ---- reads -------------------------------------------------------------------------------------------
 
-    def state(self, terminal_id: str) -> TerminalState:
+    def state(self, terminal_id: str) -> Terminal:
         """The terminal's entries (the unflushed change, else the cache, else the store, then cached)."""
         state = self.dirty.get(terminal_id)
         if state is not None:
@@ -88,19 +92,19 @@ class TerminalAggregates:
             cache.move_to_end(terminal_id)
             return state
         raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
-        state = decode_state(raw) if raw is not None else []
+        state = decode_state(raw) if raw is not None else ()
         if state:
             self._keep(terminal_id, state)
         return state
 
-    def peek(self, terminal_id: str) -> TerminalState:
+    def peek(self, terminal_id: str) -> Terminal:
         """:meth:`state` without changing what the cache keeps (serving reads)."""
         state = self.dirty.get(terminal_id)
         if state is None:
             state = self.cache.get(terminal_id)
         if state is None:
             raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
-            state = decode_state(raw) if raw is not None else []
+            state = decode_state(raw) if raw is not None else ()
         return state
 
     def prefetch(self, terminal_ids: Iterable[str]) -> None:
@@ -117,20 +121,20 @@ class TerminalAggregates:
         self, terminal_id: str, t: float, tx_id: str, pending: Iterable[tuple[float, str]] = ()
     ) -> dict[str, float]:
         """The terminal half of ``x`` for a transaction, seeing ``pending`` (same batch, not committed) too."""
-        state = self.state(terminal_id)
+        state: Sequence[tuple[Any, ...]] = self.state(terminal_id)
         extra = [(te, tid) for te, tid in pending if tid != tx_id]
         if extra:
-            state = sorted([*state, *extra], key=lambda e: e[0])  # type: ignore[arg-type,return-value]
+            state = sorted([*state, *extra], key=lambda e: e[0])
         return terminal_x(state, t, self.frauds_known_s, self.delay_days)
 
-    def all_states(self) -> dict[str, TerminalState]:
-        """Every terminal with entries, flushed or not: a full scan, for tests and diagnostics only."""
+    def all_states(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every terminal with entries, flushed or not, as lists: a full scan, for tests and diagnostics only."""
         n = len(TERMINAL_PREFIX)
         stored = self.store.iter_prefix(TERMINAL_PREFIX) if self.store is not None else iter(())
-        states = {key[n:].decode(): decode_state(raw) for key, raw in stored}
+        states = {key[n:].decode(): list(decode_state(raw)) for key, raw in stored}
         for terminal_id, state in self.dirty.items():
             if state:
-                states[terminal_id] = state
+                states[terminal_id] = list(state)
             else:
                 states.pop(terminal_id, None)
         return states
@@ -139,14 +143,15 @@ class TerminalAggregates:
 
     def add(self, terminal_id: str, t: float, tx_id: str) -> bool:
         """Record a scored transaction (idempotent by ``tx_id``); False when it was there already."""
-        state = self.state(terminal_id)
+        entries = list(self.state(terminal_id))
         if t > self.stream_time_s:
             self.stream_time_s = t
-        was_empty = not state
-        added = add_terminal_entry(state, t, tx_id, self.delay_days, self.lateness_s)
+        was_empty = not entries
+        added = add_terminal_entry(entries, t, tx_id, self.delay_days, self.lateness_s)
         if added or was_empty:
-            if was_empty and state:
+            if was_empty and entries:
                 self.terminal_count += 1
+            state = tuple(entries)
             self.dirty[terminal_id] = state
             if state:
                 self._keep(terminal_id, state)
@@ -247,7 +252,7 @@ class TerminalAggregates:
             state = self.dirty.get(terminal_id)
             newest = newest_event_time_s(state) if state is not None else float(loads(raw)[-1][0])
             if (state is None or state) and newest < horizon:
-                self.dirty[terminal_id] = []
+                self.dirty[terminal_id] = ()
                 self.cache.pop(terminal_id, None)
                 self.terminal_count -= 1
                 removed += 1
@@ -260,7 +265,7 @@ class TerminalAggregates:
 
     # ---- checkpoints (see :mod:`app.state.terminal_checkpoint`) ---------------------------------------------
 
-    def committed_items(self) -> Iterator[tuple[str, TerminalState]]:
+    def committed_items(self) -> Iterator[tuple[str, Terminal]]:
         """Every flushed terminal (call right after :meth:`flush`, and do not flush while reading: the feed's
         own loop does both, so a checkpoint is the state at one flush)."""
         n = len(TERMINAL_PREFIX)
@@ -297,5 +302,5 @@ class TerminalAggregates:
             raise RuntimeError("the terminal store is not open (the feed opens it when it starts)")
         return self.store
 
-    def _keep(self, terminal_id: str, state: TerminalState) -> None:
+    def _keep(self, terminal_id: str, state: Terminal) -> None:
         keep_recent(self.cache, terminal_id, state, self.cache_size)
