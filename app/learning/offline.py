@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from app.decisions.assess import score_transaction
-from app.features.engine import CustomerState, TerminalState, record_fraud, terminal_features
+from app.features.engine import EMPTY_WINDOW, CustomerState, TerminalState, record_fraud, terminal_features
 from app.features.halves import customer_side_features
 from app.learning.model import FraudModel
 from app.learning.training import training_for
@@ -57,7 +57,7 @@ def replay_offline(
                 yield exc
                 continue
             x, customers[tx.customer_id] = customer_side_features(
-                tx, customers.get(tx.customer_id, []), settings.lateness_s
+                tx, customers.get(tx.customer_id, EMPTY_WINDOW), settings.lateness_s
             )
             terminal_x, terminals[tx.terminal_id] = terminal_features(
                 terminals.get(tx.terminal_id, []),

@@ -1,6 +1,6 @@
 """Each input partition's customer windows, and how they travel on the changelog: one small record per entry.
 
-A customer's state is a tuple of entries sorted by event time (:data:`app.features.engine.CustomerState`). The
+A customer's state is its entries sorted by event time, by column (:data:`app.features.engine.CustomerState`). The
 decision path writes the entries a batch added or pruned to the compacted changelog, keyed ``customer_id \x1f
 tx_id``, in the batch's transaction, with the partition's position under :data:`POSITION_KEY`. The local store
 (:mod:`app.state.store`) holds the same keys and values: a copy of the changelog, written only after the Kafka
@@ -11,13 +11,14 @@ Pure: no Kafka.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.features.engine import CustomerState
+from app.features.engine import EMPTY_WINDOW, CustomerState, CustomerWindow
 from app.serialization import dumps, loads
 from app.state.store import StorePartition, keep_recent
 
@@ -160,18 +161,20 @@ def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
 
     >>> state = [(5.0, 1.0, "k1", "t2", 1), (5.0, 2.0, "k2", "t1", 0), (1.0, 3.0, "k1", "t0", 2)]
     >>> restored_state({e[3]: entry_value(e) for e in state})
-    ((1.0, 3.0, 'k1', 't0', 2), (5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1))
+    CustomerWindow([(1.0, 3.0, 'k1', 't0', 2), (5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1)])
     """
     if not by_tx_id:
-        return ()
+        return EMPTY_WINDOW
     # One parse for all the entries (a customer holds dozens): a third of the cost of a cache miss, not most of it.
     values = loads(b"[" + b",".join(by_tx_id.values()) + b"]")
     state = [(v[0], v[1], v[2], tx_id, v[3]) for tx_id, v in zip(by_tx_id, values, strict=True)]
     state.sort(key=lambda e: (e[0], e[4]))
-    return tuple(state)  # a tuple: see CustomerState
+    return CustomerWindow.of(state)
 
 
-def pruned(before: CustomerState, after: CustomerState) -> CustomerState:
+def pruned(
+    before: Sequence[tuple[Any, ...]] | CustomerState, after: Sequence[tuple[Any, ...]] | CustomerState
+) -> list[tuple[Any, ...]]:
     """The entries of ``before`` that adding one transaction pruned (the oldest: pruning is from the front; a
     transaction older than the horizon is scored but not kept).
 
@@ -182,8 +185,8 @@ def pruned(before: CustomerState, after: CustomerState) -> CustomerState:
     k = len(before) + 1 - len(after)
     if k <= 0:
         return []
-    kept = {e[3] for e in after[: k + 1]}  # a kept entry of before[:k] sits at most one place later in after
-    return [e for e in before[:k] if e[3] not in kept]
+    kept = {e[3] for e in itertools.islice(after, k + 1)}  # a kept entry of before[:k] sits at most one later
+    return [e for e in itertools.islice(before, k) if e[3] not in kept]
 
 
 def after_entry(state: CustomerState, tx_id: str) -> tuple[Any, ...] | None:
