@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
+from app.serialization import dumps
 from app.state import terminal_checkpoint
 from app.state.memory_store import MemoryStore
 from app.state.rocksdb_store import RocksDBConfig, RocksDBStore
@@ -179,3 +181,44 @@ def test_the_sweep_removes_idle_terminals_a_slice_at_a_time() -> None:
     assert list(a.all_states()) == ["busy"] and a.terminal_count == 1
     assert a.frauds_known_s == {}
     assert a.load() == {} and a.terminal_count == 1 and a.frauds_known_s == {}
+
+
+class Record:
+    """What the feed reads from the terminal log: key = terminal, value = [t, tx_id]."""
+
+    def __init__(self, terminal: str, t: float, tx_id: str, offset: int) -> None:
+        self.key, self.value, self.offset, self.timestamp = terminal.encode(), dumps([t, tx_id]), offset, 0
+
+
+def test_the_feed_skips_what_the_scorer_added_and_adds_the_rest_once() -> None:
+    feed = feed_of(MemoryStore("t"))
+    feed.open_store()
+    a = feed.aggregates
+    events = history(400, 20, seed=5)
+    mine = [e for i, e in enumerate(events) if i % 3 == 0]  # this worker's partitions: added when they commit
+    for terminal, t, tx_id in mine:
+        a.add_scored(terminal, t, tx_id)
+    assert len(a.added_here) == len(mine)
+    calls: list[str] = []
+    real_add = a.add
+    a.add = lambda terminal, t, tx_id: calls.append(tx_id) or real_add(terminal, t, tx_id)  # type: ignore[method-assign]
+    feed._apply_terminal_records([Record(*e, offset=i) for i, e in enumerate(events)], now_wall_s=0.0)  # noqa: SLF001
+    assert sorted(calls) == sorted(tx_id for i, (_, _, tx_id) in enumerate(events) if i % 3 != 0)
+    assert a.added_here == {}
+    expected = aggregates()
+    for terminal, t, tx_id in events:
+        expected.add(terminal, t, tx_id)
+
+    def entries(states: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+        return {k: [e[:2] for e in v] for k, v in states.items()}  # seq numbers this worker's arrival order
+
+    assert entries(a.all_states()) == entries(expected.all_states())
+
+
+def test_marks_of_scored_transactions_go_with_the_state_they_were_added_to() -> None:
+    a = aggregates()
+    a.add_scored("k1", 1.0, "tx1")
+    assert a.read_back("tx1") and not a.read_back("tx1")  # read back once
+    a.add_scored("k1", 2.0, "tx2")
+    a.load()  # the state is reloaded (a wipe, a checkpoint taken over): the log's records must be added again
+    assert not a.read_back("tx2")

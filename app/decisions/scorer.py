@@ -280,7 +280,7 @@ class Scorer:
             state.next_offset = next_offset
             state.customer_count = customer_count
             for terminal_id, t, tx_id in scored:
-                self.aggregates.add(terminal_id, t, tx_id)
+                self.aggregates.add_scored(terminal_id, t, tx_id)
             now = self.now_s()
             latency_ms = (time.time() - received_at_s) * 1000.0
             self.window.record_many(now, len(scored), len(dead_codes), latency_ms)

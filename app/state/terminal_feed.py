@@ -304,10 +304,15 @@ class TerminalFeed:
 
     def _apply_terminal_records(self, records: list[Any], now_wall_s: float) -> None:
         aggregates = self.aggregates
-        aggregates.prefetch({record.key.decode() for record in records})
+        read_back = aggregates.read_back
+        entries = []
         for record in records:
             t, tx_id = loads(record.value)
-            aggregates.add(record.key.decode(), float(t), tx_id)
+            if not read_back(tx_id):  # this worker's own decisions were added when their batch committed
+                entries.append((record.key.decode(), float(t), tx_id))
+        aggregates.prefetch({terminal_id for terminal_id, _, _ in entries})
+        for terminal_id, t, tx_id in entries:
+            aggregates.add(terminal_id, t, tx_id)
         # Feature freshness: how long the newest record took from its scorer's commit to this worker.
         self.lag_s = max(0.0, now_wall_s - records[-1].timestamp / 1000.0)
         metrics.TERMINAL_FEED_LAG.set(self.lag_s)

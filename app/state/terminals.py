@@ -27,6 +27,7 @@ from app.state.store import StorePartition, keep_recent
 TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> [[t, tx_id, seq], ...]
 FRAUD_PREFIX = b"f"  # b"f" + tx_id -> known_s
 META_KEY = b"\x00meta"  # the feed's positions, stream time and terminal count, written with the data they cover
+ADDED_HERE_MAX = 200_000  # scored transactions waiting for the feed to read them back (seconds of traffic)
 
 # A terminal's entries as held in memory: a tuple of the engine's entry tuples, which the garbage collector stops
 # tracking (see app.features.engine.CustomerState); add() builds the new tuple from a list.
@@ -43,7 +44,7 @@ def decode_state(raw: bytes) -> Terminal:
     >>> decode_state(encode_state([(1.5, "t1", 0)]))
     ((1.5, 't1', 0),)
     """
-    return tuple(tuple(e) for e in loads(raw))
+    return tuple([tuple(e) for e in loads(raw)])  # a list first: tuple() of a generator cannot presize
 
 
 class TerminalAggregates:
@@ -78,6 +79,9 @@ class TerminalAggregates:
         self.stream_time_s = float("-inf")
         self.terminal_count = 0
         self.sweep_from = b""  # the key the next sweep slice starts at
+        # tx ids this worker's scorers added (add_scored) that the feed has not read back from the log yet: the feed
+        # skips them instead of adding each transaction a second time (a store read and a parse on a cache miss)
+        self.added_here: dict[str, None] = {}
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -157,6 +161,22 @@ class TerminalAggregates:
                 self._keep(terminal_id, state)
         return added
 
+    def add_scored(self, terminal_id: str, t: float, tx_id: str) -> None:
+        """A transaction this worker's scorer decided (its batch committed): added now, and marked so that the
+        feed, reading it back from the terminal log, does not add it again."""
+        if self.add(terminal_id, t, tx_id):
+            added_here = self.added_here
+            added_here[tx_id] = None
+            if len(added_here) > ADDED_HERE_MAX:  # the feed stopped reading: forget the oldest (it adds them then)
+                del added_here[next(iter(added_here))]
+
+    def read_back(self, tx_id: str) -> bool:
+        """True (and forgotten) when ``tx_id`` came from :meth:`add_scored`: the feed has nothing to add."""
+        if tx_id in self.added_here:
+            del self.added_here[tx_id]
+            return True
+        return False
+
     def add_fraud(self, tx_id: str, known_s: float) -> None:
         """A fraud label: counts for its transaction from ``known_s`` on (the earliest, if sent twice)."""
         known = self.frauds_known_s.get(tx_id)
@@ -221,6 +241,7 @@ class TerminalAggregates:
         self.cache.clear()
         self.dirty = {}
         self.dirty_frauds = {}
+        self.added_here = {}
         n = len(FRAUD_PREFIX)
         self.frauds_known_s = {key[n:].decode(): float(loads(v)) for key, v in store.iter_prefix(FRAUD_PREFIX)}
         if raw is None:
@@ -291,6 +312,7 @@ class TerminalAggregates:
             transaction.commit((store.committed_offset or 0) + 1)
         self.cache.clear()
         self.dirty = {}
+        self.added_here = {}
         self.dirty_frauds = dict(frauds_known_s)
         self.frauds_known_s = dict(frauds_known_s)
         self.stream_time_s = stream_time_s
