@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a broker to use; without one, a local broker is started and stopped")  # fmt: skip
     parser.add_argument("--baseline-ref", help="also run the worker of this git commit (from a temporary worktree, "
                         "on the same venv) just before the current one, in the same run: worker@<ref>")  # fmt: skip
+    parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="this checkout's worker only, not the baseline's: OUTPUT_COMPRESSION=zstd")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "benchmark.json")
     add_progress_argument(parser)
     args = parser.parse_args(argv)

@@ -61,6 +61,8 @@ def run_system(
         env = {**os.environ, **topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "APP_ID": app_id, "WORKER_ID": run,
                "TOPIC_PARTITIONS": str(args.partitions), "DATA_DIR": str(data_dir), "WEB_PORT": str(web_port),
                "GRPC_PORT": str(free_port()), "WEB_BIND": "127.0.0.1", "LOG_LEVEL": "warn"}  # fmt: skip
+        if name == "worker":  # this checkout's worker only, never the baseline's
+            env.update(dict(item.split("=", 1) for item in getattr(args, "worker_env", None) or []))
         named = [sink, topics["TRANSACTIONS_DLQ_TOPIC"], topics["HEALTH_TOPIC"], topics["LABELS_DLQ_TOPIC"]]
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     result: dict[str, Any] = {"system": name, "run": run, "app_id": app_id}
