@@ -19,19 +19,22 @@ from app.state.terminals import TerminalAggregates
 DAY_S = 86400.0
 
 
-def untracked_after_collections(value: object) -> bool:
-    """Two: the first stops tracking the entries, the second the tuple holding them (in the worker, the young
+def collect_twice() -> None:
+    """The first collection stops tracking the entries, the second the tuple holding them (in the worker, the young
     collections every few hundred allocations do it)."""
     gc.collect()
     gc.collect()
+
+
+def untracked_after_collections(value: object) -> bool:
+    collect_twice()
     return not gc.is_tracked(value)
 
 
 def walks_no_entry(window: CustomerWindow) -> bool:
     """A collection visits the window's columns and stops there: untracked tuples, and arrays of C numbers (which
     hold no object but their type)."""
-    gc.collect()
-    gc.collect()
+    collect_twice()
     columns = [c for c in gc.get_referents(window) if not isinstance(c, type)]
     arrays = [c for c in columns if isinstance(c, array)]
     return (
@@ -50,7 +53,7 @@ def test_the_customer_windows_the_engine_returns_hold_no_tracked_entry() -> None
     assert walks_no_entry(state)
 
 
-def test_a_customer_read_back_from_the_store_is_not_tracked() -> None:
+def test_a_customer_read_back_from_the_store_holds_no_tracked_entry() -> None:
     partition = PartitionState(MemoryStore("customers").open_partition(0))
     entries = [(i * 60.0, 1.0 + i, "k1", f"tx{i}", i) for i in range(20)]
     partition.apply({entry_key("c1", e[3]): entry_value(e) for e in entries}, 21, {}, [])
@@ -65,8 +68,7 @@ def test_the_terminals_cached_and_waiting_for_the_flush_are_not_tracked() -> Non
         aggregates.add(f"k{i % 10}", i * 600.0, f"tx{i}")
     held = [*aggregates.cache.values(), *aggregates.dirty.values()]
     assert len(held) == 20 and all(len(state) == 30 for state in held)
-    gc.collect()
-    gc.collect()
+    collect_twice()
     assert not any(gc.is_tracked(state) for state in held)
     aggregates.flush({})
     aggregates.cache.clear()

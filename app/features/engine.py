@@ -1,4 +1,4 @@
-"""Event-time features per customer and per terminal: pure functions over small, sorted, JSON-able states.
+"""Event-time features per customer and per terminal: pure functions over small states sorted by event time.
 
 State is sorted by event time (a customer's by column, :class:`CustomerWindow`), holding only what the longest
 window needs (plus the allowed lateness), so it travels as one small changelog record per entry. Windows follow

@@ -30,7 +30,7 @@ META_KEY = b"\x00meta"  # the feed's positions, stream time and terminal count, 
 ADDED_HERE_MAX = 200_000  # scored transactions waiting for the feed to read them back (seconds of traffic)
 
 # A terminal's entries as held in memory: a tuple of the engine's entry tuples, which the garbage collector stops
-# tracking (see app.features.engine.CustomerState); add() builds the new tuple from a list.
+# tracking (see the note above app.features.engine.TerminalState); add() builds the new tuple from a list.
 Terminal = tuple[tuple[Any, ...], ...]
 
 
