@@ -182,11 +182,11 @@ class CustomerWindow:
         >>> len(CustomerWindow.from_bytes(EMPTY_WINDOW.to_bytes())), CustomerWindow.newest_time_s_of(bytes(4))
         (0, -inf)
         """
-        columns = (self.times, self.amounts, self.seqs)
+        times, amounts, seqs = self.times, self.amounts, self.seqs
         if _BIG_ENDIAN:
-            columns = tuple(_swapped(column) for column in columns)  # type: ignore[assignment]
-        strings = dumps([*self.terminals, *self.ids])
-        return b"".join((_PACKED_COUNT.pack(len(self.ids)), *(column.tobytes() for column in columns), strings))
+            times, amounts, seqs = _swapped(times), _swapped(amounts), _swapped(seqs)
+        count = _PACKED_COUNT.pack(len(self.ids))
+        return b"".join((count, times.tobytes(), amounts.tobytes(), seqs.tobytes(), dumps(self.terminals + self.ids)))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CustomerWindow:
