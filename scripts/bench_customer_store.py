@@ -6,6 +6,7 @@ miss is a prefix iteration and :func:`app.state.customers.restored_state`) and t
 
     python scripts/bench_customer_store.py                     # 10,000 customers of 60 entries, 200 batches
     python scripts/bench_customer_store.py --customers 2000 --batches 50 --out results/customer_store.json
+    python scripts/bench_customer_store.py --no-miss --replay-customers 5000 --replay-slices 10000 50000
 
 Both stores are loaded with the same customers (ids, times, amounts and terminals shaped like the simulator's),
 then take the same steady-state batches: each transaction adds an entry to a random customer and prunes its
@@ -15,6 +16,10 @@ RocksDB's flushes and compactions (its background threads are the process's), so
 layout are counted. Misses read random customers after a warm-up pass (the blocks in the block cache), the two
 layouts alternating in rounds, timed in this thread's CPU time, the median round kept (the machine is shared:
 compare within a run). No Kafka. The miss's parts are timed apart too: the read alone and the parse alone.
+
+Then a rebuild from a changelog of ``--replay-customers`` customers (by default 5,000, one partition at 10x the
+simulator, two transactions a day over 40 days: about 480,000 records with the prunings and positions): a put per
+record in the per-entry layout, each touched customer read and written once per slice in the packed one.
 """
 
 from __future__ import annotations
@@ -34,7 +39,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.features.engine import CustomerWindow  # noqa: E402
-from app.state.customers import customer_key, entry_key, entry_value, restored_state  # noqa: E402
+from app.state.customers import (  # noqa: E402
+    POSITION_KEY,
+    ChangelogReplay,
+    customer_key,
+    entry_key,
+    entry_value,
+    position_value,
+    restored_state,
+)
 from app.state.rocksdb_store import RocksDBConfig, RocksDBPartition, RocksDBStore  # noqa: E402
 
 DAY_S = 86400.0
@@ -241,6 +254,79 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     }
 
 
+def changelog_of(rng: random.Random, customers: int, days: int, per_day: float) -> list[tuple[bytes, bytes | None]]:
+    """A partition's changelog as the decision path writes it: per transaction (in event-time order) its entry,
+    the deletions of the entries it pruned (older than 31 days), and a position record per 500 transactions."""
+    txs = sorted((rng.random() * days * DAY_S, c) for c in range(customers) for _ in range(int(per_day * days)))
+    held: dict[int, list[tuple[float, bytes]]] = {c: [] for c in range(customers)}
+    records: list[tuple[bytes, bytes | None]] = []
+    for i, (t, c) in enumerate(txs):
+        name = f"c-{c:05d}"
+        window = held[c]
+        while window and window[0][0] <= t - 31 * DAY_S:
+            records.append((window.pop(0)[1], None))
+        key = entry_key(name, f"tx-{i:010d}")
+        window.append((t, key))
+        records.append((key, entry_value((t, round(rng.uniform(1, 300), 2), f"t-{c % 997:05d}", "", i))))
+        if i % 500 == 499:
+            records.append((POSITION_KEY, position_value(t, i + 1, customers)))
+    return records
+
+
+def replay(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    """A rebuild of one partition from its changelog: main's per-entry replay (a put or delete per record, a commit
+    per 10,000) beside :class:`ChangelogReplay` (slices of ``--replay-slices`` records), the process's CPU time to
+    the last commit with RocksDB's flushes and compactions settled."""
+    records = changelog_of(random.Random(args.seed), args.replay_customers, args.replay_days, args.replay_per_day)
+    result: dict[str, Any] = {"customers": args.replay_customers, "records": len(records)}
+
+    def timed(name: str, fill: Callable[[RocksDBPartition], None]) -> RocksDBPartition:
+        store = RocksDBStore(name, directory, RocksDBConfig())
+        part = store.open_partition(0)
+        assert isinstance(part, RocksDBPartition)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        fill(part)
+        settle(part)
+        result[name] = {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0}
+        return part
+
+    def per_entry(part: RocksDBPartition) -> None:
+        transaction = part.begin()
+        for offset, (key, value) in enumerate(records):
+            if value is None:
+                transaction.delete(key)
+            else:
+                transaction.put(key, value)
+            if transaction.pending_count >= 10_000:
+                transaction.commit(offset + 1)
+                transaction = part.begin()
+        transaction.commit(len(records))
+
+    def packed(slice_records: int) -> Callable[[RocksDBPartition], None]:
+        def fill(part: RocksDBPartition) -> None:
+            slices = ChangelogReplay(part)
+            for offset, (key, value) in enumerate(records):
+                slices.add(key, value)
+                if slices.records >= slice_records:
+                    slices.commit(offset + 1)
+            slices.commit(len(records))
+
+        return fill
+
+    by_entry = timed("per_entry", per_entry)
+    for slice_records in args.replay_slices:
+        part = timed(f"packed_{slice_records}", packed(slice_records))
+        for c in random.Random(1).sample(range(args.replay_customers), 20):
+            name = f"c-{c:05d}"
+            prefix = f"{name}\x1f".encode()
+            want = restored_state({k[len(prefix) :].decode(): v for k, v in by_entry.iter_prefix(prefix)})
+            assert CustomerWindow.from_bytes(part.get(customer_key(name)) or b"") == want, name
+        result[f"cpu_ratio_packed_{slice_records}_over_per_entry"] = (
+            result[f"packed_{slice_records}"]["cpu_s"] / result["per_entry"]["cpu_s"]
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=10_000)
@@ -250,11 +336,18 @@ def main() -> None:
     parser.add_argument("--misses", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--replay-customers", type=int, default=5000, help="0: no replay")
+    parser.add_argument("--replay-days", type=int, default=40)
+    parser.add_argument("--replay-per-day", type=float, default=2.0)
+    parser.add_argument("--replay-slices", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--no-miss", action="store_true", help="the replay only")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="bench-customer-store-"))
     try:
-        result = run(args, directory)
+        result = {} if args.no_miss else run(args, directory)
+        if args.replay_customers:
+            result["replay"] = replay(args, directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     text = json.dumps(result, indent=2)

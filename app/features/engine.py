@@ -189,8 +189,9 @@ class CustomerWindow:
         return b"".join((count, times.tobytes(), amounts.tobytes(), seqs.tobytes(), dumps(self.terminals + self.ids)))
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> CustomerWindow:
-        """The window of a packed value: three copies of raw numbers and one JSON parse, terminal ids interned."""
+    def from_bytes(cls, raw: bytes, intern: bool = True) -> CustomerWindow:
+        """The window of a packed value: three copies of raw numbers and one JSON parse, terminal ids interned
+        (``intern=False``: a window read only to be changed and packed again, as a restore does)."""
         (n,) = _PACKED_COUNT.unpack_from(raw)
         view = memoryview(raw)
         start, size = _PACKED_COUNT.size, 8 * n
@@ -204,7 +205,8 @@ class CustomerWindow:
         if _BIG_ENDIAN:
             for column in (times, amounts, seqs):
                 column.byteswap()
-        return cls(times, amounts, tuple(map(sys.intern, strings[:n])), tuple(strings[n:]), seqs)
+        terminals = tuple(map(sys.intern, strings[:n]) if intern else strings[:n])
+        return cls(times, amounts, terminals, tuple(strings[n:]), seqs)
 
     @staticmethod
     def newest_time_s_of(raw: bytes) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -196,23 +197,44 @@ class ChangelogReplay:
 
 def changed_window(raw: bytes | None, changes: Mapping[str, bytes | None]) -> CustomerState:
     """A packed window (``None``: no customer yet) with changelog records applied: ``tx_id`` -> entry value, or
-    ``None`` for a deleted entry.
+    ``None`` for a deleted entry; the entries sorted like :func:`restored_state`.
+
+    A restore's usual case (the oldest entries deleted, newer ones added after the rest) works on the columns;
+    anything else sorts the entries. The terminal ids are not interned: a window to pack again, not to keep.
 
     >>> e = [(1.0, 3.0, "k1", "t0", 2), (5.0, 2.0, "k2", "t1", 0), (5.0, 1.0, "k1", "t2", 1)]
     >>> w = changed_window(None, {"t2": entry_value(e[2]), "t0": entry_value(e[0])})
     >>> list(w) == [e[0], e[2]], changed_window(w.to_bytes(), {"t1": entry_value(e[1]), "t0": None})
     (True, CustomerWindow([(5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1)]))
     """
-    held = CustomerWindow.from_bytes(raw) if raw is not None else EMPTY_WINDOW
-    kept = [e for e in held if e[3] not in changes]
+    held = CustomerWindow.from_bytes(raw, intern=False) if raw is not None else EMPTY_WINDOW
+    gone = [i for i, tx_id in enumerate(held.ids) if tx_id in changes]  # deleted, or written again
     added = [(tx_id, value) for tx_id, value in changes.items() if value is not None]
-    if added:
-        values = loads(b"[" + b",".join(value for _, value in added) + b"]")  # one parse for the slice's entries
-        kept.extend((v[0], v[1], v[2], tx_id, v[3]) for (tx_id, _), v in zip(added, values, strict=True))
-        kept.sort(key=lambda e: (e[0], e[4]))
-    elif len(kept) == len(held):
+    if not added and not gone:
         return held  # deletions of entries it does not hold
-    return CustomerWindow.of(kept)
+    if added:
+        values = loads(b"[" + b",".join(value for _, value in added) + b"]")  # one parse for the customer's adds
+        new = sorted(((v[0], v[1], v[2], tx_id, v[3]) for (tx_id, _), v in zip(added, values, strict=True)),
+                     key=_order)  # fmt: skip
+    else:
+        new = []
+    if gone == list(range(len(gone))):  # the oldest entries went
+        kept = held.since(len(gone)) if gone else held
+        if not new:
+            return kept
+        if not kept or _order(new[0]) >= (kept.times[-1], kept.seqs[-1]):  # the new ones come after the rest
+            times, amounts, terminals, ids, seqs = zip(*new, strict=True)
+            return CustomerWindow(kept.times + array("d", times), kept.amounts + array("d", amounts),
+                                  kept.terminals + terminals, kept.ids + ids, kept.seqs + array("q", seqs))  # fmt: skip
+    gone_set = set(gone)
+    entries = [e for i, e in enumerate(held) if i not in gone_set]
+    entries.extend(new)
+    entries.sort(key=_order)
+    return CustomerWindow.of(entries)
+
+
+def _order(entry: tuple[Any, ...]) -> tuple[Any, Any]:
+    return entry[0], entry[4]
 
 
 def entry_key(customer_id: str, tx_id: str) -> bytes:
