@@ -276,18 +276,29 @@ def changelog_of(rng: random.Random, customers: int, days: int, per_day: float) 
 def replay(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     """A rebuild of one partition from its changelog: main's per-entry replay (a put or delete per record, a commit
     per 10,000) beside :class:`ChangelogReplay` (slices of ``--replay-slices`` records), the process's CPU time to
-    the last commit with RocksDB's flushes and compactions settled."""
+    the last commit with RocksDB's flushes and compactions settled, and the RSS growth seen before each commit (the
+variants run one after the other in this process: run one per process for its RSS)."""
+    import psutil
+
     records = changelog_of(random.Random(args.seed), args.replay_customers, args.replay_days, args.replay_per_day)
     result: dict[str, Any] = {"customers": args.replay_customers, "records": len(records)}
+
+    process = psutil.Process()
+    rss = [0]
+
+    def sample_rss() -> None:
+        rss[0] = max(rss[0], process.memory_info().rss)
 
     def timed(name: str, fill: Callable[[RocksDBPartition], None]) -> RocksDBPartition:
         store = RocksDBStore(name, directory, RocksDBConfig())
         part = store.open_partition(0)
         assert isinstance(part, RocksDBPartition)
+        rss[0] = rss_start = process.memory_info().rss
         cpu0, wall0 = time.process_time(), time.perf_counter()
         fill(part)
         settle(part)
-        result[name] = {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0}
+        result[name] = {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
+                        "rss_growth_mb": (rss[0] - rss_start) / 2**20}  # fmt: skip
         return part
 
     def per_entry(part: RocksDBPartition) -> None:
@@ -298,6 +309,7 @@ def replay(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             else:
                 transaction.put(key, value)
             if transaction.pending_count >= 10_000:
+                sample_rss()
                 transaction.commit(offset + 1)
                 transaction = part.begin()
         transaction.commit(len(records))
@@ -308,6 +320,7 @@ def replay(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             for offset, (key, value) in enumerate(records):
                 slices.add(key, value)
                 if slices.records >= slice_records:
+                    sample_rss()
                     slices.commit(offset + 1)
             slices.commit(len(records))
 

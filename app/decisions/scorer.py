@@ -53,7 +53,11 @@ from app.state.terminals import TerminalAggregates
 log = logging.getLogger(__name__)
 
 HIGH_SCORES_KEPT = 50  # the latest predictions at or over the threshold, for the operator page
-REPLAY_COMMIT_RECORDS = 10_000  # a restore commits the store every this many changelog records
+# A restore commits the store every this many changelog records. Each slice rewrites every customer it touched
+# (one packed value each), so slices must hold many records per customer: at 5,000 customers a partition (10x the
+# simulator), 10,000-record slices cost a rebuild 5 times the CPU of a put per record, 100,000 about 1.4 times
+# (scripts/bench_customer_store.py), for ~25 MB of records held per partition while it restores.
+REPLAY_COMMIT_RECORDS = 100_000
 # The changelog keeps a tombstone this long after compaction cleaned it (Kafka's default delete.retention.ms, the
 # changelog does not set it), less an hour for clock skew: a store idle longer is rebuilt, it may miss deletions.
 CHANGELOG_TOMBSTONES_KEPT_S = 86400.0 - 3600.0
