@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from datetime import datetime
@@ -33,7 +34,7 @@ from app.kafka.topics import trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.learning.training import FeatureSetMismatch, Training, training_for
+from app.learning.training import FeatureSetMismatch, Training, labels_watermark, training_for
 from app.records import InvalidMessage, dead_letter, parse_label
 from app.serialization import dumps, isoformat_utc, loads
 from app.settings import Settings
@@ -159,6 +160,7 @@ class Trainer:
                 partitions = await producer.partitions_for(topic)  # waits for the topic's metadata
                 inputs += [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(inputs)
+            label_inputs = [(tp, f"{tp.topic}/{tp.partition}") for tp in inputs if tp.topic == s.labels_topic]
             for tp in inputs:
                 offset = training.positions.get(f"{tp.topic}/{tp.partition}")
                 if offset is None:
@@ -177,11 +179,17 @@ class Trainer:
                     for i in range(0, len(records), LEARN_SLICE):
                         self._handle(training, tp, records[i : i + LEARN_SLICE], dead)
                         await asyncio.sleep(0)  # the decisions run between slices of learning
-                while training.advance(limit=LEARN_SLICE) == LEARN_SLICE:
-                    await asyncio.sleep(0)
-                self._adopt_warm_start(training)
                 for tp in inputs:  # past commit markers and aborted records too: everything before it was handled
                     training.positions[f"{tp.topic}/{tp.partition}"] = await consumer.position(tp)
+                through = labels_watermark(
+                    (training.positions[key], _stable_end(consumer, tp), training.label_times_s.get(key, -math.inf))
+                    for tp, key in label_inputs
+                )
+                metrics.LABELS_WATERMARK_LAG.set(max(0.0, training.stream_time_s - through)
+                                                 if math.isfinite(training.stream_time_s) else 0.0)  # fmt: skip
+                while training.advance(limit=LEARN_SLICE, labels_through_s=through) == LEARN_SLICE:
+                    await asyncio.sleep(0)
+                self._adopt_warm_start(training)
                 now = time.monotonic()
                 due = now - published_at >= s.model_publish_interval_s and (
                     training.learned_since_publish
@@ -237,6 +245,7 @@ class Trainer:
                 except Exception as exc:  # predictions are ours; one that does not parse is a bug, not input
                     log.error("prediction at %s@%d not usable for learning: %r", tp, record.offset, exc)
         else:
+            source = f"{tp.topic}/{tp.partition}"
             for record in records:
                 try:
                     label = parse_label(record.value, s.max_message_bytes)
@@ -244,7 +253,7 @@ class Trainer:
                     dead.append((record.key, dead_letter(record, exc)))
                     training.counts[f"dead_letter:{exc.code}"] += 1
                     continue
-                training.on_label(label.tx_id, label.is_fraud, label.timestamp.timestamp())
+                training.on_label(label.tx_id, label.is_fraud, label.timestamp.timestamp(), source)
 
     async def _restore(self, consumer: AIOKafkaConsumer) -> Training:
         """The last published state; a fresh one (from the newest warm start of ``MODEL_NAME``, if any) without it, or
@@ -392,3 +401,12 @@ class Trainer:
                     metrics.LABELS.labels(outcome).inc(delta)
         self._counted = Counter(training.counts)
         metrics.PENDING_LEARNING.set(training.pending())
+
+
+def _stable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The offset a partition is read to when nothing committed is left in it, as the last fetch saw it (the last
+    stable offset of a read_committed reader, else the high watermark); None before any fetch answered for it."""
+    end = consumer.last_stable_offset(tp)
+    if end is None or end < 0:
+        end = consumer.highwater(tp)
+    return end
