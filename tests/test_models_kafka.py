@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,10 @@ def test_a_fraud_label_on_kafka_before_the_horizon_is_learned_as_fraud_when_the_
     assert _metric(worker, 'fraud_labels_total{outcome="learned"}') == 1
     assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 9
     assert _metric(worker, 'fraud_labels_total{outcome="late_fraud"}') == 0
+    audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{worker.env['APP_ID']}-learning-audit",
+                                                     lambda rs: len(rs) > 10, timeout_s=5)]  # fmt: skip
+    assert sorted((a["tx_id"], a["learned_as"], a["how"]) for a in audit) == sorted(
+        [("h-3", "fraud", "explicit")] + [(f"h-{i}", "legitimate", "implicit") for i in range(10) if i != 3])
 
 
 def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_trainers_owner(
@@ -284,6 +289,14 @@ def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_traine
     assert _labels_seen(survivor) == n
     owner.wait_ready()
     assert _labels_seen(owner) == n
+    # Label by label, not a count where a loss and a double cancel out: the audit written with the versions.
+    audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{first.env['APP_ID']}-learning-audit",
+                                                     lambda rs: len(rs) > n, timeout_s=8)]  # fmt: skip
+    learned = Counter(a["tx_id"] for a in audit)
+    assert set(learned) == {f"k-{i}" for i in range(n)} and set(learned.values()) == {1}
+    frauds = {f"k-{i}" for i in range(n) if (i % 100) % 7 == 0}
+    assert {a["tx_id"] for a in audit if a["learned_as"] == "fraud"} == frauds
+    assert {a["how"] for a in audit} == {"explicit"}
 
 
 def test_a_warm_start_is_registered_served_and_continued_by_the_trainer(

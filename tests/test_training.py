@@ -95,6 +95,21 @@ def test_the_labels_watermark_is_its_slowest_partition_and_unknown_before_a_fetc
     assert t.advance() == 1  # no labels input to wait for (a replay in time order)
 
 
+def test_the_audit_records_each_pair_learned_with_its_class_and_how_and_is_never_published_state() -> None:
+    t = _training(horizon_s=100.0, grace_s=50.0)
+    assert t.audit is None  # offline (warm start, evaluation): nothing kept
+    t.audit = []
+    t.on_prediction("a", _x(10), 0.0, 0.1)
+    t.on_label("a", True, 5.0)
+    t.on_prediction("b", _x(10), 1.0, 0.1)
+    t.on_prediction("later", _x(10), 150.0, 0.1)
+    t.advance()
+    t.on_label("b", True, 151.0)  # a chargeback after the horizon
+    assert t.audit == [("a", True, "explicit"), ("b", False, "implicit"), ("b", True, "late")]
+    restored = Training.from_parts(list(t.state_parts()))
+    assert restored.audit is None and restored.labels_seen == 3
+
+
 def test_the_training_state_pickles_whole_and_resumes_identically() -> None:
     t = _training()
     for i in range(50):

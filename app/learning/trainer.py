@@ -30,11 +30,11 @@ from app import metrics
 from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
 from app.kafka.reading import read_latest
 from app.kafka.supervision import Supervisor
-from app.kafka.topics import trainer_lease_topic, trainer_state_topic
+from app.kafka.topics import learning_audit_topic, trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.learning.training import FeatureSetMismatch, Training, labels_watermark, training_for
+from app.learning.training import LEARNED_OUTCOMES, FeatureSetMismatch, Training, labels_watermark, training_for
 from app.records import InvalidMessage, dead_letter, parse_label
 from app.serialization import dumps, isoformat_utc, loads
 from app.settings import Settings
@@ -152,6 +152,7 @@ class Trainer:
         await consumer.start()
         try:
             training = await self._restore(consumer)
+            training.audit = []  # every pair learned from here on goes to the audit topic with its version
             self.training = training
             metrics.TRAINER_ACTIVE.set(1)
             self.training_supervisor.mark_connected()
@@ -329,6 +330,7 @@ class Trainer:
             "feature_set": training.feature_set,
             "role": role,
             "labels_seen": model.labels_learned,
+            "learned": {outcome: training.counts[outcome] for outcome in LEARNED_OUTCOMES},  # by outcome, cumulative
             "sequence": training.sequence,
             "metrics": training.quality[role].summary(),
         }
@@ -337,6 +339,7 @@ class Trainer:
     async def _publish(self, producer: AIOKafkaProducer, training: Training, dead: list[Any]) -> None:
         s = self.settings
         now = isoformat_utc(time.time())
+        audit, training.audit = training.audit or [], []
         messages: list[tuple[str, bytes, bytes]] = []
         roles: list[tuple[str, FraudModel]] = [("champion", training.champion)]
         if training.challenger is not None:
@@ -354,6 +357,11 @@ class Trainer:
                                                 "timestamp": now}  # fmt: skip
                 messages.append((s.models_topic, version.encode(), raw))
                 messages.append((s.model_events_topic, version.encode(), dumps(published)))
+        audit_topic = learning_audit_topic(s)
+        line = training.champion_version  # the champion line's version these pairs went into (before any swap)
+        for tx_id, y, how in audit:
+            record = {"tx_id": tx_id, "learned_as": "fraud" if y else "legitimate", "how": how, "version": line}
+            messages.append((audit_topic, tx_id.encode(), dumps(record)))
         if training.challenger_version and training.challenger_wins(s.auto_promote_margin, s.auto_promote_min_labels):
             if s.auto_promote_margin >= 0:
                 champion_ap = training.quality["champion"].summary()["ap"]

@@ -66,6 +66,13 @@ class RollingQuality:
         }
 
 
+# How a pair was learned, by outcome: its label came (explicit), its horizon passed without one (implicit), or a
+# fraud label came after it had been learned as legitimate at the horizon (late).
+AUDIT_HOW = {"learned": "explicit", "implicit_negative": "implicit", "late_fraud": "late"}
+# The outcome counts a version's header carries (cumulative over the line's history, as labels_seen is).
+LEARNED_OUTCOMES = tuple(AUDIT_HOW)
+
+
 @dataclass
 class Training:
     """Waiting halves, both models, their rolling quality and the input positions covered."""
@@ -97,6 +104,10 @@ class Training:
     # The feature set the waiting halves are packed in and the models learned (app.features.spec): a state of
     # another one is refused on restore, and predictions of another one are counted, not learned.
     feature_set: str = FEATURE_SET_VERSION
+    # (tx_id, class learned, how) of every pair learned since the trainer last published, for its audit topic; None
+    # (the default, and offline): not kept. Never part of the published state: a new owner re-learns, and re-records,
+    # what came after it.
+    audit: list[tuple[str, bool, str]] | None = None
 
     def __post_init__(self) -> None:
         self.quality = {"champion": RollingQuality(self.quality_window, self.threshold),
@@ -124,7 +135,7 @@ class Training:
         other = self.waiting.get(tx_id)
         if other is not None and other[0] == "y":
             del self.waiting[tx_id]
-            self._learn(x, bool(other[1]), probability, shadow, "learned")
+            self._learn(tx_id, x, bool(other[1]), probability, shadow, "learned")
             return
         if other is not None:
             self.counts["duplicate_prediction"] += 1
@@ -144,10 +155,10 @@ class Training:
             return
         if other[0] == "x":
             del self.waiting[tx_id]
-            self._learn(other[1], is_fraud, other[3], other[4], "learned")
+            self._learn(tx_id, other[1], is_fraud, other[3], other[4], "learned")
         elif is_fraud:  # "n": learned as legitimate at the horizon, a chargeback came after all
             del self.waiting[tx_id]
-            self._learn(other[1], True, other[3], other[4], "late_fraud")
+            self._learn(tx_id, other[1], True, other[3], other[4], "late_fraud")
         else:
             del self.waiting[tx_id]
             self.counts["confirmed_negative"] += 1  # already learned as legitimate at the horizon
@@ -168,7 +179,7 @@ class Training:
             half = waiting.get(tx_id)
             if half is not None and half[0] == "x":
                 waiting[tx_id] = ("n", *half[1:])
-                self._learn(half[1], False, half[3], half[4], "implicit_negative")
+                self._learn(tx_id, half[1], False, half[3], half[4], "implicit_negative")
                 negatives.append((t, tx_id))
                 learned += 1
         while negatives and negatives[0][0] < forget:
@@ -189,7 +200,9 @@ class Training:
 
     # ---- learning ----------------------------------------------------------------------------------------------
 
-    def _learn(self, x: bytes, y: bool, served: float, shadow: float, outcome: str) -> None:
+    def _learn(self, tx_id: str, x: bytes, y: bool, served: float, shadow: float, outcome: str) -> None:
+        if self.audit is not None:
+            self.audit.append((tx_id, y, AUDIT_HOW[outcome]))
         features = unpack(x)
         self.champion.learn_one(features, y)
         self.quality["champion"].add(served, y)
@@ -229,6 +242,7 @@ class Training:
         state = dict(self.__dict__)
         for name in ("waiting", "by_time", "negatives"):
             state[name] = type(state[name])()
+        state["audit"] = None
         return state
 
     def state_parts(self, slice_size: int = 200) -> Iterator[bytes]:
@@ -246,6 +260,7 @@ class Training:
         training: Training = pickle.loads(parts[0])  # noqa: S301 - the caller verified the signature
         found = training.__dict__.get("feature_set", UNVERSIONED_FEATURE_SET)  # absent from older states
         training.__dict__.setdefault("label_times_s", {})  # absent from states before the labels' clock
+        training.audit = None
         if found != feature_set:
             raise FeatureSetMismatch("the trainer state", found, feature_set)
         training.feature_set = found
