@@ -187,6 +187,7 @@ def test_the_shadow_challenger_never_changes_a_prediction(worker_factory: Worker
     txs = [transaction(i, tx_id=f"s-{i}", amount=900.0 if f"s-{i}" in frauds else 20.0) for i in range(150)]
     _publish(kafka_bootstrap, worker, txs[:100], frauds=frauds)
     _wait(lambda: _labels_seen(worker) == 100, 60, "100 labels learned")
+    _wait(lambda: not str(_models(worker)["serving"]).endswith("@prior"), 30, "a learned version serves")
     _publish(kafka_bootstrap, worker, txs[100:], frauds=frauds)
     _wait(lambda: _labels_seen(worker) == 150, 60, "150 labels learned")
     predictions = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(150))
@@ -195,6 +196,7 @@ def test_the_shadow_challenger_never_changes_a_prediction(worker_factory: Worker
     models = {version: load_model_snapshot(raw, DEVELOPMENT_SIGNING_KEY) for version, raw in snapshots.items()}
     roles = {version: header["role"] for version, (header, _) in models.items()}
     assert "challenger" in roles.values() and "champion" in roles.values()
+    checked = 0
     for record in predictions:
         p = loads(record.value or b"")
         version = p["model_version"]
@@ -203,6 +205,8 @@ def test_the_shadow_challenger_never_changes_a_prediction(worker_factory: Worker
         assert roles[version] == "champion", p
         # The served probability is exactly the champion version's score of the features as scored.
         assert models[version][1].predict_proba_one(p["features"]) == pytest.approx(p["fraud_probability"], abs=1e-12)
+        checked += 1
+    assert checked >= 50  # the second 50 at least were scored by a learned version, and each was checked
     health = consume(kafka_bootstrap, worker.topics["HEALTH_TOPIC"],
                      lambda rs: any("challenger" in loads(r.value or b"")["models"] for r in rs))  # fmt: skip
     shown = loads(health[-1].value or b"")["models"]
