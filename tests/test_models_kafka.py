@@ -95,10 +95,14 @@ def test_two_workers_score_with_the_same_version_a_rollback_reaches_both_and_a_r
     _wait(lambda: _models(first)["serving"] == _models(second)["serving"] == v2, 30, "both workers serve v2")
 
     # Scored now, by both workers (customers on both partitions): every prediction carries v2.
+    scored = 'fraud_transactions_total{outcome="scored"}'
+    before = [_metric(w, scored) for w in (first, second)]
     probe = [transaction(i, tx_id=f"p-{i}", customer_id=f"c-{i % 13}") for i in range(200, 226)]
     _publish(kafka_bootstrap, first, probe, labels=False)
     predictions = _by_tx_id(consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], at_least(146)))
     assert {predictions[f"p-{i}"]["model_version"] for i in range(200, 226)} == {v2}
+    decided = [_metric(w, scored) - b for w, b in zip((first, second), before, strict=True)]
+    assert min(decided) > 0 and sum(decided) == 26, decided  # each worker decided part of the probe
 
     # Rollback by the command line: both workers follow within seconds, pinned.
     result = _cli(first, "rollback", "--reason", "test")
