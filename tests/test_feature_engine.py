@@ -69,6 +69,7 @@ def engine(
                 assert same is terminal
             else:
                 assert not repeat and len(after) <= len(terminal) + 1
+                assert after.next_seq == max(after.seqs, default=-1) + 1  # kept, not scanned: the seqs' own
                 terminals[event.terminal] = after
         else:
             xt, terminals[event.terminal] = terminal_features(

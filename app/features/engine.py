@@ -268,21 +268,24 @@ class TerminalWindow:
     Every worker holds every terminal, ~40 entries each. By column the features bisect the times directly (no key
     function called per probe), a repeat check is one C-level search of the ids, the fraud lookup one C-level
     pass over the ids of the delayed windows, and the stored value is the raw columns
-    (:func:`app.state.terminals.encode_state`). Immutable: :func:`terminal_with_entry` returns a new window.
-    Reads as a sequence of ``(t, tx_id, seq)`` tuples (iteration, ``len``, indexing, ``==`` with a list or tuple
-    of entries).
+    (:func:`app.state.terminals.encode_state`). ``next_seq`` (above every seq held) is kept beside them, so an
+    addition does not scan the seqs. Immutable: :func:`terminal_with_entry` returns a new window. Reads as a
+    sequence of ``(t, tx_id, seq)`` tuples (iteration, ``len``, indexing, ``==`` with a list or tuple of entries).
 
     >>> w = TerminalWindow.of([(0.0, "a", 0), (60.0, "b", 1)])
-    >>> len(w), w[-1], w == [(0.0, "a", 0), (60.0, "b", 1)], TerminalWindow.of([(5.0, "x")])[0]
-    (2, (60.0, 'b', 1), True, (5.0, 'x', -1))
+    >>> len(w), w[-1], w == [(0.0, "a", 0), (60.0, "b", 1)], w.next_seq, TerminalWindow.of([(5.0, "x")])[0]
+    (2, (60.0, 'b', 1), True, 2, (5.0, 'x', -1))
     """
 
-    __slots__ = ("times", "ids", "seqs")
+    __slots__ = ("times", "ids", "seqs", "next_seq")
 
-    def __init__(self, times: array[float], ids: tuple[str, ...], seqs: array[int]) -> None:
+    def __init__(
+        self, times: array[float], ids: tuple[str, ...], seqs: array[int], next_seq: int | None = None
+    ) -> None:
         self.times = times
         self.ids = ids
         self.seqs = seqs
+        self.next_seq: int = (max(seqs) + 1 if seqs else 0) if next_seq is None else next_seq
 
     @classmethod
     def of(cls, entries: Iterable[Sequence[Any]]) -> TerminalWindow:
@@ -318,20 +321,19 @@ class TerminalWindow:
 
     def since(self, keep: int) -> TerminalWindow:
         """The entries from index ``keep`` on."""
-        return TerminalWindow(self.times[keep:], self.ids[keep:], self.seqs[keep:])
+        return TerminalWindow(self.times[keep:], self.ids[keep:], self.seqs[keep:], None if keep else self.next_seq)
 
     def inserted(self, keep: int, at: int, t: float, tx_id: str) -> TerminalWindow:
         """The entries from ``keep`` on with a new one at ``at`` (numbered after every entry held)."""
-        seqs = self.seqs
-        seq = max(seqs) + 1 if seqs else 0
-        times, seqs = self.times[keep:], seqs[keep:]
+        seq = self.next_seq
+        times, seqs = self.times[keep:], self.seqs[keep:]
         if at == len(self.ids):  # the common case: in event-time order
             times.append(t)
             seqs.append(seq)
-            return TerminalWindow(times, (*self.ids[keep:], tx_id), seqs)
+            return TerminalWindow(times, self.ids[keep:] + (tx_id,), seqs, seq + 1)
         times.insert(at - keep, t)
         seqs.insert(at - keep, seq)
-        return TerminalWindow(times, (*self.ids[keep:at], tx_id, *self.ids[at:]), seqs)
+        return TerminalWindow(times, (*self.ids[keep:at], tx_id, *self.ids[at:]), seqs, seq + 1)
 
     def arrived_before(self, i: int) -> TerminalWindow:
         """The entries that arrived before entry ``i``: a lower seq (without one: without one, and before it)."""
@@ -371,20 +373,24 @@ def terminal_x(
     end = t - delay_days * DAY_S
     stop = bisect.bisect_left(times, end)
     first = bisect.bisect_left(times, end - _TERMINAL_LONGEST_S, 0, stop)
-    # Frauds are rare: one C-level pass tells whether the longest window holds a fraud label at all.
+    # Frauds are rare: one C-level pass finds the fraud labels of the longest window (usually none), then their times.
     known: list[float] = []
     if frauds_known_s and first < stop:
         ids = window.ids[first:stop]
-        if not frauds_known_s.keys().isdisjoint(ids):
-            known = [times[i] for i, tx_id in enumerate(ids, first) if frauds_known_s.get(tx_id, math.inf) <= t]
+        flagged = frauds_known_s.keys() & ids
+        if flagged:
+            known = [times[first + ids.index(tx_id)] for tx_id in flagged if frauds_known_s[tx_id] <= t]
     x: dict[str, float] = {}
     for window_s, nb_tx, risk in _TERMINAL_WINDOWS:
         lo = end - window_s
-        count = stop - bisect.bisect_left(times, lo, first, stop)
+        count = stop - (first if window_s == _TERMINAL_LONGEST_S else bisect.bisect_left(times, lo, first, stop))
         x[nb_tx] = float(count)
-        x[risk] = sum(lo <= e_t for e_t in known) / count if count else 0.0
-    recent = bisect.bisect_right(times, t) - bisect.bisect_right(times, t - _BURST_S)
-    x[_BURST.name] = float(recent + 1)
+        x[risk] = sum(lo <= e_t for e_t in known) / count if known and count else 0.0
+    # (t - 1 hour, t]: in event-time order nothing held is after t; nothing before ``stop`` is in it (if it ends
+    # after ``end``).
+    hi = len(times) if not times or times[-1] <= t else bisect.bisect_right(times, t)
+    since = t - _BURST_S
+    x[_BURST.name] = float(hi - bisect.bisect_right(times, since, stop if since >= end else 0, hi) + 1)
     return x
 
 

@@ -37,10 +37,10 @@ ADDED_HERE_MAX = 200_000  # scored transactions waiting for the feed to read the
 # garbage collector walks in a few steps, never entry by entry (see the note above app.features.engine.TerminalState).
 Terminal = TerminalWindow
 
-# The stored value: a header (format byte 1, the entry count n, little-endian uint32), the n times as little-endian
-# doubles, the n seqs as little-endian int64, then the n tx ids as a JSON list (ids may be any string). Values of the
-# earlier format, a JSON list of [t, tx_id, seq] entries, begin with b"[" and are still read.
-_HEAD = struct.Struct("<BI")
+# The stored value: a header (format byte 1, the entry count n as a uint32, the window's next_seq as an int64), the n
+# times as doubles, the n seqs as int64, all little-endian, then the n tx ids as a JSON list (ids may be any string).
+# Values of the earlier format, a JSON list of [t, tx_id, seq] entries, begin with b"[" and are still read.
+_HEAD = struct.Struct("<BIq")
 _TIME = struct.Struct("<d")
 _BINARY = 1
 _SWAP = sys.byteorder != "little"  # the columns are stored little-endian whatever the machine
@@ -49,8 +49,9 @@ _SWAP = sys.byteorder != "little"  # the columns are stored little-endian whatev
 def encode_state(state: TerminalWindow | Sequence[Sequence[Any]]) -> bytes:
     """A terminal's stored value: its columns raw, the ids as JSON (see above); one short copy per column.
 
-    >>> encode_state([(1.5, "t1", 0)]).hex(" ")
-    '01 01 00 00 00 00 00 00 00 00 00 f8 3f 00 00 00 00 00 00 00 00 5b 22 74 31 22 5d'
+    >>> raw = encode_state([(1.5, "t1", 0)])  # format 1, 1 entry, next seq 1; the time, the seq; the ids
+    >>> raw[:13].hex(" "), raw[13:21].hex(" "), raw[21:29].hex(" "), raw[29:]
+    ('01 01 00 00 00 01 00 00 00 00 00 00 00', '00 00 00 00 00 00 f8 3f', '00 00 00 00 00 00 00 00', b'["t1"]')
     """
     window = TerminalWindow.of(state)
     times, seqs = window.times, window.seqs
@@ -58,7 +59,8 @@ def encode_state(state: TerminalWindow | Sequence[Sequence[Any]]) -> bytes:
         times, seqs = array("d", times), array("q", seqs)
         times.byteswap()
         seqs.byteswap()
-    return b"".join((_HEAD.pack(_BINARY, len(window.ids)), times.tobytes(), seqs.tobytes(), dumps(window.ids)))
+    head = _HEAD.pack(_BINARY, len(window.ids), window.next_seq)
+    return b"".join((head, times.tobytes(), seqs.tobytes(), dumps(window.ids)))
 
 
 def decode_state(raw: bytes) -> Terminal:
@@ -77,7 +79,7 @@ def decode_state(raw: bytes) -> Terminal:
     """
     if raw[:1] == b"[":
         return TerminalWindow.of(loads(raw))
-    version, n = _HEAD.unpack_from(raw)
+    version, n, next_seq = _HEAD.unpack_from(raw)
     if version != _BINARY:
         raise ValueError(f"terminal value of format {version}, this worker reads {_BINARY}")
     view = memoryview(raw)
@@ -94,7 +96,7 @@ def decode_state(raw: bytes) -> Terminal:
     ids = tuple(loads(raw[ids_at:]))
     if len(ids) != n:
         raise ValueError(f"terminal value of {n} entries holds {len(ids)} ids")
-    return TerminalWindow(times, ids, seqs)
+    return TerminalWindow(times, ids, seqs, next_seq)
 
 
 def newest_stored_s(raw: bytes) -> float:
@@ -105,7 +107,7 @@ def newest_stored_s(raw: bytes) -> float:
     """
     if raw[:1] == b"[":
         return float(loads(raw)[-1][0])
-    _, n = _HEAD.unpack_from(raw)
+    _, n, _ = _HEAD.unpack_from(raw)
     return _TIME.unpack_from(raw, _HEAD.size + 8 * (n - 1))[0] if n else float("-inf")
 
 
