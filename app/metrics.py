@@ -36,6 +36,10 @@ PREDICTED_FRAUD = Counter("fraud_predicted_fraud", "Predictions at or over the d
 LABELS = Counter("fraud_labels", "Labels by what happened to them.", ["outcome"])
 LABELS_RECEIVED = LABELS.labels("received")
 LABELS_JOINED = LABELS.labels("learned")
+# Every outcome shows from the start, at 0 (a series that appears only at its first label breaks rate() and alerts)
+for _outcome in ("implicit_negative", "late_fraud", "confirmed_negative", "expired", "duplicate_prediction",
+                 "other_feature_set", "dead_letter"):  # fmt: skip
+    LABELS.labels(_outcome)
 MODEL_INFO = Gauge("fraud_model_info", "The model that scores, by version (value is always 1).", ["version"])
 MODEL_SNAPSHOTS_REFUSED = Counter(
     "fraud_model_snapshots_refused", "Model snapshots refused before deserialisation, by reason.", ["reason"]
@@ -44,6 +48,10 @@ MODEL_QUALITY = Gauge(
     "fraud_model_rolling_quality",
     "Rolling quality on labelled transactions of the newest champion and challenger versions (from their snapshots).",
     ["role", "metric"],
+)
+LABELS_WATERMARK_LAG = Gauge(
+    "fraud_trainer_labels_watermark_lag_seconds",
+    "How far the labels read lag behind the predictions read, in event time: implicit negatives wait for them.",
 )
 TRAINER_ACTIVE = Gauge("fraud_trainer_active", "1 while this worker holds the trainer lease and trains.")
 LABELS_LEARNED = Gauge("fraud_model_labels_learned", "Labels the current model has learned from.")

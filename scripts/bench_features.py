@@ -8,7 +8,7 @@ whether the state stops growing over a whole run.
 
 ``MODEL_NAME`` picks the model scored with (``app/learning/model.py``; the default otherwise). No Kafka. The run is
 replayed in event time through the worker's two feature halves (the terminal half as the runtime calls it:
-``terminal_x`` then ``add_terminal_entry`` in place) and scoring (``score_transaction``: the model's ``score_one``
+``terminal_x`` then ``terminal_with_entry``) and scoring (``score_transaction``: the model's ``score_one``
 and the ``Prediction``), with labels arriving 7 days after their transaction (a fraud recorded in
 ``frauds_known_s`` then; every label, outside the timings, teaches the model, so it is scored with learned
 weights) and idle keys swept once a simulated day in stream time with the worker's TTLs, as the worker's timers
@@ -25,15 +25,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.decisions.assess import score_transaction  # noqa: E402
 from app.features.engine import (  # noqa: E402
     DAY_S,
-    add_terminal_entry,
+    EMPTY_TERMINAL,
     newest_event_time_s,
     record_fraud,
+    terminal_with_entry,
     terminal_x,
 )
 from app.features.halves import customer_side_features  # noqa: E402
@@ -44,11 +46,11 @@ from app.serialization import dumps, loads  # noqa: E402
 from app.settings import load  # noqa: E402
 from lab.simulator import SimulatorConfig, simulate, to_wire  # noqa: E402
 
-State = dict[str, list[list[object]]]
+State = dict[str, Any]  # windows by key
 
 
 def state_bytes(states: State) -> list[int]:
-    return [len(dumps({"partition": 0, "entries": entries})) for entries in states.values()]
+    return [len(dumps({"partition": 0, "entries": list(entries)})) for entries in states.values()]
 
 
 def sweep(states: State, watermark_s: float, ttl_s: float) -> int:
@@ -114,9 +116,11 @@ def main() -> int:
         t2 = clock()
         for tx_id, known_s in arrived:  # as the runtime does the moment a fraud label arrives
             record_fraud(frauds_known_s, tx_id, known_s)
-        terminal = terminals.setdefault(tx.terminal_id, [])
+        terminal = terminals.get(tx.terminal_id, EMPTY_TERMINAL)
         x = terminal_x(terminal, t, frauds_known_s, settings.terminal_delay_days)
-        add_terminal_entry(terminal, t, tx.tx_id, settings.terminal_delay_days, settings.lateness_s)
+        terminals[tx.terminal_id] = terminal_with_entry(
+            terminal, t, tx.tx_id, settings.terminal_delay_days, settings.lateness_s
+        )
         t3 = clock()
         x = {**customer_x, **x}
         t4 = clock()

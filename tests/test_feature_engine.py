@@ -11,13 +11,15 @@ from hypothesis import strategies as st
 
 from app.features.engine import (
     DAY_S,
+    EMPTY_TERMINAL,
     HOUR_S,
     CustomerState,
     TerminalState,
-    add_terminal_entry,
+    TerminalWindow,
     customer_features,
     record_fraud,
     terminal_features,
+    terminal_with_entry,
     terminal_x,
 )
 from lab.simulator import SimulatorConfig, simulate
@@ -25,13 +27,13 @@ from tests.reference import Event, LabelArrival, Tx, reference
 
 
 def engine(
-    events: list[Event], lateness_s: float = DAY_S, in_place: bool = False, check_states: bool = False
+    events: list[Event], lateness_s: float = DAY_S, split: bool = False, check_states: bool = False
 ) -> list[tuple[str, dict[str, float]]]:
-    """The features as the runtime computes them. ``in_place``: the terminal half as the runtime calls it,
-    ``terminal_x`` then ``add_terminal_entry`` on the stored state (``terminal_features`` for a repeat, which
-    ``add_terminal_entry`` reports); otherwise ``terminal_features``, which copies. ``check_states``: the input
-    states are never modified (except by ``add_terminal_entry``) and a repeat, only a repeat, returns the very
-    same state object."""
+    """The features as the runtime computes them. ``split``: the terminal half as the runtime calls it,
+    ``terminal_x`` then ``terminal_with_entry`` on the stored state (``terminal_features`` for a repeat, which
+    ``terminal_with_entry`` reports by returning the state itself); otherwise ``terminal_features``.
+    ``check_states``: the input states are never modified and a repeat, only a repeat, returns the very same
+    state object."""
     customers: dict[str, CustomerState] = {}
     terminals: dict[str, TerminalState] = {}
     frauds_known_s: dict[str, float] = {}
@@ -52,18 +54,23 @@ def engine(
         if check_states:
             assert customer == before
             assert (customers[event.customer] is customer) == repeat
-        terminal = terminals.setdefault(event.terminal, [])
+        terminal = terminals.setdefault(event.terminal, EMPTY_TERMINAL)
         before = copy.deepcopy(terminal) if check_states else None
-        if in_place:
+        if split:
             xt = terminal_x(terminal, event.t, frauds_known_s)
             if check_states:
                 assert terminal == before
-            if not add_terminal_entry(terminal, event.t, event.tx_id, lateness_s=lateness_s):
+            after = terminal_with_entry(terminal, event.t, event.tx_id, lateness_s=lateness_s)
+            if check_states:
+                assert terminal == before
+            if after is terminal:
                 assert repeat
                 xt, same = terminal_features(terminal, event.t, event.tx_id, frauds_known_s, lateness_s=lateness_s)
                 assert same is terminal
-            elif check_states:
-                assert not repeat and len(terminal) <= len(before) + 1  # type: ignore[arg-type]
+            else:
+                assert not repeat and len(after) <= len(terminal) + 1
+                assert after.next_seq == max(after.seqs, default=-1) + 1  # kept, not scanned: the seqs' own
+                terminals[event.terminal] = after
         else:
             xt, terminals[event.terminal] = terminal_features(
                 terminal, event.t, event.tx_id, frauds_known_s, lateness_s=lateness_s
@@ -153,7 +160,7 @@ def streams(draw: st.DrawFn) -> list[Event]:
 def test_engine_equals_reference_on_generated_streams(events: list[Event]) -> None:
     want = reference(events)
     assert_same(engine(events, check_states=True), want)
-    assert_same(engine(events, in_place=True, check_states=True), want)
+    assert_same(engine(events, split=True, check_states=True), want)
 
 
 def test_engine_equals_reference_on_simulator_output() -> None:
@@ -177,7 +184,7 @@ def test_out_of_order_arrivals_and_repeats_use_arrival_order() -> None:
     events: list[Event] = [a, late, b, a, late, b]
     got, want = engine(events, check_states=True), reference(events)
     assert_same(got, want)
-    assert_same(engine(events, in_place=True, check_states=True), want)
+    assert_same(engine(events, split=True, check_states=True), want)
     first_a, repeat_a = got[0][1], got[3][1]
     assert repeat_a == first_a  # "late" arrived after "a" did: not in a's windows, even though it is older
     assert (first_a["customer_nb_tx_1day"], first_a["terminal_nb_tx_1hour"]) == (1.0, 1.0)
@@ -228,7 +235,7 @@ def test_terminal_windows_labels_before_and_after_and_the_hour() -> None:
     ]
     got = engine(events, check_states=True)
     assert_same(got, reference(events))
-    assert_same(engine(events, in_place=True, check_states=True), reference(events))
+    assert_same(engine(events, split=True, check_states=True), reference(events))
     x = dict(got)
     assert (x["p1"]["terminal_nb_tx_1day_delay"], x["p1"]["terminal_risk_1day_delay"]) == (2.0, 0.0)
     assert (x["p1"]["terminal_nb_tx_7day_delay"], x["p1"]["terminal_risk_7day_delay"]) == (3.0, 1 / 3)
@@ -236,25 +243,41 @@ def test_terminal_windows_labels_before_and_after_and_the_hour() -> None:
     assert [x[p]["terminal_nb_tx_1hour"] for p in ("p1", "p2", "p3", "p4")] == [1.0, 1.0, 2.0, 1.0]
 
 
-def test_add_terminal_entry_is_in_place_and_terminal_x_read_only() -> None:
-    state: TerminalState = []
-    assert add_terminal_entry(state, T0, "a") and add_terminal_entry(state, T0 - 60.0, "b")
-    assert add_terminal_entry(state, T0, "c") and not add_terminal_entry(state, T0 + 5.0, "a")
+def add(state: TerminalState, t: float, tx_id: str, lateness_s: float = DAY_S) -> tuple[bool, TerminalState]:
+    """:func:`terminal_with_entry`, and whether it added (a repeat returns the state itself, unchanged)."""
+    before = copy.deepcopy(state)
+    after = terminal_with_entry(state, t, tx_id, lateness_s=lateness_s)
+    assert state == before
+    return after is not state, after
+
+
+def test_terminal_with_entry_returns_a_new_window_and_terminal_x_is_read_only() -> None:
+    added_a, state = add(EMPTY_TERMINAL, T0, "a")
+    added_b, state = add(state, T0 - 60.0, "b")
+    added_c, state = add(state, T0, "c")
+    added, same = add(state, T0 + 5.0, "a")
+    assert added_a and added_b and added_c and not added and same is state
     assert [tuple(e[:2]) for e in state] == [(T0 - 60.0, "b"), (T0, "a"), (T0, "c")]
+    assert [e[2] for e in state] == [1, 0, 2]  # numbered by arrival
     before = copy.deepcopy(state)
     assert terminal_x(state, T0 + 30.0, {"a": T0})["terminal_nb_tx_1hour"] == 4.0
     assert state == before
     # pruned: older than the newest - (7 + 30) days - the lateness (exactly that old stays)
-    assert add_terminal_entry(state, T0 + 38 * DAY_S, "d", lateness_s=DAY_S)
-    assert [e[1] for e in state] == ["a", "c", "d"]
-    assert add_terminal_entry(state, T0 + 38 * DAY_S + 1, "e") and [e[1] for e in state] == ["d", "e"]
-    assert add_terminal_entry(state, T0, "too-late") and [e[1] for e in state] == ["d", "e"]
+    added, state = add(state, T0 + 38 * DAY_S, "d", lateness_s=DAY_S)
+    assert added and [e[1] for e in state] == ["a", "c", "d"]
+    added, state = add(state, T0 + 38 * DAY_S + 1, "e")
+    assert added and [e[1] for e in state] == ["d", "e"]
+    added, state = add(state, T0, "too-late")
+    assert added and [e[1] for e in state] == ["d", "e"]
 
 
 def test_entries_without_seq_are_read_as_given() -> None:
     # the runtime may hand over [t, tx_id] entries (a merged copy, a snapshot): they count, and count as older
-    state: TerminalState = [[T0 - 60.0, "x"], [T0, "y"]]
-    assert not add_terminal_entry(state, T0, "y") and add_terminal_entry(state, T0 - 30.0, "z")
+    given = [[T0 - 60.0, "x"], [T0, "y"]]
+    state = TerminalWindow.of(given)
+    assert state == [(T0 - 60.0, "x", -1), (T0, "y", -1)]  # no seq: -1, before every numbered entry
+    assert terminal_with_entry(state, T0, "y") is state and terminal_with_entry(given, T0, "y") == state
+    state = terminal_with_entry(state, T0 - 30.0, "z")
     assert [e[1] for e in state] == ["x", "z", "y"] and state[1][2] == 0
     assert terminal_x(state, T0, {})["terminal_nb_tx_1hour"] == 4.0
     x, same = terminal_features(state, T0 - 30.0, "z", {"x": T0 - 60.0})

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,14 @@ def test_two_workers_score_with_the_same_version_a_rollback_reaches_both_and_a_r
     _wait(lambda: _models(first)["serving"] == _models(second)["serving"] == v2, 30, "both workers serve v2")
 
     # Scored now, by both workers (customers on both partitions): every prediction carries v2.
+    scored = 'fraud_transactions_total{outcome="scored"}'
+    before = [_metric(w, scored) for w in (first, second)]
     probe = [transaction(i, tx_id=f"p-{i}", customer_id=f"c-{i % 13}") for i in range(200, 226)]
     _publish(kafka_bootstrap, first, probe, labels=False)
     predictions = _by_tx_id(consume(kafka_bootstrap, first.topics["PREDICTIONS_TOPIC"], at_least(146)))
     assert {predictions[f"p-{i}"]["model_version"] for i in range(200, 226)} == {v2}
+    decided = [_metric(w, scored) - b for w, b in zip((first, second), before, strict=True)]
+    assert min(decided) > 0 and sum(decided) == 26, decided  # each worker decided part of the probe
 
     # Rollback by the command line: both workers follow within seconds, pinned.
     result = _cli(first, "rollback", "--reason", "test")
@@ -186,6 +191,7 @@ def test_the_shadow_challenger_never_changes_a_prediction(worker_factory: Worker
     txs = [transaction(i, tx_id=f"s-{i}", amount=900.0 if f"s-{i}" in frauds else 20.0) for i in range(150)]
     _publish(kafka_bootstrap, worker, txs[:100], frauds=frauds)
     _wait(lambda: _labels_seen(worker) == 100, 60, "100 labels learned")
+    _wait(lambda: not str(_models(worker)["serving"]).endswith("@prior"), 30, "a learned version serves")
     _publish(kafka_bootstrap, worker, txs[100:], frauds=frauds)
     _wait(lambda: _labels_seen(worker) == 150, 60, "150 labels learned")
     predictions = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(150))
@@ -194,6 +200,7 @@ def test_the_shadow_challenger_never_changes_a_prediction(worker_factory: Worker
     models = {version: load_model_snapshot(raw, DEVELOPMENT_SIGNING_KEY) for version, raw in snapshots.items()}
     roles = {version: header["role"] for version, (header, _) in models.items()}
     assert "challenger" in roles.values() and "champion" in roles.values()
+    checked = 0
     for record in predictions:
         p = loads(record.value or b"")
         version = p["model_version"]
@@ -202,6 +209,8 @@ def test_the_shadow_challenger_never_changes_a_prediction(worker_factory: Worker
         assert roles[version] == "champion", p
         # The served probability is exactly the champion version's score of the features as scored.
         assert models[version][1].predict_proba_one(p["features"]) == pytest.approx(p["fraud_probability"], abs=1e-12)
+        checked += 1
+    assert checked >= 50  # the second 50 at least were scored by a learned version, and each was checked
     health = consume(kafka_bootstrap, worker.topics["HEALTH_TOPIC"],
                      lambda rs: any("challenger" in loads(r.value or b"")["models"] for r in rs))  # fmt: skip
     shown = loads(health[-1].value or b"")["models"]
@@ -216,8 +225,8 @@ def test_implicit_negatives_are_learned_after_the_horizon_and_a_late_fraud_still
     worker.wait_ready()
     early = [transaction(i, tx_id=f"n-{i}", timestamp="2018-04-01T10:00:00Z") for i in range(10)]
     _publish(kafka_bootstrap, worker, early, labels=False)
-    time.sleep(3)
-    assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') != 10  # not before the horizon
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 10, 60, "the ten read by the trainer")
+    assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 0  # not before the horizon
     # Stream time moves two hours on: the ten pass the horizon without a label.
     _publish(kafka_bootstrap, worker, [transaction(20, tx_id="later", timestamp="2018-04-01T12:00:00Z")], labels=False)
     _wait(lambda: _labels_seen(worker) == 10, 60, "ten implicit negatives in the champion")
@@ -227,6 +236,38 @@ def test_implicit_negatives_are_learned_after_the_horizon_and_a_late_fraud_still
             [(b"n-3", dumps({"tx_id": "n-3", "is_fraud": True, "timestamp": "2018-04-01T13:00:00Z"}))])  # fmt: skip
     _wait(lambda: _labels_seen(worker) == 11, 60, "the late fraud learned")
     assert _metric(worker, 'fraud_labels_total{outcome="late_fraud"}') == 1
+
+
+def test_a_fraud_label_on_kafka_before_the_horizon_is_learned_as_fraud_when_the_predictions_run_ahead(
+    worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The trainer's labels input is held back on purpose (tests/slow_labels) while its predictions input reads on
+    past every horizon: no transaction whose label was on Kafka may be learned as an implicit negative."""
+    release = tmp_path / "release-labels"
+    held_back = {"PYTHONPATH": str(REPO_ROOT / "tests" / "slow_labels"), "HOLD_LABELS_UNTIL": str(release)}
+    worker = worker_factory(partitions=1, LABEL_HORIZON_S="3600", LATE_LABEL_GRACE_S="86400", **held_back)
+    worker.wait_ready()
+    # The chargeback of h-3 is on Kafka half an hour after it, well before its horizon (one hour).
+    produce(kafka_bootstrap, worker.topics["LABELS_TOPIC"],
+            [(b"h-3", dumps({"tx_id": "h-3", "is_fraud": True, "timestamp": "2018-04-01T10:30:00Z"}))])  # fmt: skip
+    early = [transaction(i, tx_id=f"h-{i}", timestamp="2018-04-01T10:00:00Z") for i in range(10)]
+    later = transaction(20, tx_id="h-later", timestamp="2018-04-01T12:00:00Z")  # past the ten's horizon
+    _publish(kafka_bootstrap, worker, [*early, later], labels=False)
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 11, 60, "the eleven predictions read by the trainer")
+    time.sleep(2)  # learning rounds with the labels still held back
+    assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 0
+    assert _metric(worker, "fraud_trainer_labels_watermark_lag_seconds") > 0
+    release.touch()
+    _wait(lambda: _labels_seen(worker) == 10, 60, "the fraud and nine implicit negatives learned")
+    time.sleep(2)  # a double would show in a later version
+    assert _labels_seen(worker) == 10
+    assert _metric(worker, 'fraud_labels_total{outcome="learned"}') == 1
+    assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 9
+    assert _metric(worker, 'fraud_labels_total{outcome="late_fraud"}') == 0
+    audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{worker.env['APP_ID']}-learning-audit",
+                                                     lambda rs: len(rs) > 10, timeout_s=5)]  # fmt: skip
+    assert sorted((a["tx_id"], a["learned_as"], a["how"]) for a in audit) == sorted(
+        [("h-3", "fraud", "explicit")] + [(f"h-{i}", "legitimate", "implicit") for i in range(10) if i != 3])
 
 
 def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_trainers_owner(
@@ -256,6 +297,14 @@ def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_traine
     assert _labels_seen(survivor) == n
     owner.wait_ready()
     assert _labels_seen(owner) == n
+    # Label by label, not a count where a loss and a double cancel out: the audit written with the versions.
+    audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{first.env['APP_ID']}-learning-audit",
+                                                     lambda rs: len(rs) > n, timeout_s=8)]  # fmt: skip
+    learned = Counter(a["tx_id"] for a in audit)
+    assert set(learned) == {f"k-{i}" for i in range(n)} and set(learned.values()) == {1}
+    frauds = {f"k-{i}" for i in range(n) if (i % 100) % 7 == 0}
+    assert {a["tx_id"] for a in audit if a["learned_as"] == "fraud"} == frauds
+    assert {a["how"] for a in audit} == {"explicit"}
 
 
 def test_a_warm_start_is_registered_served_and_continued_by_the_trainer(

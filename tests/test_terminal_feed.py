@@ -8,16 +8,18 @@ import random
 from pathlib import Path
 from typing import Any
 
+import cramjam
 import pytest
 from aiokafka import TopicPartition
 
-from app.serialization import dumps
+from app.features.engine import TerminalWindow
+from app.serialization import dumps, loads
 from app.state import terminal_checkpoint
 from app.state.memory_store import MemoryStore
 from app.state.rocksdb_store import RocksDBConfig, RocksDBStore
 from app.state.store import Store
 from app.state.terminal_feed import TerminalFeed
-from app.state.terminals import TerminalAggregates
+from app.state.terminals import META_KEY, TERMINAL_PREFIX, TerminalAggregates, decode_state, encode_state
 from tests.reference import Tx, features_of
 
 DAY_S = 86400.0
@@ -86,6 +88,57 @@ def test_the_features_equal_the_reference_implementation() -> None:
             a.flush({"terminal-log/0": i + 1})
 
 
+def test_pending_transactions_of_the_batch_count_as_if_added() -> None:
+    a = aggregates()
+    for terminal, t, tx_id in history(300, 3, seed=4):
+        a.add(terminal, t, tx_id)
+    a.add_fraud("tx5", known_s=0.0)
+    t = a.stream_time_s + 60.0
+    pending = [(t - 30.0, "p1"), (t - 8 * DAY_S, "p2"), (t, "me")]  # "me": the transaction itself, left out
+    x = a.features("k1", t, "me", pending)
+    for te, tx_id in pending[:2]:
+        a.add("k1", te, tx_id)
+    assert x == a.features("k1", t, "me") and x["terminal_nb_tx_1hour"] >= 2.0
+    assert a.state("k1") == TerminalWindow.of(sorted(a.state("k1"), key=lambda e: e[0]))
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [],
+        [(1.5, "t1", 0)],
+        [(-3e9, "", -1), (0.0, 'q"uo\\te', 0), (1e300, "\u00e9\u2028\x00\U0001f642", 2**40), (1e300, "[]", 7)],
+    ],
+)
+def test_a_stored_terminal_reads_back_as_it_was(entries: list[tuple[float, str, int]]) -> None:
+    raw = encode_state(entries)
+    assert raw[:1] == b"\x01" and decode_state(raw) == entries == list(decode_state(raw))
+    assert decode_state(dumps(entries)) == entries  # the earlier format: a JSON list of entries
+    with pytest.raises(ValueError):
+        decode_state(b"\x02" + raw[1:])
+
+
+def test_terminals_stored_in_the_earlier_json_format_are_read_swept_and_rewritten() -> None:
+    store = MemoryStore("t")
+    part = store.open_partition(0)
+    tx = part.begin()  # a store as the earlier version wrote it
+    tx.put(TERMINAL_PREFIX + b"k1", b'[[0.0,"a",0],[60.0,"b",1]]')
+    tx.put(TERMINAL_PREFIX + b"idle", b'[[-4000000.0,"z",0]]')
+    tx.put(META_KEY, dumps({"positions": {"terminal-log/0": 2}, "stream_time_s": 60.0, "terminals": 2}))
+    tx.commit(1)
+    a = aggregates(store)
+    assert a.state("k1") == [(0.0, "a", 0), (60.0, "b", 1)]
+    assert a.features("k1", 120.0, "c")["terminal_nb_tx_1hour"] == 3.0
+    assert a.add("k1", 120.0, "c") and not a.add("k1", 60.0, "b")
+    assert a.sweep() == 1  # the idle terminal's newest time, read from its JSON value
+    a.flush({"terminal-log/0": 3})
+    assert part.get(TERMINAL_PREFIX + b"idle") is None
+    raw = part.get(TERMINAL_PREFIX + b"k1")
+    assert raw is not None and raw[:1] == b"\x01"
+    assert decode_state(raw) == [(0.0, "a", 0), (60.0, "b", 1), (120.0, "c", 2)]
+    assert a.all_states() == {"k1": [(0.0, "a", 0), (60.0, "b", 1), (120.0, "c", 2)]}
+
+
 def test_a_crash_before_the_flush_loses_nothing_the_logs_cannot_give_again(tmp_path: Path) -> None:
     events = history(1500, 30, seed=1)
     live = aggregates(RocksDBStore("t", tmp_path / "live", RocksDBConfig(8, 1, 2)))
@@ -144,6 +197,9 @@ def test_a_checkpoint_at_a_flush_and_the_logs_tail_restore_the_same_aggregates()
     latest[terminal_checkpoint.HEAD_KEY] = terminal_checkpoint.dumps(head)
     checkpoint = terminal_checkpoint.decode(latest, WINDOWS)
     assert checkpoint is not None and checkpoint.positions == positions
+    body = loads(bytes(cramjam.zstd.decompress(encoded[-2])))  # type: ignore[arg-type]
+    terminal, entries = next(iter(body["terminals"].items()))  # JSON entry lists, as every version writes them
+    assert entries == [list(e) for e in live.state(terminal)] and len(entries[0]) == 3
 
     restored = aggregates()
     restored.replace(checkpoint.chunks, checkpoint.frauds_known_s, checkpoint.stream_time_s, checkpoint.positions)

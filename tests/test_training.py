@@ -17,7 +17,7 @@ from app.learning.model import FraudModel
 from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.learning.registry_topics import warm_start
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.learning.training import RollingQuality, Training
+from app.learning.training import RollingQuality, Training, labels_watermark
 from app.serialization import loads
 from app.settings import REPO_ROOT, Settings
 
@@ -62,6 +62,52 @@ def test_implicit_negatives_after_the_horizon_and_a_late_fraud_within_the_grace(
     assert "n0" not in t.waiting
     t.on_label("n0", True, 201.0)  # too late: waits as a label whose prediction never comes, then expires
     assert t.labels_seen == 4 + 3  # n3, n4 and "now" became implicit negatives meanwhile
+
+
+def test_no_implicit_negative_while_the_labels_input_lags_behind_the_predictions() -> None:
+    """The predictions read after a restart run days ahead of the labels; a fraud whose label is on Kafka but not read
+    yet must be learned as fraud once, never first as legitimate."""
+    t = _training(horizon_s=100.0, grace_s=50.0)
+    for i in range(10):
+        t.on_prediction(f"p{i}", _x(10), float(i), 0.1)
+    t.on_prediction("ahead", _x(10), 500.0, 0.1)  # the predictions' clock is far past every horizon
+    labels = "labels/0"
+    # The labels partition has records left (position 3 < stable end 40) and was read through time 5.
+    t.on_label("p0", False, 5.0, labels)
+    through = labels_watermark([(3, 40, t.label_times_s[labels])])
+    assert through == 5.0
+    assert t.advance(labels_through_s=through) == 0 and t.counts["implicit_negative"] == 0
+    t.on_label("p7", True, 60.0, labels)  # the fraud label, read late: it was before the horizon (7 + 100)
+    through = labels_watermark([(40, 40, t.label_times_s[labels])])  # read to the end now
+    assert t.advance(labels_through_s=through) == 8  # p1..p9 but p7: implicit negatives now
+    assert t.counts["late_fraud"] == 0 and t.counts["learned"] == 2 and t.labels_seen == 10
+    assert "p7" not in t.waiting
+
+
+def test_the_labels_watermark_is_its_slowest_partition_and_unknown_before_a_fetch() -> None:
+    assert labels_watermark([(5, 5, 10.0), (2, 9, 30.0), (0, 4, 20.0)]) == 20.0
+    assert labels_watermark([(5, 5, 10.0), (9, 9, 30.0)]) == float("inf")  # both read to their end
+    assert labels_watermark([(0, None, float("-inf"))]) == float("-inf")
+    t = _training(horizon_s=1.0)
+    t.on_prediction("a", _x(10), 0.0, 0.1)
+    t.on_prediction("b", _x(10), 50.0, 0.1)
+    assert t.advance(labels_through_s=float("-inf")) == 0  # labels not fetched yet: nothing judged
+    assert t.advance() == 1  # no labels input to wait for (a replay in time order)
+
+
+def test_the_audit_records_each_pair_learned_with_its_class_and_how_and_is_never_published_state() -> None:
+    t = _training(horizon_s=100.0, grace_s=50.0)
+    assert t.audit is None  # offline (warm start, evaluation): nothing kept
+    t.audit = []
+    t.on_prediction("a", _x(10), 0.0, 0.1)
+    t.on_label("a", True, 5.0)
+    t.on_prediction("b", _x(10), 1.0, 0.1)
+    t.on_prediction("later", _x(10), 150.0, 0.1)
+    t.advance()
+    t.on_label("b", True, 151.0)  # a chargeback after the horizon
+    assert t.audit == [("a", True, "explicit"), ("b", False, "implicit"), ("b", True, "late")]
+    restored = Training.from_parts(list(t.state_parts()))
+    assert restored.audit is None and restored.labels_seen == 3
 
 
 def test_the_training_state_pickles_whole_and_resumes_identically() -> None:

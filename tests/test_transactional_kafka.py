@@ -54,6 +54,9 @@ class SlowHandler:
     def event_time(self, record: Any) -> float:
         return float("-inf")
 
+    def stream_time(self, tp: TopicPartition) -> float | None:
+        return None
+
 
 async def _publish_in_one_transaction(bootstrap: str, topic: str, count: int, transactional_id: str) -> None:
     """Input written in a transaction, as the learning loop's predictions are: a commit marker follows it."""

@@ -307,6 +307,10 @@ class Scorer:
         except Exception:
             return float("-inf")
 
+    def stream_time(self, tp: TopicPartition) -> float | None:
+        state = self.partitions.get(tp.partition)
+        return state.stream_time_s if state is not None else None
+
     def idle(self, tp: TopicPartition) -> Batch | None:
         """Expire idle customers even when no transaction comes to this partition."""
         state = self.partitions.get(tp.partition)

@@ -50,6 +50,19 @@ class CatchUpPacer:
         for _ in range(min(count, len(times) if times else 0)):
             times.popleft()  # type: ignore[union-attr]
 
+    def start_at(self, partition: Hashable, last_s: float | None) -> None:
+        """A partition restored with its state's stream time: until its records are fetched, that time stands in for
+        its next one when it has a backlog (after a restart no record of it has been taken yet).
+
+        >>> pacer = CatchUpPacer(max_skew_s=10.0)
+        >>> pacer.start_at("b", 0.0)
+        >>> pacer.add("a", [(5.0, "a0"), (50.0, "a1")])
+        >>> pacer.take(backlog={"b"})  # b has more to read, from 0 s on: a may not run 10 s past it
+        {'a': ['a0']}
+        """
+        if last_s is not None and last_s > float("-inf"):
+            self.last_s[partition] = last_s
+
     def drop(self, partition: Hashable) -> None:
         self.waiting.pop(partition, None)
         self.in_flight.pop(partition, None)

@@ -89,6 +89,13 @@ def trainer_state_topic(settings: Settings) -> str:
     return f"{settings.app_id}-trainer-state"
 
 
+def learning_audit_topic(settings: Settings) -> str:
+    """One record per pair the trainer learned (``tx_id``, class, how, the version it went into), written in the
+    same transaction as that version: what trained a version, label by label. Kept
+    ``LEARNING_AUDIT_RETENTION_S``."""
+    return f"{settings.app_id}-learning-audit"
+
+
 def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
     """The worker's own topics. The changelog is compacted often (small segments), so a restore reads about
     one record per live customer; the terminal log keeps 40 days (the longest terminal window and lateness)."""
@@ -110,6 +117,12 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
             "",
         ),  # fmt: skip
         TopicSpec(trainer_lease_topic(settings), 1, {}, ""),
+        TopicSpec(
+            learning_audit_topic(settings),
+            settings.partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(int(settings.learning_audit_retention_s * 1000))},
+            "",
+        ),
         TopicSpec(
             trainer_state_topic(settings),
             1,

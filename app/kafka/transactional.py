@@ -104,6 +104,10 @@ class BatchHandler(Protocol):
     def event_time(self, record: Any) -> float:
         """The record's event time, for catch-up pacing (``-inf`` when it has none: it goes at once)."""
 
+    def stream_time(self, tp: TopicPartition) -> float | None:
+        """The newest event time the restored partition's state covers (None when it has none): pacing holds the
+        other partitions to it until this one's own records are fetched."""
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, loop: TransactionalLoop) -> None:
@@ -363,6 +367,8 @@ class TransactionalLoop:
         else:
             self.consumer.seek(tp, committed)
         self._processed_to[tp] = committed
+        self.pacer.drop(tp)
+        self.pacer.start_at(tp, self.handler.stream_time(tp))
         self._broken.discard(tp)
         self.ready_partitions.add(tp)
 
@@ -488,7 +494,10 @@ class TransactionalLoop:
         if pacing:
             for tp in self.ready_partitions:
                 stable = consumer.last_stable_offset(tp)
-                if stable is not None and stable > self._fetched_to.get(tp, stable):
+                fetched = self._fetched_to.get(tp, self._processed_to.get(tp))
+                # No fetch answered yet after a restore: assume a backlog (the others wait for its first records or
+                # its first empty answer, held to its restored stream time, not to nothing).
+                if stable is None or (fetched is not None and stable > fetched):
                     backlog.add(tp)
         return self.pacer.take(backlog)
 

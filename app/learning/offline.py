@@ -19,7 +19,14 @@ import time
 from collections.abc import Iterable, Iterator
 
 from app.decisions.assess import score_transaction
-from app.features.engine import EMPTY_WINDOW, CustomerState, TerminalState, record_fraud, terminal_features
+from app.features.engine import (
+    EMPTY_TERMINAL,
+    EMPTY_WINDOW,
+    CustomerState,
+    TerminalState,
+    record_fraud,
+    terminal_features,
+)
 from app.features.halves import customer_side_features
 from app.learning.model import FraudModel
 from app.learning.training import training_for
@@ -60,7 +67,7 @@ def replay_offline(
                 tx, customers.get(tx.customer_id, EMPTY_WINDOW), settings.lateness_s
             )
             terminal_x, terminals[tx.terminal_id] = terminal_features(
-                terminals.get(tx.terminal_id, []),
+                terminals.get(tx.terminal_id, EMPTY_TERMINAL),
                 tx.event_time_s,
                 tx.tx_id,
                 frauds_known_s,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from datetime import datetime
@@ -29,11 +30,11 @@ from app import metrics
 from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
 from app.kafka.reading import read_latest
 from app.kafka.supervision import Supervisor
-from app.kafka.topics import trainer_lease_topic, trainer_state_topic
+from app.kafka.topics import learning_audit_topic, trainer_lease_topic, trainer_state_topic
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.learning.training import FeatureSetMismatch, Training, training_for
+from app.learning.training import LEARNED_OUTCOMES, FeatureSetMismatch, Training, labels_watermark, training_for
 from app.records import InvalidMessage, dead_letter, parse_label
 from app.serialization import dumps, isoformat_utc, loads
 from app.settings import Settings
@@ -151,6 +152,7 @@ class Trainer:
         await consumer.start()
         try:
             training = await self._restore(consumer)
+            training.audit = []  # every pair learned from here on goes to the audit topic with its version
             self.training = training
             metrics.TRAINER_ACTIVE.set(1)
             self.training_supervisor.mark_connected()
@@ -159,6 +161,7 @@ class Trainer:
                 partitions = await producer.partitions_for(topic)  # waits for the topic's metadata
                 inputs += [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(inputs)
+            label_inputs = [(tp, f"{tp.topic}/{tp.partition}") for tp in inputs if tp.topic == s.labels_topic]
             for tp in inputs:
                 offset = training.positions.get(f"{tp.topic}/{tp.partition}")
                 if offset is None:
@@ -177,11 +180,17 @@ class Trainer:
                     for i in range(0, len(records), LEARN_SLICE):
                         self._handle(training, tp, records[i : i + LEARN_SLICE], dead)
                         await asyncio.sleep(0)  # the decisions run between slices of learning
-                while training.advance(limit=LEARN_SLICE) == LEARN_SLICE:
-                    await asyncio.sleep(0)
-                self._adopt_warm_start(training)
                 for tp in inputs:  # past commit markers and aborted records too: everything before it was handled
                     training.positions[f"{tp.topic}/{tp.partition}"] = await consumer.position(tp)
+                through = labels_watermark(
+                    (training.positions[key], _stable_end(consumer, tp), training.label_times_s.get(key, -math.inf))
+                    for tp, key in label_inputs
+                )
+                metrics.LABELS_WATERMARK_LAG.set(max(0.0, training.stream_time_s - through)
+                                                 if math.isfinite(training.stream_time_s) else 0.0)  # fmt: skip
+                while training.advance(limit=LEARN_SLICE, labels_through_s=through) == LEARN_SLICE:
+                    await asyncio.sleep(0)
+                self._adopt_warm_start(training)
                 now = time.monotonic()
                 due = now - published_at >= s.model_publish_interval_s and (
                     training.learned_since_publish
@@ -237,6 +246,7 @@ class Trainer:
                 except Exception as exc:  # predictions are ours; one that does not parse is a bug, not input
                     log.error("prediction at %s@%d not usable for learning: %r", tp, record.offset, exc)
         else:
+            source = f"{tp.topic}/{tp.partition}"
             for record in records:
                 try:
                     label = parse_label(record.value, s.max_message_bytes)
@@ -244,7 +254,7 @@ class Trainer:
                     dead.append((record.key, dead_letter(record, exc)))
                     training.counts[f"dead_letter:{exc.code}"] += 1
                     continue
-                training.on_label(label.tx_id, label.is_fraud, label.timestamp.timestamp())
+                training.on_label(label.tx_id, label.is_fraud, label.timestamp.timestamp(), source)
 
     async def _restore(self, consumer: AIOKafkaConsumer) -> Training:
         """The last published state; a fresh one (from the newest warm start of ``MODEL_NAME``, if any) without it, or
@@ -320,6 +330,7 @@ class Trainer:
             "feature_set": training.feature_set,
             "role": role,
             "labels_seen": model.labels_learned,
+            "learned": {outcome: training.counts[outcome] for outcome in LEARNED_OUTCOMES},  # by outcome, cumulative
             "sequence": training.sequence,
             "metrics": training.quality[role].summary(),
         }
@@ -328,6 +339,7 @@ class Trainer:
     async def _publish(self, producer: AIOKafkaProducer, training: Training, dead: list[Any]) -> None:
         s = self.settings
         now = isoformat_utc(time.time())
+        audit, training.audit = training.audit or [], []
         messages: list[tuple[str, bytes, bytes]] = []
         roles: list[tuple[str, FraudModel]] = [("champion", training.champion)]
         if training.challenger is not None:
@@ -345,6 +357,11 @@ class Trainer:
                                                 "timestamp": now}  # fmt: skip
                 messages.append((s.models_topic, version.encode(), raw))
                 messages.append((s.model_events_topic, version.encode(), dumps(published)))
+        audit_topic = learning_audit_topic(s)
+        line = training.champion_version  # the champion line's version these pairs went into (before any swap)
+        for tx_id, y, how in audit:
+            record = {"tx_id": tx_id, "learned_as": "fraud" if y else "legitimate", "how": how, "version": line}
+            messages.append((audit_topic, tx_id.encode(), dumps(record)))
         if training.challenger_version and training.challenger_wins(s.auto_promote_margin, s.auto_promote_min_labels):
             if s.auto_promote_margin >= 0:
                 champion_ap = training.quality["champion"].summary()["ap"]
@@ -392,3 +409,12 @@ class Trainer:
                     metrics.LABELS.labels(outcome).inc(delta)
         self._counted = Counter(training.counts)
         metrics.PENDING_LEARNING.set(training.pending())
+
+
+def _stable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The offset a partition is read to when nothing committed is left in it, as the last fetch saw it (the last
+    stable offset of a read_committed reader, else the high watermark); None before any fetch answered for it."""
+    end = consumer.last_stable_offset(tp)
+    if end is None or end < 0:
+        end = consumer.highwater(tp)
+    return end

@@ -9,15 +9,21 @@ Real chargeback feeds report frauds only: a scored transaction whose label has n
 time after it is learned as legitimate (an implicit negative). Its features are kept ``grace_s`` longer, so a fraud
 label that arrives late is still learned (and counted). An explicit ``is_fraud: false`` label is learned as usual.
 
+The horizon follows both inputs, not the predictions alone: an implicit negative is learned only once the labels
+input has been read past the transaction's horizon too (:func:`labels_watermark`). Read after a restart, the
+predictions run ahead of the labels; judged by the predictions' clock alone, a fraud whose label was already on
+Kafka but not read yet was learned as legitimate first.
+
 Everything here, models included, is one picklable object: the trainer publishes it with the input positions in
 the same Kafka transaction, so a new owner resumes exactly where the snapshot was taken.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +34,7 @@ from app.learning.model import FraudModel
 from app.learning.quality import average_precision, roc_auc
 from app.settings import Settings
 
-__all__ = ["FeatureSetMismatch", "RollingQuality", "Training", "pack", "unpack"]
+__all__ = ["FeatureSetMismatch", "RollingQuality", "Training", "labels_watermark", "pack", "unpack"]
 
 
 class RollingQuality:
@@ -60,6 +66,13 @@ class RollingQuality:
         }
 
 
+# How a pair was learned, by outcome: its label came (explicit), its horizon passed without one (implicit), or a
+# fraud label came after it had been learned as legitimate at the horizon (late).
+AUDIT_HOW = {"learned": "explicit", "implicit_negative": "implicit", "late_fraud": "late"}
+# The outcome counts a version's header carries (cumulative over the line's history, as labels_seen is).
+LEARNED_OUTCOMES = tuple(AUDIT_HOW)
+
+
 @dataclass
 class Training:
     """Waiting halves, both models, their rolling quality and the input positions covered."""
@@ -79,6 +92,8 @@ class Training:
     negatives: deque[tuple[float, str]] = field(default_factory=deque)  # implicit negatives kept for late frauds
     positions: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> next offset covered
     stream_time_s: float = float("-inf")  # newest event time of a scored transaction seen
+    # "topic/partition" of the labels input -> the newest label time read there (the labels' own clock)
+    label_times_s: dict[str, float] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     sequence: int = 0  # versions published so far (the next is v<sequence + 1>)
     champion_version: str | None = None
@@ -89,6 +104,10 @@ class Training:
     # The feature set the waiting halves are packed in and the models learned (app.features.spec): a state of
     # another one is refused on restore, and predictions of another one are counted, not learned.
     feature_set: str = FEATURE_SET_VERSION
+    # (tx_id, class learned, how) of every pair learned since the trainer last published, for its audit topic; None
+    # (the default, and offline): not kept. Never part of the published state: a new owner re-learns, and re-records,
+    # what came after it.
+    audit: list[tuple[str, bool, str]] | None = None
 
     def __post_init__(self) -> None:
         self.quality = {"champion": RollingQuality(self.quality_window, self.threshold),
@@ -116,7 +135,7 @@ class Training:
         other = self.waiting.get(tx_id)
         if other is not None and other[0] == "y":
             del self.waiting[tx_id]
-            self._learn(x, bool(other[1]), probability, shadow, "learned")
+            self._learn(tx_id, x, bool(other[1]), probability, shadow, "learned")
             return
         if other is not None:
             self.counts["duplicate_prediction"] += 1
@@ -124,27 +143,35 @@ class Training:
         self.waiting[tx_id] = ("x", x, event_time_s, probability, shadow)
         self.by_time.append((event_time_s, tx_id))
 
-    def on_label(self, tx_id: str, is_fraud: bool, known_s: float) -> None:
+    def on_label(self, tx_id: str, is_fraud: bool, known_s: float, source: str = "") -> None:
+        """A label known at ``known_s``, read from ``source`` (the labels input's "topic/partition"), whose clock it
+        moves on."""
         self.counts["received"] += 1
+        if known_s > self.label_times_s.get(source, -math.inf):
+            self.label_times_s[source] = known_s
         other = self.waiting.get(tx_id)
         if other is None or other[0] == "y":
             self.waiting[tx_id] = ("y", is_fraud, known_s)  # before its prediction (a re-sent label replaces it)
             return
         if other[0] == "x":
             del self.waiting[tx_id]
-            self._learn(other[1], is_fraud, other[3], other[4], "learned")
+            self._learn(tx_id, other[1], is_fraud, other[3], other[4], "learned")
         elif is_fraud:  # "n": learned as legitimate at the horizon, a chargeback came after all
             del self.waiting[tx_id]
-            self._learn(other[1], True, other[3], other[4], "late_fraud")
+            self._learn(tx_id, other[1], True, other[3], other[4], "late_fraud")
         else:
             del self.waiting[tx_id]
             self.counts["confirmed_negative"] += 1  # already learned as legitimate at the horizon
 
-    def advance(self, limit: int | None = None) -> int:
+    def advance(self, limit: int | None = None, labels_through_s: float = math.inf) -> int:
         """Learn as legitimate what passed the horizon without a label (at most ``limit`` of them: call again while
-        it returns ``limit``); drop what passed horizon + grace. Returns the implicit negatives learned."""
+        it returns ``limit``); drop what passed horizon + grace. Returns the implicit negatives learned.
+
+        The horizon is judged at the earlier of the predictions' stream time and ``labels_through_s``, the time
+        the labels input is known to have been read through (:func:`labels_watermark`; infinite when labels need
+        not be waited for, as in a replay that reads both inputs in time order)."""
         learned = 0
-        horizon = self.stream_time_s - self.horizon_s
+        horizon = min(self.stream_time_s, labels_through_s) - self.horizon_s
         forget = horizon - self.grace_s
         by_time, negatives, waiting = self.by_time, self.negatives, self.waiting
         while by_time and by_time[0][0] < horizon and (limit is None or learned < limit):
@@ -152,7 +179,7 @@ class Training:
             half = waiting.get(tx_id)
             if half is not None and half[0] == "x":
                 waiting[tx_id] = ("n", *half[1:])
-                self._learn(half[1], False, half[3], half[4], "implicit_negative")
+                self._learn(tx_id, half[1], False, half[3], half[4], "implicit_negative")
                 negatives.append((t, tx_id))
                 learned += 1
         while negatives and negatives[0][0] < forget:
@@ -173,7 +200,9 @@ class Training:
 
     # ---- learning ----------------------------------------------------------------------------------------------
 
-    def _learn(self, x: bytes, y: bool, served: float, shadow: float, outcome: str) -> None:
+    def _learn(self, tx_id: str, x: bytes, y: bool, served: float, shadow: float, outcome: str) -> None:
+        if self.audit is not None:
+            self.audit.append((tx_id, y, AUDIT_HOW[outcome]))
         features = unpack(x)
         self.champion.learn_one(features, y)
         self.quality["champion"].add(served, y)
@@ -213,6 +242,7 @@ class Training:
         state = dict(self.__dict__)
         for name in ("waiting", "by_time", "negatives"):
             state[name] = type(state[name])()
+        state["audit"] = None
         return state
 
     def state_parts(self, slice_size: int = 200) -> Iterator[bytes]:
@@ -229,6 +259,8 @@ class Training:
         than ``feature_set`` (its models and waiting halves would be read in the wrong layout)."""
         training: Training = pickle.loads(parts[0])  # noqa: S301 - the caller verified the signature
         found = training.__dict__.get("feature_set", UNVERSIONED_FEATURE_SET)  # absent from older states
+        training.__dict__.setdefault("label_times_s", {})  # absent from states before the labels' clock
+        training.audit = None
         if found != feature_set:
             raise FeatureSetMismatch("the trainer state", found, feature_set)
         training.feature_set = found
@@ -245,6 +277,25 @@ class Training:
 
     def pending(self) -> int:
         return len(self.waiting)
+
+
+def labels_watermark(progress: Iterable[tuple[int, int | None, float]]) -> float:
+    """The time the labels input is known to have been read through, from each of its partitions' ``(position,
+    stable end, newest label time read)``: a partition read to its stable end (the last fetch's last stable offset)
+    holds nothing more to wait for; one with records left is through its newest label time read (labels come
+    roughly in time order; one that comes out of order is a late label, learned as such). Infinite with no
+    partition behind; the newest label time read when a partition's end is not known yet (no fetch answered).
+
+    >>> labels_watermark([(10, 10, 50.0), (4, 9, 70.0)]), labels_watermark([(10, 10, 50.0)]), labels_watermark([])
+    (70.0, inf, inf)
+    >>> labels_watermark([(0, None, -math.inf)])  # not fetched yet: nothing can be judged
+    -inf
+    """
+    through = math.inf
+    for position, stable_end, newest_s in progress:
+        if stable_end is None or position < stable_end:
+            through = min(through, newest_s)
+    return through
 
 
 def training_for(settings: Settings, model: FraudModel) -> Training:

@@ -3,8 +3,9 @@
 Without it a new worker (a replacement pod, a lost disk, a scale-out) would read the whole terminal log, 40 days
 of every transaction, before deciding anything. One worker (the one holding input partition 0) writes, every
 ``TERMINAL_CHECKPOINT_INTERVAL_S``, its whole flushed terminal store to the compacted topic
-``<APP_ID>-terminal-checkpoints``: ``chunk/<i>`` records (orjson, zstd-compressed) and a ``head`` naming their
-count, digests and the log positions they cover, all in ONE Kafka transaction under a fixed transactional id.
+``<APP_ID>-terminal-checkpoints``: ``chunk/<i>`` records (orjson, zstd-compressed; a terminal as its JSON list of
+``[t, tx_id, seq]`` entries, whatever the local store's own format) and a ``head`` naming their count, digests and
+the log positions they cover, all in ONE Kafka transaction under a fixed transactional id.
 So readers (``read_committed``) see whole checkpoints only, and two workers that both believe they are the writer
 (during a rebalance) fence each other instead of mixing their chunks. A worker whose store has no positions reads
 the newest checkpoint, writes it to its store and reads the logs' tail from the positions in its head. A head whose
@@ -25,6 +26,7 @@ from typing import Any
 import cramjam
 from aiokafka import TopicPartition
 
+from app.features.engine import TerminalWindow
 from app.kafka.clients import Connection, committed_reader, transactional_producer
 from app.kafka.reading import read_latest
 from app.serialization import dumps, loads
@@ -67,7 +69,7 @@ def encode(
     terminals: dict[str, Any] = {}
     size = 0
     for terminal_id, state in aggregates.committed_items():
-        terminals[terminal_id] = state
+        terminals[terminal_id] = list(state)  # [[t, tx_id, seq], ...] in JSON: the format of every version
         size += 40 + 40 * len(state)  # about the JSON bytes of a terminal: cheaper than measuring
         if size >= CHUNK_RAW_BYTES:
             chunk = _compress(dumps({"terminals": terminals}))
@@ -118,7 +120,7 @@ def decode(latest: dict[bytes, bytes | None], windows: dict[str, float]) -> Chec
         if "frauds" in body:
             frauds.update(body["frauds"])
         if "terminals" in body:
-            terminal_chunks.append({k: [tuple(e) for e in v] for k, v in body["terminals"].items()})
+            terminal_chunks.append({k: TerminalWindow.of(v) for k, v in body["terminals"].items()})
     stream_time_s = head["stream_time_s"]
     return Checkpoint(
         chunks=terminal_chunks,

@@ -10,45 +10,110 @@ delayed windows (which end ``delay_days`` back) miss nothing while the lag stays
 The terminals live in a :class:`~app.state.store.StorePartition` (RocksDB in production), one value per terminal,
 with the feed's log positions written in the same batch (:meth:`TerminalAggregates.flush`); a small LRU cache of
 parsed terminals (``STATE_TERMINAL_CACHE``) and the changes not flushed yet are all that stays in memory, besides
-the fraud marks (one float per fraud of the last ``TERMINAL_TTL_S``: frauds are rare).
+the fraud marks (one float per fraud of the last ``TERMINAL_TTL_S``: frauds are rare). A terminal is held as a
+:class:`~app.features.engine.TerminalWindow` (by column) and stored as its raw columns (:func:`encode_state`).
 """
 
 from __future__ import annotations
 
 import itertools
+import struct
+import sys
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from app.features.engine import add_terminal_entry, newest_event_time_s, terminal_x
+from app.features.engine import EMPTY_TERMINAL, TerminalWindow, newest_event_time_s, terminal_with_entry, terminal_x
 from app.serialization import dumps, loads
 from app.state.store import StorePartition, keep_recent
 
-TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> [[t, tx_id, seq], ...]
+TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> the terminal's entries (encode_state)
 FRAUD_PREFIX = b"f"  # b"f" + tx_id -> known_s
 META_KEY = b"\x00meta"  # the feed's positions, stream time and terminal count, written with the data they cover
 ADDED_HERE_MAX = 200_000  # scored transactions waiting for the feed to read them back (seconds of traffic)
 
-# A terminal's entries as held in memory: a tuple of the engine's entry tuples, which the garbage collector stops
-# tracking (see the note above app.features.engine.TerminalState); add() builds the new tuple from a list.
-Terminal = tuple[tuple[Any, ...], ...]
+# A terminal's entries as held in memory (the cache, the changes not flushed): the engine's window by column, which the
+# garbage collector walks in a few steps, never entry by entry (see the note above app.features.engine.TerminalState).
+Terminal = TerminalWindow
+
+# The stored value: a header (format byte 1, the entry count n as a uint32, the window's next_seq as an int64), the n
+# times as doubles, the n seqs as int64, all little-endian, then the n tx ids as a JSON list (ids may be any string).
+# Values of the earlier format, a JSON list of [t, tx_id, seq] entries, begin with b"[" and are still read.
+_HEAD = struct.Struct("<BIq")
+_TIME = struct.Struct("<d")
+_BINARY = 1
+_SWAP = sys.byteorder != "little"  # the columns are stored little-endian whatever the machine
 
 
-def encode_state(state: Sequence[tuple[Any, ...]]) -> bytes:
-    return dumps(state)
+def encode_state(state: TerminalWindow | Sequence[Sequence[Any]]) -> bytes:
+    """A terminal's stored value: its columns raw, the ids as JSON (see above); one short copy per column.
+
+    >>> raw = encode_state([(1.5, "t1", 0)])  # format 1, 1 entry, next seq 1; the time, the seq; the ids
+    >>> raw[:13].hex(" "), raw[13:21].hex(" "), raw[21:29].hex(" "), raw[29:]
+    ('01 01 00 00 00 01 00 00 00 00 00 00 00', '00 00 00 00 00 00 f8 3f', '00 00 00 00 00 00 00 00', b'["t1"]')
+    """
+    window = TerminalWindow.of(state)
+    times, seqs = window.times, window.seqs
+    if _SWAP:
+        times, seqs = array("d", times), array("q", seqs)
+        times.byteswap()
+        seqs.byteswap()
+    head = _HEAD.pack(_BINARY, len(window.ids), window.next_seq)
+    return b"".join((head, times.tobytes(), seqs.tobytes(), dumps(window.ids)))
 
 
 def decode_state(raw: bytes) -> Terminal:
-    """A stored terminal, as the engine's tuples (a list of lists would compare unequal to the same state).
+    """A stored terminal, as the engine's window (values of the earlier JSON format too).
 
-    >>> decode_state(encode_state([(1.5, "t1", 0)]))
-    ((1.5, 't1', 0),)
+    Why both formats instead of a new store format marker: the marker (app.state.store.FORMAT_MARKER) is shared by
+    every store of a worker, so bumping it would also rebuild each customer partition from its changelog; and values
+    of both formats may sit side by side in a terminal store at no cost (a terminal is rewritten in the new format at
+    its next change). A version before this one cannot read the new values: going back needs the terminal store's
+    directory removed (it is rebuilt from the Kafka checkpoint, whose format is unchanged).
+
+    >>> decode_state(encode_state([(1.5, "t1", 0), (2.0, "t2", 1)]))
+    TerminalWindow([(1.5, 't1', 0), (2.0, 't2', 1)])
+    >>> decode_state(b'[[1.5,"t1",0]]')  # the earlier format
+    TerminalWindow([(1.5, 't1', 0)])
     """
-    return tuple([tuple(e) for e in loads(raw)])  # a list first: tuple() of a generator cannot presize
+    if raw[:1] == b"[":
+        return TerminalWindow.of(loads(raw))
+    version, n, next_seq = _HEAD.unpack_from(raw)
+    if version != _BINARY:
+        raise ValueError(f"terminal value of format {version}, this worker reads {_BINARY}")
+    view = memoryview(raw)
+    times_at = _HEAD.size
+    seqs_at = times_at + 8 * n
+    ids_at = seqs_at + 8 * n
+    times: array[float] = array("d")
+    times.frombytes(view[times_at:seqs_at])
+    seqs: array[int] = array("q")
+    seqs.frombytes(view[seqs_at:ids_at])
+    if _SWAP:
+        times.byteswap()
+        seqs.byteswap()
+    ids = tuple(loads(raw[ids_at:]))
+    if len(ids) != n:
+        raise ValueError(f"terminal value of {n} entries holds {len(ids)} ids")
+    return TerminalWindow(times, ids, seqs, next_seq)
+
+
+def newest_stored_s(raw: bytes) -> float:
+    """The newest event time of a stored terminal, read without decoding it (the sweep reads every terminal).
+
+    >>> newest_stored_s(encode_state([(1.5, "t1", 0), (2.0, "t2", 1)])), newest_stored_s(b'[[1.5,"t1",0]]')
+    (2.0, 1.5)
+    """
+    if raw[:1] == b"[":
+        return float(loads(raw)[-1][0])
+    _, n, _ = _HEAD.unpack_from(raw)
+    return _TIME.unpack_from(raw, _HEAD.size + 8 * (n - 1))[0] if n else float("-inf")
 
 
 class TerminalAggregates:
-    """Per terminal, ``[(t, tx_id, seq), ...]`` over the longest delayed window; per fraud ``tx_id``, when known.
+    """Per terminal, its entries ``(t, tx_id, seq)`` over the longest delayed window (a
+    :class:`~app.features.engine.TerminalWindow`); per fraud ``tx_id``, when known.
 
     >>> from app.state.memory_store import MemoryStore
     >>> aggregates = TerminalAggregates(7.0, 86400.0, 38 * 86400.0, MemoryStore("terminals").open_partition(0))
@@ -73,7 +138,7 @@ class TerminalAggregates:
         self.store = store  # set by the feed when it opens the store (reads before that see no terminal)
         self.cache_size = cache_size
         self.cache: OrderedDict[str, Terminal] = OrderedDict()
-        self.dirty: dict[str, Terminal] = {}  # changed since the last flush (an empty tuple: removed)
+        self.dirty: dict[str, Terminal] = {}  # changed since the last flush (an empty window: removed)
         self.dirty_frauds: dict[str, float | None] = {}
         self.frauds_known_s: dict[str, float] = {}
         self.stream_time_s = float("-inf")
@@ -96,7 +161,7 @@ class TerminalAggregates:
             cache.move_to_end(terminal_id)
             return state
         raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
-        state = decode_state(raw) if raw is not None else ()
+        state = decode_state(raw) if raw is not None else EMPTY_TERMINAL
         if state:
             self._keep(terminal_id, state)
         return state
@@ -108,7 +173,7 @@ class TerminalAggregates:
             state = self.cache.get(terminal_id)
         if state is None:
             raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
-            state = decode_state(raw) if raw is not None else ()
+            state = decode_state(raw) if raw is not None else EMPTY_TERMINAL
         return state
 
     def prefetch(self, terminal_ids: Iterable[str]) -> None:
@@ -125,10 +190,10 @@ class TerminalAggregates:
         self, terminal_id: str, t: float, tx_id: str, pending: Iterable[tuple[float, str]] = ()
     ) -> dict[str, float]:
         """The terminal half of ``x`` for a transaction, seeing ``pending`` (same batch, not committed) too."""
-        state: Sequence[tuple[Any, ...]] = self.state(terminal_id)
+        state = self.state(terminal_id)
         extra = [(te, tid) for te, tid in pending if tid != tx_id]
-        if extra:
-            state = sorted([*state, *extra], key=lambda e: e[0])
+        if extra:  # rare (a terminal twice in one batch): a merged copy, the entries held first on equal times
+            state = TerminalWindow.of(sorted([*state, *extra], key=lambda e: e[0]))
         return terminal_x(state, t, self.frauds_known_s, self.delay_days)
 
     def all_states(self) -> dict[str, list[tuple[Any, ...]]]:
@@ -147,19 +212,18 @@ class TerminalAggregates:
 
     def add(self, terminal_id: str, t: float, tx_id: str) -> bool:
         """Record a scored transaction (idempotent by ``tx_id``); False when it was there already."""
-        entries = list(self.state(terminal_id))
+        before = self.state(terminal_id)
         if t > self.stream_time_s:
             self.stream_time_s = t
-        was_empty = not entries
-        added = add_terminal_entry(entries, t, tx_id, self.delay_days, self.lateness_s)
-        if added or was_empty:
-            if was_empty and entries:
-                self.terminal_count += 1
-            state = tuple(entries)
-            self.dirty[terminal_id] = state
-            if state:
-                self._keep(terminal_id, state)
-        return added
+        state = terminal_with_entry(before, t, tx_id, self.delay_days, self.lateness_s)
+        if state is before:  # a repeat
+            return False
+        if not before and state:
+            self.terminal_count += 1
+        self.dirty[terminal_id] = state
+        if state:
+            self._keep(terminal_id, state)
+        return True
 
     def add_scored(self, terminal_id: str, t: float, tx_id: str) -> None:
         """A transaction this worker's scorer decided (its batch committed): added now, and marked so that the
@@ -271,9 +335,9 @@ class TerminalAggregates:
             seen += 1
             terminal_id = key[n:].decode()
             state = self.dirty.get(terminal_id)
-            newest = newest_event_time_s(state) if state is not None else float(loads(raw)[-1][0])
+            newest = newest_event_time_s(state) if state is not None else newest_stored_s(raw)
             if (state is None or state) and newest < horizon:
-                self.dirty[terminal_id] = ()
+                self.dirty[terminal_id] = EMPTY_TERMINAL
                 self.cache.pop(terminal_id, None)
                 self.terminal_count -= 1
                 removed += 1
