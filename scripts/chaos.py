@@ -104,7 +104,7 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from faultrun.cluster import SetupError  # noqa: E402
 from faultrun.report import exit_code, summary  # noqa: E402
-from faultrun.run import ChaosRun  # noqa: E402
+from faultrun.run import ChaosRun, publishing_s  # noqa: E402
 from faultrun.scenarios import fault_schedule  # noqa: E402
 
 
@@ -131,6 +131,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="share of the N messages that are malformed and must be dead-lettered (default 0)",
     )
     g.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    g.add_argument(
+        "--labels",
+        action="store_true",
+        help="also publish one label per valid transaction, --label-delay-days of event time after it, and check "
+        "what the trainer learned of each (from its learning audit) at the end",
+    )
+    g.add_argument(
+        "--label-delay-days",
+        type=float,
+        default=7.0,
+        help="event time from a transaction to its label, as the simulator delays them (default 7)",
+    )
     g = p.add_argument_group("faults (spread evenly over the publishing time)")
     g.add_argument(
         "--kills",
@@ -140,11 +152,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SIGKILLs of a running worker, each followed by an immediate restart (default 0)",
     )
     g.add_argument(
+        "--trainer-kills",
+        type=int,
+        default=0,
+        metavar="K",
+        help="SIGKILLs of the trainer's owner (the worker whose /metrics shows fraud_trainer_active 1), each "
+        "followed by an immediate restart (default 0)",
+    )
+    g.add_argument(
         "--pauses",
         type=int,
         default=0,
         metavar="P",
         help="SIGSTOPs of a running worker past its session timeout, each followed by a SIGCONT (default 0)",
+    )
+    g.add_argument(
+        "--pause-trainer",
+        action="store_true",
+        help="the pauses stop the trainer's owner (instead of the running workers in turn)",
     )
     g.add_argument(
         "--pause-margin-s",
@@ -190,6 +215,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     g.add_argument("--worker-log-level", default="info", help="LOG_LEVEL of the workers (default info)")
     g.add_argument(
+        "--model-publish-interval-s",
+        type=float,
+        default=2.0,
+        help="with --labels, MODEL_PUBLISH_INTERVAL_S of the workers (their trainer's audit comes with each "
+        "version; --worker-env overrides it) (default 2)",
+    )
+    g.add_argument(
         "--ready-timeout-s",
         type=float,
         default=180.0,
@@ -212,6 +244,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=5.0,
         help="keep reading this long once every id has an outcome, for late duplicates (default 5)",
     )
+    g.add_argument(
+        "--learn-settle-s",
+        type=float,
+        default=6.0,
+        help="with --labels: keep reading the learning audit this long once every labelled, decided transaction "
+        "has a record, for pairs learned twice (default 6)",
+    )
+    g.add_argument(
+        "--learn-idle-s",
+        type=float,
+        default=60.0,
+        help="with --labels: stop waiting for the trainer when the audit gained nothing for this long (default 60)",
+    )
+    g.add_argument(
+        "--learn-timeout-s",
+        type=float,
+        default=300.0,
+        help="with --labels: wait at most this long for the trainer after the decisions settled (default 300)",
+    )
     g.add_argument("--progress-s", type=float, default=10.0, help="seconds between progress lines (default 10)")
     g.add_argument("--work-dir", default=None, help="default .kafka/chaos-<run id> under the repository")
     g.add_argument("--run-id", default=None, help="names the topics, APP_ID and tx_ids (default: random)")
@@ -223,11 +274,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.broker_restart and args.bootstrap_servers:
         p.error("--broker-restart needs a broker this run starts and stops: drop --bootstrap-servers")
     if (args.transactions <= 0 or args.rate_tps < 0 or not 0 <= args.bad_share <= 1 or args.kills < 0
-            or args.pauses < 0 or args.pause_margin_s < 0):  # fmt: skip
-        p.error("--transactions > 0, --rate-tps >= 0, 0 <= --bad-share <= 1, --kills >= 0, --pauses >= 0, "
-                "--pause-margin-s >= 0")  # fmt: skip
-    if (args.kills or args.pauses or args.broker_restart or args.scale) and args.rate_tps <= 0:
+            or args.pauses < 0 or args.pause_margin_s < 0 or args.trainer_kills < 0
+            or args.label_delay_days < 0):  # fmt: skip
+        p.error("--transactions > 0, --rate-tps >= 0, 0 <= --bad-share <= 1, --kills >= 0, --trainer-kills >= 0, "
+                "--pauses >= 0, --pause-margin-s >= 0, --label-delay-days >= 0")  # fmt: skip
+    if (args.kills or args.trainer_kills or args.pauses or args.broker_restart or args.scale) and args.rate_tps <= 0:
         p.error("faults are spread over the publishing time: give --rate-tps > 0")
+    if args.pause_trainer and not args.pauses:
+        p.error("--pause-trainer says which worker the pauses stop: give --pauses P")
     for item in args.worker_env:
         if "=" not in item:
             p.error(f"--worker-env wants NAME=VALUE, not {item!r}")
@@ -238,9 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="chaos: %(message)s")
     if args.plan:
-        publish_s = args.transactions / args.rate_tps if args.rate_tps > 0 else 0.0
-        print(f"publishing {args.transactions} messages for ~{publish_s:.0f} s")
-        for fault in fault_schedule(publish_s, args.kills, args.broker_restart, args.scale, args.pauses):
+        publish_s = publishing_s(args)
+        labels = " and their labels" if args.labels else ""
+        print(f"publishing {args.transactions} messages{labels} for ~{publish_s:.0f} s")
+        for fault in fault_schedule(publish_s, args.kills, args.broker_restart, args.scale, args.pauses,
+                                    args.trainer_kills):  # fmt: skip
             print(f"  t+{fault.planned_at_s:7.1f} s  {fault.kind}")
         return 0
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the broker and the workers are stopped on the way out

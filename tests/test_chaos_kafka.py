@@ -1,14 +1,16 @@
-"""Delivery under faults: ``scripts/chaos.py`` on its own broker (it restarts it) with SIGKILLs, a broker restart
-and a scale step 1 -> 2 -> 1 while transactions flow; nothing may be lost or come out twice.
+"""Delivery and learning under faults: ``scripts/chaos.py`` on its own broker (it restarts it) with SIGKILLs (one of
+the trainer's owner), a broker restart and a scale step 1 -> 2 -> 1 while transactions and their labels flow;
+nothing may be lost or come out twice, and the trainer must learn each labelled transaction once, as its class.
 
-The accounting the verdict rests on (``tally``, ``recovery_s``, ``input_check``, the ids read back from
-predictions and dead letters: ``scripts/faultrun/measurement.py``) is checked first on crafted inputs, so a run
-that reports 0/0 means 0/0.
+The accounting the verdict rests on (``tally``, ``learning_tally``, ``recovery_s``, ``input_check``, the ids read
+back from predictions, dead letters and the learning audit: ``scripts/faultrun/measurement.py``) is checked first
+on crafted inputs, so a run that reports 0/0 means 0/0.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import shutil
 import signal
@@ -20,7 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 from faultrun import measurement, scenarios  # scripts/ is on sys.path: tests/conftest.py puts it there
-from faultrun.measurement import Output, Published
+from faultrun.measurement import Learned, Output, Published
 from faultrun.report import exit_code
 
 from tests.conftest import REPO_ROOT
@@ -105,11 +107,12 @@ def test_published_ids_are_the_ids_read_back_from_predictions_and_dead_letters()
     msgs = list(scenarios.messages(600, "r1", seed=0, bad_share=0.02))
     ids = [m[0] for m in msgs]
     assert len(msgs) == 600 and len(set(ids)) == 600
-    bad = [m for m in msgs if m[1]]
+    assert {m[1] for m in msgs} == {measurement.GOOD, measurement.BAD}  # no label unless asked for
+    bad = [m for m in msgs if m[1] == measurement.BAD]
     assert len(bad) == 12 and all(m[0].startswith("bad-r1-") for m in bad)
-    for msg_id, is_bad, key, value in msgs:
+    for msg_id, kind, key, value in msgs:
         assert measurement.input_id(key, value) == msg_id
-        if is_bad:
+        if kind == measurement.BAD:
             assert key == msg_id.encode()
             assert measurement.output_id(measurement.DEAD_LETTER, key, dead_letter(value)) == msg_id
         else:
@@ -132,6 +135,113 @@ def test_records_round_trip_and_a_torn_last_line_is_skipped(tmp_path: Path) -> N
         Output("p", "a", 3.0, 2, 0),
         Output("d", "x", 3.5, 0, 4),
     ]
+
+
+def test_each_valid_transaction_gets_one_label_its_delay_later_merged_in_event_time() -> None:
+    delay_s = 0.25 * 86400
+    msgs = list(scenarios.messages(3000, "r2", seed=0, bad_share=0.01, label_delay_s=delay_s))
+    plain = list(scenarios.messages(3000, "r2", seed=0, bad_share=0.01))
+    label_kinds = (measurement.LABEL_FRAUD, measurement.LABEL_LEGIT)
+    # the transactions topic's messages are those of a run without labels, in the same order
+    assert [m for m in msgs if m[1] not in label_kinds] == plain
+    txs = {m[0]: orjson.loads(m[3]) for m in plain if m[1] == measurement.GOOD}
+    labels = [(m[0], m[1], m[2], orjson.loads(m[3])) for m in msgs if m[1] in label_kinds]
+    assert [m[0] for m in labels] == sorted(txs, key=lambda i: (txs[i]["timestamp"], i))  # one each, none for bad
+    assert 0 < sum(kind == measurement.LABEL_FRAUD for _, kind, _, _ in labels) < len(labels)
+    valid_at = [i for i, m in enumerate(plain) if m[1] == measurement.GOOD]
+    simulated = itertools.islice(scenarios.simulated_transactions(0), len(valid_at))
+    truth = {f"tx-r2-{i:09d}": tx.is_fraud for i, tx in zip(valid_at, simulated, strict=True)}
+    for tx_id, kind, key, value in labels:
+        # the app's label contract (app.records.parse_label), keyed by tx_id, the simulator's truth
+        assert key == tx_id.encode() and set(value) == {"tx_id", "is_fraud", "timestamp"} and value["tx_id"] == tx_id
+        assert value["is_fraud"] is (kind == measurement.LABEL_FRAUD) is truth[tx_id]
+        assert parse_time(value["timestamp"]) - parse_time(txs[tx_id]["timestamp"]) == delay_s
+    # in event time: each message's time (a label's is when it became known) is never before the one before it
+    times = [parse_time(orjson.loads(m[3])["timestamp"]) for m in msgs if m[1] != measurement.BAD]
+    assert all(a <= b for a, b in itertools.pairwise(times))
+    # the labels after the last transaction: the ones the publisher paces after it
+    last_tx = max(i for i, m in enumerate(msgs) if m[1] not in label_kinds)
+    assert len(msgs) - 1 - last_tx == scenarios.trailing_labels(3000, 0, 0.01, delay_s) > 0
+
+
+def parse_time(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def labelled(*items: tuple[str, bool | None]) -> list[Published]:
+    """A record: each transaction ``(id, is_fraud)``, then its label (none for is_fraud None)."""
+    record = [Published(tx_id, False, 1.0) for tx_id, _ in items]
+    return record + [Published(tx_id, False, 2.0, label=y) for tx_id, y in items if y is not None]
+
+
+def test_learning_tally_finds_the_double_the_missing_the_fraud_learned_as_legitimate_and_the_wrong_class() -> None:
+    published = labelled(("f1", True), ("f2", True), ("f3", True), ("f4", True), ("n1", False), ("n2", False),
+                         ("n3", False), ("n4", False), ("lost", True), ("nolabel", None))  # fmt: skip
+    outputs = [Output("p", i, 1.5) for i in ("f1", "f2", "f3", "f4", "n1", "n2", "n3", "n4", "nolabel")]
+    audit = [
+        Learned("f1", "fraud", "explicit", "v2"),  # right
+        Learned("f2", "fraud", "explicit", "v2"),
+        Learned("f2", "fraud", "explicit", "v5"),  # a double: learned twice
+        Learned("f3", "legitimate", "implicit", "v3"),  # the horizon passed before its label was read...
+        Learned("f3", "fraud", "late", "v4"),  # ... then the late fraud: a fraud learned as legitimate, not a double
+        # f4: never learned
+        Learned("n1", "legitimate", "explicit", "v2"),  # right
+        Learned("n2", "legitimate", "implicit", "v3"),  # right too: a legitimate one, learned once as legitimate
+        Learned("n3", "fraud", "explicit", "v3"),  # wrong class
+        Learned("n4", "legitimate", "explicit", "v3"),
+        Learned("n4", "legitimate", "implicit", "v4"),  # learned twice
+        Learned("nolabel", "legitimate", "implicit", "v4"),  # audited, never labelled
+        Learned("zzz", "fraud", "explicit", "v4"),  # never published at all
+    ]
+    t = measurement.learning_tally(published, outputs, audit)
+    assert (t["labels_published"], t["fraud_labels"], t["labelled_decided"], t["labelled_not_decided"]) == (9, 5, 8, 1)
+    assert (t["learned_as_fraud"], t["learned_as_legitimate"], t["learned_once"]) == (1, 2, 3)
+    assert t["learned_twice"] == 2 and set(t["learned_twice_sample"]) == {"f2", "n4"}
+    assert t["learned_twice_sample"]["f2"] == [["fraud", "explicit", "v2"], ["fraud", "explicit", "v5"]]
+    assert t["never_learned"] == 1 and t["never_learned_sample"] == {"f4": []}
+    assert t["frauds_learned_as_legitimate"] == 1
+    flal = {"f3": [["legitimate", "implicit", "v3"], ["fraud", "late", "v4"]]}
+    assert t["frauds_learned_as_legitimate_sample"] == flal
+    assert t["wrong_class"] == 1 and list(t["wrong_class_sample"]) == ["n3"]
+    assert t["audit_unexpected"] == 2 and list(t["audit_unexpected_sample"]) == ["nolabel", "zzz"]
+    assert sum(t[name] for name in measurement.LEARNING_OUTCOMES) == t["labelled_decided"]  # each in one outcome
+    assert t["audit_records"] == 12 and t["learned_how"] == {"explicit": 7, "implicit": 4, "late": 1}
+    # a fraud learned as legitimate twice is one fraud learned as legitimate, not also a double
+    twice_wrong = [Learned("f1", "legitimate", "implicit"), Learned("f1", "legitimate", "implicit")]
+    t = measurement.learning_tally(labelled(("f1", True)), [Output("p", "f1", 1.5)], twice_wrong)
+    assert (t["frauds_learned_as_legitimate"], t["learned_twice"]) == (1, 0)
+
+
+def test_a_clean_learning_tally_passes_and_each_learning_failure_fails_the_run() -> None:
+    published = labelled(("f", True), ("n", False), ("m", None))
+    outputs = [Output("p", "f", 1.5), Output("p", "n", 1.5), Output("d", "m", 1.5)]
+    audit = [Learned("f", "fraud", "explicit", "v1"), Learned("n", "legitimate", "explicit", "v1")]
+    t = measurement.learning_tally(published, outputs, audit)
+    assert (t["learned_as_fraud"], t["learned_as_legitimate"], t["learned_once"], t["labelled_decided"]) == (1, 1, 2, 2)
+    assert all(t[name] == 0 for name in measurement.LEARNING_FAILURES) and t["audit_unexpected"] == 0
+    # labels are not transactions: the delivery accounting of the same record does not see them
+    d = measurement.tally(published, outputs)
+    assert (d["published"], d["lost"], d["duplicated"], d["record_duplicates"]) == (3, 0, 0, 0)
+    clean = {"measurement_valid": True, "lost": 0, "duplicated": 0, "misrouted": 0, "unexpected": 0,
+             "learning": {**t, "audit_unexpected": 0}}  # fmt: skip
+    assert exit_code(clean) == 0
+    for failure in (*measurement.LEARNING_FAILURES, "audit_unexpected"):
+        assert exit_code({**clean, "learning": {**clean["learning"], failure: 1}}) == 1, failure
+
+
+def test_labels_and_the_audit_round_trip_through_their_records(tmp_path: Path) -> None:
+    (tmp_path / "published.tsv").write_text("a\tg\t1.5\t1.6\t0\t7\na\tlf\t2.0\t2.1\t1\t3\nb\tll\t2.0\t2.1\t2\t4\n")
+    assert measurement.read_published(tmp_path / "published.tsv") == [
+        Published("a", False, 1.5, 1.6, 0, 7),
+        Published("a", False, 2.0, 2.1, 1, 3, label=True),
+        Published("b", False, 2.0, 2.1, 2, 4, label=False),
+    ]
+    (tmp_path / "audit.tsv").write_text("a\tfraud\texplicit\tv3\t5.0\t1\t0\nb\tlegitimate\timplicit\tv4\t5.5\t0")
+    assert measurement.read_audit(tmp_path / "audit.tsv") == [Learned("a", "fraud", "explicit", "v3", 5.0, 1, 0)]
+    value = orjson.dumps({"tx_id": "a", "learned_as": "fraud", "how": "explicit", "version": "v3"})
+    assert measurement.audit_entry(value) == ("a", "fraud", "explicit", "v3")
 
 
 def test_faults_are_spread_evenly_and_the_exit_code_follows_the_counts() -> None:
