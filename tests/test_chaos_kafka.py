@@ -271,12 +271,20 @@ def test_faults_are_spread_evenly_and_the_exit_code_follows_the_counts() -> None
 
 # --- the run ----------------------------------------------------------------------------------------------------
 
-# About 75 s of publishing; each fault waits until every running worker is ready (--fault-after-ready), so a slow
-# start on a loaded machine delays the next fault instead of overlapping it, and each recovery is measured whole.
+# About 75 s of publishing transactions, then 15 s of the last labels; each fault waits until every running worker is
+# ready (--fault-after-ready), so a slow start on a loaded machine delays the next fault instead of overlapping it,
+# and each recovery is measured whole.
 TRANSACTIONS, MALFORMED = 12000, 60
+# The run spans 2.4 days of event time (5,000 transactions a day): labels come half a day after their transactions
+# (from about a fifth of the run on, and half a day of them after the last transaction), and the horizon is 0.8 day,
+# so the 0.3 day between a label and its horizon (about 9 s of publishing, as the default 7 and 8 days give at 500 tx/s)
+# is crossed for most transactions while the faults hit: a fraud whose label is on Kafka must not be learned as
+# legitimate first.
+LABEL_DELAY_DAYS, LABEL_HORIZON_S = 0.5, 0.8 * 86400
 RUN = [
     "--transactions", str(TRANSACTIONS), "--rate-tps", "160", "--bad-share", "0.005", "--fault-after-ready",
-    "--kills", "2", "--scale", "--broker-restart", "--broker-down-s", "5",
+    "--kills", "2", "--scale", "--broker-restart", "--broker-down-s", "5", "--trainer-kills", "1",
+    "--labels", "--label-delay-days", str(LABEL_DELAY_DAYS), "--worker-env", f"LABEL_HORIZON_S={LABEL_HORIZON_S:g}",
     "--drain-timeout-s", "120", "--settle-s", "5", "--progress-s", "10",
 ]  # fmt: skip
 # Ready again within READY_BOUND_S. The README says a restarted worker decides again within seconds; the full run in
@@ -289,7 +297,8 @@ SIGKILL_READY_S = 15.0  # a SIGKILLed worker restarts with the same id and stati
 
 @pytest.mark.timeout(900)
 def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing() -> None:
-    """About 75 s of publishing with five faults (12,000 messages at 160/s), then up to 2 minutes to drain."""
+    """About 90 s of publishing with six faults (12,000 messages at 160/s and their labels), then up to 2 minutes to
+    drain and the trainer's last versions."""
     work = REPO_ROOT / ".kafka" / f"chaos-test-{uuid.uuid4().hex[:8]}"
     out = work / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
@@ -316,7 +325,19 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
     assert report["predicted"] == report["published_valid"] and report["dead_lettered"] == MALFORMED, output
     assert report["complete"], output
     kinds = sorted(f["kind"] for f in report["faults"])
-    assert kinds == ["broker_restart", "scale_down", "scale_up", "sigkill", "sigkill"], output
+    assert kinds == ["broker_restart", "scale_down", "scale_up", "sigkill", "sigkill", "trainer_sigkill"], output
+    # the learning: each labelled transaction learned once, as its class, from the audit the versions carry
+    learning = report["learning"]
+    assert learning["labels_published"] == learning["publisher_labels"] == TRANSACTIONS - MALFORMED, output
+    assert learning["labels_topic"]["consistent"] and learning["fraud_labels"] > 0, output
+    assert learning["labelled_decided"] == TRANSACTIONS - MALFORMED, output
+    assert learning["frauds_learned_as_legitimate"] == 0 and learning["wrong_class"] == 0, output
+    assert learning["learned_twice"] == 0 and learning["never_learned"] == 0, output
+    assert learning["audit_unexpected"] == 0, output
+    assert learning["learned_once"] == learning["labelled_decided"], output
+    assert learning["learned_as_fraud"] == learning["fraud_labels"], output
+    trainer_kill = next(f for f in report["faults"] if f["kind"] == "trainer_sigkill")
+    assert trainer_kill["target"] is not None and trainer_kill["trainer_again_after_s"] is not None, output
     assert all(f["recovery_s"] is not None for f in report["faults"]), output
     # Every worker is ready again within READY_BOUND_S of each fault that took it away: a SIGKILLed worker from its
     # kill, the added worker from its start, every running worker from the broker's return after the restart. A wait
@@ -324,7 +345,7 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
     # bound; never a SIGKILL's: each SIGKILLed worker must be ready again, as before.
     ready: dict[str, float | None] = {}
     for i, fault in enumerate(report["faults"]):
-        if fault["kind"] in ("sigkill", "scale_up"):
+        if fault["kind"] in ("sigkill", "trainer_sigkill", "scale_up"):
             waits = {fault["target"]: (fault["ready_after_s"], fault.get("waited_before_hit_s"))}
         elif fault["kind"] == "broker_restart":
             assert fault["ready_again_after_s"], output  # some worker was running: its readiness was awaited
@@ -337,13 +358,13 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
                 after_s is None
                 and cut_after_s is not None
                 and cut_after_s < READY_BOUND_S
-                and fault["kind"] != "sigkill"
+                and fault["kind"] not in ("sigkill", "trainer_sigkill")
             ):
                 continue  # not measured: stopped or killed by the script before the bound ran out
             ready[f"{fault['kind']} {i} {worker}"] = after_s
     late = {k: v for k, v in ready.items() if v is None or v > READY_BOUND_S}
     assert not late, f"not ready again within {READY_BOUND_S} s: {late}\n{output}"
-    slow_kills = {k: v for k, v in ready.items() if k.startswith("sigkill") and (v or 0) > SIGKILL_READY_S}
+    slow_kills = {k: v for k, v in ready.items() if "sigkill" in k and (v or 0) > SIGKILL_READY_S}
     assert not slow_kills, f"a SIGKILLed worker not ready again within {SIGKILL_READY_S} s: {slow_kills}\n{output}"
     for fault in report["faults"]:
         if fault["kind"] == "scale_down":  # SIGTERM: the batches in flight commit, then the worker exits promptly

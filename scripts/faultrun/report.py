@@ -148,14 +148,14 @@ def summary(report: dict[str, Any]) -> str:
             f"labels: published {learning['labels_published']} ({learning['fraud_labels']} frauds; publisher counted "
             f"{learning['publisher_labels']}, labels topic holds {learning['labels_topic']['messages']}, consistent: "
             f"{learning['labels_topic']['consistent']}), {learning['label_delay_days']:g} days after their "
-            f"transactions; {learning['labelled_decided']} of decided transactions",
+            f"transactions; {learning['labelled_decided']} of them of decided transactions",
             f"learned as fraud {learning['learned_as_fraud']}, learned as legitimate "
             f"{learning['learned_as_legitimate']}, LEARNED TWICE {learning['learned_twice']}, NEVER LEARNED "
             f"{learning['never_learned']}, FRAUDS LEARNED AS LEGITIMATE {learning['frauds_learned_as_legitimate']}, "
             f"WRONG CLASS {learning['wrong_class']}; audit records {learning['audit_records']} "
             f"{learning['learned_how']}, for unlabelled ids {learning['audit_unexpected']}",
             f"audit read until {wait.get('ended')} after {wait.get('waited_s')} s; trainer at the end: "
-            f"{learning['trainer_at_end']}",
+            + trainer_line(learning["trainer_at_end"]),
         ]
     samples = report["samples"]
     for name, shown in samples.items():
@@ -167,6 +167,24 @@ def summary(report: dict[str, Any]) -> str:
         verdict += ", " + ", ".join(f"{name.replace('_', ' ')} {learning[name]}" for name in LEARNING_FAILURES)
     lines.append(verdict)
     return "\n".join(lines)
+
+
+def trainer_line(end: dict[str, Any]) -> str:
+    """The trainer's own counters at the end (its worker's ``/metrics``), short.
+
+    >>> trainer_line({"worker": "w1", 'fraud_labels_total{outcome="learned"}': 5.0, "fraud_learning_entries": 0.0})
+    'on w1: learned 5, pending 0'
+    """
+    if not end.get("worker"):
+        return "no worker trains"
+    prefix = 'fraud_labels_total{outcome="'
+    parts = [f"{key[len(prefix) : -2]} {value:g}" for key, value in end.items()
+             if key.startswith(prefix) and value]  # fmt: skip
+    parts.append(f"pending {end.get('fraud_learning_entries', 0):g}")
+    lag = end.get("fraud_trainer_labels_watermark_lag_seconds")
+    if lag:
+        parts.append(f"labels watermark lag {lag:g} s")
+    return f"on {end['worker']}: " + ", ".join(parts)
 
 
 def exit_code(report: dict[str, Any]) -> int:
