@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Fault injection on a real broker: publish simulated transactions while workers are killed, the broker is
-restarted and the group is scaled, then count what came out - lost, duplicated, and how long each fault
-stopped the flow.
+"""Fault injection on a real broker: publish simulated transactions (and, with ``--labels``, their labels) while
+workers are killed, the trainer's owner is killed or paused, the broker is restarted and the group is scaled, then
+count what came out - lost, duplicated, how long each fault stopped the flow - and what the trainer learned of
+each labelled transaction.
 
     # the full run (about 8 minutes of publishing)
     python scripts/chaos.py --transactions 1000000 --rate-tps 2000 --kills 10 --pauses 1 --broker-restart --scale
@@ -12,6 +13,11 @@ stopped the flow.
 
     # no fault at all: a baseline of the same accounting
     python scripts/chaos.py --transactions 5000 --rate-tps 250
+
+    # labels 7 days (event time) after their transactions; SIGKILLs of any worker and of the trainer's owner, the
+    # trainer's owner paused past its session timeout; every labelled transaction must be learned once, as its class
+    python scripts/chaos.py --transactions 20000 --rate-tps 500 --labels --kills 3 --trainer-kills 2 --pauses 1 \\
+        --pause-trainer --scale
 
     # print the fault schedule and exit
     python scripts/chaos.py --transactions 1000000 --rate-tps 2000 --kills 10 --pauses 1 --broker-restart --scale --plan
@@ -32,7 +38,15 @@ What runs, each as its own process:
   what was published. A send that fails or times out (broker down) is sent again until acknowledged; only
   acknowledgements are recorded. With ``--bad-share`` a share of the N messages is malformed (empty, not JSON,
   a list, a missing field, a negative amount, a timestamp without offset), keyed ``bad-<run>-<n>``: each must
-  come out exactly once as a dead letter;
+  come out exactly once as a dead letter. With ``--labels`` it also publishes one label per valid transaction
+  (none for a malformed one) on the run's labels topic, keyed by tx_id, ``{"tx_id", "is_fraud", "timestamp"}``
+  as ``app.records.parse_label`` reads them, with the simulator's truth and the time the label became known:
+  ``--label-delay-days`` (default 7, as the simulator delays them) of event time after its transaction. Labels
+  are merged into the publication in event-time order (as ``lab.simulator.replay`` does: a label comes among
+  the transactions of its later time), riding along between the paced transactions; those due after the last
+  transaction follow it, in due order, paced at ``--rate-tps`` too (so the publishing time, and the faults spread
+  over it, include them). Each is recorded with kind ``lf`` (fraud) or ``ll`` (legitimate); the delivery
+  accounting below counts transactions only;
 - a reader: ``predictions`` and ``transactions-dlq`` with ``isolation_level="read_committed"``, from the
   beginning, one line per output read in ``<work>/outputs.tsv`` (kind, id, wall time read, partition, offset).
   A prediction's id is its key (its value's ``tx_id`` when there is no key); a dead letter's id is the
@@ -46,11 +60,18 @@ and the broker restart with ``--scale``, evenly without):
 
 - ``--kills K``: SIGKILL of a running worker (round robin when two run), restarted at once with the same
   WORKER_ID, DATA_DIR and WEB_PORT;
-- ``--pauses P``: SIGSTOP of a running worker (round robin) for its session timeout (SESSION_TIMEOUT_MS of its
-  environment, else the default) plus ``--pause-margin-s``, then SIGCONT: the group gives its partitions to the
-  other worker, and the resumed one is a zombie that must be fenced (anything it published twice is a
-  duplicate). Its record notes the partitions the group gave it before and at the end of the pause, when it
-  held partitions again (rejoined_after_s) and its log's "fenced" lines;
+- ``--trainer-kills K``: the same, of the trainer's owner: the running worker whose ``/metrics`` shows
+  ``fraud_trainer_active 1`` (the one holding ``<APP_ID>-trainer-lease``), looked for every half second for up
+  to ``--ready-timeout-s`` (the lease may be moving; none found: nothing killed, the record says so). Spread over
+  the run like the kills. Its record adds trainer_again_after_s and trainer_again_on: when, and on which worker,
+  a worker showed ``fraud_trainer_active 1`` again;
+- ``--pauses P``: SIGSTOP of a running worker (round robin; the trainer's owner with ``--pause-trainer``) for its
+  session timeout (SESSION_TIMEOUT_MS of its environment, else the default) plus ``--pause-margin-s``, then
+  SIGCONT: the group gives its partitions (and the trainer lease) to the other worker, and the resumed one is a
+  zombie that must be fenced (anything it published twice is a duplicate; a version it published twice would
+  show as pairs learned twice). Its record notes the partitions the group gave it before and at the end of the
+  pause, which worker trained at its end (trainer_at_resume), when it held partitions again (rejoined_after_s)
+  and its log's "fenced" lines;
 - ``--broker-restart``: the broker stopped (``kafka_local.stop``: SIGTERM), started again after
   ``--broker-down-s`` on the same ports and data dir, nothing wiped;
 - ``--scale``: a second worker started, later stopped with SIGTERM.
@@ -70,8 +91,32 @@ from the broker's return; when the run hit the worker again before that, hit_aga
 waited), for the stopped worker, decided_before_stop (transactions it committed, from its ``/metrics``) and, for a
 paused one, owned_before, owned_at_resume, rejoined_after_s and fenced_lines.
 
-Exit code: 0 when nothing was lost or duplicated, 1 when something was (or misrouted, or output for an unknown
-id), 2 when the measurement itself is void (the record disagrees with the publisher's count or the input
+With ``--labels``, the workers get MODEL_PUBLISH_INTERVAL_S = ``--model-publish-interval-s`` (default 2;
+``--worker-env`` overrides it): every pair the trainer learns is written to ``<APP_ID>-learning-audit`` in the
+Kafka transaction of the model version it went into, so a short interval makes the audit follow closely. Once
+the decisions settled, the run waits for the trainer: it reads ``<APP_ID>-learning-audit`` with
+``read_committed`` from its start into ``<work>/audit.tsv`` (tx_id, learned_as, how, version, read time,
+partition, offset) until every labelled transaction that was decided (predicted) has a record, then
+``--learn-settle-s`` more (a pair learned twice comes in a later version); or until nothing new came for
+``--learn-idle-s`` (the trainer learns nothing more), or ``--learn-timeout-s``; the workers stay supervised
+meanwhile. Then the report's ``learning`` section, per labelled, decided transaction, each in exactly one of:
+learned_as_fraud (a fraud label, one record, as fraud), learned_as_legitimate (a legitimate label, one record,
+as legitimate: explicitly, or as an implicit negative when its label came after the horizon),
+frauds_learned_as_legitimate (a fraud label and any ``legitimate`` record: the implicit negative followed by a
+late fraud counts here, not as learned twice), wrong_class (a legitimate label and any ``fraud`` record),
+learned_twice (more than one record otherwise), never_learned (no record); with learned_once, labelled_decided,
+labelled_not_decided (labels of transactions lost or dead-lettered: the delivery counts show those),
+audit_records, learned_how (records by explicit / implicit / late), audit_unexpected (records of ids never
+labelled), the labels topic's content against the record (labels_topic), the wait (audit_read), the
+trainer's counters at the end from its worker's ``/metrics`` (trainer_at_end) and its availability
+(trainer_availability: every running worker's ``fraud_trainer_active`` asked about once a second from the start
+of publishing to the end of the wait; the share of the time some worker trained, the longest stretch without one,
+the moves from one worker to another, the seconds each trained); the failures' records are in ``samples``.
+
+Exit code: 0 when nothing was lost or duplicated (and, with labels, every labelled, decided transaction was
+learned once, as its class), 1 when something was (or misrouted, or output for an unknown id, or any of
+frauds_learned_as_legitimate, wrong_class, learned_twice, never_learned, audit_unexpected), 2 when the
+measurement itself is void (the record disagrees with the publisher's count, the input topic or the labels
 topic, or the reader died) or the run could not be set up. Times in the report are seconds since publishing
 started.
 
@@ -82,9 +127,11 @@ PREDICTIONS_TOPIC, HEALTH_TOPIC, TRANSACTIONS_DLQ_TOPIC, LABELS_DLQ_TOPIC, LOG_L
 ``topics/manifest.json`` with ``--partitions`` partitions); answer ``GET http://127.0.0.1:$WEB_PORT/ready``
 with 200 once it consumes; publish one prediction keyed by tx_id per valid transaction and one dead letter
 (input key, ``raw`` = base64 of the input bytes) per malformed one, visible to a read_committed consumer; stop
-on SIGTERM; survive a SIGKILL of itself or of its peer, and the broker going away for a while.
+on SIGTERM; survive a SIGKILL of itself or of its peer, and the broker going away for a while. With
+``--labels``: one of them trains (``fraud_trainer_active 1`` on its ``/metrics``), reading LABELS_TOPIC, and
+writes each pair it learns to ``<APP_ID>-learning-audit`` as ``{"tx_id", "learned_as", "how", "version"}``.
 
-Work dir: worker logs (``worker-N.log``), ``publisher.log``, ``reader.log``, the two ``.tsv`` records and the
+Work dir: worker logs (``worker-N.log``), ``publisher.log``, ``reader.log``, the ``.tsv`` records and the
 broker's logs stay; broker data and worker data dirs are deleted at the end unless ``--keep-data``.
 """
 

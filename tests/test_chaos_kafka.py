@@ -244,6 +244,15 @@ def test_labels_and_the_audit_round_trip_through_their_records(tmp_path: Path) -
     assert measurement.audit_entry(value) == ("a", "fraud", "explicit", "v3")
 
 
+def test_the_trainers_availability_counts_the_stretches_without_one_and_its_moves() -> None:
+    probes = [(0.0, "w0"), (1.0, None), (2.0, None), (4.0, "w0"), (5.0, "w1"), (8.0, None), (9.0, "w1"), (10.0, None)]
+    a = measurement.trainer_availability(probes)
+    assert a["active_share"] == pytest.approx(0.6) and a["probes"] == 8
+    assert (a["longest_inactive_s"], a["longest_inactive_from"]) == (3.0, 1.0)  # 1.0 to 4.0, not the 1 s at 8.0
+    assert a["moves"] == 1 and a["trained_s"] == {"w0": 2.0, "w1": 4.0}  # w0 restarted in place: not a move
+    assert measurement.trainer_availability([(0.0, None)])["active_share"] is None
+
+
 def test_faults_are_spread_evenly_and_the_exit_code_follows_the_counts() -> None:
     schedule = schedule_without = scenarios.fault_schedule(70.0, kills=3, broker_restart=True, scale=True)  # 6
     assert [f.planned_at_s for f in schedule] == pytest.approx([10.0 * i for i in range(1, 7)])

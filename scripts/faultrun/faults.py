@@ -92,21 +92,24 @@ def find_trainer(run: ChaosRun, timeout_s: float) -> tuple[Worker | None, float]
         run.sleep_until(time.time() + 0.5)
 
 
-def note_trainer(run: ChaosRun) -> None:
-    """For the trainer faults still waiting for it: the first running worker that trains again (from the kill:
-    ``trainer_again_after_s``, ``trainer_again_on``)."""
-    waiting = [f for f in run.faults if f.get("_awaiting_trainer")]
-    if not waiting:
-        return
+def probe_trainer(run: ChaosRun) -> None:
+    """Which running worker trains now (the first whose ``/metrics`` shows ``fraud_trainer_active 1``), noted in
+    ``run.trainer_probes`` (once publishing started) for the trainer's availability; and, for the trainer faults
+    still waiting for it, the first one that trains again after them (``trainer_again_after_s``,
+    ``trainer_again_on``)."""
     owner = next((w for w in run.running() if w.trainer_active()), None)
+    now = time.time()
+    if run.t0:
+        run.trainer_probes.append((now, owner.name if owner is not None else None))
     if owner is None:
         return
-    now = time.time()
+    waiting = [f for f in run.faults if f.get("_awaiting_trainer")]
     for fault in waiting:
         fault["trainer_again_after_s"] = round(now - fault["_at"], 3)
         fault["trainer_again_on"] = owner.name
         del fault["_awaiting_trainer"]
-    run.event("trainer active again", worker=owner.name)
+    if waiting:
+        run.event("trainer active again", worker=owner.name)
 
 
 def pause_worker(run: ChaosRun, target: Worker, record: dict[str, Any]) -> None:

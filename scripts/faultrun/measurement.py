@@ -238,6 +238,42 @@ def recovery_s(
     return None
 
 
+def trainer_availability(probes: Sequence[tuple[float, str | None]]) -> dict[str, Any]:
+    """How much of the time some worker trained, from ``(time, worker that trained or None)`` probes in time order,
+    each holding until the next: ``active_share`` of the time between the first and the last probe, the longest
+    stretch without a trainer (``longest_inactive_s``, from ``longest_inactive_from``), the trainer's moves from
+    one worker to another (``moves``: a restart in place is not a move) and the time each worker trained.
+
+    >>> t = trainer_availability([(0.0, "w0"), (2.0, None), (3.0, None), (5.0, "w1"), (6.0, "w0"), (10.0, "w0")])
+    >>> t["active_share"], t["longest_inactive_s"], t["longest_inactive_from"], t["moves"], t["trained_s"]
+    (0.7, 3.0, 2.0, 2, {'w0': 6.0, 'w1': 1.0})
+    """
+    trained: dict[str, float] = {}
+    longest, longest_from = 0.0, None
+    inactive_from: float | None = None
+    moves = 0
+    last_owner: str | None = None
+    for (t, owner), (t_next, _) in itertools.pairwise(probes):
+        if owner is None:
+            inactive_from = t if inactive_from is None else inactive_from
+            if t_next - inactive_from > longest:
+                longest, longest_from = t_next - inactive_from, inactive_from
+            continue
+        inactive_from = None
+        trained[owner] = trained.get(owner, 0.0) + t_next - t
+        moves += last_owner is not None and owner != last_owner
+        last_owner = owner
+    span = probes[-1][0] - probes[0][0] if len(probes) > 1 else 0.0
+    return {
+        "probes": len(probes),
+        "active_share": round(sum(trained.values()) / span, 3) if span > 0 else None,
+        "longest_inactive_s": round(longest, 3),
+        "longest_inactive_from": longest_from,
+        "moves": moves,
+        "trained_s": {k: round(v, 3) for k, v in sorted(trained.items())},
+    }
+
+
 def longest_gap(read_times: Iterable[float]) -> tuple[float, float | None]:
     """The longest time between two consecutive outputs, and when it began; (0.0, None) for fewer than two.
 

@@ -19,6 +19,7 @@ from faultrun.measurement import (
     read_published,
     recovery_s,
     tally,
+    trainer_availability,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ def build_report(
         learning["labels_topic"] = {k: v for k, v in labels_check.items() if not k.endswith("_sample")}
         learning["audit_read"] = run.learning_wait
         learning["trainer_at_end"] = run.trainer_end
+        availability = trainer_availability(run.trainer_probes)
+        availability["longest_inactive_from_s"] = run.rel(availability.pop("longest_inactive_from"))
+        learning["trainer_availability"] = availability
         learning["label_delay_days"] = a.label_delay_days
         report["learning"] = learning
         report["measurement_valid"] = bool(
@@ -156,6 +160,7 @@ def summary(report: dict[str, Any]) -> str:
             f"{learning['learned_how']}, for unlabelled ids {learning['audit_unexpected']}",
             f"audit read until {wait.get('ended')} after {wait.get('waited_s')} s; trainer at the end: "
             + trainer_line(learning["trainer_at_end"]),
+            f"trainer active {availability_line(learning['trainer_availability'])}",
         ]
     samples = report["samples"]
     for name, shown in samples.items():
@@ -185,6 +190,19 @@ def trainer_line(end: dict[str, Any]) -> str:
     if lag:
         parts.append(f"labels watermark lag {lag:g} s")
     return f"on {end['worker']}: " + ", ".join(parts)
+
+
+def availability_line(a: dict[str, Any]) -> str:
+    """The trainer's availability, short.
+
+    >>> print(availability_line({"active_share": 0.7, "longest_inactive_s": 3.0, "longest_inactive_from_s": 2.0,
+    ...                          "moves": 2, "trained_s": {"w0": 6.0, "w1": 1.0}, "probes": 6}))
+    70 % of the time (6 probes), longest without a trainer 3.0 s from t+2.0 s, 2 moves, trained s {'w0': 6.0, 'w1': 1.0}
+    """
+    share = "?" if a["active_share"] is None else f"{100 * a['active_share']:.0f} %"
+    since = "" if a["longest_inactive_from_s"] is None else f" from t+{a['longest_inactive_from_s']:.1f} s"
+    return (f"{share} of the time ({a['probes']} probes), longest without a trainer {a['longest_inactive_s']:.1f} s"
+            f"{since}, {a['moves']} moves, trained s {a['trained_s']}")  # fmt: skip
 
 
 def exit_code(report: dict[str, Any]) -> int:

@@ -22,7 +22,7 @@ import kafka_local
 from local_processes import free_port
 
 from faultrun.cluster import REPO_ROOT, SetupError, Worker, create_topics
-from faultrun.faults import apply_fault, note_ready, note_trainer
+from faultrun.faults import apply_fault, note_ready, probe_trainer
 from faultrun.files import read_json
 from faultrun.measurement import PREDICTION, read_outputs, read_published
 from faultrun.publisher import publisher_main
@@ -53,6 +53,7 @@ class ChaosRun:
     reader: Any = None
     last_progress: float = 0.0
     last_trainer_probe: float = 0.0
+    trainer_probes: list[tuple[float, str | None]] = field(default_factory=list)  # (when, the worker that trained)
     learning_wait: dict[str, Any] = field(default_factory=dict)
     trainer_end: dict[str, Any] = field(default_factory=dict)
 
@@ -181,9 +182,10 @@ class ChaosRun:
                 worker.process.kill()
                 fault["sigkilled_after_timeout"] = True
                 self.event("did not stop after SIGTERM: SIGKILL", worker=worker.name)
-        if now - self.last_trainer_probe >= 1.0:
+        watch = self.args.labels or any(f.get("_awaiting_trainer") for f in self.faults)
+        if watch and now - self.last_trainer_probe >= 1.0:
             self.last_trainer_probe = now
-            note_trainer(self)
+            probe_trainer(self)
         if now - self.last_progress >= self.args.progress_s:
             self.last_progress = now
             self.print_progress()
