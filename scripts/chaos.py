@@ -85,7 +85,8 @@ one outcome) and extra_copies, misrouted (a valid transaction dead-lettered or a
 unexpected (outputs for ids never acknowledged), the publisher's own count and the input topic's content (to show
 the publisher did not duplicate or drop), end-to-end latency, the longest gap between two outputs read, the faults
 applied by kind (fault_counts), and per fault its kind, time and recovery_s: seconds from the fault until the first
-output read after it for a message first sent after it (null when none came); ready_after_s (a restarted or added
+output read after it for a message first sent after it (null when none came; after_last_transaction when no
+transaction was sent after it: nothing to measure); ready_after_s (a restarted or added
 worker's first ``/ready`` 200 after the fault), ready_again_after_s (after a broker restart, each worker's, counted
 from the broker's return; when the run hit the worker again before that, hit_again_before_ready and how long it had
 waited), for the stopped worker, decided_before_stop (transactions it committed, from its ``/metrics``) and, for a

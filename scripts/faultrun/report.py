@@ -40,10 +40,13 @@ def build_report(
     outputs = sorted(read_outputs(run.work / "outputs.tsv"), key=lambda o: o.read_at)
     times = [o.read_at for o in outputs]
     counts = tally(published, outputs)
-    sent_at = {p.id: p.sent_at for p in published}
+    sent_at = {p.id: p.sent_at for p in published if p.label is None}
+    last_sent = max(sent_at.values(), default=0.0)
     for fault in run.faults:
         r = recovery_s(fault["_at"], sent_at, outputs, times)
         fault["recovery_s"] = None if r is None else round(r, 3)
+        if fault["_at"] > last_sent:  # no transaction sent after it (the last labels, or the publisher ran ahead)
+            fault["after_last_transaction"] = True
         if fault.pop("_awaiting_ready", False):
             fault["ready_after_s"] = None
         if fault.pop("_awaiting_trainer", False):
@@ -142,6 +145,7 @@ def summary(report: dict[str, Any]) -> str:
     for f in report["faults"]:
         details = ", ".join(f"{k} {v}" for k, v in f.items() if k not in ("kind", "at_s", "recovery_s"))
         rec = "never" if f["recovery_s"] is None else f"{f['recovery_s']:.1f} s"
+        rec = "none to measure" if f.get("after_last_transaction") and f["recovery_s"] is None else rec
         lines.append(f"  {f['kind']:<15} at t+{f['at_s']:6.1f} s: recovery {rec} ({details})")
     if report["unexpected_exits"]:
         lines.append(f"unexpected worker exits: {report['unexpected_exits']}")
