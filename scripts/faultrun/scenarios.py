@@ -30,7 +30,8 @@ def fault_schedule(
     """Faults evenly over the publishing time: the i-th of E at (i + 1) / (E + 1) of it.
 
     Kills (of any worker, and of the trainer's owner) are spread over the run, the scale-up comes near a quarter,
-    the broker restart near half and the scale-down near three quarters (ties keep that order). Pauses (a worker
+    the broker restart near half and the scale-down near three quarters (ties keep that order; a trainer kill tied
+    with the broker restart comes before it, not into the catch-up after the broker's return). Pauses (a worker
     stopped past its session timeout, then resumed: a zombie) want a second worker to take its partitions: with
     ``scale`` they fall between the scale-up and the broker restart, while two workers run and the broker has not
     moved; without, spread over the run.
@@ -41,9 +42,11 @@ def fault_schedule(
     [('scale_up', 24), ('pause', 48), ('broker_restart', 72), ('scale_down', 96)]
     >>> [(f.kind, round(f.planned_at_s)) for f in fault_schedule(90.0, 1, False, False, trainer_kills=2)]
     [('trainer_sigkill', 22), ('sigkill', 45), ('trainer_sigkill', 68)]
+    >>> [f.kind for f in fault_schedule(70.0, 2, True, True, trainer_kills=1)]
+    ['scale_up', 'sigkill', 'trainer_sigkill', 'broker_restart', 'scale_down', 'sigkill']
     """
-    wanted: list[tuple[float, int, str]] = [((i + 0.5) / kills, 3, "sigkill") for i in range(kills)]
-    wanted += [((i + 0.5) / trainer_kills, 5, "trainer_sigkill") for i in range(trainer_kills)]
+    wanted: list[tuple[float, float, str]] = [((i + 0.5) / kills, 3, "sigkill") for i in range(kills)]
+    wanted += [((i + 0.5) / trainer_kills, 0.5, "trainer_sigkill") for i in range(trainer_kills)]
     if scale:
         wanted += [(0.25, 0, "scale_up"), (0.75, 2, "scale_down")]
         wanted += [(0.25 + 0.25 * (i + 1) / (pauses + 1), 4, "pause") for i in range(pauses)]
