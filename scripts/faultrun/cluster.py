@@ -30,6 +30,7 @@ class Worker:
     awaited_since: float = 0.0  # its start, or the broker's return after a restart: readiness is awaited since
     last_probe: float = 0.0
     restarts: int = 0
+    paused: bool = False  # SIGSTOPped: it answers nothing, so nobody asks
 
     @property
     def url(self) -> str:
@@ -43,6 +44,20 @@ class Worker:
         except OSError:
             return None
         return sum(int(samples.get(f'fraud_transactions_total{{outcome="{o}"}}', 0)) for o in ("scored", "dead_letter"))
+
+    def metrics(self, timeout_s: float = 2.0) -> dict[str, float] | None:
+        """Its ``/metrics`` samples; None when it does not answer (or is paused)."""
+        if self.paused or not self.alive():
+            return None
+        try:
+            return scrape(self.url.replace("/ready", "/metrics"), timeout_s=timeout_s)
+        except OSError:
+            return None
+
+    def trainer_active(self) -> bool | None:
+        """Whether it holds the trainer lease and trains (``fraud_trainer_active`` 1); None when it does not answer."""
+        samples = self.metrics()
+        return None if samples is None else samples.get("fraud_trainer_active", 0.0) == 1.0
 
     def start(self) -> None:
         with self.log_path.open("ab") as log_file:

@@ -1,6 +1,7 @@
-"""The faults a run applies: SIGKILL and restart of a worker, a worker paused past its session timeout and
-resumed (a zombie), a broker restart, a worker added and one stopped; and what each fault's record notes
-(readiness again, exit time, partitions held, what the workers logged)."""
+"""The faults a run applies: SIGKILL and restart of a worker (any, or the trainer's owner), a worker paused past its
+session timeout and resumed (a zombie; any, or the trainer's owner), a broker restart, a worker added and one
+stopped; and what each fault's record notes (readiness again, the trainer again, exit time, partitions held, what
+the workers logged)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,15 @@ def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
     record: dict[str, Any] = {"kind": fault.kind, "planned_at_s": round(fault.planned_at_s, 3)}
     if fault.kind == "sigkill":
         running = run.running()
-        target = running[kills_so_far % len(running)]
-        hit_before_ready(run, target)
-        at = target.kill()
-        target.restarts += 1
-        target.start()
-        record.update(target=target.name, _at=at, restarted_after_s=round(target.started_at - at, 3),
-                      _awaiting_ready=True)  # fmt: skip
-        run.event("SIGKILL and restart", worker=target.name)
+        kill_and_restart(run, running[kills_so_far % len(running)], record)
+    elif fault.kind == "trainer_sigkill":
+        owner, record["trainer_found_after_s"] = find_trainer(run, run.args.ready_timeout_s)
+        if owner is None:
+            record.update(target=None, _at=time.time(), skipped="no running worker showed fraud_trainer_active 1")
+            run.event("no trainer found: nothing killed")
+        else:
+            kill_and_restart(run, owner, record)
+            record["_awaiting_trainer"] = True
     elif fault.kind == "scale_up":
         worker = run.new_worker()
         worker.start()
@@ -52,6 +54,12 @@ def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
     elif fault.kind == "pause":
         running = run.running()
         target = running[sum(f["kind"] == "pause" for f in run.faults) % len(running)]
+        if run.args.pause_trainer:
+            owner, record["trainer_found_after_s"] = find_trainer(run, run.args.ready_timeout_s)
+            record["trainer"] = owner is not None
+            if owner is None:
+                run.event("no trainer found: pausing a worker", worker=target.name)
+            target = owner or target
         pause_worker(run, target, record)
     elif fault.kind == "broker_restart":
         restart_broker(run, record)
@@ -59,6 +67,49 @@ def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
         raise ValueError(fault.kind)
     record["at_s"] = run.rel(record["_at"])
     run.faults.append(record)
+
+
+def kill_and_restart(run: ChaosRun, target: Worker, record: dict[str, Any]) -> None:
+    """SIGKILL ``target`` and start it again at once, same WORKER_ID, DATA_DIR and WEB_PORT."""
+    hit_before_ready(run, target)
+    at = target.kill()
+    target.restarts += 1
+    target.start()
+    record.update(target=target.name, _at=at, restarted_after_s=round(target.started_at - at, 3),
+                  _awaiting_ready=True)  # fmt: skip
+    trainer = " (the trainer's owner)" if record["kind"] == "trainer_sigkill" else ""
+    run.event(f"SIGKILL{trainer} and restart", worker=target.name)
+
+
+def find_trainer(run: ChaosRun, timeout_s: float) -> tuple[Worker | None, float]:
+    """The running worker whose ``/metrics`` shows ``fraud_trainer_active 1`` (the one holding the trainer lease),
+    asked every half second until ``timeout_s`` (the lease may be moving); and the seconds the search took."""
+    started = time.time()
+    while True:
+        owner = next((w for w in run.running() if w.trainer_active()), None)
+        if owner is not None or time.time() - started >= timeout_s:
+            return owner, round(time.time() - started, 3)
+        run.sleep_until(time.time() + 0.5)
+
+
+def probe_trainer(run: ChaosRun) -> None:
+    """Which running worker trains now (the first whose ``/metrics`` shows ``fraud_trainer_active 1``), noted in
+    ``run.trainer_probes`` (once publishing started) for the trainer's availability; and, for the trainer faults
+    still waiting for it, the first one that trains again after them (``trainer_again_after_s``,
+    ``trainer_again_on``)."""
+    owner = next((w for w in run.running() if w.trainer_active()), None)
+    now = time.time()
+    if run.t0:
+        run.trainer_probes.append((now, owner.name if owner is not None else None))
+    if owner is None:
+        return
+    waiting = [f for f in run.faults if f.get("_awaiting_trainer")]
+    for fault in waiting:
+        fault["trainer_again_after_s"] = round(now - fault["_at"], 3)
+        fault["trainer_again_on"] = owner.name
+        del fault["_awaiting_trainer"]
+    if waiting:
+        run.event("trainer active again", worker=owner.name)
 
 
 def pause_worker(run: ChaosRun, target: Worker, record: dict[str, Any]) -> None:
@@ -77,16 +128,21 @@ def pause_worker(run: ChaosRun, target: Worker, record: dict[str, Any]) -> None:
     log_size = _size(target.log_path)
     at = time.time()
     target.process.send_signal(signal.SIGSTOP)
+    target.paused = True
     record["_at"] = at
-    run.event("SIGSTOP", worker=target.name, for_s=round(paused_s, 1))
+    run.event("SIGSTOP", worker=target.name, for_s=round(paused_s, 1), trainer=record.get("trainer", False))
     try:
         run.sleep_until(at + paused_s)
         record["owned_at_resume"] = owned(run, target)
+        # who trains while the paused one is out (None: nobody, e.g. no other worker)
+        record["trainer_at_resume"] = next((w.name for w in run.running() if w.trainer_active()), None)
     finally:
         target.process.send_signal(signal.SIGCONT)
+        target.paused = False
     resumed = time.time()
     record["resumed_after_s"] = round(resumed - at, 3)
-    run.event("SIGCONT", worker=target.name, owned_at_resume=record["owned_at_resume"])
+    run.event("SIGCONT", worker=target.name, owned_at_resume=record["owned_at_resume"],
+              trainer_at_resume=record["trainer_at_resume"])  # fmt: skip
     record["rejoined_after_s"] = None
     while time.time() < resumed + run.args.ready_timeout_s and target.alive():
         if owned(run, target):

@@ -1,4 +1,5 @@
-"""The accounting a fault run's verdict rests on: what was published, what came out, lost, duplicated, recovery.
+"""The accounting a fault run's verdict rests on: what was published, what came out, lost, duplicated, recovery;
+and, with labels, what the trainer learned of each labelled transaction (from its learning audit).
 
 Pure: no broker, no process. tests/test_chaos_kafka.py checks it on crafted inputs.
 """
@@ -22,6 +23,8 @@ PREDICTION = "p"
 DEAD_LETTER = "d"
 GOOD = "g"
 BAD = "b"
+LABEL_FRAUD = "lf"  # a label {"is_fraud": true} on the labels topic, under its transaction's tx_id
+LABEL_LEGIT = "ll"  # a label {"is_fraud": false}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,13 @@ class Published:
     acked_at: float = 0.0
     partition: int = -1
     offset: int = -1
+    label: bool | None = None  # a label (on the labels topic): the is_fraud it says; None: a transactions message
+
+    @property
+    def kind(self) -> str:
+        if self.label is not None:
+            return LABEL_FRAUD if self.label else LABEL_LEGIT
+        return BAD if self.bad else GOOD
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +62,8 @@ def tally(published: Iterable[Published], outputs: Iterable[Output], sample: int
 
     ``lost``: published ids without any output; ``duplicated``: published ids with more than one output (of
     either kind), ``extra_copies`` the outputs beyond the first; ``misrouted``: valid transactions that were
-    dead-lettered or malformed ones predicted; ``unexpected``: ids output but never recorded as published.
+    dead-lettered or malformed ones predicted; ``unexpected``: ids output but never recorded as published. Labels in
+    the record are not messages of the transactions topic: they count in none of these.
 
     >>> p = [Published("a", False, 1.0), Published("b", False, 1.0), Published("x", True, 1.0)]
     >>> o = [Output("p", "a", 2.0), Output("p", "a", 3.0), Output("d", "x", 2.0)]
@@ -63,6 +74,8 @@ def tally(published: Iterable[Published], outputs: Iterable[Output], sample: int
     bad_of: dict[str, bool] = {}
     record_duplicates = 0
     for p in published:
+        if p.label is not None:
+            continue
         if p.id in bad_of:
             record_duplicates += 1
         bad_of[p.id] = p.bad
@@ -98,6 +111,108 @@ def tally(published: Iterable[Published], outputs: Iterable[Output], sample: int
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """One record of the trainer's learning audit (``<APP_ID>-learning-audit``), read committed."""
+
+    tx_id: str
+    learned_as: str  # "fraud" | "legitimate"
+    how: str  # "explicit" | "implicit" | "late"
+    version: str = ""
+    read_at: float = 0.0
+    partition: int = -1
+    offset: int = -1
+
+
+# What happened to a labelled, decided transaction in the trainer, each in exactly one of these (the first that
+# applies, in this order); the first four are failures.
+LEARNING_OUTCOMES = (
+    "frauds_learned_as_legitimate",  # a fraud label, and an audit record "legitimate" (an implicit negative, say)
+    "wrong_class",  # a legitimate label learned as fraud
+    "learned_twice",  # more than one audit record (of the label's class)
+    "never_learned",  # no audit record at all
+    "learned_as_fraud",  # a fraud label learned once, as fraud
+    "learned_as_legitimate",  # a legitimate label learned once, as legitimate
+)
+LEARNING_FAILURES = LEARNING_OUTCOMES[:4]
+
+
+def learning_tally(
+    published: Iterable[Published], outputs: Iterable[Output], audit: Iterable[Learned], sample: int = 20
+) -> dict[str, Any]:
+    """What the trainer learned of each labelled transaction that was decided (predicted), from its audit.
+
+    Each such transaction is in exactly one of :data:`LEARNING_OUTCOMES`. A fraud with any ``legitimate`` record is
+    a fraud learned as legitimate even when a late ``fraud`` record follows (the implicit negative, then the late
+    fraud: not "learned twice"); a legitimate label with any ``fraud`` record is ``wrong_class``; more than one
+    record otherwise is ``learned_twice``. ``labelled_not_decided``: labels of transactions without a prediction
+    (lost or dead-lettered: the delivery accounting counts those); ``audit_unexpected``: audited ids without a
+    published label (a failure too: nothing but the run's labels can teach its trainer); ``audit_records``: every
+    record read; ``learned_how``: the records by ``how``; the samples show each failure's records.
+
+    >>> p = [Published("a", False, 1.0), Published("a", False, 2.0, label=True),
+    ...      Published("b", False, 1.0), Published("b", False, 2.0, label=False),
+    ...      Published("c", False, 1.0), Published("c", False, 2.0, label=True)]
+    >>> o = [Output("p", "a", 1.5), Output("p", "b", 1.5), Output("p", "c", 1.5)]
+    >>> t = learning_tally(p, o, [Learned("a", "fraud", "explicit"), Learned("b", "legitimate", "explicit"),
+    ...                           Learned("c", "legitimate", "implicit"), Learned("c", "fraud", "late")])
+    >>> t["learned_as_fraud"], t["learned_as_legitimate"], t["frauds_learned_as_legitimate"], t["learned_twice"]
+    (1, 1, 1, 0)
+    """
+    labels: dict[str, bool] = {}
+    label_duplicates = 0
+    for p in published:
+        if p.label is not None:
+            label_duplicates += p.id in labels
+            labels[p.id] = p.label
+    predicted = {o.id for o in outputs if o.kind == PREDICTION}
+    records: dict[str, list[Learned]] = {}
+    how: Counter[str] = Counter()
+    n_records = 0
+    for a in audit:
+        records.setdefault(a.tx_id, []).append(a)
+        how[a.how] += 1
+        n_records += 1
+    outcome: dict[str, list[str]] = {name: [] for name in LEARNING_OUTCOMES}
+    for tx_id, is_fraud in labels.items():
+        if tx_id not in predicted:
+            continue
+        learned = records.get(tx_id, [])
+        classes = {a.learned_as for a in learned}
+        if is_fraud and "legitimate" in classes:
+            name = "frauds_learned_as_legitimate"
+        elif not is_fraud and "fraud" in classes:
+            name = "wrong_class"
+        elif len(learned) > 1:
+            name = "learned_twice"
+        elif not learned:
+            name = "never_learned"
+        else:
+            name = "learned_as_fraud" if is_fraud else "learned_as_legitimate"
+        outcome[name].append(tx_id)
+    unexpected = sorted(tx_id for tx_id in records if tx_id not in labels)
+
+    def shown(ids: list[str]) -> dict[str, list[list[str]]]:
+        return {i: [[a.learned_as, a.how, a.version] for a in records.get(i, [])] for i in sorted(ids)[:sample]}
+
+    result: dict[str, Any] = {
+        "labels_published": len(labels),
+        "label_record_duplicates": label_duplicates,
+        "fraud_labels": sum(labels.values()),
+        "labelled_decided": sum(len(ids) for ids in outcome.values()),
+        "labelled_not_decided": sum(1 for tx_id in labels if tx_id not in predicted),
+        **{name: len(ids) for name, ids in outcome.items()},
+        "learned_once": len(outcome["learned_as_fraud"]) + len(outcome["learned_as_legitimate"]),
+        "audit_records": n_records,
+        "audit_unexpected": len(unexpected),
+        "learned_how": dict(sorted(how.items())),
+    }
+    for name in LEARNING_FAILURES:
+        result[f"{name}_sample"] = shown(outcome[name])
+    result["audit_unexpected_sample"] = shown(unexpected)
+    return result
+
+
 def recovery_s(
     fault_at: float,
     sent_at: Mapping[str, float],
@@ -121,6 +236,42 @@ def recovery_s(
         if sent is not None and sent >= fault_at:
             return o.read_at - fault_at
     return None
+
+
+def trainer_availability(probes: Sequence[tuple[float, str | None]]) -> dict[str, Any]:
+    """How much of the time some worker trained, from ``(time, worker that trained or None)`` probes in time order,
+    each holding until the next: ``active_share`` of the time between the first and the last probe, the longest
+    stretch without a trainer (``longest_inactive_s``, from ``longest_inactive_from``), the trainer's moves from
+    one worker to another (``moves``: a restart in place is not a move) and the time each worker trained.
+
+    >>> t = trainer_availability([(0.0, "w0"), (2.0, None), (3.0, None), (5.0, "w1"), (6.0, "w0"), (10.0, "w0")])
+    >>> t["active_share"], t["longest_inactive_s"], t["longest_inactive_from"], t["moves"], t["trained_s"]
+    (0.7, 3.0, 2.0, 2, {'w0': 6.0, 'w1': 1.0})
+    """
+    trained: dict[str, float] = {}
+    longest, longest_from = 0.0, None
+    inactive_from: float | None = None
+    moves = 0
+    last_owner: str | None = None
+    for (t, owner), (t_next, _) in itertools.pairwise(probes):
+        if owner is None:
+            inactive_from = t if inactive_from is None else inactive_from
+            if t_next - inactive_from > longest:
+                longest, longest_from = t_next - inactive_from, inactive_from
+            continue
+        inactive_from = None
+        trained[owner] = trained.get(owner, 0.0) + t_next - t
+        moves += last_owner is not None and owner != last_owner
+        last_owner = owner
+    span = probes[-1][0] - probes[0][0] if len(probes) > 1 else 0.0
+    return {
+        "probes": len(probes),
+        "active_share": round(sum(trained.values()) / span, 3) if span > 0 else None,
+        "longest_inactive_s": round(longest, 3),
+        "longest_inactive_from": longest_from,
+        "moves": moves,
+        "trained_s": {k: round(v, 3) for k, v in sorted(trained.items())},
+    }
 
 
 def longest_gap(read_times: Iterable[float]) -> tuple[float, float | None]:
@@ -219,15 +370,48 @@ def _json_field(data: bytes | None, name: str) -> Any:
 
 
 def read_published(path: Path) -> list[Published]:
-    """The publisher's record; a torn last line (a crash mid-write) is skipped."""
+    """The publisher's record (transactions, malformed messages and labels); a torn last line (a crash mid-write)
+    is skipped."""
     out = []
     for line in _lines(path):
         parts = line.split("\t")
         if len(parts) != 6:
             continue
+        label = None if parts[1] not in (LABEL_FRAUD, LABEL_LEGIT) else parts[1] == LABEL_FRAUD
         out.append(Published(parts[0], parts[1] == BAD, float(parts[2]), float(parts[3]), int(parts[4]),
-                             int(parts[5])))  # fmt: skip
+                             int(parts[5]), label))  # fmt: skip
     return out
+
+
+def read_audit(path: Path) -> list[Learned]:
+    """The learning audit as read (``audit.tsv``: tx_id, learned_as, how, version, read time, partition, offset)."""
+    out = []
+    for line in _lines(path):
+        parts = line.split("\t")
+        if len(parts) != 7:
+            continue
+        out.append(Learned(parts[0], parts[1], parts[2], parts[3], float(parts[4]), int(parts[5]), int(parts[6])))
+    return out
+
+
+def audit_entry(value: bytes | None) -> tuple[str, str, str, str]:
+    """(tx_id, learned_as, how, version) of an audit record's JSON value; "?" for what it lacks.
+
+    >>> audit_entry(b'{"tx_id": "t1", "learned_as": "fraud", "how": "explicit", "version": "v3"}')
+    ('t1', 'fraud', 'explicit', 'v3')
+    >>> audit_entry(b"nope")
+    ('?', '?', '?', '?')
+    """
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        obj = None
+    obj = obj if isinstance(obj, dict) else {}
+
+    def field(name: str) -> str:
+        return str(obj.get(name) or "?").replace("\t", " ").replace("\n", " ")
+
+    return field("tx_id"), field("learned_as"), field("how"), field("version")
 
 
 def read_outputs(path: Path) -> list[Output]:

@@ -1,5 +1,8 @@
 """The publisher process: sends the run's messages at the set rate, idempotent with ``acks=all``, and records
-every acknowledged send in ``published.tsv`` (the independent record of what was published)."""
+every acknowledged send in ``published.tsv`` (the independent record of what was published).
+
+The rate paces the messages of the transactions topic; labels (with ``label_delay_s``) ride along between them in
+event-time order, and those due after the last transaction are paced at the same rate after it."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from faultrun.files import process_logging, write_json
-from faultrun.measurement import BAD, GOOD
+from faultrun.measurement import BAD, GOOD, LABEL_FRAUD, LABEL_LEGIT
 from faultrun.scenarios import messages
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,10 @@ async def _publish(cfg: dict[str, Any]) -> None:
 
     work = Path(cfg["work"])
     rate = float(cfg["rate_tps"])
-    topic = cfg["topic"]
+    topics = {kind: cfg["labels_topic"] if kind in (LABEL_FRAUD, LABEL_LEGIT) else cfg["topic"]
+              for kind in (BAD, GOOD, LABEL_FRAUD, LABEL_LEGIT)}  # fmt: skip
+    n = int(cfg["n"])
+    label_delay_s = cfg.get("label_delay_s")
 
     def new_producer() -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -54,20 +60,21 @@ async def _publish(cfg: dict[str, Any]) -> None:
             await asyncio.sleep(1)
 
     record = (work / "published.tsv").open("w", encoding="utf-8", buffering=1 << 16)
-    state = {"sent": 0, "acked": 0, "retries": 0, "resends": 0, "behind_s": 0.0}
+    # acked: messages of the transactions topic; labels_acked: labels
+    state = {"sent": 0, "acked": 0, "labels_sent": 0, "labels_acked": 0, "retries": 0, "resends": 0, "behind_s": 0.0}
     in_flight = 0
     resend_tasks: set[asyncio.Task[None]] = set()
     t0 = time.time()
     write_json(work / "publisher.started.json", {"t0": t0})
 
-    async def send(item: tuple[str, bool, bytes, bytes], first_sent_at: float | None) -> None:
+    async def send(item: tuple[str, str, bytes, bytes], first_sent_at: float | None) -> None:
         nonlocal producer, in_flight
-        msg_id, bad, key, value = item
+        msg_id, kind, key, value = item
         failures = 0
         while True:
             sent_at = first_sent_at if first_sent_at is not None else time.time()
             try:
-                future = await producer.send(topic, value=value, key=key)
+                future = await producer.send(topics[kind], value=value, key=key)
             except KafkaError as exc:  # accumulator full past request_timeout_ms, or a producer gone bad
                 state["retries"] += 1
                 failures += 1
@@ -86,7 +93,7 @@ async def _publish(cfg: dict[str, Any]) -> None:
             future.add_done_callback(lambda f, item=item, sent_at=sent_at: acked(f, item, sent_at))
             return
 
-    def acked(future: asyncio.Future[Any], item: tuple[str, bool, bytes, bytes], sent_at: float) -> None:
+    def acked(future: asyncio.Future[Any], item: tuple[str, str, bytes, bytes], sent_at: float) -> None:
         nonlocal in_flight
         in_flight -= 1
         exc = None if future.cancelled() else future.exception()
@@ -98,9 +105,8 @@ async def _publish(cfg: dict[str, Any]) -> None:
             task.add_done_callback(resend_tasks.discard)
             return
         meta = future.result()
-        state["acked"] += 1
-        kind = BAD if item[1] else GOOD
-        record.write(f"{item[0]}\t{kind}\t{sent_at:.6f}\t{time.time():.6f}\t{meta.partition}\t{meta.offset}\n")
+        state["labels_acked" if item[1] in (LABEL_FRAUD, LABEL_LEGIT) else "acked"] += 1
+        record.write(f"{item[0]}\t{item[1]}\t{sent_at:.6f}\t{time.time():.6f}\t{meta.partition}\t{meta.offset}\n")
 
     async def report() -> None:
         while True:
@@ -110,15 +116,19 @@ async def _publish(cfg: dict[str, Any]) -> None:
 
     reporter = asyncio.create_task(report())
     try:
-        for i, item in enumerate(messages(int(cfg["n"]), cfg["run_id"], int(cfg["seed"]), float(cfg["bad_share"]))):
-            if rate > 0:
-                due = t0 + i / rate
+        slot = 0  # transactions-topic messages so far, then labels after the last of them: the paced sends
+        for item in messages(n, cfg["run_id"], int(cfg["seed"]), float(cfg["bad_share"]), label_delay_s):
+            is_label = item[1] in (LABEL_FRAUD, LABEL_LEGIT)
+            if rate > 0 and (not is_label or state["sent"] == n):
+                due = t0 + slot / rate
                 wait = due - time.time()
                 if wait > 0.001:
                     await asyncio.sleep(wait)
                 state["behind_s"] = max(0.0, -wait)
+            if not is_label or state["sent"] == n:
+                slot += 1
             await send(item, None)
-            state["sent"] = i + 1
+            state["labels_sent" if is_label else "sent"] += 1
         sent_done = time.time()
         while in_flight or resend_tasks:
             with contextlib.suppress(KafkaError):
@@ -131,5 +141,6 @@ async def _publish(cfg: dict[str, Any]) -> None:
         write_json(work / "publisher.status.json", state)
         with contextlib.suppress(Exception):
             await producer.stop()
-    write_json(work / "publisher.done.json", {**state, "count": state["acked"], "t0": t0,
-                                              "sent_done": sent_done, "acked_done": time.time()})  # fmt: skip
+    write_json(work / "publisher.done.json", {**state, "count": state["acked"], "labels": state["labels_acked"],
+                                              "t0": t0, "sent_done": sent_done,
+                                              "acked_done": time.time()})  # fmt: skip

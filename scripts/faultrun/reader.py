@@ -1,5 +1,6 @@
 """The reader process: reads predictions and dead letters with ``read_committed`` into ``outputs.tsv`` until every
-published id has an outcome; and the scan of the input topic that checks the publisher wrote each id once."""
+published id has an outcome; the scan of an input topic that checks the publisher wrote each id once; and, with
+labels, the read of the trainer's learning audit at the end of the run."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from faultrun.files import process_logging, read_json, write_json
-from faultrun.measurement import DEAD_LETTER, PREDICTION, input_id, output_id
+from faultrun.measurement import DEAD_LETTER, LABEL_FRAUD, LABEL_LEGIT, PREDICTION, audit_entry, input_id, output_id
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,10 @@ async def _read(cfg: dict[str, Any]) -> None:
                 lines = (tail + chunk).split(b"\n")
                 tail = lines.pop()
                 for line in lines:
-                    msg_id = line.split(b"\t", 1)[0].decode()
+                    fields = line.split(b"\t", 2)
+                    if len(fields) > 1 and fields[1].decode() in (LABEL_FRAUD, LABEL_LEGIT):
+                        continue  # a label: its outcome is the trainer's, read at the end
+                    msg_id = fields[0].decode()
                     if msg_id not in published:
                         published.add(msg_id)
                         if seen[msg_id]:
@@ -137,3 +142,67 @@ async def scan_input(bootstrap: str, topic: str, timeout_s: float) -> list[str]:
     finally:
         await consumer.stop()
     return ids
+
+
+async def read_audit(
+    bootstrap: str,
+    topic: str,
+    expected: set[str],
+    path: Path,
+    tick: Callable[[int, int], None],
+    settle_s: float,
+    idle_s: float,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Read the learning audit ``read_committed`` from its start into ``path`` (one line a record: tx_id, learned_as,
+    how, version, read time, partition, offset) until every ``expected`` id has a record and ``settle_s`` more have
+    passed (a pair learned twice shows in a later version), or nothing new came for ``idle_s`` (the trainer learns
+    nothing more), or ``timeout_s``. ``tick(records, covered)`` is called between fetches (the orchestrator
+    supervises its workers meanwhile)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                fetch_max_wait_ms=200)  # fmt: skip
+    started = last_new = time.time()
+    covered: set[str] = set()
+    records = 0
+    complete_at: float | None = None
+    ended = "timeout"
+    await consumer.start()
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            while True:
+                try:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=20000)
+                except KafkaError as exc:
+                    log.warning("audit getmany: %r", exc)
+                    await asyncio.sleep(0.5)
+                    batches = {}
+                now = time.time()
+                for rs in batches.values():
+                    for r in rs:
+                        tx_id, learned_as, how, version = audit_entry(r.value)
+                        out.write(f"{tx_id}\t{learned_as}\t{how}\t{version}\t{now:.6f}\t{r.partition}\t{r.offset}\n")
+                        records += 1
+                        last_new = now
+                        if tx_id in expected:
+                            covered.add(tx_id)
+                out.flush()
+                tick(records, len(covered))
+                if len(covered) == len(expected):
+                    complete_at = complete_at or now
+                    if now - complete_at >= settle_s:
+                        ended = "complete"
+                        break
+                elif now - last_new >= idle_s:
+                    ended = "idle"
+                    break
+                if now - started >= timeout_s:
+                    break
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    return {"ended": ended, "records": records, "covered": len(covered), "expected": len(expected),
+            "waited_s": round(time.time() - started, 3)}  # fmt: skip

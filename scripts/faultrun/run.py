@@ -1,5 +1,6 @@
 """The orchestrator of a fault run: broker, workers, publisher and reader; supervises the workers while the
-faults are applied on schedule, then collects what the report needs."""
+faults are applied on schedule, waits (with labels) for the trainer to learn what it can, then collects what the
+report needs."""
 
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ import kafka_local
 from local_processes import free_port
 
 from faultrun.cluster import REPO_ROOT, SetupError, Worker, create_topics
-from faultrun.faults import apply_fault, note_ready
+from faultrun.faults import apply_fault, note_ready, probe_trainer
 from faultrun.files import read_json
+from faultrun.measurement import PREDICTION, read_outputs, read_published
 from faultrun.publisher import publisher_main
-from faultrun.reader import reader_main, scan_input
+from faultrun.reader import read_audit, reader_main, scan_input
 from faultrun.report import build_report
-from faultrun.scenarios import fault_schedule
+from faultrun.scenarios import fault_schedule, trailing_labels
+
+DAY_S = 86400.0
 
 
 @dataclass
@@ -48,6 +52,10 @@ class ChaosRun:
     publisher: Any = None
     reader: Any = None
     last_progress: float = 0.0
+    last_trainer_probe: float = 0.0
+    trainer_probes: list[tuple[float, str | None]] = field(default_factory=list)  # (when, the worker that trained)
+    learning_wait: dict[str, Any] = field(default_factory=dict)
+    trainer_end: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.run_id = self.args.run_id or uuid.uuid4().hex[:8]
@@ -111,6 +119,8 @@ class ChaosRun:
             "WEB_BIND": "127.0.0.1",
             "LOG_LEVEL": self.args.worker_log_level,
         }
+        if self.args.labels:
+            env["MODEL_PUBLISH_INTERVAL_S"] = str(self.args.model_publish_interval_s)
         for item in self.args.worker_env:
             name, _, value = item.partition("=")
             env[name] = value
@@ -172,6 +182,10 @@ class ChaosRun:
                 worker.process.kill()
                 fault["sigkilled_after_timeout"] = True
                 self.event("did not stop after SIGTERM: SIGKILL", worker=worker.name)
+        watch = self.args.labels or any(f.get("_awaiting_trainer") for f in self.faults)
+        if watch and now - self.last_trainer_probe >= 1.0:
+            self.last_trainer_probe = now
+            probe_trainer(self)
         if now - self.last_progress >= self.args.progress_s:
             self.last_progress = now
             self.print_progress()
@@ -182,8 +196,10 @@ class ChaosRun:
         states = ", ".join(f"{w.name} {'ready' if w.ready_at else 'starting'}" for w in self.workers if w.wanted)
         behind = pub.get("behind_s", 0.0)
         lag = f" (publisher {behind:.1f} s behind)" if behind > 1 else ""
+        labels = f" (+{pub.get('labels_acked', 0)} labels)" if self.args.labels else ""
+        retries = pub.get("retries", 0) + pub.get("resends", 0)
         print(f"[t+{time.time() - self.t0:7.1f}s] published {pub.get('acked', 0)}/{self.args.transactions}"
-              f"{lag}, retries {pub.get('retries', 0) + pub.get('resends', 0)}; outputs {rd.get('outputs', 0)}, "
+              f"{labels}{lag}, retries {retries}; outputs {rd.get('outputs', 0)}, "
               f"with outcome {rd.get('with_outcome', 0)}/{rd.get('published_seen', 0)}; {states}",
               flush=True)  # fmt: skip
 
@@ -209,12 +225,13 @@ class ChaosRun:
         self.work.mkdir(parents=True, exist_ok=True)
         for stale in ("published.tsv", "outputs.tsv", "publisher.started.json", "publisher.done.json",
                       "publisher.status.json", "reader.started.json", "reader.done.json", "reader.status.json",
-                      "reader.stop"):  # fmt: skip
+                      "reader.stop", "audit.tsv"):  # fmt: skip
             (self.work / stale).unlink(missing_ok=True)
-        publish_s = a.transactions / a.rate_tps if a.rate_tps > 0 else 0.0
-        schedule = fault_schedule(publish_s, a.kills, a.broker_restart, a.scale, a.pauses)
-        print(f"chaos run {self.run_id}: {a.transactions} messages at {a.rate_tps:g} tx/s (~{publish_s:.0f} s), "
-              f"{len(schedule)} faults; work dir {self.work}", flush=True)  # fmt: skip
+        publish_s = publishing_s(a)
+        schedule = fault_schedule(publish_s, a.kills, a.broker_restart, a.scale, a.pauses, a.trainer_kills)
+        labels = f" and their labels {a.label_delay_days:g} days later" if a.labels else ""
+        print(f"chaos run {self.run_id}: {a.transactions} messages at {a.rate_tps:g} tx/s{labels} "
+              f"(~{publish_s:.0f} s), {len(schedule)} faults; work dir {self.work}", flush=True)  # fmt: skip
         self.start_broker()
         self.create_topics()
         first = self.new_worker()
@@ -230,6 +247,9 @@ class ChaosRun:
                                  "reader.started.json", 60)  # fmt: skip
         request_timeout_ms = int(max(60.0, 3 * a.broker_down_s + 90.0) * 1000)
         self.publisher = self.spawn(publisher_main, {**common, "topic": self.topics["TRANSACTIONS_TOPIC"],
+                                                     "labels_topic": self.topics["LABELS_TOPIC"],
+                                                     "label_delay_s": a.label_delay_days * DAY_S if a.labels
+                                                     else None,
                                                      "n": a.transactions, "rate_tps": a.rate_tps, "seed": a.seed,
                                                      "bad_share": a.bad_share,
                                                      "request_timeout_ms": request_timeout_ms},
@@ -254,7 +274,7 @@ class ChaosRun:
         if self.publisher.exitcode != 0:
             raise SetupError(f"the publisher exited with {self.publisher.exitcode}; see {self.work}/publisher.log")
         done = read_json(self.work / "publisher.done.json") or {}
-        self.event("publishing ended", acked=done.get("count"), retries=done.get("retries"),
+        self.event("publishing ended", acked=done.get("count"), labels=done.get("labels"), retries=done.get("retries"),
                    resends=done.get("resends"), acked_by_s=round(done.get("acked_done", 0) - self.t0, 1))  # fmt: skip
 
         hard_deadline = time.time() + a.drain_timeout_s + a.settle_s + 120
@@ -267,10 +287,42 @@ class ChaosRun:
         reader_done = read_json(self.work / "reader.done.json") or {}
         reader_done["exitcode"] = self.reader.exitcode  # a reader that died read only part of the outputs
         self.event("reading ended", complete=reader_done.get("complete"), outputs=reader_done.get("outputs"))
+        if a.labels:
+            self.wait_for_learning()
         for worker in self.workers:
             worker.stop()
         topic_ids = asyncio.run(scan_input(self.bootstrap, self.topics["TRANSACTIONS_TOPIC"], 300.0))
-        return build_report(self, done, reader_done, topic_ids)
+        label_ids = asyncio.run(scan_input(self.bootstrap, self.topics["LABELS_TOPIC"], 300.0)) if a.labels else None
+        return build_report(self, done, reader_done, topic_ids, label_ids)
+
+    def wait_for_learning(self) -> None:
+        """Decisions settled: read the trainer's learning audit until every labelled, decided transaction has a
+        record (then ``--learn-settle-s`` more, for a pair learned twice), or nothing new came for
+        ``--learn-idle-s``, or ``--learn-timeout-s``; the workers stay supervised meanwhile. Then the trainer's own
+        counters, from the worker that trains."""
+        a = self.args
+        published = read_published(self.work / "published.tsv")
+        predicted = {o.id for o in read_outputs(self.work / "outputs.tsv") if o.kind == PREDICTION}
+        expected = {p.id for p in published if p.label is not None and p.id in predicted}
+        self.event("waiting for the trainer", labelled_decided=len(expected))
+        last = [time.time()]
+
+        def tick(records: int, covered: int) -> None:
+            self.supervise()
+            if time.time() - last[0] >= a.progress_s:
+                last[0] = time.time()
+                self.event("learning", audited=f"{covered}/{len(expected)}", audit_records=records)
+
+        topic = f"{self.workers[0].env['APP_ID']}-learning-audit"
+        self.learning_wait = asyncio.run(read_audit(self.bootstrap, topic, expected, self.work / "audit.tsv", tick,
+                                                    a.learn_settle_s, a.learn_idle_s, a.learn_timeout_s))  # fmt: skip
+        self.event("learning read", **self.learning_wait)
+        owner = next((w for w in self.running() if w.trainer_active()), None)
+        samples = owner.metrics() if owner is not None else None
+        wanted = ("fraud_labels_total", "fraud_learning_entries", "fraud_trainer_labels_watermark_lag_seconds",
+                  "fraud_model_labels_learned")  # fmt: skip
+        self.trainer_end = {"worker": owner.name if owner else None,
+                            **{k: v for k, v in (samples or {}).items() if k.startswith(wanted)}}  # fmt: skip
 
     def cleanup(self) -> None:
         if self.work.exists():
@@ -291,3 +343,14 @@ class ChaosRun:
             shutil.rmtree(self.broker_data, ignore_errors=True)
             for worker in self.workers:
                 shutil.rmtree(worker.env["DATA_DIR"], ignore_errors=True)
+
+
+def publishing_s(args: argparse.Namespace) -> float:
+    """The planned publishing time: the messages of the transactions topic at ``--rate-tps``, then (with labels) the
+    labels due after the last transaction at the same rate; 0 for as fast as possible."""
+    if args.rate_tps <= 0:
+        return 0.0
+    slots = args.transactions
+    if args.labels:
+        slots += trailing_labels(args.transactions, args.seed, args.bad_share, args.label_delay_days * DAY_S)
+    return slots / args.rate_tps
