@@ -69,8 +69,9 @@ def decode_state(raw: bytes) -> Terminal:
     Why both formats instead of a new format marker for the terminal store (app.state.store.FORMAT_MARKER; the
     customer store has its own): values of both formats may sit side by side in a terminal store at no cost (a
     terminal is rewritten in the new format at its next change), and a new marker would rebuild every terminal
-    store from the checkpoint and the log at the upgrade. A version before this one cannot read the new values: going back needs the terminal store's
-    directory removed (it is rebuilt from the Kafka checkpoint, whose format is unchanged).
+    store from the checkpoint and the log at the upgrade. A version before this one cannot read the new values:
+    going back needs the terminal store's directory removed (it is rebuilt from the Kafka checkpoint, whose format
+    is unchanged).
 
     >>> decode_state(encode_state([(1.5, "t1", 0), (2.0, "t2", 1)]))
     TerminalWindow([(1.5, 't1', 0), (2.0, 't2', 1)])
