@@ -24,6 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import ProducerFenced
 
 from app import metrics
@@ -53,15 +55,22 @@ def _chunk_key(i: int) -> bytes:
 
 
 class _Lease(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The lease is decided at each assignment, not at the revocation before it: every change of the group's members
+    (a worker started, restarted or resumed) revokes and reassigns the one partition, and a session stopped at the
+    revocation and started again when the lease came straight back spent seconds restoring instead of training. Two
+    owners cannot both publish meanwhile: a new owner's transactional producer fences the old one."""
+
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.trainer._release()
+        pass  # see the class: the assignment that follows keeps or ends the session
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
             self.trainer._acquire()
+        else:
+            await self.trainer._release()
 
 
 class Trainer:
@@ -94,6 +103,10 @@ class Trainer:
             f"{s.app_id}-trainer",
             session_timeout_ms=s.session_timeout_ms,
             group_instance_id=f"{s.app_id}-trainer-{s.worker_id}",
+            # The lease stays with the worker that holds it when another joins (a SIGKILLed owner coming back took
+            # it back from its successor under the range assignor: two trainer restarts per fault); the range
+            # assignor second, for members of an earlier release during a rolling upgrade.
+            partition_assignment_strategy=(StickyPartitionAssignor, RangePartitionAssignor),
         )
         try:
             await consumer.start()
