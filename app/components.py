@@ -33,10 +33,9 @@ from app.serving.grpc_api import GrpcServer
 from app.serving.routing import PartitionOwners, client_id_with_url
 from app.serving.service import Serving
 from app.settings import Settings, signing_key
-from app.state.customers import CUSTOMER_FORMAT_MARKER
 from app.state.memory_store import MemoryStore
 from app.state.rocksdb_store import RocksDBConfig, RocksDBStore
-from app.state.store import FORMAT_MARKER, Store
+from app.state.store import Store
 from app.state.terminal_feed import TerminalFeed
 from app.state.terminals import TerminalAggregates
 
@@ -120,16 +119,13 @@ class Components:
         self.feed.close()
 
 
-def state_store(
-    name: str, settings: Settings, rocksdb: RocksDBConfig | None, format_marker: bytes = FORMAT_MARKER
-) -> Store:
+def state_store(name: str, settings: Settings, rocksdb: RocksDBConfig | None) -> Store:
     """A local store under the state directory: RocksDB with the worker's one :class:`RocksDBConfig` (so one block
-    cache and one write-buffer budget for all its stores), or memory (``STATE_BACKEND=memory``, tests); its
-    partitions are created with ``format_marker`` and rebuilt when they hold another."""
+    cache and one write-buffer budget for all its stores), or memory (``STATE_BACKEND=memory``, tests)."""
     if settings.state_backend == "rocksdb" and rocksdb is not None:
-        return RocksDBStore.from_settings(name, settings, rocksdb, format_marker)
+        return RocksDBStore.from_settings(name, settings, rocksdb)
     if settings.state_backend == "memory":
-        return MemoryStore(name, format_marker=format_marker)
+        return MemoryStore(name)
     raise ValueError(f"STATE_BACKEND must be rocksdb or memory, not {settings.state_backend!r}")
 
 
@@ -166,7 +162,7 @@ def build(settings: Settings) -> Components:
         model,
         aggregates,
         window,
-        store=state_store(CUSTOMER_STORE, settings, rocksdb, CUSTOMER_FORMAT_MARKER),  # packed: its own marker
+        store=state_store(CUSTOMER_STORE, settings, rocksdb),
         changelog_topic=changelog_topic(settings),
         terminal_topic=terminal_topic(settings),
         client_options=kafka_options,

@@ -19,7 +19,7 @@ from app.features.engine import (
     customer_features,
     terminal_features,
 )
-from app.state.customers import PartitionState
+from app.state.customers import PartitionState, entry_key, entry_value
 from app.state.memory_store import MemoryStore
 from app.state.terminals import TerminalAggregates
 
@@ -59,8 +59,7 @@ def test_the_customer_windows_the_engine_returns_hold_no_tracked_entry() -> None
 def test_a_customer_read_back_from_the_store_holds_no_tracked_entry() -> None:
     partition = PartitionState(MemoryStore("customers").open_partition(0))
     entries = [(i * 60.0, 1.0 + i, "k1", f"tx{i}", i) for i in range(20)]
-    partition.apply(None, 21, {"c1": CustomerWindow.of(entries)}, [])
-    partition.cache.clear()  # read back from the store's packed value, not the window committed
+    partition.apply({entry_key("c1", e[3]): entry_value(e) for e in entries}, 21, {}, [])
     state = partition.customer("c1")
     assert list(state) == entries and "c1" in partition.cache
     assert walks_no_entry(state)

@@ -37,7 +37,6 @@ from app.serialization import dumps, loads
 from app.settings import Settings
 from app.state.customers import (
     POSITION_KEY,
-    ChangelogReplay,
     PartitionState,
     after_entry,
     entry_key,
@@ -53,11 +52,7 @@ from app.state.terminals import TerminalAggregates
 log = logging.getLogger(__name__)
 
 HIGH_SCORES_KEPT = 50  # the latest predictions at or over the threshold, for the operator page
-# A restore commits the store every this many changelog records. Each slice rewrites every customer it touched
-# (one packed value each), so slices must hold many records per customer: at 5,000 customers a partition (10x the
-# simulator), 10,000-record slices cost a rebuild 5 times the CPU of a put per record, 100,000 about 1.4 times
-# (scripts/bench_customer_store.py), for ~25 MB of records held per partition while it restores.
-REPLAY_COMMIT_RECORDS = 100_000
+REPLAY_COMMIT_RECORDS = 10_000  # a restore commits the store every this many changelog records
 # The changelog keeps a tombstone this long after compaction cleaned it (Kafka's default delete.retention.ms, the
 # changelog does not set it), less an hour for clock skew: a store idle longer is rebuilt, it may miss deletions.
 CHANGELOG_TOMBSTONES_KEPT_S = 86400.0 - 3600.0
@@ -84,9 +79,7 @@ class Scorer:
         self.model = model
         self.aggregates = aggregates
         self.window = window
-        # The customer windows, one store partition per input partition, one packed value per customer (a store
-        # made with CUSTOMER_FORMAT_MARKER, so one of an earlier layout is rebuilt from the changelog).
-        self.store = store
+        self.store = store  # the customer windows, one store partition per input partition
         self.changelog_topic = changelog_topic
         self.terminal_topic = terminal_topic
         self.client_options = client_options or {}
@@ -122,8 +115,7 @@ class Scorer:
         The store keeps the changelog offset its data covers; :func:`app.state.recovery.open_for_recovery` decides
         whether it may resume from there (a restart on the same disk replays only the tail) or is rebuilt from the
         changelog's start (no store, a corrupt one, or a changelog that moved on without it). The tail is read with
-        ``read_committed`` and applied to the store's packed customers as it comes, each slice committed with the
-        offset it reaches.
+        ``read_committed`` and written to the store as it comes, each slice committed with the offset it reaches.
 
         The input offset is kept in the changelog, in each batch's transaction, because the consumer group's
         offset of a committed transaction can lag behind its changelog records: the broker writes the commit
@@ -164,16 +156,17 @@ class Scorer:
 
     @staticmethod
     async def _replay(consumer: Any, changelog: TopicPartition, part: StorePartition, end: int) -> int:
-        """Apply the changelog from the consumer's position to its end to ``part`` (its per-entry records to the
-        packed customers, a slice at a time: :class:`~app.state.customers.ChangelogReplay`); returns the records
-        read."""
+        """Apply the changelog from the consumer's position to its end to ``part``; returns the records read."""
         count = 0
-        replay = ChangelogReplay(part)
+        transaction = part.begin()
         deadline = time.monotonic() + 30.0
 
         def apply(records: Sequence[Any]) -> None:
             for record in records:
-                replay.add(record.key, record.value)
+                if record.value is None:
+                    transaction.delete(record.key)
+                else:
+                    transaction.put(record.key, record.value)
 
         while True:
             ends = {changelog: end}
@@ -181,8 +174,9 @@ class Scorer:
                 for records in batch.values():
                     count += len(records)
                     apply(records)
-                if replay.records >= REPLAY_COMMIT_RECORDS:
-                    replay.commit(await consumer.position(changelog))  # every record before it is applied
+                if transaction.pending_count >= REPLAY_COMMIT_RECORDS:
+                    transaction.commit(await consumer.position(changelog))  # every record before it is applied
+                    transaction = part.begin()
             if consumer.highwater(changelog) in (None, end) or time.monotonic() > deadline:
                 break  # nothing pending past what was read (or waited long enough)
             # Refreshes the high watermark; what it returns (a pending transaction that committed meanwhile) is
@@ -191,7 +185,7 @@ class Scorer:
                 count += len(records)
                 apply(records)
             end = (await consumer.end_offsets([changelog]))[changelog]
-        replay.commit(max(await consumer.position(changelog), part.committed_offset or 0))
+        transaction.commit(max(await consumer.position(changelog), part.committed_offset or 0))
         return count
 
     # ---- one batch -----------------------------------------------------------------------------------------
@@ -204,6 +198,7 @@ class Scorer:
         changed: dict[str, CustomerState] = {}
         new_customers: set[str] = set()
         entry_outputs: list[Output] = []
+        updates: dict[bytes, bytes | None] = {}  # the changelog records of this batch, for the store after commit
         scored: list[tuple[str, float, str]] = []  # (terminal, t, tx_id), applied to the aggregates on commit
         pending: dict[str, list[tuple[float, str]]] = {}
         outputs: list[Output] = []
@@ -245,10 +240,13 @@ class Scorer:
             added = after_entry(after, tx.tx_id)
             if added is not None:
                 changelog_key = entry_key(tx.customer_id, tx.tx_id)
-                entry_outputs.append(Output(self.changelog_topic, changelog_key, entry_value(added), partition))
+                value = entry_value(added)
+                entry_outputs.append(Output(self.changelog_topic, changelog_key, value, partition))
+                updates[changelog_key] = value
             for old in pruned(customer, after):
                 old_key = entry_key(tx.customer_id, str(old[3]))
                 entry_outputs.append(Output(self.changelog_topic, old_key, None, partition))
+                updates[old_key] = None
             pending.setdefault(tx.terminal_id, []).append((t, tx.tx_id))
             scored.append((tx.terminal_id, t, tx.tx_id))
             if t < stream_time_s - settings.lateness_s:
@@ -268,14 +266,16 @@ class Scorer:
         for customer_id in expired:
             for old_key in idle[customer_id]:
                 outputs.append(Output(self.changelog_topic, old_key, None, partition))
+                updates[old_key] = None
         next_offset = records[-1].offset + 1
         customer_count = state.customer_count + len(new_customers) - len(expired)
         position = position_value(stream_time_s, next_offset, customer_count)
         outputs.append(Output(self.changelog_topic, POSITION_KEY, position, partition))
+        updates[POSITION_KEY] = position
         batch = Batch(outputs, track=(self.changelog_topic, partition))
 
         def on_commit() -> None:
-            state.apply(position, batch.produced_to, changed, expired)  # packed windows, not the entries
+            state.apply(updates, batch.produced_to, changed, expired)
             state.stream_time_s = stream_time_s
             state.next_offset = next_offset
             state.customer_count = customer_count
@@ -320,14 +320,14 @@ class Scorer:
         if not idle:
             return None
         expired = list(idle)
+        updates: dict[bytes, bytes | None] = {key: None for keys in idle.values() for key in keys}
         customer_count = state.customer_count - len(expired)
-        position = position_value(state.stream_time_s, state.next_offset, customer_count)
-        outputs = [Output(self.changelog_topic, key, None, tp.partition) for keys in idle.values() for key in keys]
-        outputs.append(Output(self.changelog_topic, POSITION_KEY, position, tp.partition))
+        updates[POSITION_KEY] = position_value(state.stream_time_s, state.next_offset, customer_count)
+        outputs = [Output(self.changelog_topic, key, value, tp.partition) for key, value in updates.items()]
         batch = Batch(outputs, track=(self.changelog_topic, tp.partition))
 
         def on_commit() -> None:
-            state.apply(position, batch.produced_to, {}, expired)
+            state.apply(updates, batch.produced_to, {}, expired)
             state.customer_count = customer_count
             metrics.CUSTOMERS_EXPIRED.inc(len(expired))
             metrics.CUSTOMER_STATES.set(sum(p.customer_count for p in self.partitions.values()))
@@ -336,7 +336,7 @@ class Scorer:
         return batch
 
     def _expired(self, state: PartitionState, stream_time_s: float) -> dict[str, list[bytes]]:
-        """Customers idle past the TTL in stream time, with their changelog keys: once per sweep interval, one slice
+        """Customers idle past the TTL in stream time, with their store keys: once per sweep interval, one slice
         of ``STATE_SWEEP_CUSTOMERS`` customers read from the store (the next sweep goes on from there), so a sweep
         costs the same however many customers the partition holds."""
         now = self.now_s()

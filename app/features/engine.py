@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -36,7 +35,6 @@ from typing import Any
 
 from app.features import spec
 from app.features.spec import DAY_S, HOUR_S
-from app.serialization import dumps, loads
 
 # Windows and names come from the declaration (app/features/spec.py); the engine computes each kind there.
 CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore",
@@ -168,63 +166,6 @@ class CustomerWindow:
         seqs.insert(i, seq)
         terminals = (*self.terminals[keep:at], sys.intern(terminal_id), *self.terminals[at:])
         return CustomerWindow(times, amounts, terminals, (*self.ids[keep:at], tx_id, *self.ids[at:]), seqs)
-
-    # Packed (the customer store's one value per customer): the count, the times, amounts and seqs as raw
-    # little-endian doubles and int64s, then the terminal ids and the tx ids as one JSON list of strings.
-    def to_bytes(self) -> bytes:
-        """The packed window (:meth:`from_bytes` reads it back).
-
-        >>> w = CustomerWindow.of([(0.0, 10.5, "k1", "a", 0), (60.0, 30.0, "ké", "b☃", 7)])
-        >>> CustomerWindow.from_bytes(w.to_bytes()) == w, CustomerWindow.newest_time_s_of(w.to_bytes())
-        (True, 60.0)
-        >>> len(CustomerWindow.from_bytes(EMPTY_WINDOW.to_bytes())), CustomerWindow.newest_time_s_of(bytes(4))
-        (0, -inf)
-        """
-        times, amounts, seqs = self.times, self.amounts, self.seqs
-        if _BIG_ENDIAN:
-            times, amounts, seqs = _swapped(times), _swapped(amounts), _swapped(seqs)
-        count = _PACKED_COUNT.pack(len(self.ids))
-        return b"".join((count, times.tobytes(), amounts.tobytes(), seqs.tobytes(), dumps(self.terminals + self.ids)))
-
-    @classmethod
-    def from_bytes(cls, raw: bytes, intern: bool = True) -> CustomerWindow:
-        """The window of a packed value: three copies of raw numbers and one JSON parse, terminal ids interned
-        (``intern=False``: a window read only to be changed and packed again, as a restore does)."""
-        (n,) = _PACKED_COUNT.unpack_from(raw)
-        view = memoryview(raw)
-        start, size = _PACKED_COUNT.size, 8 * n
-        times, amounts, seqs = array("d"), array("d"), array("q")
-        times.frombytes(view[start : start + size])
-        amounts.frombytes(view[start + size : start + 2 * size])
-        seqs.frombytes(view[start + 2 * size : start + 3 * size])
-        strings = loads(raw[start + 3 * size :])
-        if len(strings) != 2 * n or len(seqs) != n:
-            raise ValueError(f"a packed customer window of {n} entries holds {len(seqs)} numbers, {len(strings)} ids")
-        if _BIG_ENDIAN:
-            for column in (times, amounts, seqs):
-                column.byteswap()
-        terminals = tuple(map(sys.intern, strings[:n]) if intern else strings[:n])
-        return cls(times, amounts, terminals, tuple(strings[n:]), seqs)
-
-    @staticmethod
-    def newest_time_s_of(raw: bytes) -> float:
-        """The newest event time of a packed window (its last time), without decoding it; ``-inf`` when empty."""
-        (n,) = _PACKED_COUNT.unpack_from(raw)
-        if n == 0:
-            return float("-inf")
-        (t,) = _PACKED_TIME.unpack_from(raw, _PACKED_COUNT.size + 8 * (n - 1))
-        return t  # type: ignore[no-any-return]
-
-
-_PACKED_COUNT = struct.Struct("<I")
-_PACKED_TIME = struct.Struct("<d")
-_BIG_ENDIAN = sys.byteorder == "big"  # arrays copy raw numbers in the machine's order; the packed value is little
-
-
-def _swapped(column: array[Any]) -> array[Any]:
-    swapped = array(column.typecode, column)
-    swapped.byteswap()
-    return swapped
 
 
 EMPTY_WINDOW = CustomerWindow.of(())  # never changed: windows are immutable

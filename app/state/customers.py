@@ -1,14 +1,11 @@
-"""Each input partition's customer windows: one small changelog record per entry, one packed value per customer in
-the local store.
+"""Each input partition's customer windows, and how they travel on the changelog: one small record per entry.
 
 A customer's state is its entries sorted by event time, by column (:data:`app.features.engine.CustomerState`). The
 decision path writes the entries a batch added or pruned to the compacted changelog, keyed ``customer_id \x1f
-tx_id``, in the batch's transaction, with the partition's position under :data:`POSITION_KEY`: the changelog is the
-source of truth. The local store (:mod:`app.state.store`) holds each customer as ONE value under its id, the packed
-window (:meth:`~app.features.engine.CustomerWindow.to_bytes`), and the position record, written only after the Kafka
-transaction committed, with the changelog offset it covers; a restore applies the changelog's per-entry records to
-the packed values (:class:`ChangelogReplay`). A customer is read from the store (one ``get``, one decode) when a
-batch needs it, through a small LRU cache of windows, so memory follows the settings, not the number of customers.
+tx_id``, in the batch's transaction, with the partition's position under :data:`POSITION_KEY`. The local store
+(:mod:`app.state.store`) holds the same keys and values: a copy of the changelog, written only after the Kafka
+transaction committed, with the changelog offset it covers. A customer is read from the store when a batch needs
+it, through a small LRU cache of parsed states, so memory follows the settings, not the number of customers.
 Pure: no Kafka.
 """
 
@@ -16,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,17 +24,14 @@ from app.state.store import StorePartition, keep_recent
 
 POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time, next input offset, customers
 ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
-# The customer store's format (every partition is created with it and checked on opening): one packed value per
-# customer. A store of the earlier layout (one key per entry, under the shared FORMAT_MARKER) is rebuilt.
-CUSTOMER_FORMAT_MARKER = b"fraud-stream-customers/2"
 
 
 @dataclass
 class PartitionState:
     """One input partition's committed customers (in ``store``), its stream time and where its input stands.
 
-    ``cache_size`` windows stay in memory (least recently used go first); the store is the truth, and both change
-    only in :meth:`apply`, after the batch's Kafka transaction committed."""
+    ``cache_size`` parsed customers stay in memory (least recently used go first); the store is the truth, and
+    both change only in :meth:`apply`, after the batch's Kafka transaction committed."""
 
     store: StorePartition
     cache_size: int = 10_000
@@ -62,50 +55,44 @@ class PartitionState:
         return value
 
     def peek(self, customer_id: str) -> CustomerState:
-        """The committed state, without changing what the cache keeps (serving reads): one ``get``, one decode."""
+        """The committed state, without changing what the cache keeps (serving reads)."""
         value = self.cache.get(customer_id)
         if value is not None:
             return value
-        raw = self.store.get(customer_key(customer_id))
-        return EMPTY_WINDOW if raw is None else CustomerWindow.from_bytes(raw)
+        prefix = customer_prefix(customer_id)
+        n = len(prefix)
+        return restored_state({key[n:].decode(): raw for key, raw in self.store.iter_prefix(prefix)})
 
     def customer_ids(self) -> list[str]:
         """Every customer in the store: a full scan, for tests and diagnostics only."""
-        return [key.decode() for key, _ in self.store.iter_from(b"") if key != POSITION_KEY]
+        ids = {key.split(b"\x1f", 1)[0].decode() for key, _ in self.store.iter_from(b"") if key != POSITION_KEY}
+        return sorted(ids)
 
     def apply(
         self,
-        position: bytes | None,
+        updates: Mapping[bytes, bytes | None],
         offset: int | None,
         changed: Mapping[str, CustomerState],
         removed: Sequence[str],
     ) -> None:
-        """Write a committed batch to the store in one transaction with ``offset`` (the changelog offset right
-        after its records): the packed window of each ``changed`` customer (deleted when empty), the deletion of
-        each ``removed`` one and the ``position`` record; then the cache. Without an ``offset`` the stored one
-        stays: a replay from an older offset gives the same values, so it only costs time."""
+        """Write a committed batch's changelog records to the store in one transaction with ``offset`` (the
+        changelog offset right after them), then the cache. Without an ``offset`` the stored one stays: a replay
+        from an older offset rewrites the same keys in the same order, so it only costs time."""
         transaction = self.store.begin()
-        cache = self.cache
-        for customer_id, value in changed.items():
-            if value:
-                if cache.get(customer_id) is value:
-                    continue  # the committed window itself (a repeated tx_id): the store holds it already
-                transaction.put(customer_key(customer_id), value.to_bytes())
+        for key, raw in updates.items():
+            if raw is None:
+                transaction.delete(key)
             else:
-                transaction.delete(customer_key(customer_id))
-        for customer_id in removed:
-            transaction.delete(customer_key(customer_id))
-        if position is not None:
-            transaction.put(POSITION_KEY, position)
+                transaction.put(key, raw)
         committed = self.store.committed_offset
         transaction.commit(offset if offset is not None else (committed or 0))
         for customer_id, value in changed.items():
             if value:
                 self._keep(customer_id, value)
             else:
-                cache.pop(customer_id, None)
+                self.cache.pop(customer_id, None)
         for customer_id in removed:
-            cache.pop(customer_id, None)
+            self.cache.pop(customer_id, None)
 
     def load_position(self) -> None:
         """Stream time, next input offset and customer count from the store's position entry (after a restore)."""
@@ -125,116 +112,39 @@ def position_value(stream_time_s: float, next_offset: int | None, customers: int
     return dumps({"stream_time_s": stream_time_s, "next_offset": next_offset, "customers": customers})
 
 
-def customer_key(customer_id: str) -> bytes:
-    """A customer's key in the local store (its packed window)."""
-    return customer_id.encode()
+def customer_prefix(customer_id: str) -> bytes:
+    return f"{customer_id}{ENTRY_KEY_SEPARATOR}".encode()
 
 
 def idle_slice(
     store: StorePartition, start: bytes, max_customers: int, horizon_s: float
 ) -> tuple[dict[str, list[bytes]], bytes]:
     """Read up to ``max_customers`` customers from key ``start`` on; those whose newest entry is older than
-    ``horizon_s``, with their changelog keys (to delete), and the key the next slice starts at (``b""``: this one
-    reached the end).
+    ``horizon_s``, with their keys, and the key the next slice starts at (``b""``: this one reached the end).
 
-    The sweep reads the store a slice at a time, so it costs the same however many customers it holds; a customer
-    costs reading its newest time from the packed value, an idle one a decode for its tx ids."""
+    The sweep reads the store a slice at a time, so it costs the same however many customers it holds."""
     idle: dict[str, list[bytes]] = {}
+    current: bytes | None = None
+    keys: list[bytes] = []
+    newest = float("-inf")
     seen = 0
     for key, value in store.iter_from(start):
         if key == POSITION_KEY:
             continue
-        if seen >= max_customers:
-            return idle, key
-        seen += 1
-        if CustomerWindow.newest_time_s_of(value) < horizon_s:
-            customer_id = key.decode()
-            idle[customer_id] = [entry_key(customer_id, tx_id) for tx_id in CustomerWindow.from_bytes(value).ids]
+        customer = key.split(b"\x1f", 1)[0]
+        if customer != current:
+            if current is not None:
+                if newest < horizon_s:
+                    idle[current.decode()] = keys
+                seen += 1
+                if seen >= max_customers:
+                    return idle, key
+            current, keys, newest = customer, [], float("-inf")
+        keys.append(key)
+        newest = max(newest, float(loads(value)[0]))
+    if current is not None and newest < horizon_s:
+        idle[current.decode()] = keys
     return idle, b""
-
-
-class ChangelogReplay:
-    """The changelog's per-entry records applied to a partition's packed customers, a slice at a time.
-
-    :meth:`add` collects a slice's records by customer (the last record of a key wins, as in the compacted
-    changelog); :meth:`commit` reads every touched customer once (one ``get_many``), adds and removes its entries
-    by tx id, keeps them sorted like :func:`restored_state`, writes each back (or deletes it when empty) with the
-    position record, in one transaction with the changelog offset the slice reaches."""
-
-    def __init__(self, part: StorePartition) -> None:
-        self.part = part
-        self.records = 0  # added since the last commit
-        self._entries: dict[bytes, dict[str, bytes | None]] = {}  # customer key -> tx_id -> value (None: deleted)
-        self._position: list[bytes | None] = []  # the slice's last position record, if it had one
-
-    def add(self, key: bytes, value: bytes | None) -> None:
-        self.records += 1
-        if key == POSITION_KEY:
-            self._position[:] = [value]
-            return
-        customer, separator, tx_id = key.partition(b"\x1f")
-        if separator:  # the changelog holds entries and the position only
-            self._entries.setdefault(customer, {})[tx_id.decode()] = value
-
-    def commit(self, offset: int) -> None:
-        transaction = self.part.begin()
-        touched = self._entries
-        stored = self.part.get_many(touched)
-        for key, changes in touched.items():
-            window = changed_window(stored.get(key), changes)
-            if window:
-                transaction.put(key, window.to_bytes())
-            else:
-                transaction.delete(key)
-        for position in self._position:
-            if position is None:
-                transaction.delete(POSITION_KEY)
-            else:
-                transaction.put(POSITION_KEY, position)
-        transaction.commit(offset)
-        self.records, self._entries, self._position = 0, {}, []
-
-
-def changed_window(raw: bytes | None, changes: Mapping[str, bytes | None]) -> CustomerState:
-    """A packed window (``None``: no customer yet) with changelog records applied: ``tx_id`` -> entry value, or
-    ``None`` for a deleted entry; the entries sorted like :func:`restored_state`.
-
-    A restore's usual case (the oldest entries deleted, newer ones added after the rest) works on the columns;
-    anything else sorts the entries. The terminal ids are not interned: a window to pack again, not to keep.
-
-    >>> e = [(1.0, 3.0, "k1", "t0", 2), (5.0, 2.0, "k2", "t1", 0), (5.0, 1.0, "k1", "t2", 1)]
-    >>> w = changed_window(None, {"t2": entry_value(e[2]), "t0": entry_value(e[0])})
-    >>> list(w) == [e[0], e[2]], changed_window(w.to_bytes(), {"t1": entry_value(e[1]), "t0": None})
-    (True, CustomerWindow([(5.0, 2.0, 'k2', 't1', 0), (5.0, 1.0, 'k1', 't2', 1)]))
-    """
-    held = CustomerWindow.from_bytes(raw, intern=False) if raw is not None else EMPTY_WINDOW
-    gone = [i for i, tx_id in enumerate(held.ids) if tx_id in changes]  # deleted, or written again
-    added = [(tx_id, value) for tx_id, value in changes.items() if value is not None]
-    if not added and not gone:
-        return held  # deletions of entries it does not hold
-    if added:
-        values = loads(b"[" + b",".join(value for _, value in added) + b"]")  # one parse for the customer's adds
-        new = sorted(((v[0], v[1], v[2], tx_id, v[3]) for (tx_id, _), v in zip(added, values, strict=True)),
-                     key=_order)  # fmt: skip
-    else:
-        new = []
-    if gone == list(range(len(gone))):  # the oldest entries went
-        kept = held.since(len(gone)) if gone else held
-        if not new:
-            return kept
-        if not kept or _order(new[0]) >= (kept.times[-1], kept.seqs[-1]):  # the new ones come after the rest
-            times, amounts, terminals, ids, seqs = zip(*new, strict=True)
-            return CustomerWindow(kept.times + array("d", times), kept.amounts + array("d", amounts),
-                                  kept.terminals + terminals, kept.ids + ids, kept.seqs + array("q", seqs))  # fmt: skip
-    gone_set = set(gone)
-    entries = [e for i, e in enumerate(held) if i not in gone_set]
-    entries.extend(new)
-    entries.sort(key=_order)
-    return CustomerWindow.of(entries)
-
-
-def _order(entry: tuple[Any, ...]) -> tuple[Any, Any]:
-    return entry[0], entry[4]
 
 
 def entry_key(customer_id: str, tx_id: str) -> bytes:
@@ -247,8 +157,7 @@ def entry_value(entry: Sequence[Any]) -> bytes:
 
 
 def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
-    """A customer's state from its changelog entries, in event-time order (ties in arrival order): what a
-    replay of them from no state gives (:func:`changed_window`), the reference of the tests.
+    """A customer's state from its changelog entries, in event-time order (ties in arrival order).
 
     >>> state = [(5.0, 1.0, "k1", "t2", 1), (5.0, 2.0, "k2", "t1", 0), (1.0, 3.0, "k1", "t0", 2)]
     >>> restored_state({e[3]: entry_value(e) for e in state})

@@ -83,18 +83,17 @@ class MemoryPartition(StorePartition):
 
 
 class MemoryStore(Store):
-    def __init__(self, name: str, directory: Path | str = "memory", format_marker: bytes = FORMAT_MARKER) -> None:
-        super().__init__(name, Path(directory), format_marker)
+    def __init__(self, name: str, directory: Path | str = "memory") -> None:
+        super().__init__(name, Path(directory))
         self._kept: dict[int, _Data] = {}
 
     def _open(self, partition: int) -> StorePartition:
         data = self._kept.get(partition)
         if data is None:
-            data = self._kept[partition] = _Data(format_marker=self.format_marker)
+            data = self._kept[partition] = _Data()
             return MemoryPartition(partition, OpenedAs.CREATED, data)
-        if data.format_marker != self.format_marker:
-            raise StoreCorrupt(f"partition {partition}: format marker {data.format_marker!r}, "
-                               f"not {self.format_marker!r}")  # fmt: skip
+        if data.format_marker != FORMAT_MARKER:
+            raise StoreCorrupt(f"partition {partition}: format marker {data.format_marker!r}, not {FORMAT_MARKER!r}")
         return MemoryPartition(partition, OpenedAs.EXISTING, data)
 
     def _wipe(self, partition: int) -> None:

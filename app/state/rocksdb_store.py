@@ -182,10 +182,8 @@ class RocksDBPartition(StorePartition):
 
 
 class RocksDBStore(Store):
-    def __init__(
-        self, name: str, directory: Path | str, config: RocksDBConfig, format_marker: bytes = FORMAT_MARKER
-    ) -> None:
-        super().__init__(name, Path(directory), format_marker)
+    def __init__(self, name: str, directory: Path | str, config: RocksDBConfig) -> None:
+        super().__init__(name, Path(directory))
         self.config = config
         self._options = config.options()
         self._write_options = WriteOptions()
@@ -193,10 +191,8 @@ class RocksDBStore(Store):
         self._write_options.disable_wal = not config.wal  # type: ignore[method-assign,assignment]
 
     @classmethod
-    def from_settings(
-        cls, name: str, settings: Settings, config: RocksDBConfig, format_marker: bytes = FORMAT_MARKER
-    ) -> RocksDBStore:
-        return cls(name, state_directory(settings), config, format_marker)
+    def from_settings(cls, name: str, settings: Settings, config: RocksDBConfig) -> RocksDBStore:
+        return cls(name, state_directory(settings), config)
 
     def _open(self, partition: int) -> StorePartition:
         path = self.partition_path(partition)
@@ -213,15 +209,15 @@ class RocksDBStore(Store):
         db.set_write_options(self._write_options)
         if not existed:
             batch = WriteBatch(raw_mode=True)
-            batch.put(FORMAT_KEY, self.format_marker, db.get_column_family_handle(META_CF))
+            batch.put(FORMAT_KEY, FORMAT_MARKER, db.get_column_family_handle(META_CF))
             durable = WriteOptions()
             durable.sync = True  # the marker is on disk before anything is committed, with or without the WAL
             db.write(batch, durable)
             return RocksDBPartition(partition, OpenedAs.CREATED, db)
         marker = db.get_column_family(META_CF).get(FORMAT_KEY)
-        if marker != self.format_marker:
+        if marker != FORMAT_MARKER:
             db.close()
-            raise StoreCorrupt(f"{path}: format marker {marker!r}, not {self.format_marker!r}")
+            raise StoreCorrupt(f"{path}: format marker {marker!r}, not {FORMAT_MARKER!r}")
         return RocksDBPartition(partition, OpenedAs.EXISTING, db)
 
     def _wipe(self, partition: int) -> None:

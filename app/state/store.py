@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 # Written into every partition when it is created and checked on every open: a partition without it, or with
-# another one, was written by something else (or an older layout) and is rebuilt from the changelog. A store whose
-# layout changes on its own takes a marker of its own (``format_marker``; the customer store's:
-# app.state.customers.CUSTOMER_FORMAT_MARKER); the others share this one.
+# another one, was written by something else (or an older layout) and is rebuilt from the changelog.
 FORMAT_MARKER = b"fraud-stream-state/1"
 
 V = TypeVar("V")
@@ -219,13 +217,11 @@ class PartitionTransaction:
 
 
 class Store(ABC):
-    """A named store: one partition per changelog partition, each under ``directory / name / <partition>``, each
-    created with ``format_marker`` and opened only with it."""
+    """A named store: one partition per changelog partition, each under ``directory / name / <partition>``."""
 
-    def __init__(self, name: str, directory: Path, format_marker: bytes = FORMAT_MARKER) -> None:
+    def __init__(self, name: str, directory: Path) -> None:
         self.name = name
         self.directory = Path(directory) / name
-        self.format_marker = format_marker
         self._partitions: dict[int, StorePartition] = {}
 
     @property

@@ -66,8 +66,8 @@ def encode_state(state: TerminalWindow | Sequence[Sequence[Any]]) -> bytes:
 def decode_state(raw: bytes) -> Terminal:
     """A stored terminal, as the engine's window (values of the earlier JSON format too).
 
-    Why both formats instead of a new format marker for the terminal store (app.state.store.FORMAT_MARKER; the
-    customer store has its own): values of both formats may sit side by side in a terminal store at no cost (a
+    Why both formats instead of a new format marker (app.state.store.FORMAT_MARKER, which the customer store
+    shares): values of both formats may sit side by side in a terminal store at no cost (a
     terminal is rewritten in the new format at its next change), and a new marker would rebuild every terminal
     store from the checkpoint and the log at the upgrade. A version before this one cannot read the new values:
     going back needs the terminal store's directory removed (it is rebuilt from the Kafka checkpoint, whose format
