@@ -123,7 +123,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     (every worker sorts alike: xdist wants the same list from each). The first worker's first batch holds them
     all: the exclusive ones run back to back while the other workers wait once, at the start."""
     if _worker_run_dir(config) is not None:
-        items.sort(key=lambda item: 0 if _is_exclusive(item) else 1 if _is_timing(item) else 2)  # stable
+        items.sort(key=_run_order)  # stable: each class keeps its collected order
+
+
+def _run_order(item: pytest.Item) -> int:
+    exclusive = item.get_closest_marker("exclusive")
+    if exclusive is not None:
+        return 1 if exclusive.kwargs.get("last") else 0
+    return 2 if _is_timing(item) else 3
 
 
 class _Turn:
