@@ -20,8 +20,11 @@ system-packages:
 demo: setup
 	$(BIN)/python scripts/demo.py --duration-s $(DURATION_S)
 
+# pytest-xdist workers, one broker for all (tests/conftest.py); plain `pytest` runs the same tests in one process
+TEST_WORKERS ?= 2
+
 test: setup system-packages lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: setup
 	$(BIN)/ruff check app tests scripts

@@ -3,11 +3,18 @@
 The broker comes from, in this order: ``KAFKA_BOOTSTRAP_SERVERS`` when set; testcontainers when a Docker
 engine answers; otherwise ``scripts/kafka_local.py`` (Apache Kafka from Maven Central, run with the machine's
 Java). A test that needs a broker and cannot get one fails with the reason; it is never skipped.
+
+With pytest-xdist (``make test`` runs ``-n 2``) the workers share one ``kafka_local.py`` broker: the first worker
+that needs it starts it under a file lock in a folder the controller made for this run, the others read its
+address there, the last one to finish stops it, and the controller stops one a crashed worker left behind. Every
+test names its own topics and groups (``unique_name``), so tests on different workers never meet on the broker.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -19,8 +26,10 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,30 +57,203 @@ def _load_kafka_local():  # type: ignore[no-untyped-def]
     return module
 
 
+def _start_local_broker() -> tuple[str, Path]:
+    """A ``kafka_local.py`` broker on free ports with its data in a new temp folder: (bootstrap, data dir)."""
+    kafka_local = _load_kafka_local()
+    port, controller_port = free_port(), free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="kafka-test-")) / "data"
+    try:
+        return kafka_local.start(port=port, controller_port=controller_port, data_dir=data_dir), data_dir
+    except Exception:
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+        raise
+
+
+def _stop_local_broker(data_dir: Path) -> None:
+    """Stop it and delete its data. Its data goes, so no clean shutdown is waited for (that takes about 10 s)."""
+    _load_kafka_local().stop(data_dir=data_dir, timeout_s=1.0)
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+# --- pytest-xdist: one broker for all workers, and tests that run alone ------------------------------------------
+
+RUN_DIR = "fraud_stream_run_dir"  # key, in each xdist worker's workerinput, of the folder this run's workers share
+_run_dir_key = pytest.StashKey[Path]()
+_turn_key = pytest.StashKey["_Turn"]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # xdist's hook, on the controller
+    """Give every xdist worker this run's shared folder (made on the first worker's setup)."""
+    stash = node.config.stash
+    if _run_dir_key not in stash:
+        stash[_run_dir_key] = Path(tempfile.mkdtemp(prefix="fraud-stream-xdist-"))
+    node.workerinput[RUN_DIR] = str(stash[_run_dir_key])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """On the xdist controller, after every worker ended: stop a broker a crashed worker left, drop the folder."""
+    run_dir = config.stash.get(_run_dir_key, None)
+    if run_dir is None:
+        return
+    with _file_lock(run_dir / "broker.lock"):
+        state = _read_shared_state(run_dir)
+        if state.get("data_dir"):
+            _stop_local_broker(Path(state["data_dir"]))
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _worker_run_dir(config: pytest.Config) -> Path | None:
+    """This run's shared folder on an xdist worker; None without xdist workers."""
+    workerinput = getattr(config, "workerinput", None)
+    return Path(workerinput[RUN_DIR]) if workerinput is not None and RUN_DIR in workerinput else None
+
+
+def _is_exclusive(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("exclusive") is not None
+
+
+def _is_timing(item: pytest.Item) -> bool:
+    return _is_exclusive(item) or item.get_closest_marker("timing") is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers, the ``exclusive`` tests first, then the other ``timing`` tests, then the rest as collected
+    (every worker sorts alike: xdist wants the same list from each). The first worker's first batch holds them
+    all: the exclusive ones run back to back while the other workers wait once, at the start."""
+    if _worker_run_dir(config) is not None:
+        items.sort(key=_run_order)  # stable: each class keeps its collected order
+
+
+def _run_order(item: pytest.Item) -> int:
+    exclusive = item.get_closest_marker("exclusive")
+    if exclusive is not None:
+        return 1 if exclusive.kwargs.get("last") else 0
+    return 2 if _is_timing(item) else 3
+
+
+class _Turn:
+    """A test's turn to run among this run's xdist workers, with ``flock`` on files in the run's folder: any number
+    of tests share the slot, an ``exclusive`` test holds it alone, and a ``timing`` test (exclusive ones too) also
+    holds the timing lock, so no two of those run at once. A worker takes the gate, then the slot, and lets the
+    gate go: a waiting exclusive test holds the gate, so no new shared turn starts before it."""
+
+    def __init__(self, run_dir: Path, exclusive: bool, timing: bool) -> None:
+        self.exclusive = exclusive
+        self._files = [(run_dir / name).open("a") for name in ("gate.lock", "slot.lock", "timing.lock")]
+        gate, slot, timing_lock = self._files
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(slot, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        if timing:
+            fcntl.flock(timing_lock, fcntl.LOCK_EX)
+
+    def end(self) -> None:
+        for handle in self._files:
+            handle.close()  # closing the last descriptor of a file releases its flock
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under xdist, each test runs in a turn (``_Turn``), its setup and teardown too (and so any broker a fixture
+    starts or stops), outside pytest-timeout's clock: the wait for a turn is no part of a test's time. A worker
+    keeps an exclusive turn from one exclusive test to the next."""
+    run_dir = _worker_run_dir(item.config)
+    if run_dir is None:
+        return (yield)
+    turn = item.config.stash.get(_turn_key, None)
+    if turn is None:
+        turn = item.config.stash[_turn_key] = _Turn(run_dir, _is_exclusive(item), _is_timing(item))
+    try:
+        return (yield)
+    finally:
+        if not (turn.exclusive and _is_exclusive(nextitem)):
+            turn.end()
+            del item.config.stash[_turn_key]
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_shared_state(run_dir: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((run_dir / "broker.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_shared_state(run_dir: Path, state: dict[str, Any]) -> None:
+    temp = run_dir / "broker.json.tmp"
+    temp.write_text(json.dumps(state))
+    temp.replace(run_dir / "broker.json")
+
+
+@contextmanager
+def _shared_local_broker(shared: Path, worker_id: str) -> Iterator[str]:
+    """The run's one broker: started by the first worker that asks, stopped by the last one that used it."""
+    with _file_lock(shared / "broker.lock"):
+        state = _read_shared_state(shared)
+        if state.get("error"):  # one worker tried and failed: the others fail with its reason at once
+            pytest.fail(f"no Kafka broker: scripts/kafka_local.py could not start one: {state['error']}",
+                        pytrace=False)  # fmt: skip
+        if not state.get("bootstrap"):
+            try:
+                bootstrap, data_dir = _start_local_broker()
+            except Exception as exc:  # the reason must reach the test report
+                _write_shared_state(shared, {"error": str(exc)})
+                pytest.fail(f"no Kafka broker: scripts/kafka_local.py could not start one: {exc}", pytrace=False)
+            state = {"bootstrap": bootstrap, "data_dir": str(data_dir), "users": []}
+        state["users"] = [*state["users"], worker_id]
+        _write_shared_state(shared, state)
+    try:
+        yield state["bootstrap"]
+    finally:
+        with _file_lock(shared / "broker.lock"):
+            state = _read_shared_state(shared)
+            users = [user for user in state.get("users", []) if user != worker_id]
+            if users:
+                _write_shared_state(shared, {**state, "users": users})
+            elif state.get("data_dir"):
+                _stop_local_broker(Path(state["data_dir"]))
+                (shared / "broker.json").unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a real Apache Kafka broker, for the whole test session."""
+def kafka_bootstrap(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Bootstrap servers of a real Apache Kafka broker, for the whole test session (all xdist workers)."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return
-    if _docker_reachable():
+    if _docker_reachable():  # a container per xdist worker
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    kafka_local = _load_kafka_local()
-    port, controller_port = free_port(), free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix="kafka-test-")) / "data"
+    run_dir = _worker_run_dir(request.config)
+    if run_dir is not None:
+        with _shared_local_broker(run_dir, request.config.workerinput["workerid"]) as bootstrap:  # type: ignore[attr-defined]
+            yield bootstrap
+        return
     try:
-        bootstrap = kafka_local.start(port=port, controller_port=controller_port, data_dir=data_dir)
+        bootstrap, data_dir = _start_local_broker()
     except Exception as exc:  # the reason must reach the test report
         pytest.fail(f"no Kafka broker: scripts/kafka_local.py could not start one: {exc}", pytrace=False)
     try:
         yield bootstrap
     finally:
-        kafka_local.stop(data_dir=data_dir)
-        shutil.rmtree(data_dir.parent, ignore_errors=True)
+        _stop_local_broker(data_dir)
 
 
 @pytest.fixture

@@ -309,6 +309,10 @@ READY_BOUND_S = 30.0
 SIGKILL_READY_S = 15.0  # a SIGKILLed worker restarts with the same id and static membership: no session to wait out
 
 
+# Exclusive: recovery bounds of 15 and 30 s, which a neighbour's CPU would stretch. Last of the exclusive tests under
+# xdist: run right after it, test_features_kafka's SIGKILL test came out with delayed terminal features short, also
+# in one process (pytest -p no:xdist this test, then that one). An open problem: this order does not explain it.
+@pytest.mark.exclusive(last=True)
 @pytest.mark.timeout(900)
 def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing() -> None:
     """About 83 s of publishing with six faults (12,000 messages at 160/s and their labels), then up to 2 minutes to

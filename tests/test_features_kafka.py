@@ -126,6 +126,7 @@ def same_deployment(first: WorkerProcess, **overrides: str) -> dict[str, str]:
     return {**shared, **overrides}
 
 
+@pytest.mark.exclusive  # each worker's share of the decisions and the feed's 2 s lag
 def test_two_workers_on_four_partitions_give_the_reference_features(
     worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -151,6 +152,7 @@ def test_two_workers_on_four_partitions_give_the_reference_features(
         assert worker.process is not None and worker.process.poll() is None
 
 
+@pytest.mark.exclusive  # the feed's 2 s lag; its restart's exact delayed terminal features
 def test_sigkill_mid_stream_then_restart_gives_the_reference_features_and_every_prediction_once(
     worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -173,6 +175,7 @@ def test_sigkill_mid_stream_then_restart_gives_the_reference_features_and_every_
     assert metric(restarted, "fraud_transactions_total") > 0
 
 
+@pytest.mark.timing  # each decision within 5 s
 def test_a_stalled_partition_does_not_delay_decisions_on_the_others(
     worker_factory: WorkerFactory, kafka_bootstrap: str
 ) -> None:

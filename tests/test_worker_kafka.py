@@ -137,6 +137,7 @@ def _health(worker: WorkerProcess, kafka_bootstrap: str, until: Callable[[list[R
     return [loads(r.value or b"") for r in records]
 
 
+@pytest.mark.exclusive  # p99 latency within 100 ms, an event every second
 def test_health_events_arrive_every_interval_with_every_field(
     worker_factory: WorkerFactory, kafka_bootstrap: str
 ) -> None:

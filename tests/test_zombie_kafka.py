@@ -157,6 +157,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> floa
 
 
 @pytest.mark.kafka
+@pytest.mark.timing  # the takeover within TAKEOVER_BOUND_S, decisions during the pause
 @pytest.mark.timeout(300)
 def test_a_worker_paused_past_its_session_is_fenced_and_publishes_nothing_for_the_partitions_it_lost(
     worker_factory: WorkerFactory, kafka_bootstrap: str
