@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,14 +175,9 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
             del item.config.stash[_turn_key]
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _file_lock(path: Path) -> AbstractContextManager[None]:
+    """The lock scripts/kafka_local.py takes on its Maven cache: one holder at a time across processes."""
+    return _load_kafka_local()._locked(path)  # type: ignore[no-any-return]
 
 
 def _read_shared_state(run_dir: Path) -> dict[str, Any]:

@@ -95,7 +95,31 @@ _BURST_S: float = _BURST.window_s  # type: ignore[assignment]
 # list of entries is always tracked, and a collection touches every entry through it).
 
 
-class CustomerWindow:
+class _EntryColumns:
+    """What both windows share: they read as a sequence of entry tuples (``len``, ``==`` with a list or tuple of
+    entries, a readable repr); each says how an entry is made of its columns (``__iter__``, ``__getitem__``)."""
+
+    __slots__ = ()
+    ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _EntryColumns | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+class CustomerWindow(_EntryColumns):
     """A customer's entries by column: times and amounts as C doubles, terminal ids interned, seqs as C integers.
 
     A worker holds thousands of customers of ~60 entries each; as tuples of Python objects every transaction
@@ -131,24 +155,11 @@ class CustomerWindow:
         times, amounts, terminals, ids, seqs = columns
         return cls(array("d", times), array("d", amounts), tuple(map(sys.intern, terminals)), ids, array("q", seqs))
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return zip(self.times, self.amounts, self.terminals, self.ids, self.seqs, strict=True)
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         return self.times[i], self.amounts[i], self.terminals[i], self.ids[i], self.seqs[i]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, CustomerWindow | list | tuple):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"CustomerWindow({list(self)!r})"
 
     def since(self, keep: int) -> CustomerWindow:
         """The entries from index ``keep`` on."""
@@ -262,7 +273,7 @@ def _customer_x(
     return x
 
 
-class TerminalWindow:
+class TerminalWindow(_EntryColumns):
     """A terminal's entries by column: times as C doubles, tx ids, seqs as C integers (-1: given without one).
 
     Every worker holds every terminal, ~40 entries each. By column the features bisect the times directly (no key
@@ -300,24 +311,11 @@ class TerminalWindow:
         seqs = columns[2] if len(columns) >= 3 else [e[2] if len(e) > 2 else -1 for e in entries]
         return cls(array("d", columns[0]), columns[1], array("q", seqs))
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return zip(self.times, self.ids, self.seqs, strict=True)
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         return self.times[i], self.ids[i], self.seqs[i]
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, TerminalWindow | list | tuple):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"TerminalWindow({list(self)!r})"
 
     def since(self, keep: int) -> TerminalWindow:
         """The entries from index ``keep`` on."""

@@ -373,10 +373,7 @@ def read_published(path: Path) -> list[Published]:
     """The publisher's record (transactions, malformed messages and labels); a torn last line (a crash mid-write)
     is skipped."""
     out = []
-    for line in _lines(path):
-        parts = line.split("\t")
-        if len(parts) != 6:
-            continue
+    for parts in _rows(path, 6):
         label = None if parts[1] not in (LABEL_FRAUD, LABEL_LEGIT) else parts[1] == LABEL_FRAUD
         out.append(Published(parts[0], parts[1] == BAD, float(parts[2]), float(parts[3]), int(parts[4]),
                              int(parts[5]), label))  # fmt: skip
@@ -385,13 +382,7 @@ def read_published(path: Path) -> list[Published]:
 
 def read_audit(path: Path) -> list[Learned]:
     """The learning audit as read (``audit.tsv``: tx_id, learned_as, how, version, read time, partition, offset)."""
-    out = []
-    for line in _lines(path):
-        parts = line.split("\t")
-        if len(parts) != 7:
-            continue
-        out.append(Learned(parts[0], parts[1], parts[2], parts[3], float(parts[4]), int(parts[5]), int(parts[6])))
-    return out
+    return [Learned(p[0], p[1], p[2], p[3], float(p[4]), int(p[5]), int(p[6])) for p in _rows(path, 7)]
 
 
 def audit_entry(value: bytes | None) -> tuple[str, str, str, str]:
@@ -415,13 +406,15 @@ def audit_entry(value: bytes | None) -> tuple[str, str, str, str]:
 
 
 def read_outputs(path: Path) -> list[Output]:
-    out = []
+    return [Output(p[0], p[1], float(p[2]), int(p[3]), int(p[4])) for p in _rows(path, 5)]
+
+
+def _rows(path: Path, fields: int) -> Iterator[list[str]]:
+    """The record's lines split at tabs, those with ``fields`` fields (a torn last line has fewer)."""
     for line in _lines(path):
         parts = line.split("\t")
-        if len(parts) != 5:
-            continue
-        out.append(Output(parts[0], parts[1], float(parts[2]), int(parts[3]), int(parts[4])))
-    return out
+        if len(parts) == fields:
+            yield parts
 
 
 def _lines(path: Path) -> Iterator[str]:
