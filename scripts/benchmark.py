@@ -47,7 +47,7 @@ import faust_ceiling  # noqa: E402
 import kafka_local  # noqa: E402
 from bench import report as bench_report  # noqa: E402
 from bench.systems import SYSTEMS, run_system  # noqa: E402
-from bench.traffic import traffic  # noqa: E402
+from bench.traffic import Label, traffic  # noqa: E402
 from local_processes import free_port  # noqa: E402
 from progress_bars import add_progress_argument, bar  # noqa: E402
 
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                         "on the same venv) just before the current one, in the same run: worker@<ref>")  # fmt: skip
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="this checkout's worker only, not the baseline's: OUTPUT_COMPRESSION=zstd")  # fmt: skip
+    parser.add_argument("--labels", action="store_true",
+                        help="the workers' phases also publish one label per transaction (a day later in event time, "
+                        "200 transactions behind it): their trainers learn while the decisions are timed")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "benchmark.json")
     add_progress_argument(parser)
     args = parser.parse_args(argv)
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown --ceiling-variants {unknown}")
     phase_sizes = [("warmup", 500), ("max", args.transactions)]
     phase_sizes += [(f"r{rate:g}", int(rate * args.rate_seconds)) for rate in args.rates]
-    phases = traffic(phase_sizes)
+    labels: dict[str, list[Label]] | None = {} if args.labels else None
+    phases = traffic(phase_sizes, labels=labels)
     work = REPO_ROOT / ".kafka" / "bench"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             systems = []
             for name, cwd in names:
                 progress.set_description(f"benchmark {name}")
-                systems.append(run_system(name, bootstrap, args, work, phases, progress, cwd=cwd))
+                systems.append(run_system(name, bootstrap, args, work, phases, progress, cwd=cwd, labels=labels))
         ceiling = None
         if args.faust_ceiling:
             ceiling = faust_ceiling.run_ceiling(bootstrap, args.ceiling_messages, args.ceiling_variants,

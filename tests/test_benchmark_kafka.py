@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.serialization import loads
 from tests.conftest import REPO_ROOT
@@ -19,7 +21,8 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
     result = subprocess.run(
         [sys.executable, "scripts/benchmark.py", "--bootstrap-servers", kafka_bootstrap, "--transactions", "1500",
          "--rates", "100", "--rate-seconds", "3", "--partitions", "2", "--ceiling-messages", "2000",
-         "--ceiling-variants", "raw", "take", "--out", str(out)],
+         "--ceiling-variants", "raw", "take", "--labels", "--worker-env", "MODEL_PUBLISH_INTERVAL_S=1",
+         "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -63,6 +66,13 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
     assert per["kafka_transactions"] >= 1 and per["total"]["markers_or_aborted"] >= per["kafka_transactions"]
     assert per["tx_per_kafka_transaction"] == 1500 / per["kafka_transactions"]
 
+    # --labels: one label per transaction of every phase on the worker's labels topic, its trainer's counts reported
+    labels_topic = f"bench-{worker['run']}-labels"
+    assert asyncio.run(_records(kafka_bootstrap, labels_topic)) == 500 + 1500 + 300
+    assert set(worker["labels_learned"]) == {"received", "learned", "implicit_negative"}
+    assert 0 < worker["labels_learned"]["received"] <= 2300  # its trainer read them (published every second)
+    assert "labels_learned" not in base and "labels_learned" not in eos
+
     assert worker["state_bytes"] > 0
     assert worker["topic_disk_bytes"][f"{app_id}-customer-state-changelog"] > 0
     assert worker["cpu_split"] and abs(sum(worker["cpu_split"].values()) - 1.0) < 0.01
@@ -79,3 +89,16 @@ def test_benchmark_command_small(kafka_bootstrap: str, tmp_path) -> None:  # typ
     # the printed summary is the markdown the lead pastes
     for heading in ("| system | max tx/s |", "| variant | messages/s |", "| topic | offsets |"):
         assert heading in result.stdout
+
+
+async def _records(bootstrap: str, topic: str) -> int:
+    """Records on ``topic`` (written outside transactions: end minus start offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()  # consumer.topics() keeps no partitions
+        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        ends, starts = await consumer.end_offsets(tps), await consumer.beginning_offsets(tps)
+        return sum(ends[tp] - starts[tp] for tp in tps)
+    finally:
+        await consumer.stop()

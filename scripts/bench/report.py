@@ -117,6 +117,13 @@ def summary(report: dict[str, Any]) -> list[str]:
                  + "".join(f"; {_topic_label(t, worker)} {b / 2**20:.2f} MiB on the broker's disk"
                            for t, b in sorted((worker.get("topic_disk_bytes") or {}).items())
                            if t.startswith(worker["app_id"])) + ".")  # fmt: skip
+    for s in systems:
+        if "labels_learned" in s:
+            learned = s["labels_learned"]
+            lines.append(
+                f"Labels, {s['system']}: {learned['received']:,} received, {learned['learned']:,} learned "
+                f"from their label, {learned['implicit_negative']:,} as implicit negatives by the end."
+            )
     if worker.get("cpu_split"):
         lines.append("CPU split (py-spy, maximum-throughput phase): "
                      + ", ".join(f"{k} {v:.0%}" for k, v in worker["cpu_split"].items()) + ".")  # fmt: skip

@@ -17,7 +17,7 @@ from local_processes import free_port, scrape, stop_process, wait_http_ok
 from tqdm import tqdm
 
 from bench.process import cost_split, dir_bytes, peak_rss_bytes, start_profiler, wait_idle
-from bench.traffic import Message, create_topics, drive
+from bench.traffic import Label, Message, create_topics, drive
 from bench.written import disk_bytes, end_offsets, messages_per_transaction, written_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +33,11 @@ def run_system(
     phases: dict[str, list[Message]],
     progress: tqdm | None = None,
     cwd: Path = REPO_ROOT,
+    labels: dict[str, list[Label]] | None = None,
 ) -> dict[str, Any]:
-    """Run system ``name``; a ``worker@<ref>`` runs the worker of the checkout in ``cwd`` (the baseline commit)."""
+    """Run system ``name``; a ``worker@<ref>`` runs the worker of the checkout in ``cwd`` (the baseline commit).
+    With ``labels`` (per phase, one per transaction), a worker's phases publish them too: its trainer learns beside
+    the decisions being timed."""
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)  # worker@<ref>: no "@" in topic names
     run = f"{safe}-{uuid.uuid4().hex[:8]}"  # topics, groups and state of this run only
     source, sink = f"bench-{run}-transactions", f"bench-{run}-predictions"
@@ -66,11 +69,17 @@ def run_system(
         named = [sink, topics["TRANSACTIONS_DLQ_TOPIC"], topics["HEALTH_TOPIC"], topics["LABELS_DLQ_TOPIC"]]
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     result: dict[str, Any] = {"system": name, "run": run, "app_id": app_id}
+
+    def labelled(phase: str) -> tuple[str, list[Label]] | None:
+        if labels is None or app_id is None:
+            return None
+        return env["LABELS_TOPIC"], labels[phase]
+
     try:
         if metrics_url is not None:
             wait_http_ok(metrics_url.replace("/metrics", "/ready"), process, 120)
         # warm-up: the consumer group joins and the first fetches happen outside the measurements
-        asyncio.run(drive(bootstrap, source, sink, phases["warmup"], 0, 120, progress))
+        asyncio.run(drive(bootstrap, source, sink, phases["warmup"], 0, 120, progress, labelled("warmup")))
         wait_idle(process.pid)
         written = asyncio.run(written_topics(bootstrap, app_id, named))
         offsets_before = asyncio.run(end_offsets(bootstrap, written))
@@ -78,7 +87,7 @@ def run_system(
         profile = work / f"{name}-profile.txt"
         spy = start_profiler(process.pid, profile) if name == "worker" else None
         m = result["max_throughput"] = asyncio.run(
-            drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s, progress)
+            drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s, progress, labelled("max"))
         )
         m["busy_s_after_last_output"] = wait_idle(process.pid)  # the learning backlog, for the worker
         m["sustained_tps_until_idle"] = m["published"] / (m["seconds"] + max(m["busy_s_after_last_output"] - 1.0, 0))
@@ -102,9 +111,24 @@ def run_system(
                                    - samples_before.get('fraud_transactions_total{outcome="scored"}', 0))  # fmt: skip
         result["messages_per_transaction"] = per_tx
         result["rates"] = [
-            asyncio.run(drive(bootstrap, source, sink, phases[f"r{rate:g}"], rate, args.timeout_s, progress))
+            asyncio.run(
+                drive(
+                    bootstrap,
+                    source,
+                    sink,
+                    phases[f"r{rate:g}"],
+                    rate,
+                    args.timeout_s,
+                    progress,
+                    labelled(f"r{rate:g}"),
+                )
+            )
             for rate in args.rates
         ]
+        if labels is not None and metrics_url:  # what the trainer learned by the end (its worker's /metrics)
+            end = scrape(metrics_url)
+            result["labels_learned"] = {outcome: int(end.get(f'fraud_labels_total{{outcome="{outcome}"}}', 0))
+                                        for outcome in ("received", "learned", "implicit_negative")}  # fmt: skip
         result["peak_rss_bytes"] = peak_rss_bytes(process.pid)
         if app_id is not None:
             result["topic_disk_bytes"] = asyncio.run(disk_bytes(bootstrap, written))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -16,14 +17,21 @@ from app.kafka.topics import TopicSpec
 from app.kafka.topics import create_topics as create_kafka_topics
 from app.learning.quality import percentiles
 from app.serialization import dumps, loads
-from lab.simulator import SimulatorConfig, simulate, to_wire
+from lab.simulator import SimulatorConfig, label_of, simulate, to_wire
 
 Message = tuple[bytes, bytes, str]  # key, value, tx_id
+Label = tuple[bytes, bytes]  # key, value: a transaction's label on LABELS_TOPIC
 
 
-def traffic(phases: list[tuple[str, int]], seed: int = 2) -> dict[str, list[Message]]:
+def traffic(
+    phases: list[tuple[str, int]],
+    seed: int = 2,
+    labels: dict[str, list[Label]] | None = None,
+    label_delay_s: float = 86400.0,
+) -> dict[str, list[Message]]:
     """One simulated stream, cut into consecutive phases in event time (so no phase replays old event times);
-    each phase's tx_ids are its own."""
+    each phase's tx_ids are its own. With ``labels``, each phase's labels are put there in the same order, stamped
+    ``label_delay_s`` of event time after their transaction (so the trainer learns beside the decisions)."""
     total = sum(n for _, n in phases)
     txs = simulate(SimulatorConfig(n_customers=2500, n_terminals=5000, n_days=max(10, total // 4000 + 5), seed=seed))
     if len(txs) < total:
@@ -31,12 +39,18 @@ def traffic(phases: list[tuple[str, int]], seed: int = 2) -> dict[str, list[Mess
     out: dict[str, list[Message]] = {}
     start = 0
     for phase, n in phases:
-        batch = []
+        batch, phase_labels = [], []
         for i, tx in enumerate(txs[start : start + n]):
             wire = to_wire(tx)
             wire["tx_id"] = f"{phase}-{i}"
             batch.append((tx.customer_id.encode(), dumps(wire), wire["tx_id"]))
+            if labels is not None:
+                label = label_of(tx, tx.timestamp + timedelta(seconds=label_delay_s))
+                label["tx_id"] = wire["tx_id"]
+                phase_labels.append((wire["tx_id"].encode(), dumps(label)))
         out[phase] = batch
+        if labels is not None:
+            labels[phase] = phase_labels
         start += n
     return out
 
@@ -66,10 +80,13 @@ async def drive(
     rate_tps: float,
     timeout_s: float,
     progress: tqdm | None = None,
+    labels: tuple[str, list[Label]] | None = None,
+    label_lag: int = 200,
 ) -> dict[str, Any]:
     """Publish ``batch`` (at ``rate_tps``, or as fast as possible when 0) and read the sink with read_committed
     until every transaction's output came back (or ``timeout_s`` after the last publish); ``progress`` counts
-    the outputs read, once per fetch."""
+    the outputs read, once per fetch. ``labels`` (topic, one label per transaction of ``batch``): each published
+    ``label_lag`` transactions after its own, so the trainer learns while the decisions are timed."""
     consumer = AIOKafkaConsumer(sink, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None,
                                 isolation_level="read_committed")  # fmt: skip
     await consumer.start()
@@ -110,9 +127,16 @@ async def drive(
                 await asyncio.sleep(delay)
         sent_at[tx_id] = time.perf_counter()
         pending.append(await producer.send(source, key=key, value=value))
+        if labels is not None and i >= label_lag:
+            pending.append(
+                await producer.send(labels[0], key=labels[1][i - label_lag][0], value=labels[1][i - label_lag][1])
+            )
         if len(pending) >= 1000:
             await asyncio.gather(*pending)
             pending.clear()
+    if labels is not None:
+        for key, value in labels[1][max(0, len(batch) - label_lag) :]:
+            pending.append(await producer.send(labels[0], key=key, value=value))
     await asyncio.gather(*pending)
     publish_s = time.perf_counter() - started
     try:
