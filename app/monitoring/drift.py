@@ -1,0 +1,230 @@
+"""Drift without labels, pure: how far the scores, the alert rate and each feature moved from a reference window.
+
+Labels come days late; the inputs and the scores are here now. A worker samples one transaction in
+``sample_every`` on its decision path (:meth:`DriftMonitor.observe`: a counter and, for a sampled one, an append to
+a bounded buffer), and the monitor's interval, off the hot loop, folds the buffer into counts on fixed bins
+(:meth:`DriftMonitor.report`). The bins are the reference sample's quantiles (the first ``reference_rows`` sampled
+after the monitor starts or its reference is reset, e.g. on a new model version), so counts of windows and of
+workers add up. Each window is compared with the reference by the population stability index (:func:`psi`: below
+0.1 no real change, above 0.25 a shift worth acting on, the industry's reading), the alert rate by a two-proportion
+z-test, and the score's stream by River's ADWIN (a change in its mean, found without bins).
+
+False alarms: for a stationary input, ``n_ref * n_cur / (n_ref + n_cur) * PSI`` is about chi-squared with
+``bins - 1`` degrees of freedom; with 5,000 rows on each side and 10 bins a PSI of 0.1 is a chi-squared of 250
+where 9 degrees of freedom reach 28 once in a million. The window size, not the threshold, is what keeps a
+stationary stream quiet; ``tests/test_drift.py`` measures the rate.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from river.drift import ADWIN
+
+from app.learning.binning import quantile_edges
+
+SCORE = "fraud_probability"  # the score's own bins, beside the features'
+PSI_WARN = 0.1
+PSI_ALARM = 0.25
+
+
+def psi(expected: Sequence[float], actual: Sequence[float], floor: float = 1e-4) -> float:
+    """The population stability index of ``actual`` counts against ``expected`` counts over the same bins: the sum
+    of ``(a - e) * ln(a / e)`` over the bins' proportions, each floored at ``floor`` (an empty bin is not infinite).
+
+    >>> psi([50, 50], [50, 50])
+    0.0
+    >>> round(psi([50, 50], [90, 10]), 3)
+    0.879
+    >>> psi([], [])
+    0.0
+    """
+    total_e, total_a = sum(expected), sum(actual)
+    if not total_e or not total_a:
+        return 0.0
+    value = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        pe, pa = max(e / total_e, floor), max(a / total_a, floor)
+        value += (pa - pe) * math.log(pa / pe)
+    return value
+
+
+def alert_rate_z(ref_alerts: int, ref_rows: int, alerts: int, rows: int) -> float:
+    """The two-proportion z statistic of a window's alert rate against the reference's (positive: more alerts).
+
+    >>> round(alert_rate_z(50, 5000, 100, 5000), 1), alert_rate_z(0, 0, 3, 10)
+    (4.1, 0.0)
+    """
+    if not ref_rows or not rows:
+        return 0.0
+    pooled = (ref_alerts + alerts) / (ref_rows + rows)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / ref_rows + 1 / rows))
+    if spread == 0.0:
+        return 0.0
+    return (alerts / rows - ref_alerts / ref_rows) / spread
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Fixed bin edges per name: a value ``v`` is in bin ``bisect_left(edges, v)`` (``v <= edges[0]`` is bin 0)."""
+
+    edges: Mapping[str, tuple[float, ...]]
+
+    @classmethod
+    def fit(cls, columns: Mapping[str, Sequence[float]], bins: int = 10) -> Bins:
+        return cls({name: tuple(quantile_edges(values, bins)) for name, values in columns.items()})
+
+    def count(self, columns: Mapping[str, Sequence[float]]) -> dict[str, list[int]]:
+        """Counts per bin of each name's values (names without edges are skipped)."""
+        out: dict[str, list[int]] = {}
+        for name, cut in self.edges.items():
+            counts = [0] * (len(cut) + 1)
+            for value in columns.get(name, ()):
+                counts[bisect_left(cut, value)] += 1
+            out[name] = counts
+        return out
+
+
+def add_counts(into: dict[str, list[int]], more: Mapping[str, Sequence[int]]) -> None:
+    """Counts of another window or worker added to ``into`` (same bins): what makes them mergeable."""
+    for name, counts in more.items():
+        mine = into.setdefault(name, [0] * len(counts))
+        for i, n in enumerate(counts):
+            mine[i] += n
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One window against the reference. ``features``: (name, PSI), worst first; ``status``: ``ok``, ``warn``
+    (a PSI at or over :data:`PSI_WARN`) or ``drift`` (a PSI at or over :data:`PSI_ALARM`, an alert rate significantly
+    up and at least doubled, or ADWIN found a change in the score's mean)."""
+
+    rows: int
+    reference_rows: int
+    features: tuple[tuple[str, float], ...]
+    score_psi: float
+    alert_rate: float
+    reference_alert_rate: float
+    alert_rate_z: float
+    score_change: bool
+    status: str
+
+    def worst(self, n: int = 3) -> tuple[tuple[str, float], ...]:
+        return self.features[:n]
+
+
+@dataclass
+class DriftMonitor:
+    """Samples the decision path and compares windows of the samples with a reference (see the module)."""
+
+    names: Sequence[str]
+    sample_every: int = 8
+    reference_rows: int = 5000
+    window_rows: int = 5000
+    alert_threshold: float = 0.5
+    bins: int = 10
+    max_buffer: int = 50_000  # sampled rows waiting for the monitor; the oldest go first if it falls behind
+    _seen: int = 0
+    _buffer: deque[tuple[Mapping[str, float], float]] = field(default_factory=deque)
+    _reference: dict[str, list[float]] = field(default_factory=dict)  # the reference sample, until fitted
+    _bins: Bins | None = None
+    _ref_counts: dict[str, list[int]] = field(default_factory=dict)
+    _ref_alerts: int = 0
+    _window: dict[str, list[int]] = field(default_factory=dict)
+    _window_rows: int = 0
+    _window_alerts: int = 0
+    _adwin: ADWIN = field(default_factory=ADWIN)
+    _score_change: bool = False
+    last: DriftReport | None = None
+
+    def __post_init__(self) -> None:
+        self._buffer = deque(maxlen=self.max_buffer)
+
+    def observe(self, x: Mapping[str, float], score: float) -> None:
+        """The decision path's part: one transaction in ``sample_every`` kept for the monitor (``x`` is not
+        copied: the caller does not change it afterwards)."""
+        self._seen += 1
+        if self._seen % self.sample_every == 0:
+            self._buffer.append((x, score))
+
+    def observe_many(self, rows: Iterable[tuple[Mapping[str, float], float]]) -> None:
+        for x, score in rows:
+            self.observe(x, score)
+
+    @property
+    def fitted(self) -> bool:
+        return self._bins is not None
+
+    def reset_reference(self) -> None:
+        """Start a new reference from the next samples (a new model version scores on another scale)."""
+        self._reference, self._bins, self._ref_counts, self._ref_alerts = {}, None, {}, 0
+        self._window, self._window_rows, self._window_alerts = {}, 0, 0
+        self._adwin, self._score_change, self.last = ADWIN(), False, None
+
+    def report(self) -> DriftReport | None:
+        """Fold the sampled rows in (off the decision path); the newest full window's report, or the current
+        window's once it holds a fifth of ``window_rows``; None while the reference fills."""
+        rows, self._buffer = list(self._buffer), deque(maxlen=self.max_buffer)
+        at = 0
+        if self._bins is None:
+            at = self._fill_reference(rows)
+            if self._bins is None:
+                return None
+        assert self._bins is not None
+        while at < len(rows):
+            take = rows[at : at + self.window_rows - self._window_rows]
+            at += len(take)
+            columns = self._columns(take)
+            add_counts(self._window, self._bins.count(columns))
+            self._window_rows += len(take)
+            self._window_alerts += sum(1 for _, s in take if s >= self.alert_threshold)
+            for _, s in take:
+                self._adwin.update(s)
+                self._score_change = self._score_change or self._adwin.drift_detected
+            if self._window_rows >= self.window_rows:
+                self.last = self._judge()
+                self._window, self._window_rows, self._window_alerts, self._score_change = {}, 0, 0, False
+        if self._window_rows >= self.window_rows // 5:
+            return self._judge()
+        return self.last
+
+    def _fill_reference(self, rows: list[tuple[Mapping[str, float], float]]) -> int:
+        """Rows into the reference sample until it is full; returns how many rows it took."""
+        need = self.reference_rows - len(self._reference.get(SCORE, ()))
+        taken = rows[:need]
+        for name, values in self._columns(taken).items():
+            self._reference.setdefault(name, []).extend(values)
+        self._ref_alerts += sum(1 for _, s in taken if s >= self.alert_threshold)
+        if len(self._reference.get(SCORE, ())) >= self.reference_rows:
+            self._bins = Bins.fit(self._reference, self.bins)
+            self._ref_counts = self._bins.count(self._reference)
+            self._reference = {}
+        return len(taken)
+
+    def _columns(self, rows: Sequence[tuple[Mapping[str, float], float]]) -> dict[str, list[float]]:
+        columns: dict[str, list[float]] = {name: [x.get(name, 0.0) for x, _ in rows] for name in self.names}
+        columns[SCORE] = [s for _, s in rows]
+        return columns
+
+    def _judge(self) -> DriftReport:
+        ref_rows = sum(self._ref_counts[SCORE])
+        scores = {name: psi(self._ref_counts[name], counts) for name, counts in self._window.items()}
+        score_psi = scores.pop(SCORE, 0.0)
+        features = tuple(sorted(scores.items(), key=lambda item: -item[1]))
+        z = alert_rate_z(self._ref_alerts, ref_rows, self._window_alerts, self._window_rows)
+        rate = self._window_alerts / self._window_rows if self._window_rows else 0.0
+        ref_rate = self._ref_alerts / ref_rows if ref_rows else 0.0
+        worst = max([score_psi, *(v for _, v in features)], default=0.0)
+        alert_jump = z >= 4.0 and rate >= 2 * ref_rate
+        if worst >= PSI_ALARM or alert_jump or self._score_change:
+            status = "drift"
+        elif worst >= PSI_WARN:
+            status = "warn"
+        else:
+            status = "ok"
+        return DriftReport(self._window_rows, ref_rows, features, score_psi, rate, ref_rate, z, self._score_change,
+                           status)  # fmt: skip
