@@ -416,7 +416,7 @@ class Trainer:
             delta = n - self._counted.get(outcome, 0)
             if delta > 0:
                 if outcome.startswith("dead_letter:"):
-                    metrics.DEAD_LETTERS.labels("labels", outcome.partition(":")[2]).inc(delta)
+                    metrics.LABEL_DEAD_LETTERS.labels("labels", outcome.partition(":")[2]).inc(delta)
                     metrics.LABELS.labels("dead_letter").inc(delta)
                 else:
                     metrics.LABELS.labels(outcome).inc(delta)
