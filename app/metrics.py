@@ -198,11 +198,18 @@ def merged(*sources: Iterable[Metric]) -> list[Metric]:
 
 def parse_exposition(text: str) -> list[Metric]:
     """A Prometheus text exposition as families (what a trainer child's ``/metrics`` answered); empty if it does
-    not parse (a partial answer is not appended)."""
+    not parse (a partial answer is not appended). Without the counters' ``_created`` series: the text format writes
+    them as gauges of their own, which would repeat the worker's ``# TYPE`` lines of a shared name.
+
+    >>> text = "# TYPE a_total counter\\na_total 1.0\\n# TYPE a_created gauge\\na_created 5.0\\n"
+    >>> [f.name for f in parse_exposition(text)]
+    ['a']
+    """
     try:
-        return list(text_string_to_metric_families(text))
+        families = list(text_string_to_metric_families(text))
     except ValueError:
         return []
+    return [f for f in families if not (f.type == "gauge" and f.name.endswith("_created"))]
 
 
 def exposition(appended: Iterable[Metric] = ()) -> tuple[bytes, str]:
