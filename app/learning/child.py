@@ -123,7 +123,13 @@ class TrainerChild:
         try:
             while not self._stopping:
                 started = time.monotonic()
-                process = await self._spawn()
+                try:
+                    process = await self._spawn()
+                except OSError as exc:  # no interpreter, no free port, too many processes: try again later
+                    log.error("trainer process not started: %r; trying again in %.1f s", exc, backoff_s)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(MAX_BACKOFF_S, backoff_s * 2)
+                    continue
                 poll = asyncio.ensure_future(self._poll())
                 try:
                     code = await process.wait()
