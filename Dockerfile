@@ -6,5 +6,5 @@ COPY topics ./topics
 COPY proto ./proto
 RUN pip install --no-cache-dir .
 ENV DATA_DIR=/var/lib/fraud WEB_BIND=0.0.0.0 WEB_PORT=6066 GRPC_PORT=6067
-EXPOSE 6066 6067
+EXPOSE 6066 6067 6068
 CMD ["python", "-m", "app"]

@@ -1,9 +1,10 @@
 """The composition root: every component of a worker, built from :class:`Settings` in one function, no Faust.
 
-:func:`build` makes the terminal feed, the model follower, the decision loop and its scorer, the trainer, the
-synchronous serving and the health window, and wires them together; :class:`Components` starts and stops their
-loops. :mod:`app.worker` hands the built components to a Faust app (web server, pages, the health timer); tests
-build them without it. Nothing here runs at import: no module-level singletons, no import for its side effects.
+:func:`build` makes the terminal feed, the model follower, the decision loop and its scorer, the trainer child (the
+trainer runs in a process of its own, :mod:`app.learning.child`), the synchronous serving and the health window, and
+wires them together; :class:`Components` starts and stops their loops. :mod:`app.worker` hands the built components
+to a Faust app (web server, pages, the health timer); tests build them without it. Nothing here runs at import: no
+module-level singletons, no import for its side effects.
 
 >>> from app.settings import Settings
 >>> components = build(Settings(worker_id="w1"))
@@ -24,9 +25,9 @@ from app.decisions.scorer import Scorer
 from app.kafka.security import client_security_options
 from app.kafka.topics import changelog_topic, terminal_checkpoint_topic, terminal_topic
 from app.kafka.transactional import TransactionalLoop
+from app.learning.child import TrainerChild
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
-from app.learning.trainer import Trainer
 from app.logs import quiet_kafka_client
 from app.monitoring.health import HealthWindow
 from app.serving.grpc_api import GrpcServer
@@ -56,7 +57,7 @@ class Components:
     scorer: Scorer
     decisions: TransactionalLoop
     follower: ModelFollower
-    trainer: Trainer
+    trainer: TrainerChild  # the trainer process this worker starts (TRAINER_ENABLED), never on this event loop
     serving: Serving
     _loops: list[asyncio.Future[None]] = field(default_factory=list)
     _grpc: GrpcServer | None = None
@@ -73,7 +74,8 @@ class Components:
         self.scorer.model = champion
 
     async def start(self) -> None:
-        """Start the terminal feed, the follower, the decision loop (once both caught up), the trainer and gRPC."""
+        """Start the terminal feed, the follower, the decision loop (once both caught up), the trainer's process and
+        gRPC."""
         quiet_kafka_client()
         # Modules, classes, functions and the loaded model live as long as the process: out of the collector's
         # reach, a full collection walks only what the loops create (it walked ~150,000 objects: 70-200 ms
@@ -104,19 +106,23 @@ class Components:
         await self.decisions.run()
 
     async def stop(self) -> None:
-        """Commit the batches in flight (bounded, so SIGTERM always ends), then stop every loop."""
+        """Commit the batches in flight and stop the trainer's process (both bounded, so SIGTERM always ends), then
+        stop every loop."""
         if self._grpc is not None:
             await self._grpc.stop()
         await self.serving.close()
-        try:
-            await asyncio.wait_for(self.decisions.stop(), self.settings.transaction_timeout_ms / 1000 + 15)
-        except TimeoutError:
-            log.warning("decisions did not stop in time; its open transactions are aborted by the next owner")
+        await asyncio.gather(self._stop_decisions(), self.trainer.stop())
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self.scorer.close()
         self.feed.close()
+
+    async def _stop_decisions(self) -> None:
+        try:
+            await asyncio.wait_for(self.decisions.stop(), self.settings.transaction_timeout_ms / 1000 + 15)
+        except TimeoutError:
+            log.warning("decisions did not stop in time; its open transactions are aborted by the next owner")
 
 
 def state_store(name: str, settings: Settings, rocksdb: RocksDBConfig | None) -> Store:
@@ -198,7 +204,7 @@ def build(settings: Settings) -> Components:
         on_champion=lambda champion: components.serve(champion),
         client_options=kafka_options,
     )
-    trainer = Trainer(settings, follower, signing_key(settings), client_options=kafka_options)
+    trainer = TrainerChild(settings)
     owners = PartitionOwners(
         settings.bootstrap_servers,
         f"{settings.app_id}-decisions",

@@ -1,18 +1,31 @@
-"""Every Prometheus object of the app, in the default registry that ``/metrics`` serves.
+"""Every Prometheus object of the app: the worker's in the default registry, the trainer's in :data:`TRAINER_REGISTRY`.
 
-Labels stay low-cardinality: outcomes and error codes, never a card, customer, terminal or transaction id.
+The trainer runs in its own process (:mod:`app.learning.process`), which serves only :data:`TRAINER_REGISTRY`; the
+worker's ``/metrics`` serves the default registry followed by its trainer child's families, merged by
+:func:`exposition` (one family per name: ``fraud_dead_letters`` has samples from both). Labels stay
+low-cardinality: outcomes and error codes, never a card, customer, terminal or transaction id.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+# The trainer process's metrics (fraud_trainer_*, fraud_learning_*, fraud_labels_*, the labels' dead letters, its
+# process: fraud_trainer_process_*): a worker never sets them, it appends its trainer child's exposition instead.
+TRAINER_REGISTRY = CollectorRegistry(auto_describe=True)
 
 TRANSACTIONS = Counter(
     "fraud_transactions", "Input transactions by final outcome (scored or dead_letter).", ["outcome"]
@@ -33,7 +46,7 @@ SCORES = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
 )
 PREDICTED_FRAUD = Counter("fraud_predicted_fraud", "Predictions at or over the decision threshold.")
-LABELS = Counter("fraud_labels", "Labels by what happened to them.", ["outcome"])
+LABELS = Counter("fraud_labels", "Labels by what happened to them.", ["outcome"], registry=TRAINER_REGISTRY)
 LABELS_RECEIVED = LABELS.labels("received")
 LABELS_JOINED = LABELS.labels("learned")
 # Every outcome shows from the start, at 0 (a series that appears only at its first label breaks rate() and alerts)
@@ -52,11 +65,27 @@ MODEL_QUALITY = Gauge(
 LABELS_WATERMARK_LAG = Gauge(
     "fraud_trainer_labels_watermark_lag_seconds",
     "How far the labels read lag behind the predictions read, in event time: implicit negatives wait for them.",
+    registry=TRAINER_REGISTRY,
 )
-TRAINER_ACTIVE = Gauge("fraud_trainer_active", "1 while this worker holds the trainer lease and trains.")
+TRAINER_ACTIVE = Gauge(
+    "fraud_trainer_active", "1 while the trainer process holds the trainer lease and trains.", registry=TRAINER_REGISTRY
+)
+LABEL_DEAD_LETTERS = Counter(
+    "fraud_dead_letters",
+    "Messages sent to a dead-letter topic, by input and error code.",
+    ["input", "error"],
+    registry=TRAINER_REGISTRY,
+)  # the labels' (input "labels"): the same family as the worker's DEAD_LETTERS once the expositions are merged
+ProcessCollector(namespace="fraud_trainer", registry=TRAINER_REGISTRY)  # its RSS and CPU: fraud_trainer_process_*
+TRAINER_PROCESS_UP = Gauge(
+    "fraud_trainer_process_up",
+    "1 while this worker's trainer child answers on its web port (0 when it is down, paused or not started).",
+)
 LABELS_LEARNED = Gauge("fraud_model_labels_learned", "Labels the current model has learned from.")
 PENDING_LEARNING = Gauge(
-    "fraud_learning_entries", "Predictions and labels the trainer holds waiting for their other half (its worker only)."
+    "fraud_learning_entries",
+    "Predictions and labels the trainer holds waiting for their other half (the active trainer only).",
+    registry=TRAINER_REGISTRY,
 )
 LATE_TRANSACTIONS = Counter(
     "fraud_late_transactions",
@@ -135,6 +164,63 @@ def counts(counter: Counter) -> dict[tuple[str, ...], float]:
     }
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text format of every metric of the process, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+class _Families:
+    """What :func:`generate_latest` reads: ``collect()`` over families already merged."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def merged(*sources: Iterable[Metric]) -> list[Metric]:
+    """Families of several registries (or parsed expositions), one per name: the samples of a name met again join
+    the first family of that name (a duplicate ``# TYPE`` line makes Prometheus refuse the whole scrape).
+
+    >>> a, b = CollectorRegistry(), CollectorRegistry()
+    >>> Counter("x", "X.", ["input"], registry=a).labels("transactions").inc()
+    >>> Counter("x", "X.", ["input"], registry=b).labels("labels").inc(2)
+    >>> [(f.name, [(s.labels["input"], s.value) for s in f.samples if s.name == "x_total"]) for f in merged(
+    ...     a.collect(), b.collect())]
+    [('x', [('transactions', 1.0), ('labels', 2.0)])]
+    """
+    by_name: dict[str, Metric] = {}
+    for source in sources:
+        for family in source:
+            first = by_name.get(family.name)
+            if first is None:
+                by_name[family.name] = family
+            elif first.type == family.type:
+                first.samples = [*first.samples, *family.samples]
+    return list(by_name.values())
+
+
+def parse_exposition(text: str) -> list[Metric]:
+    """A Prometheus text exposition as families (what a trainer child's ``/metrics`` answered); empty if it does
+    not parse (a partial answer is not appended). Without the counters' ``_created`` series: the text format writes
+    them as gauges of their own, which would repeat the worker's ``# TYPE`` lines of a shared name.
+
+    >>> text = "# TYPE a_total counter\\na_total 1.0\\n# TYPE a_created gauge\\na_created 5.0\\n"
+    >>> [f.name for f in parse_exposition(text)]
+    ['a']
+    """
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:
+        return []
+    return [f for f in families if not (f.type == "gauge" and f.name.endswith("_created"))]
+
+
+def exposition(appended: Iterable[Metric] = ()) -> tuple[bytes, str]:
+    """The text format of every metric of the process (then ``appended``: the trainer child's families), merged by
+    name, and its content type."""
+    appended = list(appended)
+    if not appended:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(_Families(merged(REGISTRY.collect(), appended))), CONTENT_TYPE_LATEST  # type: ignore[arg-type]
+
+
+def trainer_exposition() -> tuple[bytes, str]:
+    """What a trainer process's ``/metrics`` serves: :data:`TRAINER_REGISTRY` alone."""
+    return generate_latest(TRAINER_REGISTRY), CONTENT_TYPE_LATEST

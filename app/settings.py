@@ -106,8 +106,11 @@ class Settings:
     log_level: str = "info"
     producer_linger_ms: float = 2.0
     output_compression: str = "none"  # the worker's producers' codec (app/kafka/clients.py): none, gzip, lz4, zstd
-    # false: this worker never takes the trainer's lease (the trainer runs in other workers or processes)
+    # true: the worker runs the trainer as its child process (`python -m app trainer`, app/learning/child.py); false:
+    # it starts none (the deployment runs `python -m app trainer` on its own)
     trainer_enabled: bool = True
+    trainer_web_port: int = 0  # the trainer process's /metrics, /ready, /status; 0: a free port (child), 6068 (alone)
+    trainer_web_bind: str = ""  # empty: WEB_BIND (a worker's child binds 127.0.0.1 unless this is set)
     # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
     models_topic: str = "models"
     model_events_topic: str = "model-events"
@@ -249,6 +252,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ),
         model_name=_get(env, "MODEL_NAME", d.model_name),
         trainer_enabled=_get_bool(env, "TRAINER_ENABLED", d.trainer_enabled),
+        trainer_web_port=int(_get(env, "TRAINER_WEB_PORT", str(d.trainer_web_port))),
+        trainer_web_bind=_get(env, "TRAINER_WEB_BIND", d.trainer_web_bind),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
         producer_linger_ms=float(_get(env, "PRODUCER_LINGER_MS", str(d.producer_linger_ms))),

@@ -9,8 +9,9 @@ gets the same N simulated transactions, as fast as possible (or at ``--rate``) u
 back committed. Then, once it is idle again (the trainer has read the predictions): per topic, the bytes its
 segment files (``*.log`` in the broker's log dir) grew by, the records a read_committed reader sees and their
 key + value bytes (uncompressed), each divided by N; the decision path's throughput (tx/s to the last committed
-prediction) and the CPU seconds over the phase (until idle) of the worker, of the broker (it validates every batch
-it stores, decompressing those compressed) and of this script (publishing, reading back), per transaction.
+prediction) and the CPU seconds over the phase (until idle) of the worker (its trainer process included), of the
+broker (it validates every batch it stores, decompressing those compressed) and of this script (publishing, reading
+back), per transaction.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import kafka_local  # noqa: E402
-from bench.process import wait_idle  # noqa: E402
+from bench.process import process_tree, wait_idle  # noqa: E402
 from bench.traffic import Message, create_topics, drive, traffic  # noqa: E402
 from bench.written import end_offsets, messages_per_transaction, written_topics  # noqa: E402
 from local_processes import free_port, stop_process, wait_http_ok  # noqa: E402
@@ -61,8 +62,15 @@ def segment_bytes(log_dir: Path, topics: list[str]) -> dict[str, int]:
 
 
 def cpu_s(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of the process and its children (a worker and its trainer process)."""
+    total = 0.0
+    for process in process_tree(pid):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def run_worker(

@@ -63,15 +63,20 @@ and the broker restart with ``--scale``, evenly without):
 - ``--trainer-kills K``: the same, of the trainer's owner: the running worker whose ``/metrics`` shows
   ``fraud_trainer_active 1`` (the one holding ``<APP_ID>-trainer-lease``), looked for every half second for up
   to ``--ready-timeout-s`` (the lease may be moving; none found: nothing killed, the record says so). Spread over
-  the run like the kills. Its record adds trainer_again_after_s and trainer_again_on: when, and on which worker,
-  a worker showed ``fraud_trainer_active 1`` again;
-- ``--pauses P``: SIGSTOP of a running worker (round robin; the trainer's owner with ``--pause-trainer``) for its
-  session timeout (SESSION_TIMEOUT_MS of its environment, else the default) plus ``--pause-margin-s``, then
-  SIGCONT: the group gives its partitions (and the trainer lease) to the other worker, and the resumed one is a
-  zombie that must be fenced (anything it published twice is a duplicate; a version it published twice would
-  show as pairs learned twice). Its record notes the partitions the group gave it before and at the end of the
-  pause, which worker trained at its end (trainer_at_resume), when it held partitions again (rejoined_after_s)
-  and its log's "fenced" lines;
+  the run like the kills. The trainer runs in the worker's child process (``python -m app trainer``), which dies
+  with it. Its record adds trainer_again_after_s and trainer_again_on: when, and on which worker, a worker showed
+  ``fraud_trainer_active 1`` again;
+- ``--trainer-process-kills K``: SIGKILL of the trainer process alone (the owner's child, found with psutil); its
+  worker starts another. Same record as a trainer kill, with trainer_pid;
+- ``--pauses P``: SIGSTOP of a running worker (round robin) for its session timeout (SESSION_TIMEOUT_MS of its
+  environment, else the default) plus ``--pause-margin-s``, then SIGCONT: the group gives its partitions to the
+  other worker, and the resumed one is a zombie that must be fenced (anything it published twice is a duplicate).
+  Its record notes the partitions the group gave it before and at the end of the pause, which worker trained at
+  its end (trainer_at_resume), when it held partitions again (rejoined_after_s) and its log's "fenced" lines.
+  With ``--pause-trainer`` the pauses stop the trainer process of the trainer's owner instead (pausing the worker
+  no longer pauses its trainer): the lease goes to another worker's trainer, and the resumed one is a zombie
+  trainer that must publish nothing (a version it published twice would show as pairs learned twice); the record
+  says paused trainer_process, trainer_pid, trainer_at_resume, answers_after_s and the "trainer fenced" lines;
 - ``--broker-restart``: the broker stopped (``kafka_local.stop``: SIGTERM), started again after
   ``--broker-down-s`` on the same ports and data dir, nothing wiped;
 - ``--scale``: a second worker started, later stopped with SIGTERM.
@@ -204,8 +209,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="K",
-        help="SIGKILLs of the trainer's owner (the worker whose /metrics shows fraud_trainer_active 1), each "
-        "followed by an immediate restart (default 0)",
+        help="SIGKILLs of the trainer's owner (the worker whose /metrics shows fraud_trainer_active 1; its trainer "
+        "process dies with it), each followed by an immediate restart (default 0)",
+    )
+    g.add_argument(
+        "--trainer-process-kills",
+        type=int,
+        default=0,
+        metavar="K",
+        help="SIGKILLs of the trainer process alone (the child of the trainer's owner; the worker starts another) "
+        "(default 0)",
     )
     g.add_argument(
         "--pauses",
@@ -217,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument(
         "--pause-trainer",
         action="store_true",
-        help="the pauses stop the trainer's owner (instead of the running workers in turn)",
+        help="the pauses stop the trainer process of the trainer's owner (instead of the running workers in turn)",
     )
     g.add_argument(
         "--pause-margin-s",
@@ -322,11 +335,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.broker_restart and args.bootstrap_servers:
         p.error("--broker-restart needs a broker this run starts and stops: drop --bootstrap-servers")
     if (args.transactions <= 0 or args.rate_tps < 0 or not 0 <= args.bad_share <= 1 or args.kills < 0
-            or args.pauses < 0 or args.pause_margin_s < 0 or args.trainer_kills < 0
+            or args.pauses < 0 or args.pause_margin_s < 0 or args.trainer_kills < 0 or args.trainer_process_kills < 0
             or args.label_delay_days < 0):  # fmt: skip
         p.error("--transactions > 0, --rate-tps >= 0, 0 <= --bad-share <= 1, --kills >= 0, --trainer-kills >= 0, "
                 "--pauses >= 0, --pause-margin-s >= 0, --label-delay-days >= 0")  # fmt: skip
-    if (args.kills or args.trainer_kills or args.pauses or args.broker_restart or args.scale) and args.rate_tps <= 0:
+    if (args.kills or args.trainer_kills or args.trainer_process_kills or args.pauses or args.broker_restart
+            or args.scale) and args.rate_tps <= 0:  # fmt: skip
         p.error("faults are spread over the publishing time: give --rate-tps > 0")
     if args.pause_trainer and not args.pauses:
         p.error("--pause-trainer says which worker the pauses stop: give --pauses P")
@@ -344,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = " and their labels" if args.labels else ""
         print(f"publishing {args.transactions} messages{labels} for ~{publish_s:.0f} s")
         for fault in fault_schedule(publish_s, args.kills, args.broker_restart, args.scale, args.pauses,
-                                    args.trainer_kills):  # fmt: skip
+                                    args.trainer_kills, args.trainer_process_kills):  # fmt: skip
             print(f"  t+{fault.planned_at_s:7.1f} s  {fault.kind}")
         return 0
     # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the broker and the workers are stopped on the way out

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The demo: a local Kafka, the worker, a Prometheus scraping it with the alert rules (when the Debian package
-is installed), simulated traffic for a while, then a summary. Nothing is left running.
+"""The demo: a local Kafka, the worker (which starts the trainer as its child process, ``python -m app trainer``), a
+Prometheus scraping it with the alert rules (when the Debian package is installed), simulated traffic for a while,
+then a summary with what the trainer process learned. Nothing is left running.
 
 python scripts/demo.py --duration-s 60 --rate-tps 1000
 """
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     home = REPO_ROOT / ".kafka" / "demo"
     shutil.rmtree(home, ignore_errors=True)
     data_dir = home / "kafka"
-    port, web_port = free_port(), free_port()
+    port, web_port, trainer_port = free_port(), free_port(), free_port()
     print(f"starting Apache Kafka on 127.0.0.1:{port} ...", flush=True)
     bootstrap = kafka_local.start(port=port, controller_port=free_port(), data_dir=data_dir, wipe=True)
     worker = None
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "WEB_PORT": str(web_port),
             "GRPC_PORT": str(free_port()),
             "WEB_BIND": "127.0.0.1",
+            "TRAINER_WEB_PORT": str(trainer_port),  # the trainer process's /metrics, /ready, /status
             # The demo runs weeks of simulated traffic in minutes: a new model version every 5 s, not every 30 s.
             "MODEL_PUBLISH_INTERVAL_S": os.environ.get("MODEL_PUBLISH_INTERVAL_S", "5"),
         }
@@ -89,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"Prometheus UI: {prometheus[1]}/ (scraping the worker; alert rules loaded)", flush=True)
         wait_http_ok(f"http://127.0.0.1:{web_port}/ready", worker, timeout_s=120)
+        trainer_url = f"http://127.0.0.1:{trainer_port}"
+        wait_http_ok(f"{trainer_url}/ready", worker, timeout_s=120)
+        status = trainer_status(trainer_url)
+        print(f"trainer process: pid {status.get('pid')} (the worker's is {worker.pid}), {status.get('role')}, "
+              f"{trainer_url}/status; it learns off the worker's event loop", flush=True)  # fmt: skip
 
         config = config_from(args)
         print(f"publishing simulated traffic at {args.rate_tps:g} tx/s for {args.duration_s:g} s ...", flush=True)
@@ -112,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 break
         health = [loads(r.value or b"") for r in consume(bootstrap, "health", lambda rs: False, 1)]
         summarize(config, predictions, letters, health, sent, report.achieved_tps)
+        time.sleep(min(float(env["MODEL_PUBLISH_INTERVAL_S"]), 10.0))  # its next version, with what it read last
+        status = trainer_status(trainer_url)
+        print(
+            f"  trainer process          pid {status.get('pid')} {status.get('role')}, labels learned "
+            f"{status.get('labels_seen')}, waiting {status.get('pending')}, version {status.get('champion_version')}"
+        )
         if prometheus is not None:
             try:
                 print(f"  prometheus               {prometheus_local.status_line(prometheus[1])}")
@@ -125,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
             stop_process(worker)
         kafka_local.stop(data_dir)
         print("stopped Prometheus, the worker and Kafka" if prometheus is not None else "stopped the worker and Kafka")
+
+
+def trainer_status(url: str) -> dict[str, object]:
+    """The trainer process's ``/status`` (empty when it does not answer: the summary says so, it does not stop)."""
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=5) as response:
+            status = loads(response.read())
+    except OSError:
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def summarize(config, predictions, letters, health, sent, achieved_tps) -> None:  # type: ignore[no-untyped-def]

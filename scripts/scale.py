@@ -12,8 +12,9 @@ event time: ``scripts/simulate.py``); 10x is 20,000 and 40,000 (~1.5 M). For eac
 - throughput: the worker (ready first) is sent every transaction and label as fast as possible; seconds from the
   first publish until its ``/metrics`` count of transactions decided in committed Kafka transactions reaches
   them all (polled every ``--poll-s``): tx/s to the last committed prediction;
-- RSS: sampled every 0.5 s from its start; steady is the median over 5 s once it is idle again (the trainer done
-  with its backlog) and a terminal checkpoint was written, peak the largest sample or VmHWM;
+- RSS: of the worker and its trainer process (its child) together, sampled every 0.5 s from its start; steady is
+  the median over 5 s once both are idle again (the trainer done with its backlog) and a terminal checkpoint was
+  written, peak the largest sample or the worker's VmHWM;
 - disk: the worker's DATA_DIR by file, and per topic the segment files (``*.log``) of its partition folders in
   the broker's log dir, divided by the transactions (bytes per transaction), with offsets (end offsets summed
   over partitions) per transaction; on disk, so the compacted changelog counts what the cleaner left;

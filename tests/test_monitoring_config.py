@@ -18,7 +18,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY, start_http_server
 
-import app.metrics  # noqa: F401 - registers every metric of the app in the default registry
+from app.metrics import TRAINER_REGISTRY  # importing app.metrics registers every metric of the app
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -51,9 +51,10 @@ def run_promtool(*args: str, cwd: Path = ROOT) -> str:
 
 
 def exported_names() -> set[str]:
-    """Every series name ``/metrics`` can carry, from the registry's families and their types' suffixes."""
+    """Every series name ``/metrics`` can carry, from the registries' families and their types' suffixes: the
+    worker's and its trainer process's (appended to the worker's ``/metrics``)."""
     names = set()
-    for family in REGISTRY.collect():
+    for family in [*REGISTRY.collect(), *TRAINER_REGISTRY.collect()]:
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
     return names
 

@@ -1,7 +1,9 @@
 """The trainer: one per deployment, off the decision path, learning every label once.
 
-Every worker competes for the one partition of ``<APP_ID>-trainer-lease`` (group ``<APP_ID>-trainer``); the worker
-that holds it trains, and when it dies the group hands the lease to a survivor within the session timeout.
+It runs in a trainer process (:mod:`app.learning.process`: a worker's child, or one run alone), never on a worker's
+event loop. Every trainer process competes for the one partition of ``<APP_ID>-trainer-lease`` (group
+``<APP_ID>-trainer``); the one that holds it trains, and when it dies the group hands the lease to another within
+the session timeout.
 
 Exactly once: the trainer reads ``predictions`` (the feature log) and ``labels`` without a consumer group, from
 the positions of its last state; it publishes, in ONE Kafka transaction with ``transactional_id <APP_ID>-trainer``
@@ -44,8 +46,9 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 900_000
-# Records learned between two yields to the event loop: about 8 ms of learning at ~120 µs a label. The trainer shares
-# the loop with the decision path; a batch of 1,000 labels learned at once held decisions for over 100 ms.
+# Records learned between two yields to the event loop: about 8 ms of learning at ~120 µs a label. The trainer shared
+# the loop with the decision path (a batch of 1,000 labels learned at once held decisions for over 100 ms); in its
+# own process the slices keep its lease's heartbeats and its /status answering.
 LEARN_SLICE = 64
 STATE_HEAD = b"head"
 
@@ -416,7 +419,7 @@ class Trainer:
             delta = n - self._counted.get(outcome, 0)
             if delta > 0:
                 if outcome.startswith("dead_letter:"):
-                    metrics.DEAD_LETTERS.labels("labels", outcome.partition(":")[2]).inc(delta)
+                    metrics.LABEL_DEAD_LETTERS.labels("labels", outcome.partition(":")[2]).inc(delta)
                     metrics.LABELS.labels("dead_letter").inc(delta)
                 else:
                     metrics.LABELS.labels(outcome).inc(delta)

@@ -88,9 +88,14 @@ async def publish_health(components: Components, send: Send) -> None:
 
 
 def models_summary(components: Components) -> dict[str, object]:
-    """Champion and challenger with their rolling quality (from their newest snapshots), and the trainer's role."""
+    """Champion and challenger with their rolling quality (from their newest snapshots), and the trainer's role (the
+    worker's trainer process, from its last ``/status``: ``trainer`` true while it answers and holds the lease)."""
     registry = components.follower.registry
-    summary: dict[str, object] = {"trainer": components.trainer.active, "follow": registry.follow}
+    summary: dict[str, object] = {
+        "trainer": components.trainer.active,
+        "trainer_process": components.trainer.summary(),
+        "follow": registry.follow,
+    }
     for role, version in (("champion", registry.champion), ("challenger", registry.challenger)):
         if version is not None:
             header = registry.headers.get(version, {})

@@ -23,6 +23,7 @@ from app.settings import load
 COMMAND_MODULES = (tailing, dead_letters, lag, models)
 
 WORKER = "worker"
+TRAINER = "trainer"
 EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -52,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
         WORKER,
         help="run the worker (the default): create the topics, then the Faust worker; "
         "'python -m app worker --help' lists Faust's worker options",
+        add_help=False,
+    )
+    commands.add_parser(
+        TRAINER,
+        help="run the trainer process alone (learning only; TRAINER_WEB_PORT serves /metrics, /ready, /status); "
+        "a worker with TRAINER_ENABLED=true starts one as its child",
         add_help=False,
     )
     for module in COMMAND_MODULES:

@@ -45,7 +45,8 @@ class StatusCache:
             health=health,
             ready=components.is_ready(),
             decision_threshold=components.settings.decision_threshold,
-            dead_letters=metrics.counts(metrics.DEAD_LETTERS),
+            # the labels' are the trainer process's, from its last /status
+            dead_letters={**metrics.counts(metrics.DEAD_LETTERS), **components.trainer.dead_letters()},
             outcomes=metrics.counts(metrics.TRANSACTIONS),
             predicted_fraud=sum(metrics.counts(metrics.PREDICTED_FRAUD).values()),
             high_scores=components.scorer.high_scores,

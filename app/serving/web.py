@@ -1,8 +1,8 @@
-"""Pages on the Faust web server: ``/metrics`` (Prometheus), ``/ready`` (503 until consuming), ``/health``, the
-model registry: ``GET /models``, ``POST /models/promote`` (``{"version": ..., "reason": ...}``) and
-``POST /models/rollback``, and the synchronous API of :mod:`app.serving.service`: ``POST /predict``,
-``GET /features/customers/{id}``, ``GET /features/terminals/{id}``, ``GET /model`` and ``GET /openapi.json``
-(``topics/openapi.json``)."""
+"""Pages on the Faust web server: ``/metrics`` (Prometheus: the worker's and its trainer process's), ``/ready``
+(503 until consuming), ``/health``, the model registry: ``GET /models``, ``POST /models/promote``
+(``{"version": ..., "reason": ...}``) and ``POST /models/rollback``, and the synchronous API of
+:mod:`app.serving.service`: ``POST /predict``, ``GET /features/customers/{id}``, ``GET /features/terminals/{id}``,
+``GET /model`` and ``GET /openapi.json`` (``topics/openapi.json``)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def register(app: faust.App, components: Components) -> None:
 
     @app.page("/metrics")
     async def prometheus_metrics(self: View, request: Request) -> Response:
-        body, content_type = metrics.exposition()
+        # The worker's registry, then its trainer child's (fetched from the child, a short timeout), merged by name
+        body, content_type = metrics.exposition(await components.trainer.families())
         return cast(Response, web.Response(body=body, headers={"Content-Type": content_type}))
 
     @app.page("/ready")

@@ -35,13 +35,34 @@ CATEGORIES = (  # a sample's category: the first frame that matches one, from th
 CLIENT: tuple[str, tuple[str, ...]] = ("aiokafka client and connections (requests, socket I/O)", ("aiokafka/",))
 
 
-def wait_idle(pid: int, timeout_s: float = 120.0, busy_share: float = 0.05) -> float:
-    """Wait until the process is idle (it may still be working through a backlog such as the learning
-    topic after a burst); returns the seconds waited."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and its children: a worker and its trainer process (``python -m app trainer``)."""
     process = psutil.Process(pid)
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return [process]
+
+
+def wait_idle(pid: int, timeout_s: float = 120.0, busy_share: float = 0.05) -> float:
+    """Wait until the process and its children are idle (a worker's trainer process may still be working through a
+    backlog such as the learning topic after a burst); returns the seconds waited."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if process.cpu_percent(interval=1.0) / 100.0 < busy_share:
+        tree = process_tree(pid)
+        for process in tree:
+            try:
+                process.cpu_percent(None)  # the first call starts the measurement
+            except psutil.Error:
+                pass
+        time.sleep(1.0)
+        busy = 0.0
+        for process in tree:
+            try:
+                busy += process.cpu_percent(None)
+            except psutil.Error:
+                pass
+        if busy / 100.0 < busy_share:
             break
     return time.monotonic() - started
 

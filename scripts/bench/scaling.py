@@ -23,7 +23,7 @@ from local_processes import free_port, http_status, scrape, stop_process
 from simulate import publish, wire_events
 
 from app.serialization import dumps
-from bench.process import dir_bytes, peak_rss_bytes, wait_idle
+from bench.process import dir_bytes, peak_rss_bytes, process_tree, wait_idle
 from bench.scale_report import bytes_per_transaction
 from bench.traffic import Message, drive
 from bench.written import end_offsets
@@ -57,11 +57,12 @@ GAUGES = (
 
 
 class RssSampler(threading.Thread):
-    """The resident set of one process every ``interval_s``, until :meth:`finish`."""
+    """The resident set of one process and its children (a worker and its trainer process), summed, every
+    ``interval_s``, until :meth:`finish`."""
 
     def __init__(self, pid: int, interval_s: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
+        self.pid = pid
         self.interval_s = interval_s
         self.samples: list[tuple[float, int]] = []
         self._stop_event = threading.Event()
@@ -69,9 +70,16 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.is_set():
             try:
-                self.samples.append((time.monotonic(), self.process.memory_info().rss))
+                tree = process_tree(self.pid)
             except psutil.Error:
                 return
+            rss = 0
+            for process in tree:
+                try:
+                    rss += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.samples.append((time.monotonic(), rss))
             self._stop_event.wait(self.interval_s)
 
     def finish(self) -> int:
@@ -260,7 +268,7 @@ def _restart(worker: WorkerProcess, what: str, env: dict[str, str], timeout_s: f
     return {
         "ready_s": ready_s,
         "since_kill_s": time.monotonic() - killed_at,
-        "rss_at_ready_bytes": psutil.Process(worker.pid).memory_info().rss,
+        "rss_at_ready_bytes": sum(p.memory_info().rss for p in process_tree(worker.pid)),
         "peak_rss_at_ready_bytes": max(rss_max, peak_rss_bytes(worker.pid)),
         "worker_id": env["WORKER_ID"],
         "data_dir_bytes_at_ready": dir_bytes(Path(env["DATA_DIR"])),

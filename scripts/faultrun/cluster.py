@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 from local_processes import http_status, scrape, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,24 @@ class Worker:
         """Whether it holds the trainer lease and trains (``fraud_trainer_active`` 1); None when it does not answer."""
         samples = self.metrics()
         return None if samples is None else samples.get("fraud_trainer_active", 0.0) == 1.0
+
+    def trainer_pid(self) -> int | None:
+        """The pid of its trainer process (the ``python -m app trainer`` child it started: the trainer runs
+        there, not on the worker's event loop); None without one."""
+        if not self.alive():
+            return None
+        assert self.process is not None
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.Error:
+            return None
+        for child in children:
+            try:
+                if child.cmdline()[-2:] == ["app", "trainer"]:
+                    return int(child.pid)
+            except psutil.Error:
+                continue
+        return None
 
     def start(self) -> None:
         with self.log_path.open("ab") as log_file:

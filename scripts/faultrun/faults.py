@@ -1,11 +1,13 @@
-"""The faults a run applies: SIGKILL and restart of a worker (any, or the trainer's owner), a worker paused past its
-session timeout and resumed (a zombie; any, or the trainer's owner), a broker restart, a worker added and one
-stopped; and what each fault's record notes (readiness again, the trainer again, exit time, partitions held, what
-the workers logged)."""
+"""The faults a run applies: SIGKILL and restart of a worker (any, or the trainer's owner: its trainer child dies
+with it), SIGKILL of the trainer process alone (its worker starts another), a worker paused past its session
+timeout and resumed (a zombie; any), or the trainer process of the trainer's owner paused so (a zombie trainer), a
+broker restart, a worker added and one stopped; and what each fault's record notes (readiness again, the trainer
+again, exit time, partitions held, what the workers logged)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -35,6 +37,16 @@ def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
         else:
             kill_and_restart(run, owner, record)
             record["_awaiting_trainer"] = True
+    elif fault.kind == "trainer_process_sigkill":
+        owner, record["trainer_found_after_s"] = find_trainer(run, run.args.ready_timeout_s)
+        pid = owner.trainer_pid() if owner is not None else None
+        if owner is None or pid is None:
+            record.update(target=None, _at=time.time(), skipped="no trainer process found")
+            run.event("no trainer process found: nothing killed")
+        else:
+            record.update(target=owner.name, trainer_pid=pid, _at=time.time(), _awaiting_trainer=True)
+            os.kill(pid, signal.SIGKILL)
+            run.event("SIGKILL of the trainer process alone", worker=owner.name, pid=pid)
     elif fault.kind == "scale_up":
         worker = run.new_worker()
         worker.start()
@@ -57,9 +69,14 @@ def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
         if run.args.pause_trainer:
             owner, record["trainer_found_after_s"] = find_trainer(run, run.args.ready_timeout_s)
             record["trainer"] = owner is not None
-            if owner is None:
+            pid = owner.trainer_pid() if owner is not None else None
+            if owner is None or pid is None:
                 run.event("no trainer found: pausing a worker", worker=target.name)
-            target = owner or target
+            else:  # the trainer runs in its own process: pausing its worker would not pause it
+                pause_trainer(run, owner, pid, record)
+                record["at_s"] = run.rel(record["_at"])
+                run.faults.append(record)
+                return
         pause_worker(run, target, record)
     elif fault.kind == "broker_restart":
         restart_broker(run, record)
@@ -152,6 +169,44 @@ def pause_worker(run: ChaosRun, target: Worker, record: dict[str, Any]) -> None:
     record["fenced_lines"] = _count_lines(target.log_path, log_size, b"(fenced)")
     run.event("rejoined" if record["rejoined_after_s"] is not None else "not rejoined", worker=target.name,
               after_s=record["rejoined_after_s"], fenced_lines=record["fenced_lines"])  # fmt: skip
+
+
+def pause_trainer(run: ChaosRun, owner: Worker, pid: int, record: dict[str, Any]) -> None:
+    """SIGSTOP the trainer process ``pid`` (``owner``'s child, holding the lease) for its session timeout plus
+    ``--pause-margin-s``, then SIGCONT. The lease's group drops it and another worker's trainer takes over (its
+    producer fences this one); resumed, it is a zombie trainer that must publish nothing: a version or audit record
+    it published would show as pairs learned twice. Notes who trained at the end of the pause (trainer_at_resume),
+    when ``owner``'s ``/metrics`` showed its trainer process answering again (answers_after_s) and the trainer's
+    "fenced" lines in the log (its output goes to its worker's)."""
+    from app.settings import load
+
+    session_s = load(owner.env).session_timeout_ms / 1000.0
+    paused_s = session_s + run.args.pause_margin_s
+    record.update(target=owner.name, paused="trainer_process", trainer_pid=pid, session_timeout_s=session_s)
+    log_size = _size(owner.log_path)
+    at = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    record["_at"] = at
+    run.event("SIGSTOP of the trainer process", worker=owner.name, pid=pid, for_s=round(paused_s, 1))
+    try:
+        run.sleep_until(at + paused_s)
+        record["trainer_at_resume"] = next((w.name for w in run.running() if w.trainer_active()), None)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed = time.time()
+    record["resumed_after_s"] = round(resumed - at, 3)
+    run.event("SIGCONT of the trainer process", worker=owner.name, trainer_at_resume=record["trainer_at_resume"])
+    record["answers_after_s"] = None
+    while time.time() < resumed + run.args.ready_timeout_s and owner.alive():
+        samples = owner.metrics()
+        if samples is not None and samples.get("fraud_trainer_process_up") == 1.0:
+            record["answers_after_s"] = round(time.time() - resumed, 3)
+            break
+        run.sleep_until(time.time() + 0.5)
+    record["trainer_pid_after"] = owner.trainer_pid()
+    record["fenced_lines"] = _count_lines(owner.log_path, log_size, b"trainer fenced")
+    run.event("trainer answers again" if record["answers_after_s"] is not None else "trainer does not answer",
+              worker=owner.name, after_s=record["answers_after_s"], fenced_lines=record["fenced_lines"])  # fmt: skip
 
 
 def owned(run: ChaosRun, worker: Worker) -> list[int] | None:

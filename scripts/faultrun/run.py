@@ -228,7 +228,8 @@ class ChaosRun:
                       "reader.stop", "audit.tsv"):  # fmt: skip
             (self.work / stale).unlink(missing_ok=True)
         publish_s = publishing_s(a)
-        schedule = fault_schedule(publish_s, a.kills, a.broker_restart, a.scale, a.pauses, a.trainer_kills)
+        schedule = fault_schedule(publish_s, a.kills, a.broker_restart, a.scale, a.pauses, a.trainer_kills,
+                                  a.trainer_process_kills)  # fmt: skip
         labels = f" and their labels {a.label_delay_days:g} days later" if a.labels else ""
         print(f"chaos run {self.run_id}: {a.transactions} messages at {a.rate_tps:g} tx/s{labels} "
               f"(~{publish_s:.0f} s), {len(schedule)} faults; work dir {self.work}", flush=True)  # fmt: skip

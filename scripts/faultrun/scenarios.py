@@ -20,21 +20,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    kind: str  # "sigkill", "trainer_sigkill", "pause", "broker_restart", "scale_up", "scale_down"
+    kind: str  # "sigkill", "trainer_sigkill", "trainer_process_sigkill", "pause", "broker_restart", "scale_up", ...
     planned_at_s: float  # seconds after publishing started
 
 
 def fault_schedule(
-    publish_s: float, kills: int, broker_restart: bool, scale: bool, pauses: int = 0, trainer_kills: int = 0
+    publish_s: float,
+    kills: int,
+    broker_restart: bool,
+    scale: bool,
+    pauses: int = 0,
+    trainer_kills: int = 0,
+    trainer_process_kills: int = 0,
 ) -> list[Fault]:
     """Faults evenly over the publishing time: the i-th of E at (i + 1) / (E + 1) of it.
 
-    Kills (of any worker, and of the trainer's owner) are spread over the run, the scale-up comes near a quarter,
-    the broker restart near half and the scale-down near three quarters (ties keep that order; a trainer kill tied
-    with the broker restart comes before it, not into the catch-up after the broker's return). Pauses (a worker
-    stopped past its session timeout, then resumed: a zombie) want a second worker to take its partitions: with
-    ``scale`` they fall between the scale-up and the broker restart, while two workers run and the broker has not
-    moved; without, spread over the run.
+    Kills (of any worker, of the trainer's owner, and of the trainer process alone) are spread over the run, the
+    scale-up comes near a quarter, the broker restart near half and the scale-down near three quarters (ties keep that
+    order; a trainer kill tied with the broker restart comes before it, not into the catch-up after the broker's
+    return). Pauses (a worker stopped past its session timeout, then resumed: a zombie) want a second worker to take its
+    partitions: with ``scale`` they fall between the scale-up and the broker restart, while two workers run and the
+    broker has not moved; without, spread over the run.
 
     >>> [(f.kind, round(f.planned_at_s)) for f in fault_schedule(120.0, 2, True, True)]
     [('scale_up', 20), ('sigkill', 40), ('broker_restart', 60), ('scale_down', 80), ('sigkill', 100)]
@@ -44,9 +50,13 @@ def fault_schedule(
     [('trainer_sigkill', 22), ('sigkill', 45), ('trainer_sigkill', 68)]
     >>> [f.kind for f in fault_schedule(70.0, 2, True, True, trainer_kills=1)]
     ['scale_up', 'sigkill', 'trainer_sigkill', 'broker_restart', 'scale_down', 'sigkill']
+    >>> [f.kind for f in fault_schedule(90.0, 0, False, False, trainer_kills=1, trainer_process_kills=2)]
+    ['trainer_process_sigkill', 'trainer_sigkill', 'trainer_process_sigkill']
     """
     wanted: list[tuple[float, float, str]] = [((i + 0.5) / kills, 3, "sigkill") for i in range(kills)]
     wanted += [((i + 0.5) / trainer_kills, 0.5, "trainer_sigkill") for i in range(trainer_kills)]
+    n_process = trainer_process_kills
+    wanted += [((i + 0.5) / n_process, 0.6, "trainer_process_sigkill") for i in range(n_process)]
     if scale:
         wanted += [(0.25, 0, "scale_up"), (0.75, 2, "scale_down")]
         wanted += [(0.25 + 0.25 * (i + 1) / (pauses + 1), 4, "pause") for i in range(pauses)]
