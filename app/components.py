@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from app import metrics
 from app.decisions.scorer import Scorer
+from app.features.spec import FEATURE_NAMES
 from app.kafka.security import client_security_options
 from app.kafka.topics import changelog_topic, terminal_checkpoint_topic, terminal_topic
 from app.kafka.transactional import TransactionalLoop
@@ -29,6 +30,7 @@ from app.learning.child import TrainerChild
 from app.learning.follower import ModelFollower
 from app.learning.model import FraudModel
 from app.logs import quiet_kafka_client
+from app.monitoring.drift import DriftMonitor
 from app.monitoring.health import HealthWindow
 from app.serving.grpc_api import GrpcServer
 from app.serving.routing import PartitionOwners, client_id_with_url
@@ -59,6 +61,7 @@ class Components:
     follower: ModelFollower
     trainer: TrainerChild  # the trainer process this worker starts (TRAINER_ENABLED), never on this event loop
     serving: Serving
+    drift: DriftMonitor | None = None  # the scores' and features' drift against the first window (DRIFT_*)
     _loops: list[asyncio.Future[None]] = field(default_factory=list)
     _grpc: GrpcServer | None = None
 
@@ -71,6 +74,9 @@ class Components:
         metrics.MODEL_INFO.clear()
         metrics.MODEL_INFO.labels(champion.version).set(1)
         metrics.LABELS_LEARNED.set(champion.labels_learned)
+        if self.drift is not None and not self.follower.registry.follow and champion is not self.scorer.model:
+            # An operator pinned, promoted or rolled back: scores come from another line now, compare with it.
+            self.drift.reset_reference()
         self.scorer.model = champion
 
     async def start(self) -> None:
@@ -163,6 +169,11 @@ def build(settings: Settings) -> Components:
         is_checkpoint_writer=lambda: 0 in scorer.partitions,  # one writer: the holder of input partition 0
         client_options=kafka_options,
     )
+    drift = None
+    if settings.drift_sample_every > 0:
+        drift = DriftMonitor(FEATURE_NAMES, sample_every=settings.drift_sample_every,
+                             reference_rows=settings.drift_reference_rows, window_rows=settings.drift_window_rows,
+                             alert_threshold=settings.decision_threshold)  # fmt: skip
     scorer = Scorer(
         settings,
         model,
@@ -173,6 +184,7 @@ def build(settings: Settings) -> Components:
         terminal_topic=terminal_topic(settings),
         client_options=kafka_options,
         terminals_ready=feed.reach_committed_end,
+        drift=drift,
     )
     # Other workers find this one in the group's description by the URL in its client id (app/serving/routing.py).
     decisions_name = f"{settings.app_id}-decisions-{settings.worker_id}"
@@ -212,5 +224,5 @@ def build(settings: Settings) -> Components:
         client_options=kafka_options,
     )
     serving = Serving(settings, scorer, aggregates, decisions, owners, lambda: components.is_ready())
-    components = Components(settings, window, aggregates, feed, scorer, decisions, follower, trainer, serving)
+    components = Components(settings, window, aggregates, feed, scorer, decisions, follower, trainer, serving, drift)
     return components

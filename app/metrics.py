@@ -23,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.monitoring.drift import SCORE, DriftReport
+
 # The trainer process's metrics (fraud_trainer_*, fraud_learning_*, fraud_labels_*, the labels' dead letters, its
 # process: fraud_trainer_process_*): a worker never sets them, it appends its trainer child's exposition instead.
 TRAINER_REGISTRY = CollectorRegistry(auto_describe=True)
@@ -141,6 +143,23 @@ SYNC_FORWARDED = Counter(
     "fraud_sync_forwarded", "Synchronous requests forwarded to the worker that holds the customer's partition."
 )
 HEALTH_STATUS = Gauge("fraud_health_status", "1 for the worker's current health status, 0 for the others.", ["status"])
+# Drift without labels (app/monitoring/drift.py), set on the health interval; ``feature`` is a name of the feature set
+# (app/features/spec.py, a fixed set) or fraud_probability, the score.
+DRIFT_PSI = Gauge("fraud_drift_psi", "Population stability index of the current window against the reference.",
+                  ["feature"])  # fmt: skip
+DRIFT_ALERT_RATE = Gauge("fraud_drift_alert_rate", "Share of sampled transactions at or over the threshold.",
+                         ["window"])  # fmt: skip
+DRIFT_DETECTED = Gauge("fraud_drift_detected", "1 while the drift monitor's status is drift (see the health event).")
+
+
+def observe_drift(report: DriftReport) -> None:
+    """The drift monitor's last report into the gauges above."""
+    for feature, value in report.features:
+        DRIFT_PSI.labels(feature).set(value)
+    DRIFT_PSI.labels(SCORE).set(report.score_psi)
+    DRIFT_ALERT_RATE.labels("current").set(report.alert_rate)
+    DRIFT_ALERT_RATE.labels("reference").set(report.reference_alert_rate)
+    DRIFT_DETECTED.set(1 if report.status == "drift" else 0)
 
 
 def observe_batch(records: int, seconds: float) -> None:

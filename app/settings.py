@@ -85,6 +85,11 @@ class Settings:
     grpc_port: int = 6067  # 0: no gRPC server
     health_interval_s: float = 10.0
     health_window_s: float = 60.0
+    # Drift without labels (app/monitoring/drift.py): one scored transaction in DRIFT_SAMPLE_EVERY is sampled (0:
+    # off); windows of DRIFT_WINDOW_ROWS samples are compared with the first DRIFT_REFERENCE_ROWS after the start.
+    drift_sample_every: int = 8
+    drift_reference_rows: int = 5000
+    drift_window_rows: int = 5000
     thresholds: Thresholds = field(default_factory=Thresholds)
     decision_threshold: float = 0.5
     max_message_bytes: int = 65536
@@ -226,6 +231,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         grpc_port=int(_get(env, "GRPC_PORT", str(d.grpc_port))),
         health_interval_s=float(_get(env, "HEALTH_INTERVAL_S", str(d.health_interval_s))),
         health_window_s=float(_get(env, "HEALTH_WINDOW_S", str(d.health_window_s))),
+        drift_sample_every=int(_get(env, "DRIFT_SAMPLE_EVERY", str(d.drift_sample_every))),
+        drift_reference_rows=int(_get(env, "DRIFT_REFERENCE_ROWS", str(d.drift_reference_rows))),
+        drift_window_rows=int(_get(env, "DRIFT_WINDOW_ROWS", str(d.drift_window_rows))),
         thresholds=Thresholds(
             degraded_error_rate=float(_get(env, "DEGRADED_ERROR_RATE", str(t.degraded_error_rate))),
             unhealthy_error_rate=float(_get(env, "UNHEALTHY_ERROR_RATE", str(t.unhealthy_error_rate))),

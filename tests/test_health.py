@@ -69,3 +69,28 @@ def test_event_has_every_field() -> None:
     )
     assert event["status"] == "unhealthy" and event["issues"]
     assert set(event["latency_ms"]) == {"p50", "p95", "p99"}  # type: ignore[arg-type]
+
+
+def test_drift_degrades_a_healthy_worker_and_names_what_moved() -> None:
+    """A drift report in ``drift`` status degrades the event and names the feature; ``warn`` is reported only."""
+    import jsonschema
+
+    from app.monitoring.drift import DriftReport
+    from app.serialization import loads
+    from tests.conftest import REPO_ROOT
+
+    def event(status: str, amount_psi: float) -> dict[str, object]:
+        report = DriftReport(5000, 5000, (("amount", amount_psi), ("is_night", 0.01)), 0.02, 0.01, 0.01, 0.0, False,
+                             status)  # fmt: skip
+        return health_event(timestamp="2026-01-01T00:00:00.000Z", worker="w", window_s=60.0, stats=stats(),
+                            last_transaction_age_s=1.0, model_version="v1", labels_learned=0,
+                            thresholds=Thresholds(), drift=report)  # fmt: skip
+
+    schema = loads((REPO_ROOT / "topics" / "health.schema.json").read_bytes())
+    drifted, warned = event("drift", 3.2), event("warn", 0.15)
+    for e in (drifted, warned):
+        jsonschema.validate(e, schema)
+    assert drifted["status"] == "degraded"
+    assert drifted["issues"] == ["drift: amount PSI 3.20 over 5,000 samples against 5,000 of the reference"]
+    assert drifted["drift"]["worst"][0] == {"feature": "amount", "psi": 3.2}  # type: ignore[index]
+    assert warned["status"] == "healthy" and warned["issues"] == [] and warned["drift"]["status"] == "warn"  # type: ignore[index]

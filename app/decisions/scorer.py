@@ -31,6 +31,7 @@ from app.kafka.clients import Connection, committed_reader
 from app.kafka.reading import read_to_end
 from app.kafka.transactional import Batch, Output
 from app.learning.model import FraudModel
+from app.monitoring.drift import DriftMonitor
 from app.monitoring.health import HealthWindow
 from app.records import InvalidMessage, Prediction, dead_letter, parse_transaction
 from app.serialization import dumps, loads
@@ -74,6 +75,7 @@ class Scorer:
         client_options: dict[str, Any] | None = None,
         now_s: Callable[[], float] = time.monotonic,
         terminals_ready: Callable[[int], Awaitable[object]] | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -86,6 +88,7 @@ class Scorer:
         self.now_s = now_s
         # After a partition's previous owner is fenced: the terminal feed has what that owner committed last.
         self.terminals_ready = terminals_ready
+        self.drift = drift  # committed predictions' features and scores, sampled for the drift monitor
         self.partitions: dict[int, PartitionState] = {}
         # Committed predictions at or over the threshold, oldest first: the operator page shows the newest. Bounded
         # and filled only with what is flagged, so it costs the decision path nothing per ordinary transaction.
@@ -206,6 +209,7 @@ class Scorer:
         late = 0
         dead_codes: list[str] = []  # counted once the batch commits, like everything else
         probabilities: list[float] = []
+        observed: list[tuple[dict[str, float], float]] = []  # for the drift monitor, once committed
         flagged: list[Prediction] = []  # at or over the threshold
         for record in records:
             try:
@@ -258,6 +262,7 @@ class Scorer:
             # then writes one terminal-log partition instead of up to all (fewer partitions and markers per commit).
             outputs.append(Output(self.terminal_topic, tx.terminal_id.encode(), dumps([t, tx.tx_id]), partition))
             probabilities.append(prediction.fraud_probability)
+            observed.append((prediction.features, prediction.fraud_probability))
             if prediction.is_fraud:
                 flagged.append(prediction)
         outputs.extend(entry_outputs)
@@ -296,6 +301,8 @@ class Scorer:
                 metrics.SCORING_LATENCY.observe(latency_ms / 1000.0)
             metrics.PREDICTED_FRAUD.inc(len(flagged))
             self.high_scores.extend(flagged)
+            if self.drift is not None:
+                self.drift.observe_many(observed)
 
         batch.on_commit = on_commit
         return batch

@@ -139,7 +139,8 @@ class DriftMonitor:
     _window_alerts: int = 0
     _adwin: ADWIN = field(default_factory=ADWIN)
     _score_change: bool = False
-    last: DriftReport | None = None
+    last: DriftReport | None = None  # the newest full window's report
+    last_judged: DriftReport | None = None  # what :meth:`report` returned last (the current window's, when judged)
 
     def __post_init__(self) -> None:
         self._buffer = deque(maxlen=self.max_buffer)
@@ -163,7 +164,7 @@ class DriftMonitor:
         """Start a new reference from the next samples (a new model version scores on another scale)."""
         self._reference, self._bins, self._ref_counts, self._ref_alerts = {}, None, {}, 0
         self._window, self._window_rows, self._window_alerts = {}, 0, 0
-        self._adwin, self._score_change, self.last = ADWIN(), False, None
+        self._adwin, self._score_change, self.last, self.last_judged = ADWIN(), False, None, None
 
     def report(self) -> DriftReport | None:
         """Fold the sampled rows in (off the decision path); the newest full window's report, or the current
@@ -188,9 +189,8 @@ class DriftMonitor:
             if self._window_rows >= self.window_rows:
                 self.last = self._judge()
                 self._window, self._window_rows, self._window_alerts, self._score_change = {}, 0, 0, False
-        if self._window_rows >= self.window_rows // 5:
-            return self._judge()
-        return self.last
+        self.last_judged = self._judge() if self._window_rows >= self.window_rows // 5 else self.last
+        return self.last_judged
 
     def _fill_reference(self, rows: list[tuple[Mapping[str, float], float]]) -> int:
         """Rows into the reference sample until it is full; returns how many rows it took."""

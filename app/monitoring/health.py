@@ -11,6 +11,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from app.monitoring.drift import PSI_ALARM, DriftReport
 from app.settings import Thresholds
 
 STATUSES = ("healthy", "degraded", "stale", "unhealthy")
@@ -140,13 +141,18 @@ def health_event(
     terminal_feed_lag_s: float = 0.0,
     model_issues: list[str] | None = None,
     models: dict[str, object] | None = None,
+    drift: DriftReport | None = None,
 ) -> dict[str, object]:
-    """The ``health`` topic's record for one interval; a refused model snapshot degrades a healthy worker."""
+    """The ``health`` topic's record for one interval; a refused model snapshot or a drift (:mod:`app.monitoring.drift`)
+    degrades a healthy worker."""
     status, issues = evaluate(stats, last_transaction_age_s, thresholds)
     if model_issues:
         issues = [*issues, *model_issues]
         status = "degraded" if status == "healthy" else status
-    return {
+    if drift is not None and drift.status == "drift":
+        issues = [*issues, drift_issue(drift)]
+        status = "degraded" if status == "healthy" else status
+    event: dict[str, object] = {
         "timestamp": timestamp,
         "worker": worker,
         "status": status,
@@ -167,3 +173,38 @@ def health_event(
         "terminal_feed_lag_s": round(terminal_feed_lag_s, 3),
         "models": models or {},
     }
+    if drift is not None:
+        event["drift"] = drift_summary(drift)
+    return event
+
+
+def drift_summary(drift: DriftReport, worst: int = 5) -> dict[str, object]:
+    """The health event's ``drift``: the window against the reference, the worst features first."""
+    return {
+        "status": drift.status,
+        "rows": drift.rows,
+        "reference_rows": drift.reference_rows,
+        "score_psi": round(drift.score_psi, 4),
+        "alert_rate": round(drift.alert_rate, 6),
+        "reference_alert_rate": round(drift.reference_alert_rate, 6),
+        "alert_rate_z": round(drift.alert_rate_z, 2),
+        "score_change": drift.score_change,
+        "worst": [{"feature": name, "psi": round(value, 4)} for name, value in drift.worst(worst)],
+    }
+
+
+def drift_issue(drift: DriftReport) -> str:
+    """One line naming what moved.
+
+    >>> r = DriftReport(5000, 5000, (("amount", 3.2), ("is_night", 0.01)), 0.02, 0.01, 0.01, 0.0, False, "drift")
+    >>> drift_issue(r)
+    'drift: amount PSI 3.20 over 5,000 samples against 5,000 of the reference'
+    """
+    parts = [f"{name} PSI {value:.2f}" for name, value in drift.features if value >= PSI_ALARM]
+    if drift.score_psi >= PSI_ALARM:
+        parts.append(f"score PSI {drift.score_psi:.2f}")
+    if drift.alert_rate_z >= 4.0 and drift.alert_rate >= 2 * drift.reference_alert_rate:
+        parts.append(f"alert rate {drift.alert_rate:.2%} against {drift.reference_alert_rate:.2%}")
+    if drift.score_change:
+        parts.append("the score's mean changed (ADWIN)")
+    return f"drift: {', '.join(parts)} over {drift.rows:,} samples against {drift.reference_rows:,} of the reference"

@@ -72,6 +72,7 @@ def current_health(components: Components, now_s: float) -> dict[str, object]:
         terminal_feed_lag_s=components.feed.lag_s,
         model_issues=components.follower.issues(),
         models=models_summary(components),
+        drift=components.drift.report() if components.drift is not None else None,
     )
 
 
@@ -80,6 +81,8 @@ async def publish_health(components: Components, send: Send) -> None:
     event = current_health(components, time.monotonic())
     for status in STATUSES:
         metrics.HEALTH_STATUS.labels(status).set(1 if status == event["status"] else 0)
+    if components.drift is not None and components.drift.last_judged is not None:
+        metrics.observe_drift(components.drift.last_judged)
     if not components.decisions.connected:
         return  # nothing to publish to; /ready says so, and the loop logged the state change once
     await send(components.settings.worker_id.encode(), dumps(event))
