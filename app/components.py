@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from app import metrics
 from app.decisions.scorer import Scorer
-from app.features.spec import FEATURE_NAMES
+from app.features.spec import FEATURES
 from app.kafka.security import client_security_options
 from app.kafka.topics import changelog_topic, terminal_checkpoint_topic, terminal_topic
 from app.kafka.transactional import TransactionalLoop
@@ -45,6 +45,8 @@ from app.state.terminals import TerminalAggregates
 log = logging.getLogger(__name__)
 
 CUSTOMER_STORE = "customers"  # the stores' folders under the state directory
+# The features the drift monitor compares: all but the calendar's, which follow the clock (app/monitoring/drift.py).
+DRIFT_FEATURES = tuple(f.name for f in FEATURES if f.kind not in ("hour_of_day", "weekend", "night"))
 TERMINAL_STORE = "terminals"
 
 
@@ -171,9 +173,10 @@ def build(settings: Settings) -> Components:
     )
     drift = None
     if settings.drift_sample_every > 0:
-        drift = DriftMonitor(FEATURE_NAMES, sample_every=settings.drift_sample_every,
+        drift = DriftMonitor(DRIFT_FEATURES, sample_every=settings.drift_sample_every,
                              reference_rows=settings.drift_reference_rows, window_rows=settings.drift_window_rows,
-                             alert_threshold=settings.decision_threshold)  # fmt: skip
+                             alert_threshold=settings.decision_threshold,
+                             skip_rows=settings.drift_skip_rows)  # fmt: skip
     scorer = Scorer(
         settings,
         model,

@@ -90,6 +90,7 @@ class Settings:
     drift_sample_every: int = 8
     drift_reference_rows: int = 5000
     drift_window_rows: int = 5000
+    drift_skip_rows: int = 0  # samples left out before the reference (a new deployment's windows still filling)
     thresholds: Thresholds = field(default_factory=Thresholds)
     decision_threshold: float = 0.5
     max_message_bytes: int = 65536
@@ -234,6 +235,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         drift_sample_every=int(_get(env, "DRIFT_SAMPLE_EVERY", str(d.drift_sample_every))),
         drift_reference_rows=int(_get(env, "DRIFT_REFERENCE_ROWS", str(d.drift_reference_rows))),
         drift_window_rows=int(_get(env, "DRIFT_WINDOW_ROWS", str(d.drift_window_rows))),
+        drift_skip_rows=int(_get(env, "DRIFT_SKIP_ROWS", str(d.drift_skip_rows))),
         thresholds=Thresholds(
             degraded_error_rate=float(_get(env, "DEGRADED_ERROR_RATE", str(t.degraded_error_rate))),
             unhealthy_error_rate=float(_get(env, "UNHEALTHY_ERROR_RATE", str(t.unhealthy_error_rate))),
@@ -273,9 +275,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         model_publish_every_labels=int(_get(env, "MODEL_PUBLISH_EVERY_LABELS", str(d.model_publish_every_labels))),
         label_horizon_s=float(_get(env, "LABEL_HORIZON_S", str(d.label_horizon_s))),
         late_label_grace_s=float(_get(env, "LATE_LABEL_GRACE_S", str(d.late_label_grace_s))),
-        learning_audit_retention_s=float(
-            _get(env, "LEARNING_AUDIT_RETENTION_S", str(d.learning_audit_retention_s))
-        ),
+        learning_audit_retention_s=float(_get(env, "LEARNING_AUDIT_RETENTION_S", str(d.learning_audit_retention_s))),
         challenger_model=_get(env, "CHALLENGER_MODEL", d.challenger_model),
         auto_promote_margin=float(_get(env, "AUTO_PROMOTE_MARGIN", str(d.auto_promote_margin))),
         auto_promote_min_labels=int(_get(env, "AUTO_PROMOTE_MIN_LABELS", str(d.auto_promote_min_labels))),

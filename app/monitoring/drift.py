@@ -1,13 +1,15 @@
 """Drift without labels, pure: how far the scores, the alert rate and each feature moved from a reference window.
 
-Labels come days late; the inputs and the scores are here now. A worker samples one transaction in
-``sample_every`` on its decision path (:meth:`DriftMonitor.observe`: a counter and, for a sampled one, an append to
-a bounded buffer), and the monitor's interval, off the hot loop, folds the buffer into counts on fixed bins
-(:meth:`DriftMonitor.report`). The bins are the reference sample's quantiles (the first ``reference_rows`` sampled
-after the monitor starts or its reference is reset, e.g. on a new model version), so counts of windows and of
-workers add up. Each window is compared with the reference by the population stability index (:func:`psi`: below
-0.1 no real change, above 0.25 a shift worth acting on, the industry's reading), the alert rate by a two-proportion
-z-test, and the score's stream by River's ADWIN (a change in its mean, found without bins).
+Labels come days late; the inputs and the scores are here now. The calendar features (hour, weekend, night) are
+left out by the caller: they follow the clock, and a reference taken at night is not a drift at noon. A worker
+samples one transaction in ``sample_every`` on its decision path (:meth:`DriftMonitor.observe`: a counter and, for
+a sampled one, an append to a bounded buffer), and the monitor's interval, off the hot loop, folds the buffer into
+counts on fixed bins (:meth:`DriftMonitor.report`). The bins are the reference sample's quantiles (the first
+``reference_rows`` sampled after the monitor starts, after ``skip_rows``, or after its reference is reset on an
+operator's promotion or rollback), so counts of windows and of workers add up. Each window is compared with the
+reference by the population stability index (:func:`psi`: below 0.1 no real change, above 0.25 a shift worth acting
+on, the industry's reading), the alert rate by a two-proportion z-test, and the score's stream by River's ADWIN (a
+change in its mean, found without bins).
 
 False alarms: for a stationary input, ``n_ref * n_cur / (n_ref + n_cur) * PSI`` is about chi-squared with
 ``bins - 1`` degrees of freedom; with 5,000 rows on each side and 10 bins a PSI of 0.1 is a chi-squared of 250
@@ -128,7 +130,11 @@ class DriftMonitor:
     alert_threshold: float = 0.5
     bins: int = 10
     max_buffer: int = 50_000  # sampled rows waiting for the monitor; the oldest go first if it falls behind
+    # Samples left out before the reference starts: a new deployment's windows fill for their length (30 days of
+    # counts growing from zero), and a reference taken then would call the filled windows a drift.
+    skip_rows: int = 0
     _seen: int = 0
+    _skipped: int = 0
     _buffer: deque[tuple[Mapping[str, float], float]] = field(default_factory=deque)
     _reference: dict[str, list[float]] = field(default_factory=dict)  # the reference sample, until fitted
     _bins: Bins | None = None
@@ -150,6 +156,9 @@ class DriftMonitor:
         copied: the caller does not change it afterwards)."""
         self._seen += 1
         if self._seen % self.sample_every == 0:
+            if self._skipped < self.skip_rows:
+                self._skipped += 1
+                return
             self._buffer.append((x, score))
 
     def observe_many(self, rows: Iterable[tuple[Mapping[str, float], float]]) -> None:
