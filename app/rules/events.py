@@ -1,0 +1,126 @@
+"""Rule and list changes as events, and the folds that turn the two compacted topics into the current state (pure).
+
+The ``rules`` topic (one partition, compacted, keyed by rule id) holds one event per change: the whole rule after
+the change, what changed (``added``, ``updated``, ``disabled``, ``enabled``, ``shadowed``), who, why and when.
+Compaction keeps the newest event per rule, which is all the fold needs; the history older than the topic's
+``min.compaction.lag.ms`` (30 days) may be gone. The rule set's version is the offset past the newest event folded:
+it only grows, two writers never get the same one, and compaction keeps offsets.
+
+The ``rule-lists`` topic (one partition, compacted, keyed by list name) holds each named list whole, its newest
+value being the list; its version is likewise the offset past the newest event.
+
+>>> from app.serialization import dumps
+>>> rule = Rule("velocity", "customer_nb_tx_1hour > 5", "review")
+>>> event = rule_event(rule, "added", by="cli:ana", reason="card testing", timestamp="2026-01-01T00:00:00.000Z")
+>>> rules, refused = fold_rules([(0, b"velocity", dumps(event))])
+>>> rules.version, [r.id for r in rules.rules], refused
+(1, ['velocity'], [])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from app.rules.ruleset import DEFAULT_LISTS, Rule, RuleRefused, RuleSet, rule_of
+from app.serialization import JSONDecodeError, loads
+
+CHANGES = ("added", "updated", "disabled", "enabled", "shadowed")
+LIST_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+MAX_LIST_ITEMS = 100_000
+EVENT_FORMAT = 1
+
+# (offset, key, value): one record of a compacted topic, value None for a tombstone
+Record = tuple[int, bytes | None, bytes | None]
+
+
+def rule_event(rule: Rule, change: str, *, by: str, reason: str, timestamp: str) -> dict[str, Any]:
+    if change not in CHANGES:
+        raise ValueError(f"change must be one of {', '.join(CHANGES)}, not {change!r}")
+    return {"format": EVENT_FORMAT, "change": change, "rule": rule.to_dict(), "by": by, "reason": reason,
+            "timestamp": timestamp}  # fmt: skip
+
+
+def list_event(name: str, items: Iterable[str], *, by: str, reason: str, timestamp: str) -> dict[str, Any]:
+    """A named list's whole new content; :class:`ValueError` for a bad name or too many items."""
+    if not LIST_NAME.match(name):
+        raise ValueError(f"list name {name!r}: 1 to 64 lower-case letters, digits or '_', not starting with a digit")
+    values = sorted({str(i) for i in items})
+    if len(values) > MAX_LIST_ITEMS:
+        raise ValueError(f"list {name!r} has {len(values)} items, over the limit of {MAX_LIST_ITEMS}")
+    return {"format": EVENT_FORMAT, "name": name, "items": values, "by": by, "reason": reason, "timestamp": timestamp}
+
+
+def decode(value: bytes) -> dict[str, Any]:
+    try:
+        event = loads(value)
+    except JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise ValueError("not a JSON object")
+    return event
+
+
+def fold_lists(records: Iterable[Record]) -> tuple[dict[str, frozenset[str]], int]:
+    """The named lists (the default ones empty unless set) and their version, from the ``rule-lists`` topic."""
+    lists: dict[str, frozenset[str]] = {name: frozenset() for name in DEFAULT_LISTS}
+    version = 0
+    for offset, key, value in records:
+        version = max(version, offset + 1)
+        if value is None:
+            if key is not None:
+                lists.pop(key.decode(errors="replace"), None)
+            continue
+        try:
+            event = decode(value)
+            lists[str(event["name"])] = frozenset(str(i) for i in event["items"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not a list event: skipped, as the worker would
+    return lists, version
+
+
+def fold_rules(
+    records: Iterable[Record], lists: Collection[str] = DEFAULT_LISTS
+) -> tuple[RuleSet, list[tuple[str, str]]]:
+    """The current rule set (newest event per rule id) and the rules refused (id, reason): events that do not
+    decode, and rules that no longer compile here (a feature this deployment's feature set does not have)."""
+    latest: dict[str, bytes] = {}
+    version = 0
+    for offset, key, value in records:
+        version = max(version, offset + 1)
+        rule_id = (key or b"").decode(errors="replace")
+        if value is None:
+            latest.pop(rule_id, None)
+        else:
+            latest[rule_id] = value
+    rules: list[Rule] = []
+    refused: list[tuple[str, str]] = []
+    for rule_id, value in latest.items():
+        try:
+            rule = rule_of(decode(value).get("rule"), lists)  # type: ignore[arg-type]
+        except (RuleRefused, ValueError) as exc:
+            refused.append((rule_id, str(exc)))
+            continue
+        if rule.id != rule_id:
+            refused.append((rule_id, f"the event's rule is {rule.id!r}, not its key"))
+            continue
+        rules.append(rule)
+    rule_set = RuleSet.of(rules, version, lists)
+    return rule_set, [*refused, *rule_set.refused]
+
+
+def history(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """Every rule event still on the topic, in order, with its offset (``python -m app rules history``)."""
+    out = []
+    for offset, key, value in records:
+        if value is None:
+            out.append({"offset": offset, "rule_id": (key or b"").decode(errors="replace"), "change": "deleted"})
+            continue
+        try:
+            event = decode(value)
+        except ValueError:
+            continue
+        rule = event.get("rule") or {}
+        out.append({"offset": offset, "rule_id": rule.get("id", ""), **event})
+    return out
