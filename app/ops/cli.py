@@ -15,12 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from app.ops import dead_letters, lag, models, tailing
+from app.ops import dead_letters, lag, models, rules, tailing
 from app.ops.broker import BrokerUnavailable, UnknownTopic
 from app.ops.dead_letters import ReplayRefused
 from app.settings import load
 
-COMMAND_MODULES = (tailing, dead_letters, lag, models)
+COMMAND_MODULES = (tailing, dead_letters, lag, models, rules)
 
 WORKER = "worker"
 EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -28,7 +28,7 @@ from app.serialization import JSONDecodeError, loads
 
 CHANGES = ("added", "updated", "disabled", "enabled", "shadowed")
 LIST_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
-MAX_LIST_ITEMS = 100_000
+MAX_LIST_ITEMS = 50_000  # of up to 128 characters: a list event stays under the topic's 8 MiB
 EVENT_FORMAT = 1
 
 # (offset, key, value): one record of a compacted topic, value None for a tombstone
@@ -47,6 +47,8 @@ def list_event(name: str, items: Iterable[str], *, by: str, reason: str, timesta
     if not LIST_NAME.match(name):
         raise ValueError(f"list name {name!r}: 1 to 64 lower-case letters, digits or '_', not starting with a digit")
     values = sorted({str(i) for i in items})
+    if any(not 1 <= len(v) <= 128 for v in values):
+        raise ValueError(f"list {name!r}: every item has 1 to 128 characters (an id)")
     if len(values) > MAX_LIST_ITEMS:
         raise ValueError(f"list {name!r} has {len(values)} items, over the limit of {MAX_LIST_ITEMS}")
     return {"format": EVENT_FORMAT, "name": name, "items": values, "by": by, "reason": reason, "timestamp": timestamp}
