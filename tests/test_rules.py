@@ -201,7 +201,7 @@ def test_precedence_allow_then_block_then_review_then_score_and_threshold() -> N
     assert d.rule_set_version == 3
     d = decision_of(features(amount=9000.0, customer_nb_tx_1hour=9.0), fields(amount=9000.0))
     assert (d.decision, d.decided_by) == (BLOCK, "bigger")
-    d = decision_of(features(amount=50.0, customer_nb_tx_1hour=9.0), fields(amount=50.0))
+    d = decision_of(features(amount=50.0, customer_nb_tx_1hour=9.0), fields(amount=50.0, terminal_id="t-2"))
     assert (d.decision, d.decided_by, d.matched) == (REVIEW, "velocity", ("velocity",))
     # no deciding rule: the model's threshold, on the probability the score rules moved
     d = decision_of(features(amount=50.0, is_night=1.0), fields(amount=50.0, terminal_id="t-2"), 0.25)
