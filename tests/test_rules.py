@@ -284,3 +284,18 @@ def test_lists_fold_and_bounds() -> None:
         list_event("Bad Name", [], **STAMP)
     with pytest.raises(ValueError, match="1 to 128 characters"):
         list_event("ok", ["x" * 129], **STAMP)
+
+
+def test_the_rules_package_is_pure() -> None:
+    """``app.rules`` loads neither Kafka nor Faust: the scorer calls it per transaction, a test counts with it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    loaded = "('aiokafka', 'faust', 'mode', 'app.kafka', 'app.worker')"
+    code = ("import sys\nimport app.rules.language, app.rules.ruleset, app.rules.events, app.rules.backtest\n"
+            f"print(sorted(m for m in {loaded} if m in sys.modules))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
