@@ -88,6 +88,17 @@ def test_names_read_features_the_probability_and_the_fields() -> None:
     assert holds("amount >= 250 and amount <= 250 and not amount < 250", x, t)
 
 
+@pytest.mark.parametrize(
+    "expression",
+    ["100 - amount == 90", "amount - 100 == -90", "amount / 2 == 5", "20 / amount == 2", "2 * amount + 1 == 21",
+     "1 - amount * 2 == -19", "amount * amount == 100", "-amount == -10", "amount + amount / amount == 11",
+     "min(amount, 3) + max(amount, 3) == 13", "abs(amount - 30) == 20", "customer_nb_tx_1hour + 1 < amount"],
+)  # fmt: skip
+def test_arithmetic_on_features(expression: str) -> None:
+    assert holds(expression, features(amount=10.0))
+    assert not holds(f"not ({expression})", features(amount=10.0))
+
+
 def test_lists_named_and_literal() -> None:
     lists = {"blocked_customers": frozenset({"c-1", "c-7"})}
     assert holds("customer_id in blocked_customers", lists=lists)
@@ -142,11 +153,16 @@ def test_bounds_on_text_nodes_and_depth() -> None:
 
 
 def test_division_by_zero_at_run_time_errors_the_rule_instead_of_matching() -> None:
-    rs = RuleSet.of([Rule("ratio", "amount / customer_avg_amount_30day > 3", BLOCK), Rule("any", "amount > 0", REVIEW)])
+    rs = RuleSet.of([Rule("ratio", "amount / customer_avg_amount_30day > 3", BLOCK), Rule("any", "amount > 0", REVIEW),
+                     Rule("s-ratio", "amount / customer_avg_amount_30day > 3", SCORE, score=0.6),
+                     Rule("s-any", "amount > 0", SCORE, score=0.1),
+                     Rule("w-ratio", "amount / customer_avg_amount_30day > 3", BLOCK, state=SHADOW)])  # fmt: skip
     d = decide(rs, features(amount=10.0), fields(amount=10.0), 0.1, 0.5, {})
-    assert (d.decision, d.matched, d.errored) == (REVIEW, ("any",), ("ratio",))
+    assert (d.decision, d.matched, d.errored) == (REVIEW, ("any", "s-any"), ("ratio", "s-ratio", "w-ratio"))
+    assert d.probability_after_score == pytest.approx(0.2) and d.shadow_matched == ()
     d = decide(rs, features(amount=10.0, customer_avg_amount_30day=2.0), fields(amount=10.0), 0.1, 0.5, {})
-    assert (d.decision, d.matched, d.errored) == (BLOCK, ("ratio", "any"), ())
+    assert (d.decision, d.matched, d.errored) == (BLOCK, ("ratio", "any", "s-any", "s-ratio"), ())
+    assert d.shadow_matched == ("w-ratio",) and d.probability_after_score == pytest.approx(0.8)
 
 
 # ---- rules and decide -----------------------------------------------------------------------------------------

@@ -325,6 +325,21 @@ def _arithmetic(f: Callable[[Any, Any], Any], a: Test, b: Test) -> Test:
     return lambda x, t, lists: f(a(x, t, lists), b(x, t, lists))
 
 
+def _arithmetic_constant(op: str, a: Test, c: float, constant_first: bool) -> Test:  # noqa: C901
+    """``a op c`` (or ``c op a``) in one closure: no closure for the constant, the operator inline."""
+    if op == "+":
+        return lambda x, t, lists: a(x, t, lists) + c
+    if op == "*":
+        return lambda x, t, lists: a(x, t, lists) * c
+    if op == "-":
+        if constant_first:
+            return lambda x, t, lists: c - a(x, t, lists)
+        return lambda x, t, lists: a(x, t, lists) - c
+    if constant_first:
+        return lambda x, t, lists: c / a(x, t, lists)
+    return lambda x, t, lists: a(x, t, lists) / c
+
+
 _EMPTY: frozenset[str] = frozenset()
 
 
@@ -438,6 +453,11 @@ class _Compiler:
             if list_name not in self.lists:
                 known = ", ".join(sorted(self.lists)) or "none"
                 raise RuleSyntaxError(f"unknown list {list_name!r} (lists: {known})", *_where(token))
+            if item.name is not None and NAMES[item.name][0] == FIELDS:  # the common case: one closure
+                name = item.name
+                if negated:
+                    return _Node(BOOL, test=lambda x, t, lists: t[name] not in lists.get(list_name, _EMPTY))
+                return _Node(BOOL, test=lambda x, t, lists: t[name] in lists.get(list_name, _EMPTY))
             if negated:
                 return _Node(BOOL, test=lambda x, t, lists: a(x, t, lists) not in lists.get(list_name, _EMPTY))
             return _Node(BOOL, test=lambda x, t, lists: a(x, t, lists) in lists.get(list_name, _EMPTY))
@@ -474,7 +494,12 @@ class _Compiler:
             if result.is_constant and operand.is_constant:
                 result = _Node(NUMBER, constant=f(result.constant, operand.constant))
                 continue
-            result = _Node(NUMBER, test=_arithmetic(f, self._test(result), self._test(operand)))
+            if operand.is_constant:
+                result = _Node(NUMBER, test=_arithmetic_constant(op, self._test(result), operand.constant, False))
+            elif result.is_constant:
+                result = _Node(NUMBER, test=_arithmetic_constant(op, self._test(operand), result.constant, True))
+            else:
+                result = _Node(NUMBER, test=_arithmetic(f, self._test(result), self._test(operand)))
         return result
 
     def _minus(self, tree: Tree[Token]) -> _Node:

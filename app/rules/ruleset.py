@@ -228,15 +228,14 @@ class RuleSet:
         action = actions[matched[0]] if matched else None
         score = 0.0
         if scoring:
-            for rule_id, amount, test in scoring:
-                try:
-                    hit = test(x, fields, lists)
-                except (ArithmeticError, LookupError, TypeError):
-                    errored.append(rule_id)
-                    continue
-                if hit:
-                    matched.append(rule_id)
-                    score += amount
+            try:
+                hits = [(rule_id, amount) for rule_id, amount, test in scoring if test(x, fields, lists)]
+            except (ArithmeticError, LookupError, TypeError):
+                hit_ids = _one_by_one(tuple((r, test) for r, _, test in scoring), x, fields, lists, errored)
+                hits = [(rule_id, amount) for rule_id, amount, _ in scoring if rule_id in hit_ids]
+            for rule_id, amount in hits:
+                matched.append(rule_id)
+                score += amount
         shadow: list[str] | tuple[()] = ()
         if shadowing:
             try:
