@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from app.features.spec import FEATURE_NAMES
-from app.rules.events import fold_lists, fold_rules, history, list_event, rule_event
+from app.rules.events import RuleLog, fold_lists, fold_rules, history, list_event, rule_event
 from app.rules.language import MAX_DEPTH, MAX_NODES, MAX_TEXT_CHARS, RuleSyntaxError, compile_expression
 from app.rules.ruleset import (
     ALLOW,
@@ -315,3 +315,17 @@ def test_the_rules_package_is_pure() -> None:
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_log_folds_incrementally_as_a_follower_reads() -> None:
+    log = RuleLog()
+    log.apply_rules([(0, b"vip", dumps(rule_event(Rule("vip", "customer_id in vips", ALLOW), "added", **STAMP)))])
+    first, refused = log.current()
+    assert first.rules == () and refused[0][0] == "vip"  # the list does not exist yet
+    log.apply_lists([(0, b"vips", dumps(list_event("vips", ["c-1"], **STAMP)))])
+    second, refused = log.current()
+    assert [r.id for r in second.rules] == ["vip"] and refused == [] and log.current()[0] is second  # cached
+    d = decide(second, features(), fields(), 0.9, 0.5, log.lists)
+    assert (d.decision, d.rule_set_version) == (ALLOW, 1)
+    log.apply_lists([(1, b"blocked_customers", None)])  # a default list's tombstone empties it, never removes it
+    assert log.lists["blocked_customers"] == frozenset() and log.lists_version == 2

@@ -64,52 +64,84 @@ def decode(value: bytes) -> dict[str, Any]:
     return event
 
 
+class RuleLog:
+    """Both topics folded incrementally: a follower applies the records it reads as the topics grow, then takes
+    :meth:`current`, recompiled only when something changed (a worker swaps it in between batches)."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, bytes] = {}  # rule id -> its newest event
+        self.lists: dict[str, frozenset[str]] = {name: frozenset() for name in DEFAULT_LISTS}
+        self.rules_version = 0
+        self.lists_version = 0
+        self._current: tuple[RuleSet, list[tuple[str, str]]] | None = None
+
+    def apply_lists(self, records: Iterable[Record]) -> None:
+        for offset, key, value in records:
+            self.lists_version = max(self.lists_version, offset + 1)
+            self._current = None
+            if value is None:
+                name = (key or b"").decode(errors="replace")
+                if name in DEFAULT_LISTS:
+                    self.lists[name] = frozenset()
+                else:
+                    self.lists.pop(name, None)
+                continue
+            try:
+                event = decode(value)
+                self.lists[str(event["name"])] = frozenset(str(i) for i in event["items"])
+            except (ValueError, KeyError, TypeError):
+                continue  # not a list event: skipped
+
+    def apply_rules(self, records: Iterable[Record]) -> None:
+        for offset, key, value in records:
+            self.rules_version = max(self.rules_version, offset + 1)
+            self._current = None
+            rule_id = (key or b"").decode(errors="replace")
+            if value is None:
+                self._rules.pop(rule_id, None)
+            else:
+                self._rules[rule_id] = value
+
+    def current(self) -> tuple[RuleSet, list[tuple[str, str]]]:
+        """The rule set (version: the offset past the newest rule event) and the rules refused (id, reason):
+        events that do not decode, and rules that no longer compile here (a feature this deployment's feature set
+        does not have, a list deleted)."""
+        if self._current is not None:
+            return self._current
+        names = tuple(self.lists)
+        rules: list[Rule] = []
+        refused: list[tuple[str, str]] = []
+        for rule_id, value in self._rules.items():
+            try:
+                rule = rule_of(decode(value).get("rule"), names)  # type: ignore[arg-type]
+            except (RuleRefused, ValueError) as exc:
+                refused.append((rule_id, str(exc)))
+                continue
+            if rule.id != rule_id:
+                refused.append((rule_id, f"the event's rule is {rule.id!r}, not its key"))
+                continue
+            rules.append(rule)
+        rule_set = RuleSet.of(rules, self.rules_version, names)
+        self._current = (rule_set, [*refused, *rule_set.refused])
+        return self._current
+
+
 def fold_lists(records: Iterable[Record]) -> tuple[dict[str, frozenset[str]], int]:
     """The named lists (the default ones empty unless set) and their version, from the ``rule-lists`` topic."""
-    lists: dict[str, frozenset[str]] = {name: frozenset() for name in DEFAULT_LISTS}
-    version = 0
-    for offset, key, value in records:
-        version = max(version, offset + 1)
-        if value is None:
-            if key is not None:
-                lists.pop(key.decode(errors="replace"), None)
-            continue
-        try:
-            event = decode(value)
-            lists[str(event["name"])] = frozenset(str(i) for i in event["items"])
-        except (ValueError, KeyError, TypeError):
-            continue  # not a list event: skipped, as the worker would
-    return lists, version
+    log = RuleLog()
+    log.apply_lists(records)
+    return log.lists, log.lists_version
 
 
 def fold_rules(
     records: Iterable[Record], lists: Collection[str] = DEFAULT_LISTS
 ) -> tuple[RuleSet, list[tuple[str, str]]]:
-    """The current rule set (newest event per rule id) and the rules refused (id, reason): events that do not
-    decode, and rules that no longer compile here (a feature this deployment's feature set does not have)."""
-    latest: dict[str, bytes] = {}
-    version = 0
-    for offset, key, value in records:
-        version = max(version, offset + 1)
-        rule_id = (key or b"").decode(errors="replace")
-        if value is None:
-            latest.pop(rule_id, None)
-        else:
-            latest[rule_id] = value
-    rules: list[Rule] = []
-    refused: list[tuple[str, str]] = []
-    for rule_id, value in latest.items():
-        try:
-            rule = rule_of(decode(value).get("rule"), lists)  # type: ignore[arg-type]
-        except (RuleRefused, ValueError) as exc:
-            refused.append((rule_id, str(exc)))
-            continue
-        if rule.id != rule_id:
-            refused.append((rule_id, f"the event's rule is {rule.id!r}, not its key"))
-            continue
-        rules.append(rule)
-    rule_set = RuleSet.of(rules, version, lists)
-    return rule_set, [*refused, *rule_set.refused]
+    """The current rule set (newest event per rule id) and the rules refused (id, reason), compiled against the
+    list names ``lists``."""
+    log = RuleLog()
+    log.lists = {name: frozenset() for name in (*DEFAULT_LISTS, *lists)}
+    log.apply_rules(records)
+    return log.current()
 
 
 def history(records: Iterable[Record]) -> list[dict[str, Any]]:
