@@ -229,6 +229,14 @@ def test_precedence_allow_then_block_then_review_then_score_and_threshold() -> N
     assert d.probability_after_score == 0.0
 
 
+def test_a_review_rule_never_softens_the_models_block() -> None:
+    x, t = features(amount=50.0, customer_nb_tx_1hour=9.0), fields(amount=50.0, terminal_id="t-2")
+    d = decision_of(x, t, 0.7)
+    assert (d.decision, d.decided_by, d.matched) == (BLOCK, "threshold", ("velocity",))
+    d = decision_of(x, t, 0.2, review_cost=1.0)  # the review rule decides before the expected loss would
+    assert (d.decision, d.decided_by) == (REVIEW, "velocity")
+
+
 def test_shadow_rules_are_recorded_and_never_decide() -> None:
     with_shadow = decision_of(features(amount=500.0), fields(amount=500.0, terminal_id="t-2"))
     assert with_shadow.shadow_matched == ("watch",) and with_shadow.matched == ()

@@ -151,7 +151,9 @@ def hand_count(predictions: list[dict[str, Any]], labels: dict[str, bool], block
             model = "block" if prob >= 0.5 else "review" if mode == "expected_loss" and prob * amount > REVIEW_COST \
                 else "allow"  # fmt: skip
             live = "block" if p["customer_id"] in blocked else model
-            candidate = "block" if p["customer_id"] in blocked else "review" if burst else model
+            # a review rule never softens the model's block; it comes before the expected-loss review
+            candidate = "block" if p["customer_id"] in blocked else model if model == "block" else \
+                "review" if burst else model  # fmt: skip
             changed[mode] += live != candidate
             for name, decision in (("live", live), ("candidate", candidate)):
                 if decision != "allow":

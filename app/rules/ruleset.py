@@ -4,16 +4,19 @@ Precedence (the same in the decision path and the backtest; :func:`resolve` is i
 
 1. every rule that is not ``disabled`` is evaluated on the transaction, each seeing the model's own
    ``fraud_probability``; a ``shadow`` rule's match is reported in ``shadow_matched`` and changes nothing else;
-2. an ``active`` ``allow`` rule that matches decides ``allow`` (a known-good customer or terminal);
+2. an ``active`` ``allow`` rule that matches decides ``allow`` (a known-good customer or terminal): nothing else
+   is looked at;
 3. else an active ``block`` rule decides ``block``;
-4. else an active ``review`` rule decides ``review``;
-5. else the model decides on its probability after the active ``score`` rules that matched added their amounts
-   (clipped to [0, 1]): ``block`` when it reaches the fixed ``threshold`` (what ``is_fraud`` means), else
-   ``review`` when the expected-loss threshold is set and ``probability * amount > review_cost``, else ``allow``.
+4. else the model blocks when its probability, plus the amounts of the active ``score`` rules that matched (clipped
+   to [0, 1]), reaches the fixed ``threshold`` (what ``is_fraud`` means);
+5. else an active ``review`` rule decides ``review``;
+6. else the expected-loss threshold, when set, reviews when ``probability * amount > review_cost``;
+7. else ``allow``.
 
-Among the rules of one action, the higher ``priority`` (then the id) comes first in ``matched``; the first is the
-one named in ``decided_by``. A rule whose evaluation fails (a division by zero, a feature missing from an older
-prediction) counts as not matched and is named in ``errored``.
+So a rule only ever makes a decision more severe, except an allow rule; a review rule never turns the model's block
+into a review. Among the rules of one action, the higher ``priority`` (then the id) comes first in ``matched``;
+the first is the one named in ``decided_by``. A rule whose evaluation fails (a division by zero, a feature missing
+from an older prediction) counts as not matched and is named in ``errored``.
 """
 
 from __future__ import annotations
@@ -273,6 +276,9 @@ def resolve(
 ) -> Decision:
     """The precedence of the module docstring, applied to what the rules said.
 
+    >>> resolve(Matches(("velocity",), (), (), REVIEW, 0.0), 0.7, 10.0, 0.5).decided_by  # the model's block stands
+    'threshold'
+
     >>> m = Matches(("vip",), (), (), ALLOW, 0.0)
     >>> resolve(m, 0.99, 10.0, 0.5).decision
     'allow'
@@ -283,10 +289,13 @@ def resolve(
     """
     p = probability + matches.score if matches.score else probability
     p = 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
-    if matches.action is not None:
-        decision, by = matches.action, matches.matched[0]
+    action = matches.action
+    if action == ALLOW or action == BLOCK:
+        decision, by = action, matches.matched[0]
     elif p >= threshold:
         decision, by = BLOCK, BY_THRESHOLD
+    elif action == REVIEW:
+        decision, by = REVIEW, matches.matched[0]
     elif review_cost is not None and p * amount > review_cost:
         decision, by = REVIEW, BY_EXPECTED_LOSS
     else:
