@@ -337,3 +337,45 @@ def test_the_log_folds_incrementally_as_a_follower_reads() -> None:
     assert (d.decision, d.rule_set_version) == (ALLOW, 1)
     log.apply_lists([(1, b"blocked_customers", None)])  # a default list's tombstone empties it, never removes it
     assert log.lists["blocked_customers"] == frozenset() and log.lists_version == 2
+
+
+def test_guarded_evaluation_equals_each_rule_evaluated_alone() -> None:
+    """The rule set skips rules whose guard fails (a bisection per name and operator); it must match exactly the
+    rules that match when each is evaluated alone, in the same order, NaN and edge values included."""
+    import math
+    import random
+
+    rng = random.Random(3)
+    shapes = ["amount > {c}", "amount >= {c} and is_night == 1", "{c} < amount", "amount < {c}",
+              "customer_nb_tx_1hour <= {k} and amount > {c}", "fraud_probability >= 0.{k}", "amount <= {c}",
+              "not amount > {c}", "amount > {c} or customer_nb_tx_1hour > {k}", "customer_id in blocked_customers",
+              "amount > {c} and amount / customer_avg_amount_30day > 2"]  # fmt: skip
+    for _ in range(30):
+        rules = []
+        for i in range(rng.randint(1, 40)):
+            expression = rng.choice(shapes).format(c=rng.choice([10, 50, 100, 100, 250]), k=rng.randint(1, 9))
+            action = rng.choice([ALLOW, BLOCK, REVIEW, SCORE])
+            state = rng.choice(["active", "active", SHADOW])
+            rules.append(Rule(f"r{i}", expression, action, score=0.1 if action == SCORE else 0.0,
+                              priority=rng.randint(0, 3), state=state))  # fmt: skip
+        rule_set = RuleSet.of(rules)
+        alone = [(r, compile_expression(r.expression, rule_set.lists)) for r in rule_set.rules]
+        for _ in range(40):
+            amount = rng.choice([0.0, 10.0, 50.0, 99.99, 100.0, 100.01, 250.0, 1e9, math.nan, -1.0])
+            x = features(amount=amount, is_night=float(rng.random() < 0.5), customer_nb_tx_1hour=rng.randint(0, 9),
+                         customer_avg_amount_30day=rng.choice([0.0, 10.0]))  # fmt: skip
+            t = fields(fraud_probability=rng.random(), customer_id=rng.choice(["c-1", "c-2"]))
+            lists = {"blocked_customers": frozenset({"c-1"})}
+            expected, errored = [], []
+            for rule, test in alone:
+                try:
+                    if test(x, t, lists):
+                        expected.append(rule)
+                except ZeroDivisionError:
+                    errored.append(rule.id)
+            m = rule_set.evaluate(x, t, lists)
+            active = [r.id for r in expected if r.state == "active"]
+            scores = [r for r in active if rule_set.get(r).action == SCORE]  # type: ignore[union-attr]
+            assert m.matched == tuple([r for r in active if r not in scores] + scores)
+            assert m.shadow_matched == tuple(r.id for r in expected if r.state == SHADOW)
+            assert sorted(m.errored) == sorted(errored)

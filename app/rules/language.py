@@ -112,6 +112,22 @@ _TERMINAL_TEXT = {"RPAR": "')'", "LPAR": "'('", "RSQB": "']'", "LSQB": "'['", "C
                   "IN": "'in'", "AND": "'and'", "OR": "'or'", "$END": "the end"}  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """``name op constant``: where the name is read, the name, the operator's text and the constant."""
+
+    where: str
+    name: str
+    op: str
+    constant: Any
+
+
+#: A necessary condition of a rule, ``name op constant`` with an ordering op on a number: a rule set evaluates a
+#: rule only when its guard holds, found for all rules of one name at once by bisection (:mod:`app.rules.ruleset`).
+Guard = Leaf
+ORDERING = ("<", "<=", ">", ">=")
+
+
 class RuleSyntaxError(ValueError):
     """A rule refused: ``line`` and ``column`` (1-based) in its expression and the ``reason``."""
 
@@ -130,7 +146,8 @@ class _Node:
     test: Test | None = None
     constant: Any = None
     name: str | None = None  # a bare name (the comparisons read it directly)
-    leaf: tuple[str, str, Callable[[Any, Any], bool], Any] | None = None  # name OP constant: (where, name, op, c)
+    leaf: Leaf | None = None  # name OP constant
+    guard: Guard | None = None  # a leaf every match passes (the node itself, or one operand of its 'and')
 
     @property
     def is_constant(self) -> bool:
@@ -200,6 +217,16 @@ def compile_expression(text: str, lists: Collection[str]) -> Test:
 
     :class:`RuleSyntaxError` when the text does not parse, names an unknown feature, field, function or list, has
     the wrong types, or passes the size bounds."""
+    return compile_rule(text, lists)[0]
+
+
+def compile_rule(text: str, lists: Collection[str]) -> tuple[Test, Guard | None]:
+    """:func:`compile_expression`, with the expression's guard when it has one: a comparison of a name with a
+    number that every match passes (``amount > 500`` in ``amount > 500 and is_night == 1``).
+
+    >>> compile_rule("is_night == 1 and 500 < amount", ())[1]
+    Leaf(where='x', name='amount', op='>', constant=500.0)
+    """
     tree = parse(text)
     _check_size(tree)
     node = _Compiler(frozenset(lists)).node(tree)
@@ -207,9 +234,9 @@ def compile_expression(text: str, lists: Collection[str]) -> Test:
         raise RuleSyntaxError(f"a rule must be a condition (true or false), this is a {node.type}", *_where(tree))
     if node.is_constant:
         value = bool(node.constant)
-        return lambda x, t, lists: value
+        return (lambda x, t, lists: value), None
     assert node.test is not None
-    return node.test
+    return node.test, node.guard
 
 
 def names_in(text: str) -> tuple[str, ...]:
@@ -264,17 +291,16 @@ def _compare_name_constant(op: str, name: str, c: Any) -> Test:  # noqa: C901 - 
 
 
 def _leaf(op: str, name: str, c: Any) -> _Node:
-    return _Node(BOOL, test=_compare_name_constant(op, name, c), leaf=(NAMES[name][0], name, _COMPARE[op], c))
+    leaf = Leaf(NAMES[name][0], name, op, c)
+    guard = leaf if op in ORDERING and isinstance(c, float) and c == c else None  # a number, not NaN
+    return _Node(BOOL, test=_compare_name_constant(op, name, c), leaf=leaf, guard=guard)
 
 
-def _two_leaves(
-    first: tuple[str, str, Callable[[Any, Any], bool], Any],
-    second: tuple[str, str, Callable[[Any, Any], bool], Any],
-    conjunction: bool,
-) -> Test:
+def _two_leaves(first: Leaf, second: Leaf, conjunction: bool) -> Test:
     """``a OP c and b OP d`` (or ``or``) in one closure, the comparisons by :mod:`operator` (C calls are cheaper
     than two more closures): the second commonest shape of a rule."""
-    (wa, a, fa, ca), (wb, b, fb, cb) = first, second
+    wa, a, fa, ca = first.where, first.name, _COMPARE[first.op], first.constant
+    wb, b, fb, cb = second.where, second.name, _COMPARE[second.op], second.constant
     if wa == FEATURES and wb == FEATURES:
         if conjunction:
             return lambda x, t, lists: fa(x[a], ca) and fb(x[b], cb)
@@ -406,10 +432,12 @@ class _Compiler:
         if all(n.is_constant for n in nodes):
             values = [bool(n.constant) for n in nodes]
             return _Node(BOOL, constant=any(values) if word == "or" else all(values))
+        # an 'and' matches only where each operand does: any operand's guard is its guard
+        guard = next((n.guard for n in nodes if n.guard is not None), None) if word == "and" else None
         if len(nodes) == 2 and nodes[0].leaf is not None and nodes[1].leaf is not None:
-            return _Node(BOOL, test=_two_leaves(nodes[0].leaf, nodes[1].leaf, word == "and"))
+            return _Node(BOOL, test=_two_leaves(nodes[0].leaf, nodes[1].leaf, word == "and"), guard=guard)
         tests = [self._test(n) for n in nodes]
-        return _Node(BOOL, test=_any(tests) if word == "or" else _all(tests))
+        return _Node(BOOL, test=_any(tests) if word == "or" else _all(tests), guard=guard)
 
     def _not_(self, tree: Tree[Token]) -> _Node:
         node = self.node(tree.children[1])

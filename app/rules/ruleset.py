@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
-from app.rules.language import RuleSyntaxError, Test, compile_expression
+from app.rules.language import FEATURES, Guard, RuleSyntaxError, Test, compile_expression, compile_rule
 
 ALLOW, REVIEW, BLOCK, SCORE = "allow", "review", "block", "score"
 ACTIONS = (ALLOW, BLOCK, REVIEW, SCORE)  # in precedence order
@@ -146,9 +147,52 @@ class Decision(NamedTuple):
     errored: tuple[str, ...] = ()
 
 
-_Plan = tuple[
-    tuple[tuple[str, Test], ...], tuple[tuple[str, float, Test], ...], tuple[tuple[str, Test], ...], Mapping[str, str]
-]
+class _Matcher:
+    """Which rules of a list match one transaction, in the list's order; the rules with a guard are grouped by the
+    guard's name and operator, and a group's rules whose guard fails are skipped with one bisection over their
+    constants (``amount > 500``, ``amount > 2000``, ``amount > 9000``: one lookup of ``amount``, and only the
+    rules below it are evaluated). Raises what a rule raises; :func:`_one_by_one` then takes over."""
+
+    __slots__ = ("all", "groups", "order", "plain")
+
+    def __init__(self, rules: Sequence[tuple[str, Test, Guard | None]]) -> None:
+        self.all = tuple((rule_id, test) for rule_id, test, _ in rules)
+        self.order = {rule_id: i for i, (rule_id, _, _) in enumerate(rules)}
+        by_guard: dict[tuple[str, str, str], list[tuple[float, str, Test]]] = {}
+        for rule_id, test, guard in rules:
+            if guard is not None:
+                by_guard.setdefault((guard.where, guard.name, guard.op), []).append((guard.constant, rule_id, test))
+        grouped = {key: sorted(entries, key=lambda e: e[0]) for key, entries in by_guard.items() if len(entries) > 1}
+        self.plain = tuple((rule_id, test) for rule_id, test, guard in rules
+                           if guard is None or (guard.where, guard.name, guard.op) not in grouped)  # fmt: skip
+        self.groups = tuple(
+            (where == FEATURES, name, op, [c for c, _, _ in entries], tuple((r, t) for _, r, t in entries))
+            for (where, name, op), entries in grouped.items()
+        )
+
+    def __call__(self, x: Mapping[str, float], t: Mapping[str, Any], lists: Mapping[str, Collection[str]]) -> list[str]:
+        matched = [rule_id for rule_id, test in self.plain if test(x, t, lists)]
+        if self.groups:
+            for in_x, name, op, constants, entries in self.groups:
+                v = x[name] if in_x else t[name]
+                if op == ">":  # the rules with constant < v
+                    candidates = entries[: bisect_left(constants, v)]
+                elif op == ">=":
+                    candidates = entries[: bisect_right(constants, v)]
+                elif op == "<":  # the rules with constant > v
+                    candidates = entries[bisect_right(constants, v) :]
+                else:
+                    candidates = entries[bisect_left(constants, v) :]
+                for rule_id, test in candidates:
+                    if test(x, t, lists):
+                        matched.append(rule_id)
+            if len(matched) > 1:
+                matched.sort(key=self.order.__getitem__)
+        return matched
+
+
+_NONE = _Matcher(())
+_Plan = tuple[_Matcher, _Matcher, _Matcher, Mapping[str, str], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -163,26 +207,26 @@ class RuleSet:
     lists: tuple[str, ...] = DEFAULT_LISTS  # the list names the rules were compiled against
     refused: tuple[tuple[str, str], ...] = ()  # (rule id, reason)
     # what evaluate() walks: (deciding rules, score rules, shadow rules, action by rule id), in precedence order
-    _plan: _Plan = field(default=((), (), (), {}), repr=False, compare=False)
+    _plan: _Plan = field(default=(_NONE, _NONE, _NONE, {}, {}), repr=False, compare=False)
 
     @classmethod
     def of(cls, rules: Iterable[Rule], version: int = 0, lists: Collection[str] = DEFAULT_LISTS) -> RuleSet:
         names = tuple(sorted({*DEFAULT_LISTS, *lists}))
         kept: list[Rule] = []
-        compiled: list[tuple[Rule, Test]] = []
+        compiled: list[tuple[Rule, Test, Guard | None]] = []
         refused: list[tuple[str, str]] = []
         for rule in sorted(rules, key=lambda r: (_PRECEDENCE[r.action], -r.priority, r.id)):
             if rule.state == DISABLED:
                 kept.append(rule)
                 continue
             try:
-                test = compile_expression(rule.expression, names)
+                test, guard = compile_rule(rule.expression, names)
             except RuleSyntaxError as exc:
                 refused.append((rule.id, str(exc)))
                 continue
             kept.append(rule)
-            compiled.append((rule, test))
-        live = [(r, t) for r, t in compiled if r.state == ACTIVE]
+            compiled.append((rule, test, guard))
+        live = [(r, t, g) for r, t, g in compiled if r.state == ACTIVE]
         if len(compiled) > MAX_RULES:
             raise ValueError(f"{len(compiled)} rules are active or shadow, over the limit of {MAX_RULES}")
         return cls(
@@ -191,10 +235,11 @@ class RuleSet:
             lists=names,
             refused=tuple(refused),
             _plan=(
-                tuple((r.id, t) for r, t in live if r.action != SCORE),
-                tuple((r.id, r.score, t) for r, t in live if r.action == SCORE),
-                tuple((r.id, t) for r, t in compiled if r.state == SHADOW),
-                {r.id: r.action for r, _ in live},
+                _Matcher([(r.id, t, g) for r, t, g in live if r.action != SCORE]),
+                _Matcher([(r.id, t, g) for r, t, g in live if r.action == SCORE]),
+                _Matcher([(r.id, t, g) for r, t, g in compiled if r.state == SHADOW]),
+                {r.id: r.action for r, _, _ in live},
+                {r.id: r.score for r, _, _ in live if r.action == SCORE},
             ),
         )
 
@@ -221,31 +266,45 @@ class RuleSet:
         lists: Mapping[str, Collection[str]],
     ) -> Matches:
         """Every rule that is not disabled on one transaction. ``fields`` holds ``customer_id``, ``terminal_id``,
-        ``tx_id`` and the model's ``fraud_probability``. Written for speed: it runs per transaction."""
-        deciding, scoring, shadowing, actions = self._plan
-        errored: list[str] = []
+        ``tx_id`` and the model's ``fraud_probability``."""
+        matched, shadow, errored, action, score = _evaluate(self._plan, x, fields, lists)
+        return Matches(tuple(matched), tuple(shadow), tuple(errored), action, score)
+
+
+_ERRORS = (ArithmeticError, LookupError, TypeError)
+
+
+def _evaluate(
+    plan: _Plan, x: Mapping[str, float], fields: Mapping[str, Any], lists: Mapping[str, Collection[str]]
+) -> tuple[list[str], Sequence[str], Sequence[str], str | None, float]:
+    """(matched, shadow matched, errored, the first matched rule's action, the score added): written for speed,
+    it runs per transaction."""
+    deciding, scoring, shadowing, actions, amounts = plan
+    errored: list[str] = []
+    if deciding.all:
         try:
-            matched = [rule_id for rule_id, test in deciding if test(x, fields, lists)]
-        except (ArithmeticError, LookupError, TypeError):
-            matched = _one_by_one(deciding, x, fields, lists, errored)
-        action = actions[matched[0]] if matched else None
-        score = 0.0
-        if scoring:
-            try:
-                hits = [(rule_id, amount) for rule_id, amount, test in scoring if test(x, fields, lists)]
-            except (ArithmeticError, LookupError, TypeError):
-                hit_ids = _one_by_one(tuple((r, test) for r, _, test in scoring), x, fields, lists, errored)
-                hits = [(rule_id, amount) for rule_id, amount, _ in scoring if rule_id in hit_ids]
-            for rule_id, amount in hits:
-                matched.append(rule_id)
-                score += amount
-        shadow: list[str] | tuple[()] = ()
-        if shadowing:
-            try:
-                shadow = [rule_id for rule_id, test in shadowing if test(x, fields, lists)]
-            except (ArithmeticError, LookupError, TypeError):
-                shadow = _one_by_one(shadowing, x, fields, lists, errored)
-        return Matches(tuple(matched), tuple(shadow), tuple(errored) if errored else (), action, score)
+            matched = deciding(x, fields, lists)
+        except _ERRORS:
+            matched = _one_by_one(deciding.all, x, fields, lists, errored)
+    else:
+        matched = []
+    action = actions[matched[0]] if matched else None
+    score = 0.0
+    if scoring.all:
+        try:
+            hits = scoring(x, fields, lists)
+        except _ERRORS:
+            hits = _one_by_one(scoring.all, x, fields, lists, errored)
+        for rule_id in hits:
+            score += amounts[rule_id]
+        matched.extend(hits)
+    shadow: Sequence[str] = ()
+    if shadowing.all:
+        try:
+            shadow = shadowing(x, fields, lists)
+        except _ERRORS:
+            shadow = _one_by_one(shadowing.all, x, fields, lists, errored)
+    return matched, shadow, errored, action, score
 
 
 def _one_by_one(
@@ -289,18 +348,24 @@ def resolve(
     """
     p = probability + matches.score if matches.score else probability
     p = 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
-    action = matches.action
-    if action == ALLOW or action == BLOCK:
-        decision, by = action, matches.matched[0]
-    elif p >= threshold:
-        decision, by = BLOCK, BY_THRESHOLD
-    elif action == REVIEW:
-        decision, by = REVIEW, matches.matched[0]
-    elif review_cost is not None and p * amount > review_cost:
-        decision, by = REVIEW, BY_EXPECTED_LOSS
-    else:
-        decision, by = ALLOW, BY_MODEL
+    first = matches.matched[0] if matches.matched else ""
+    decision, by = _precedence(matches.action, first, p, amount, threshold, review_cost)
     return Decision(decision, matches.matched, matches.shadow_matched, p, by, version, matches.errored)
+
+
+def _precedence(
+    action: str | None, first: str, p: float, amount: float, threshold: float, review_cost: float | None
+) -> tuple[str, str]:
+    """(decision, decided by): steps 2 to 7 of the module docstring; ``first`` is the first rule matched."""
+    if action == ALLOW or action == BLOCK:
+        return action, first
+    if p >= threshold:
+        return BLOCK, BY_THRESHOLD
+    if action == REVIEW:
+        return REVIEW, first
+    if review_cost is not None and p * amount > review_cost:
+        return REVIEW, BY_EXPECTED_LOSS
+    return ALLOW, BY_MODEL
 
 
 def decide(
@@ -328,9 +393,12 @@ def decide(
     'allow'
     """
     fields = {**tx_fields, "fraud_probability": probability}
-    matches = rule_set.evaluate(x, fields, lists)
-    amount = tx_fields.get("amount", x.get("amount", 0.0))
-    return resolve(matches, probability, float(amount), threshold, review_cost, rule_set.version)
+    matched, shadow, errored, action, score = _evaluate(rule_set._plan, x, fields, lists)
+    p = probability + score if score else probability
+    p = 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
+    amount = float(tx_fields.get("amount", x.get("amount", 0.0)))
+    decision, by = _precedence(action, matched[0] if matched else "", p, amount, threshold, review_cost)
+    return Decision(decision, tuple(matched), tuple(shadow), p, by, rule_set.version, tuple(errored))
 
 
 def with_state(rule: Rule, state: str) -> Rule:
