@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -121,7 +122,9 @@ def main() -> int:
         if result.returncode != 0:
             print(result.stderr, file=sys.stderr)
             return result.returncode
-        print(f"backtest of {args.days} days ({len(lines)} predictions): {elapsed_s:.1f} s, the command's whole run")
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child: the backtest
+        print(f"backtest of {args.days} days ({len(lines)} predictions): {elapsed_s:.1f} s, the command's whole run; "
+              f"peak RSS {peak_mib:.0f} MiB")  # fmt: skip
     finally:
         if not args.bootstrap:
             kafka_local.stop(data_dir=broker_dir / "kafka")

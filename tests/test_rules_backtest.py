@@ -84,6 +84,13 @@ def test_a_fixed_threshold_overrides_each_predictions_own_and_the_text_report() 
     assert "*big" in text and "candidate vs live (fixed): 3 decisions changed (allow->block 3)" in text  # tx1, tx2, tx4
 
 
+def test_a_rule_that_fails_is_counted_apart() -> None:
+    ratio = Rule("ratio", "amount / customer_avg_amount_30day > 3", BLOCK)  # the average is 0 in these records
+    report = backtest(RECORDS, LABELS, LIVE_SET, [ratio], {}, start_s=T0, end_s=T0 + 86400.0, review_cost=50.0)
+    assert report.rule_figures["ratio"].errors == 6 and report.rule_figures["ratio"].hits == 0
+    assert "rule ratio failed on 6 transactions" in "\n".join(lines(report))
+
+
 def test_scored_of_reads_a_prediction_record() -> None:
     prediction = {"tx_id": "tx9", "customer_id": "c-1", "terminal_id": "t-1", "timestamp": "2018-04-01T01:00:00Z",
                   "fraud_probability": 0.25, "is_fraud": False, "threshold": 0.5, "model_version": "m",

@@ -62,6 +62,7 @@ class Figures:
     false_alarms: int = 0  # hits labelled legitimate
     unlabelled: int = 0  # hits without a label
     fraud_amount: float = 0.0  # amount of the hits labelled fraud
+    errors: int = 0  # a rule's evaluations that failed (a division by zero, a feature the prediction lacks)
 
     def add(self, label: bool | None, amount: float) -> None:
         self.hits += 1
@@ -131,7 +132,7 @@ class Report:
         def figures(f: Figures) -> dict[str, Any]:
             return {"hits": f.hits, "frauds": f.frauds, "false_alarms": f.false_alarms, "unlabelled": f.unlabelled,
                     "fraud_amount": round(f.fraud_amount, 2), "precision": f.precision,
-                    "recall": f.recall(self.frauds)}  # fmt: skip
+                    "recall": f.recall(self.frauds), "errors": f.errors}  # fmt: skip
 
         def change(c: Change) -> dict[str, Any]:
             return {"changed": c.changed, "alert_delta": c.alert_delta,
@@ -232,6 +233,8 @@ class Backtest:
         candidate_m = self.candidate_set.evaluate(x, fields, lists)
         for rule_id in (*candidate_m.matched, *candidate_m.shadow_matched):
             report.rule_figures[rule_id].add(label, amount)
+        for rule_id in candidate_m.errored:
+            report.rule_figures[rule_id].errors += 1
         alone_m = {rule_id: s.evaluate(x, fields, lists) for rule_id, s in self.alone.items()}
         sets, changes = report.sets, report.changes
         for mode in MODES:
@@ -301,7 +304,11 @@ def lines(report: Report) -> list[str]:
             f"{r['false_alarms']:>7} {_pct(r['precision']):>9} {_pct(r['recall']):>7} {r['fraud_amount']:>13.2f} "
             f"{fixed['changed'] if fixed else '-':>14} {loss['changed'] if loss else '-':>15}"
         )
-    out += ["(* a candidate, evaluated as active; 'changed': decisions it alone would change in the live set)", ""]
+    out.append("(* a candidate, evaluated as active; 'changed': decisions it alone would change in the live set)")
+    for rule_id, r in d["rules"].items():
+        if r["errors"]:
+            out.append(f"rule {rule_id} failed on {r['errors']} transactions (counted as not matched)")
+    out.append("")
     out.append(
         f"{'set / threshold':<26} {'alerts':>8} {'rate':>7} {'frauds':>7} {'false':>7} {'precision':>9} "
         f"{'recall':>7} {'fraud amount':>13} {'allow':>8} {'review':>8} {'block':>8}"
