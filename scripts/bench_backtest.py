@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,6 +80,25 @@ def history(work: Path, days: int, progress: bool) -> tuple[Path, Path]:
     return predictions, labels
 
 
+def run_watched(command: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``command`` and sample its resident memory every 0.1 s: (its result, the peak in MiB)."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=err, text=True)
+        watched, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                peak = max(peak, watched.memory_info().rss)
+            except psutil.Error:
+                break
+            time.sleep(0.1)
+        process.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read()), peak / 2**20
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=30)
@@ -115,14 +133,13 @@ def main() -> int:
         command = [sys.executable, "-m", "app", "rules", "backtest", "--rule", str(rule_file), "--from", first,
                    "--to", "2100-01-01"]  # fmt: skip
         started = time.monotonic()
-        result = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+        result, peak_mib = run_watched(command, env)
         elapsed_s = time.monotonic() - started
         print(result.stdout)
         print(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "")
         if result.returncode != 0:
             print(result.stderr, file=sys.stderr)
             return result.returncode
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child: the backtest
         print(f"backtest of {args.days} days ({len(lines)} predictions): {elapsed_s:.1f} s, the command's whole run; "
               f"peak RSS {peak_mib:.0f} MiB")  # fmt: skip
     finally:

@@ -379,3 +379,29 @@ def test_guarded_evaluation_equals_each_rule_evaluated_alone() -> None:
             assert m.matched == tuple([r for r in active if r not in scores] + scores)
             assert m.shadow_matched == tuple(r.id for r in expected if r.state == SHADOW)
             assert sorted(m.errored) == sorted(errored)
+
+
+def test_the_readme_rules_compile_and_its_refusals_read_as_shown() -> None:
+    """The examples an analyst copies from the README's Rules section are valid rules, and the refusals it shows
+    are the ones the code gives."""
+    import json
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Rules\n") : readme.index("## How it works")]
+    examples = section[section.index("```json\n") + 8 :]
+    examples = examples[: examples.index("```")]
+    decoder, position, rules = json.JSONDecoder(), 0, []
+    while examples[position:].strip():
+        obj, end = decoder.raw_decode(examples, position + len(examples[position:]) - len(examples[position:].lstrip()))
+        rules.append(rule_of(obj))
+        position = end
+    assert len(rules) == 8
+    RuleSet.of(rules)  # together too
+    for line in section.splitlines():
+        if line.startswith("error: rule "):
+            rule_id = line.split("'")[1]
+            expression = section.split(f"--id {rule_id} ")[1].split("--expression '")[1].split("'")[0]
+            with pytest.raises(RuleRefused) as caught:
+                rule_of({"id": rule_id, "expression": expression, "action": "block"})
+            assert line == f"error: {caught.value}"
