@@ -284,6 +284,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
+def _changed(change: dict[str, Any] | None) -> str:
+    return "-" if change is None else f"{change['changed']} ({change['alert_delta']:+d})"
+
+
 def lines(report: Report) -> list[str]:
     """The report as the command prints it."""
     d = report.to_dict()
@@ -292,31 +296,32 @@ def lines(report: Report) -> list[str]:
         f"fraud amount {report.fraud_amount:.2f}); threshold "
         f"{'as scored' if report.threshold is None else report.threshold}, review cost {report.review_cost:g}",
         "",
-        f"{'rule':<24} {'action':<7} {'state':<9} {'matched':>8} {'frauds':>7} {'false':>7} {'precision':>9} "
-        f"{'recall':>7} {'fraud amount':>13} {'changed fixed':>14} {'changed e.loss':>15}",
+        f"{'rule':<24} {'action':<7} {'state':<9} {'matched':>8} {'frauds':>7} {'false':>7} {'no label':>8} "
+        f"{'precision':>9} "
+        f"{'recall':>7} {'fraud amount':>13} {'changed fixed':>16} {'changed e.loss':>16}",
     ]
     for rule_id, r in d["rules"].items():
         mark = "*" if r["candidate"] else " "
-        fixed = r.get(f"changed_{FIXED}")
-        loss = r.get(f"changed_{EXPECTED_LOSS}")
+        fixed, loss = _changed(r.get(f"changed_{FIXED}")), _changed(r.get(f"changed_{EXPECTED_LOSS}"))
         out.append(
             f"{mark}{rule_id:<23} {r['action']:<7} {r['state']:<9} {r['hits']:>8} {r['frauds']:>7} "
-            f"{r['false_alarms']:>7} {_pct(r['precision']):>9} {_pct(r['recall']):>7} {r['fraud_amount']:>13.2f} "
-            f"{fixed['changed'] if fixed else '-':>14} {loss['changed'] if loss else '-':>15}"
+            f"{r['false_alarms']:>7} {r['unlabelled']:>8} {_pct(r['precision']):>9} {_pct(r['recall']):>7} {r['fraud_amount']:>13.2f} "
+            f"{fixed:>16} {loss:>16}"
         )
-    out.append("(* a candidate, evaluated as active; 'changed': decisions it alone would change in the live set)")
+    out.append("(* a candidate, evaluated as active; 'changed': decisions it alone would change in the live set, "
+               "with the change in alerts)")  # fmt: skip
     for rule_id, r in d["rules"].items():
         if r["errors"]:
             out.append(f"rule {rule_id} failed on {r['errors']} transactions (counted as not matched)")
     out.append("")
     out.append(
-        f"{'set / threshold':<26} {'alerts':>8} {'rate':>7} {'frauds':>7} {'false':>7} {'precision':>9} "
+        f"{'set / threshold':<26} {'alerts':>8} {'rate':>7} {'frauds':>7} {'false':>7} {'no label':>8} {'precision':>9} "
         f"{'recall':>7} {'fraud amount':>13} {'allow':>8} {'review':>8} {'block':>8}"
     )
     for name, s in d["sets"].items():
         rate = _pct(s["alert_rate"])
         out.append(
-            f"{name:<26} {s['hits']:>8} {rate:>7} {s['frauds']:>7} {s['false_alarms']:>7} "
+            f"{name:<26} {s['hits']:>8} {rate:>7} {s['frauds']:>7} {s['false_alarms']:>7} {s['unlabelled']:>8} "
             f"{_pct(s['precision']):>9} {_pct(s['recall']):>7} {s['fraud_amount']:>13.2f} "
             f"{s['decisions']['allow']:>8} {s['decisions']['review']:>8} {s['decisions']['block']:>8}"
         )
