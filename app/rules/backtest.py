@@ -305,8 +305,8 @@ def lines(report: Report) -> list[str]:
         fixed, loss = _changed(r.get(f"changed_{FIXED}")), _changed(r.get(f"changed_{EXPECTED_LOSS}"))
         out.append(
             f"{mark}{rule_id:<23} {r['action']:<7} {r['state']:<9} {r['hits']:>8} {r['frauds']:>7} "
-            f"{r['false_alarms']:>7} {r['unlabelled']:>8} {_pct(r['precision']):>9} {_pct(r['recall']):>7} {r['fraud_amount']:>13.2f} "
-            f"{fixed:>16} {loss:>16}"
+            f"{r['false_alarms']:>7} {r['unlabelled']:>8} {_pct(r['precision']):>9} {_pct(r['recall']):>7} "
+            f"{r['fraud_amount']:>13.2f} {fixed:>16} {loss:>16}"
         )
     out.append("(* a candidate, evaluated as active; 'changed': decisions it alone would change in the live set, "
                "with the change in alerts)")  # fmt: skip
@@ -315,8 +315,8 @@ def lines(report: Report) -> list[str]:
             out.append(f"rule {rule_id} failed on {r['errors']} transactions (counted as not matched)")
     out.append("")
     out.append(
-        f"{'set / threshold':<26} {'alerts':>8} {'rate':>7} {'frauds':>7} {'false':>7} {'no label':>8} {'precision':>9} "
-        f"{'recall':>7} {'fraud amount':>13} {'allow':>8} {'review':>8} {'block':>8}"
+        f"{'set / threshold':<26} {'alerts':>8} {'rate':>7} {'frauds':>7} {'false':>7} {'no label':>8} "
+        f"{'precision':>9} {'recall':>7} {'fraud amount':>13} {'allow':>8} {'review':>8} {'block':>8}"
     )
     for name, s in d["sets"].items():
         rate = _pct(s["alert_rate"])
