@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.features.spec import FEATURE_NAMES
 from app.rules.events import RuleLog, fold_lists, fold_rules, history, list_event, rule_event
@@ -405,3 +407,53 @@ def test_the_readme_rules_compile_and_its_refusals_read_as_shown() -> None:
             with pytest.raises(RuleRefused) as caught:
                 rule_of({"id": rule_id, "expression": expression, "action": "block"})
             assert line == f"error: {caught.value}"
+
+
+# ---- precedence against Python's own, on random expressions ------------------------------------------------------
+
+VALUES = {"amount": 3.0, "customer_nb_tx_1hour": 2.0, "is_night": 0.0, "customer_avg_amount_30day": 0.5}
+numbers = st.recursive(
+    st.sampled_from(["0", "1", "2", "3", "0.5", *VALUES]),
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["+", "-", "*", "/"]), inner).map(" ".join),
+        inner.map(lambda a: f"- {a}"),
+        inner.map(lambda a: f"({a})"),
+        inner.map(lambda a: f"abs({a})"),
+        st.tuples(inner, inner).map(lambda ab: f"max({ab[0]}, {ab[1]})"),
+    ),
+    max_leaves=6,
+)
+conditions = st.recursive(
+    st.one_of(
+        st.tuples(numbers, st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), numbers).map(" ".join),
+        st.sampled_from(["true", "false"]),
+    ),
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(" ".join),
+        inner.map(lambda a: f"not {a}"),
+        inner.map(lambda a: f"({a})"),
+    ),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(conditions)
+def test_random_expressions_read_as_python_reads_them(expression: str) -> None:
+    """Our operators, precedence and associativity are Python's (the same words and symbols): any expression of
+    them evaluates as Python evaluates it, through the constant folder and the closures alike."""
+    python = expression.replace("true", "True").replace("false", "False")
+    try:
+        expected: object = bool(eval(python, {"abs": abs, "max": max}, dict(VALUES)))  # noqa: S307 - the reference
+    except ZeroDivisionError:
+        expected = ZeroDivisionError
+    try:
+        test = compile_expression(expression, LISTS)
+    except RuleSyntaxError as exc:
+        assert exc.reason == "division by zero", (expression, exc)  # folded constants: refused before any run
+        return
+    try:
+        got: object = test(features(**VALUES), fields(), {})
+    except ZeroDivisionError:
+        got = ZeroDivisionError
+    assert got == expected, expression
