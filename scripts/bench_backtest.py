@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,7 @@ def main() -> int:
     finally:
         if not args.bootstrap:
             kafka_local.stop(data_dir=broker_dir / "kafka")
+        shutil.rmtree(broker_dir, ignore_errors=True)
     return 0
 
 
