@@ -351,6 +351,36 @@ def _arithmetic(f: Callable[[Any, Any], Any], a: Test, b: Test) -> Test:
     return lambda x, t, lists: f(a(x, t, lists), b(x, t, lists))
 
 
+def _compare_feature_test(op: str, name: str, b: Test) -> Test:  # noqa: C901
+    """``feature OP expression``: the feature read inline (``amount > 3 * customer_max_amount_7day + 100``)."""
+    if op == ">":
+        return lambda x, t, lists: x[name] > b(x, t, lists)
+    if op == ">=":
+        return lambda x, t, lists: x[name] >= b(x, t, lists)
+    if op == "<":
+        return lambda x, t, lists: x[name] < b(x, t, lists)
+    if op == "<=":
+        return lambda x, t, lists: x[name] <= b(x, t, lists)
+    if op == "==":
+        return lambda x, t, lists: x[name] == b(x, t, lists)
+    return lambda x, t, lists: x[name] != b(x, t, lists)
+
+
+def _feature_constant(op: str, name: str, c: float, constant_first: bool) -> Test:  # noqa: C901
+    """``feature op c`` (or ``c op feature``) in one closure."""
+    if op == "+":
+        return lambda x, t, lists: x[name] + c
+    if op == "*":
+        return lambda x, t, lists: x[name] * c
+    if op == "-":
+        if constant_first:
+            return lambda x, t, lists: c - x[name]
+        return lambda x, t, lists: x[name] - c
+    if constant_first:
+        return lambda x, t, lists: c / x[name]
+    return lambda x, t, lists: x[name] / c
+
+
 def _arithmetic_constant(op: str, a: Test, c: float, constant_first: bool) -> Test:  # noqa: C901
     """``a op c`` (or ``c op a``) in one closure: no closure for the constant, the operator inline."""
     if op == "+":
@@ -462,6 +492,10 @@ class _Compiler:
             return _leaf(op, left.name, right.constant)
         if right.name is not None and left.is_constant:
             return _leaf(_FLIPPED[op], right.name, left.constant)
+        if left.name is not None and NAMES[left.name][0] == FEATURES:
+            return _Node(BOOL, test=_compare_feature_test(op, left.name, self._test(right)))
+        if right.name is not None and NAMES[right.name][0] == FEATURES:
+            return _Node(BOOL, test=_compare_feature_test(_FLIPPED[op], right.name, self._test(left)))
         a, b, f = self._test(left), self._test(right), _COMPARE[op]
         return _Node(BOOL, test=lambda x, t, lists: f(a(x, t, lists), b(x, t, lists)))
 
@@ -522,7 +556,11 @@ class _Compiler:
             if result.is_constant and operand.is_constant:
                 result = _Node(NUMBER, constant=f(result.constant, operand.constant))
                 continue
-            if operand.is_constant:
+            if operand.is_constant and result.name is not None and NAMES[result.name][0] == FEATURES:
+                result = _Node(NUMBER, test=_feature_constant(op, result.name, operand.constant, False))
+            elif result.is_constant and operand.name is not None and NAMES[operand.name][0] == FEATURES:
+                result = _Node(NUMBER, test=_feature_constant(op, operand.name, result.constant, True))
+            elif operand.is_constant:
                 result = _Node(NUMBER, test=_arithmetic_constant(op, self._test(result), operand.constant, False))
             elif result.is_constant:
                 result = _Node(NUMBER, test=_arithmetic_constant(op, self._test(operand), result.constant, True))
