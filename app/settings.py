@@ -130,6 +130,10 @@ class Settings:
     auto_promote_margin: float = 0.02  # challenger AP over champion AP that promotes it; negative: never
     auto_promote_min_labels: int = 20_000
     quality_window_labels: int = 5000
+    # Analysts' rules (issue 18, app/rules/): compacted topics every worker folds into the current rule set
+    rules_topic: str = "rules"
+    rule_lists_topic: str = "rule-lists"
+    review_cost: float = 0.0  # the expected-loss threshold: review when probability * amount passes it; 0: off
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
@@ -280,6 +284,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         auto_promote_margin=float(_get(env, "AUTO_PROMOTE_MARGIN", str(d.auto_promote_margin))),
         auto_promote_min_labels=int(_get(env, "AUTO_PROMOTE_MIN_LABELS", str(d.auto_promote_min_labels))),
         quality_window_labels=int(_get(env, "QUALITY_WINDOW_LABELS", str(d.quality_window_labels))),
+        rules_topic=_get(env, "RULES_TOPIC", d.rules_topic),
+        rule_lists_topic=_get(env, "RULE_LISTS_TOPIC", d.rule_lists_topic),
+        review_cost=float(_get(env, "REVIEW_COST", str(d.review_cost))),
         kafka_security=_kafka_security(env),
     )
 

@@ -351,6 +351,8 @@ def worker_factory(
             "LABELS_DLQ_TOPIC": unique_name("labels-dlq"),
             "MODELS_TOPIC": unique_name("models"),
             "MODEL_EVENTS_TOPIC": unique_name("model-events"),
+            "RULES_TOPIC": unique_name("rules"),
+            "RULE_LISTS_TOPIC": unique_name("rule-lists"),
         }
         index = len(started)
         env = {

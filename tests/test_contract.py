@@ -24,6 +24,8 @@ def test_every_manifest_topic_has_a_valid_schema_file() -> None:
         "labels-dlq",
         "models",
         "model-events",
+        "rules",
+        "rule-lists",
     }
     for entry in entries:
         assert (TOPICS_DIR / entry["schema"]).is_file()

@@ -30,6 +30,8 @@ _TOPIC_SETTING = {
     "LABELS_DLQ_TOPIC": "labels_dlq_topic",
     "MODELS_TOPIC": "models_topic",
     "MODEL_EVENTS_TOPIC": "model_events_topic",
+    "RULES_TOPIC": "rules_topic",
+    "RULE_LISTS_TOPIC": "rule_lists_topic",
 }
 
 

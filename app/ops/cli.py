@@ -15,12 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from app.ops import dead_letters, drift, lag, models, tailing
+from app.ops import dead_letters, drift, lag, models, rules, tailing
 from app.ops.broker import BrokerUnavailable, UnknownTopic
 from app.ops.dead_letters import ReplayRefused
 from app.settings import load
 
-COMMAND_MODULES = (tailing, dead_letters, lag, models, drift)
+COMMAND_MODULES = (tailing, dead_letters, lag, models, rules, drift)
 
 WORKER = "worker"
 TRAINER = "trainer"
