@@ -110,6 +110,12 @@ def run_trainer(args: list[str]) -> None:
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
     )
     asyncio.run(wait_for_topics(settings, ensure_topics))
+    from app.kafka.topics import RetentionTooShort, check_predictions_retention
+
+    try:
+        asyncio.run(check_predictions_retention(settings))
+    except RetentionTooShort as exc:
+        _config_error(str(exc))
     sys.exit(trainer_main(settings, parent_pid))
 
 

@@ -4,6 +4,7 @@ fenced when paused past its session timeout, and ``python -m app trainer`` alone
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -223,3 +224,27 @@ def test_the_trainer_process_refuses_an_invalid_setting_with_exit_status_78(kafk
                             text=True, timeout=60)  # fmt: skip
     assert result.returncode == 78, result.stderr
     assert "configuration error" in result.stderr
+
+
+def test_the_trainer_refuses_a_feature_log_kept_shorter_than_the_labels_can_come(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """``predictions`` kept 7 days with a 120-day horizon: exit 78 and the line that fixes it (the other tests' trainers
+    start on the topic as ``ensure_topics`` creates it, kept long enough)."""
+    predictions = unique_name("predictions")
+    created = asyncio.run(_create(kafka_bootstrap, predictions, 7 * 86_400_000))
+    assert created == [predictions]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "APP_ID": unique_name("fraud"),
+           "PREDICTIONS_TOPIC": predictions, "LABEL_HORIZON_S": str(120 * 86400), "TRAINER_WEB_PORT": "0"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "app", "trainer"], cwd=REPO_ROOT, env=env, capture_output=True,
+                            text=True, timeout=90)  # fmt: skip
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert "keeps records 7 days" in result.stderr and "needs 128" in result.stderr, result.stderr[-2000:]
+    assert f"--entity-name {predictions} --add-config retention.ms=11059200000" in result.stderr
+
+
+async def _create(bootstrap: str, topic: str, retention_ms: int) -> list[str]:
+    from app.kafka.clients import Connection
+    from app.kafka.topics import TopicSpec, create_topics
+
+    return await create_topics(Connection(bootstrap), [TopicSpec(topic, 1, {"retention.ms": str(retention_ms)})])

@@ -59,9 +59,62 @@ def manifest_specs(names: Mapping[str, str], partitions: int) -> list[TopicSpec]
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The manifest's topics under the names and partition count that ``settings`` give."""
+    """The manifest's topics under the names and partition count that ``settings`` give; ``predictions`` kept at
+    least :func:`predictions_retention_needed_ms` (the trainer reads the feature log that long after it)."""
     names = {env: getattr(settings, attribute) for env, attribute in _TOPIC_SETTING.items()}
-    return manifest_specs(names, settings.partitions)
+    specs = manifest_specs(names, settings.partitions)
+    for spec in specs:
+        if spec.name == settings.predictions_topic:
+            kept = int(spec.config.get("retention.ms", "-1"))
+            if kept >= 0:
+                spec.config["retention.ms"] = str(max(kept, predictions_retention_needed_ms(settings)))
+    return specs
+
+
+def predictions_retention_needed_ms(settings: Settings) -> int:
+    """How long the trainer needs ``predictions`` (its feature log): a label may come ``LABEL_HORIZON_S`` after its
+    transaction, a late fraud ``LATE_LABEL_GRACE_S`` after that; a day more for a trainer that stood still.
+
+    >>> from app.settings import Settings
+    >>> predictions_retention_needed_ms(Settings()) // 86_400_000, predictions_retention_needed_ms(
+    ...     Settings(label_horizon_s=120 * 86400.0)) // 86_400_000
+    (16, 128)
+    """
+    return int((settings.label_horizon_s + settings.late_label_grace_s + 86400.0) * 1000)
+
+
+class RetentionTooShort(ValueError):
+    """A topic deletes records before a reader that needs them reads them: a configuration error."""
+
+
+async def check_predictions_retention(settings: Settings) -> int:
+    """The ``predictions`` topic's ``retention.ms`` (-1: forever), or :class:`RetentionTooShort` when it is shorter
+    than the trainer needs (:func:`predictions_retention_needed_ms`): the features of a transaction whose label comes
+    late would be gone when the label comes, and it could not be learned."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = admin_client(Connection.of(settings), client_id=f"{settings.app_id}-admin")
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.predictions_topic,
+                                                                 configs={"retention.ms": None})])  # fmt: skip
+    finally:
+        await admin.close()
+    kept = -1
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "retention.ms" and entry[1] is not None:
+                    kept = int(entry[1])
+    needed = predictions_retention_needed_ms(settings)
+    if 0 <= kept < needed:
+        raise RetentionTooShort(
+            f"the {settings.predictions_topic} topic keeps records {kept / 86_400_000:g} days (retention.ms {kept}), "
+            f"the trainer needs {needed / 86_400_000:g} (LABEL_HORIZON_S + LATE_LABEL_GRACE_S + a day): a label "
+            f"coming later would find its features deleted; raise it (kafka-configs.sh --alter --entity-type topics "
+            f"--entity-name {settings.predictions_topic} --add-config retention.ms={needed}) or lower LABEL_HORIZON_S"
+        )
+    return kept
 
 
 def changelog_topic(settings: Settings) -> str:
