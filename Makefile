@@ -18,6 +18,7 @@ system-packages:
 	bash scripts/install_system_packages.sh
 
 demo: setup
+	bash scripts/install_system_packages.sh demo
 	$(BIN)/python scripts/demo.py --duration-s $(DURATION_S)
 
 # pytest-xdist workers, one broker for all (tests/conftest.py); plain `pytest` runs the same tests in one process

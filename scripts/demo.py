@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             "TRAINER_WEB_PORT": str(trainer_port),  # the trainer process's /metrics, /ready, /status
             # The demo runs weeks of simulated traffic in minutes: a new model version every 5 s, not every 30 s.
             "MODEL_PUBLISH_INTERVAL_S": os.environ.get("MODEL_PUBLISH_INTERVAL_S", "5"),
+            # Drift: every transaction sampled; the reference after the first 35 simulated days (about 52,000
+            # transactions: the 30-day windows and the terminals' delayed ones filled), windows of 2,000.
+            "DRIFT_SAMPLE_EVERY": "1",
+            "DRIFT_SKIP_ROWS": "52000",
+            "DRIFT_REFERENCE_ROWS": "2000",
+            "DRIFT_WINDOW_ROWS": "2000",
         }
         log_path = home / "worker.log"
         with log_path.open("wb") as log:
@@ -131,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  prometheus               {prometheus_local.status_line(prometheus[1])}")
             except OSError as exc:  # the summary above stands without it
                 print(f"  prometheus               API not answering: {exc}")
+        drift = subprocess.run([sys.executable, "-m", "app", "drift"], cwd=REPO_ROOT, env=env, capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+        print("drift without labels (python -m app drift):")
+        print("\n".join(f"  {line}" for line in (drift.stdout or drift.stderr).splitlines()))
         return 0
     finally:
         if prometheus is not None:
