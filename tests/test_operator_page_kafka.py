@@ -45,7 +45,9 @@ def test_the_page_shows_status_model_throughput_dead_letter_codes_and_a_high_sco
 ) -> None:
     # Any dead letter degrades this worker (a status and an issue the page must show); latency never does here.
     limits = {"DEGRADED_ERROR_RATE": "0.0001", "DEGRADED_P99_MS": "60000", "UNHEALTHY_P99_MS": "60000"}
-    worker = worker_factory(partitions=1, DECISION_THRESHOLD=str(THRESHOLD), HEALTH_WINDOW_S="600", **limits)
+    # Drift: every transaction sampled, the first 200 (the night pattern) the reference: the normal ones after move it.
+    drift = {"DRIFT_SAMPLE_EVERY": "1", "DRIFT_REFERENCE_ROWS": "200", "DRIFT_WINDOW_ROWS": "200"}
+    worker = worker_factory(partitions=1, DECISION_THRESHOLD=str(THRESHOLD), HEALTH_WINDOW_S="600", **limits, **drift)
     worker.wait_ready()
     topic = worker.topics["TRANSACTIONS_TOPIC"]
     training = [_pattern(i, "fraud") for i in range(TRAINING_PAIRS)] + [_normal(i) for i in range(TRAINING_PAIRS)]
@@ -98,5 +100,15 @@ def test_the_page_shows_status_model_throughput_dead_letter_codes_and_a_high_sco
         assert "amount=901" in str(cells[5].get_attribute("textContent"))  # the features as scored (folded)
         shown = [r.get_attribute("data-tx-id") for r in browser.find_elements(By.CSS_SELECTOR, "#high-scores tr")]
         assert shown[0] == "after-1" and "normal-999" not in shown  # newest first; only what crossed the threshold
+
+        # the drift section: the score's bins now against the reference, two bars a bin, and the worst features
+        report = loads(worker.http_get("/status.json"))["drift"]
+        bins = len(report["score_bins"]["reference"])
+        assert bins >= 2 and text("drift-status") == report["status"] == "drift"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#drift-chart rect.bar.reference")) == bins
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#drift-chart rect.bar.current")) == bins
+        rows = browser.find_elements(By.CSS_SELECTOR, "#drift-features tr")
+        features = [r.get_attribute("data-feature") for r in rows]
+        assert features and features == [w["feature"] for w in report["worst"]], features
     finally:
         browser.quit()

@@ -114,6 +114,10 @@ class DriftReport:
     alert_rate_z: float
     score_change: bool
     status: str
+    # The score's bins: upper edges, and the share of the reference and of the window in each (the page's chart).
+    score_edges: tuple[float, ...] = ()
+    score_reference: tuple[float, ...] = ()
+    score_current: tuple[float, ...] = ()
 
     def worst(self, n: int = 3) -> tuple[tuple[str, float], ...]:
         return self.features[:n]
@@ -235,5 +239,13 @@ class DriftMonitor:
             status = "warn"
         else:
             status = "ok"
+        assert self._bins is not None
+        current = self._window.get(SCORE, [0] * len(self._ref_counts[SCORE]))
         return DriftReport(self._window_rows, ref_rows, features, score_psi, rate, ref_rate, z, self._score_change,
-                           status)  # fmt: skip
+                           status, self._bins.edges[SCORE], _shares(self._ref_counts[SCORE]),
+                           _shares(current))  # fmt: skip
+
+
+def _shares(counts: Sequence[int]) -> tuple[float, ...]:
+    total = sum(counts)
+    return tuple(n / total if total else 0.0 for n in counts)

@@ -190,6 +190,11 @@ def drift_summary(drift: DriftReport, worst: int = 5) -> dict[str, object]:
         "alert_rate_z": round(drift.alert_rate_z, 2),
         "score_change": drift.score_change,
         "worst": [{"feature": name, "psi": round(value, 4)} for name, value in drift.worst(worst)],
+        "score_bins": {
+            "edges": [round(e, 6) for e in drift.score_edges],
+            "reference": [round(s, 4) for s in drift.score_reference],
+            "current": [round(s, 4) for s in drift.score_current],
+        },
     }
 
 

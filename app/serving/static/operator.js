@@ -95,6 +95,48 @@ function renderHighScores(predictions) {
   }
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+// The score's distribution now against the reference: two bars per bin, heights as shares of the samples.
+function renderDrift(d) {
+  const chart = byId("drift-chart");
+  chart.replaceChildren();
+  const body = byId("drift-features");
+  body.replaceChildren();
+  if (!d) {
+    setText("drift-status", "no report yet");
+    return emptyRow(body, 2, "-");
+  }
+  setText("drift-status", d.status);
+  setText("drift-summary", d.rows + " samples against " + d.reference_rows + " of the reference; score PSI " +
+    fixed(d.score_psi, 3) + ", alert rate " + fixed(d.alert_rate * 100, 2) + " % (reference " +
+    fixed(d.reference_alert_rate * 100, 2) + " %)");
+  const bins = d.score_bins || { reference: [], current: [] };
+  const n = bins.reference.length;
+  const top = Math.max(0.01, ...bins.reference, ...bins.current);
+  const width = 420, height = 110, slot = n ? width / n : width;
+  bins.reference.forEach((share, i) => {
+    for (const [k, value, colour] of [[0, share, "#98a2b3"], [1, bins.current[i] || 0, "#b35900"]]) {
+      const bar = document.createElementNS(SVG, "rect");
+      const h = Math.round((value / top) * height);
+      bar.setAttribute("x", String(i * slot + k * (slot / 2 - 1) + 1));
+      bar.setAttribute("y", String(height - h));
+      bar.setAttribute("width", String(Math.max(1, slot / 2 - 2)));
+      bar.setAttribute("height", String(h));
+      bar.setAttribute("fill", colour);
+      bar.setAttribute("class", k ? "bar current" : "bar reference");
+      chart.appendChild(bar);
+    }
+  });
+  for (const w of d.worst) {
+    const row = document.createElement("tr");
+    row.dataset.feature = w.feature;
+    cell(row, w.feature);
+    cell(row, fixed(w.psi, 3) + (w.psi >= 0.25 ? " drift" : w.psi >= 0.1 ? " warn" : ""), "num");
+    body.appendChild(row);
+  }
+}
+
 function render(s) {
   setText("worker", s.worker);
   const status = byId("status");
@@ -124,6 +166,7 @@ function render(s) {
   setText("threshold", String(s.decision_threshold));
   renderDeadLetters(s.dead_letters_by_code);
   renderHighScores(s.high_scores);
+  renderDrift(s.drift);
   setText("updated", s.timestamp);
   setText("error", "");
 }
