@@ -116,6 +116,7 @@ class Settings:
     model_publish_every_labels: int = 50_000
     label_horizon_s: float = 8 * 86400.0  # no label this long (event time) after scoring: learned as legitimate
     late_label_grace_s: float = 7 * 86400.0  # features kept after the horizon, for a late fraud label
+    early_label_window: int = 100_000  # recent predictions whose label is learned as soon as it comes
     learning_audit_retention_s: float = 30 * 86400.0  # how long <APP_ID>-learning-audit keeps each learned pair
     challenger_model: str = ""  # a MODEL_NAME scored in shadow and learned beside the champion; empty: none
     auto_promote_margin: float = 0.02  # challenger AP over champion AP that promotes it; negative: never
@@ -260,6 +261,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         model_publish_every_labels=int(_get(env, "MODEL_PUBLISH_EVERY_LABELS", str(d.model_publish_every_labels))),
         label_horizon_s=float(_get(env, "LABEL_HORIZON_S", str(d.label_horizon_s))),
         late_label_grace_s=float(_get(env, "LATE_LABEL_GRACE_S", str(d.late_label_grace_s))),
+        early_label_window=int(_get(env, "EARLY_LABEL_WINDOW", str(d.early_label_window))),
         learning_audit_retention_s=float(
             _get(env, "LEARNING_AUDIT_RETENTION_S", str(d.learning_audit_retention_s))
         ),
