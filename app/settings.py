@@ -262,9 +262,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         label_horizon_s=float(_get(env, "LABEL_HORIZON_S", str(d.label_horizon_s))),
         late_label_grace_s=float(_get(env, "LATE_LABEL_GRACE_S", str(d.late_label_grace_s))),
         early_label_window=int(_get(env, "EARLY_LABEL_WINDOW", str(d.early_label_window))),
-        learning_audit_retention_s=float(
-            _get(env, "LEARNING_AUDIT_RETENTION_S", str(d.learning_audit_retention_s))
-        ),
+        learning_audit_retention_s=float(_get(env, "LEARNING_AUDIT_RETENTION_S", str(d.learning_audit_retention_s))),
         challenger_model=_get(env, "CHALLENGER_MODEL", d.challenger_model),
         auto_promote_margin=float(_get(env, "AUTO_PROMOTE_MARGIN", str(d.auto_promote_margin))),
         auto_promote_min_labels=int(_get(env, "AUTO_PROMOTE_MIN_LABELS", str(d.auto_promote_min_labels))),

@@ -267,7 +267,8 @@ def test_a_fraud_label_on_kafka_before_the_horizon_is_learned_as_fraud_when_the_
     audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{worker.env['APP_ID']}-learning-audit",
                                                      lambda rs: len(rs) > 10, timeout_s=5)]  # fmt: skip
     assert sorted((a["tx_id"], a["learned_as"], a["how"]) for a in audit) == sorted(
-        [("h-3", "fraud", "explicit")] + [(f"h-{i}", "legitimate", "implicit") for i in range(10) if i != 3])
+        [("h-3", "fraud", "explicit")] + [(f"h-{i}", "legitimate", "implicit") for i in range(10) if i != 3]
+    )
 
 
 def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_trainers_owner(

@@ -4,9 +4,9 @@ rolling quality; signed snapshots; the registry's folding of promotion events.""
 from __future__ import annotations
 
 import pickle
-from collections import deque
 import subprocess
 import sys
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 
@@ -14,11 +14,11 @@ import pytest
 
 from app.features.halves import FEATURE_NAMES
 from app.features.spec import FEATURE_SET_VERSION
+from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LabelStore
 from app.learning.model import FraudModel
 from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.learning.registry_topics import warm_start
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
-from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LabelStore
 from app.learning.training import FeatureLog, RollingQuality, Training, labels_watermark
 from app.serialization import loads
 from app.settings import REPO_ROOT, Settings

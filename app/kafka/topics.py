@@ -85,8 +85,14 @@ def trainer_lease_topic(settings: Settings) -> str:
 
 
 def trainer_state_topic(settings: Settings) -> str:
-    """The trainer's resume point (models, waiting halves, input positions), compacted, signed."""
+    """The trainer's resume point (models, counts, its readers' positions), compacted, signed."""
     return f"{settings.app_id}-trainer-state"
+
+
+def trainer_labels_topic(settings: Settings) -> str:
+    """One partition, compacted: the changelog of the trainer's label store (labels waiting for the trainer's tails
+    and the markers of pairs learned early, keyed by ``tx_id``), written in the trainer's transactions."""
+    return f"{settings.app_id}-trainer-labels"
 
 
 def learning_audit_topic(settings: Settings) -> str:
@@ -127,6 +133,17 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
             trainer_state_topic(settings),
             1,
             {"cleanup.policy": "compact", "segment.ms": "600000", "max.message.bytes": str(2**20 + 1024)},
+            "",
+        ),  # fmt: skip
+        TopicSpec(
+            trainer_labels_topic(settings),
+            1,
+            {
+                "cleanup.policy": "compact",
+                "segment.bytes": str(64 * 2**20),
+                "segment.ms": "600000",
+                "min.cleanable.dirty.ratio": "0.2",
+            },
             "",
         ),  # fmt: skip
     ]
