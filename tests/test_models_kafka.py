@@ -227,15 +227,23 @@ def test_implicit_negatives_are_learned_after_the_horizon_and_a_late_fraud_still
     _publish(kafka_bootstrap, worker, early, labels=False)
     _wait(lambda: _metric(worker, "fraud_learning_entries") == 10, 60, "the ten read by the trainer")
     assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 0  # not before the horizon
-    # Stream time moves two hours on: the ten pass the horizon without a label.
+    # Stream time moves two hours on: the tail reads the ten, past their horizon without a label.
     _publish(kafka_bootstrap, worker, [transaction(20, tx_id="later", timestamp="2018-04-01T12:00:00Z")], labels=False)
     _wait(lambda: _labels_seen(worker) == 10, 60, "ten implicit negatives in the champion")
     assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 10
-    # A chargeback after the horizon is still learned, once.
+    # A chargeback after the horizon waits in the label store; the grace tail learns it, once, when the stream passes
+    # its horizon and grace (a day), and "later" passes its horizon meanwhile.
     produce(kafka_bootstrap, worker.topics["LABELS_TOPIC"],
             [(b"n-3", dumps({"tx_id": "n-3", "is_fraud": True, "timestamp": "2018-04-01T13:00:00Z"}))])  # fmt: skip
-    _wait(lambda: _labels_seen(worker) == 11, 60, "the late fraud learned")
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 2, 60, "the late label kept")  # and "later"
+    assert _labels_seen(worker) == 10
+    _publish(kafka_bootstrap, worker, [transaction(21, tx_id="next-day", timestamp="2018-04-02T12:00:00Z")],
+             labels=False)  # fmt: skip
+    _wait(lambda: _labels_seen(worker) == 12, 60, "the late fraud learned")
+    time.sleep(2)  # a double would show in a later version
+    assert _labels_seen(worker) == 12
     assert _metric(worker, 'fraud_labels_total{outcome="late_fraud"}') == 1
+    assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 11
 
 
 def test_a_fraud_label_on_kafka_before_the_horizon_is_learned_as_fraud_when_the_predictions_run_ahead(
