@@ -3,14 +3,18 @@ rolling quality; signed snapshots; the registry's folding of promotion events.""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import subprocess
 import sys
 from collections import deque
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from app.features.halves import FEATURE_NAMES
 from app.features.spec import FEATURE_SET_VERSION
@@ -19,8 +23,9 @@ from app.learning.model import FraudModel
 from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.learning.registry_topics import warm_start
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
+from app.learning.trainer import _Tail
 from app.learning.training import FeatureLog, RollingQuality, Training, labels_watermark
-from app.serialization import loads
+from app.serialization import dumps, loads
 from app.settings import REPO_ROOT, Settings
 from app.state.memory_store import MemoryStore
 
@@ -313,3 +318,56 @@ def test_a_binned_model_in_its_warm_up_is_shipped_without_its_sample_and_scores_
     x = _x(33)
     assert shipped.predict_proba_one(x) == model.predict_proba_one(x)
     model.learn_one(x, False)  # the trainer's model still has its sample
+
+
+class _Predictions:
+    """A consumer of one predictions partition, as the trainer's tail uses it (getmany, pause, resume, position)."""
+
+    def __init__(self, records: list[Any], fetch: int) -> None:
+        self.records, self.fetch, self.at, self.paused = records, fetch, 0, False
+
+    def assign(self, partitions: list[Any]) -> None:
+        pass
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.at = offset
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        if self.paused:
+            return {}
+        batch = self.records[self.at : self.at + min(self.fetch, max_records)]
+        self.at += len(batch)
+        return {_TP: batch} if batch else {}
+
+    def pause(self, tp: Any) -> None:
+        self.paused = True
+
+    def resume(self, tp: Any) -> None:
+        self.paused = False
+
+    async def position(self, tp: Any) -> int:
+        return self.at
+
+
+_TP = TopicPartition("predictions", 0)
+
+
+def test_the_tail_reads_in_order_holds_what_is_not_due_paused_and_never_passes_the_reader_ahead() -> None:
+    def record(offset: int, t: float) -> Any:
+        value = dumps({"tx_id": f"p{offset}", "features": {}, "fraud_probability": 0.1, "feature_set": "fs",
+                       "timestamp": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")})  # fmt: skip
+        return SimpleNamespace(offset=offset, value=value)
+
+    times = [1.0, 2.0, 9.0, 3.0, 4.0, 5.0]  # the third is out of order: the ones behind it wait for it
+    consumer = _Predictions([record(i, t) for i, t in enumerate(times)], fetch=4)
+    tail = _Tail("tail", consumer, [_TP])  # type: ignore[arg-type]
+    handled: list[str] = []
+    asyncio.run(tail.start({"predictions/0": 0}, lambda tp: None))
+    ahead = {"predictions/0": 6}
+    assert asyncio.run(tail.step(5.0, ahead, lambda p: handled.append(p[0]))) == 2
+    assert handled == ["p0", "p1"] and consumer.paused and [o for o, _ in tail.held[_TP]] == [2, 3]
+    assert asyncio.run(tail.positions()) == {"predictions/0": 2}  # the first not handled
+    assert asyncio.run(tail.step(5.0, ahead, handled.append)) == 0  # still not due: held, nothing more fetched
+    assert asyncio.run(tail.step(9.5, {"predictions/0": 5}, lambda p: handled.append(p[0]))) == 3
+    assert handled == ["p0", "p1", "p2", "p3", "p4"] and asyncio.run(tail.positions()) == {"predictions/0": 5}
+    assert [o for o, _ in tail.held[_TP]] == [5]  # it read on, and holds p5: the reader ahead is there

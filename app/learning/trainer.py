@@ -377,7 +377,7 @@ class Trainer:
                     or training.learned_since_publish >= s.model_publish_every_labels
                     or (dead and now - published_at >= 1.0)
                 ):
-                    training.sweep_labels()
+                    training.sweep_labels(labels_through_s=through)
                     await self._publish(producer, training, dead)
                     dead = []
                     published_at = now

@@ -255,11 +255,11 @@ class Training:
         self.labels.delete(tx_id)
         self.labels_kept -= 1
 
-    def sweep_labels(self, limit: int = 10_000) -> int:
-        """Labels waiting ``ttl_s`` past the grace tail's time are dropped (their prediction never came, or came
-        before the trainer's line started), up to ``limit`` entries looked at per call, from where the last call
-        stopped; returns how many were dropped."""
-        before_s = self.horizon_at() - self.grace_s - self.ttl_s
+    def sweep_labels(self, limit: int = 10_000, labels_through_s: float = math.inf) -> int:
+        """Labels waiting ``ttl_s`` past the grace tail's time (``labels_through_s`` as in :meth:`horizon_at`) are
+        dropped (their prediction never came, or came before the trainer's line started), up to ``limit`` entries
+        looked at per call, from where the last call stopped; returns how many were dropped."""
+        before_s = self.horizon_at(labels_through_s) - self.grace_s - self.ttl_s
         if not math.isfinite(before_s):
             return 0
         entries, self.sweep_from = self.labels.scan(self.sweep_from, limit)
