@@ -198,6 +198,22 @@ def test_a_state_of_the_format_before_the_tails_is_converted_its_waiting_labels_
     assert converted.labels_kept == 2 and not Training.from_parts(converted.state_parts()).converted
 
 
+def test_a_new_line_keeps_its_own_entries_and_the_sweep_removes_a_former_lines() -> None:
+    old = _training()
+    old.on_label("a", True, 1.0)
+    old.on_prediction("a", _x(10), 0.0, 0.1)  # learned: a marker of the old line
+    old.labels.commit(1)
+    new = _training()
+    new.labels, new.labels_line = old.labels, "n1"
+    new.labels.line = "n1"
+    new.on_label("a", True, 2.0)  # the new line reads the labels again: not a duplicate of the old line's pair
+    new.on_prediction("a", _x(10), 0.0, 0.1)
+    assert new.labels_seen == 1 and new.counts["duplicate_label"] == 0
+    new.labels.commit(2)
+    assert new.sweep_labels() == 0 and new.labels.get("a") == (LEARNED_FRAUD, 2.0)
+    assert new.labels.changes() == {b"a": None}  # the old line's marker goes
+
+
 def test_the_label_store_on_a_memory_store_commits_its_changes_with_the_changelog_offset() -> None:
     store = MemoryStore("trainer-labels")
     labels = LabelStore(store.open_partition(0))
@@ -207,7 +223,7 @@ def test_the_label_store_on_a_memory_store_commits_its_changes_with_the_changelo
     labels.commit(2)
     labels.delete("a")
     assert labels.get("a") is None and labels.changes() == {b"a": None}
-    assert labels.scan(b"", 10) == ([("b", LEARNED_LEGIT, 2.0)], b"")  # as changed since the commit
+    assert labels.scan(b"", 10) == ([(b"b", LEARNED_LEGIT, 2.0)], b"")  # as changed since the commit
     labels.commit(3)
     store.close_partition(0)
     again = store.open_partition(0)

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -519,9 +520,10 @@ class Trainer:
             training = None
         if training is None:
             training = self._fresh()
-        if training.labels is not labels:  # a new line over the labels kept (read again from its start anyway)
+        if training.labels is not labels:  # a new line: its own keys (the old line's are swept)
             training.labels = labels
-            training.labels_kept = sum(1 for _ in labels.partition.iter_from(b""))
+            training.labels_line = labels.line = secrets.token_hex(4)
+            training.labels_kept = 0
         training.early_window = s.early_label_window
         wanted = s.challenger_model or None
         current = training.challenger.name if training.challenger is not None else None

@@ -113,6 +113,7 @@ class Training:
     # "topic/partition" of the labels input -> the newest label time read there (the labels' own clock)
     label_times_s: dict[str, float] = field(default_factory=dict)
     labels_kept: int = 0  # entries in the label store (labels waiting and learned markers)
+    labels_line: str = ""  # the key prefix of this line's entries in the label store (a new line: a new prefix)
     sweep_from: bytes = b""  # the key the next expiry slice of the label store starts at
     counts: Counter[str] = field(default_factory=Counter)
     sequence: int = 0  # versions published so far (the next is v<sequence + 1>)
@@ -257,15 +258,19 @@ class Training:
 
     def sweep_labels(self, limit: int = 10_000, labels_through_s: float = math.inf) -> int:
         """Labels waiting ``ttl_s`` past the grace tail's time (``labels_through_s`` as in :meth:`horizon_at`) are
-        dropped (their prediction never came, or came before the trainer's line started), up to ``limit`` entries
-        looked at per call, from where the last call stopped; returns how many were dropped."""
+        dropped (their prediction never came, or came before the trainer's line started), and a former line's
+        entries, up to ``limit`` entries looked at per call, from where the last call stopped; returns how many
+        labels expired."""
         before_s = self.horizon_at(labels_through_s) - self.grace_s - self.ttl_s
         if not math.isfinite(before_s):
             return 0
         entries, self.sweep_from = self.labels.scan(self.sweep_from, limit)
         dropped = 0
-        for tx_id, kind, known_s in entries:
-            if known_s < before_s:
+        for key, kind, known_s in entries:
+            tx_id = self.labels.tx_id_of(key)
+            if tx_id is None:
+                self.labels.delete_key(key)  # a former line's: never read again
+            elif known_s < before_s:
                 self._forget(tx_id)
                 if kind in WAITING:
                     dropped += 1
@@ -322,7 +327,8 @@ class Training:
             state.pop(name, None)
         self.__dict__.update(state)
         defaults: dict[str, Any] = {"early_window": 100_000, "tail_positions": {}, "grace_positions": {},
-                                    "label_times_s": {}, "labels_kept": 0, "sweep_from": b""}  # fmt: skip
+                                    "label_times_s": {}, "labels_kept": 0, "sweep_from": b"",
+                                    "labels_line": ""}  # fmt: skip
         for name, value in defaults.items():
             self.__dict__.setdefault(name, value)
         self.labels = LabelStore.in_memory()
@@ -353,6 +359,7 @@ class Training:
         training.feature_set = found
         if labels is not None:
             training.labels = labels
+            labels.line = training.labels_line
         if training.converted:
             dropped = 0
             for part in parts[1:]:
