@@ -279,6 +279,38 @@ def test_a_fraud_label_on_kafka_before_the_horizon_is_learned_as_fraud_when_the_
     )
 
 
+def test_labels_waiting_for_the_tail_move_with_the_trainer_to_another_disk_and_are_learned_as_their_class(
+    worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Labels whose prediction left the head's window wait in the label store; a trainer on an empty disk rebuilds
+    it from its changelog, and the tail learns each with its class at the horizon."""
+    worker = worker_factory(partitions=1, LABEL_HORIZON_S="3600", LATE_LABEL_GRACE_S="86400", EARLY_LABEL_WINDOW="1")
+    worker.wait_ready()
+    txs = [transaction(i, tx_id=f"m-{i}", timestamp="2018-04-01T10:00:00Z") for i in range(6)]
+    _publish(kafka_bootstrap, worker, txs, labels=False)
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 1, 60, "six predictions read, the last in the window")
+    frauds = {"m-1", "m-3"}
+    produce(kafka_bootstrap, worker.topics["LABELS_TOPIC"], [
+        (f"m-{i}".encode(), dumps({"tx_id": f"m-{i}", "is_fraud": f"m-{i}" in frauds,
+                                   "timestamp": "2018-04-01T10:30:00Z"})) for i in range(5)])  # fmt: skip
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 1 + 5, 60, "five labels kept for the tail")
+    assert _labels_seen(worker) == 0
+    worker.stop()
+    worker.env["DATA_DIR"] = str(tmp_path / "another-disk")
+    worker.start()
+    worker.wait_ready()
+    assert "trainer label store: rebuild from changelog offset 0" in worker.log_tail(400)
+    _publish(kafka_bootstrap, worker, [transaction(9, tx_id="m-later", timestamp="2018-04-01T12:00:00Z")],
+             labels=False)  # fmt: skip
+    _wait(lambda: _labels_seen(worker) == 6, 60, "the six learned at their horizon")
+    audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{worker.env['APP_ID']}-learning-audit",
+                                                     lambda rs: len(rs) >= 6, timeout_s=10)]  # fmt: skip
+    assert sorted((a["tx_id"], a["learned_as"], a["how"]) for a in audit) == sorted(
+        [(f"m-{i}", "fraud" if f"m-{i}" in frauds else "legitimate", "explicit") for i in range(5)]
+        + [("m-5", "legitimate", "implicit")]
+    )
+
+
 def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_trainers_owner(
     worker_factory: WorkerFactory, kafka_bootstrap: str
 ) -> None:
