@@ -184,6 +184,17 @@ def test_the_state_holds_no_waiting_features_and_resumes_over_its_label_store() 
     assert restored.counts["learned"] == 43 and restored.counts["implicit_negative"] == 257
 
 
+def test_a_horizon_of_120_days_holds_no_more_in_memory_than_the_window() -> None:
+    day_s = 86400.0
+    t = _training(horizon_s=120 * day_s, grace_s=7 * day_s, early_window=100)
+    for i in range(5000):  # 50 days of predictions at 100 a day, none past its horizon
+        t.on_prediction(f"a{i}", _x(10), i * day_s / 100, 0.1)
+        if i % 10 == 0:
+            t.on_label(f"a{i - 500}", False, i * day_s / 100)  # labels 5 days late: out of the window, to the store
+    assert len(t.recent) == 100 and t.labels_kept == 500 and t.labels_seen == 0  # in the store, not in memory
+    assert sum(map(len, t.state_parts())) < 100_000  # no features in the state, however long the horizon
+
+
 def test_a_state_of_the_format_before_the_tails_is_converted_its_waiting_labels_kept() -> None:
     old = _training()
     old.__dict__["waiting"] = {"x1": ("x", b"", 1.0, 0.1, -1.0), "y1": ("y", True, 2.0), "y2": ("y", False, 3.0)}
