@@ -3,6 +3,7 @@ negatives, restarts, and every label learned once across a SIGKILL of the traine
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import re
 import subprocess
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from app.kafka.clients import Record, at_least, consume, produce
+from app.kafka.clients import Connection, Record, at_least, consume, produce
+from app.kafka.topics import topic_retention_ms
 from app.learning.model import FraudModel
 from app.learning.snapshots import load_model_snapshot, model_snapshot, sign
 from app.serialization import dumps, loads
@@ -309,6 +311,22 @@ def test_labels_waiting_for_the_tail_move_with_the_trainer_to_another_disk_and_a
         [(f"m-{i}", "fraud" if f"m-{i}" in frauds else "legitimate", "explicit") for i in range(5)]
         + [("m-5", "legitimate", "implicit")]
     )
+
+
+def test_the_predictions_topic_keeps_what_the_tails_need_and_a_shorter_one_is_an_error_at_start(
+    worker_factory: WorkerFactory, kafka_bootstrap: str
+) -> None:
+    day_ms = 86_400_000
+    worker = worker_factory(partitions=1, LABEL_HORIZON_S=str(60 * 86400))
+    worker.wait_ready()
+    kept = asyncio.run(topic_retention_ms(Connection(kafka_bootstrap), worker.topics["PREDICTIONS_TOPIC"]))
+    assert kept == (60 + 7 + 1) * day_ms  # created for a 60-day horizon, 7 days of grace and a day of margin
+    worker.stop()
+    worker.env["LABEL_HORIZON_S"] = str(120 * 86400)  # the existing topic is left as it is: too short now
+    worker.start()
+    worker.wait_ready()
+    _wait(lambda: "keeps 68.0 days of predictions" in worker.log_tail(400), 60, "the error at the trainer's start")
+    assert f"Raise its retention.ms to {128 * day_ms}" in worker.log_tail(400)
 
 
 def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_trainers_owner(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from app.kafka.clients import Connection, admin_client
@@ -57,9 +58,43 @@ def manifest_specs(names: Mapping[str, str], partitions: int) -> list[TopicSpec]
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The manifest's topics under the names and partition count that ``settings`` give."""
+    """The manifest's topics under the names and partition count that ``settings`` give; ``predictions`` keeps at
+    least what the trainer's tails need (:func:`predictions_retention_ms`)."""
     names = {env: getattr(settings, attribute) for env, attribute in _TOPIC_SETTING.items()}
-    return manifest_specs(names, settings.partitions)
+    specs = manifest_specs(names, settings.partitions)
+    for spec in specs:
+        if spec.name == settings.predictions_topic:
+            kept = int(spec.config.get("retention.ms", -1))
+            if kept != -1:
+                spec.config["retention.ms"] = str(max(kept, predictions_retention_ms(settings)))
+    return specs
+
+
+def predictions_retention_ms(settings: Settings) -> int:
+    """What ``predictions`` must keep: the trainer's tails read each prediction ``LABEL_HORIZON_S`` and again
+    ``LATE_LABEL_GRACE_S`` after it (app/learning/training.py), plus a day for a trainer that runs behind.
+
+    >>> predictions_retention_ms(Settings()) // 86_400_000
+    16
+    """
+    return int((settings.label_horizon_s + settings.late_label_grace_s + 86400.0) * 1000)
+
+
+async def topic_retention_ms(connection: Connection, topic: str) -> int | None:
+    """The ``retention.ms`` a topic has on the broker (-1: kept forever); None when the broker does not say."""
+    admin = admin_client(connection)
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})
+        responses = await admin.describe_configs([resource])
+        for response in responses:
+            for resource in response.to_object().get("resources", []):
+                for entry in resource.get("config_entries", []):
+                    if entry.get("config_names") == "retention.ms" and entry.get("config_value") is not None:
+                        return int(entry["config_value"])
+    finally:
+        await admin.close()
+    return None
 
 
 def changelog_topic(settings: Settings) -> str:

@@ -39,7 +39,14 @@ from app import metrics
 from app.kafka.clients import Connection, committed_reader, group_member, transactional_producer
 from app.kafka.reading import read_latest, read_to_end
 from app.kafka.supervision import Supervisor
-from app.kafka.topics import learning_audit_topic, trainer_labels_topic, trainer_lease_topic, trainer_state_topic
+from app.kafka.topics import (
+    learning_audit_topic,
+    predictions_retention_ms,
+    topic_retention_ms,
+    trainer_labels_topic,
+    trainer_lease_topic,
+    trainer_state_topic,
+)
 from app.learning.follower import ModelFollower
 from app.learning.label_store import LabelStore
 from app.learning.model import FraudModel
@@ -302,6 +309,7 @@ class Trainer:
         for consumer in consumers:
             await consumer.start()
         try:
+            await self._check_retention()
             labels = await self._restore_labels(store)
             training = await self._restore(head, labels)
             training.audit = []  # every pair learned from here on goes to the audit topic with its version
@@ -389,6 +397,22 @@ class Trainer:
             metrics.TRAINER_ACTIVE.set(0)
             store.close_partition(0)  # changes not committed are dropped: the next session replays the changelog
             await asyncio.gather(*(c.stop() for c in consumers), producer.stop(), return_exceptions=True)
+
+    async def _check_retention(self) -> None:
+        """The tails read predictions up to horizon + grace late: a topic that deletes them sooner loses their pairs
+        (the labels waiting for them expire, their implicit negatives are never learned). Said at every start."""
+        s = self.settings
+        needed = predictions_retention_ms(s)
+        try:
+            kept = await topic_retention_ms(self.connection, s.predictions_topic)
+        except Exception:  # noqa: BLE001 - the check is advice; training goes on without it
+            log.debug("retention of %s not known", s.predictions_topic, exc_info=True)
+            return
+        if kept is not None and kept != -1 and kept < needed:
+            log.error("PREDICTIONS_TOPIC %s keeps %.1f days of predictions, but the trainer's tails read them up to "
+                      "%.1f days late (LABEL_HORIZON_S + LATE_LABEL_GRACE_S + 1 day): the predictions deleted before "
+                      "then are never learned. Raise its retention.ms to %d or more.", s.predictions_topic,
+                      kept / 86_400_000, needed / 86_400_000, needed)  # fmt: skip
 
     @staticmethod
     def _all_positions(training: Training) -> tuple[dict[str, int], ...]:
