@@ -355,8 +355,9 @@ class Trainer:
                         await asyncio.sleep(0)  # the decisions run between slices of learning
                 for tp in inputs:  # past commit markers and aborted records too: everything before it was handled
                     training.positions[_key(tp)] = await head.position(tp)
+                ends = await _stable_ends(head, label_partitions)
                 through = labels_watermark(
-                    (training.positions[key], _stable_end(head, tp), training.label_times_s.get(key, -math.inf))
+                    (training.positions[key], ends[tp], training.label_times_s.get(key, -math.inf))
                     for tp, key in label_inputs
                 )
                 metrics.LABELS_WATERMARK_LAG.set(max(0.0, training.stream_time_s - through)
@@ -691,10 +692,17 @@ class Trainer:
         metrics.PENDING_LEARNING.set(training.pending())
 
 
-def _stable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
-    """The offset a partition is read to when nothing committed is left in it, as the last fetch saw it (the last
-    stable offset of a read_committed reader, else the high watermark); None before any fetch answered for it."""
-    end = consumer.last_stable_offset(tp)
-    if end is None or end < 0:
-        end = consumer.highwater(tp)
-    return end
+async def _stable_ends(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """The offsets the labels partitions are read to when nothing committed is left in them (a read_committed
+    reader's end offsets: the last stable offsets), asked of the broker after the predictions were read: a fetch's
+    last stable offset can be older than the predictions fetched beside it (a partition whose fetch failed while the
+    broker came back, say), and a label committed since would be taken as read. None when the broker does not
+    answer: nothing is judged then."""
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+    except Exception:  # noqa: BLE001 - judged again next round
+        log.debug("labels end offsets not known", exc_info=True)
+        return dict.fromkeys(partitions)
+    return {tp: ends.get(tp) for tp in partitions}

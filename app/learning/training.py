@@ -415,14 +415,15 @@ class FeatureLog:
 
 def labels_watermark(progress: Iterable[tuple[int, int | None, float]]) -> float:
     """The time the labels input is known to have been read through, from each of its partitions' ``(position,
-    stable end, newest label time read)``: a partition read to its stable end (the last fetch's last stable offset)
-    holds nothing more to wait for; one with records left is through its newest label time read (labels come
-    roughly in time order; one that comes out of order is a late label, learned as such). Infinite with no
-    partition behind; the newest label time read when a partition's end is not known yet (no fetch answered).
+    stable end, newest label time read)``: a partition read to its stable end (its last stable offset, asked after
+    the predictions were read) holds nothing more to wait for; one with records left is through its newest label
+    time read (labels come roughly in time order; one that comes out of order is a late label, learned as such).
+    Infinite with no partition behind; the newest label time read when a partition's end is not known (the broker
+    did not say).
 
     >>> labels_watermark([(10, 10, 50.0), (4, 9, 70.0)]), labels_watermark([(10, 10, 50.0)]), labels_watermark([])
     (70.0, inf, inf)
-    >>> labels_watermark([(0, None, -math.inf)])  # not fetched yet: nothing can be judged
+    >>> labels_watermark([(0, None, -math.inf)])  # end not known, nothing read: nothing can be judged
     -inf
     """
     through = math.inf
