@@ -56,8 +56,7 @@ LABELS_WATERMARK_LAG = Gauge(
 TRAINER_ACTIVE = Gauge("fraud_trainer_active", "1 while this worker holds the trainer lease and trains.")
 LABELS_LEARNED = Gauge("fraud_model_labels_learned", "Labels the current model has learned from.")
 PENDING_LEARNING = Gauge(
-    "fraud_learning_entries",
-    "Predictions in the trainer's early window and entries in its label store (its worker only).",
+    "fraud_learning_entries", "Predictions and labels the trainer holds waiting for their other half (its worker only)."
 )
 LATE_TRANSACTIONS = Counter(
     "fraud_late_transactions",
