@@ -27,6 +27,7 @@ from app.features.spec import (
     version_of,
 )
 from app.learning.follower import ModelFollower
+from app.learning.label_store import LabelStore
 from app.learning.model import FraudModel
 from app.learning.snapshots import SnapshotRefused, check_feature_set, load_model_snapshot, model_snapshot, sign
 from app.learning.trainer import STATE_HEAD, Trainer, _chunk_key
@@ -218,7 +219,12 @@ def test_the_trainer_starts_a_new_line_instead_of_resuming_a_state_of_another_fe
     head = dumps({"chunks": 1, "sha256": hashlib.sha256(blob).hexdigest(), "sequence": 12, "positions": {}})
     trainer = Trainer(settings, _follower(), b"key", {})
     with caplog.at_level(logging.WARNING, logger="app.learning.trainer"):
-        restored = asyncio.run(trainer._restore(_StateTopic({_chunk_key(0): blob, STATE_HEAD: head})))  # type: ignore[arg-type]
+        restored = asyncio.run(
+            trainer._restore(
+                _StateTopic({_chunk_key(0): blob, STATE_HEAD: head}),  # type: ignore[arg-type]
+                LabelStore.in_memory(),
+            )
+        )
     assert restored.feature_set == FEATURE_SET_VERSION and restored.labels_seen == 0 and not restored.positions
     assert restored.sequence == 12  # the new line's versions follow the old ones (v13, ...)
     refusals = [r.getMessage() for r in caplog.records if "trainer state refused" in r.getMessage()]

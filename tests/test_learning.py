@@ -60,18 +60,18 @@ def test_a_resent_label_replaces_the_waiting_one() -> None:
 
 def test_the_replay_learns_implicit_negatives_at_the_horizon_and_late_frauds_within_the_grace() -> None:
     """Production's join, not a pair-as-soon-as-both-halves-meet: a transaction without a label LABEL_HORIZON_S after
-    it is learned as legitimate once the stream passes the horizon; a fraud label within the grace after that is
-    learned too, a later one is not."""
+    it is learned as legitimate once the stream passes the horizon (the tail); a fraud label that comes after that is
+    learned when the stream passes the grace too (the grace tail), a later one is not."""
     events = [_tx(1, 0.0), _tx(2, 0.25), _tx(3, 0.5), _label(3, 1.0, False), _tx(4, 2.3), _label(1, 2.4, True)]
     events += [_tx(5, 5.0), _label(2, 5.1, True)]
     model = _replay(events, label_horizon_s=2 * DAY_S, late_label_grace_s=2 * DAY_S)
     assert model.taught == [
-        ("tx-3", False),  # its label came in time
+        ("tx-3", False),  # its label came while its prediction was in the head's window
         ("tx-1", False),  # day 2.3 passes days 0 and 0.25 + the horizon: implicit negatives, in scoring order
         ("tx-2", False),
-        ("tx-1", True),  # a late fraud within the grace
-        ("tx-4", False),  # day 5 passes its horizon; tx-2's features were forgotten at 0.25 + horizon + grace
-    ]
+        ("tx-4", False),  # day 5 passes its horizon (the tail reads before the grace tail)
+        ("tx-1", True),  # ... and day 0 + horizon + grace: the late fraud
+    ]  # tx-2's fraud label came after its grace: never learned
 
 
 def test_model_score_rises_for_a_pattern_labelled_fraud() -> None:

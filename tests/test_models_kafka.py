@@ -3,6 +3,7 @@ negatives, restarts, and every label learned once across a SIGKILL of the traine
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import re
 import subprocess
@@ -16,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from app.kafka.clients import Record, at_least, consume, produce
+from app.kafka.clients import Connection, Record, at_least, consume, produce
+from app.kafka.topics import topic_retention_ms
 from app.learning.model import FraudModel
 from app.learning.snapshots import load_model_snapshot, model_snapshot, sign
 from app.serialization import dumps, loads
@@ -227,15 +229,23 @@ def test_implicit_negatives_are_learned_after_the_horizon_and_a_late_fraud_still
     _publish(kafka_bootstrap, worker, early, labels=False)
     _wait(lambda: _metric(worker, "fraud_learning_entries") == 10, 60, "the ten read by the trainer")
     assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 0  # not before the horizon
-    # Stream time moves two hours on: the ten pass the horizon without a label.
+    # Stream time moves two hours on: the tail reads the ten, past their horizon without a label.
     _publish(kafka_bootstrap, worker, [transaction(20, tx_id="later", timestamp="2018-04-01T12:00:00Z")], labels=False)
     _wait(lambda: _labels_seen(worker) == 10, 60, "ten implicit negatives in the champion")
     assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 10
-    # A chargeback after the horizon is still learned, once.
+    # A chargeback after the horizon waits in the label store; the grace tail learns it, once, when the stream passes
+    # its horizon and grace (a day), and "later" passes its horizon meanwhile.
     produce(kafka_bootstrap, worker.topics["LABELS_TOPIC"],
             [(b"n-3", dumps({"tx_id": "n-3", "is_fraud": True, "timestamp": "2018-04-01T13:00:00Z"}))])  # fmt: skip
-    _wait(lambda: _labels_seen(worker) == 11, 60, "the late fraud learned")
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 2, 60, "the late label kept")  # and "later"
+    assert _labels_seen(worker) == 10
+    _publish(kafka_bootstrap, worker, [transaction(21, tx_id="next-day", timestamp="2018-04-02T12:00:00Z")],
+             labels=False)  # fmt: skip
+    _wait(lambda: _labels_seen(worker) == 12, 60, "the late fraud learned")
+    time.sleep(2)  # a double would show in a later version
+    assert _labels_seen(worker) == 12
     assert _metric(worker, 'fraud_labels_total{outcome="late_fraud"}') == 1
+    assert _metric(worker, 'fraud_labels_total{outcome="implicit_negative"}') == 11
 
 
 def test_a_fraud_label_on_kafka_before_the_horizon_is_learned_as_fraud_when_the_predictions_run_ahead(
@@ -267,7 +277,56 @@ def test_a_fraud_label_on_kafka_before_the_horizon_is_learned_as_fraud_when_the_
     audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{worker.env['APP_ID']}-learning-audit",
                                                      lambda rs: len(rs) > 10, timeout_s=5)]  # fmt: skip
     assert sorted((a["tx_id"], a["learned_as"], a["how"]) for a in audit) == sorted(
-        [("h-3", "fraud", "explicit")] + [(f"h-{i}", "legitimate", "implicit") for i in range(10) if i != 3])
+        [("h-3", "fraud", "explicit")] + [(f"h-{i}", "legitimate", "implicit") for i in range(10) if i != 3]
+    )
+
+
+def test_labels_waiting_for_the_tail_move_with_the_trainer_to_another_disk_and_are_learned_as_their_class(
+    worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Labels whose prediction left the head's window wait in the label store; a trainer on an empty disk rebuilds
+    it from its changelog, and the tail learns each with its class at the horizon."""
+    worker = worker_factory(partitions=1, LABEL_HORIZON_S="3600", LATE_LABEL_GRACE_S="86400", EARLY_LABEL_WINDOW="1")
+    worker.wait_ready()
+    txs = [transaction(i, tx_id=f"m-{i}", timestamp="2018-04-01T10:00:00Z") for i in range(6)]
+    _publish(kafka_bootstrap, worker, txs, labels=False)
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 1, 60, "six predictions read, the last in the window")
+    frauds = {"m-1", "m-3"}
+    produce(kafka_bootstrap, worker.topics["LABELS_TOPIC"], [
+        (f"m-{i}".encode(), dumps({"tx_id": f"m-{i}", "is_fraud": f"m-{i}" in frauds,
+                                   "timestamp": "2018-04-01T10:30:00Z"})) for i in range(5)])  # fmt: skip
+    _wait(lambda: _metric(worker, "fraud_learning_entries") == 1 + 5, 60, "five labels kept for the tail")
+    assert _labels_seen(worker) == 0
+    worker.stop()
+    worker.env["DATA_DIR"] = str(tmp_path / "another-disk")
+    worker.start()
+    worker.wait_ready()
+    assert "trainer label store: rebuild from changelog offset 0" in worker.log_tail(400)
+    _publish(kafka_bootstrap, worker, [transaction(9, tx_id="m-later", timestamp="2018-04-01T12:00:00Z")],
+             labels=False)  # fmt: skip
+    _wait(lambda: _labels_seen(worker) == 6, 60, "the six learned at their horizon")
+    audit = [loads(r.value or b"") for r in consume(kafka_bootstrap, f"{worker.env['APP_ID']}-learning-audit",
+                                                     lambda rs: len(rs) >= 6, timeout_s=10)]  # fmt: skip
+    assert sorted((a["tx_id"], a["learned_as"], a["how"]) for a in audit) == sorted(
+        [(f"m-{i}", "fraud" if f"m-{i}" in frauds else "legitimate", "explicit") for i in range(5)]
+        + [("m-5", "legitimate", "implicit")]
+    )
+
+
+def test_the_predictions_topic_keeps_what_the_tails_need_and_a_shorter_one_is_an_error_at_start(
+    worker_factory: WorkerFactory, kafka_bootstrap: str
+) -> None:
+    day_ms = 86_400_000
+    worker = worker_factory(partitions=1, LABEL_HORIZON_S=str(60 * 86400))
+    worker.wait_ready()
+    kept = asyncio.run(topic_retention_ms(Connection(kafka_bootstrap), worker.topics["PREDICTIONS_TOPIC"]))
+    assert kept == (60 + 7 + 1) * day_ms  # created for a 60-day horizon, 7 days of grace and a day of margin
+    worker.stop()
+    worker.env["LABEL_HORIZON_S"] = str(120 * 86400)  # the existing topic is left as it is: too short now
+    worker.start()
+    worker.wait_ready()
+    _wait(lambda: "keeps 68.0 days of predictions" in worker.log_tail(400), 60, "the error at the trainer's start")
+    assert f"Raise its retention.ms to {128 * day_ms}" in worker.log_tail(400)
 
 
 def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_trainers_owner(

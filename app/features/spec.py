@@ -1,7 +1,7 @@
 """The feature set, declared once: every feature's name, half, window and kind; the rest is derived from it.
 
 Adding, renaming or re-windowing a feature is one line of :data:`FEATURES`. From it come the names each half
-computes, the packing layout the trainer stores waiting features in (:data:`FEATURE_NAMES` order, doubles), and
+computes, the packing layout the trainer keeps its recent features in (:data:`FEATURE_NAMES` order, doubles), and
 :data:`FEATURE_SET_VERSION`, a digest of the declaration. The version travels with every prediction, model snapshot
 and trainer state, so a model is never fed (nor a trainer taught) features laid out by another declaration.
 

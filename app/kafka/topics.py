@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from app.kafka.clients import Connection, admin_client
@@ -59,55 +60,57 @@ def manifest_specs(names: Mapping[str, str], partitions: int) -> list[TopicSpec]
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The manifest's topics under the names and partition count that ``settings`` give; ``predictions`` kept at
-    least :func:`predictions_retention_needed_ms` (the trainer reads the feature log that long after it)."""
+    """The manifest's topics under the names and partition count that ``settings`` give; ``predictions`` keeps at
+    least what the trainer's tails need (:func:`predictions_retention_ms`)."""
     names = {env: getattr(settings, attribute) for env, attribute in _TOPIC_SETTING.items()}
     specs = manifest_specs(names, settings.partitions)
     for spec in specs:
         if spec.name == settings.predictions_topic:
-            kept = int(spec.config.get("retention.ms", "-1"))
-            if kept >= 0:
-                spec.config["retention.ms"] = str(max(kept, predictions_retention_needed_ms(settings)))
+            kept = int(spec.config.get("retention.ms", -1))
+            if kept != -1:
+                spec.config["retention.ms"] = str(max(kept, predictions_retention_ms(settings)))
     return specs
 
 
-def predictions_retention_needed_ms(settings: Settings) -> int:
-    """How long the trainer needs ``predictions`` (its feature log): a label may come ``LABEL_HORIZON_S`` after its
-    transaction, a late fraud ``LATE_LABEL_GRACE_S`` after that; a day more for a trainer that stood still.
+def predictions_retention_ms(settings: Settings) -> int:
+    """What ``predictions`` must keep: the trainer's tails read each prediction ``LABEL_HORIZON_S`` and again
+    ``LATE_LABEL_GRACE_S`` after it (app/learning/training.py), plus a day for a trainer that runs behind.
 
-    >>> from app.settings import Settings
-    >>> predictions_retention_needed_ms(Settings()) // 86_400_000, predictions_retention_needed_ms(
+    >>> predictions_retention_ms(Settings()) // 86_400_000, predictions_retention_ms(
     ...     Settings(label_horizon_s=120 * 86400.0)) // 86_400_000
     (16, 128)
     """
     return int((settings.label_horizon_s + settings.late_label_grace_s + 86400.0) * 1000)
 
 
+async def topic_retention_ms(connection: Connection, topic: str) -> int | None:
+    """The ``retention.ms`` a topic has on the broker (-1: kept forever); None when the broker does not say."""
+    admin = admin_client(connection)
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})
+        responses = await admin.describe_configs([resource])
+        for response in responses:
+            for resource in response.to_object().get("resources", []):
+                for entry in resource.get("config_entries", []):
+                    if entry.get("config_names") == "retention.ms" and entry.get("config_value") is not None:
+                        return int(entry["config_value"])
+    finally:
+        await admin.close()
+    return None
+
+
 class RetentionTooShort(ValueError):
     """A topic deletes records before a reader that needs them reads them: a configuration error."""
 
 
-async def check_predictions_retention(settings: Settings) -> int:
+async def check_predictions_retention(settings: Settings) -> int | None:
     """The ``predictions`` topic's ``retention.ms`` (-1: forever), or :class:`RetentionTooShort` when it is shorter
-    than the trainer needs (:func:`predictions_retention_needed_ms`): the features of a transaction whose label comes
-    late would be gone when the label comes, and it could not be learned."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    admin = admin_client(Connection.of(settings), client_id=f"{settings.app_id}-admin")
-    await admin.start()
-    try:
-        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.predictions_topic,
-                                                                 configs={"retention.ms": None})])  # fmt: skip
-    finally:
-        await admin.close()
-    kept = -1
-    for response in responses:
-        for resource in response.resources:
-            for entry in resource[4]:
-                if entry[0] == "retention.ms" and entry[1] is not None:
-                    kept = int(entry[1])
-    needed = predictions_retention_needed_ms(settings)
-    if 0 <= kept < needed:
+    than the trainer needs (:func:`predictions_retention_ms`): the features of a transaction whose label comes late
+    would be gone when its tails read it, and it could not be learned."""
+    kept = await topic_retention_ms(Connection.of(settings), settings.predictions_topic)
+    needed = predictions_retention_ms(settings)
+    if kept is not None and 0 <= kept < needed:
         raise RetentionTooShort(
             f"the {settings.predictions_topic} topic keeps records {kept / 86_400_000:g} days (retention.ms {kept}), "
             f"the trainer needs {needed / 86_400_000:g} (LABEL_HORIZON_S + LATE_LABEL_GRACE_S + a day): a label "
@@ -140,8 +143,14 @@ def trainer_lease_topic(settings: Settings) -> str:
 
 
 def trainer_state_topic(settings: Settings) -> str:
-    """The trainer's resume point (models, waiting halves, input positions), compacted, signed."""
+    """The trainer's resume point (models, counts, its readers' positions), compacted, signed."""
     return f"{settings.app_id}-trainer-state"
+
+
+def trainer_labels_topic(settings: Settings) -> str:
+    """One partition, compacted: the changelog of the trainer's label store (labels waiting for the trainer's tails
+    and the markers of pairs learned early, keyed by ``tx_id``), written in the trainer's transactions."""
+    return f"{settings.app_id}-trainer-labels"
 
 
 def learning_audit_topic(settings: Settings) -> str:
@@ -182,6 +191,17 @@ def internal_topic_specs(settings: Settings) -> list[TopicSpec]:
             trainer_state_topic(settings),
             1,
             {"cleanup.policy": "compact", "segment.ms": "600000", "max.message.bytes": str(2**20 + 1024)},
+            "",
+        ),  # fmt: skip
+        TopicSpec(
+            trainer_labels_topic(settings),
+            1,
+            {
+                "cleanup.policy": "compact",
+                "segment.bytes": str(64 * 2**20),
+                "segment.ms": "600000",
+                "min.cleanable.dirty.ratio": "0.2",
+            },
             "",
         ),  # fmt: skip
     ]

@@ -7,8 +7,9 @@ benchmarks use it for the pure cost per transaction. A fraud label counts toward
 it arrives (from its own ``timestamp`` on), whether or not its transaction was scored yet, as in the reference.
 
 Learning goes through the trainer's own core, :class:`app.learning.training.Training`: the same join, the same
-packed features, implicit negatives at ``LABEL_HORIZON_S``, late frauds within ``LATE_LABEL_GRACE_S``, in the order
-the trainer learns them when it keeps up (its clock moved by every prediction, the horizon applied right after).
+early window, implicit negatives at ``LABEL_HORIZON_S``, late frauds within ``LATE_LABEL_GRACE_S``, in the order
+the trainer learns them when it keeps up (its clock moved by every prediction, the tails read right after); the
+tails read an in-memory feature log (:class:`app.learning.training.FeatureLog`) instead of the predictions topic.
 One difference, on purpose: the deployed scorer uses the champion snapshot published every
 ``MODEL_PUBLISH_INTERVAL_S``, while here the live champion scores, so the model is at most that much fresher.
 """
@@ -29,13 +30,13 @@ from app.features.engine import (
 )
 from app.features.halves import customer_side_features
 from app.learning.model import FraudModel
-from app.learning.training import training_for
+from app.learning.training import FeatureLog, training_for
 from app.records import InvalidMessage, Prediction, parse_label, parse_transaction
 from app.settings import Settings
 
 # How often (stream time) labels that never met a prediction are dropped after FEATURES_TTL_S. The trainer does it at
 # every publish (MODEL_PUBLISH_INTERVAL_S of wall time); a label's fate changes only if its prediction comes between
-# the TTL and the TTL plus this, and scanning the waiting halves every 30 s of a simulated half year costs hours.
+# the TTL and the TTL plus this, and scanning the label store every 30 s of a simulated half year costs hours.
 SWEEP_EVERY_S = 86400.0
 
 
@@ -50,6 +51,7 @@ def replay_offline(
     """
     model = model if model is not None else FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
     training = training_for(settings, model)
+    feature_log = FeatureLog()
     customers: dict[str, CustomerState] = {}
     terminals: dict[str, TerminalState] = {}
     frauds_known_s: dict[str, float] = {}  # fraud tx_id -> when it became known, recorded as labels arrive
@@ -80,9 +82,11 @@ def replay_offline(
             )
             # The prediction is the trainer's input (the feature log): its features, event time and served score.
             training.on_prediction(tx.tx_id, x, tx.event_time_s, prediction.fraud_probability)
-            training.advance()
+            feature_log.append(tx.tx_id, x, tx.event_time_s, prediction.fraud_probability)
+            feature_log.advance(training)
             if training.stream_time_s >= next_sweep_s:
-                training.sweep_labels()
+                training.labels.commit(None)  # the store's changes: no changelog here
+                training.sweep_labels(limit=2**62)  # the whole store
                 next_sweep_s = training.stream_time_s + SWEEP_EVERY_S
             yield prediction
         else:

@@ -2,39 +2,55 @@
 
 The predictions topic is the feature log: each prediction carries the features as scored and the probability the
 serving version gave. A pair (features, label) is learned by the champion line and, in shadow, by the challenger;
-the challenger also scores each transaction when its prediction arrives - before its label exists - so both
-models' rolling quality is measured on the same transactions, and no prediction is ever changed by it.
+the challenger scores each transaction just before the pair is learned (still prequential: predict, then learn),
+so both models' rolling quality is measured on the same transactions, and no prediction is ever changed by it.
 
-Real chargeback feeds report frauds only: a scored transaction whose label has not come ``horizon_s`` of event
-time after it is learned as legitimate (an implicit negative). Its features are kept ``grace_s`` longer, so a fraud
-label that arrives late is still learned (and counted). An explicit ``is_fraud: false`` label is learned as usual.
+The feature log is read three times, each reader with its own positions in the published state, so the state does
+not grow with volume times delay:
 
-The horizon follows both inputs, not the predictions alone: an implicit negative is learned only once the labels
-input has been read past the transaction's horizon too (:func:`labels_watermark`). Read after a restart, the
-predictions run ahead of the labels; judged by the predictions' clock alone, a fraud whose label was already on
-Kafka but not read yet was learned as legitimate first.
+- the **head** reads predictions as they come (their event time is the trainer's clock) and the labels. It keeps the
+  features of the most recent ``early_window`` predictions: a label whose prediction is there, or a label that came
+  before its prediction, is learned at once (a new pattern's first frauds teach the model in seconds), and a
+  "learned" marker in the label store tells the tails to skip it. Any other label waits in the label store
+  (:mod:`app.learning.label_store`, tx_id -> class, a store with a changelog, not memory).
+- the **tail** reads each prediction again once its event time is ``horizon_s`` behind the clock: a label waiting
+  for it is learned as its class; none is learned as legitimate (an implicit negative: real chargeback feeds report
+  frauds only).
+- the **grace tail** reads it ``grace_s`` later still: a fraud label that came after the tail passed it is learned
+  then (a late fraud, counted); a legitimate one confirms what the tail learned.
 
-Everything here, models included, is one picklable object: the trainer publishes it with the input positions in
-the same Kafka transaction, so a new owner resumes exactly where the snapshot was taken.
+The horizon follows both inputs, not the predictions alone: the tail reads a prediction only once the labels input
+has been read past its horizon too (:func:`labels_watermark`). Read after a restart, the predictions run ahead of
+the labels; judged by the predictions' clock alone, a fraud whose label was already on Kafka but not read yet was
+learned as legitimate first.
+
+The models, counts, quality windows and every reader's positions are one small picklable object: the trainer
+publishes it with the label store's changes in the same Kafka transaction, so a new owner resumes exactly where the
+snapshot was taken. The head's window of recent features is not published: a new owner fills it again from the feature
+log (the predictions its head read that its tail has not).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from app.features.spec import FEATURE_SET_VERSION, UNVERSIONED_FEATURE_SET, FeatureSetMismatch, pack, unpack
+from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LEGIT, WAITING, LabelStore
 from app.learning.model import FraudModel
 from app.learning.quality import average_precision, roc_auc
 from app.settings import Settings
 
-__all__ = ["FeatureSetMismatch", "RollingQuality", "Training", "labels_watermark", "pack", "unpack"]
+__all__ = ["FeatureLog", "FeatureSetMismatch", "RollingQuality", "Training", "labels_watermark", "pack", "unpack"]
+
+log = logging.getLogger(__name__)
 
 
 class RollingQuality:
@@ -71,11 +87,13 @@ class RollingQuality:
 AUDIT_HOW = {"learned": "explicit", "implicit_negative": "implicit", "late_fraud": "late"}
 # The outcome counts a version's header carries (cumulative over the line's history, as labels_seen is).
 LEARNED_OUTCOMES = tuple(AUDIT_HOW)
+# Not published: the head's window (filled again from the feature log), the label store (its changelog), the audit.
+_NOT_PUBLISHED = ("labels", "recent", "audit", "converted")
 
 
 @dataclass
 class Training:
-    """Waiting halves, both models, their rolling quality and the input positions covered."""
+    """Both models, their rolling quality, the readers' positions, the head's window and the label store."""
 
     champion: FraudModel
     challenger: FraudModel | None
@@ -84,16 +102,19 @@ class Training:
     ttl_s: float
     quality_window: int = 5000
     threshold: float = 0.5
-    # tx_id -> ("x", packed features, event time, served probability, shadow probability)
-    #        | ("n", packed features, event time, served, shadow): learned as an implicit negative, kept for late frauds
-    #        | ("y", is_fraud, when known): a label that came before its prediction
-    waiting: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    by_time: deque[tuple[float, str]] = field(default_factory=deque)  # scored halves in arrival order
-    negatives: deque[tuple[float, str]] = field(default_factory=deque)  # implicit negatives kept for late frauds
-    positions: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> next offset covered
-    stream_time_s: float = float("-inf")  # newest event time of a scored transaction seen
+    early_window: int = 100_000  # recent predictions' features the head keeps for labels that come early
+    labels: LabelStore = field(default_factory=LabelStore.in_memory)
+    # tx_id -> (packed features, served probability): the head's most recent predictions, oldest first
+    recent: OrderedDict[str, tuple[bytes, float]] = field(default_factory=OrderedDict)
+    positions: dict[str, int] = field(default_factory=dict)  # the head's: "topic/partition" -> next offset covered
+    tail_positions: dict[str, int] = field(default_factory=dict)  # the tail's, in the predictions
+    grace_positions: dict[str, int] = field(default_factory=dict)  # the grace tail's, in the predictions
+    stream_time_s: float = float("-inf")  # newest event time of a scored transaction the head read
     # "topic/partition" of the labels input -> the newest label time read there (the labels' own clock)
     label_times_s: dict[str, float] = field(default_factory=dict)
+    labels_kept: int = 0  # entries in the label store (labels waiting and learned markers)
+    labels_line: str = ""  # the key prefix of this line's entries in the label store (a new line: a new prefix)
+    sweep_from: bytes = b""  # the key the next expiry slice of the label store starts at
     counts: Counter[str] = field(default_factory=Counter)
     sequence: int = 0  # versions published so far (the next is v<sequence + 1>)
     champion_version: str | None = None
@@ -101,19 +122,21 @@ class Training:
     learned_since_publish: int = 0
     adopted: set[str] = field(default_factory=set)  # warm starts the champion line was reset to
     labels_since_comparison: int = 0
-    # The feature set the waiting halves are packed in and the models learned (app.features.spec): a state of
-    # another one is refused on restore, and predictions of another one are counted, not learned.
+    # The feature set the models learned (app.features.spec): a state of another one is refused on restore, and
+    # predictions of another one are counted, not learned.
     feature_set: str = FEATURE_SET_VERSION
     # (tx_id, class learned, how) of every pair learned since the trainer last published, for its audit topic; None
     # (the default, and offline): not kept. Never part of the published state: a new owner re-learns, and re-records,
     # what came after it.
     audit: list[tuple[str, bool, str]] | None = None
+    # Restored from a state of the format before the tails (its waiting halves dropped): the tails start at the head.
+    converted: bool = False
 
     def __post_init__(self) -> None:
         self.quality = {"champion": RollingQuality(self.quality_window, self.threshold),
                         "challenger": RollingQuality(self.quality_window, self.threshold)}  # fmt: skip
 
-    # ---- inputs ------------------------------------------------------------------------------------------------
+    # ---- the head ----------------------------------------------------------------------------------------------
 
     def on_prediction(
         self,
@@ -122,94 +145,148 @@ class Training:
         event_time_s: float,
         probability: float,
         feature_set: str | None = FEATURE_SET_VERSION,
+        *,
+        again: bool = False,
     ) -> None:
-        """A scored transaction's features; one scored with another feature set (``feature_set``: the prediction's;
-        None, from a release before versions, reads as :data:`UNVERSIONED_FEATURE_SET`) is counted and not learned,
-        so features laid out by another declaration are never learned as this one's."""
+        """The head reads a scored transaction's features; one scored with another feature set (``feature_set``: the
+        prediction's; None, from a release before versions, reads as :data:`UNVERSIONED_FEATURE_SET`) is counted
+        and not learned, so features laid out by another declaration are never learned as this one's.
+
+        ``again``: read again to fill the window after a restart (the head had read it before): nothing counted."""
         if (feature_set or UNVERSIONED_FEATURE_SET) != self.feature_set:
-            self.counts["other_feature_set"] += 1
+            if not again:
+                self.counts["other_feature_set"] += 1
             return
-        x = pack(features)
-        shadow = self.challenger.predict_proba_one(features) if self.challenger is not None else -1.0
-        self.stream_time_s = max(self.stream_time_s, event_time_s)
-        other = self.waiting.get(tx_id)
-        if other is not None and other[0] == "y":
-            del self.waiting[tx_id]
-            self._learn(tx_id, x, bool(other[1]), probability, shadow, "learned")
+        if event_time_s > self.stream_time_s:
+            self.stream_time_s = event_time_s
+        stored = self.labels.get(tx_id)
+        if stored is not None:
+            kind, known_s = stored
+            if kind in WAITING:  # its label came first: learned now
+                self._learn(tx_id, features, kind == FRAUD, probability, "learned")
+                self.labels.put(tx_id, LEARNED_FRAUD if kind == FRAUD else LEARNED_LEGIT, known_s)
+            return  # a marker: learned already
+        recent = self.recent
+        if tx_id in recent:
+            if not again:
+                self.counts["duplicate_prediction"] += 1
             return
-        if other is not None:
-            self.counts["duplicate_prediction"] += 1
-            return
-        self.waiting[tx_id] = ("x", x, event_time_s, probability, shadow)
-        self.by_time.append((event_time_s, tx_id))
+        recent[tx_id] = (pack(features), probability)
+        if len(recent) > self.early_window:
+            recent.popitem(last=False)
 
     def on_label(self, tx_id: str, is_fraud: bool, known_s: float, source: str = "") -> None:
         """A label known at ``known_s``, read from ``source`` (the labels input's "topic/partition"), whose clock it
-        moves on."""
+        moves on: learned now if its prediction is in the head's window, else kept for the tails."""
         self.counts["received"] += 1
         if known_s > self.label_times_s.get(source, -math.inf):
             self.label_times_s[source] = known_s
-        other = self.waiting.get(tx_id)
-        if other is None or other[0] == "y":
-            self.waiting[tx_id] = ("y", is_fraud, known_s)  # before its prediction (a re-sent label replaces it)
+        stored = self.labels.get(tx_id)
+        if stored is not None and stored[0] not in WAITING:
+            self.counts["duplicate_label"] += 1  # its pair was learned already
             return
-        if other[0] == "x":
-            del self.waiting[tx_id]
-            self._learn(tx_id, other[1], is_fraud, other[3], other[4], "learned")
-        elif is_fraud:  # "n": learned as legitimate at the horizon, a chargeback came after all
-            del self.waiting[tx_id]
-            self._learn(tx_id, other[1], True, other[3], other[4], "late_fraud")
+        half = self.recent.pop(tx_id, None)
+        if half is not None:
+            self._learn(tx_id, unpack(half[0]), is_fraud, half[1], "learned")
+            kind = LEARNED_FRAUD if is_fraud else LEARNED_LEGIT
         else:
-            del self.waiting[tx_id]
-            self.counts["confirmed_negative"] += 1  # already learned as legitimate at the horizon
+            kind = FRAUD if is_fraud else LEGIT  # waits for its prediction or the tail (a re-sent label replaces it)
+        if stored is None:
+            self.labels_kept += 1
+        self.labels.put(tx_id, kind, known_s)
 
-    def advance(self, limit: int | None = None, labels_through_s: float = math.inf) -> int:
-        """Learn as legitimate what passed the horizon without a label (at most ``limit`` of them: call again while
-        it returns ``limit``); drop what passed horizon + grace. Returns the implicit negatives learned.
+    # ---- the tails ---------------------------------------------------------------------------------------------
 
-        The horizon is judged at the earlier of the predictions' stream time and ``labels_through_s``, the time
-        the labels input is known to have been read through (:func:`labels_watermark`; infinite when labels need
-        not be waited for, as in a replay that reads both inputs in time order)."""
-        learned = 0
-        horizon = min(self.stream_time_s, labels_through_s) - self.horizon_s
-        forget = horizon - self.grace_s
-        by_time, negatives, waiting = self.by_time, self.negatives, self.waiting
-        while by_time and by_time[0][0] < horizon and (limit is None or learned < limit):
-            t, tx_id = by_time.popleft()
-            half = waiting.get(tx_id)
-            if half is not None and half[0] == "x":
-                waiting[tx_id] = ("n", *half[1:])
-                self._learn(tx_id, half[1], False, half[3], half[4], "implicit_negative")
-                negatives.append((t, tx_id))
-                learned += 1
-        while negatives and negatives[0][0] < forget:
-            _, tx_id = negatives.popleft()
-            half = waiting.get(tx_id)
-            if half is not None and half[0] == "n":
-                del waiting[tx_id]
-        return learned
+    def horizon_at(self, labels_through_s: float = math.inf) -> float:
+        """The event time before which the tail reads a prediction: the horizon, judged at the earlier of the head's
+        clock and ``labels_through_s``, the time the labels input is known to have been read through
+        (:func:`labels_watermark`; infinite when labels need not be waited for, as in a replay that reads both inputs
+        in time order). The grace tail reads ``grace_s`` behind it."""
+        return min(self.stream_time_s, labels_through_s) - self.horizon_s
 
-    def sweep_labels(self) -> int:
-        """Labels waiting for a prediction longer than the TTL (in stream time) are dropped; returns how many."""
-        horizon = self.stream_time_s - self.ttl_s
-        old = [tx_id for tx_id, half in self.waiting.items() if half[0] == "y" and half[2] < horizon]
-        for tx_id in old:
-            del self.waiting[tx_id]
-        self.counts["expired"] += len(old)
-        return len(old)
+    def at_horizon(
+        self,
+        tx_id: str,
+        features: dict[str, float],
+        probability: float,
+        feature_set: str | None = FEATURE_SET_VERSION,
+    ) -> None:
+        """The tail reads a prediction whose horizon passed: its waiting label is learned as its class, a learned
+        marker skips it, and without either it is learned as legitimate (an implicit negative)."""
+        if (feature_set or UNVERSIONED_FEATURE_SET) != self.feature_set:
+            return  # counted by the head
+        self.recent.pop(tx_id, None)  # a label from now on is late: for the grace tail
+        stored = self.labels.get(tx_id)
+        if stored is None:
+            self._learn(tx_id, features, False, probability, "implicit_negative")
+            return
+        kind, known_s = stored
+        if kind == LEGIT:
+            self._learn(tx_id, features, False, probability, "learned")
+            self._forget(tx_id)
+        elif kind == FRAUD:
+            self._learn(tx_id, features, True, probability, "learned")
+            self.labels.put(tx_id, LEARNED_FRAUD, known_s)  # the grace tail forgets it; a re-sent label is not learned
+        elif kind == LEARNED_LEGIT:
+            self._forget(tx_id)
+        # LEARNED_FRAUD: kept until the grace tail, so the fraud label sent again is not learned as a late fraud
+
+    def after_grace(
+        self,
+        tx_id: str,
+        features: dict[str, float],
+        probability: float,
+        feature_set: str | None = FEATURE_SET_VERSION,
+    ) -> None:
+        """The grace tail reads a prediction ``grace_s`` after its horizon: a fraud label stored after the tail passed
+        it is learned now (a late fraud), a legitimate one confirms the tail's implicit negative; either is forgotten,
+        as is a learned marker."""
+        if (feature_set or UNVERSIONED_FEATURE_SET) != self.feature_set:
+            return
+        stored = self.labels.get(tx_id)
+        if stored is None:
+            return
+        if stored[0] == FRAUD:
+            self._learn(tx_id, features, True, probability, "late_fraud")
+        elif stored[0] == LEGIT:
+            self.counts["confirmed_negative"] += 1  # learned as legitimate at the horizon already
+        self._forget(tx_id)
+
+    def _forget(self, tx_id: str) -> None:
+        self.labels.delete(tx_id)
+        self.labels_kept -= 1
+
+    def sweep_labels(self, limit: int = 10_000, labels_through_s: float = math.inf) -> int:
+        """Labels waiting ``ttl_s`` past the grace tail's time (``labels_through_s`` as in :meth:`horizon_at`) are
+        dropped (their prediction never came, or came before the trainer's line started), and a former line's
+        entries, up to ``limit`` entries looked at per call, from where the last call stopped; returns how many
+        labels expired."""
+        before_s = self.horizon_at(labels_through_s) - self.grace_s - self.ttl_s
+        if not math.isfinite(before_s):
+            return 0
+        entries, self.sweep_from = self.labels.scan(self.sweep_from, limit)
+        dropped = 0
+        for key, kind, known_s in entries:
+            tx_id = self.labels.tx_id_of(key)
+            if tx_id is None:
+                self.labels.delete_key(key)  # a former line's: never read again
+            elif known_s < before_s:
+                self._forget(tx_id)
+                if kind in WAITING:
+                    dropped += 1
+        self.counts["expired"] += dropped
+        return dropped
 
     # ---- learning ----------------------------------------------------------------------------------------------
 
-    def _learn(self, tx_id: str, x: bytes, y: bool, served: float, shadow: float, outcome: str) -> None:
+    def _learn(self, tx_id: str, features: dict[str, float], y: bool, served: float, outcome: str) -> None:
         if self.audit is not None:
             self.audit.append((tx_id, y, AUDIT_HOW[outcome]))
-        features = unpack(x)
         self.champion.learn_one(features, y)
         self.quality["champion"].add(served, y)
         if self.challenger is not None:
+            self.quality["challenger"].add(self.challenger.predict_proba_one(features), y)
             self.challenger.learn_one(features, y)
-            if shadow >= 0.0:
-                self.quality["challenger"].add(shadow, y)
         self.counts[outcome] += 1
         self.learned_since_publish += 1
         self.labels_since_comparison += 1
@@ -235,40 +312,66 @@ class Training:
         self.champion_version, self.challenger_version = self.challenger_version, self.champion_version
         self.quality["champion"], self.quality["challenger"] = self.quality["challenger"], self.quality["champion"]
 
-    # ---- the published state, in slices ------------------------------------------------------------------------
+    # ---- the published state -----------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
-        """Everything but the waiting halves (see :meth:`state_parts`: they go in slices)."""
-        state = dict(self.__dict__)
-        for name in ("waiting", "by_time", "negatives"):
-            state[name] = type(state[name])()
-        state["audit"] = None
-        return state
+        """Everything but the head's window, the label store and the audit: its size does not grow with what
+        waits."""
+        return {name: value for name, value in self.__dict__.items() if name not in _NOT_PUBLISHED}
 
-    def state_parts(self, slice_size: int = 200) -> Iterator[bytes]:
-        """The state as pickles: the models and figures first, then the waiting halves ``slice_size`` at a time, so a
-        caller can let its event loop run between slices (a week of waiting halves pickles in hundreds of ms)."""
-        yield pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-        items = list(self.waiting.items())
-        for i in range(0, len(items), slice_size):
-            yield pickle.dumps(items[i : i + slice_size], protocol=pickle.HIGHEST_PROTOCOL)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A state of this format, or of the one before the tails (its waiting halves are left out: see
+        :meth:`from_parts`)."""
+        old = "waiting" in state
+        for name in ("waiting", "by_time", "negatives"):
+            state.pop(name, None)
+        self.__dict__.update(state)
+        defaults: dict[str, Any] = {"early_window": 100_000, "tail_positions": {}, "grace_positions": {},
+                                    "label_times_s": {}, "labels_kept": 0, "sweep_from": b"",
+                                    "labels_line": ""}  # fmt: skip
+        for name, value in defaults.items():
+            self.__dict__.setdefault(name, value)
+        self.labels = LabelStore.in_memory()
+        self.recent = OrderedDict()
+        self.audit = None
+        self.converted = old
+
+    def state_parts(self) -> list[bytes]:
+        """The state as pickles (one: the models and figures; a list, for the format the trainer signs)."""
+        return [pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)]
 
     @classmethod
-    def from_parts(cls, parts: Sequence[bytes], feature_set: str = FEATURE_SET_VERSION) -> Training:
-        """The state :meth:`state_parts` gave; :class:`FeatureSetMismatch` when it was made for another feature set
-        than ``feature_set`` (its models and waiting halves would be read in the wrong layout)."""
+    def from_parts(
+        cls, parts: Sequence[bytes], feature_set: str = FEATURE_SET_VERSION, labels: LabelStore | None = None
+    ) -> Training:
+        """The state :meth:`state_parts` gave, over ``labels`` (the label store as its changelog left it);
+        :class:`FeatureSetMismatch` when it was made for another feature set than ``feature_set`` (its models would
+        be read in the wrong layout).
+
+        A state of the format before the tails (every waiting prediction's features in it, in slices after the
+        first part) is read once and converted: models, counts, versions and the head's positions are kept, the
+        labels that waited for their prediction go to the label store, and the predictions that waited for their
+        label are dropped (the tails start where the head stands: those pairs are not learned)."""
         training: Training = pickle.loads(parts[0])  # noqa: S301 - the caller verified the signature
         found = training.__dict__.get("feature_set", UNVERSIONED_FEATURE_SET)  # absent from older states
-        training.__dict__.setdefault("label_times_s", {})  # absent from states before the labels' clock
-        training.audit = None
         if found != feature_set:
             raise FeatureSetMismatch("the trainer state", found, feature_set)
         training.feature_set = found
-        for part in parts[1:]:
-            training.waiting.update(pickle.loads(part))  # noqa: S301
-        scored = sorted((half[2], tx_id) for tx_id, half in training.waiting.items() if half[0] == "x")
-        negatives = sorted((half[2], tx_id) for tx_id, half in training.waiting.items() if half[0] == "n")
-        training.by_time, training.negatives = deque(scored), deque(negatives)
+        if labels is not None:
+            training.labels = labels
+            labels.line = training.labels_line
+        if training.converted:
+            dropped = 0
+            for part in parts[1:]:
+                for tx_id, half in pickle.loads(part):  # noqa: S301
+                    if half[0] == "y":
+                        if training.labels.get(tx_id) is None:
+                            training.labels_kept += 1
+                        training.labels.put(tx_id, FRAUD if half[1] else LEGIT, float(half[2]))
+                    else:
+                        dropped += 1
+            log.warning("trainer state of the format before the tails: converted (%d labels kept for the tails, %d "
+                        "waiting predictions dropped: not learned)", training.labels_kept, dropped)  # fmt: skip
         return training
 
     def next_version(self) -> str:
@@ -276,19 +379,51 @@ class Training:
         return f"v{self.sequence}"
 
     def pending(self) -> int:
-        return len(self.waiting)
+        """Predictions in the head's window and entries in the label store."""
+        return len(self.recent) + self.labels_kept
+
+
+class FeatureLog:
+    """The predictions topic in memory, read by the tail and the grace tail as the trainer reads it on Kafka (in
+    order, each stopping at the first prediction not due): the offline replay's and the tests' stand-in. It holds
+    ``horizon_s + grace_s`` of predictions, which a replay can afford and the trainer does not keep."""
+
+    def __init__(self) -> None:
+        self.tail: deque[tuple[str, dict[str, float], float, float, str | None]] = deque()
+        self.grace: deque[tuple[str, dict[str, float], float, float, str | None]] = deque()
+
+    def append(self, tx_id: str, features: dict[str, float], event_time_s: float, probability: float,
+               feature_set: str | None = FEATURE_SET_VERSION) -> None:  # fmt: skip
+        self.tail.append((tx_id, features, event_time_s, probability, feature_set))
+
+    def advance(self, training: Training, labels_through_s: float = math.inf) -> int:
+        """Let both tails read what is due; returns the predictions the tail read."""
+        horizon = training.horizon_at(labels_through_s)
+        read = 0
+        tail, grace = self.tail, self.grace
+        while tail and tail[0][2] < horizon:
+            tx_id, features, _, probability, feature_set = entry = tail.popleft()
+            training.at_horizon(tx_id, features, probability, feature_set)
+            grace.append(entry)
+            read += 1
+        horizon -= training.grace_s
+        while grace and grace[0][2] < horizon:
+            tx_id, features, _, probability, feature_set = grace.popleft()
+            training.after_grace(tx_id, features, probability, feature_set)
+        return read
 
 
 def labels_watermark(progress: Iterable[tuple[int, int | None, float]]) -> float:
     """The time the labels input is known to have been read through, from each of its partitions' ``(position,
-    stable end, newest label time read)``: a partition read to its stable end (the last fetch's last stable offset)
-    holds nothing more to wait for; one with records left is through its newest label time read (labels come
-    roughly in time order; one that comes out of order is a late label, learned as such). Infinite with no
-    partition behind; the newest label time read when a partition's end is not known yet (no fetch answered).
+    stable end, newest label time read)``: a partition read to its stable end (its last stable offset, asked after
+    the predictions were read) holds nothing more to wait for; one with records left is through its newest label
+    time read (labels come roughly in time order; one that comes out of order is a late label, learned as such).
+    Infinite with no partition behind; the newest label time read when a partition's end is not known (the broker
+    did not say).
 
     >>> labels_watermark([(10, 10, 50.0), (4, 9, 70.0)]), labels_watermark([(10, 10, 50.0)]), labels_watermark([])
     (70.0, inf, inf)
-    >>> labels_watermark([(0, None, -math.inf)])  # not fetched yet: nothing can be judged
+    >>> labels_watermark([(0, None, -math.inf)])  # end not known, nothing read: nothing can be judged
     -inf
     """
     through = math.inf
@@ -308,4 +443,5 @@ def training_for(settings: Settings, model: FraudModel) -> Training:
         ttl_s=settings.features_ttl_s,
         quality_window=settings.quality_window_labels,
         threshold=settings.decision_threshold,
+        early_window=settings.early_label_window,
     )

@@ -2,8 +2,9 @@
 
 The decisions loop keeps its input position in its changelog and commits the group's offsets once a second
 for monitoring only, so its lag here may run up to a second (one commit) behind the truth. The trainer reads
-without a consumer group: its positions are those of its last published state (``<APP_ID>-trainer-state``), so its
-lag includes what it read since (up to ``MODEL_PUBLISH_INTERVAL_S``).
+without a consumer group: its positions are those of its head (the reader of new predictions and labels) in its last
+published state (``<APP_ID>-trainer-state``), so its lag includes what it read since (up to
+``MODEL_PUBLISH_INTERVAL_S``); its tails, which read the predictions a horizon late, are in the same record.
 """
 
 from __future__ import annotations
