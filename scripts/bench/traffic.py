@@ -58,7 +58,10 @@ def traffic(
 async def create_topics(bootstrap: str, names: list[str], partitions: int, timeout_s: float = 30.0) -> None:
     """Create the topics and wait until every partition answers an offset lookup (a reader started before that
     logs NotLeaderForPartition)."""
-    await create_kafka_topics(Connection(bootstrap), [TopicSpec(name, partitions) for name in names])
+    # Kept forever (the broker's run ends with the benchmark): the worker's trainer refuses a feature log kept
+    # shorter than its label horizon, and the broker's default is 7 days.
+    await create_kafka_topics(Connection(bootstrap), [TopicSpec(name, partitions, {"retention.ms": "-1"})
+                                                      for name in names])  # fmt: skip
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")
