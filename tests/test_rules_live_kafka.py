@@ -10,6 +10,8 @@ import logging
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +22,7 @@ from app.kafka.clients import consume, produce
 from app.serialization import dumps, loads
 from app.serving.routing import PartitionOwners, partition_for_key
 from tests.conftest import REPO_ROOT, WorkerProcess
+from tests.openapi import assert_request_valid, assert_response_valid
 from tests.test_features_kafka import same_deployment
 
 pytestmark = pytest.mark.kafka
@@ -83,6 +86,19 @@ def predictions(bootstrap: str, worker: WorkerProcess, until: Callable[[dict[str
     return {p["tx_id"]: p for p in (loads(r.value or b"") for r in records)}
 
 
+def post_rule(worker: WorkerProcess, rule: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """``POST /rules``; the request and the answer checked against ``topics/openapi.json``."""
+    assert_request_valid("/rules", "post", rule)
+    request = urllib.request.Request(worker.web_url + "/rules", data=dumps(rule), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = int(response.status), loads(response.read())
+    except urllib.error.HTTPError as exc:
+        status, body = int(exc.code), loads(exc.read())
+    assert_response_valid("/rules", "post", status, body)
+    return status, body
+
+
 def owners(worker: WorkerProcess) -> dict[int, str]:
     """Input partition -> the web URL of the worker that holds it."""
 
@@ -134,10 +150,15 @@ def test_a_rule_added_in_traffic_changes_both_workers_decisions_within_5_s_and_p
         held = owners(first)
         assert {url_of.get(url) for url in held.values()} == {"a", "b"}, held  # one partition each
 
-        # a shadow rule first: recorded in shadow_rules, deciding nothing
-        shadow_version = added_version(rules_cli(first, "add", "--id", "try-mid", "--expression", "amount >= 50",
-                                                 "--action", "block", "--state", "shadow"))  # fmt: skip
-        # a malformed rule: refused, nothing published, the version in force unchanged
+        # a shadow rule first, over HTTP: recorded in shadow_rules, deciding nothing
+        shadow = {"id": "try-mid", "expression": "amount >= 50", "action": "block", "state": "shadow", "reason": "t"}
+        status, body = post_rule(second, shadow)
+        assert status == 200 and body["change"] == "added" and body["by"].startswith("http:"), body
+        shadow_version = body["version"]
+        # malformed rules: refused, nothing published, the version in force unchanged
+        status, body = post_rule(second, {"id": "broken", "expression": "amount >", "action": "block"})
+        assert (status, body["error"], body["field"], body["line"], body["column"]) == (
+            400, "rule_refused", "expression", 1, 9)  # fmt: skip
         refused = rules_cli(first, "add", "--id", "broken", "--expression", "amount >", "--action", "block")
         assert refused.returncode == 1 and "rule 'broken': expression line 1, column 9" in refused.stderr
         unknown = rules_cli(first, "add", "--id", "typo", "--expression", "amout > 1", "--action", "block")
@@ -182,8 +203,11 @@ def test_a_rule_added_in_traffic_changes_both_workers_decisions_within_5_s_and_p
         )
         assert lag_s < PROPAGATION_LIMIT_S, f"worker {url_of[held[partition]]} changed after {lag_s:.2f} s"
 
-    # both workers counted the rule's matches and show it on their page
+    # both workers counted the rule's matches, show it on their page and answer it on GET /rules
     for worker in (first, second):
+        in_force = loads(worker.http_get("/rules"))
+        assert_response_valid("/rules", "get", 200, in_force)
+        assert in_force["version"] == version and {r["id"] for r in in_force["rules"]} == {"big", "try-mid"}
         status = loads(worker.http_get("/status.json"))
         rows = {r["id"]: r for r in status["rules"]["rules"]}
         assert status["rules"]["version"] == version and set(rows) == {"big", "try-mid"}
