@@ -71,6 +71,7 @@ def test_a_rule_that_does_not_compile_here_is_left_out_and_named_and_the_others_
     f._serve()
     assert [r.id for r in handed[-1].rule_set.rules] == ["big"]
     assert [rule_id for rule_id, _ in f.refused] == ["vip"] and "unknown list" in f.refused[0][1]
+    assert len(f.issues()) == 1 and f.issues()[0].startswith("rule vip not applied: ")
 
 
 def test_the_decision_loop_starts_only_once_the_rule_set_is_read() -> None:

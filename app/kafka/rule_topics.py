@@ -195,6 +195,11 @@ class RulesFollower:
                  rule_set.version, rule_set.digest, sum(r.state == "active" for r in rule_set.rules),
                  sum(r.state == "shadow" for r in rule_set.rules), self.log.lists_version, previous)  # fmt: skip
 
+    def issues(self) -> list[str]:
+        """For the health events (they degrade a healthy worker): rules on the topic this worker does not apply,
+        so it decides otherwise than the analysts meant (a list deleted, a feature this feature set lacks)."""
+        return [f"rule {rule_id} not applied: {reason}" for rule_id, reason in self.refused[:5]]
+
     def rules_view(self) -> dict[str, Any]:
         """The rule set in force (handed to the scorer last), for ``GET /rules``."""
         rule_set = self.live.rule_set
