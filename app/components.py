@@ -1,10 +1,10 @@
 """The composition root: every component of a worker, built from :class:`Settings` in one function, no Faust.
 
-:func:`build` makes the terminal feed, the model follower, the decision loop and its scorer, the trainer child (the
-trainer runs in a process of its own, :mod:`app.learning.child`), the synchronous serving and the health window, and
-wires them together; :class:`Components` starts and stops their loops. :mod:`app.worker` hands the built components
-to a Faust app (web server, pages, the health timer); tests build them without it. Nothing here runs at import: no
-module-level singletons, no import for its side effects.
+:func:`build` makes the terminal feed, the model follower, the rules follower, the decision loop and its scorer,
+the trainer child (the trainer runs in a process of its own, :mod:`app.learning.child`), the synchronous serving and
+the health window, and wires them together; :class:`Components` starts and stops their loops. :mod:`app.worker`
+hands the built components to a Faust app (web server, pages, the health timer); tests build them without it.
+Nothing here runs at import: no module-level singletons, no import for its side effects.
 
 >>> from app.settings import Settings
 >>> components = build(Settings(worker_id="w1"))
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from app import metrics
 from app.decisions.scorer import Scorer
 from app.features.spec import FEATURES
+from app.kafka.rule_topics import RulesFollower
 from app.kafka.security import client_security_options
 from app.kafka.topics import changelog_topic, terminal_checkpoint_topic, terminal_topic
 from app.kafka.transactional import TransactionalLoop
@@ -32,6 +33,7 @@ from app.learning.model import FraudModel
 from app.logs import quiet_kafka_client
 from app.monitoring.drift import DriftMonitor
 from app.monitoring.health import HealthWindow
+from app.rules.ruleset import LiveRules
 from app.serving.grpc_api import GrpcServer
 from app.serving.routing import PartitionOwners, client_id_with_url
 from app.serving.service import Serving
@@ -63,13 +65,16 @@ class Components:
     follower: ModelFollower
     trainer: TrainerChild  # the trainer process this worker starts (TRAINER_ENABLED), never on this event loop
     serving: Serving
+    rules: RulesFollower
     drift: DriftMonitor | None = None  # the scores' and features' drift against the first window (DRIFT_*)
     _loops: list[asyncio.Future[None]] = field(default_factory=list)
     _grpc: GrpcServer | None = None
 
     def is_ready(self) -> bool:
-        """Consuming: the terminal feed caught up, the model version loaded, partitions assigned and restored."""
-        return self.feed.caught_up.is_set() and self.follower.caught_up.is_set() and self.decisions.ready
+        """Consuming: the terminal feed caught up, the model version and the rule set loaded, partitions assigned
+        and restored."""
+        return (self.feed.caught_up.is_set() and self.follower.caught_up.is_set() and self.rules.caught_up.is_set()
+                and self.decisions.ready)  # fmt: skip
 
     def serve(self, champion: FraudModel) -> None:
         """Swap the scorer's model (between batches: one assignment on the event loop) and say so in /metrics."""
@@ -81,9 +86,17 @@ class Components:
             self.drift.reset_reference()
         self.scorer.model = champion
 
+    def serve_rules(self, rules: LiveRules) -> None:
+        """Swap the scorer's rule set and lists (between batches: one assignment on the event loop); every rule
+        not disabled shows in /metrics from now on, at 0 until it matches (rate() needs the series first)."""
+        for rule in rules.rule_set.rules:
+            if rule.state != "disabled":
+                metrics.RULE_MATCHES.labels(rule.id, rule.state)
+        self.scorer.rules = rules
+
     async def start(self) -> None:
-        """Start the terminal feed, the follower, the decision loop (once both caught up), the trainer's process and
-        gRPC."""
+        """Start the terminal feed, the model and rules followers, the decision loop (once all three caught up), the
+        trainer's process and gRPC."""
         quiet_kafka_client()
         # Modules, classes, functions and the loaded model live as long as the process: out of the collector's
         # reach, a full collection walks only what the loops create (it walked ~150,000 objects: 70-200 ms
@@ -95,6 +108,7 @@ class Components:
         self._loops = [
             asyncio.ensure_future(self.feed.run()),
             asyncio.ensure_future(self.follower.run()),
+            asyncio.ensure_future(self.rules.run()),
             asyncio.ensure_future(self._decide()),
         ]
         if self.settings.trainer_enabled:
@@ -111,6 +125,7 @@ class Components:
     async def _decide(self) -> None:
         await self.feed.caught_up.wait()  # the delayed terminal windows need everything committed before now
         await self.follower.caught_up.wait()  # a restarted worker scores with the version it scored with before
+        await self.rules.caught_up.wait()  # and decides nothing before it has the rule set every worker has
         await self.decisions.run()
 
     async def stop(self) -> None:
@@ -219,6 +234,13 @@ def build(settings: Settings) -> Components:
         on_champion=lambda champion: components.serve(champion),
         client_options=kafka_options,
     )
+    rules = RulesFollower(
+        bootstrap_servers=settings.bootstrap_servers,
+        rules_topic=settings.rules_topic,
+        lists_topic=settings.rule_lists_topic,
+        on_rules=lambda live: components.serve_rules(live),
+        client_options=kafka_options,
+    )
     trainer = TrainerChild(settings)
     owners = PartitionOwners(
         settings.bootstrap_servers,
@@ -227,5 +249,6 @@ def build(settings: Settings) -> Components:
         client_options=kafka_options,
     )
     serving = Serving(settings, scorer, aggregates, decisions, owners, lambda: components.is_ready())
-    components = Components(settings, window, aggregates, feed, scorer, decisions, follower, trainer, serving, drift)
+    components = Components(settings, window, aggregates, feed, scorer, decisions, follower, trainer, serving, rules,
+                            drift)  # fmt: skip
     return components

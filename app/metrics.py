@@ -3,7 +3,8 @@
 The trainer runs in its own process (:mod:`app.learning.process`), which serves only :data:`TRAINER_REGISTRY`; the
 worker's ``/metrics`` serves the default registry followed by its trainer child's families, merged by
 :func:`exposition` (one family per name: ``fraud_dead_letters`` has samples from both). Labels stay
-low-cardinality: outcomes and error codes, never a card, customer, terminal or transaction id.
+low-cardinality: outcomes and error codes, never a card, customer, terminal or transaction id; the one label an
+operator makes is a rule id, bounded by the rule set's cap (:data:`app.rules.ruleset.MAX_RULES`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,20 @@ SCORES = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
 )
 PREDICTED_FRAUD = Counter("fraud_predicted_fraud", "Predictions at or over the decision threshold.")
+DECISIONS = Counter(
+    "fraud_decisions",
+    "Predictions by decision (allow, review, block): the analysts' rules and the model.",
+    ["decision"],
+)
+for _decision in ("allow", "review", "block"):
+    DECISIONS.labels(_decision)
+RULE_MATCHES = Counter(
+    "fraud_rule_matches",
+    "Predictions an analyst's rule matched, by rule id and state (active: deciding, shadow: recorded only). Rule ids "
+    "are made by operators and bounded: at most 200 rules are not disabled in a set (app/rules/ruleset.py "
+    "MAX_RULES); a rule deleted or renamed keeps its series until the worker restarts.",
+    ["rule", "state"],
+)
 LABELS = Counter("fraud_labels", "Labels by what happened to them.", ["outcome"], registry=TRAINER_REGISTRY)
 LABELS_RECEIVED = LABELS.labels("received")
 LABELS_JOINED = LABELS.labels("learned")
@@ -160,6 +175,12 @@ def observe_drift(report: DriftReport) -> None:
     DRIFT_ALERT_RATE.labels("current").set(report.alert_rate)
     DRIFT_ALERT_RATE.labels("reference").set(report.reference_alert_rate)
     DRIFT_DETECTED.set(1 if report.status == "drift" else 0)
+
+
+def count_rule_matches(hits: dict[str, int], states: dict[str, str]) -> None:
+    """One committed batch's matches per rule id; ``states``: each rule's state when the batch was decided."""
+    for rule_id, n in hits.items():
+        RULE_MATCHES.labels(rule_id, states.get(rule_id, "active")).inc(n)
 
 
 def observe_batch(records: int, seconds: float) -> None:

@@ -64,6 +64,10 @@ class Prediction:
     features: dict[str, float]
     latency_ms: float
     scored_at: str
+    decision: str  # allow | review | block: the model and the analysts' rules (app.rules.ruleset.decide)
+    rules: list[str]  # the active rules that matched, the deciding one first among its action
+    shadow_rules: list[str]  # the shadow rules that matched: recorded, never deciding
+    rule_set_version: int  # the rule set decided with: the rules topic's offset past its newest event (0: none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ Faust ceiling on the same broker, in one run.
 
     python scripts/benchmark.py --out results/benchmark.json     # defaults: 50,000 tx; 200 and 1000 tx/s for 60 s
     python scripts/benchmark.py --baseline-ref HEAD~1             # and the previous commit's worker, same run
+    python scripts/benchmark.py --rules 50 --baseline-ref main    # this worker with 50 analysts' rules in force
 
 The three systems (``passthrough``: the raw client; ``passthrough-eos``: the raw client committing each
 partition's batch in a Kafka transaction, exactly once and nothing else; ``worker``) run as their own process
@@ -33,6 +34,7 @@ process (the process under test), systems (one system's run), report; this file 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import subprocess
@@ -52,6 +54,30 @@ from local_processes import free_port  # noqa: E402
 from progress_bars import add_progress_argument, bar  # noqa: E402
 
 from app.serialization import dumps  # noqa: E402
+
+
+async def publish_rules(bootstrap: str, n: int) -> None:
+    """``n`` active rules of scripts/bench_rules.py's mix on the default ``rules`` topic, which the workers of the
+    run read (a baseline from before the rules reads none)."""
+    import random
+    import time
+
+    from bench_rules import rules
+
+    from app.kafka.clients import Connection
+    from app.kafka.rule_topics import publish_rule
+    from app.kafka.topics import create_topics, topic_specs
+    from app.rules.events import rule_event
+    from app.serialization import isoformat_utc
+    from app.settings import load
+
+    settings = load({"KAFKA_BOOTSTRAP_SERVERS": bootstrap})
+    names = (settings.rules_topic, settings.rule_lists_topic)
+    await create_topics(Connection.of(settings), [s for s in topic_specs(settings) if s.name in names],
+                        replication_factor=1)  # fmt: skip
+    for rule in rules(n, random.Random(1)):
+        event = rule_event(rule, "added", by="benchmark", reason="", timestamp=isoformat_utc(time.time()))
+        await publish_rule(settings, event)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", action="store_true",
                         help="the workers' phases also publish one label per transaction (a day later in event time, "
                         "200 transactions behind it): their trainers learn while the decisions are timed")  # fmt: skip
+    parser.add_argument("--rules", type=int, default=0,
+                        help="publish this many analysts' rules (scripts/bench_rules.py's mix) on the broker's "
+                             "default rules topic before the systems run: the worker decides with them")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "benchmark.json")
     add_progress_argument(parser)
     args = parser.parse_args(argv)
@@ -92,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = args.bootstrap_servers or kafka_local.start(
         port=free_port(), controller_port=free_port(), data_dir=work / "kafka", wipe=True
     )
+    if args.rules:
+        asyncio.run(publish_rules(bootstrap, args.rules))
     names: list[tuple[str, Path]] = [(name, REPO_ROOT) for name in SYSTEMS]
     baseline_tree = work / "baseline"
     if args.baseline_ref:

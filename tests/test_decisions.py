@@ -177,3 +177,46 @@ def test_the_idle_sweep_reads_the_store_a_slice_at_a_time_and_goes_on_where_it_s
     assert swept == [["c0", "c1"], ["c2", "c3"], ["c4"]]
     assert handler.partitions[0].customer_ids() == [] and handler.partitions[0].customer_count == 0
     assert handler.idle(TP) is None
+
+
+def test_each_batch_is_decided_by_the_rule_set_in_force_and_the_prediction_names_the_rules_and_version() -> None:
+    from app import metrics
+    from app.rules.ruleset import LiveRules, Rule, RuleSet
+    from tests.contract import assert_valid
+
+    handler = scorer(AmountModel(), REVIEW_COST="4")  # review when 0.01 * amount > 4 (a score of 0.9 blocks)
+    amounts = [20.0, 900.0, 300.0, 30.0]
+    first = handler.process(TP, [record(i, dumps(transaction(i, amount=a))) for i, a in enumerate(amounts)])
+    assert [(p["decision"], p["rules"], p["rule_set_version"]) for p in outcomes(first, handler)["predictions"]] == [
+        ("allow", [], 0), ("block", [], 0), ("allow", [], 0), ("allow", [], 0)]  # fmt: skip
+    first.on_commit()  # type: ignore[misc]
+
+    rule_set = RuleSet.of([
+        Rule("mid", "amount > 250 and amount < 400", "review"),
+        Rule("vip", "customer_id in allowed_customers", "allow"),
+        Rule("tiny", "amount < 25", "review", state="shadow"),
+        Rule("off", "amount > 0", "block", state="disabled"),
+    ], version=7)  # fmt: skip
+    handler.rules = LiveRules(rule_set, {"allowed_customers": frozenset({"c-vip"})}, 3)
+    before = metrics.counts(metrics.RULE_MATCHES)
+    txs = [transaction(10, amount=20.0), transaction(11, amount=900.0), transaction(12, amount=300.0),
+           transaction(13, amount=900.0, customer_id="c-vip"), transaction(14, amount=450.0)]  # fmt: skip
+    batch = handler.process(TP, [record(10 + i, dumps(tx)) for i, tx in enumerate(txs)])
+    predictions = outcomes(batch, handler)["predictions"]
+    for p in predictions:
+        assert_valid("predictions.schema.json", p)
+    assert [
+        (p["decision"], p["is_fraud"], p["rules"], p["shadow_rules"], p["rule_set_version"]) for p in predictions
+    ] == [
+        ("allow", False, [], ["tiny"], 7),
+        ("block", True, [], [], 7),  # the model's threshold
+        ("review", False, ["mid"], [], 7),
+        ("allow", True, ["vip"], [], 7),  # an allow rule over the model's block; is_fraud stays the model's
+        ("review", False, [], [], 7),  # the expected loss: 0.01 * 450 > 4
+    ]
+    assert metrics.counts(metrics.RULE_MATCHES) == before  # nothing counted before the commit
+    batch.on_commit()  # type: ignore[misc]
+    after = metrics.counts(metrics.RULE_MATCHES)
+    assert {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)} == {
+        ("tiny", "shadow"): 1.0, ("mid", "active"): 1.0, ("vip", "active"): 1.0}  # fmt: skip
+    assert handler.rule_hits.counts(handler.now_s()) == {"tiny": 1, "mid": 1, "vip": 1}

@@ -7,6 +7,7 @@ worker serves holds only placeholders, so a page whose script or endpoint is bro
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def test_the_page_shows_status_model_throughput_dead_letter_codes_and_a_high_sco
         time.sleep(0.5)
     assert loads(worker.http_get("/status.json"))["labels_learned"] == len(training), worker.log_tail()
 
+    # an analyst's rule the flagged probe matches: the page lists it with its hit
+    rule = {"id": "night-big", "expression": "is_night == 1 and amount > 800", "action": "review"}
+    request = urllib.request.Request(worker.web_url + "/rules", data=dumps(rule), method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        version = loads(response.read())["version"]
+    in_force_by = time.monotonic() + 10
+    while time.monotonic() < in_force_by and loads(worker.http_get("/rules"))["version"] < version:
+        time.sleep(0.2)
     probes = [(b"c-probe", dumps(_pattern(1, "after"))), (b"c-probe", dumps(_normal(999))), (b"c-bad", b"{not json")]
     produce(kafka_bootstrap, topic, probes)
     scored = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], at_least(len(training) + 2))
@@ -100,6 +109,10 @@ def test_the_page_shows_status_model_throughput_dead_letter_codes_and_a_high_sco
         assert "amount=901" in str(cells[5].get_attribute("textContent"))  # the features as scored (folded)
         shown = [r.get_attribute("data-tx-id") for r in browser.find_elements(By.CSS_SELECTOR, "#high-scores tr")]
         assert shown[0] == "after-1" and "normal-999" not in shown  # newest first; only what crossed the threshold
+        assert flagged["rules"] == ["night-big"] and flagged["rule_set_version"] == version
+        assert text("rule-set-version") == str(version)
+        rule_row = browser.find_elements(By.CSS_SELECTOR, '#rules tr[data-rule="night-big"] td')
+        assert [c.text for c in rule_row] == ["night-big", "review", "active", "0", rule["expression"], "1", "1"]
 
         # the drift section: the score's bins now against the reference, two bars a bin, and the worst features
         report = loads(worker.http_get("/status.json"))["drift"]

@@ -24,6 +24,10 @@ def prediction(i: int, probability: float = 0.9) -> Prediction:
         features={"amount": 901.0, "is_night": 1.0},
         latency_ms=4.2,
         scored_at="2026-11-27T20:00:00.000Z",
+        decision="block",
+        rules=[],
+        shadow_rules=[],
+        rule_set_version=0,
     )
 
 

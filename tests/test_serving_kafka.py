@@ -3,6 +3,8 @@ dead letters' codes, documented by ``topics/openapi.json``, and a customer held 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +23,7 @@ from app.serving.protos import fraud_serving_pb2 as pb
 from app.serving.protos import fraud_serving_pb2_grpc as pb_grpc
 from app.serving.routing import partition_for_key
 from tests.cases import BAD_TRANSACTIONS
-from tests.conftest import WorkerProcess
+from tests.conftest import REPO_ROOT, WorkerProcess
 from tests.contract import assert_valid
 from tests.openapi import assert_request_valid, assert_response_valid
 
@@ -32,7 +34,8 @@ PREDICT = "/predict"
 CUSTOMER = "/features/customers/{customer_id}"
 TERMINAL = "/features/terminals/{terminal_id}"
 SAME_AS_STREAM = ("tx_id", "customer_id", "terminal_id", "timestamp", "fraud_probability", "is_fraud", "threshold",
-                  "model_version", "reasons", "features")  # fmt: skip
+                  "model_version", "reasons", "features", "decision", "rules", "shadow_rules",
+                  "rule_set_version")  # fmt: skip
 
 
 def rest(worker: WorkerProcess, method: str, path: str, body: bytes | None = None) -> tuple[int, Any, Any]:
@@ -84,6 +87,10 @@ def as_dict(prediction: pb.Prediction) -> dict[str, Any]:
         "features": dict(prediction.features),
         "latency_ms": prediction.latency_ms,
         "scored_at": prediction.scored_at,
+        "decision": prediction.decision,
+        "rules": list(prediction.rules),
+        "shadow_rules": list(prediction.shadow_rules),
+        "rule_set_version": prediction.rule_set_version,
     }
 
 
@@ -125,9 +132,15 @@ def test_rest_and_grpc_predictions_equal_the_streams_for_the_same_state(
 ) -> None:
     worker = worker_factory(partitions=2)
     worker.wait_ready()
+    for rule in (("burst", "amount > 400 and customer_nb_tx_1hour >= 5", "review", "active"),
+                 ("watch", "terminal_id == 'term-a'", "block", "shadow")):  # fmt: skip
+        added = subprocess.run([sys.executable, "-m", "app", "rules", "add", "--id", rule[0], "--expression", rule[1],
+                                "--action", rule[2], "--state", rule[3]], cwd=REPO_ROOT, env=worker.env,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert added.returncode == 0, added.stderr
     history = [tx(f"h-{i}", "cust-a", "term-a" if i % 2 else "term-b", 7 * i, 20.0 + 13 * i) for i in range(6)]
     publish(kafka_bootstrap, worker, history)
-    predictions(kafka_bootstrap, worker, len(history))
+    assert {p["rule_set_version"] for p in predictions(kafka_bootstrap, worker, len(history)).values()} == {2}
     before = wait_customer(worker, "cust-a", len(history))
     assert before["event_time"] == "2018-04-02T10:35:00.000Z" and before["id"] == "cust-a"
 
@@ -146,7 +159,8 @@ def test_rest_and_grpc_predictions_equal_the_streams_for_the_same_state(
 
     publish(kafka_bootstrap, worker, [probe])
     by_stream = predictions(kafka_bootstrap, worker, len(history) + 1)["probe"]
-    for answer in (by_rest, by_grpc, as_dict(streamed[0].prediction)):
+    assert (by_stream["decision"], by_stream["rules"], by_stream["shadow_rules"]) == ("review", ["burst"], ["watch"])
+    for answer in (by_rest, by_grpc, as_dict(streamed[0].prediction)):  # the same rules applied by all three
         assert {k: answer[k] for k in SAME_AS_STREAM} == {k: by_stream[k] for k in SAME_AS_STREAM}
 
     status, terminal, _ = terminal_rest(worker, "term-a")

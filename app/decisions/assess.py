@@ -1,4 +1,4 @@
-"""Features in, prediction out: score, decision and reasons, with no I/O.
+"""Features in, prediction out: score, the rules' decision and reasons, with no I/O.
 
 :func:`assess` is the one place a transaction meets the state: the stream (:mod:`app.decisions.scorer`) and the
 synchronous APIs (:mod:`app.serving.service`) both call it, so a ``/predict`` answer is what the stream would publish.
@@ -14,6 +14,7 @@ from app.features.halves import customer_side_features
 from app.features.spec import FEATURE_SET_VERSION
 from app.learning.model import FraudModel
 from app.records import InvalidMessage, Prediction, Transaction
+from app.rules.ruleset import NO_RULES, LiveRules, decide
 from app.serialization import isoformat_utc
 from app.state.terminals import TerminalAggregates
 
@@ -28,30 +29,46 @@ def assess(
     threshold: float,
     received_at_s: float,
     pending: Iterable[tuple[float, str]] = (),
+    rules: LiveRules = NO_RULES,
+    review_cost: float | None = None,
 ) -> tuple[Prediction, CustomerState]:
     """Features and score of ``tx`` against the current state, changing nothing: the prediction, and the
     customer's state with ``tx`` added (the stream stores it once its batch commits; a lookup drops it).
 
-    ``pending``: the terminal's transactions of the same batch, not committed yet (the stream's only).
+    ``pending``: the terminal's transactions of the same batch, not committed yet (the stream's only). ``rules``:
+    the rule set and lists in force, ``review_cost`` the expected-loss threshold (None: off).
     A ``tx_id`` the customer's state still holds raises ``duplicate_transaction``.
     """
     x, after = customer_side_features(tx, customer, lateness_s)
     if after is customer:
         raise InvalidMessage("duplicate_transaction", f"tx_id {tx.tx_id!r} was decided already")
     x.update(aggregates.features(tx.terminal_id, tx.event_time_s, tx.tx_id, pending))
-    return score_transaction(tx, x, model, threshold=threshold, received_at_s=received_at_s), after
+    prediction = score_transaction(tx, x, model, threshold=threshold, received_at_s=received_at_s, rules=rules,
+                                   review_cost=review_cost)  # fmt: skip
+    return prediction, after
 
 
 def score_transaction(
-    tx: Transaction, x: dict[str, float], model: FraudModel, *, threshold: float, received_at_s: float
+    tx: Transaction,
+    x: dict[str, float],
+    model: FraudModel,
+    *,
+    threshold: float,
+    received_at_s: float,
+    rules: LiveRules = NO_RULES,
+    review_cost: float | None = None,
 ) -> Prediction:
-    """Score before learning: the model sees ``tx`` only through its features, never its label.
+    """Score before learning: the model sees ``tx`` only through its features, never its label. Then the rules
+    decide (:func:`app.rules.ruleset.decide`); ``is_fraud`` stays the model's own (its probability against the
+    threshold), ``decision`` is the rules' and the model's together.
 
     ``received_at_s`` is the wall-clock time (``time.time()``) at which the transaction was read from its
     topic, possibly by another worker, so ``latency_ms`` covers validation, both feature halves, the
     repartition hop and the event-time alignment up to the hand-off to the producer.
     """
     probability, reasons = model.score_one(x)
+    fields = {"customer_id": tx.customer_id, "terminal_id": tx.terminal_id, "tx_id": tx.tx_id, "amount": tx.amount}
+    decided = decide(rules.rule_set, x, fields, probability, threshold, rules.lists, review_cost)
     return Prediction(
         tx_id=tx.tx_id,
         customer_id=tx.customer_id,
@@ -66,4 +83,8 @@ def score_transaction(
         features=x,
         latency_ms=max(0.0, (time.time() - received_at_s) * 1000.0),
         scored_at=isoformat_utc(time.time()),
+        decision=decided.decision,
+        rules=list(decided.matched),
+        shadow_rules=list(decided.shadow_matched),
+        rule_set_version=decided.rule_set_version,
     )

@@ -8,6 +8,10 @@ offsets. The local store (:mod:`app.state.customers`) and memory follow only aft
 fenced batch leaves the committed state, which is also what a restart restores (the changelog's tail after the
 offset the store covers, or all of it when the store is gone).
 
+Each transaction is decided by the analysts' rules in force when its batch began (:attr:`Scorer.rules`, swapped
+between batches by :class:`app.kafka.rule_topics.RulesFollower`) beside the model; the prediction names the rules
+that matched and the rule set's version.
+
 Every input ends as one prediction or one dead letter; a ``tx_id`` seen again while its customer still holds it
 (30 days plus the lateness) is dead-lettered as ``duplicate_transaction``, so the predictions topic carries
 each ``tx_id`` once.
@@ -34,6 +38,8 @@ from app.learning.model import FraudModel
 from app.monitoring.drift import DriftMonitor
 from app.monitoring.health import HealthWindow
 from app.records import InvalidMessage, Prediction, dead_letter, parse_transaction
+from app.rules.hits import RuleHits
+from app.rules.ruleset import NO_RULES, LiveRules
 from app.serialization import dumps, loads
 from app.settings import Settings
 from app.state.customers import (
@@ -93,6 +99,10 @@ class Scorer:
         # Committed predictions at or over the threshold, oldest first: the operator page shows the newest. Bounded
         # and filled only with what is flagged, so it costs the decision path nothing per ordinary transaction.
         self.high_scores: deque[Prediction] = deque(maxlen=HIGH_SCORES_KEPT)
+        # The rule set and lists in force: replaced whole by the rules follower between batches (one assignment).
+        self.rules: LiveRules = NO_RULES
+        self.review_cost = settings.review_cost if settings.review_cost > 0 else None
+        self.rule_hits = RuleHits(settings.health_window_s)  # committed matches per rule, for the operator page
 
     # ---- state ---------------------------------------------------------------------------------------------
 
@@ -211,6 +221,10 @@ class Scorer:
         probabilities: list[float] = []
         observed: list[tuple[dict[str, float], float]] = []  # for the drift monitor, once committed
         flagged: list[Prediction] = []  # at or over the threshold
+        rules = self.rules  # one rule set for the whole batch
+        review_cost = self.review_cost
+        hits: dict[str, int] = {}  # rule id -> matches in this batch (active and shadow)
+        decisions: dict[str, int] = {}
         for record in records:
             try:
                 tx = parse_transaction(record.value, settings.max_message_bytes, settings.max_amount)
@@ -226,6 +240,8 @@ class Scorer:
                     threshold=settings.decision_threshold,
                     received_at_s=received_at_s,
                     pending=pending.get(tx.terminal_id, ()),
+                    rules=rules,
+                    review_cost=review_cost,
                 )
                 t = tx.event_time_s
             except InvalidMessage as exc:
@@ -265,6 +281,10 @@ class Scorer:
             observed.append((prediction.features, prediction.fraud_probability))
             if prediction.is_fraud:
                 flagged.append(prediction)
+            decisions[prediction.decision] = decisions.get(prediction.decision, 0) + 1
+            if prediction.rules or prediction.shadow_rules:
+                for rule_id in (*prediction.rules, *prediction.shadow_rules):
+                    hits[rule_id] = hits.get(rule_id, 0) + 1
         outputs.extend(entry_outputs)
         idle = self._expired(state, stream_time_s)
         expired = [c for c in idle if c not in changed]
@@ -300,9 +320,14 @@ class Scorer:
                 metrics.SCORES.observe(probability)
                 metrics.SCORING_LATENCY.observe(latency_ms / 1000.0)
             metrics.PREDICTED_FRAUD.inc(len(flagged))
+            for decision, n in decisions.items():
+                metrics.DECISIONS.labels(decision).inc(n)
             self.high_scores.extend(flagged)
             if self.drift is not None:
                 self.drift.observe_many(observed)
+            if hits:
+                metrics.count_rule_matches(hits, rules.rule_set.states)
+                self.rule_hits.add(now, hits)
 
         batch.on_commit = on_commit
         return batch

@@ -70,7 +70,7 @@ def current_health(components: Components, now_s: float) -> dict[str, object]:
         labels_learned=scorer.model.labels_learned,
         thresholds=settings.thresholds,
         terminal_feed_lag_s=components.feed.lag_s,
-        model_issues=components.follower.issues(),
+        model_issues=[*components.follower.issues(), *components.rules.issues()],  # both degrade a healthy worker
         models=models_summary(components),
         drift=components.drift.report() if components.drift is not None else None,
     )

@@ -26,6 +26,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from app.rules.language import FEATURES, Guard, RuleSyntaxError, Test, compile_expression, compile_rule
@@ -246,6 +247,11 @@ class RuleSet:
     def get(self, rule_id: str) -> Rule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
 
+    @cached_property
+    def states(self) -> dict[str, str]:
+        """Each rule's state by id (the metrics' ``state`` label)."""
+        return {r.id: r.state for r in self.rules}
+
     def with_rules(self, rules: Iterable[Rule]) -> RuleSet:
         """This set with ``rules`` added (replacing those of the same id): a backtest's candidate."""
         added = {r.id: r for r in rules}
@@ -403,3 +409,15 @@ def decide(
 
 def with_state(rule: Rule, state: str) -> Rule:
     return replace(rule, state=state)
+
+
+class LiveRules(NamedTuple):
+    """What a worker decides with between two batches: one value, so the follower swaps the rule set and the lists
+    together in one assignment (:mod:`app.kafka.rule_topics`)."""
+
+    rule_set: RuleSet = RuleSet()
+    lists: Mapping[str, Collection[str]] = {}
+    lists_version: int = 0
+
+
+NO_RULES = LiveRules()

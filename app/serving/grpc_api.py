@@ -53,6 +53,10 @@ def prediction_message(body: dict[str, Any]) -> pb.Prediction:
         features=body["features"],
         latency_ms=body["latency_ms"],
         scored_at=body["scored_at"],
+        decision=body["decision"],
+        rules=body["rules"],
+        shadow_rules=body["shadow_rules"],
+        rule_set_version=body["rule_set_version"],
     )
 
 

@@ -21,7 +21,7 @@ from app import metrics
 from app.components import Components
 from app.monitoring.monitor import current_health
 from app.serialization import dumps
-from app.serving.operator_status import status_document
+from app.serving.operator_status import rule_rows, status_document
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATUS_MAX_AGE_S = 1.0
@@ -50,6 +50,11 @@ class StatusCache:
             outcomes=metrics.counts(metrics.TRANSACTIONS),
             predicted_fraud=sum(metrics.counts(metrics.PREDICTED_FRAUD).values()),
             high_scores=components.scorer.high_scores,
+            rules=rule_rows(
+                components.scorer.rules.rule_set,
+                components.scorer.rule_hits.counts(now_s),
+                metrics.counts(metrics.RULE_MATCHES),
+            ),  # fmt: skip
         )
         self.body, self.built_at_s = dumps(document), now_s
         return self.body

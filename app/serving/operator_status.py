@@ -1,7 +1,7 @@
 """The operator page's status document: what ``GET /status.json`` answers, built from values passed in.
 
 Pure (no Faust, no Kafka): :mod:`app.serving.operator_page` reads the worker's objects (the health window, the metrics,
-the scorer's model and its high scores) and hands them here, so the document's shape is unit-tested alone.
+the scorer's model, its rule set and its high scores) and hands them here, so the document's shape is unit-tested alone.
 The health part is :func:`app.monitoring.health.health_event`, the monitor's own record, so the page and the ``health``
 topic never disagree on a status.
 """
@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from app.records import Prediction
+from app.rules.ruleset import DISABLED, RuleSet
 
 HIGH_SCORES_SHOWN = 20
 
@@ -35,6 +36,27 @@ def latest_high_scores(high_scores: Iterable[Prediction], shown: int = HIGH_SCOR
     return newest_first[:shown]
 
 
+def rule_rows(rule_set: RuleSet, window_hits: Mapping[str, int], total_hits: Mapping[tuple[str, ...], float]
+              ) -> dict[str, Any]:  # fmt: skip
+    """The rule set in force: every rule not disabled with its matches over the window and since the worker
+    started, in precedence order (allow, block, review, score; higher priority first).
+
+    >>> from app.rules.ruleset import Rule
+    >>> rs = RuleSet.of([Rule("big", "amount > 9000", "block"), Rule("old", "amount > 1", "review", state="disabled"),
+    ...                  Rule("try", "amount > 500", "review", state="shadow")], version=4)
+    >>> doc = rule_rows(rs, {"big": 2}, {("big", "active"): 7.0})
+    >>> doc["version"], [(r["id"], r["state"], r["hits_window"], r["hits_total"]) for r in doc["rules"]]
+    (4, [('big', 'active', 2, 7), ('try', 'shadow', 0, 0)])
+    """
+    rows = [
+        {**rule.to_dict(), "hits_window": int(window_hits.get(rule.id, 0)),
+         "hits_total": int(total_hits.get((rule.id, rule.state), 0.0))}
+        for rule in rule_set.rules
+        if rule.state != DISABLED
+    ]  # fmt: skip
+    return {"version": rule_set.version, "digest": rule_set.digest, "rules": rows}
+
+
 def status_document(
     *,
     health: Mapping[str, Any],
@@ -44,12 +66,13 @@ def status_document(
     outcomes: Mapping[tuple[str, ...], float],
     predicted_fraud: float,
     high_scores: Iterable[Prediction],
+    rules: Mapping[str, Any] | None = None,
     shown: int = HIGH_SCORES_SHOWN,
 ) -> dict[str, Any]:
     """The health event of this instant plus totals since start and the latest high-score decisions.
 
-    ``outcomes`` are the ``fraud_transactions`` totals by outcome; predictions stay dataclasses (orjson writes them
-    as the ``predictions`` topic's records, reasons and features included).
+    ``outcomes`` are the ``fraud_transactions`` totals by outcome; ``rules``: :func:`rule_rows`; predictions stay
+    dataclasses (orjson writes them as the ``predictions`` topic's records, reasons and features included).
     """
     return {
         **health,
@@ -62,4 +85,5 @@ def status_document(
         },
         "dead_letters_by_code": dead_letter_rows(dead_letters),
         "high_scores": latest_high_scores(high_scores, shown),
+        "rules": rules if rules is not None else rule_rows(RuleSet(), {}, {}),
     }

@@ -2,10 +2,11 @@
 
 Each answer is a :class:`Reply`: an HTTP status and a JSON-able body, which gRPC maps to its codes (400
 INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE). A prediction is what the stream would publish for the same
-transaction and state (:func:`app.decisions.assess.assess`, the model the scorer holds at that moment), and nothing
-changes: the customer's new state is dropped. A customer whose partition another worker holds is answered by
-that worker (the request is forwarded over HTTP to its advertised URL, one hop); when the owner cannot be found
-or reached, the answer is 503 with the reason, never features computed from an empty state.
+transaction and state (:func:`app.decisions.assess.assess`, the model and the rule set the scorer holds at that
+moment: REST and gRPC apply the same rules as the stream), and nothing changes: the customer's new state is
+dropped. A customer whose partition another worker holds is answered by that worker (the request is forwarded over
+HTTP to its advertised URL, one hop); when the owner cannot be found or reached, the answer is 503 with the reason,
+never features computed from an empty state.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class Serving:
                 lateness_s=self.settings.lateness_s,
                 threshold=self.settings.decision_threshold,
                 received_at_s=time.time(),
+                rules=self.scorer.rules,  # likewise the rule set and lists in force
+                review_cost=self.scorer.review_cost,
             )
         except InvalidMessage as exc:  # duplicate_transaction
             return error(400, exc.code, exc.reason, self.worker)

@@ -1,6 +1,8 @@
 """Pages on the Faust web server: ``/metrics`` (Prometheus: the worker's and its trainer process's), ``/ready``
 (503 until consuming), ``/health``, the model registry: ``GET /models``, ``POST /models/promote``
-(``{"version": ..., "reason": ...}``) and ``POST /models/rollback``, and the synchronous API of
+(``{"version": ..., "reason": ...}``) and ``POST /models/rollback``, the analysts' rules: ``GET /rules`` (the set
+in force here) and ``POST /rules`` (a rule, checked as ``python -m app rules add`` checks it, then published for
+every worker), and the synchronous API of
 :mod:`app.serving.service`: ``POST /predict``, ``GET /features/customers/{id}``, ``GET /features/terminals/{id}``,
 ``GET /model`` and ``GET /openapi.json`` (``topics/openapi.json``)."""
 
@@ -17,6 +19,8 @@ from app import metrics
 from app.components import Components
 from app.learning.registry import PromotionRefused, promote_event, rollback_event
 from app.learning.registry_topics import publish_event
+from app.rules.events import rule_event
+from app.rules.ruleset import RuleRefused, rule_of
 from app.serialization import dumps, isoformat_utc, loads
 from app.serving import operator_page
 from app.serving.service import FORWARDED_HEADER, WORKER_HEADER, Reply
@@ -86,6 +90,38 @@ def register(app: faust.App, components: Components) -> None:
                 return self.json({"error": "refused", "reason": str(exc)}, status=409)
             await publish_event(settings, event)
             return self.json(event)
+
+    @app.page("/rules")
+    class Rules(View):
+        """``GET``: the rule set this worker decides with; ``POST``: add or replace one rule (the body: the rule's
+        fields and an optional ``reason``), refused with 400 and the field, line and column, nothing published."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(components.rules.rules_view())
+
+        async def post(self, request: Request) -> Response:
+            from app.kafka.rule_topics import publish_rule
+
+            try:
+                body = loads(await request.read())
+                if not isinstance(body, dict):
+                    raise ValueError("not an object")
+            except Exception:
+                return self.json({"error": "invalid_json", "reason": "the body is not a JSON object"}, status=400)
+            if not components.rules.caught_up.is_set():  # the lists a rule may name are not read yet
+                return self.json({"error": "not_ready", "reason": "the rules topics are not read yet"}, status=503)
+            reason = str(body.pop("reason", ""))
+            try:
+                rule = rule_of(body, tuple(components.rules.live.lists))
+            except RuleRefused as exc:
+                refusal = {"error": "rule_refused", "reason": str(exc), "field": exc.field, "line": exc.line,
+                           "column": exc.column}  # fmt: skip
+                return self.json(refusal, status=400)
+            change = "updated" if components.rules.live.rule_set.get(rule.id) is not None else "added"
+            by = f"http:{getattr(request, 'remote', None) or 'unknown'}"
+            event = rule_event(rule, change, by=by, reason=reason, timestamp=isoformat_utc(time.time()))
+            version = await publish_rule(settings, event)
+            return self.json({**event, "version": version})
 
     @app.page("/predict")
     class Predict(View):

@@ -45,6 +45,26 @@ function renderDeadLetters(rows) {
   }
 }
 
+function renderRules(rules) {
+  setText("rule-set-version", String(rules.version));
+  setText("rule-set-digest", rules.digest);
+  const body = byId("rules");
+  body.replaceChildren();
+  if (!rules.rules.length) return emptyRow(body, 7, "none");
+  for (const r of rules.rules) {
+    const row = document.createElement("tr");
+    row.dataset.rule = r.id;
+    cell(row, r.id, "id").title = r.description;
+    cell(row, r.action === "score" ? "score " + (r.score > 0 ? "+" : "") + r.score : r.action);
+    cell(row, r.state);
+    cell(row, String(r.priority), "num");
+    cell(row, r.expression, "id");
+    cell(row, String(r.hits_window), "num");
+    cell(row, String(r.hits_total), "num");
+    body.appendChild(row);
+  }
+}
+
 // Transactions whose feature list the operator opened: kept open across the 2 s re-renders.
 const openFeatures = new Set();
 
@@ -165,6 +185,7 @@ function render(s) {
   setText("total-flagged", String(s.totals.predicted_fraud));
   setText("threshold", String(s.decision_threshold));
   renderDeadLetters(s.dead_letters_by_code);
+  renderRules(s.rules);
   renderHighScores(s.high_scores);
   renderDrift(s.drift);
   setText("updated", s.timestamp);
