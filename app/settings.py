@@ -131,7 +131,7 @@ class Settings:
     auto_promote_margin: float = 0.02  # challenger AP over champion AP that promotes it; negative: never
     auto_promote_min_labels: int = 20_000  # labels between two comparisons of the lines
     auto_promote_min_frauds: int = 30  # frauds in the quality window a comparison needs to promote
-    auto_promote_confidence: float = 0.95  # the paired bootstrap's interval of the AP difference must be above 0; 0: off
+    auto_promote_confidence: float = 0.95  # the AP difference's bootstrap interval must be > 0; 0: off
     auto_promote_cooldown_labels: int = -1  # labels after a promotion before the next comparison; negative: the window
     quality_window_labels: int = 5000
     # Analysts' rules (issue 18, app/rules/): compacted topics every worker folds into the current rule set

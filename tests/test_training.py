@@ -21,12 +21,12 @@ from app.features.halves import FEATURE_NAMES
 from app.features.spec import FEATURE_SET_VERSION
 from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LabelStore
 from app.learning.model import FraudModel
+from app.learning.promotion import PromotionPolicy, _weighted_ap
+from app.learning.quality import average_precision
 from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.learning.registry_topics import warm_start
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
 from app.learning.trainer import _Tail
-from app.learning.promotion import PromotionPolicy, _weighted_ap
-from app.learning.quality import average_precision
 from app.learning.training import FeatureLog, RollingQuality, Training, labels_watermark
 from app.serialization import dumps, loads
 from app.settings import REPO_ROOT, Settings
