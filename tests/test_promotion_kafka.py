@@ -85,14 +85,31 @@ def _learned_all(worker: WorkerProcess, n: int, timeout_s: float) -> None:
     raise AssertionError(f"not within {timeout_s} s: {n} labels learned\n{worker.log_tail()}")
 
 
-def _timeline(events: list[dict[str, Any]], headers: dict[str, dict[str, Any]]) -> str:
-    """Each promotion with its reason, and per version its line, role and AP: printed for BENCHMARKS.md."""
-    lines = [f"promoted {e['version']} by {e['by']}: {e.get('reason')}" for e in events if e["action"] == "promoted"]
+Served = dict[int, list[dict[str, Any]]]  # partition -> its predictions in order
+
+
+def _timeline(events: list[dict[str, Any]], headers: dict[str, dict[str, Any]], served: Served | None = None) -> str:
+    """Each promotion with its reason, per version its line, role and AP, and the versions that served in turn (their
+    predictions, over all partitions): written for BENCHMARKS.md."""
+    lines = [f"{e['timestamp']} promoted {e['version']} (was {e.get('previous')}) by {e['by']}: {e.get('reason')}"
+             for e in events if e["action"] == "promoted"]  # fmt: skip
     for version, h in sorted(headers.items(), key=lambda item: int(item[1].get("sequence", 0))):
         m, c = h.get("metrics") or {}, h.get("comparison") or {}
-        lines.append(f"{version:>5} {h['role']:<10} {h['model_name']:<34} labels {h['labels_seen']:>6} "
-                     f"AP {m.get('ap')} window {m.get('labelled')} frauds {m.get('frauds')} "
+        ap = f"{m['ap']:.3f}" if m.get("ap") is not None else "-"
+        lines.append(f"{version:>5} {h.get('created_at', '')} {h['role']:<10} {h['model_name']:<34} labels "
+                     f"{h['labels_seen']:>6} AP {ap} window {m.get('labelled')} frauds {m.get('frauds')} "
                      f"comparison {c.get('number')}")  # fmt: skip
+    if served:
+        runs: list[list[Any]] = []  # (version, predictions) in the order they served, partition 0 then 1...
+        for partition in sorted(served):
+            for p in served[partition]:
+                if runs and runs[-1][0] == p["model_version"] and runs[-1][2] == partition:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([p["model_version"], 1, partition])
+        line_of = {version: h["model_name"].split(":")[0] for version, h in headers.items()}
+        shown = [f"p{partition} {version} ({line_of.get(version, 'prior')}) x{n}" for version, n, partition in runs]
+        lines.append("served, per partition in order: " + ", ".join(shown))
     return "\n".join(lines)
 
 
@@ -116,9 +133,14 @@ def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on
     time.sleep(3)  # the last publication's comparison
     events = _events(kafka_bootstrap, worker)
     headers = _headers(kafka_bootstrap, worker)
-    _keep(_timeline(events, headers))
+    predictions = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], lambda rs: len(rs) >= published, 60)
+    by_partition: dict[int, list[dict[str, Any]]] = {}
+    for record in predictions:
+        by_partition.setdefault(record.partition, []).append(loads(record.value or b""))
+    timeline = _timeline(events, headers, by_partition)
+    _keep(timeline)
     promotions = [e for e in events if e["action"] == "promoted"]
-    assert len(promotions) == 1, _timeline(events, headers)  # one, and none back
+    assert len(promotions) == 1, timeline  # one, and none back
     promoted = promotions[0]
     assert promoted["by"] == "auto" and headers[promoted["version"]]["model_name"] == BETTER
     assert "beats champion AP" in promoted["reason"] and "frauds" in promoted["reason"]
@@ -128,10 +150,6 @@ def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on
 
     # Every prediction after the promoted version reached the worker (the first one it served, per partition: each
     # partition is decided in order) carries a version of the promoted line.
-    predictions = consume(kafka_bootstrap, worker.topics["PREDICTIONS_TOPIC"], lambda rs: len(rs) >= published, 60)
-    by_partition: dict[int, list[dict[str, Any]]] = {}
-    for record in predictions:
-        by_partition.setdefault(record.partition, []).append(loads(record.value or b""))
     line_of = {version: h["model_name"] for version, h in headers.items()}
     after: Counter[str] = Counter()
     for rows in by_partition.values():
