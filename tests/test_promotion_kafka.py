@@ -148,15 +148,15 @@ def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on
     comparisons = max(int((h.get("comparison") or {}).get("number") or 0) for h in headers.values())
     assert comparisons >= 5  # compared on after the promotion too: no promotion back
 
-    # Every prediction after the promoted version reached the worker (the first one it served, per partition: each
-    # partition is decided in order) carries a version of the promoted line.
+    # Every prediction after the promoted version reached the worker carries a version of the promoted line: per
+    # partition (each is decided in order), from the first prediction a version of that line served (before the
+    # promotion its versions were challengers, which never serve; the worker may meet the promoted version and the
+    # line's next one together and serve the next one first).
     line_of = {version: h["model_name"] for version, h in headers.items()}
     after: Counter[str] = Counter()
     for rows in by_partition.values():
-        first = next((i for i, p in enumerate(rows) if p["model_version"] == promoted["version"]), None)
-        if first is None:
-            continue  # the promoted version itself never served here: a later one of its line did (checked below)
-        for p in rows[first:]:
+        first = next((i for i, p in enumerate(rows) if line_of.get(p["model_version"]) == BETTER), None)
+        for p in rows[first:] if first is not None else []:
             after[line_of.get(p["model_version"], p["model_version"])] += 1
     assert after and set(after) == {BETTER}, after
     later = [p for rows in by_partition.values() for p in rows[-500:]]  # the run's end: the promoted line serves
