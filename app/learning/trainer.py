@@ -178,6 +178,10 @@ def _figure(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _interval(interval: tuple[float, float] | None) -> str:
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval is not None else "not computed"
+
+
 def _key(tp: TopicPartition) -> str:
     return f"{tp.topic}/{tp.partition}"
 
@@ -655,7 +659,8 @@ class Trainer:
             log.info("comparison %d of the lines over %d labelled transactions (%d frauds): champion %s AP %s, "
                      "challenger %s AP %s, interval %s: %s (%s)", training.comparisons, comparison.labelled,
                      comparison.frauds, training.champion_version, _figure(comparison.champion_ap),
-                     training.challenger_version, _figure(comparison.challenger_ap), comparison.interval,
+                     training.challenger_version, _figure(comparison.challenger_ap),
+                     _interval(comparison.interval),
                      "promoted" if comparison.wins else "kept", comparison.why)  # fmt: skip
             metrics.PROMOTION_COMPARISONS.labels("promoted" if comparison.wins else "kept").inc()
         if comparison is not None and comparison.wins and training.challenger_version:
