@@ -164,11 +164,11 @@ def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on
 
 
 def test_two_lines_of_the_same_model_are_never_promoted(worker_factory: WorkerFactory, kafka_bootstrap: str) -> None:
-    worker = worker_factory(partitions=2, MODEL_NAME=BETTER, CHALLENGER_MODEL=BETTER, AUTO_PROMOTE_MIN_LABELS="500",
+    worker = worker_factory(partitions=2, MODEL_NAME=BETTER, CHALLENGER_MODEL=BETTER, AUTO_PROMOTE_MIN_LABELS="400",
                             AUTO_PROMOTE_CONFIDENCE="0", AUTO_PROMOTE_MIN_FRAUDS="5", QUALITY_WINDOW_LABELS="2000",
-                            MODEL_PUBLISH_INTERVAL_S="2", MODEL_PUBLISH_EVERY_LABELS="500")  # fmt: skip
+                            MODEL_PUBLISH_INTERVAL_S="2", MODEL_PUBLISH_EVERY_LABELS="400")  # fmt: skip
     worker.wait_ready()
-    published = _publish_run(kafka_bootstrap, worker, n_customers=400, n_days=20)
+    published = _publish_run(kafka_bootstrap, worker, n_customers=500, n_days=25)
     _learned_all(worker, published, timeout_s=240)
     time.sleep(3)
     events = _events(kafka_bootstrap, worker)
