@@ -514,7 +514,7 @@ class Trainer:
                         self.settings.model_name)  # fmt: skip
         else:
             log.info("trainer continues from the promoted warm start %s (%d labels)", champion, model.labels_learned)
-            training.champion, training.champion_version = model, champion
+            training.adopt_champion(model, champion)
             training.learned_since_publish += 1  # publish the continued line soon
         training.adopted.add(champion)
 

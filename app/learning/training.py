@@ -353,6 +353,11 @@ class Training:
         self.last_comparison = {"number": self.comparisons, **comparison.as_dict()}
         return comparison
 
+    def adopt_champion(self, model: FraudModel, version: str) -> None:
+        """A warm start becomes the champion line: its window starts empty (the former model's scores are not its)."""
+        self.champion, self.champion_version = model, version
+        self.quality["champion"] = RollingQuality(self.quality_window, self.threshold)
+
     def set_challenger(self, model: FraudModel | None) -> None:
         """A new challenger line: its window starts empty (the comparison pairs the windows' newest entries)."""
         self.challenger = model
