@@ -76,8 +76,14 @@ MODEL_SNAPSHOTS_REFUSED = Counter(
 )
 MODEL_QUALITY = Gauge(
     "fraud_model_rolling_quality",
-    "Rolling quality on labelled transactions of the newest champion and challenger versions (from their snapshots).",
+    "Rolling quality on labelled transactions of the newest champion and challenger versions, each scored by its own "
+    "model just before it learned the label, and of the served probabilities (role served), from their snapshots.",
     ["role", "metric"],
+)
+PROMOTION_COMPARISONS = Counter(
+    "fraud_model_promotion_comparisons_total",
+    "Comparisons of the challenger line with the champion line by the trainer, by outcome (promoted, kept).",
+    ["outcome"],
 )
 LABELS_WATERMARK_LAG = Gauge(
     "fraud_trainer_labels_watermark_lag_seconds",

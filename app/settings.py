@@ -129,7 +129,10 @@ class Settings:
     learning_audit_retention_s: float = 30 * 86400.0  # how long <APP_ID>-learning-audit keeps each learned pair
     challenger_model: str = ""  # a MODEL_NAME scored in shadow and learned beside the champion; empty: none
     auto_promote_margin: float = 0.02  # challenger AP over champion AP that promotes it; negative: never
-    auto_promote_min_labels: int = 20_000
+    auto_promote_min_labels: int = 20_000  # labels between two comparisons of the lines
+    auto_promote_min_frauds: int = 30  # frauds in the quality window a comparison needs to promote
+    auto_promote_confidence: float = 0.95  # the AP difference's bootstrap interval must be > 0; 0: off
+    auto_promote_cooldown_labels: int = -1  # labels after a promotion before the next comparison; negative: the window
     quality_window_labels: int = 5000
     # Analysts' rules (issue 18, app/rules/): compacted topics every worker folds into the current rule set
     rules_topic: str = "rules"
@@ -285,6 +288,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         challenger_model=_get(env, "CHALLENGER_MODEL", d.challenger_model),
         auto_promote_margin=float(_get(env, "AUTO_PROMOTE_MARGIN", str(d.auto_promote_margin))),
         auto_promote_min_labels=int(_get(env, "AUTO_PROMOTE_MIN_LABELS", str(d.auto_promote_min_labels))),
+        auto_promote_min_frauds=int(_get(env, "AUTO_PROMOTE_MIN_FRAUDS", str(d.auto_promote_min_frauds))),
+        auto_promote_confidence=float(_get(env, "AUTO_PROMOTE_CONFIDENCE", str(d.auto_promote_confidence))),
+        auto_promote_cooldown_labels=int(
+            _get(env, "AUTO_PROMOTE_COOLDOWN_LABELS", str(d.auto_promote_cooldown_labels))
+        ),
         quality_window_labels=int(_get(env, "QUALITY_WINDOW_LABELS", str(d.quality_window_labels))),
         rules_topic=_get(env, "RULES_TOPIC", d.rules_topic),
         rule_lists_topic=_get(env, "RULE_LISTS_TOPIC", d.rule_lists_topic),

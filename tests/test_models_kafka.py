@@ -217,7 +217,10 @@ def test_the_shadow_challenger_never_changes_a_prediction(worker_factory: Worker
                      lambda rs: any("challenger" in loads(r.value or b"")["models"] for r in rs))  # fmt: skip
     shown = loads(health[-1].value or b"")["models"]
     assert shown["challenger"]["labelled"] > 0 and shown["champion"]["labelled"] > 0
-    assert 'fraud_model_rolling_quality{metric="labelled",role="challenger"}' in worker.http_get("/metrics").decode()
+    assert shown["served"]["labelled"] == shown["champion"]["labelled"]  # the served probabilities: their own figure
+    exposed = worker.http_get("/metrics").decode()
+    assert 'fraud_model_rolling_quality{metric="labelled",role="challenger"}' in exposed
+    assert 'fraud_model_rolling_quality{metric="labelled",role="served"}' in exposed
 
 
 def test_implicit_negatives_are_learned_after_the_horizon_and_a_late_fraud_still_counts(

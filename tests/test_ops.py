@@ -222,3 +222,25 @@ def test_a_refusal_that_is_not_an_outage_is_not_waited_for() -> None:
 
     with pytest.raises(ValueError, match="invalid topic config"):
         asyncio.run(wait_for_topics(Settings(), ensure, max_backoff_s=0.01))
+
+
+def test_models_list_shows_each_lines_window_the_last_comparison_and_the_last_promotions_reason() -> None:
+    from app.learning.registry import Registry
+    from app.ops.models import _lines
+
+    registry = Registry()
+    comparison = {"number": 7, "champion_ap": 0.11, "challenger_ap": 0.35, "labelled": 2000, "frauds": 36,
+                  "interval": [0.10, 0.36], "confidence": 0.95, "wins": True, "why": "above zero"}  # fmt: skip
+    registry.add_header({"version": "v9", "role": "champion", "model_name": "logreg", "sequence": 9,
+                         "metrics": {"labelled": 2000, "frauds": 36, "ap": 0.35}, "comparison": comparison,
+                         "served_metrics": {"labelled": 2000, "frauds": 36, "ap": 0.2}})  # fmt: skip
+    registry.add_header({"version": "v10", "role": "challenger", "model_name": "hoeffding", "sequence": 10,
+                         "metrics": {"labelled": 2000, "frauds": 36, "ap": 0.11}})  # fmt: skip
+    registry.apply({"action": "promoted", "version": "v9", "previous": "v7", "by": "auto", "timestamp": "t",
+                    "reason": "challenger AP 0.350 beats champion AP 0.110"})  # fmt: skip
+    shown = "\n".join(_lines(registry))
+    assert "champion line logreg (newest v9): window 2000 labels, 36 frauds, AP 0.350" in shown
+    assert "challenger line hoeffding (newest v10): window 2000 labels, 36 frauds, AP 0.110" in shown
+    assert "served probabilities: window 2000 labels, 36 frauds, AP 0.200" in shown
+    assert "interval [+0.100, +0.360] at 95%" in shown
+    assert "last promotion: v9 (was v7) by auto at t: challenger AP 0.350 beats champion AP 0.110" in shown

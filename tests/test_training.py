@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka import TopicPartition
 
@@ -20,6 +21,8 @@ from app.features.halves import FEATURE_NAMES
 from app.features.spec import FEATURE_SET_VERSION
 from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LabelStore
 from app.learning.model import FraudModel
+from app.learning.promotion import PromotionPolicy, _weighted_ap
+from app.learning.quality import average_precision
 from app.learning.registry import PromotionRefused, Registry, promote_event, rollback_event
 from app.learning.registry_topics import warm_start
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
@@ -263,18 +266,130 @@ def test_rolling_quality_figures() -> None:
     assert s["precision"] == 0.5 and s["recall"] == 1.0
 
 
-def test_the_challenger_wins_only_by_the_margin_over_enough_labels() -> None:
-    t = _training()
-    for i in range(40):
+def _policy(**kwargs: float) -> PromotionPolicy:
+    figures: dict[str, Any] = {"margin": 0.02, "min_labels": 100, "min_frauds": 5, "confidence": 0.0,
+                               "cooldown_labels": 100} | kwargs  # fmt: skip
+    return PromotionPolicy(**figures)
+
+
+def _feed(t: Training, n: int, champion: Any, challenger: Any, served: Any = None) -> None:
+    """``n`` labelled transactions into the windows as :meth:`Training._learn` feeds them (one fraud in four)."""
+    for i in range(n):
         y = i % 4 == 0
-        t.quality["champion"].add(0.9 if i % 8 == 0 else 0.1, y)  # finds half the frauds
-        t.quality["challenger"].add(0.9 if y else 0.1, y)  # finds them all
-    t.labels_since_comparison = 40
-    assert not t.challenger_wins(margin=0.02, min_labels=100)
-    t.labels_since_comparison = 100
-    assert t.challenger_wins(margin=0.02, min_labels=100)
-    t.labels_since_comparison = 100
-    assert not t.challenger_wins(margin=0.9, min_labels=100)
+        t.quality["served"].add((served or champion)(i, y), y)
+        t.quality["champion"].add(champion(i, y), y)
+        t.quality["challenger"].add(challenger(i, y), y)
+        t.labels_since_comparison += 1
+        t.labels_since_swap += 1
+
+
+def _half(i: int, y: bool) -> float:
+    return 0.9 if i % 8 == 0 else 0.1  # finds half the frauds
+
+
+def _all(i: int, y: bool) -> float:
+    return 0.9 if y else 0.1  # finds them all
+
+
+def test_the_challenger_wins_only_by_the_margin_over_enough_labels_and_frauds() -> None:
+    t = _training()
+    _feed(t, 40, _half, _all)
+    assert t.compare(_policy()) is None  # 40 labels: no comparison due
+    _feed(t, 60, _half, _all)
+    won = t.compare(_policy())
+    assert won is not None and won.wins and won.labelled == 100 and won.frauds == 25
+    assert won.challenger_ap == 1.0 and won.champion_ap is not None and won.champion_ap < 0.8
+    reason = won.reason(0.02)
+    assert "challenger AP 1.000" in reason and "100 labelled transactions (25 frauds)" in reason
+    assert t.compare(_policy()) is None  # the count starts again
+    _feed(t, 100, _half, _all)
+    assert not t.compare(_policy(margin=0.9)).wins  # type: ignore[union-attr]
+    _feed(t, 100, _half, _all)
+    refused = t.compare(_policy(min_frauds=30))
+    assert refused is not None and not refused.wins and "fewer than 30" in refused.why
+    _feed(t, 100, _half, _all)
+    assert not t.compare(_policy(margin=-1)).wins  # type: ignore[union-attr]
+    assert t.comparisons == 4 and t.last_comparison is not None and t.last_comparison["number"] == 4
+
+
+def test_a_learned_pair_scores_both_lines_with_their_own_models_and_keeps_the_served_probability_apart() -> None:
+    t = Training(FraudModel("logreg"), FraudModel("logreg"), horizon_s=100.0, grace_s=50.0, ttl_s=1000.0,
+                 quality_window=100)  # fmt: skip
+    for i in range(60):
+        t.on_prediction(f"a{i}", _x(900.0 if i % 5 == 0 else 20.0 + i), float(i), 0.5)  # served: a constant
+        t.on_label(f"a{i}", i % 5 == 0, float(i))
+    champion, challenger, served = (t.quality[role].summary() for role in ("champion", "challenger", "served"))
+    assert champion == challenger  # the same model on the same transactions: the same figures
+    assert list(t.quality["champion"].scores) == list(t.quality["challenger"].scores)
+    assert served["labelled"] == 60 and served["ap"] == pytest.approx(12 / 60)  # all tied: the fraud rate
+    assert champion["ap"] is not None and champion["ap"] > 0.9  # the models' own scores, not the served ones
+    t.labels_since_comparison = 10_000
+    same = t.compare(_policy(min_frauds=1))
+    assert same is not None and same.champion_ap == same.challenger_ap and not same.wins
+
+
+def test_a_swap_keeps_each_lines_figures_and_no_comparison_comes_before_the_cooldown() -> None:
+    t = _training()
+    _feed(t, 100, _half, _all)
+    before = {role: t.quality[role].summary() for role in ("champion", "challenger", "served")}
+    champion, challenger = t.champion, t.challenger
+    assert t.compare(_policy()).wins  # type: ignore[union-attr]
+    t.swap_roles()
+    assert t.champion is challenger and t.challenger is champion
+    after = {role: t.quality[role].summary() for role in ("champion", "challenger", "served")}
+    assert after["champion"] == before["challenger"] and after["challenger"] == before["champion"]
+    assert after["served"] == before["served"]
+    # Now the former champion (finds half) is the challenger; say it found all since: no comparison until the
+    # cool-down has passed, however many labels since the last comparison.
+    _feed(t, 99, _half, _all)
+    assert t.compare(_policy(cooldown_labels=100)) is None
+    _feed(t, 1, _half, _all)
+    assert t.compare(_policy(cooldown_labels=100)) is not None
+
+
+def test_the_bootstrap_refuses_a_difference_within_noise_and_accepts_a_clear_one() -> None:
+    rng = np.random.default_rng(7)
+    n = 2000
+    y = rng.random(n) < 0.05
+    base = y * 1.0 + rng.normal(0, 1.0, n)
+    t = _training()
+    t.quality_window = n
+    for role in ("champion", "challenger", "served"):
+        t.quality[role] = RollingQuality(n, 0.5)
+    noisy = base + rng.normal(0, 0.3, n)  # the same signal, other noise: its AP differs by chance
+    for i in range(n):
+        for role, s in (("champion", base[i]), ("challenger", noisy[i]), ("served", base[i])):
+            t.quality[role].add(float(s), bool(y[i]))
+    t.labels_since_comparison = n
+    policy = _policy(margin=-0.0, min_frauds=30, confidence=0.95)
+    plain = t.compare(_policy(margin=0.0, min_frauds=30))
+    assert plain is not None and plain.challenger_ap is not None and plain.champion_ap is not None
+    if plain.challenger_ap <= plain.champion_ap:  # make the noisy line the one that looks better
+        t.quality["champion"], t.quality["challenger"] = t.quality["challenger"], t.quality["champion"]
+    t.labels_since_comparison = n
+    assert t.compare(_policy(margin=0.0, min_frauds=30)).wins  # type: ignore[union-attr]  # without the bootstrap
+    t.labels_since_comparison = n
+    noise = t.compare(policy)
+    assert noise is not None and not noise.wins and noise.interval is not None
+    assert noise.interval[0] <= 0 <= noise.interval[1] and "within noise" in noise.why
+    t.labels_since_comparison = n
+    assert t.compare(policy).interval == noise.interval  # type: ignore[union-attr]  # seeded: the same figures
+    clear = y * 3.0 + rng.normal(0, 1.0, n)
+    t.set_challenger(FraudModel("logreg"))
+    for i in range(n):
+        t.quality["challenger"].add(float(clear[i]), bool(y[i]))
+    t.labels_since_comparison = n
+    won = t.compare(policy)
+    assert won is not None and won.wins and won.interval is not None and won.interval[0] > 0
+
+
+def test_the_bootstrap_resample_ap_is_the_ap_of_the_resample() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.random(300) < 0.1
+    s = np.round(rng.random(300), 2)  # ties too
+    drawn = rng.integers(0, 300, size=300)
+    counts = np.bincount(drawn, minlength=300).astype(float)[None, :]
+    assert _weighted_ap(y.astype(float), s, counts)[0] == pytest.approx(average_precision(y[drawn], s[drawn]))
 
 
 def test_a_snapshot_is_verified_before_it_is_unpickled() -> None:

@@ -52,6 +52,7 @@ from app.kafka.topics import (
 from app.learning.follower import ModelFollower
 from app.learning.label_store import LabelStore
 from app.learning.model import FraudModel
+from app.learning.promotion import PromotionPolicy
 from app.learning.snapshots import SnapshotRefused, load_model_snapshot, model_snapshot, sign, verify
 from app.learning.training import LEARNED_OUTCOMES, FeatureSetMismatch, Training, labels_watermark, training_for
 from app.records import InvalidMessage, dead_letter, parse_label
@@ -173,6 +174,14 @@ class _Tail:
                 for tp in self.partitions}  # fmt: skip
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _interval(interval: tuple[float, float] | None) -> str:
+    return f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval is not None else "not computed"
+
+
 def _key(tp: TopicPartition) -> str:
     return f"{tp.topic}/{tp.partition}"
 
@@ -224,6 +233,7 @@ class Trainer:
         self.training: Training | None = None
         self._task: asyncio.Task[None] | None = None
         self._counted: Counter[str] = Counter()
+        self.policy = PromotionPolicy.from_settings(settings)
         self.lease = Supervisor("trainer lease")
         self.training_supervisor = Supervisor("trainer")  # sessions resume from the last published state
 
@@ -504,7 +514,7 @@ class Trainer:
                         self.settings.model_name)  # fmt: skip
         else:
             log.info("trainer continues from the promoted warm start %s (%d labels)", champion, model.labels_learned)
-            training.champion, training.champion_version = model, champion
+            training.adopt_champion(model, champion)
             training.learned_since_publish += 1  # publish the continued line soon
         training.adopted.add(champion)
 
@@ -556,8 +566,7 @@ class Trainer:
         wanted = s.challenger_model or None
         current = training.challenger.name if training.challenger is not None else None
         if wanted != current:
-            training.challenger = FraudModel(wanted, s.prior_fraud_rate) if wanted else None
-            training.challenger_version = None
+            training.set_challenger(FraudModel(wanted, s.prior_fraud_rate) if wanted else None)
         return training
 
     def _from_chunks(self, latest: dict[bytes, bytes | None], labels: LabelStore) -> Training | None:
@@ -611,8 +620,12 @@ class Trainer:
             "labels_seen": model.labels_learned,
             "learned": {outcome: training.counts[outcome] for outcome in LEARNED_OUTCOMES},  # by outcome, cumulative
             "sequence": training.sequence,
-            "metrics": training.quality[role].summary(),
+            "metrics": training.quality[role].summary(),  # this model's own scores, just before each label
+            "comparison": training.last_comparison,  # the last comparison of the two lines (None: none yet)
+            "promotions": training.promotions,
         }
+        if role == "champion":  # the served probabilities' figures: what the business saw, by whichever version
+            header["served_metrics"] = training.quality["served"].summary()
         return version, model_snapshot(header, model, self.key)
 
     async def _publish(self, producer: AIOKafkaProducer, training: Training, dead: list[Any]) -> None:
@@ -641,16 +654,22 @@ class Trainer:
         for tx_id, y, how in audit:
             record = {"tx_id": tx_id, "learned_as": "fraud" if y else "legitimate", "how": how, "version": line}
             messages.append((audit_topic, tx_id.encode(), dumps(record)))
-        if training.challenger_version and training.challenger_wins(s.auto_promote_margin, s.auto_promote_min_labels):
-            if s.auto_promote_margin >= 0:
-                champion_ap = training.quality["champion"].summary()["ap"]
-                challenger_ap = training.quality["challenger"].summary()["ap"]
-                event: dict[str, object] = {"action": "promoted", "version": training.challenger_version,
-                         "follow": True, "by": "auto", "previous": training.champion_version, "timestamp": now,
-                         "reason": f"challenger AP {challenger_ap:.3f} beats champion AP {champion_ap:.3f} by "
-                                   f"{s.auto_promote_margin} or more"}  # fmt: skip
-                messages.append((s.model_events_topic, training.challenger_version.encode(), dumps(event)))
-                training.swap_roles()
+        comparison = training.compare(self.policy) if training.challenger_version else None
+        if comparison is not None:
+            log.info("comparison %d of the lines over %d labelled transactions (%d frauds): champion %s AP %s, "
+                     "challenger %s AP %s, interval %s: %s (%s)", training.comparisons, comparison.labelled,
+                     comparison.frauds, training.champion_version, _figure(comparison.champion_ap),
+                     training.challenger_version, _figure(comparison.challenger_ap),
+                     _interval(comparison.interval),
+                     "promoted" if comparison.wins else "kept", comparison.why)  # fmt: skip
+            metrics.PROMOTION_COMPARISONS.labels("promoted" if comparison.wins else "kept").inc()
+        if comparison is not None and comparison.wins and training.challenger_version:
+            event: dict[str, object] = {"action": "promoted", "version": training.challenger_version,
+                     "follow": True, "by": "auto", "previous": training.champion_version, "timestamp": now,
+                     "reason": comparison.reason(s.auto_promote_margin),
+                     "comparison": training.last_comparison}  # fmt: skip
+            messages.append((s.model_events_topic, training.challenger_version.encode(), dumps(event)))
+            training.swap_roles()
         training.learned_since_publish = 0
         parts = training.state_parts()
         blob = sign({"kind": "trainer-state", "format": STATE_FORMAT, "sequence": training.sequence,

@@ -2,8 +2,11 @@
 
 The predictions topic is the feature log: each prediction carries the features as scored and the probability the
 serving version gave. A pair (features, label) is learned by the champion line and, in shadow, by the challenger;
-the challenger scores each transaction just before the pair is learned (still prequential: predict, then learn),
-so both models' rolling quality is measured on the same transactions, and no prediction is ever changed by it.
+both lines score each transaction with their own current model just before the pair is learned (still prequential:
+predict, then learn), so both models' rolling quality is measured on the same transactions by the models themselves
+(:mod:`app.learning.promotion` compares them), and no prediction is ever changed by it. The probability the
+prediction was served with (by whatever version served it) has its own window: ``quality["served"]``, what the
+business saw.
 
 The feature log is read three times, each reader with its own positions in the published state, so the state does
 not grow with volume times delay:
@@ -45,6 +48,7 @@ import numpy as np
 from app.features.spec import FEATURE_SET_VERSION, UNVERSIONED_FEATURE_SET, FeatureSetMismatch, pack, unpack
 from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LEGIT, WAITING, LabelStore
 from app.learning.model import FraudModel
+from app.learning.promotion import Comparison, PromotionPolicy, bootstrap_interval
 from app.learning.quality import average_precision, roc_auc
 from app.settings import Settings
 
@@ -64,6 +68,13 @@ class RollingQuality:
     def add(self, score: float, y: bool) -> None:
         self.scores.append(score)
         self.labels.append(y)
+
+    def last(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The labels and scores of the last ``n`` transactions in the window, oldest first."""
+        start = len(self.labels) - n
+        y = np.fromiter((self.labels[i] for i in range(start, len(self.labels))), dtype=bool, count=n)
+        s = np.fromiter((self.scores[i] for i in range(start, len(self.scores))), dtype=float, count=n)
+        return y, s
 
     def summary(self) -> dict[str, float | int | None]:
         """None for a figure the window cannot give yet (AUC and AP need both classes)."""
@@ -87,6 +98,7 @@ class RollingQuality:
 AUDIT_HOW = {"learned": "explicit", "implicit_negative": "implicit", "late_fraud": "late"}
 # The outcome counts a version's header carries (cumulative over the line's history, as labels_seen is).
 LEARNED_OUTCOMES = tuple(AUDIT_HOW)
+QUALITY_ROLES = ("champion", "challenger", "served")
 # Not published: the head's window (filled again from the feature log), the label store (its changelog), the audit.
 _NOT_PUBLISHED = ("labels", "recent", "audit", "converted")
 
@@ -122,6 +134,10 @@ class Training:
     learned_since_publish: int = 0
     adopted: set[str] = field(default_factory=set)  # warm starts the champion line was reset to
     labels_since_comparison: int = 0
+    comparisons: int = 0  # comparisons of the two lines made (each logged, the last one's figures kept)
+    last_comparison: dict[str, Any] | None = None
+    promotions: int = 0  # automatic promotions (swaps) so far
+    labels_since_swap: int = 0  # labels learned since the last swap: the cool-down counts them
     # The feature set the models learned (app.features.spec): a state of another one is refused on restore, and
     # predictions of another one are counted, not learned.
     feature_set: str = FEATURE_SET_VERSION
@@ -133,8 +149,8 @@ class Training:
     converted: bool = False
 
     def __post_init__(self) -> None:
-        self.quality = {"champion": RollingQuality(self.quality_window, self.threshold),
-                        "challenger": RollingQuality(self.quality_window, self.threshold)}  # fmt: skip
+        # Each line's own score just before it learned the pair, and the served probability (what the business saw).
+        self.quality = {role: RollingQuality(self.quality_window, self.threshold) for role in QUALITY_ROLES}
 
     # ---- the head ----------------------------------------------------------------------------------------------
 
@@ -282,35 +298,83 @@ class Training:
     def _learn(self, tx_id: str, features: dict[str, float], y: bool, served: float, outcome: str) -> None:
         if self.audit is not None:
             self.audit.append((tx_id, y, AUDIT_HOW[outcome]))
+        quality = self.quality
+        quality["served"].add(served, y)
+        quality["champion"].add(self.champion.predict_proba_one(features), y)
         self.champion.learn_one(features, y)
-        self.quality["champion"].add(served, y)
         if self.challenger is not None:
-            self.quality["challenger"].add(self.challenger.predict_proba_one(features), y)
+            quality["challenger"].add(self.challenger.predict_proba_one(features), y)
             self.challenger.learn_one(features, y)
         self.counts[outcome] += 1
         self.learned_since_publish += 1
         self.labels_since_comparison += 1
+        self.labels_since_swap += 1
 
     @property
     def labels_seen(self) -> int:
         """Labels learned by the champion line (explicit, implicit negatives and late frauds), each once."""
         return self.champion.labels_learned
 
-    def challenger_wins(self, margin: float, min_labels: int) -> bool:
-        """The challenger's rolling AP beats the champion's by ``margin`` over at least ``min_labels`` labels."""
-        if self.challenger is None or self.labels_since_comparison < min_labels:
-            return False
+    def compare(self, policy: PromotionPolicy) -> Comparison | None:
+        """The two lines over the same transactions, every ``policy.min_labels`` labels once the cool-down after the
+        last promotion has passed (None: no comparison due); the comparison says whether the challenger wins: its
+        AP above the champion's by the margin (and above it), at least ``policy.min_frauds`` frauds in the window,
+        and, with ``policy.confidence``, a paired bootstrap interval of the difference above zero."""
+        if self.challenger is None or self.labels_since_comparison < policy.min_labels:
+            return None
+        if self.promotions and self.labels_since_swap < policy.cooldown_labels:
+            return None  # the windows still hold scores from before the swap
         self.labels_since_comparison = 0
-        champion = self.quality["champion"].summary()["ap"]
-        challenger = self.quality["challenger"].summary()["ap"]
-        return champion is not None and challenger is not None and challenger >= champion + margin
+        self.comparisons += 1
+        champion, challenger = self.quality["champion"], self.quality["challenger"]
+        n = min(len(champion.labels), len(challenger.labels))  # both were fed together since the challenger began
+        y, champion_s = champion.last(n)
+        _, challenger_s = challenger.last(n)
+        frauds = int(y.sum())
+        both = 0 < frauds < n
+        champion_ap = float(average_precision(y, champion_s)) if both else None
+        challenger_ap = float(average_precision(y, challenger_s)) if both else None
+        interval: tuple[float, float] | None = None
+        if policy.margin < 0:
+            wins, why = False, "auto-promotion off (negative margin)"
+        elif champion_ap is None or challenger_ap is None:
+            wins, why = False, "the window lacks a class"
+        elif frauds < policy.min_frauds:
+            wins, why = False, f"{frauds} frauds in the window, fewer than {policy.min_frauds}"
+        elif not (challenger_ap > champion_ap and challenger_ap - champion_ap >= policy.margin):
+            wins, why = False, f"challenger AP not above champion AP by {policy.margin}"
+        elif policy.confidence > 0:
+            interval = bootstrap_interval(y, champion_s, challenger_s, policy.confidence)
+            wins = interval[0] > 0
+            why = "the difference is above zero at that confidence" if wins else "the difference is within noise"
+        else:
+            wins, why = True, "above the margin"
+        comparison = Comparison(champion_ap, challenger_ap, n, frauds, interval, policy.confidence, wins, why)
+        self.last_comparison = {"number": self.comparisons, **comparison.as_dict()}
+        return comparison
+
+    def adopt_champion(self, model: FraudModel, version: str) -> None:
+        """A warm start becomes the champion line: its window starts empty (the former model's scores are not its)."""
+        self.champion, self.champion_version = model, version
+        self.quality["champion"] = RollingQuality(self.quality_window, self.threshold)
+
+    def set_challenger(self, model: FraudModel | None) -> None:
+        """A new challenger line: its window starts empty (the comparison pairs the windows' newest entries)."""
+        self.challenger = model
+        self.challenger_version = None
+        self.quality["challenger"] = RollingQuality(self.quality_window, self.threshold)
+        self.last_comparison = None
 
     def swap_roles(self) -> None:
-        """The challenger becomes the champion line (and the former champion keeps learning as the challenger)."""
+        """The challenger becomes the champion line (and the former champion keeps learning as the challenger). Each
+        window goes with its line (its figures stay those of that model); the served one stays. The next comparison
+        waits for the cool-down (:meth:`compare`)."""
         assert self.challenger is not None
         self.champion, self.challenger = self.challenger, self.champion
         self.champion_version, self.challenger_version = self.challenger_version, self.champion_version
         self.quality["champion"], self.quality["challenger"] = self.quality["challenger"], self.quality["champion"]
+        self.promotions += 1
+        self.labels_since_swap = 0
 
     # ---- the published state -----------------------------------------------------------------------------------
 
@@ -328,9 +392,12 @@ class Training:
         self.__dict__.update(state)
         defaults: dict[str, Any] = {"early_window": 100_000, "tail_positions": {}, "grace_positions": {},
                                     "label_times_s": {}, "labels_kept": 0, "sweep_from": b"",
-                                    "labels_line": ""}  # fmt: skip
+                                    "labels_line": "", "comparisons": 0, "last_comparison": None,
+                                    "promotions": 0, "labels_since_swap": 0}  # fmt: skip
         for name, value in defaults.items():
             self.__dict__.setdefault(name, value)
+        for role in QUALITY_ROLES:  # a state from before the served window
+            self.quality.setdefault(role, RollingQuality(self.quality_window, self.threshold))
         self.labels = LabelStore.in_memory()
         self.recent = OrderedDict()
         self.audit = None

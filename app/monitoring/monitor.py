@@ -91,7 +91,8 @@ async def publish_health(components: Components, send: Send) -> None:
 
 
 def models_summary(components: Components) -> dict[str, object]:
-    """Champion and challenger with their rolling quality (from their newest snapshots), and the trainer's role (the
+    """Champion and challenger with their rolling quality (from their newest snapshots; ``served``: the served
+    probabilities' quality, from the champion's), and the trainer's role (the
     worker's trainer process, from its last ``/status``: ``trainer`` true while it answers and holds the lease)."""
     registry = components.follower.registry
     summary: dict[str, object] = {
@@ -106,4 +107,10 @@ def models_summary(components: Components) -> dict[str, object]:
             for name, value in (header.get("metrics") or {}).items():
                 if isinstance(value, int | float):
                     metrics.MODEL_QUALITY.labels(role, name).set(value)
+            served = header.get("served_metrics") if role == "champion" else None
+            if served:  # the served probabilities' figures, by whichever version served them: their own role
+                summary["served"] = served
+                for name, value in served.items():
+                    if isinstance(value, int | float):
+                        metrics.MODEL_QUALITY.labels("served", name).set(value)
     return summary

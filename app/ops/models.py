@@ -34,6 +34,52 @@ def _print_versions(registry: Registry, refused: list[tuple[str, str]]) -> None:
               f"{h.get('labels_seen', 0):>9} {auc:>6} {ap:>6}  {h.get('created_at', '')}")  # fmt: skip
     for key, code in refused:
         print(f"refused snapshot {key}: {code}")
+    for line in _lines(registry):
+        print(line)
+
+
+def _lines(registry: Registry) -> list[str]:
+    """Per line (the newest champion and challenger versions): the quality window's size, frauds and AP, each model
+    scored on the same transactions; the served probabilities' figures; the last comparison with its interval; and
+    the reason of the last promotion."""
+    out: list[str] = []
+    newest: dict[str, dict[str, Any]] = {}
+    for h in registry.versions():  # newest first
+        if h.get("role") in ("champion", "challenger"):
+            newest.setdefault(str(h["role"]), h)
+    for role in ("champion", "challenger"):
+        found = newest.get(role)
+        if found is None:
+            continue
+        h = found
+        m = h.get("metrics") or {}
+        ap = f"{m['ap']:.3f}" if m.get("ap") is not None else "-"
+        out.append(f"{role} line {h.get('model_name', '')} (newest {h['version']}): window {m.get('labelled', 0)} "
+                   f"labels, {m.get('frauds', 0)} frauds, AP {ap}")  # fmt: skip
+        served = h.get("served_metrics")
+        if served:
+            ap = f"{served['ap']:.3f}" if served.get("ap") is not None else "-"
+            out.append(f"served probabilities: window {served.get('labelled', 0)} labels, "
+                       f"{served.get('frauds', 0)} frauds, AP {ap}")  # fmt: skip
+    comparison = next((h.get("comparison") for h in registry.versions() if h.get("comparison")), None)
+    if comparison:
+        interval = comparison.get("interval")
+        ends = ""
+        if interval:
+            ends = f", interval [{interval[0]:+.3f}, {interval[1]:+.3f}] at {comparison['confidence']:.0%}"
+        out.append(f"last comparison (#{comparison.get('number')}): champion AP {_ap(comparison.get('champion_ap'))}, "
+                   f"challenger AP {_ap(comparison.get('challenger_ap'))} over {comparison.get('labelled')} labels "
+                   f"({comparison.get('frauds')} frauds){ends}: {comparison.get('why')}")  # fmt: skip
+    promoted = [e for e in registry.events if e.get("action") == "promoted"]
+    if promoted:
+        e = promoted[-1]
+        out.append(f"last promotion: {e.get('version')} (was {e.get('previous')}) by {e.get('by')} at "
+                   f"{e.get('timestamp')}: {e.get('reason') or '-'}")  # fmt: skip
+    return out
+
+
+def _ap(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
 
 
 async def run_models(args: argparse.Namespace, settings: Settings) -> int:
