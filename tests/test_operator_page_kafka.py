@@ -114,6 +114,12 @@ def test_the_page_shows_status_model_throughput_dead_letter_codes_and_a_high_sco
         rule_row = browser.find_elements(By.CSS_SELECTOR, '#rules tr[data-rule="night-big"] td')
         assert [c.text for c in rule_row] == ["night-big", "review", "active", "0", rule["expression"], "1", "1"]
 
+        # the model lines: the champion's version and rolling figures as the health event has them
+        models = loads(worker.http_get("/status.json"))["models"]
+        champion = browser.find_elements(By.CSS_SELECTOR, '#model-lines tr[data-role="champion"] td')
+        assert [c.text for c in champion[:2]] == ["champion", models["champion"]["version"]]
+        assert champion[2].text == str(models["champion"]["labelled"]) and int(champion[2].text) > 0
+
         # the drift section: the score's bins now against the reference, two bars a bin, and the worst features
         report = loads(worker.http_get("/status.json"))["drift"]
         bins = len(report["score_bins"]["reference"])

@@ -107,10 +107,16 @@ def models_summary(components: Components) -> dict[str, object]:
             for name, value in (header.get("metrics") or {}).items():
                 if isinstance(value, int | float):
                     metrics.MODEL_QUALITY.labels(role, name).set(value)
+            if role == "champion" and header.get("comparison"):  # the two lines' last comparison, as it was made
+                summary["comparison"] = header["comparison"]
             served = header.get("served_metrics") if role == "champion" else None
             if served:  # the served probabilities' figures, by whichever version served them: their own role
                 summary["served"] = served
                 for name, value in served.items():
                     if isinstance(value, int | float):
                         metrics.MODEL_QUALITY.labels("served", name).set(value)
+    changes = [e for e in registry.events if e.get("action") in ("promoted", "rolled_back")]
+    if changes:  # what made the champion the champion: by whom or what, and why
+        last = changes[-1]
+        summary["last_change"] = {k: last.get(k) for k in ("action", "version", "by", "reason", "timestamp")}
     return summary

@@ -157,6 +157,33 @@ function renderDrift(d) {
   }
 }
 
+// Champion, challenger and the served probabilities' figures, the last comparison and what made the champion.
+function renderModels(m) {
+  const body = byId("model-lines");
+  body.replaceChildren();
+  for (const role of ["champion", "challenger", "served"]) {
+    const line = m && m[role];
+    if (!line) continue;
+    const row = document.createElement("tr");
+    row.dataset.role = role;
+    cell(row, role);
+    cell(row, line.version || (role === "served" ? "as served" : "-"), "id");
+    cell(row, String(line.labelled ?? "-"), "num");
+    cell(row, String(line.frauds ?? "-"), "num");
+    cell(row, fixed(line.ap, 3), "num");
+    cell(row, fixed(line.auc, 3), "num");
+    body.appendChild(row);
+  }
+  if (!body.children.length) emptyRow(body, 6, "no version yet");
+  const c = m && m.comparison;
+  setText("model-comparison", c ? "last comparison over " + c.labelled + " labelled (" + c.frauds + " frauds): " +
+    "champion AP " + fixed(c.champion_ap, 3) + ", challenger AP " + fixed(c.challenger_ap, 3) +
+    (c.interval ? ", interval of the difference [" + fixed(c.interval[0], 3) + ", " + fixed(c.interval[1], 3) + "]" : "") +
+    ": " + c.why : "");
+  const last = m && m.last_change;
+  setText("model-last-change", last ? last.action + " " + last.version + " by " + last.by + ": " + last.reason : "");
+}
+
 function render(s) {
   setText("worker", s.worker);
   const status = byId("status");
@@ -188,6 +215,7 @@ function render(s) {
   renderRules(s.rules);
   renderHighScores(s.high_scores);
   renderDrift(s.drift);
+  renderModels(s.models);
   setText("updated", s.timestamp);
   setText("error", "");
 }
