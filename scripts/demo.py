@@ -31,7 +31,7 @@ from simulate import Event, add_simulator_arguments, config_from, publish, wire_
 
 from app.kafka.clients import consume  # noqa: E402
 from app.learning.quality import average_precision, decision_summary, percentiles, roc_auc  # noqa: E402
-from app.serialization import loads  # noqa: E402
+from app.serialization import dumps, loads  # noqa: E402
 from lab.simulator import simulate  # noqa: E402
 
 BAD_MESSAGES = [b"not json at all", b'{"tx_id": "broken"}', b'{"tx_id":"x","timestamp":"2018-04-01T00:00:00Z",'
@@ -106,11 +106,27 @@ def main(argv: list[str] | None = None) -> int:
 
         config = config_from(args)
         print(f"publishing simulated traffic at {args.rate_tps:g} tx/s for {args.duration_s:g} s ...", flush=True)
-        events = with_bad_input(wire_events(config, args.label_delay_days * 86400), args.bad_every)
-        report = asyncio.run(
-            publish(bootstrap, events, "transactions", "labels", rate_tps=args.rate_tps, duration_s=args.duration_s)
+        events = Resumable(with_bad_input(wire_events(config, args.label_delay_days * 86400), args.bad_every))
+        half_s = args.duration_s / 2
+        first = asyncio.run(publish(bootstrap, events, "transactions", "labels", rate_tps=args.rate_tps,
+                                    duration_s=half_s))  # fmt: skip
+        # Halfway, an analyst's velocity rule goes live on the running worker (no redeploy).
+        rule_file = home / "velocity-rule.json"
+        rule_file.write_bytes(dumps(VELOCITY_RULE))
+        added = subprocess.run([sys.executable, "-m", "app", "rules", "add", "--file", str(rule_file), "--reason",
+                                "demo: bursts on one card"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+        print(
+            f"halfway: rule {VELOCITY_RULE['id']!r} added ({VELOCITY_RULE['expression']}, "
+            f"{VELOCITY_RULE['action']}): {(added.stdout or added.stderr).strip().splitlines()[-1:]}",
+            flush=True,
         )
-        sent = report.transactions
+        second = asyncio.run(publish(bootstrap, events, "transactions", "labels", rate_tps=args.rate_tps,
+                                     duration_s=half_s))  # fmt: skip
+        sent = first.transactions + second.transactions
+        report = second
+        report.transactions, report.labels = sent, first.labels + second.labels
+        report.seconds = first.seconds + second.seconds
         print(f"published {sent} messages to transactions and {report.labels} labels; waiting for the worker ...")
 
         def done(records: list[object]) -> bool:
@@ -137,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  prometheus               {prometheus_local.status_line(prometheus[1])}")
             except OSError as exc:  # the summary above stands without it
                 print(f"  prometheus               API not answering: {exc}")
+        rules_summary(predictions, rule_file, env)
         drift = subprocess.run([sys.executable, "-m", "app", "drift"], cwd=REPO_ROOT, env=env, capture_output=True,
                                text=True, timeout=60)  # fmt: skip
         print("drift without labels (python -m app drift):")
@@ -149,6 +166,47 @@ def main(argv: list[str] | None = None) -> int:
             stop_process(worker)
         kafka_local.stop(data_dir)
         print("stopped Prometheus, the worker and Kafka" if prometheus is not None else "stopped the worker and Kafka")
+
+
+VELOCITY_RULE = {"id": "velocity-1h", "expression": "customer_nb_tx_1hour >= 3", "action": "review",
+                 "description": "three or more transactions of one card within an hour"}  # fmt: skip
+
+
+class Resumable:
+    """An iterator a loop can stop and another resume, the item the first one stopped on included (``publish``
+    takes the next event before it checks the time)."""
+
+    def __init__(self, events: Iterator[Event]) -> None:
+        self.events = events
+        self.held: Event | None = None
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            if self.held is None:
+                item = next(self.events, None)
+                if item is None:
+                    return
+                self.held = item
+            yield self.held
+            self.held = None
+
+
+def rules_summary(predictions: list[dict[str, object]], rule_file: Path, env: dict[str, str]) -> None:
+    """The velocity rule's hits since it went live, and its backtest on the first half (before it existed)."""
+    rule_id = VELOCITY_RULE["id"]
+    decided_with = [p for p in predictions if p.get("rule_set_version") not in (None, 0)]
+    hits = [p for p in decided_with if rule_id in (p.get("rules") or [])]
+    print(f"rule {rule_id!r}: {len(hits)} hits in the {len(decided_with)} predictions decided after it went live "
+          f"({Counter(str(p.get('decision')) for p in hits)})")  # fmt: skip
+    before = sorted(str(p["timestamp"]) for p in predictions if p.get("rule_set_version") in (None, 0))
+    if not before or not decided_with:
+        return
+    since = min(str(p["timestamp"]) for p in decided_with)
+    backtest = subprocess.run([sys.executable, "-m", "app", "rules", "backtest", "--rule", str(rule_file), "--from",
+                               before[0], "--to", since, "--no-progress"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    print(f"backtest of {rule_id!r} on the first half ({before[0]} to {since}, python -m app rules backtest):")
+    print("\n".join(f"  {line}" for line in (backtest.stdout or backtest.stderr).splitlines()[:30]))
 
 
 def trainer_status(url: str) -> dict[str, object]:
