@@ -207,6 +207,7 @@ class _Lease(ConsumerRebalanceListener):  # type: ignore[misc]
         pass  # see the class: the assignment that follows keeps or ends the session
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.trainer.leased = bool(assigned)
         if assigned:
             self.trainer._acquire()
         else:
@@ -232,6 +233,7 @@ class Trainer:
         self.connection = Connection(settings.bootstrap_servers, client_options, settings.output_compression)
         self.training: Training | None = None
         self._task: asyncio.Task[None] | None = None
+        self.leased = False  # the group's last assignment gave this member the lease
         self._counted: Counter[str] = Counter()
         self.policy = PromotionPolicy.from_settings(settings)
         self.lease = Supervisor("trainer lease")
@@ -266,6 +268,7 @@ class Trainer:
             while True:
                 await consumer.getmany(timeout_ms=1000)
         finally:
+            self.leased = False
             await self._release()
             try:
                 await asyncio.wait_for(consumer.stop(), 5)
@@ -287,8 +290,15 @@ class Trainer:
 
     async def _train_until_released(self) -> None:
         """Train until the lease goes (cancelled) or another worker fences this one; after a failure, the supervisor
-        resumes from the last published state."""
-        await self.training_supervisor.run(self._train_unless_fenced)
+        resumes from the last published state. Fenced while the group's last assignment still gives this member the
+        lease (it was handed back to a paused trainer as it resumed, before its old session met the fence), no one
+        else trains: a new session resumes from the last published state."""
+        while True:
+            await self.training_supervisor.run(self._train_unless_fenced)
+            if not self.leased:
+                return
+            log.info("trainer fenced while the group gives it the lease: a new session resumes from the last state")
+            await asyncio.sleep(1.0)
 
     async def _train_unless_fenced(self) -> None:
         try:
