@@ -92,6 +92,7 @@ class Components:
         for rule in rules.rule_set.rules:
             if rule.state != "disabled":
                 metrics.RULE_MATCHES.labels(rule.id, rule.state)
+                metrics.RULE_ERRORS.labels(rule.id)
         self.scorer.rules = rules
 
     async def start(self) -> None:

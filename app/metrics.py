@@ -63,6 +63,13 @@ RULE_MATCHES = Counter(
     "MAX_RULES); a rule deleted or renamed keeps its series until the worker restarts.",
     ["rule", "state"],
 )
+RULE_ERRORS = Counter(
+    "fraud_rule_errors",
+    "Transactions on which an analyst's rule (active or shadow) could not be evaluated (a division by zero, a "
+    "feature missing): the rule does not match them. Bounded like fraud_rule_matches: at most 200 rules are not "
+    "disabled in a set (app/rules/ruleset.py MAX_RULES).",
+    ["rule"],
+)
 LABELS = Counter("fraud_labels", "Labels by what happened to them.", ["outcome"], registry=TRAINER_REGISTRY)
 LABELS_RECEIVED = LABELS.labels("received")
 LABELS_JOINED = LABELS.labels("learned")
@@ -187,6 +194,10 @@ def count_rule_matches(hits: dict[str, int], states: dict[str, str]) -> None:
     """One committed batch's matches per rule id; ``states``: each rule's state when the batch was decided."""
     for rule_id, n in hits.items():
         RULE_MATCHES.labels(rule_id, states.get(rule_id, "active")).inc(n)
+
+
+def count_rule_error(rule_id: str, n: int) -> None:
+    RULE_ERRORS.labels(rule_id).inc(n)
 
 
 def observe_batch(records: int, seconds: float) -> None:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.features.spec import FEATURE_NAMES
+from app.rules.errors import RuleErrors
 from app.rules.events import RuleLog, fold_lists, fold_rules, history, list_event, rule_event
 from app.rules.language import MAX_DEPTH, MAX_NODES, MAX_TEXT_CHARS, RuleSyntaxError, compile_expression
 from app.rules.ruleset import (
@@ -457,3 +458,61 @@ def test_random_expressions_read_as_python_reads_them(expression: str) -> None:
     except ZeroDivisionError:
         got = ZeroDivisionError
     assert got == expected, expression
+
+
+# ---- rules that fail at run time ------------------------------------------------------------------------------
+
+
+def test_a_failing_rule_is_counted_every_time_and_logged_once_per_rule_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    counted: list[tuple[str, int]] = []
+    errors = RuleErrors(60.0, count=lambda rule_id, n: counted.append((rule_id, n)), clock=lambda: now[0])
+    rs = RuleSet.of([Rule("ratio", "amount / customer_avg_amount_30day > 3", BLOCK)])
+    with caplog.at_level("WARNING", logger="app.rules.errors"):
+        assert errors.record(("ratio",), "tx-1", rs)
+        for i in range(2, 50):  # the same rule within the interval: counted, not logged
+            assert not errors.record(("ratio",), f"tx-{i}", rs)
+        assert errors.record(("other",), "tx-50")  # another rule has its own interval
+        now[0] += 59.0
+        assert not errors.record(("ratio",), "tx-51", rs)
+        now[0] += 1.0
+        assert errors.record(("ratio",), "tx-52", rs)  # the next interval: one line for what came since
+    assert counted == [("ratio", 1)] * 49 + [("other", 1)] + [("ratio", 1)] * 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("rule ratio could not be evaluated on tx tx-1 (1 failures")
+    assert "does not match" in lines[0] and "amount / customer_avg_amount_30day > 3" in lines[0]
+    assert lines[1].startswith("rule other could not be evaluated on tx tx-50 (1 failures")
+    assert lines[1].endswith("expression: ?")
+    assert lines[2].startswith("rule ratio could not be evaluated on tx tx-52 (50 failures")
+
+
+def test_what_a_failing_rule_keeps_is_bounded_by_the_rule_cap() -> None:
+    now = [0.0]
+    errors = RuleErrors(60.0, clock=lambda: now[0])
+    for i in range(3 * MAX_RULES):
+        now[0] += 1.0  # rules failing one after the other, each logged once
+        errors.record((f"r{i}",), "tx")
+    assert len(errors._logged_at) <= MAX_RULES and len(errors._since) == len(errors._logged_at)
+
+
+def test_the_decision_path_counts_a_failing_rule_in_metrics_and_decides_without_it() -> None:
+    from app import metrics
+    from app.decisions import assess
+    from app.learning.model import FraudModel
+    from app.records import parse_transaction
+    from app.rules.ruleset import LiveRules
+    from tests.cases import transaction
+
+    rule_id = "ratio-of-a-new-customer"
+    rs = RuleSet.of([Rule(rule_id, "amount / customer_avg_amount_30day > 3", BLOCK)], version=3)
+    before = metrics.counts(metrics.RULE_ERRORS).get((rule_id,), 0.0)
+    tx = parse_transaction(dumps(transaction(1)), 100_000, 1e9)
+    x = features(amount=tx.amount)  # a customer without history: a mean of 0
+    for _ in range(3):
+        prediction = assess.score_transaction(tx, dict(x), FraudModel(), threshold=1.0, received_at_s=0.0,
+                                              rules=LiveRules(rs))  # fmt: skip
+        assert (prediction.decision, prediction.rules) == ("allow", [])  # not matched: the rule does not block
+    assert metrics.counts(metrics.RULE_ERRORS)[(rule_id,)] == before + 3

@@ -1,4 +1,4 @@
-"""Features in, prediction out: score, the rules' decision and reasons, with no I/O.
+"""Features in, prediction out: score, the rules' decision and reasons, with no I/O (but a failing rule's count).
 
 :func:`assess` is the one place a transaction meets the state: the stream (:mod:`app.decisions.scorer`) and the
 synchronous APIs (:mod:`app.serving.service`) both call it, so a ``/predict`` answer is what the stream would publish.
@@ -9,14 +9,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from app import metrics
 from app.features.engine import CustomerState
 from app.features.halves import customer_side_features
 from app.features.spec import FEATURE_SET_VERSION
 from app.learning.model import FraudModel
 from app.records import InvalidMessage, Prediction, Transaction
+from app.rules.errors import RuleErrors
 from app.rules.ruleset import NO_RULES, LiveRules, decide
 from app.serialization import isoformat_utc
 from app.state.terminals import TerminalAggregates
+
+#: Rules that fail at run time, counted in /metrics and logged once per rule a minute (one process, every path).
+RULE_ERRORS = RuleErrors(count=metrics.count_rule_error)
 
 
 def assess(
@@ -69,6 +74,8 @@ def score_transaction(
     probability, reasons = model.score_one(x)
     fields = {"customer_id": tx.customer_id, "terminal_id": tx.terminal_id, "tx_id": tx.tx_id, "amount": tx.amount}
     decided = decide(rules.rule_set, x, fields, probability, threshold, rules.lists, review_cost)
+    if decided.errored:  # those rules did not match; counted, and logged once per rule per minute
+        RULE_ERRORS.record(decided.errored, tx.tx_id, rules.rule_set)
     return Prediction(
         tx_id=tx.tx_id,
         customer_id=tx.customer_id,
