@@ -68,6 +68,9 @@ class Prediction:
     rules: list[str]  # the active rules that matched, the deciding one first among its action
     shadow_rules: list[str]  # the shadow rules that matched: recorded, never deciding
     rule_set_version: int  # the rule set decided with: the rules topic's offset past its newest event (0: none)
+    # the named lists decided with: the rule-lists topic's offset past its newest event (0: none); with
+    # rule_set_version, the pair names exactly the rules and lists a transaction was decided with
+    lists_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,29 @@ def test_each_change_is_handed_over_once_whole_with_its_version_and_lists_read_i
     assert f.rules_view()["version"] == 3
 
 
+def test_a_list_change_alone_changes_the_versions_predictions_carry() -> None:
+    from app.decisions.assess import score_transaction
+    from app.learning.model import FraudModel
+    from app.records import parse_transaction
+    from tests.cases import transaction
+
+    f, handed = follower()
+    tx = parse_transaction(dumps(transaction(1, terminal_id="t-2")), 100_000, 1e9)
+
+    def carried() -> tuple[str, int, int]:
+        p = score_transaction(tx, {"amount": tx.amount}, FraudModel(), threshold=1.0, received_at_s=0.0,
+                              rules=handed[-1])  # fmt: skip
+        return p.decision, p.rule_set_version, p.lists_version
+
+    f._apply(TPS, {TPS[1]: [rule_record(0, Rule("bad-terminal", "terminal_id in watch", "block"))],
+                   TPS[0]: [list_record(0, "watch", ["t-1"])]})  # fmt: skip
+    f._serve()
+    assert carried() == ("allow", 1, 1)
+    f._apply(TPS, {TPS[0]: [list_record(1, "watch", ["t-1", "t-2"])]})  # the list alone
+    f._serve()
+    assert carried() == ("block", 1, 2)  # another decision, and the versions it carries say why
+
+
 def test_a_rule_that_does_not_compile_here_is_left_out_and_named_and_the_others_decide() -> None:
     f, handed = follower()
     f._apply(TPS, {TPS[0]: [list_record(0, "partners", ["t-1"])],

@@ -244,3 +244,18 @@ def test_a_restarted_worker_decides_nothing_before_it_has_the_rule_set(
     after = [decided[f"tx-{i}"] for i in range(40, 100)]
     assert {p["rule_set_version"] for p in after} == {version}  # the first one after the restart included
     assert {(p["decision"], tuple(p["rules"])) for p in after if p["features"]["amount"] >= 40} == {("block", ("big",))}
+
+    # a list changed alone: the version pair predictions carry changes with it (rule_set_version does not)
+    listed = rules_cli(worker, "set-list", "watch", "--items", "c-1")
+    assert listed.returncode == 0, listed.stderr
+    lists_version = int(listed.stdout.rsplit("lists version ", 1)[1].rstrip(")\n"))
+    assert {p["lists_version"] for p in after} == {0} and lists_version == 1
+    deadline = time.monotonic() + 30
+    while loads(worker.http_get("/rules"))["lists_version"] != lists_version:  # the worker has the list
+        assert time.monotonic() < deadline, "the worker did not read the list within 30 s"
+        time.sleep(0.1)
+    produce(kafka_bootstrap, worker.topics["TRANSACTIONS_TOPIC"],
+            [(str(t["customer_id"]).encode(), dumps(t)) for t in (tx(i) for i in range(100, 140))])  # fmt: skip
+    latest = predictions(kafka_bootstrap, worker, lambda ps: len(ps) >= 140, 60)
+    assert {(latest[f"tx-{i}"]["rule_set_version"], latest[f"tx-{i}"]["lists_version"]) for i in range(100, 140)} == {
+        (version, lists_version)}  # fmt: skip

@@ -94,4 +94,5 @@ def score_transaction(
         rules=list(decided.matched),
         shadow_rules=list(decided.shadow_matched),
         rule_set_version=decided.rule_set_version,
+        lists_version=rules.lists_version,
     )

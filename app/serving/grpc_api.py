@@ -57,6 +57,7 @@ def prediction_message(body: dict[str, Any]) -> pb.Prediction:
         rules=body["rules"],
         shadow_rules=body["shadow_rules"],
         rule_set_version=body["rule_set_version"],
+        lists_version=body["lists_version"],
     )
 
 

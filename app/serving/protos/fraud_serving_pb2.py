@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&app/serving/protos/fraud_serving.proto\x12\x10\x66raud.serving.v1\"*\n\x0ePredictRequest\x12\x18\n\x10transaction_json\x18\x01 \x01(\x0c\"\xbc\x03\n\nPrediction\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x13\n\x0bterminal_id\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x19\n\x11\x66raud_probability\x18\x05 \x01(\x01\x12\x10\n\x08is_fraud\x18\x06 \x01(\x08\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x13\n\x0b\x66\x65\x61ture_set\x18\r \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12<\n\x08\x66\x65\x61tures\x18\n \x03(\x0b\x32*.fraud.serving.v1.Prediction.FeaturesEntry\x12\x12\n\nlatency_ms\x18\x0b \x01(\x01\x12\x11\n\tscored_at\x18\x0c \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x0e \x01(\t\x12\r\n\x05rules\x18\x0f \x03(\t\x12\x14\n\x0cshadow_rules\x18\x10 \x03(\t\x12\x18\n\x10rule_set_version\x18\x11 \x01(\x03\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\x05\"v\n\x0cPredictReply\x12\x32\n\nprediction\x18\x01 \x01(\x0b\x32\x1c.fraud.serving.v1.PredictionH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.fraud.serving.v1.ErrorH\x00\x42\x08\n\x06result\"I\n\x0f\x46\x65\x61turesRequest\x12\x15\n\x0b\x63ustomer_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0bterminal_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x65ntity\"\xa7\x01\n\x08\x46\x65\x61tures\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nevent_time\x18\x03 \x01(\t\x12:\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32(.fraud.serving.v1.Features.FeaturesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x12\n\x10ModelInfoRequest\"U\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0elabels_learned\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x32\xcf\x02\n\x0c\x46raudServing\x12I\n\x07Predict\x12 .fraud.serving.v1.PredictRequest\x1a\x1c.fraud.serving.v1.Prediction\x12U\n\rPredictStream\x12 .fraud.serving.v1.PredictRequest\x1a\x1e.fraud.serving.v1.PredictReply(\x01\x30\x01\x12L\n\x0bGetFeatures\x12!.fraud.serving.v1.FeaturesRequest\x1a\x1a.fraud.serving.v1.Features\x12O\n\x0cGetModelInfo\x12\".fraud.serving.v1.ModelInfoRequest\x1a\x1b.fraud.serving.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&app/serving/protos/fraud_serving.proto\x12\x10\x66raud.serving.v1\"*\n\x0ePredictRequest\x12\x18\n\x10transaction_json\x18\x01 \x01(\x0c\"\xd3\x03\n\nPrediction\x12\r\n\x05tx_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x13\n\x0bterminal_id\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\t\x12\x19\n\x11\x66raud_probability\x18\x05 \x01(\x01\x12\x10\n\x08is_fraud\x18\x06 \x01(\x08\x12\x11\n\tthreshold\x18\x07 \x01(\x01\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x13\n\x0b\x66\x65\x61ture_set\x18\r \x01(\t\x12\x0f\n\x07reasons\x18\t \x03(\t\x12<\n\x08\x66\x65\x61tures\x18\n \x03(\x0b\x32*.fraud.serving.v1.Prediction.FeaturesEntry\x12\x12\n\nlatency_ms\x18\x0b \x01(\x01\x12\x11\n\tscored_at\x18\x0c \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x0e \x01(\t\x12\r\n\x05rules\x18\x0f \x03(\t\x12\x14\n\x0cshadow_rules\x18\x10 \x03(\t\x12\x18\n\x10rule_set_version\x18\x11 \x01(\x03\x12\x15\n\rlists_version\x18\x12 \x01(\x03\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\x05\"v\n\x0cPredictReply\x12\x32\n\nprediction\x18\x01 \x01(\x0b\x32\x1c.fraud.serving.v1.PredictionH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.fraud.serving.v1.ErrorH\x00\x42\x08\n\x06result\"I\n\x0f\x46\x65\x61turesRequest\x12\x15\n\x0b\x63ustomer_id\x18\x01 \x01(\tH\x00\x12\x15\n\x0bterminal_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x65ntity\"\xa7\x01\n\x08\x46\x65\x61tures\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\nevent_time\x18\x03 \x01(\t\x12:\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32(.fraud.serving.v1.Features.FeaturesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x12\n\x10ModelInfoRequest\"U\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0elabels_learned\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x32\xcf\x02\n\x0c\x46raudServing\x12I\n\x07Predict\x12 .fraud.serving.v1.PredictRequest\x1a\x1c.fraud.serving.v1.Prediction\x12U\n\rPredictStream\x12 .fraud.serving.v1.PredictRequest\x1a\x1e.fraud.serving.v1.PredictReply(\x01\x30\x01\x12L\n\x0bGetFeatures\x12!.fraud.serving.v1.FeaturesRequest\x1a\x1a.fraud.serving.v1.Features\x12O\n\x0cGetModelInfo\x12\".fraud.serving.v1.ModelInfoRequest\x1a\x1b.fraud.serving.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST']._serialized_start=60
   _globals['_PREDICTREQUEST']._serialized_end=102
   _globals['_PREDICTION']._serialized_start=105
-  _globals['_PREDICTION']._serialized_end=549
-  _globals['_PREDICTION_FEATURESENTRY']._serialized_start=502
-  _globals['_PREDICTION_FEATURESENTRY']._serialized_end=549
-  _globals['_ERROR']._serialized_start=551
-  _globals['_ERROR']._serialized_end=604
-  _globals['_PREDICTREPLY']._serialized_start=606
-  _globals['_PREDICTREPLY']._serialized_end=724
-  _globals['_FEATURESREQUEST']._serialized_start=726
-  _globals['_FEATURESREQUEST']._serialized_end=799
-  _globals['_FEATURES']._serialized_start=802
-  _globals['_FEATURES']._serialized_end=969
-  _globals['_FEATURES_FEATURESENTRY']._serialized_start=502
-  _globals['_FEATURES_FEATURESENTRY']._serialized_end=549
-  _globals['_MODELINFOREQUEST']._serialized_start=971
-  _globals['_MODELINFOREQUEST']._serialized_end=989
-  _globals['_MODELINFO']._serialized_start=991
-  _globals['_MODELINFO']._serialized_end=1076
-  _globals['_FRAUDSERVING']._serialized_start=1079
-  _globals['_FRAUDSERVING']._serialized_end=1414
+  _globals['_PREDICTION']._serialized_end=572
+  _globals['_PREDICTION_FEATURESENTRY']._serialized_start=525
+  _globals['_PREDICTION_FEATURESENTRY']._serialized_end=572
+  _globals['_ERROR']._serialized_start=574
+  _globals['_ERROR']._serialized_end=627
+  _globals['_PREDICTREPLY']._serialized_start=629
+  _globals['_PREDICTREPLY']._serialized_end=747
+  _globals['_FEATURESREQUEST']._serialized_start=749
+  _globals['_FEATURESREQUEST']._serialized_end=822
+  _globals['_FEATURES']._serialized_start=825
+  _globals['_FEATURES']._serialized_end=992
+  _globals['_FEATURES_FEATURESENTRY']._serialized_start=525
+  _globals['_FEATURES_FEATURESENTRY']._serialized_end=572
+  _globals['_MODELINFOREQUEST']._serialized_start=994
+  _globals['_MODELINFOREQUEST']._serialized_end=1012
+  _globals['_MODELINFO']._serialized_start=1014
+  _globals['_MODELINFO']._serialized_end=1099
+  _globals['_FRAUDSERVING']._serialized_start=1102
+  _globals['_FRAUDSERVING']._serialized_end=1437
 # @@protoc_insertion_point(module_scope)

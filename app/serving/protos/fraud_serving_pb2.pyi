@@ -13,7 +13,7 @@ class PredictRequest(_message.Message):
     def __init__(self, transaction_json: _Optional[bytes] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("tx_id", "customer_id", "terminal_id", "timestamp", "fraud_probability", "is_fraud", "threshold", "model_version", "feature_set", "reasons", "features", "latency_ms", "scored_at", "decision", "rules", "shadow_rules", "rule_set_version")
+    __slots__ = ("tx_id", "customer_id", "terminal_id", "timestamp", "fraud_probability", "is_fraud", "threshold", "model_version", "feature_set", "reasons", "features", "latency_ms", "scored_at", "decision", "rules", "shadow_rules", "rule_set_version", "lists_version")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class Prediction(_message.Message):
     RULES_FIELD_NUMBER: _ClassVar[int]
     SHADOW_RULES_FIELD_NUMBER: _ClassVar[int]
     RULE_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LISTS_VERSION_FIELD_NUMBER: _ClassVar[int]
     tx_id: str
     customer_id: str
     terminal_id: str
@@ -55,7 +56,8 @@ class Prediction(_message.Message):
     rules: _containers.RepeatedScalarFieldContainer[str]
     shadow_rules: _containers.RepeatedScalarFieldContainer[str]
     rule_set_version: int
-    def __init__(self, tx_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., timestamp: _Optional[str] = ..., fraud_probability: _Optional[float] = ..., is_fraud: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., feature_set: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., features: _Optional[_Mapping[str, float]] = ..., latency_ms: _Optional[float] = ..., scored_at: _Optional[str] = ..., decision: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., shadow_rules: _Optional[_Iterable[str]] = ..., rule_set_version: _Optional[int] = ...) -> None: ...
+    lists_version: int
+    def __init__(self, tx_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., timestamp: _Optional[str] = ..., fraud_probability: _Optional[float] = ..., is_fraud: _Optional[bool] = ..., threshold: _Optional[float] = ..., model_version: _Optional[str] = ..., feature_set: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., features: _Optional[_Mapping[str, float]] = ..., latency_ms: _Optional[float] = ..., scored_at: _Optional[str] = ..., decision: _Optional[str] = ..., rules: _Optional[_Iterable[str]] = ..., shadow_rules: _Optional[_Iterable[str]] = ..., rule_set_version: _Optional[int] = ..., lists_version: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "reason", "status")
