@@ -5,7 +5,7 @@ follow them in every worker.
 :func:`publish_list`; :func:`read_rules` folds ``RULE_LISTS_TOPIC`` then ``RULES_TOPIC`` from their start to their
 end (:mod:`app.rules.events`). A worker's :class:`RulesFollower` does the same from its start (its decision loop
 waits for ``caught_up``), then keeps reading and hands each new rule set and lists to the scorer between batches,
-as :mod:`app.learning.follower` does for model versions.
+as :mod:`app.learning.follower` does for model versions (both on :mod:`app.kafka.following`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.kafka.clients import Connection, committed_reader, plain_producer
+from app.kafka.following import CompactedFollower
 from app.kafka.reading import read_to_end
-from app.kafka.supervision import Supervisor
 from app.rules.events import Record, RuleLog, fold_lists, fold_rules, history
 from app.rules.ruleset import LiveRules, RuleSet
 from app.serialization import dumps
@@ -98,11 +98,12 @@ async def publish_list(settings: Settings, event: dict[str, Any]) -> int:
     return offset + 1
 
 
-class RulesFollower:
-    """Every worker follows both topics (one partition each, from the start, ``read_committed``, no consumer
-    group), so all fold the same events into the same rule set; ``on_rules`` gets each new :class:`LiveRules`
-    (the scorer takes it between batches: one assignment on the event loop). ``caught_up`` is set once both were
-    read to their end at the first connection: a worker decides nothing before it has the rule set."""
+class RulesFollower(CompactedFollower):
+    """Every worker follows both topics (:class:`app.kafka.following.CompactedFollower`: one partition each, from
+    the start, ``read_committed``, no consumer group, the lists before the rules that name them), so all fold the
+    same events into the same rule set; ``on_rules`` gets each new :class:`LiveRules` (the scorer takes it between
+    batches: one assignment on the event loop). ``caught_up`` is set once both were read to their end at the first
+    connection: a worker decides nothing before it has the rule set."""
 
     def __init__(
         self,
@@ -113,70 +114,38 @@ class RulesFollower:
         on_rules: Callable[[LiveRules], None],
         client_options: dict[str, Any] | None = None,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        super().__init__(
+            "rules follower",
+            bootstrap_servers=bootstrap_servers,
+            topics=(lists_topic, rules_topic),
+            client_options=client_options,
+            consumer_options={
+                "fetch_max_bytes": 32 * 2**20,
+                "max_partition_fetch_bytes": 16 * 2**20,
+                "fetch_max_wait_ms": FOLLOW_POLL_MS,
+            },  # fmt: skip
+            poll_ms=FOLLOW_POLL_MS,
+            max_records=5000,
+        )
         self.rules_topic = rules_topic
         self.lists_topic = lists_topic
         self.on_rules = on_rules
-        self.client_options = client_options or {}
         self.log = RuleLog()
         self.refused: list[tuple[str, str]] = []  # (rule id, reason): rules on the topic that do not compile here
         self.serving: tuple[int, int] | None = None  # (rules version, lists version) handed to the scorer
         self.live = LiveRules()  # what was handed last
-        self._read_to: dict[str, int] = {}  # topic -> next offset, kept across reconnects
-        self.caught_up = asyncio.Event()
-        self.supervisor = Supervisor("rules follower")
 
-    async def run(self) -> None:
-        """Follow both topics until cancelled; reconnects after failures (:class:`Supervisor`)."""
-        await self.supervisor.run(self._session)
-
-    async def _session(self) -> None:
-        consumer = committed_reader(
-            Connection(self.bootstrap_servers, self.client_options),
-            fetch_max_bytes=32 * 2**20,
-            max_partition_fetch_bytes=16 * 2**20,
-            fetch_max_wait_ms=FOLLOW_POLL_MS,
-        )
-        try:
-            await consumer.start()
-            self.supervisor.mark_connected()
-            await self._follow(consumer)
-        finally:
-            try:
-                await asyncio.wait_for(consumer.stop(), 5)
-            except Exception:
-                log.debug("rules follower: consumer stop failed", exc_info=True)
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        tps = [TopicPartition(self.lists_topic, 0), TopicPartition(self.rules_topic, 0)]
-        consumer.assign(tps)
-        starts = {tp: self._read_to.get(tp.topic, 0) for tp in tps}
-        if not self.caught_up.is_set():  # the first connection: read both to the end, then decide with them
-            async for batch in read_to_end(consumer, tps, starts=starts, timeout_ms=500, max_records=5000):
-                self._apply(tps, batch)
-            self._serve()
-            self.caught_up.set()
-            rule_set = self.log.current()[0]
-            log.info("rules follower caught up: rule set version %d (%s, %d rules), lists version %d",
-                     rule_set.version, rule_set.digest, len(rule_set.rules), self.log.lists_version)  # fmt: skip
+    def _take(self, topic: str, record: Any) -> None:
+        folded = [(record.offset, record.key, record.value)]
+        if topic == self.lists_topic:
+            self.log.apply_lists(folded)
         else:
-            for tp, offset in starts.items():
-                consumer.seek(tp, offset)
-        while True:
-            self._apply(tps, await consumer.getmany(*tps, timeout_ms=FOLLOW_POLL_MS, max_records=5000))
-            self._serve()
+            self.log.apply_rules(folded)
 
-    def _apply(self, tps: list[TopicPartition], batch: dict[TopicPartition, list[Any]]) -> None:
-        for tp in tps:  # the lists before the rules that name them
-            records = batch.get(tp, [])
-            if not records:
-                continue
-            folded = [(r.offset, r.key, r.value) for r in records]
-            if tp.topic == self.lists_topic:
-                self.log.apply_lists(folded)
-            else:
-                self.log.apply_rules(folded)
-            self._read_to[tp.topic] = records[-1].offset + 1
+    def _on_caught_up(self) -> None:
+        rule_set = self.log.current()[0]
+        log.info("rules follower caught up: rule set version %d (%s, %d rules), lists version %d",
+                 rule_set.version, rule_set.digest, len(rule_set.rules), self.log.lists_version)  # fmt: skip
 
     def _serve(self) -> None:
         """Hand the rule set and lists to ``on_rules`` when either changed."""

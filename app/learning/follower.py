@@ -1,26 +1,22 @@
 """Every worker follows the promoted model version: it reads ``models`` and ``model-events`` and swaps the scorer.
 
-Both topics have one partition and are read from the start (``read_committed``, no consumer group), so every
-worker folds the same events into the same champion (:class:`app.learning.registry.Registry`), and a restarted
-worker scores with the version it scored with before. A snapshot is verified when it arrives; one that is
-unsigned, altered, signed with another key or made for another feature set (:mod:`app.features.spec`) is refused
-before deserialisation: logged, counted, shown in health, and the version in use keeps scoring.
+Both topics have one partition and are read from the start (``read_committed``, no consumer group:
+:mod:`app.kafka.following`), so every worker folds the same events into the same champion
+(:class:`app.learning.registry.Registry`), and a restarted worker scores with the version it scored with before. A
+snapshot is verified when it arrives; one that is unsigned, altered, signed with another key or made for another
+feature set (:mod:`app.features.spec`) is refused before deserialisation: logged, counted, shown in health, and the
+version in use keeps scoring.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from app import metrics
-from app.kafka.clients import Connection, committed_reader
-from app.kafka.reading import read_to_end
-from app.kafka.supervision import Supervisor
+from app.kafka.following import CompactedFollower
 from app.learning.model import FraudModel
 from app.learning.registry import Registry
 from app.learning.snapshots import SnapshotRefused, check_feature_set, load_model_snapshot, verify
@@ -32,7 +28,10 @@ REFUSAL_SHOWN_S = 600.0  # a refused snapshot stays an issue in the health event
 SNAPSHOTS_KEPT = 200  # versions whose bytes a worker keeps in memory (a snapshot of the default model: ~5 KB)
 
 
-class ModelFollower:
+class ModelFollower(CompactedFollower):
+    """Both topics followed from their start (:class:`app.kafka.following.CompactedFollower`), the snapshots before
+    the events that name them; ``on_champion`` gets the champion's model each time it changes."""
+
     def __init__(
         self,
         *,
@@ -43,67 +42,33 @@ class ModelFollower:
         on_champion: Callable[[FraudModel], None],
         client_options: dict[str, Any] | None = None,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        super().__init__(
+            "model follower",
+            bootstrap_servers=bootstrap_servers,
+            topics=(models_topic, events_topic),
+            client_options=client_options,
+            consumer_options={"fetch_max_bytes": 64 * 2**20, "max_partition_fetch_bytes": 32 * 2**20},
+        )
         self.models_topic = models_topic
         self.events_topic = events_topic
         self.key = key
         self.on_champion = on_champion
-        self.client_options = client_options or {}
         self.registry = Registry()
         self.snapshots: dict[str, bytes] = {}  # verified snapshots by version
         self.refused: list[tuple[float, str, str, str]] = []  # (monotonic time, record key, code, reason)
         self.newest_sequence = 0  # of every signed snapshot, refused ones too: a new line does not reuse their ids
         self.serving: str | None = None
         self._missing_logged: str | None = None
-        self._read_to: dict[str, int] = {}  # topic -> next offset, kept across reconnects
-        self.caught_up = asyncio.Event()
-        self.supervisor = Supervisor("model follower")
 
-    async def run(self) -> None:
-        """Follow both topics until cancelled; reconnects after failures (:class:`app.kafka.supervision.Supervisor`)."""
-        await self.supervisor.run(self._session)
-
-    async def _session(self) -> None:
-        consumer = committed_reader(
-            Connection(self.bootstrap_servers, self.client_options),
-            fetch_max_bytes=64 * 2**20,
-            max_partition_fetch_bytes=32 * 2**20,
-        )
-        try:
-            await consumer.start()
-            self.supervisor.mark_connected()
-            await self._follow(consumer)
-        finally:
-            try:
-                await asyncio.wait_for(consumer.stop(), 5)
-            except Exception:
-                log.debug("model follower: consumer stop failed", exc_info=True)
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        tps = [TopicPartition(self.models_topic, 0), TopicPartition(self.events_topic, 0)]
-        consumer.assign(tps)
-        starts = {tp: self._read_to.get(tp.topic, 0) for tp in tps}
-        if not self.caught_up.is_set():  # the first connection: read to the end, then serve the champion
-            async for batch in read_to_end(consumer, tps, starts=starts, timeout_ms=500, max_records=1000):
-                self._apply(tps, batch)
-            self.caught_up.set()
-            log.info("model follower caught up: champion %s, %d versions", self.registry.champion,
-                     len(self.registry.headers))  # fmt: skip
+    def _take(self, topic: str, record: Any) -> None:
+        if topic == self.models_topic:
+            self._snapshot(record.key, record.value)
         else:
-            for tp, offset in starts.items():
-                consumer.seek(tp, offset)
-        while True:
-            self._serve()
-            self._apply(tps, await consumer.getmany(*tps, timeout_ms=500, max_records=1000))
+            self._event(record.value)
 
-    def _apply(self, tps: list[TopicPartition], batch: dict[TopicPartition, list[Any]]) -> None:
-        for tp in tps:  # snapshots before the events that name them
-            for record in batch.get(tp, []):
-                if tp.topic == self.models_topic:
-                    self._snapshot(record.key, record.value)
-                else:
-                    self._event(record.value)
-                self._read_to[tp.topic] = record.offset + 1
+    def _on_caught_up(self) -> None:
+        log.info("model follower caught up: champion %s, %d versions", self.registry.champion,
+                 len(self.registry.headers))  # fmt: skip
 
     def _snapshot(self, key: bytes | None, value: bytes | None) -> None:
         name = key.decode(errors="replace") if key else "?"
