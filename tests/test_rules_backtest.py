@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from app.features.spec import FEATURE_NAMES
-from app.rules.backtest import CANDIDATE, EXPECTED_LOSS, FIXED, LIVE, Scored, backtest, lines, scored_of
+from app.rules.backtest import CANDIDATE, EXPECTED_LOSS, FIXED, LIVE, Backtest, Scored, lines, scored_of
 from app.rules.ruleset import BLOCK, REVIEW, SHADOW, Rule, RuleSet
 
 T0 = datetime(2018, 4, 1, tzinfo=UTC).timestamp()
@@ -37,7 +37,7 @@ BIG = Rule("big", "amount > 500", BLOCK, state=SHADOW)  # a candidate is evaluat
 
 
 def run() -> dict:  # type: ignore[type-arg]
-    report = backtest(RECORDS, LABELS, LIVE_SET, [BIG], {}, start_s=T0, end_s=T0 + 86400.0, review_cost=50.0)
+    report = Backtest(LABELS, LIVE_SET, [BIG], {}, start_s=T0, end_s=T0 + 86400.0, review_cost=50.0).run(RECORDS)
     return report.to_dict()
 
 
@@ -77,8 +77,8 @@ def test_sets_under_both_thresholds_and_the_changes() -> None:
 
 
 def test_a_fixed_threshold_overrides_each_predictions_own_and_the_text_report() -> None:
-    report = backtest(RECORDS, LABELS, LIVE_SET, [BIG], {}, start_s=T0, end_s=T0 + 86400.0, review_cost=50.0,
-                      threshold=0.95)  # fmt: skip
+    report = Backtest(LABELS, LIVE_SET, [BIG], {}, start_s=T0, end_s=T0 + 86400.0, review_cost=50.0,
+                      threshold=0.95).run(RECORDS)  # fmt: skip
     assert report.sets[(LIVE, FIXED)].decisions["block"] == 0  # tx2 at 0.6 and tx5 at 0.9 pass now
     text = "\n".join(lines(report))
     assert "*big" in text and "candidate vs live (fixed): 3 decisions changed (allow->block 3)" in text  # tx1, tx2, tx4
@@ -86,7 +86,7 @@ def test_a_fixed_threshold_overrides_each_predictions_own_and_the_text_report() 
 
 def test_a_rule_that_fails_is_counted_apart() -> None:
     ratio = Rule("ratio", "amount / customer_avg_amount_30day > 3", BLOCK)  # the average is 0 in these records
-    report = backtest(RECORDS, LABELS, LIVE_SET, [ratio], {}, start_s=T0, end_s=T0 + 86400.0, review_cost=50.0)
+    report = Backtest(LABELS, LIVE_SET, [ratio], {}, start_s=T0, end_s=T0 + 86400.0, review_cost=50.0).run(RECORDS)
     assert report.rule_figures["ratio"].errors == 6 and report.rule_figures["ratio"].hits == 0
     assert "rule ratio failed on 6 transactions" in "\n".join(lines(report))
 

@@ -1,6 +1,6 @@
 """The backtest's counting: candidate rules beside the live rule set, over past predictions and their labels (pure).
 
-:func:`backtest` takes the predictions as scored (features, ``fraud_probability``, the transaction's fields) and
+:class:`Backtest` takes the predictions as scored (features, ``fraud_probability``, the transaction's fields) and
 the labels by ``tx_id``; it decides every transaction of the event-time range ``[start_s, end_s)`` with the live
 set, with the candidate set (the live set with the candidate rules added, a candidate replacing the live rule of
 its id, every candidate taken as ``active``) and, per candidate, with the live set plus that rule alone, under both
@@ -179,7 +179,8 @@ class Report:
 
 class Backtest:
     """The counting, one record at a time (the command feeds it as it reads, so a month of predictions is never
-    held in memory): :meth:`add` each prediction, then read :attr:`report`. ``labels`` must be complete first."""
+    held in memory): :meth:`add` each prediction, then read :attr:`report` (or :meth:`run` over them all).
+    ``labels`` must be complete first; ``threshold`` None: each prediction's own."""
 
     def __init__(
         self,
@@ -208,6 +209,13 @@ class Backtest:
                 report.changes[(key, mode)] = Change()
         self.report = report
         self._seen: set[str] = set()
+
+    def run(self, records: Iterable[Scored]) -> Report:
+        """Count what the live set and the candidates would have decided on ``records`` in ``[start_s, end_s)``
+        (event time; a ``tx_id`` seen again is counted once)."""
+        for record in records:
+            self.add(record)
+        return self.report
 
     def in_range(self, event_time_s: float) -> bool:
         return self.report.start_s <= event_time_s < self.report.end_s
@@ -247,27 +255,6 @@ class Backtest:
                 decided = resolve(m, p, amount, t, cost).decision
                 if decided != before:
                     changes[(rule_id, mode)].add(record.tx_id, before, decided)
-
-
-def backtest(
-    records: Iterable[Scored],
-    labels: Mapping[str, bool],
-    live: RuleSet,
-    candidates: Collection[Rule],
-    lists: Mapping[str, Collection[str]],
-    *,
-    start_s: float,
-    end_s: float,
-    review_cost: float,
-    threshold: float | None = None,
-) -> Report:
-    """Count what the live set and the candidates would have decided on ``records`` in ``[start_s, end_s)``
-    (event time; a ``tx_id`` seen again is counted once). ``threshold`` None: each prediction's own."""
-    counting = Backtest(labels, live, candidates, lists, start_s=start_s, end_s=end_s, review_cost=review_cost,
-                        threshold=threshold)  # fmt: skip
-    for record in records:
-        counting.add(record)
-    return counting.report
 
 
 def _decide(

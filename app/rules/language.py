@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import difflib
 import operator
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,37 +263,65 @@ def _read(name: str) -> Test:
     return lambda x, t, lists: t[name]
 
 
-def _compare_name_constant(op: str, name: str, c: Any) -> Test:  # noqa: C901 - one closure per case, for speed
-    """``name OP c``: one closure, one lookup, the operator inline (the commonest shape of a rule's leaves)."""
-    if NAMES[name][0] == FEATURES:
-        if op == ">":
-            return lambda x, t, lists: x[name] > c
-        if op == ">=":
-            return lambda x, t, lists: x[name] >= c
-        if op == "<":
-            return lambda x, t, lists: x[name] < c
-        if op == "<=":
-            return lambda x, t, lists: x[name] <= c
-        if op == "==":
-            return lambda x, t, lists: x[name] == c
-        return lambda x, t, lists: x[name] != c
-    if op == ">":
-        return lambda x, t, lists: t[name] > c
-    if op == ">=":
-        return lambda x, t, lists: t[name] >= c
-    if op == "<":
-        return lambda x, t, lists: t[name] < c
-    if op == "<=":
-        return lambda x, t, lists: t[name] <= c
-    if op == "==":
-        return lambda x, t, lists: t[name] == c
-    return lambda x, t, lists: t[name] != c
+# One closure per case, the operator and the place a name is read written inline: a rule evaluates them per
+# transaction, and an ``operator`` call or a test of where to read would cost more than the comparison itself.
+# ``lambda n, c: lambda x, t, lists: ...`` makes the closure of one case.
+
+#: ``name OP c``, the name read from the features or the transaction's fields (the commonest shape of a leaf).
+_NAME_CONSTANT: dict[tuple[str, str], Callable[[str, Any], Test]] = {
+    (FEATURES, ">"): lambda n, c: lambda x, t, lists: x[n] > c,
+    (FEATURES, ">="): lambda n, c: lambda x, t, lists: x[n] >= c,
+    (FEATURES, "<"): lambda n, c: lambda x, t, lists: x[n] < c,
+    (FEATURES, "<="): lambda n, c: lambda x, t, lists: x[n] <= c,
+    (FEATURES, "=="): lambda n, c: lambda x, t, lists: x[n] == c,
+    (FEATURES, "!="): lambda n, c: lambda x, t, lists: x[n] != c,
+    (FIELDS, ">"): lambda n, c: lambda x, t, lists: t[n] > c,
+    (FIELDS, ">="): lambda n, c: lambda x, t, lists: t[n] >= c,
+    (FIELDS, "<"): lambda n, c: lambda x, t, lists: t[n] < c,
+    (FIELDS, "<="): lambda n, c: lambda x, t, lists: t[n] <= c,
+    (FIELDS, "=="): lambda n, c: lambda x, t, lists: t[n] == c,
+    (FIELDS, "!="): lambda n, c: lambda x, t, lists: t[n] != c,
+}
+
+#: ``feature OP expression``: the feature read inline (``amount > 3 * customer_max_amount_7day + 100``).
+_FEATURE_TEST: dict[str, Callable[[str, Test], Test]] = {
+    ">": lambda n, b: lambda x, t, lists: x[n] > b(x, t, lists),
+    ">=": lambda n, b: lambda x, t, lists: x[n] >= b(x, t, lists),
+    "<": lambda n, b: lambda x, t, lists: x[n] < b(x, t, lists),
+    "<=": lambda n, b: lambda x, t, lists: x[n] <= b(x, t, lists),
+    "==": lambda n, b: lambda x, t, lists: x[n] == b(x, t, lists),
+    "!=": lambda n, b: lambda x, t, lists: x[n] != b(x, t, lists),
+}
+
+#: ``feature op c`` (False) or ``c op feature`` (True).
+_FEATURE_CONSTANT: dict[tuple[str, bool], Callable[[str, float], Test]] = {
+    ("+", False): lambda n, c: lambda x, t, lists: x[n] + c,
+    ("+", True): lambda n, c: lambda x, t, lists: x[n] + c,
+    ("*", False): lambda n, c: lambda x, t, lists: x[n] * c,
+    ("*", True): lambda n, c: lambda x, t, lists: x[n] * c,
+    ("-", False): lambda n, c: lambda x, t, lists: x[n] - c,
+    ("-", True): lambda n, c: lambda x, t, lists: c - x[n],
+    ("/", False): lambda n, c: lambda x, t, lists: x[n] / c,
+    ("/", True): lambda n, c: lambda x, t, lists: c / x[n],
+}
+
+#: ``a op c`` (False) or ``c op a`` (True), ``a`` any numeric test: no closure for the constant.
+_TEST_CONSTANT: dict[tuple[str, bool], Callable[[Test, float], Test]] = {
+    ("+", False): lambda a, c: lambda x, t, lists: a(x, t, lists) + c,
+    ("+", True): lambda a, c: lambda x, t, lists: a(x, t, lists) + c,
+    ("*", False): lambda a, c: lambda x, t, lists: a(x, t, lists) * c,
+    ("*", True): lambda a, c: lambda x, t, lists: a(x, t, lists) * c,
+    ("-", False): lambda a, c: lambda x, t, lists: a(x, t, lists) - c,
+    ("-", True): lambda a, c: lambda x, t, lists: c - a(x, t, lists),
+    ("/", False): lambda a, c: lambda x, t, lists: a(x, t, lists) / c,
+    ("/", True): lambda a, c: lambda x, t, lists: c / a(x, t, lists),
+}
 
 
 def _leaf(op: str, name: str, c: Any) -> _Node:
     leaf = Leaf(NAMES[name][0], name, op, c)
     guard = leaf if op in ORDERING and isinstance(c, float) and c == c else None  # a number, not NaN
-    return _Node(BOOL, test=_compare_name_constant(op, name, c), leaf=leaf, guard=guard)
+    return _Node(BOOL, test=_NAME_CONSTANT[(leaf.where, op)](name, c), leaf=leaf, guard=guard)
 
 
 def _two_leaves(first: Leaf, second: Leaf, conjunction: bool) -> Test:
@@ -311,89 +339,23 @@ def _two_leaves(first: Leaf, second: Leaf, conjunction: bool) -> Test:
     return lambda x, t, lists: fa((x if da else t)[a], ca) or fb((x if db else t)[b], cb)
 
 
-def _all(tests: list[Test]) -> Test:
+def _joined(tests: Sequence[Test], conjunction: bool) -> Test:
+    """``a and b and ...`` (or ``or``), short-circuiting: two or three tests in one closure, more as nested ones."""
+    if len(tests) > 3:
+        return _joined([tests[0], tests[1], _joined(tests[2:], conjunction)], conjunction)
     if len(tests) == 2:
         a, b = tests
-        return lambda x, t, lists: a(x, t, lists) and b(x, t, lists)
-    if len(tests) == 3:
-        a, b, c = tests
-        return lambda x, t, lists: a(x, t, lists) and b(x, t, lists) and c(x, t, lists)
-    frozen = tuple(tests)
-
-    def every(x: Mapping[str, float], t: Mapping[str, Any], lists: Mapping[str, Collection[str]]) -> bool:
-        for test in frozen:
-            if not test(x, t, lists):
-                return False
-        return True
-
-    return every
-
-
-def _any(tests: list[Test]) -> Test:
-    if len(tests) == 2:
-        a, b = tests
+        if conjunction:
+            return lambda x, t, lists: a(x, t, lists) and b(x, t, lists)
         return lambda x, t, lists: a(x, t, lists) or b(x, t, lists)
-    if len(tests) == 3:
-        a, b, c = tests
-        return lambda x, t, lists: a(x, t, lists) or b(x, t, lists) or c(x, t, lists)
-    frozen = tuple(tests)
-
-    def some(x: Mapping[str, float], t: Mapping[str, Any], lists: Mapping[str, Collection[str]]) -> bool:
-        for test in frozen:
-            if test(x, t, lists):
-                return True
-        return False
-
-    return some
+    a, b, c = tests
+    if conjunction:
+        return lambda x, t, lists: a(x, t, lists) and b(x, t, lists) and c(x, t, lists)
+    return lambda x, t, lists: a(x, t, lists) or b(x, t, lists) or c(x, t, lists)
 
 
 def _arithmetic(f: Callable[[Any, Any], Any], a: Test, b: Test) -> Test:
     return lambda x, t, lists: f(a(x, t, lists), b(x, t, lists))
-
-
-def _compare_feature_test(op: str, name: str, b: Test) -> Test:  # noqa: C901
-    """``feature OP expression``: the feature read inline (``amount > 3 * customer_max_amount_7day + 100``)."""
-    if op == ">":
-        return lambda x, t, lists: x[name] > b(x, t, lists)
-    if op == ">=":
-        return lambda x, t, lists: x[name] >= b(x, t, lists)
-    if op == "<":
-        return lambda x, t, lists: x[name] < b(x, t, lists)
-    if op == "<=":
-        return lambda x, t, lists: x[name] <= b(x, t, lists)
-    if op == "==":
-        return lambda x, t, lists: x[name] == b(x, t, lists)
-    return lambda x, t, lists: x[name] != b(x, t, lists)
-
-
-def _feature_constant(op: str, name: str, c: float, constant_first: bool) -> Test:  # noqa: C901
-    """``feature op c`` (or ``c op feature``) in one closure."""
-    if op == "+":
-        return lambda x, t, lists: x[name] + c
-    if op == "*":
-        return lambda x, t, lists: x[name] * c
-    if op == "-":
-        if constant_first:
-            return lambda x, t, lists: c - x[name]
-        return lambda x, t, lists: x[name] - c
-    if constant_first:
-        return lambda x, t, lists: c / x[name]
-    return lambda x, t, lists: x[name] / c
-
-
-def _arithmetic_constant(op: str, a: Test, c: float, constant_first: bool) -> Test:  # noqa: C901
-    """``a op c`` (or ``c op a``) in one closure: no closure for the constant, the operator inline."""
-    if op == "+":
-        return lambda x, t, lists: a(x, t, lists) + c
-    if op == "*":
-        return lambda x, t, lists: a(x, t, lists) * c
-    if op == "-":
-        if constant_first:
-            return lambda x, t, lists: c - a(x, t, lists)
-        return lambda x, t, lists: a(x, t, lists) - c
-    if constant_first:
-        return lambda x, t, lists: c / a(x, t, lists)
-    return lambda x, t, lists: a(x, t, lists) / c
 
 
 _EMPTY: frozenset[str] = frozenset()
@@ -467,7 +429,7 @@ class _Compiler:
         if len(nodes) == 2 and nodes[0].leaf is not None and nodes[1].leaf is not None:
             return _Node(BOOL, test=_two_leaves(nodes[0].leaf, nodes[1].leaf, word == "and"), guard=guard)
         tests = [self._test(n) for n in nodes]
-        return _Node(BOOL, test=_any(tests) if word == "or" else _all(tests), guard=guard)
+        return _Node(BOOL, test=_joined(tests, word == "and"), guard=guard)
 
     def _not_(self, tree: Tree[Token]) -> _Node:
         node = self.node(tree.children[1])
@@ -493,9 +455,9 @@ class _Compiler:
         if right.name is not None and left.is_constant:
             return _leaf(_FLIPPED[op], right.name, left.constant)
         if left.name is not None and NAMES[left.name][0] == FEATURES:
-            return _Node(BOOL, test=_compare_feature_test(op, left.name, self._test(right)))
+            return _Node(BOOL, test=_FEATURE_TEST[op](left.name, self._test(right)))
         if right.name is not None and NAMES[right.name][0] == FEATURES:
-            return _Node(BOOL, test=_compare_feature_test(_FLIPPED[op], right.name, self._test(left)))
+            return _Node(BOOL, test=_FEATURE_TEST[_FLIPPED[op]](right.name, self._test(left)))
         a, b, f = self._test(left), self._test(right), _COMPARE[op]
         return _Node(BOOL, test=lambda x, t, lists: f(a(x, t, lists), b(x, t, lists)))
 
@@ -557,13 +519,13 @@ class _Compiler:
                 result = _Node(NUMBER, constant=f(result.constant, operand.constant))
                 continue
             if operand.is_constant and result.name is not None and NAMES[result.name][0] == FEATURES:
-                result = _Node(NUMBER, test=_feature_constant(op, result.name, operand.constant, False))
+                result = _Node(NUMBER, test=_FEATURE_CONSTANT[(op, False)](result.name, operand.constant))
             elif result.is_constant and operand.name is not None and NAMES[operand.name][0] == FEATURES:
-                result = _Node(NUMBER, test=_feature_constant(op, operand.name, result.constant, True))
+                result = _Node(NUMBER, test=_FEATURE_CONSTANT[(op, True)](operand.name, result.constant))
             elif operand.is_constant:
-                result = _Node(NUMBER, test=_arithmetic_constant(op, self._test(result), operand.constant, False))
+                result = _Node(NUMBER, test=_TEST_CONSTANT[(op, False)](self._test(result), operand.constant))
             elif result.is_constant:
-                result = _Node(NUMBER, test=_arithmetic_constant(op, self._test(operand), result.constant, True))
+                result = _Node(NUMBER, test=_TEST_CONSTANT[(op, True)](self._test(operand), result.constant))
             else:
                 result = _Node(NUMBER, test=_arithmetic(f, self._test(result), self._test(operand)))
         return result

@@ -352,26 +352,37 @@ def resolve(
     >>> resolve(Matches((), (), (), None, 0.0), 0.1, 500.0, 0.5, review_cost=20.0).decision
     'review'
     """
-    p = probability + matches.score if matches.score else probability
+    return _decision(*matches, probability, amount, threshold, review_cost, version)
+
+
+def _decision(
+    matched: Sequence[str],
+    shadow: Sequence[str],
+    errored: Sequence[str],
+    action: str | None,
+    score: float,
+    probability: float,
+    amount: float,
+    threshold: float,
+    review_cost: float | None,
+    version: int,
+) -> Decision:
+    """Steps 2 to 7 of the module docstring on what the rules said (a :class:`Matches`' fields, in its order): the
+    one copy of the precedence and of both thresholds, for :func:`decide` and :func:`resolve` alike."""
+    p = probability + score if score else probability
     p = 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
-    first = matches.matched[0] if matches.matched else ""
-    decision, by = _precedence(matches.action, first, p, amount, threshold, review_cost)
-    return Decision(decision, matches.matched, matches.shadow_matched, p, by, version, matches.errored)
-
-
-def _precedence(
-    action: str | None, first: str, p: float, amount: float, threshold: float, review_cost: float | None
-) -> tuple[str, str]:
-    """(decision, decided by): steps 2 to 7 of the module docstring; ``first`` is the first rule matched."""
+    first = matched[0] if matched else ""
     if action == ALLOW or action == BLOCK:
-        return action, first
-    if p >= threshold:
-        return BLOCK, BY_THRESHOLD
-    if action == REVIEW:
-        return REVIEW, first
-    if review_cost is not None and p * amount > review_cost:
-        return REVIEW, BY_EXPECTED_LOSS
-    return ALLOW, BY_MODEL
+        decision, by = action, first
+    elif p >= threshold:
+        decision, by = BLOCK, BY_THRESHOLD
+    elif action == REVIEW:
+        decision, by = REVIEW, first
+    elif review_cost is not None and p * amount > review_cost:
+        decision, by = REVIEW, BY_EXPECTED_LOSS
+    else:
+        decision, by = ALLOW, BY_MODEL
+    return Decision(decision, tuple(matched), tuple(shadow), p, by, version, tuple(errored))
 
 
 def decide(
@@ -399,12 +410,9 @@ def decide(
     'allow'
     """
     fields = {**tx_fields, "fraud_probability": probability}
-    matched, shadow, errored, action, score = _evaluate(rule_set._plan, x, fields, lists)
-    p = probability + score if score else probability
-    p = 0.0 if p < 0.0 else 1.0 if p > 1.0 else p
     amount = float(tx_fields.get("amount", x.get("amount", 0.0)))
-    decision, by = _precedence(action, matched[0] if matched else "", p, amount, threshold, review_cost)
-    return Decision(decision, tuple(matched), tuple(shadow), p, by, rule_set.version, tuple(errored))
+    return _decision(*_evaluate(rule_set._plan, x, fields, lists), probability, amount, threshold, review_cost,
+                     rule_set.version)  # fmt: skip
 
 
 def with_state(rule: Rule, state: str) -> Rule:
