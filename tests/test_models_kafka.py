@@ -25,6 +25,8 @@ from app.serialization import dumps, loads
 from app.settings import DEVELOPMENT_SIGNING_KEY
 from tests.cases import transaction
 from tests.conftest import REPO_ROOT, WorkerProcess
+from tests.watch import metric as _metric
+from tests.watch import wait as _wait
 
 pytestmark = pytest.mark.kafka
 
@@ -34,23 +36,6 @@ WorkerFactory = Callable[..., WorkerProcess]
 def _models(worker: WorkerProcess) -> dict[str, Any]:
     result: dict[str, Any] = loads(worker.http_get("/models"))
     return result
-
-
-def _metric(worker: WorkerProcess, name: str) -> float:
-    match = re.search(rb"^" + re.escape(name.encode()) + rb" (\S+)$", worker.http_get("/metrics"), re.M)
-    return float(match.group(1)) if match else float("nan")
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass  # a worker restarting
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def _labels_seen(worker: WorkerProcess) -> int:

@@ -25,6 +25,7 @@ from app.serving.routing import PartitionOwners, partition_for_key
 from tests.conftest import REPO_ROOT, WorkerProcess
 from tests.openapi import assert_request_valid, assert_response_valid
 from tests.test_features_kafka import same_deployment
+from tests.watch import wait
 
 pytestmark = pytest.mark.kafka
 log = logging.getLogger(__name__)
@@ -250,10 +251,7 @@ def test_a_restarted_worker_decides_nothing_before_it_has_the_rule_set(
     assert listed.returncode == 0, listed.stderr
     lists_version = int(listed.stdout.rsplit("lists version ", 1)[1].rstrip(")\n"))
     assert {p["lists_version"] for p in after} == {0} and lists_version == 1
-    deadline = time.monotonic() + 30
-    while loads(worker.http_get("/rules"))["lists_version"] != lists_version:  # the worker has the list
-        assert time.monotonic() < deadline, "the worker did not read the list within 30 s"
-        time.sleep(0.1)
+    wait(lambda: loads(worker.http_get("/rules"))["lists_version"] == lists_version, 30, "the worker has the list")
     produce(kafka_bootstrap, worker.topics["TRANSACTIONS_TOPIC"],
             [(str(t["customer_id"]).encode(), dumps(t)) for t in (tx(i) for i in range(100, 140))])  # fmt: skip
     latest = predictions(kafka_bootstrap, worker, lambda ps: len(ps) >= 140, 60)

@@ -24,27 +24,12 @@ from app.kafka.clients import consume, produce
 from app.serialization import dumps, loads
 from tests.cases import transaction
 from tests.conftest import REPO_ROOT, WorkerProcess, free_port
+from tests.watch import metric as _metric
+from tests.watch import wait as _wait
 
 pytestmark = pytest.mark.kafka
 
 WorkerFactory = Callable[..., WorkerProcess]
-
-
-def _metric(worker: WorkerProcess, name: str) -> float:
-    match = re.search(rb"^" + re.escape(name.encode()) + rb" (\S+)$", worker.http_get("/metrics"), re.M)
-    return float(match.group(1)) if match else float("nan")
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (OSError, KeyError, TypeError):
-            pass  # a process restarting, a page not there yet
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def _trainer_process(worker: WorkerProcess) -> dict[str, Any]:

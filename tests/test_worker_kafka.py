@@ -17,6 +17,7 @@ from app.settings import Settings
 from tests.cases import BAD_TRANSACTIONS, transaction
 from tests.conftest import WorkerProcess
 from tests.contract import assert_valid
+from tests.watch import metric as _metric
 
 pytestmark = pytest.mark.kafka
 
@@ -286,11 +287,6 @@ def test_a_restarted_worker_keeps_what_the_model_learned_and_bad_labels_are_dead
     while time.monotonic() < deadline and learned() != 40:
         time.sleep(0.3)
     assert learned() == 40
-
-
-def _metric(worker: WorkerProcess, name: str) -> float:
-    match = re.search(rb"^" + name.encode() + rb" (\S+)$", worker.http_get("/metrics"), re.M)
-    return float(match.group(1)) if match else float("nan")
 
 
 def test_idle_customers_and_terminals_expire_in_stream_time_including_keys_restored_from_the_changelog(
