@@ -130,6 +130,7 @@ def test_the_follower_hands_the_rules_to_the_scorer_and_shows_every_rule_in_the_
         f._serve()
         assert components.scorer.rules.rule_set.version == 1
         assert metrics.counts(metrics.RULE_MATCHES)[("never-yet", "shadow")] == 0.0
+        assert metrics.counts(metrics.RULE_ERRORS)[("never-yet",)] == 0.0
     finally:
         components.scorer.close()
         components.feed.close()
