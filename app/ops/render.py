@@ -67,15 +67,17 @@ learned 12 feed lag 0.2 s | p99 latency 120.0 ms is over 100 ms'
 
 def prediction_line(prediction: Mapping[str, Any], colour: bool = False) -> str:
     """One decision: scored time, tx_id, probability, FRAUD/ok, model version and reasons; then, when the
-    prediction has them (not one from before the rules), the decision, the rules that matched and the version.
+    prediction has them (not one from before the rules), the decision, the rules that matched and the versions of the
+    rule set and of the lists it was decided with.
 
     >>> prediction_line({"scored_at": "2026-01-01T00:00:01.000Z", "tx_id": "tx-9", "fraud_probability": 0.91234,
     ...                  "is_fraud": True, "model_version": "logreg-1", "reasons": ["amount", "is_night"]})
     '2026-01-01T00:00:01.000Z tx-9 p=0.9123 FRAUD model logreg-1 reasons amount, is_night'
-    >>> prediction_line({"scored_at": "2026-01-01T00:00:01.000Z", "tx_id": "tx-9", "fraud_probability": 0.1,
-    ...                  "is_fraud": False, "model_version": "logreg-1", "reasons": [], "decision": "review",
-    ...                  "rules": ["velocity"], "shadow_rules": ["try"], "rule_set_version": 4})
-    '2026-01-01T00:00:01.000Z tx-9 p=0.1000 ok model logreg-1 reasons - decision review rules velocity (shadow try) v4'
+    >>> line = prediction_line({"scored_at": "2026-01-01T00:00:01.000Z", "tx_id": "tx-9", "fraud_probability": 0.1,
+    ...     "is_fraud": False, "model_version": "logreg-1", "reasons": [], "decision": "review",
+    ...     "rules": ["velocity"], "shadow_rules": ["try"], "rule_set_version": 4, "lists_version": 2})
+    >>> line.partition(" decision ")[2]
+    'review rules velocity (shadow try) rules v4 lists v2'
     """
     fraud = bool(prediction.get("is_fraud"))
     reasons = ", ".join(str(r) for r in prediction.get("reasons") or []) or "-"
@@ -88,7 +90,7 @@ def prediction_line(prediction: Mapping[str, Any], colour: bool = False) -> str:
         rules = ", ".join(str(r) for r in prediction.get("rules") or []) or "-"
         shadow = ", ".join(str(r) for r in prediction.get("shadow_rules") or [])
         text += f" decision {prediction['decision']} rules {rules}" + (f" (shadow {shadow})" if shadow else "")
-        text += f" v{prediction.get('rule_set_version', '?')}"
+        text += f" rules v{prediction.get('rule_set_version', '?')} lists v{prediction.get('lists_version', '?')}"
     return paint(text, FRAUD_COLOUR, colour and fraud)
 
 
