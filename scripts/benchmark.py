@@ -4,7 +4,7 @@ Faust ceiling on the same broker, in one run.
 
     python scripts/benchmark.py --out results/benchmark.json     # defaults: 50,000 tx; 200 and 1000 tx/s for 60 s
     python scripts/benchmark.py --baseline-ref HEAD~1             # and the previous commit's worker, same run
-    python scripts/benchmark.py --rules 50 --baseline-ref main    # this worker with 50 analysts' rules in force
+    python scripts/benchmark.py --rules 50                        # the workers with 50 analysts' rules in force
 
 The three systems (``passthrough``: the raw client; ``passthrough-eos``: the raw client committing each
 partition's batch in a Kafka transaction, exactly once and nothing else; ``worker``) run as their own process
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                         "200 transactions behind it): their trainers learn while the decisions are timed")  # fmt: skip
     parser.add_argument("--rules", type=int, default=0,
                         help="publish this many analysts' rules (scripts/bench_rules.py's mix) on the broker's "
-                             "default rules topic before the systems run: the worker decides with them")  # fmt: skip
+                             "default rules topic before the systems run: every worker of the run decides with "
+                             "them (a baseline from before the rules, none); compare with a run without")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "benchmark.json")
     add_progress_argument(parser)
     args = parser.parse_args(argv)
