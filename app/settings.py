@@ -124,6 +124,7 @@ class Settings:
     model_publish_interval_s: float = 30.0
     model_publish_every_labels: int = 50_000
     early_label_window: int = 100_000  # recent predictions whose label is learned as soon as it comes
+    trainer_standby_refresh_s: float = 5.0  # a standby trainer catches its label store up this often; 0: never
     label_horizon_s: float = 8 * 86400.0  # no label this long (event time) after scoring: learned as legitimate
     late_label_grace_s: float = 7 * 86400.0  # features kept after the horizon, for a late fraud label
     learning_audit_retention_s: float = 30 * 86400.0  # how long <APP_ID>-learning-audit keeps each learned pair
@@ -282,6 +283,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         model_publish_interval_s=float(_get(env, "MODEL_PUBLISH_INTERVAL_S", str(d.model_publish_interval_s))),
         model_publish_every_labels=int(_get(env, "MODEL_PUBLISH_EVERY_LABELS", str(d.model_publish_every_labels))),
         early_label_window=int(_get(env, "EARLY_LABEL_WINDOW", str(d.early_label_window))),
+        trainer_standby_refresh_s=float(_get(env, "TRAINER_STANDBY_REFRESH_S", str(d.trainer_standby_refresh_s))),
         label_horizon_s=float(_get(env, "LABEL_HORIZON_S", str(d.label_horizon_s))),
         late_label_grace_s=float(_get(env, "LATE_LABEL_GRACE_S", str(d.late_label_grace_s))),
         learning_audit_retention_s=float(_get(env, "LEARNING_AUDIT_RETENTION_S", str(d.learning_audit_retention_s))),

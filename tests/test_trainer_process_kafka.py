@@ -146,10 +146,23 @@ def test_a_trainer_process_paused_past_its_session_is_fenced_and_publishes_nothi
     _wait(lambda: _labels_seen(owner) == 50, 60, "50 labels learned")
     paused = _trainer_process(owner)["pid"]
     log_size = owner.log_path.stat().st_size
+    other_log_size = other.log_path.stat().st_size
     os.kill(paused, signal.SIGSTOP)
     try:
         assert owner.process is not None and owner.process.poll() is None
         _wait(lambda: _metric(other, "fraud_trainer_active") == 1, 60, "the other worker's trainer takes the lease")
+        # The standby kept its label store caught up (every TRAINER_STANDBY_REFRESH_S, 5 s, less than the 6 s session
+        # timeout the lease waits for): the takeover resumes it and replays the last records at most, where a cold
+        # store is rebuilt from the changelog's start (a record per label learned, 50 here).
+        with other.log_path.open("rb") as log:
+            log.seek(other_log_size)
+            takeover = log.read().decode(errors="replace")
+        restored = re.findall(
+            r"trainer label store: (\w+) from changelog offset (\d+), (\d+) records replayed", takeover
+        )
+        assert restored, takeover[-3000:]
+        action, from_offset, replayed = restored[-1]
+        assert action == "resume" and int(from_offset) > 0 and int(replayed) < 25, restored
         _publish(kafka_bootstrap, first, "z", 50, 50)  # learned by the new owner while the old one is stopped
         _wait(lambda: _labels_seen(other) == 100, 60, "100 labels learned by the new owner")
     finally:
