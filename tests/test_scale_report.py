@@ -87,6 +87,8 @@ def test_publications_are_told_apart_by_the_gap_between_their_records() -> None:
 def test_intervals_without_a_publication_count_as_zero() -> None:
     buckets = [(0.0, "state", 100, 1), (35.0, "state", 100, 1)]
     assert [i["total"] for i in scale_report.per_interval(buckets, 10)] == [100, 0, 0, 100]
+    # the spread is over the intervals with a publication: an idle trainer publishes nothing
+    assert scale_report.published_summary(buckets, 10)["per_interval"]["total"] == {"median": 100, "max": 100, "n": 2}
     assert scale_report.published_summary([], 10)["per_publication"]["total"]["median"] is None
 
 
@@ -104,6 +106,6 @@ def test_the_trainer_table_has_its_ratios() -> None:
     assert row["state_per_publication_median"] == pytest.approx(1.1)
     assert row["trainer_takeover_learned"] == pytest.approx(1.0)
     text = "\n".join(scale_report.summary({"sizes": sizes, "ratios": [row], "held_rate_tps": 200.0}))
-    assert "| 10x | 220 / 440 | 2 | 43.0 / 43.0 |" in text
+    assert "| 10x | 220 / 440 | 2 | 43.0 / 43.0 / 43.0 |" in text
     assert "| 10x / 1x | 1.10 / 1.10 |" in text
     assert "12.0 / 13.0 / 20.0 |" in text

@@ -24,6 +24,7 @@ RATIO_FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("state_per_publication_max", ("trainer", "published", "per_publication", "state", "max")),
     ("published_per_interval_median", ("trainer", "published", "per_interval", "total", "median")),
     ("published_per_interval_max", ("trainer", "published", "per_interval", "total", "max")),
+    ("state_last_publication", ("trainer", "published", "last_publication", "state")),
     ("published_per_label", ("trainer", "published", "bytes_per_label_learned")),
     ("trainer_restore_learned", ("trainer", "restore", "learned_s")),
     ("trainer_takeover_learned", ("trainer", "takeover", "learned_s")),
@@ -135,10 +136,11 @@ def per_interval(buckets: list[tuple[float, str, int, int]], interval_s: float) 
 
 
 def published_summary(buckets: list[tuple[float, str, int, int]], interval_s: float) -> dict[str, Any]:
-    """Median and max bytes per publication and per publication interval, by topic and in total; bytes per label
+    """Median and max bytes per publication and per publication interval (those with a publication: an idle
+    trainer publishes nothing), by topic and in total; the last publication (the state once idle); bytes per label
     learned (an audit record is one pair learned)."""
     pubs = publications(buckets)
-    intervals = per_interval(buckets, interval_s)
+    intervals = [i for i in per_interval(buckets, interval_s) if i["total"]]
     names = ["total", *TRAINER_TOPICS.values()]
     total = sum(p["total"] for p in pubs)
     learned = sum(p["audit_records"] for p in pubs)
@@ -151,6 +153,7 @@ def published_summary(buckets: list[tuple[float, str, int, int]], interval_s: fl
         "per_publication": {name: spread([p[name] for p in pubs]) for name in names},
         "per_interval": {name: spread([i[name] for i in intervals]) for name in names},
         "bytes_per_label_learned": total / learned if learned else None,
+        "last_publication": pubs[-1] if pubs else None,
         "publications_trace": pubs[:: max(1, len(pubs) // 200)],
     }
 
@@ -255,7 +258,7 @@ def trainer_table(sizes: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
         "size",
         "trainer RSS steady / peak (MiB)",
         "publications",
-        "state per publication (KiB)",
+        "state per publication / the last (KiB)",
         "all three topics per publication (KiB)",
         "per interval (KiB)",
         "bytes per label learned",
@@ -270,7 +273,8 @@ def trainer_table(sizes: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
             f"{s['scale']:g}x",
             " / ".join(_mib(figure(s, ("trainer", "rss", key))) for key in ("steady_bytes", "peak_bytes")),
             _num(pub.get("publications")),
-            _spread_kib((pub.get("per_publication") or {}).get("state")),
+            _spread_kib((pub.get("per_publication") or {}).get("state"))
+            + f" / {_kib(figure(s, ('trainer', 'published', 'last_publication', 'state')))}",
             _spread_kib((pub.get("per_publication") or {}).get("total")),
             _spread_kib((pub.get("per_interval") or {}).get("total")),
             _num(pub.get("bytes_per_label_learned"), 1),
@@ -283,7 +287,8 @@ def trainer_table(sizes: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
             f"{r['scale']:g}x / {r['over_scale']:g}x",
             f"{_num(r.get('trainer_rss_steady'), 2)} / {_num(r.get('trainer_rss_peak'), 2)}",
             "",
-            f"{_num(r.get('state_per_publication_median'), 2)} / {_num(r.get('state_per_publication_max'), 2)}",
+            f"{_num(r.get('state_per_publication_median'), 2)} / {_num(r.get('state_per_publication_max'), 2)}"
+            f" / {_num(r.get('state_last_publication'), 2)}",
             "",
             f"{_num(r.get('published_per_interval_median'), 2)} / {_num(r.get('published_per_interval_max'), 2)}",
             _num(r.get("published_per_label"), 2),

@@ -21,7 +21,7 @@ from typing import Any
 
 import kafka_local
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from local_processes import free_port, http_status, scrape, stop_process
 from simulate import publish, wire_events
 
@@ -357,16 +357,8 @@ class TrainerTopicsFollower(threading.Thread):
         )
         await consumer.start()
         try:
-            partitions: list[TopicPartition] = []
-            while not self._stop_event.is_set():  # the worker creates them at its start
-                await consumer.force_metadata_update()
-                found = {t: consumer.partitions_for_topic(t) for t in self.topics}
-                if all(found.values()):
-                    partitions = [TopicPartition(t, p) for t, ps in found.items() for p in sorted(ps or ())]
-                    break
-                await asyncio.sleep(1.0)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
+            # without a group: every partition of the topics, from the first offset, as they are created
+            consumer.subscribe(topics=sorted(self.topics))
             while not self._stop_event.is_set():
                 batches = await consumer.getmany(timeout_ms=500, max_records=20_000)
                 now = time.monotonic()
