@@ -4,6 +4,8 @@ one worker fed a simulated issuer of 1x, 10x, ... the size of the small one, eac
 
     python scripts/scale.py --scales 1 10 --out results/scale.json     # 38 minutes on 2 loaded shared cores
     python scripts/scale.py --scales 0.1 --days 10 --held-s 10         # a quick look
+    python scripts/scale.py --scales 1 10 --days 20 --held-s 10 --worker-env MODEL_PUBLISH_INTERVAL_S=10
+                                                        # the trainer's figures (BENCHMARKS.md), 30 minutes
 
 1x is 2,000 customers and 4,000 terminals over 40 days (~154,000 transactions, with their labels 7 days later in
 event time: ``scripts/simulate.py``); 10x is 20,000 and 40,000 (~1.5 M). For each size, on a fresh broker
