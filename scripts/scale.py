@@ -4,6 +4,8 @@ one worker fed a simulated issuer of 1x, 10x, ... the size of the small one, eac
 
     python scripts/scale.py --scales 1 10 --out results/scale.json     # 38 minutes on 2 loaded shared cores
     python scripts/scale.py --scales 0.1 --days 10 --held-s 10         # a quick look
+    python scripts/scale.py --scales 1 10 --days 20 --held-s 10 --worker-env MODEL_PUBLISH_INTERVAL_S=10
+                                                        # the trainer's figures (BENCHMARKS.md), 30 minutes
 
 1x is 2,000 customers and 4,000 terminals over 40 days (~154,000 transactions, with their labels 7 days later in
 event time: ``scripts/simulate.py``); 10x is 20,000 and 40,000 (~1.5 M). For each size, on a fresh broker
@@ -12,9 +14,21 @@ event time: ``scripts/simulate.py``); 10x is 20,000 and 40,000 (~1.5 M). For eac
 - throughput: the worker (ready first) is sent every transaction and label as fast as possible; seconds from the
   first publish until its ``/metrics`` count of transactions decided in committed Kafka transactions reaches
   them all (polled every ``--poll-s``): tx/s to the last committed prediction;
-- RSS: of the worker and its trainer process (its child) together, sampled every 0.5 s from its start; steady is
-  the median over 5 s once both are idle again (the trainer done with its backlog) and a terminal checkpoint was
-  written, peak the largest sample or the worker's VmHWM;
+- RSS: of the worker and its trainer process (its child) together, and the trainer's apart, sampled every 0.5 s
+  from its start; steady is the median over 5 s once both are idle again (the trainer done with its backlog) and a
+  terminal checkpoint was written, peak the largest sample or the process's VmHWM;
+- the trainer's publications: every committed record on ``<APP_ID>-trainer-state``, ``-trainer-labels`` (the label
+  store's changelog) and ``-learning-audit``, followed from the first offset during the whole run (what was
+  published, not what compaction left): bytes (key and value) per publication (records within 1 s of each other:
+  one Kafka transaction) and per ``MODEL_PUBLISH_INTERVAL_S`` of wall time, median and max, and per label learned;
+- the trainer's restore: after the first p99 phase, ``PROBES`` transactions are decided, the worker's trainer
+  process is SIGKILLed (the worker starts another on the same DATA_DIR) and their labels published: seconds to
+  the new one holding the lease with its state restored, to its ``labels_seen`` counting them, to their pairs on
+  the audit topic;
+- the trainer's takeover: a standby ``python -m app trainer`` (another WORKER_ID and DATA_DIR, as docker-compose's
+  trainer service; ``--standby-env`` adds settings) joins the lease's group, the worker whose child holds the
+  lease is SIGKILLed (the child dies with it), the same three times for the standby; then the worker starts
+  again;
 - disk: the worker's DATA_DIR by file, and per topic the segment files (``*.log``) of its partition folders in
   the broker's log dir, divided by the transactions (bytes per transaction), with offsets (end offsets summed
   over partitions) per transaction; on disk, so the compacted changelog counts what the cleaner left;
@@ -73,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep each size's broker data (.kafka/scale/)")
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings for the worker, e.g. STATE_CUSTOMER_CACHE=1000")  # fmt: skip
+    parser.add_argument("--standby-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings for the standby trainer of the takeover, over the worker's")  # fmt: skip
     parser.add_argument(
         "--no-trainer",
         action="store_true",

@@ -13,21 +13,24 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import kafka_local
 import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from local_processes import free_port, http_status, scrape, stop_process
 from simulate import publish, wire_events
 
-from app.serialization import dumps
+from app.serialization import dumps, loads
 from bench.process import dir_bytes, peak_rss_bytes, process_tree, wait_idle
-from bench.scale_report import bytes_per_transaction
+from bench.scale_report import TRAINER_TOPICS, bytes_per_transaction, published_summary
 from bench.traffic import Message, drive
 from bench.written import end_offsets
-from lab.simulator import SimulatedTransaction, SimulatorConfig, simulate, to_wire
+from lab.simulator import SimulatedTransaction, SimulatorConfig, label_of, simulate, to_wire
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_CUSTOMERS, BASE_TERMINALS = 2000, 4000  # 1x: a small issuer (~154,000 transactions in 40 days)
@@ -42,6 +45,8 @@ TOPICS = {
     "MODELS_TOPIC": "models",
     "MODEL_EVENTS_TOPIC": "model-events",
 }
+PROBES = 5  # transactions (and their labels) each trainer probe sends: the restore's and the takeover's
+PROBE_TIMEOUT_S = 300.0
 DECIDED = ('fraud_transactions_total{outcome="scored"}', 'fraud_transactions_total{outcome="dead_letter"}')
 GAUGES = (
     "fraud_customer_states",
@@ -58,13 +63,16 @@ GAUGES = (
 
 class RssSampler(threading.Thread):
     """The resident set of one process and its children (a worker and its trainer process), summed, every
-    ``interval_s``, until :meth:`finish`."""
+    ``interval_s``, until :meth:`finish`; the children's apart in ``trainer_samples`` (a worker's only child is its
+    trainer process), with the last child's pid."""
 
     def __init__(self, pid: int, interval_s: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval_s = interval_s
         self.samples: list[tuple[float, int]] = []
+        self.trainer_samples: list[tuple[float, int]] = []
+        self.trainer_pid: int | None = None
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -73,13 +81,19 @@ class RssSampler(threading.Thread):
                 tree = process_tree(self.pid)
             except psutil.Error:
                 return
-            rss = 0
+            rss = children = 0
             for process in tree:
                 try:
-                    rss += process.memory_info().rss
+                    one = process.memory_info().rss
                 except psutil.Error:
-                    pass
-            self.samples.append((time.monotonic(), rss))
+                    continue
+                rss += one
+                if process.pid != self.pid:
+                    children += one
+                    self.trainer_pid = process.pid
+            now = time.monotonic()
+            self.samples.append((now, rss))
+            self.trainer_samples.append((now, children))
             self._stop_event.wait(self.interval_s)
 
     def finish(self) -> int:
@@ -308,6 +322,256 @@ def _wait_checkpoint(worker: WorkerProcess, timeout_s: float) -> float | None:
     return None
 
 
+class TrainerTopicsFollower(threading.Thread):
+    """Every committed record the trainer writes on its topics (``<APP_ID>-trainer-state``, ``-trainer-labels``,
+    ``-learning-audit``), read as they come from the first offset: compaction and segment rolls leave on disk only
+    what the cleaner kept, these are what was published. Kept as (timestamp_s, topic, bytes, records) per topic and
+    millisecond (bytes: key and value as serialized), and the time each watched key (a probe's ``tx_id``) first came
+    on the audit topic."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.topics = {f"{APP_ID}{name[len('<APP_ID>') :]}": short for name, short in TRAINER_TOPICS.items()}
+        self.buckets: dict[tuple[int, str], list[int]] = {}
+        self.watched: set[bytes] = set()
+        self.seen: dict[bytes, float] = {}
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._follow())
+        except BaseException as exc:  # noqa: BLE001 - said in the report, the run goes on
+            self.error = exc
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=32 * 2**20,
+            max_partition_fetch_bytes=8 * 2**20,
+        )
+        await consumer.start()
+        try:
+            # without a group: every partition of the topics, from the first offset, as they are created
+            consumer.subscribe(topics=sorted(self.topics))
+            while not self._stop_event.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=20_000)
+                now = time.monotonic()
+                with self._lock:
+                    for tp, records in batches.items():
+                        short = self.topics[tp.topic]
+                        for r in records:
+                            size = max(0, r.serialized_key_size) + max(0, r.serialized_value_size)
+                            bucket = self.buckets.setdefault((r.timestamp, short), [0, 0])
+                            bucket[0] += size
+                            bucket[1] += 1
+                            if short == "audit" and r.key in self.watched and r.key not in self.seen:
+                                self.seen[r.key] = now
+        finally:
+            await consumer.stop()
+
+    def watch(self, keys: list[bytes]) -> None:
+        with self._lock:
+            self.watched.update(keys)
+
+    def first_seen(self, keys: list[bytes]) -> float | None:
+        """When the last of ``keys`` came on the audit topic (monotonic), None while one has not."""
+        with self._lock:
+            times = [self.seen.get(k) for k in keys]
+        return None if any(t is None for t in times) else max(t for t in times if t is not None)
+
+    def finish(self) -> list[tuple[float, str, int, int]]:
+        self._stop_event.set()
+        self.join(timeout=30)
+        with self._lock:
+            return [(ms / 1000.0, topic, v[0], v[1]) for (ms, topic), v in sorted(self.buckets.items())]
+
+
+def trainer_status(port: int) -> dict[str, Any] | None:
+    """A trainer process's ``/status`` (role, restored, labels_seen, pid), None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1.0) as response:
+            body = loads(response.read())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _labels_settled(port: int, timeout_s: float, quiet_s: float = 3.0) -> dict[str, Any]:
+    """The trainer's status once it is active and its ``labels_seen`` did not move for ``quiet_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        status = trainer_status(port)
+        if status and status.get("role") == "active" and status.get("restored"):
+            if status.get("labels_seen") != last:
+                last, since = status.get("labels_seen"), time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return status
+        time.sleep(0.2)
+    raise RuntimeError(f"the trainer on port {port} did not settle within {timeout_s:g} s (last {last})")
+
+
+async def _send(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, key=key, value=value) for topic, key, value in messages])
+    finally:
+        await producer.stop()
+
+
+def _probe_decided(bootstrap: str, worker: WorkerProcess, probes: list[SimulatedTransaction]) -> None:
+    """Publish the probes' transactions and wait until the worker decided them (their predictions are on Kafka)."""
+    before = worker.decided()
+    messages = [(TOPICS["TRANSACTIONS_TOPIC"], tx.customer_id.encode(), dumps(to_wire(tx))) for tx in probes]
+    asyncio.run(_send(bootstrap, messages))
+    deadline = time.monotonic() + 120
+    while worker.decided() < before + len(probes):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not decide the probe transactions within 120 s")
+        time.sleep(0.2)
+
+
+def _probe_labels(bootstrap: str, probes: list[SimulatedTransaction]) -> None:
+    """The probes' labels, an hour after each in event time: the trainer learns them on arrival (their predictions
+    are in its window)."""
+    messages = [
+        (TOPICS["LABELS_TOPIC"], tx.tx_id.encode(), dumps(label_of(tx, tx.timestamp + timedelta(hours=1))))
+        for tx in probes
+    ]
+    asyncio.run(_send(bootstrap, messages))
+
+
+def _watch_trainer(
+    port: int, old_pid: int | None, killed_at: float, labels_before: int, follower: TrainerTopicsFollower,
+    keys: list[bytes], timeout_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Seconds from the SIGKILL until the trainer on ``port`` (another pid) answers, holds the lease with its state
+    restored (``active_s``), learned the probes' labels (``labels_seen`` past ``labels_before``: ``learned_s``) and
+    published them (their pairs on the audit topic: ``published_s``)."""
+    out: dict[str, Any] = {"up_s": None, "active_s": None, "learned_s": None, "published_s": None}
+    n = len(keys)
+    deadline = killed_at + timeout_s
+    while time.monotonic() < deadline:
+        status = trainer_status(port)
+        now = time.monotonic() - killed_at
+        if status and status.get("pid") != old_pid:
+            if out["up_s"] is None:
+                out["up_s"] = now
+            if out["active_s"] is None and status.get("role") == "active" and status.get("restored"):
+                out["active_s"] = now
+                out["pid"] = status.get("pid")
+            if out["learned_s"] is None and out["active_s"] is not None:
+                if (status.get("labels_seen") or 0) >= labels_before + n:
+                    out["learned_s"] = now
+                    out["labels_seen"] = status.get("labels_seen")
+        seen = follower.first_seen(keys)
+        if out["published_s"] is None and seen is not None:
+            out["published_s"] = seen - killed_at
+        if out["learned_s"] is not None and out["published_s"] is not None:
+            break
+        time.sleep(0.1)
+    if out["learned_s"] is None or out["published_s"] is None:
+        out["timed_out"] = True
+    out["labels_seen_before"] = labels_before
+    return out
+
+
+def _restore_probe(
+    bootstrap: str, worker: WorkerProcess, port: int, follower: TrainerTopicsFollower,
+    probes: list[SimulatedTransaction],
+) -> dict[str, Any]:  # fmt: skip
+    """SIGKILL the worker's trainer process (the worker starts another after its backoff, on the same DATA_DIR):
+    how long until the new one holds the lease and learns."""
+    _probe_decided(bootstrap, worker, probes)
+    before = _labels_settled(port, PROBE_TIMEOUT_S)
+    keys = [tx.tx_id.encode() for tx in probes]
+    follower.watch(keys)
+    old_pid = int(before["pid"])
+    os.kill(old_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _probe_labels(bootstrap, probes)
+    out = _watch_trainer(port, old_pid, killed_at, int(before["labels_seen"]), follower, keys, PROBE_TIMEOUT_S)
+    print(f"  trainer restore after SIGKILL: {out}", file=sys.stderr)
+    return out
+
+
+@dataclass
+class StandbyTrainer:
+    """``python -m app trainer`` alone (as docker-compose's trainer service runs it), another WORKER_ID and
+    DATA_DIR: it stands by in the lease's group while the worker's child holds the lease."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.env["TRAINER_WEB_PORT"])
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app", "trainer"],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def wait_standby(self, timeout_s: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the standby trainer exited with {self.process.returncode}; see {self.log_path}")
+            status = trainer_status(self.port)
+            if status and status.get("ready"):
+                return time.monotonic() - started
+            time.sleep(0.2)
+        raise RuntimeError(f"the standby trainer was not ready within {timeout_s:g} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, 30)
+
+
+def _takeover_probe(
+    bootstrap: str, worker: WorkerProcess, child_port: int, standby: StandbyTrainer,
+    follower: TrainerTopicsFollower, probes: list[SimulatedTransaction], ready_timeout_s: float,
+) -> dict[str, Any]:  # fmt: skip
+    """A standby trainer joins the lease's group; the worker whose child holds the lease is SIGKILLed (its child dies
+    with it): how long until the standby holds the lease and learns. The worker is started again afterwards (its
+    child then stands by: the sticky assignor leaves the lease where it is)."""
+    standby.start()
+    out: dict[str, Any] = {"standby_ready_s": standby.wait_standby(ready_timeout_s)}
+    _probe_decided(bootstrap, worker, probes)
+    before = _labels_settled(child_port, PROBE_TIMEOUT_S)
+    keys = [tx.tx_id.encode() for tx in probes]
+    follower.watch(keys)
+    worker.kill()  # the child dies with it (PR_SET_PDEATHSIG)
+    killed_at = time.monotonic()
+    _probe_labels(bootstrap, probes)
+    out.update(_watch_trainer(standby.port, None, killed_at, int(before["labels_seen"]), follower, keys,
+                              PROBE_TIMEOUT_S))  # fmt: skip
+    out["session_timeout_ms"] = int(worker.env.get("SESSION_TIMEOUT_MS", "10000"))
+    assert standby.process is not None
+    out["standby_rss_bytes"] = psutil.Process(standby.process.pid).memory_info().rss
+    out["standby_peak_rss_bytes"] = peak_rss_bytes(standby.process.pid)
+    print(f"  trainer takeover after its owner's SIGKILL: {out}", file=sys.stderr)
+    worker.start()
+    out["worker_ready_after_s"] = worker.wait_ready(ready_timeout_s)
+    return out
+
+
 def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One size from a fresh broker to its held rate; the broker and the worker are stopped at the end."""
     customers, terminals, days = size_of(scale, args.days)
@@ -317,7 +581,12 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
     config = SimulatorConfig(
         n_customers=customers, n_terminals=terminals, n_days=days + 2 + held_n // customers, seed=args.seed
     )
-    txs, held_txs = split_traffic(simulate(config), days, 2 * held_n)  # held on the first worker, then its replacement
+    with_trainer = not getattr(args, "no_trainer", False)
+    probes_n = 2 * PROBES if with_trainer else 0
+    # held on the first worker, the trainer's probes, then held on the replacement
+    txs, held_txs = split_traffic(simulate(config), days, 2 * held_n + probes_n)
+    probes = held_txs[held_n : held_n + probes_n]
+    held_txs = held_txs[:held_n] + held_txs[held_n + probes_n :]
     n = len(txs)
     simulate_s = time.monotonic() - started
     print(f"  simulated {n:,} transactions (+{held_n:,} held) in {simulate_s:.0f} s", file=sys.stderr)
@@ -351,13 +620,22 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         "LOG_LEVEL": "warn",
         "MODEL_SIGNING_KEY": "scale-benchmark",
         "TRAINER_ENABLED": "false" if getattr(args, "no_trainer", False) else "true",
+        "TRAINER_WEB_PORT": str(free_port()),  # the child's /status at a known port, whichever child it is
         **dict(item.split("=", 1) for item in getattr(args, "worker_env", [])),
     }
     worker = WorkerProcess(env, here / "worker.log")
+    standby = StandbyTrainer(
+        {**env, "WORKER_ID": "trainer-2", "DATA_DIR": str(here / "trainer-2"), "TRAINER_WEB_PORT": str(free_port()),
+         **dict(item.split("=", 1) for item in getattr(args, "standby_env", []) or [])},
+        here / "trainer-2.log",
+    )  # fmt: skip
+    follower = TrainerTopicsFollower(bootstrap) if with_trainer else None
     sampler: RssSampler | None = None
     try:
         worker.start()
         result["first_start_ready_s"] = worker.wait_ready(args.ready_timeout_s)
+        if follower is not None:
+            follower.start()
         sampler = RssSampler(worker.pid)
         sampler.start()
         events = wire_events(config, args.label_delay_days * 86400, transactions=txs)
@@ -375,11 +653,31 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
         quiet_from = time.monotonic()
         time.sleep(5)
         steady = [rss for t, rss in sampler.samples if t >= quiet_from]
+        trainer_steady = [rss for t, rss in sampler.trainer_samples if t >= quiet_from]
         result["rss"] = {
             "steady_bytes": int(statistics.median(steady)),
             "peak_bytes": max(sampler.finish(), peak_rss_bytes(worker.pid)),
             "trace": [(round(t - worker.started_at, 1), rss) for t, rss in sampler.samples[::20]],
         }
+        if with_trainer and sampler.trainer_pid is not None:
+            trainer_peak = max(rss for _, rss in sampler.trainer_samples)
+            try:
+                trainer_peak = max(trainer_peak, peak_rss_bytes(sampler.trainer_pid))
+            except OSError:
+                pass
+            result["trainer"] = {
+                "rss": {
+                    "steady_bytes": int(statistics.median(trainer_steady)),
+                    "peak_bytes": trainer_peak,
+                    "pid": sampler.trainer_pid,
+                    "trace": [(round(t - worker.started_at, 1), rss) for t, rss in sampler.trainer_samples[::20]],
+                },
+                "status": trainer_status(int(env["TRAINER_WEB_PORT"])),
+            }
+            # the worker alone: what the decision path holds
+            result["rss"]["worker_steady_bytes"] = (
+                result["rss"]["steady_bytes"] - result["trainer"]["rss"]["steady_bytes"]
+            )
         sampler = None
         result["metrics"] = _gauges(worker)
         result["terminal_checkpoint_wait_s"] = checkpoint_wait
@@ -409,6 +707,12 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
             result["held_before_kill"] = _held(bootstrap, worker, held_txs[:held_n], args.held_rate, "the first worker")
             # the replacements below start from a terminal checkpoint as fresh as after the catch-up
             result["terminal_checkpoint_wait_s_before_kill"] = _wait_checkpoint(worker, 75)
+        if follower is not None and "trainer" in result:
+            port = int(env["TRAINER_WEB_PORT"])
+            trainer = result["trainer"]
+            trainer["restore"] = _restore_probe(bootstrap, worker, port, follower, probes[:PROBES])
+            trainer["takeover"] = _takeover_probe(bootstrap, worker, port, standby, follower, probes[PROBES:],
+                                                  args.ready_timeout_s)  # fmt: skip
         result["restart"] = _restart(worker, "restart after SIGKILL, same disk", dict(env), args.ready_timeout_s)
         same_id = {**env, "DATA_DIR": str(here / "data-2")}
         result["replacement_same_id"] = _restart(worker, "empty disk, same id", same_id, args.ready_timeout_s)
@@ -423,6 +727,13 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
     finally:
         if sampler is not None:
             sampler.finish()
+        if follower is not None:
+            buckets = follower.finish()
+            interval_s = float(env.get("MODEL_PUBLISH_INTERVAL_S", "30"))
+            result.setdefault("trainer", {})["published"] = published_summary(buckets, interval_s)
+            if follower.error is not None:
+                result["trainer"]["published"]["error"] = repr(follower.error)
+        standby.stop()
         worker.stop()
         kafka_local.stop(broker_data)
         result["load_average_at_end"] = os.getloadavg()
