@@ -61,7 +61,7 @@ def test_card_testing_adds_bursts_of_tiny_amounts_at_new_terminals_then_large_on
     added = [tx for tx in changed if tx.tx_id.startswith("tx-ct-")]
     assert [tx for tx in changed if not tx.tx_id.startswith("tx-ct-")] == txs  # the traffic itself is unchanged
     assert changed[:at] == txs[:at] and all(tx.timestamp >= txs[at].timestamp for tx in added)
-    assert all(a.timestamp <= b.timestamp for a, b in zip(changed, changed[1:]))  # still in time order
+    assert all(a.timestamp <= b.timestamp for a, b in zip(changed, changed[1:], strict=False))  # in time order
     assert len({tx.tx_id for tx in changed}) == len(changed)
     days = (txs[-1].timestamp - txs[at].timestamp).total_seconds() / 86400
     attacks: dict[str, list[SimulatedTransaction]] = {}
