@@ -191,13 +191,16 @@ class DriftMonitor:
     def reset_reference(self, model_version: str | None = None) -> None:
         """Start a new reference from the next samples (a new model version scores on another scale); the kept one
         is deleted."""
-        self._reference, self._bins, self._ref_counts, self._ref_alerts = {}, None, {}, 0
-        self._window, self._window_rows, self._window_alerts = {}, 0, 0
-        self._adwin, self._score_change, self.last, self.last_judged = ADWIN(), False, None, None
+        self._clear()
         if model_version is not None:
             self.model_version = model_version
         if self.reference_path is not None:
             self.reference_path.unlink(missing_ok=True)
+
+    def _clear(self) -> None:
+        self._reference, self._bins, self._ref_counts, self._ref_alerts = {}, None, {}, 0
+        self._window, self._window_rows, self._window_alerts = {}, 0, 0
+        self._adwin, self._score_change, self.last, self.last_judged = ADWIN(), False, None, None
 
     def reference_state(self) -> dict[str, Any] | None:
         """The fitted reference as JSON-able data (None while it fills): its bins, counts, alerts, the names and
@@ -217,7 +220,7 @@ class DriftMonitor:
                 and set(state.get("edges", {})) == {*self.names, SCORE})  # fmt: skip
         if not fits:
             return False
-        self.reset_reference()
+        self._clear()
         self._bins = Bins({name: tuple(cut) for name, cut in state["edges"].items()})
         self._ref_counts = {name: list(counts) for name, counts in state["counts"].items()}
         self._ref_alerts = int(state["alerts"])
