@@ -198,6 +198,12 @@ async def run(args: argparse.Namespace, bootstrap: str, home: Path) -> dict[str,
         "judged_after_change": sum(1 for e in after if e.get("drift")),
         "statuses_after_change": _counts([(e.get("drift") or {}).get("status", "none") for e in after]),
     }
+    named = next(((at, e) for at, e in events if at >= change_wall and e.get("status") != "healthy"
+                  and any(w["psi"] >= 0.25 for w in (e.get("drift") or {}).get("worst", []))), None)  # fmt: skip
+    result["change_wall"] = time.strftime("%H:%M:%S", time.gmtime(change_wall))
+    if named is not None:  # the first event naming a feature (the first drift may be the score's or alert rate's)
+        result["named_after_s"] = round(named[0] - change_wall, 1)
+        result["first_named"] = [w["feature"] for w in named[1]["drift"]["worst"] if w["psi"] >= 0.25]
     if detected is not None:
         at, event = detected
         result.update({
