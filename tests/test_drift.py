@@ -165,3 +165,17 @@ def test_a_restarted_worker_keeps_the_reference_of_its_version_and_a_promotion_d
     again.serve(promoted)  # another version pinned: a new reference, the kept one deleted
     assert not again.drift.fitted and not (tmp_path / "drift-reference.json").exists()
     assert again.drift.model_version == "v8"
+
+
+def test_a_small_swing_of_the_score_mean_is_a_warning_not_a_drift() -> None:
+    """ADWIN finds the score's mean moving by a fifth (a fraud campaign's swing in real traffic) while its bins
+    barely move: reported as ``warn``, the worker stays healthy; with the score's bins moved too it is drift."""
+
+    def swing(x: dict[str, float], score: float) -> Row:
+        return x, score * 1.2
+
+    monitor = DriftMonitor(NAMES)
+    statuses = run(monitor, stream(21, 200_000, swing, after=100_000))
+    assert any(status == "warn" for i, status, _ in statuses if i > 100_000)
+    assert all(status != "drift" for _, status, _ in statuses)
+    assert monitor.last is not None and monitor.last.score_psi < PSI_WARN
