@@ -19,6 +19,7 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from app import metrics
 from app.decisions.scorer import Scorer
@@ -50,6 +51,7 @@ CUSTOMER_STORE = "customers"  # the stores' folders under the state directory
 # The features the drift monitor compares: all but the calendar's, which follow the clock (app/monitoring/drift.py).
 DRIFT_FEATURES = tuple(f.name for f in FEATURES if f.kind not in ("hour_of_day", "weekend", "night"))
 TERMINAL_STORE = "terminals"
+DRIFT_REFERENCE_FILE = "drift-reference.json"  # in DATA_DIR: the drift monitor's reference, kept across restarts
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Components:
     trainer: TrainerChild  # the trainer process this worker starts (TRAINER_ENABLED), never on this event loop
     serving: Serving
     rules: RulesFollower
-    drift: DriftMonitor | None = None  # the scores' and features' drift against the first window (DRIFT_*)
+    drift: DriftMonitor | None = None  # the scores' and features' drift against a reference (DRIFT_*, kept in DATA_DIR)
     _loops: list[asyncio.Future[None]] = field(default_factory=list)
     _grpc: GrpcServer | None = None
 
@@ -81,9 +83,14 @@ class Components:
         metrics.MODEL_INFO.clear()
         metrics.MODEL_INFO.labels(champion.version).set(1)
         metrics.LABELS_LEARNED.set(champion.labels_learned)
-        if self.drift is not None and not self.follower.registry.follow and champion is not self.scorer.model:
-            # An operator pinned, promoted or rolled back: scores come from another line now, compare with it.
-            self.drift.reset_reference()
+        drift = self.drift
+        if drift is not None and champion is not self.scorer.model:
+            if not self.follower.registry.follow and champion.version != drift.model_version:
+                # An operator pinned, promoted or rolled back: scores come from another line now, compare with it.
+                # (A restarted worker's kept reference, made by this very version, stays.)
+                drift.reset_reference(champion.version)
+            elif not drift.fitted:
+                drift.model_version = champion.version  # the version whose scores the reference is filling with
         self.scorer.model = champion
 
     def serve_rules(self, rules: LiveRules) -> None:
@@ -191,8 +198,11 @@ def build(settings: Settings) -> Components:
     if settings.drift_sample_every > 0:
         drift = DriftMonitor(DRIFT_FEATURES, sample_every=settings.drift_sample_every,
                              reference_rows=settings.drift_reference_rows, window_rows=settings.drift_window_rows,
-                             alert_threshold=settings.decision_threshold,
-                             skip_rows=settings.drift_skip_rows)  # fmt: skip
+                             alert_threshold=settings.decision_threshold, skip_rows=settings.drift_skip_rows,
+                             reference_path=Path(settings.data_dir) / DRIFT_REFERENCE_FILE,
+                             model_version=model.version)  # fmt: skip
+        if drift.read_kept_reference():
+            log.info("drift reference of model %s read back from %s", drift.model_version, drift.reference_path)
     scorer = Scorer(
         settings,
         model,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,72 @@ def test_the_buffer_is_bounded_when_the_monitor_falls_behind() -> None:
     monitor.observe_many(stream(4, 1000))
     assert len(monitor._buffer) == 100
     assert SCORE not in NAMES
+
+
+def test_the_fitted_reference_is_kept_and_read_back_by_a_new_monitor(tmp_path: Path) -> None:
+    """A restart: the new monitor takes the kept reference (no skip, no new fill) and judges a window as the old
+    one would; a reference of other features is not taken; a reset deletes the file."""
+    path = tmp_path / "drift-reference.json"
+    old = DriftMonitor(NAMES, sample_every=1, reference_rows=2000, window_rows=1000, skip_rows=500,
+                       reference_path=path, model_version="v7")  # fmt: skip
+    old.observe_many(stream(11, 2500))
+    assert old.report() is None and old.fitted and path.exists()
+    new = DriftMonitor(NAMES, sample_every=1, reference_rows=2000, window_rows=1000, skip_rows=500,
+                       reference_path=path)  # fmt: skip
+    assert new.read_kept_reference() and new.fitted and new.model_version == "v7"
+    assert new.reference_state() == old.reference_state()
+    window = list(stream(12, 1000))
+    old.observe_many(window)
+    new.observe_many(window)  # not skipped: the reference is there
+    assert new.report() == old.report() is not None
+    other = DriftMonitor((*NAMES, "terminal_nb_tx_1hour"), reference_path=path)
+    assert not other.read_kept_reference() and not other.fitted
+    new.reset_reference("v8")
+    assert not path.exists() and new.model_version == "v8" and not new.fitted
+    path.write_bytes(b"{not json")
+    assert not DriftMonitor(NAMES, reference_path=path).read_kept_reference()
+
+
+def test_a_restarted_worker_keeps_the_reference_of_its_version_and_a_promotion_drops_it(tmp_path: Path) -> None:
+    from app.components import build
+    from app.learning.model import FraudModel
+    from app.settings import Settings
+
+    settings = Settings(worker_id="w1", data_dir=str(tmp_path), state_backend="memory", drift_sample_every=1,
+                        drift_reference_rows=500, drift_window_rows=500)  # fmt: skip
+    first = build(settings)
+    assert first.drift is not None
+    first.follower.registry.follow = False  # an operator pinned the version
+    pinned = FraudModel("logreg")
+    pinned.version_id = "v7"
+    first.serve(pinned)
+    first.drift.observe_many(stream(13, 600))
+    first.drift.report()
+    assert first.drift.fitted and first.drift.model_version == pinned.version
+
+    again = build(settings)  # the restart: the same DATA_DIR
+    assert again.drift is not None and again.drift.fitted and again.drift.model_version == pinned.version
+    again.follower.registry.follow = False
+    same = FraudModel("logreg")
+    same.version_id = "v7"
+    again.serve(same)  # the follower hands it the pinned version, loaded again: the reference stays
+    assert again.drift.fitted and (tmp_path / "drift-reference.json").exists()
+    promoted = FraudModel("logreg")
+    promoted.version_id = "v8"
+    again.serve(promoted)  # another version pinned: a new reference, the kept one deleted
+    assert not again.drift.fitted and not (tmp_path / "drift-reference.json").exists()
+    assert again.drift.model_version == "v8"
+
+
+def test_a_small_swing_of_the_score_mean_is_a_warning_not_a_drift() -> None:
+    """ADWIN finds the score's mean moving by a fifth (a fraud campaign's swing in real traffic) while its bins
+    barely move: reported as ``warn``, the worker stays healthy; with the score's bins moved too it is drift."""
+
+    def swing(x: dict[str, float], score: float) -> Row:
+        return x, score * 1.2
+
+    monitor = DriftMonitor(NAMES)
+    statuses = run(monitor, stream(21, 200_000, swing, after=100_000))
+    assert any(status == "warn" for i, status, _ in statuses if i > 100_000)
+    assert all(status != "drift" for _, status, _ in statuses)
+    assert monitor.last is not None and monitor.last.score_psi < PSI_WARN

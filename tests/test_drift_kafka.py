@@ -13,6 +13,7 @@ import pytest
 
 from app.kafka.clients import consume, produce
 from app.serialization import dumps, loads
+from lab.changes import amounts_in_cents
 from lab.simulator import SimulatorConfig, simulate, to_wire
 from tests.conftest import REPO_ROOT, WorkerProcess
 
@@ -51,13 +52,9 @@ def test_amounts_in_cents_degrade_the_health_naming_the_amount_and_the_same_traf
     steady.topics = own
     for worker in (changed, steady):
         worker.wait_ready()
-    for worker, factor in ((changed, 100.0), (steady, 1.0)):
-        messages = []
-        for i, tx in enumerate(txs):
-            wire = to_wire(tx)
-            if i >= CHANGE_AT:
-                wire["amount"] = round(wire["amount"] * factor, 2)  # one producer starts sending cents
-            messages.append((tx.customer_id.encode(), dumps(wire)))
+    # The producer starts sending cents at CHANGE_AT (the simulator's option, lab/changes.py).
+    for worker, traffic in ((changed, amounts_in_cents(txs, CHANGE_AT)), (steady, txs)):
+        messages = [(tx.customer_id.encode(), dumps(to_wire(tx))) for tx in traffic]
         produce(kafka_bootstrap, worker.topics["TRANSACTIONS_TOPIC"], messages)
 
     for worker in (changed, steady):  # every transaction decided, none dead-lettered (cents are valid amounts)

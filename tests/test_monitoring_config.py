@@ -204,6 +204,26 @@ def test_dashboard_exprs_read_only_exported_metrics() -> None:
         assert unknown_names(target["expr"]) == set(), f"{title}: {target['expr']}"
 
 
+def test_the_committed_dashboard_is_what_its_generator_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON is built with grafana-foundation-sdk by ``scripts/grafana_dashboard.py``: edited by hand, it fails."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    generator = importlib.import_module("grafana_dashboard")
+    assert DASHBOARD.read_text() == generator.render(), "run python scripts/grafana_dashboard.py"
+    changed = json.loads(generator.render())
+    changed["panels"][0]["title"] = "Health"
+    assert json.dumps(changed, indent=2, sort_keys=True) + "\n" != DASHBOARD.read_text()
+
+
+def test_the_drift_panels_query_the_drift_metrics() -> None:
+    """Without labels (every worker's PSI, status and alert rates) and with them (the trainer's error detectors)."""
+    drift = [(title, target["expr"]) for title, target in dashboard_targets() if title.startswith("Drift")]
+    exprs = " ".join(expr for _, expr in drift)
+    for metric in ("fraud_drift_psi", "fraud_drift_detected", "fraud_drift_alert_rate", "fraud_model_rolling_quality"):
+        assert metric in exprs, metric
+    assert 'metric="error_drift"' in exprs and 'feature="fraud_probability"' in exprs
+    assert all(unknown_names(expr) == set() for _, expr in drift), drift
+
+
 def test_a_renamed_metric_is_caught() -> None:
     assert unknown_names('sum(rate(fraud_transactions_total{outcome="scored"}[1m]))') == set()
     assert unknown_names("sum(rate(fraud_transaction_total[1m]))") == {"fraud_transaction_total"}

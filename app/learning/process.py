@@ -8,7 +8,7 @@ take over within the session timeout. :meth:`TrainerProcess.run` serves, on ``TR
 - ``/metrics``: :data:`app.metrics.TRAINER_REGISTRY` alone (a worker appends it to its own ``/metrics``);
 - ``/ready``: 200 once it holds the lease and restored its state, or stands by with the lease's group joined;
 - ``/status``: JSON: ``role`` (active or standby), ``pending``, ``champion_version``, ``pid``, the labels' dead
-  letters by code.
+  letters by code, both lines' error detectors (``error_drift``).
 
 A worker with ``TRAINER_ENABLED=true`` starts one as its child (:mod:`app.learning.child`); a deployment can run it
 alone instead. SIGTERM ends it cleanly: the training session is cancelled (an open transaction aborted), its
@@ -68,6 +68,10 @@ class TrainerProcess:
             "pending": training.pending() if training is not None else None,
             "labels_seen": training.labels_seen if training is not None else None,
             "champion_version": training.champion_version if training is not None else self.follower.registry.champion,
+            # the error detectors of both lines (app/learning/training.py RollingQuality): a rise is the model worsening
+            "error_drift": {role: training.quality[role].error_summary() for role in ("champion", "challenger")}
+            if training is not None
+            else None,
             "pid": os.getpid(),
             "worker": self.settings.worker_id,
             "dead_letters": {

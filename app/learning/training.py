@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from river.drift import ADWIN
 
 from app.features.spec import FEATURE_SET_VERSION, UNVERSIONED_FEATURE_SET, FeatureSetMismatch, pack, unpack
 from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LEGIT, WAITING, LabelStore
@@ -58,16 +59,66 @@ log = logging.getLogger(__name__)
 
 
 class RollingQuality:
-    """AUC ROC, AP, precision and recall of a model's scores over its last ``window`` labelled transactions."""
+    """AUC ROC, AP, precision and recall of a model's scores over its last ``window`` labelled transactions, and a
+    detector on its error stream.
 
-    def __init__(self, window: int, threshold: float) -> None:
+    The error of a label is ``|y - p|``; River's ADWIN watches its mean (no bins, no threshold to tune: its own
+    confidence ``error_delta``, and the window it keeps adapts to the stream's variance). A change it finds with the
+    mean going *up* is the model getting worse (a new pattern it misses, a feature gone strange); ``error_drift``
+    stays 1 for ``window`` labels after it, so the gauge and its alert see it (a change down is the model improving:
+    counted, no alarm). ``tests/test_drift_labels.py`` measures the false alarms on a stationary stream.
+    """
+
+    def __init__(self, window: int, threshold: float, error_delta: float = 0.002) -> None:
         self.threshold = threshold
         self.scores: deque[float] = deque(maxlen=window)
         self.labels: deque[bool] = deque(maxlen=window)
+        self.error_delta = error_delta
+        self._reset_errors()
+
+    def _reset_errors(self) -> None:
+        self.errors = ADWIN(delta=self.error_delta)
+        self.added = 0  # labels added since the window began
+        self.error_rises = 0  # changes of the error's mean found going up
+        self.error_falls = 0
+        self.error_rise_at: int | None = None  # ``added`` at the last rise
+        self.error_before = 0.0  # the error's mean before the last rise, and after it
+        self.error_after = 0.0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A window pickled before the error detector gets a fresh one."""
+        self.__dict__.update(state)
+        if "errors" not in state:
+            self.error_delta = 0.002
+            self._reset_errors()
 
     def add(self, score: float, y: bool) -> None:
         self.scores.append(score)
         self.labels.append(y)
+        self.added += 1
+        before = self.errors.estimation
+        self.errors.update(abs(float(y) - score))
+        if self.errors.drift_detected:
+            if self.errors.estimation > before:
+                self.error_rises += 1
+                self.error_rise_at, self.error_before, self.error_after = self.added, before, self.errors.estimation
+            else:
+                self.error_falls += 1
+
+    @property
+    def error_drift(self) -> bool:
+        """The error's mean rose within the last ``window`` labels."""
+        window = self.labels.maxlen or 0
+        return self.error_rise_at is not None and self.added - self.error_rise_at < window
+
+    def error_summary(self) -> dict[str, float | int]:
+        """The error detector's figures (cheap: the trainer's ``/status`` gives them every second)."""
+        return {
+            "error": round(self.errors.estimation, 6),
+            "error_drift": int(self.error_drift),
+            "error_rises": self.error_rises,
+            "error_falls": self.error_falls,
+        }
 
     def last(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The labels and scores of the last ``n`` transactions in the window, oldest first."""
@@ -90,6 +141,7 @@ class RollingQuality:
             "ap": float(average_precision(y, s)) if both else None,
             "precision": tp / int(alerts.sum()) if alerts.any() else None,
             "recall": tp / int(y.sum()) if y.any() else None,
+            **self.error_summary(),
         }
 
 
