@@ -61,11 +61,12 @@ class World:
                                              n_days=args.history_days + args.measure_days, seed=3))  # fmt: skip
         start_s = simulated[0].timestamp.timestamp()
         self.history = sum(1 for t in simulated if t.timestamp.timestamp() < start_s + args.history_days * DAY_S)
-        self.records = [
-            SimpleNamespace(topic="transactions", partition=zlib.crc32(t.customer_id.encode()) % PARTITIONS,
-                            offset=i, key=t.customer_id.encode(), value=dumps(to_wire(t)))
-            for i, t in enumerate(simulated)
-        ]  # fmt: skip
+        # (partition, value): orjson's bytes keep their 1 KiB buffer's allocation (~4 KiB a record in all), a copy
+        # of exact size does not
+        self.records = [(zlib.crc32(t.customer_id.encode()) % PARTITIONS, dumps(to_wire(t)).decode().encode())
+                        for t in simulated]  # fmt: skip
+        self.customer_ids = sorted({t.customer_id for t in simulated})
+        del simulated
         config = RocksDBConfig.from_settings(settings)
         self.terminal_store = RocksDBStore("terminals", directory / f"x{scale}", config)
         self.aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s,
@@ -87,10 +88,10 @@ class World:
         end = min(len(self.records), self.position + n)
         for start in range(self.position, end, BATCH * PARTITIONS):
             by_partition: list[list[Any]] = [[] for _ in range(PARTITIONS)]
-            for record in self.records[start : min(end, start + BATCH * PARTITIONS)]:
-                record.offset = self.offsets[record.partition]
-                self.offsets[record.partition] += 1
-                by_partition[record.partition].append(record)
+            for p, value in self.records[start : min(end, start + BATCH * PARTITIONS)]:
+                record = SimpleNamespace(topic="transactions", partition=p, offset=self.offsets[p], key=b"", value=value)
+                self.offsets[p] += 1
+                by_partition[p].append(record)
             for p, records in enumerate(by_partition):
                 if records:
                     batch = self.scorer.process(self.tps[p], records)
@@ -102,6 +103,29 @@ class World:
         done = end - self.position
         self.position = end
         return done
+
+    def set_customer_cache(self, size: int) -> None:
+        for state in self.scorer.partitions.values():
+            state.cache_size = size
+            while len(state.cache) > size:
+                state.cache.popitem(last=False)
+
+    def miss_us(self, n: int) -> tuple[float, float]:
+        """CPU µs of one customer read from the store (the cache bypassed): the store read alone, and with the parse."""
+        from app.state.customers import customer_prefix
+
+        ids = self.customer_ids[:: max(1, len(self.customer_ids) // n)][:n]
+        parts = self.scorer.partitions
+        where = [(parts[zlib.crc32(c.encode()) % PARTITIONS], c) for c in ids]
+        t0 = time.thread_time()
+        for state, c in where:
+            for _ in state.store.iter_prefix(customer_prefix(c)):
+                pass
+        t1 = time.thread_time()
+        for state, c in where:
+            state.read(c)
+        t2 = time.thread_time()
+        return (t1 - t0) / len(ids) * 1e6, (t2 - t1) / len(ids) * 1e6
 
     def customers_cached(self) -> int:
         return sum(len(p.cache) for p in self.scorer.partitions.values())
@@ -115,6 +139,8 @@ def main() -> None:
     parser.add_argument("--round-tx", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--customer-cache", type=int, help="STATE_CUSTOMER_CACHE (per partition)")
+    parser.add_argument("--cache-sizes", type=int, nargs="*", default=[],
+                        help="after the rounds at the settings' cache, the same rounds at each of these customer caches")
     parser.add_argument("--terminal-cache", type=int, help="STATE_TERMINAL_CACHE")
     parser.add_argument("--only-run", type=float, help="seconds: keep the last scale busy (for py-spy), no rounds")
     parser.add_argument("--out", type=Path)
@@ -137,29 +163,41 @@ def main() -> None:
             while time.monotonic() < deadline and world.run(args.round_tx):
                 pass
             return
-        process_us: dict[int, list[float]] = {w.scale: [] for w in worlds}
-        thread_us: dict[int, list[float]] = {w.scale: [] for w in worlds}
-        for r in range(args.rounds):
-            for world in worlds if r % 2 == 0 else reversed(worlds):
-                p0, t0 = time.process_time(), time.thread_time()
-                n = world.run(args.round_tx)
-                if n:
-                    process_us[world.scale].append((time.process_time() - p0) / n * 1e6)
-                    thread_us[world.scale].append((time.thread_time() - t0) / n * 1e6)
-        print(f"customer cache {args.customer_cache or 'default'}, terminal cache {args.terminal_cache or 'default'}")
-        print("| scale | rounds | process CPU µs/tx, median (all) | thread CPU µs/tx, median | customers cached |")
-        print("|---|---|---|---|---|")
         for world in worlds:
-            p, t = process_us[world.scale], thread_us[world.scale]
-            print(f"| {world.scale}x | {len(p)} | {statistics.median(p):.1f} ({', '.join(f'{v:.0f}' for v in p)}) | "
-                  f"{statistics.median(t):.1f} | {world.customers_cached():,} |")  # fmt: skip
-        if len(worlds) == 2:
-            a, b = (statistics.median(process_us[w.scale]) for w in worlds)
-            print(f"ratio {worlds[1].scale}x / {worlds[0].scale}x (process CPU): {b / a:.2f}; throughput ratio "
-                  f"{a / b:.2f}")  # fmt: skip
+            read, miss = world.miss_us(2000)
+            print(f"{world.scale}x: a customer from the store: {read:.1f} µs the read, {miss:.1f} µs read and parsed")
+        results = {}
+        for cache in [args.customer_cache, *args.cache_sizes]:
+            if cache is not None:
+                for world in worlds:
+                    world.set_customer_cache(cache)
+            results[str(cache or "default")] = phase(worlds, args, cache)
         if args.out:
-            args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "process_us": process_us,
-                                            "thread_us": thread_us}, indent=1))  # fmt: skip
+            args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
+
+
+def phase(worlds: list[World], args: argparse.Namespace, cache: int | None) -> dict[str, Any]:
+    process_us: dict[int, list[float]] = {w.scale: [] for w in worlds}
+    thread_us: dict[int, list[float]] = {w.scale: [] for w in worlds}
+    for r in range(args.rounds):
+        for world in worlds if r % 2 == 0 else reversed(worlds):
+            p0, t0 = time.process_time(), time.thread_time()
+            n = world.run(args.round_tx)
+            if n:
+                process_us[world.scale].append((time.process_time() - p0) / n * 1e6)
+                thread_us[world.scale].append((time.thread_time() - t0) / n * 1e6)
+    print(f"\ncustomer cache {cache or 'default'} per partition, terminal cache {args.terminal_cache or 'default'}")
+    print("| scale | rounds | process CPU µs/tx, median (all) | thread CPU µs/tx, median | customers cached |")
+    print("|---|---|---|---|---|")
+    for world in worlds:
+        p, t = process_us[world.scale], thread_us[world.scale]
+        print(f"| {world.scale}x | {len(p)} | {statistics.median(p):.1f} ({', '.join(f'{v:.0f}' for v in p)}) | "
+              f"{statistics.median(t):.1f} | {world.customers_cached():,} |", flush=True)  # fmt: skip
+    if len(worlds) == 2:
+        a, b = (statistics.median(process_us[w.scale]) for w in worlds)
+        print(f"ratio {worlds[1].scale}x / {worlds[0].scale}x (process CPU): {b / a:.2f}; throughput ratio "
+              f"{a / b:.2f}", flush=True)  # fmt: skip
+    return {"process_us": process_us, "thread_us": thread_us}
 
 
 if __name__ == "__main__":

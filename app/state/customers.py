@@ -59,6 +59,10 @@ class PartitionState:
         value = self.cache.get(customer_id)
         if value is not None:
             return value
+        return self.read(customer_id)
+
+    def read(self, customer_id: str) -> CustomerState:
+        """The committed state from the store (a cache miss)."""
         prefix = customer_prefix(customer_id)
         n = len(prefix)
         return restored_state({key[n:].decode(): raw for key, raw in self.store.iter_prefix(prefix)})
