@@ -89,7 +89,8 @@ class World:
         for start in range(self.position, end, BATCH * PARTITIONS):
             by_partition: list[list[Any]] = [[] for _ in range(PARTITIONS)]
             for p, value in self.records[start : min(end, start + BATCH * PARTITIONS)]:
-                record = SimpleNamespace(topic="transactions", partition=p, offset=self.offsets[p], key=b"", value=value)
+                offset = self.offsets[p]
+                record = SimpleNamespace(topic="transactions", partition=p, offset=offset, key=b"", value=value)
                 self.offsets[p] += 1
                 by_partition[p].append(record)
             for p, records in enumerate(by_partition):
@@ -139,8 +140,9 @@ def main() -> None:
     parser.add_argument("--round-tx", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--customer-cache", type=int, help="STATE_CUSTOMER_CACHE (per partition)")
-    parser.add_argument("--cache-sizes", type=int, nargs="*", default=[],
-                        help="after the rounds at the settings' cache, the same rounds at each of these customer caches")
+    parser.add_argument(
+        "--cache-sizes", type=int, nargs="*", default=[], help="then the same rounds at each of these customer caches"
+    )
     parser.add_argument("--terminal-cache", type=int, help="STATE_TERMINAL_CACHE")
     parser.add_argument("--only-run", type=float, help="seconds: keep the last scale busy (for py-spy), no rounds")
     parser.add_argument("--out", type=Path)

@@ -12,7 +12,10 @@ Pure: no Kafka.
 from __future__ import annotations
 
 import itertools
+import operator
+import sys
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,8 +67,7 @@ class PartitionState:
     def read(self, customer_id: str) -> CustomerState:
         """The committed state from the store (a cache miss)."""
         prefix = customer_prefix(customer_id)
-        n = len(prefix)
-        return restored_state({key[n:].decode(): raw for key, raw in self.store.iter_prefix(prefix)})
+        return restored_items(prefix, list(self.store.iter_prefix(prefix)))
 
     def customer_ids(self) -> list[str]:
         """Every customer in the store: a full scan, for tests and diagnostics only."""
@@ -174,6 +176,29 @@ def restored_state(by_tx_id: dict[str, bytes]) -> CustomerState:
     state = [(v[0], v[1], v[2], tx_id, v[3]) for tx_id, v in zip(by_tx_id, values, strict=True)]
     state.sort(key=lambda e: (e[0], e[4]))
     return CustomerWindow.of(state)
+
+
+def restored_items(prefix: bytes, items: Sequence[tuple[bytes, bytes]]) -> CustomerState:
+    """:func:`restored_state` from a customer's store items (``prefix`` + tx id -> entry value), by column at C
+    level: one parse, one transpose, one sort of indices, no tuple per entry (a cache miss's cost).
+
+    >>> state = [(5.0, 1.0, "k1", "t2", 1), (5.0, 2.0, "k2", "t1", 0), (1.0, 3.0, "k1", "t0", 2)]
+    >>> items = sorted((entry_key("c", e[3]), entry_value(e)) for e in state)
+    >>> restored_items(customer_prefix("c"), items) == restored_state({e[3]: entry_value(e) for e in state})
+    True
+    """
+    if not items:
+        return EMPTY_WINDOW
+    keys, values = zip(*items, strict=True)
+    n = len(prefix)
+    ids: tuple[str, ...] = tuple([key[n:].decode() for key in keys])
+    times, amounts, terminals, seqs = zip(*loads(b"[" + b",".join(values) + b"]"), strict=True)
+    order = sorted(range(len(times)), key=list(zip(times, seqs, strict=True)).__getitem__)  # by (t, seq), stable
+    if len(order) > 1 and order != list(range(len(order))):
+        pick = operator.itemgetter(*order)
+        times, amounts, terminals, ids, seqs = pick(times), pick(amounts), pick(terminals), pick(ids), pick(seqs)
+    return CustomerWindow(array("d", times), array("d", amounts), tuple(map(sys.intern, terminals)), ids,
+                          array("q", seqs))  # fmt: skip
 
 
 def pruned(
