@@ -53,6 +53,8 @@ class World:
         env = {}
         if args.customer_cache is not None:
             env["STATE_CUSTOMER_CACHE"] = str(args.customer_cache)
+        if args.packed_mb is not None:
+            env["STATE_CUSTOMER_PACKED_MB"] = str(args.packed_mb)
         if args.terminal_cache is not None:
             env["STATE_TERMINAL_CACHE"] = str(args.terminal_cache)
         settings = load(env)
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument(
         "--cache-sizes", type=int, nargs="*", default=[], help="then the same rounds at each of these customer caches"
     )
+    parser.add_argument("--packed-mb", type=float, help="STATE_CUSTOMER_PACKED_MB (per partition)")
     parser.add_argument("--terminal-cache", type=int, help="STATE_TERMINAL_CACHE")
     parser.add_argument("--only-run", type=float, help="seconds: keep the last scale busy (for py-spy), no rounds")
     parser.add_argument("--out", type=Path)

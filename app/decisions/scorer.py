@@ -108,7 +108,8 @@ class Scorer:
 
     def open_state(self, partition: int) -> PartitionState:
         """The partition's state over its opened store partition (a restore replays the changelog into it)."""
-        state = PartitionState(self.store.open_partition(partition), cache_size=self.settings.state_customer_cache)
+        state = PartitionState(self.store.open_partition(partition), cache_size=self.settings.state_customer_cache,
+                               packed_cache_bytes=int(self.settings.state_customer_packed_mb * 2**20))  # fmt: skip
         state.load_position()
         self.partitions[partition] = state
         return state
