@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--history-days", type=int, default=30)
-    parser.add_argument("--measure-days", type=int, default=10)
+    parser.add_argument("--measure-days", type=int, default=10, help="1x: ~3,850 transactions a day")
     parser.add_argument("--round-tx", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--customer-cache", type=int, help="STATE_CUSTOMER_CACHE (per partition)")
@@ -167,6 +167,10 @@ def main() -> None:
                   f"({(time.process_time() - cpu) / world.history * 1e6:.0f} µs CPU each), "
                   f"{world.customers_cached():,} customers cached", flush=True)  # fmt: skip
             worlds.append(world)
+            needed = args.rounds * args.round_tx * (1 + len(args.cache_sizes))
+            if not args.only_run and len(world.records) - world.history < needed:
+                parser.error(f"{scale}x holds {len(world.records) - world.history:,} transactions after the history, "
+                             f"the rounds need {needed:,}: raise --measure-days")  # fmt: skip
         if args.only_run:
             world = worlds[-1]
             deadline = time.monotonic() + args.only_run
