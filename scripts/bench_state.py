@@ -161,16 +161,16 @@ def main() -> None:
         for scale in args.scales:
             started = time.monotonic()
             world = World(scale, args, Path(tmp))
+            needed = args.rounds * args.round_tx * (1 + len(args.cache_sizes))
+            if not args.only_run and len(world.records) - world.history < needed:
+                parser.error(f"{scale}x holds {len(world.records) - world.history:,} transactions after the history, "
+                             f"the rounds need {needed:,}: raise --measure-days")  # fmt: skip
             cpu = time.process_time()
             world.run(world.history)
             print(f"{scale}x: {world.history:,} history transactions in {time.monotonic() - started:.0f} s "
                   f"({(time.process_time() - cpu) / world.history * 1e6:.0f} µs CPU each), "
                   f"{world.customers_cached():,} customers cached", flush=True)  # fmt: skip
             worlds.append(world)
-            needed = args.rounds * args.round_tx * (1 + len(args.cache_sizes))
-            if not args.only_run and len(world.records) - world.history < needed:
-                parser.error(f"{scale}x holds {len(world.records) - world.history:,} transactions after the history, "
-                             f"the rounds need {needed:,}: raise --measure-days")  # fmt: skip
         if args.only_run:
             world = worlds[-1]
             deadline = time.monotonic() + args.only_run
