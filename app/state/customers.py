@@ -5,7 +5,8 @@ decision path writes the entries a batch added or pruned to the compacted change
 tx_id``, in the batch's transaction, with the partition's position under :data:`POSITION_KEY`. The local store
 (:mod:`app.state.store`) holds the same keys and values: a copy of the changelog, written only after the Kafka
 transaction committed, with the changelog offset it covers. A customer is read from the store when a batch needs
-it, through a small LRU cache of parsed states, so memory follows the settings, not the number of customers.
+it, through a small LRU cache of parsed states and, behind it, one of packed states bounded in bytes
+(:class:`PartitionState`), so memory follows the settings, not the number of customers.
 Pure: no Kafka.
 """
 
