@@ -77,6 +77,7 @@ class Settings:
     state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush
     state_backend: str = "rocksdb"  # rocksdb (production) | memory (tests): where the customer windows live
     state_customer_cache: int = 10_000  # parsed customer states kept in memory, per decision partition (an LRU)
+    state_customer_packed_mb: float = 0.0  # behind them, customers packed (~45 B an entry), MB per partition; 0: none
     state_terminal_cache: int = 5_000  # parsed terminal states kept in memory (an LRU; every worker holds all)
     state_sweep_customers: int = 5_000  # customers the idle-expiry sweep reads from the store per sweep interval
     web_bind: str = "0.0.0.0"
@@ -233,6 +234,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         state_wal=_get_bool(env, "STATE_WAL", d.state_wal),
         state_backend=_get(env, "STATE_BACKEND", d.state_backend),
         state_customer_cache=int(_get(env, "STATE_CUSTOMER_CACHE", str(d.state_customer_cache))),
+        state_customer_packed_mb=float(_get(env, "STATE_CUSTOMER_PACKED_MB", str(d.state_customer_packed_mb))),
         state_terminal_cache=int(_get(env, "STATE_TERMINAL_CACHE", str(d.state_terminal_cache))),
         state_sweep_customers=int(_get(env, "STATE_SWEEP_CUSTOMERS", str(d.state_sweep_customers))),
         web_bind=web_bind,

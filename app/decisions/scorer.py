@@ -108,7 +108,8 @@ class Scorer:
 
     def open_state(self, partition: int) -> PartitionState:
         """The partition's state over its opened store partition (a restore replays the changelog into it)."""
-        state = PartitionState(self.store.open_partition(partition), cache_size=self.settings.state_customer_cache)
+        state = PartitionState(self.store.open_partition(partition), cache_size=self.settings.state_customer_cache,
+                               packed_cache_bytes=int(self.settings.state_customer_packed_mb * 2**20))  # fmt: skip
         state.load_position()
         self.partitions[partition] = state
         return state
@@ -225,9 +226,19 @@ class Scorer:
         review_cost = self.review_cost
         hits: dict[str, int] = {}  # rule id -> matches in this batch (active and shadow)
         decisions: dict[str, int] = {}
+        parsed: list[Any] = []  # each record's transaction, or the exception its parse raised (handled below)
         for record in records:
             try:
-                tx = parse_transaction(record.value, settings.max_message_bytes, settings.max_amount)
+                parsed.append(parse_transaction(record.value, settings.max_message_bytes, settings.max_amount))
+            except Exception as exc:
+                parsed.append(exc)
+        # The batch's terminals not in memory, in one store call (a multi-get) instead of one read per transaction:
+        # with more terminals than STATE_TERMINAL_CACHE most are not.
+        self.aggregates.prefetch({tx.terminal_id for tx in parsed if not isinstance(tx, Exception)})
+        for record, tx in zip(records, parsed, strict=True):
+            try:
+                if isinstance(tx, Exception):
+                    raise tx
                 customer = changed.get(tx.customer_id)
                 if customer is None:
                     customer = state.customer(tx.customer_id)

@@ -1,0 +1,74 @@
+"""The customer caches change the cost of a decision, never its features: tiny parsed and packed caches (every
+customer read back from the store or unpacked) give the same predictions and the same committed states as caches
+that hold everyone."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from aiokafka import TopicPartition
+
+from app.decisions.scorer import Scorer
+from app.learning.model import FraudModel
+from app.monitoring.health import HealthWindow
+from app.serialization import dumps, loads
+from app.settings import load
+from app.state.customers import PartitionState, entry_key, entry_value, pack_window, unpack_window
+from app.state.memory_store import MemoryStore
+from app.state.terminals import TerminalAggregates
+from lab.simulator import SimulatorConfig, simulate, to_wire
+
+
+def run(env: dict[str, str], records: list[SimpleNamespace]) -> tuple[list[bytes], Scorer]:
+    settings = load(env)
+    scorer = Scorer(settings, FraudModel(settings.model_name), TerminalAggregates(7.0, 86400.0, 38 * 86400.0),
+                    HealthWindow(60.0, time.monotonic()), store=MemoryStore("customers"),
+                    changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
+    scorer.open_state(0)
+    tp = TopicPartition("transactions", 0)
+    predictions = []
+    for i in range(0, len(records), 97):
+        batch = scorer.process(tp, records[i : i + 97])
+        batch.produced_to = i + 97
+        assert batch.on_commit is not None
+        batch.on_commit()
+        predictions += [o.value for o in batch.outputs if o.topic == settings.predictions_topic]
+    return predictions, scorer
+
+
+def test_tiny_parsed_and_packed_caches_give_the_same_predictions_and_states() -> None:
+    simulated = simulate(SimulatorConfig(n_customers=60, n_terminals=120, n_days=12, seed=4))
+    records = [SimpleNamespace(topic="transactions", partition=0, offset=i, key=b"", value=dumps(to_wire(t)))
+               for i, t in enumerate(simulated)]  # fmt: skip
+    whole, big = run({}, records)
+    small_env = {"STATE_CUSTOMER_CACHE": "3", "STATE_CUSTOMER_PACKED_MB": "0.01"}  # ~10 KB: a few customers
+    tiny, small = run(small_env, records)
+    store_only, none = run({"STATE_CUSTOMER_CACHE": "1"}, records)
+    assert len(whole) == len(records) > 500
+    drop = ("scored_at", "latency_ms", "received_at")  # the wall clock
+    strip = [{k: v for k, v in loads(p).items() if k not in drop} for p in whole]
+    assert [{k: v for k, v in loads(p).items() if k not in drop} for p in tiny] == strip
+    assert [{k: v for k, v in loads(p).items() if k not in drop} for p in store_only] == strip
+    state, small_state = big.partitions[0], small.partitions[0]
+    assert 0 < small_state.packed_bytes <= small_state.packed_cache_bytes and len(small_state.cache) == 3
+    assert small_state.packed_bytes == sum(len(v) for v in small_state.packed.values())
+    assert not set(small_state.packed) & set(small_state.cache)
+    for customer_id in state.customer_ids():
+        assert small_state.peek(customer_id) == state.peek(customer_id) == state.read(customer_id)
+        assert small_state.customer(customer_id) == state.customer(customer_id)
+
+
+def test_a_packed_customer_is_dropped_when_it_changes_or_expires() -> None:
+    state = PartitionState(MemoryStore("customers").open_partition(0), cache_size=1, packed_cache_bytes=10_000)
+    entries = {c: [(i * 60.0, 1.0 + i, "k1", f"{c}-tx{i}", i) for i in range(5)] for c in ("a", "b")}
+    updates = {entry_key(c, e[3]): entry_value(e) for c, es in entries.items() for e in es}
+    state.apply(updates, 1, {}, [])
+    a, b = state.customer("a"), state.customer("b")  # a goes to the packed cache
+    assert list(state.cache) == ["b"] and list(state.packed) == ["a"] and unpack_window(state.packed["a"]) == a
+    newer = a.since(2)
+    state.apply({entry_key("a", e[3]): None for e in entries["a"][:2]}, 2, {"a": newer}, [])
+    assert list(state.cache) == ["a"] and list(state.packed) == ["b"] and state.customer("a") == newer
+    state.apply({entry_key("b", e[3]): None for e in entries["b"]}, 3, {}, ["b"])
+    assert not state.packed and state.packed_bytes == 0 and not state.customer("b")
+    assert pack_window(b) is not None and unpack_window(pack_window(b) or b"") == b
