@@ -98,6 +98,8 @@ def run_trainer(args: list[str]) -> None:
         settings = load()
     except ValueError as exc:
         _config_error(str(exc))
+    if settings.trainer_nice:
+        os.nice(settings.trainer_nice)  # learning waits where the decisions need the cores
     try:
         asyncio.run(check_credentials(settings))
     except KafkaSecurityError as exc:

@@ -118,6 +118,7 @@ class Settings:
     trainer_enabled: bool = True
     trainer_web_port: int = 0  # the trainer process's /metrics, /ready, /status; 0: a free port (child), 6068 (alone)
     trainer_web_bind: str = ""  # empty: WEB_BIND (a worker's child binds 127.0.0.1 unless this is set)
+    trainer_nice: int = 0  # the trainer process lowers its CPU priority by this (0-19): decisions first on shared cores
     # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
     models_topic: str = "models"
     model_events_topic: str = "model-events"
@@ -207,6 +208,18 @@ def default_advertised_url(web_bind: str, web_port: int) -> str:
     return f"http://{host}:{web_port}"
 
 
+def _nice(value: str) -> int:
+    """An increment of ``nice`` (0-19).
+
+    >>> _nice("10")
+    10
+    """
+    nice = int(value)
+    if not 0 <= nice <= 19:
+        raise ValueError(f"TRAINER_NICE must be between 0 and 19, not {value!r}")
+    return nice
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from environment variables; unset variables keep their defaults."""
     env = os.environ if env is None else env
@@ -275,6 +288,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         trainer_enabled=_get_bool(env, "TRAINER_ENABLED", d.trainer_enabled),
         trainer_web_port=int(_get(env, "TRAINER_WEB_PORT", str(d.trainer_web_port))),
         trainer_web_bind=_get(env, "TRAINER_WEB_BIND", d.trainer_web_bind),
+        trainer_nice=_nice(_get(env, "TRAINER_NICE", str(d.trainer_nice))),
         prior_fraud_rate=float(_get(env, "PRIOR_FRAUD_RATE", str(d.prior_fraud_rate))),
         log_level=_get(env, "LOG_LEVEL", d.log_level),
         producer_linger_ms=float(_get(env, "PRODUCER_LINGER_MS", str(d.producer_linger_ms))),
