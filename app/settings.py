@@ -118,7 +118,7 @@ class Settings:
     trainer_enabled: bool = True
     trainer_web_port: int = 0  # the trainer process's /metrics, /ready, /status; 0: a free port (child), 6068 (alone)
     trainer_web_bind: str = ""  # empty: WEB_BIND (a worker's child binds 127.0.0.1 unless this is set)
-    trainer_nice: int = 10  # the trainer process lowers its CPU priority by this (0-19): decisions first on shared cores
+    trainer_nice: int = 10  # the trainer lowers its CPU priority by this (0-19): decisions first on shared cores
     # Model versions (issue 9): one trainer per deployment publishes signed snapshots; every worker follows.
     models_topic: str = "models"
     model_events_topic: str = "model-events"
