@@ -202,8 +202,8 @@ def rules_summary(predictions: list[dict[str, object]], rule_file: Path, env: di
     if not before or not decided_with:
         return
     since = min(str(p["timestamp"]) for p in decided_with)
-    backtest = subprocess.run([sys.executable, "-m", "app", "rules", "backtest", "--rule", str(rule_file), "--from",
-                               before[0], "--to", since, "--no-progress"], cwd=REPO_ROOT, env=env,
+    backtest = subprocess.run([sys.executable, "-m", "app", "rules", "backtest", "--rule", str(rule_file), "--without",
+                               rule_id, "--from", before[0], "--to", since, "--no-progress"], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
     print(f"backtest of {rule_id!r} on the first half ({before[0]} to {since}, python -m app rules backtest):")
     print("\n".join(f"  {line}" for line in (backtest.stdout or backtest.stderr).splitlines()[:30]))

@@ -210,3 +210,15 @@ def test_backtest_figures_equal_a_hand_count_from_the_topics(
     text = ok(run_app(env, "rules", "backtest", "--rule", str(rule_file), "--from", start.isoformat(), "--to",
                       end.isoformat(), "--review-cost", str(REVIEW_COST)))  # fmt: skip
     assert "*burst" in text and f"{expected['transactions']} transactions in the range" in text
+
+    # The rule goes live: backtested beside a live set that holds it, it changes nothing; with --without it, the
+    # same figures as before it was live (what the rule adds); --without a rule that is not live is refused.
+    ok(run_app(env, "rules", "add", "--file", str(rule_file)))
+    args = ["rules", "backtest", "--rule", str(rule_file), "--from", start.isoformat(), "--to", end.isoformat(),
+            "--review-cost", str(REVIEW_COST), "--json"]  # fmt: skip
+    assert all(loads(ok(run_app(env, *args)))["changes"][mode]["changed"] == 0 for mode in expected["changed"])
+    without = loads(ok(run_app(env, *args, "--without", "burst")))
+    assert {mode: without["changes"][mode]["changed"] for mode in expected["changed"]} == expected["changed"]
+    assert without["without"] == ["burst"] and without["live_version"] == 2
+    refused = run_app(env, *args, "--without", "nosuch")
+    assert refused.returncode != 0 and "no live rule 'nosuch'" in refused.stderr

@@ -187,7 +187,11 @@ async def _backtest(args: argparse.Namespace, settings: Settings) -> int:
     review_cost = args.review_cost
     if review_cost is None:
         review_cost = settings.review_cost if settings.review_cost > 0 else DEFAULT_BACKTEST_REVIEW_COST
-    counting = Backtest({}, state.rule_set, candidates, lists, start_s=start_s, end_s=end_s,
+    unknown = sorted(set(args.without) - {r.id for r in state.rule_set.rules})
+    if unknown:
+        raise ValueError(f"--without: no live rule {', '.join(map(repr, unknown))}")
+    live = state.rule_set.without_rules(set(args.without))
+    counting = Backtest({}, live, candidates, lists, start_s=start_s, end_s=end_s,
                         review_cost=review_cost, threshold=args.threshold)  # fmt: skip
     started = time.monotonic()
     start_ms = int((start_s - START_SLACK_S) * 1000)
@@ -198,11 +202,12 @@ async def _backtest(args: argparse.Namespace, settings: Settings) -> int:
     elapsed_s = time.monotonic() - started
     report = counting.report
     if args.json:
-        extra = {"live_version": state.rule_set.version, "predictions_read": read, "undecodable": bad,
-                 "labels_read": labels_read, "seconds": round(elapsed_s, 3)}  # fmt: skip
+        extra = {"live_version": state.rule_set.version, "without": args.without, "predictions_read": read,
+                 "undecodable": bad, "labels_read": labels_read, "seconds": round(elapsed_s, 3)}  # fmt: skip
         print(dumps({**report.to_dict(), **extra}).decode())
     else:
-        print(f"live rule set version {state.rule_set.version} ({len(state.rule_set.rules)} rules); "
+        without = f" without {', '.join(args.without)}" if args.without else ""
+        print(f"live rule set version {state.rule_set.version} ({len(state.rule_set.rules)} rules){without}; "
               f"candidates: {', '.join(r.id for r in candidates)}")  # fmt: skip
         for line in lines(report):
             print(line)
@@ -316,6 +321,9 @@ def register(commands: Any) -> None:
                           help="a JSON rule or array of rules (repeatable); evaluated as active")  # fmt: skip
     backtest.add_argument("--from", dest="from_time", required=True, metavar="T1", help="event time, ISO-8601")
     backtest.add_argument("--to", dest="to_time", required=True, metavar="T2", help="event time (excluded)")
+    backtest.add_argument("--without", action="append", default=[], metavar="ID",
+                          help="a live rule left out of the live set compared with (repeatable): what a rule "
+                               "already live adds")  # fmt: skip
     backtest.add_argument("--threshold", type=float, default=None,
                           help="the fixed threshold (default: each prediction's own)")  # fmt: skip
     backtest.add_argument("--review-cost", type=float, default=None,
