@@ -338,10 +338,11 @@ class WorkerProcess:
 def worker_factory(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start workers with unique topics; every one is stopped at the end of the test."""
+    """Start workers with unique topics (``start=False``: made, for the test to start later); every one is stopped
+    at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def make(partitions: int = 2, **overrides: str) -> WorkerProcess:
+    def make(partitions: int = 2, start: bool = True, **overrides: str) -> WorkerProcess:
         topics = {
             "TRANSACTIONS_TOPIC": unique_name("transactions"),
             "LABELS_TOPIC": unique_name("labels"),
@@ -373,7 +374,7 @@ def worker_factory(
         }
         worker = WorkerProcess(env=env, log_path=tmp_path / f"worker-{index}.log", topics=topics)
         started.append(worker)
-        return worker.start()
+        return worker.start() if start else worker
 
     yield make
     for worker in started:
