@@ -327,6 +327,11 @@ class WorkerProcess:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
+        self.wait_stopped()
+
+    def wait_stopped(self) -> None:
+        """Wait for the SIGTERM sent to take effect; SIGKILL after 30 s."""
+        assert self.process is not None
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -377,5 +382,9 @@ def worker_factory(
         return worker.start() if start else worker
 
     yield make
-    for worker in started:
-        worker.stop()
+    running = [w for w in started if w.process is not None and w.process.poll() is None]
+    for worker in running:  # SIGTERM to all, then wait: each takes a second or two to commit and leave its group
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGTERM)
+    for worker in running:
+        worker.wait_stopped()
