@@ -327,6 +327,11 @@ class WorkerProcess:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
+        self.wait_stopped()
+
+    def wait_stopped(self) -> None:
+        """Wait for the SIGTERM sent to take effect; SIGKILL after 30 s."""
+        assert self.process is not None
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -338,10 +343,11 @@ class WorkerProcess:
 def worker_factory(
     kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start workers with unique topics; every one is stopped at the end of the test."""
+    """Start workers with unique topics (``start=False``: made, for the test to start later); every one is stopped
+    at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def make(partitions: int = 2, **overrides: str) -> WorkerProcess:
+    def make(partitions: int = 2, start: bool = True, **overrides: str) -> WorkerProcess:
         topics = {
             "TRANSACTIONS_TOPIC": unique_name("transactions"),
             "LABELS_TOPIC": unique_name("labels"),
@@ -373,8 +379,12 @@ def worker_factory(
         }
         worker = WorkerProcess(env=env, log_path=tmp_path / f"worker-{index}.log", topics=topics)
         started.append(worker)
-        return worker.start()
+        return worker.start() if start else worker
 
     yield make
-    for worker in started:
-        worker.stop()
+    running = [w for w in started if w.process is not None and w.process.poll() is None]
+    for worker in running:  # SIGTERM to all, then wait: each takes a second or two to commit and leave its group
+        assert worker.process is not None
+        worker.process.send_signal(signal.SIGTERM)
+    for worker in running:
+        worker.wait_stopped()

@@ -357,10 +357,6 @@ def test_each_label_is_learned_once_with_two_workers_and_a_sigkill_of_the_traine
     assert {a["how"] for a in audit} == {"explicit"}
 
 
-# Exclusive: the worker starts while the train command registers and promotes the warm start, and the test takes
-# it that the command is done first (serving == warm right after ready); beside another xdist test the worker
-# once won that race and served v1.
-@pytest.mark.exclusive
 def test_a_warm_start_is_registered_served_and_continued_by_the_trainer(
     worker_factory: WorkerFactory, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -368,14 +364,16 @@ def test_a_warm_start_is_registered_served_and_continued_by_the_trainer(
     subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "simulate.py"), "--no-kafka", "--out-dir", str(run),
                     "--customers", "60", "--terminals", "120", "--days", "25", "--seed", "5"],
                    check=True, capture_output=True, timeout=120)  # fmt: skip
-    worker = worker_factory(partitions=1)
+    # The worker starts once the train command has registered and promoted the warm start (the command makes the
+    # topics): started beside it, it once became ready first and served v1.
+    worker = worker_factory(partitions=1, start=False)
     result = _cli(worker, "train", "--from-dir", str(run), "--holdout-days", "5", "--promote")
     assert result.returncode == 0, result.stderr
     match = re.search(r"^registered (warm-\d+): (\d+) labels; held-out .*auc (\S+),", result.stdout, re.M)
     assert match, result.stdout
     warm, labels = match.group(1), int(match.group(2))
     assert labels > 500 and float(match.group(3)) > 0.6
-    worker.wait_ready()
+    worker.start().wait_ready()
     assert _models(worker)["serving"] == warm  # a new deployment does not start from the prior
     _publish(kafka_bootstrap, worker, [transaction(i, tx_id=f"w-{i}") for i in range(10)], frauds={"w-0"})
     _wait(lambda: _labels_seen(worker) == labels + 10, 60, "the trainer continues the warm start")
