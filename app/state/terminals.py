@@ -26,12 +26,13 @@ from typing import Any
 
 from app.features.engine import EMPTY_TERMINAL, TerminalWindow, newest_event_time_s, terminal_with_entry, terminal_x
 from app.serialization import dumps, loads
-from app.state.store import StorePartition, keep_recent
+from app.state.store import StorePartition
 
 TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> the terminal's entries (encode_state)
 FRAUD_PREFIX = b"f"  # b"f" + tx_id -> known_s
 META_KEY = b"\x00meta"  # the feed's positions, stream time and terminal count, written with the data they cover
 ADDED_HERE_MAX = 200_000  # scored transactions waiting for the feed to read them back (seconds of traffic)
+ADDED_HERE_FORGET = ADDED_HERE_MAX // 10  # forgotten at once when the feed lags past ADDED_HERE_MAX
 
 # A terminal's entries as held in memory (the cache, the changes not flushed): the engine's window by column, which the
 # garbage collector walks in a few steps, never entry by entry (see the note above app.features.engine.TerminalState).
@@ -132,6 +133,7 @@ class TerminalAggregates:
         ttl_s: float,
         store: StorePartition | None = None,
         cache_size: int = 5000,
+        packed_cache_bytes: int = 0,
     ) -> None:
         self.delay_days = delay_days
         self.lateness_s = lateness_s
@@ -139,6 +141,12 @@ class TerminalAggregates:
         self.store = store  # set by the feed when it opens the store (reads before that see no terminal)
         self.cache_size = cache_size
         self.cache: OrderedDict[str, Terminal] = OrderedDict()
+        # Behind the parsed cache, up to ``packed_cache_bytes``: the terminals it dropped, as their stored values
+        # (encode_state), so a parsed miss costs a decode instead of a store read. A terminal is in one at most; both
+        # hold its newest state (flushed or not: the changes not flushed are also in ``dirty``, read first).
+        self.packed_cache_bytes = packed_cache_bytes
+        self.packed: OrderedDict[str, bytes] = OrderedDict()
+        self.packed_bytes = 0  # the sum of the packed values' lengths
         self.dirty: dict[str, Terminal] = {}  # changed since the last flush (an empty window: removed)
         self.dirty_frauds: dict[str, float | None] = {}
         self.frauds_known_s: dict[str, float] = {}
@@ -161,7 +169,11 @@ class TerminalAggregates:
         if state is not None:
             cache.move_to_end(terminal_id)
             return state
-        raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
+        raw = self.packed.pop(terminal_id, None)
+        if raw is not None:
+            self.packed_bytes -= len(raw)
+        elif self.store is not None:
+            raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode())
         state = decode_state(raw) if raw is not None else EMPTY_TERMINAL
         if state:
             self._keep(terminal_id, state)
@@ -173,13 +185,15 @@ class TerminalAggregates:
         if state is None:
             state = self.cache.get(terminal_id)
         if state is None:
-            raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
+            raw = self.packed.get(terminal_id)
+            if raw is None and self.store is not None:
+                raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode())
             state = decode_state(raw) if raw is not None else EMPTY_TERMINAL
         return state
 
     def prefetch(self, terminal_ids: Iterable[str]) -> None:
         """Read the terminals a batch will touch in one store call (the feed's catch-up: mostly cache misses)."""
-        missing = {k for k in terminal_ids if k not in self.dirty and k not in self.cache}
+        missing = {k for k in terminal_ids if k not in self.dirty and k not in self.cache and k not in self.packed}
         if not missing or self.store is None:
             return
         found = self.store.get_many(TERMINAL_PREFIX + k.encode() for k in missing)
@@ -224,6 +238,10 @@ class TerminalAggregates:
         self.dirty[terminal_id] = state
         if state:
             self._keep(terminal_id, state)
+        else:  # a late transaction pruned everything: no cached copy may outlive the flush that deletes it
+            if before:
+                self.terminal_count -= 1
+            self._forget(terminal_id)
         return True
 
     def add_scored(self, terminal_id: str, t: float, tx_id: str) -> None:
@@ -233,7 +251,10 @@ class TerminalAggregates:
             added_here = self.added_here
             added_here[tx_id] = None
             if len(added_here) > ADDED_HERE_MAX:  # the feed stopped reading: forget the oldest (it adds them then)
-                del added_here[next(iter(added_here))]
+                # a tenth at once: ``next(iter(d))`` after deleting d's first keys walks past every deleted slot
+                # (until the dict is resized), so forgetting one at a time cost ~20-100 µs a transaction (issue 16)
+                for old in list(itertools.islice(added_here, ADDED_HERE_FORGET)):
+                    del added_here[old]
 
     def read_back(self, tx_id: str) -> bool:
         """True (and forgotten) when ``tx_id`` came from :meth:`add_scored`: the feed has nothing to add."""
@@ -303,7 +324,7 @@ class TerminalAggregates:
         when the store never had a flush: nothing to resume from)."""
         store = self._opened()
         raw = store.get(META_KEY)
-        self.cache.clear()
+        self._clear_caches()
         self.dirty = {}
         self.dirty_frauds = {}
         self.added_here = {}
@@ -339,7 +360,7 @@ class TerminalAggregates:
             newest = newest_event_time_s(state) if state is not None else newest_stored_s(raw)
             if (state is None or state) and newest < horizon:
                 self.dirty[terminal_id] = EMPTY_TERMINAL
-                self.cache.pop(terminal_id, None)
+                self._forget(terminal_id)
                 self.terminal_count -= 1
                 removed += 1
         self.sweep_from = next_from
@@ -375,7 +396,7 @@ class TerminalAggregates:
                 transaction.put(TERMINAL_PREFIX + terminal_id.encode(), encode_state(state))
                 count += 1
             transaction.commit((store.committed_offset or 0) + 1)
-        self.cache.clear()
+        self._clear_caches()
         self.dirty = {}
         self.added_here = {}
         self.dirty_frauds = dict(frauds_known_s)
@@ -390,4 +411,34 @@ class TerminalAggregates:
         return self.store
 
     def _keep(self, terminal_id: str, state: Terminal) -> None:
-        keep_recent(self.cache, terminal_id, state, self.cache_size)
+        """``state`` as the terminal's newest parsed state; the least recent past ``cache_size`` move to the packed
+        cache (the least recent of which go past its budget)."""
+        old = self.packed.pop(terminal_id, None)
+        if old is not None:
+            self.packed_bytes -= len(old)
+        cache = self.cache
+        cache[terminal_id] = state
+        cache.move_to_end(terminal_id)
+        while len(cache) > self.cache_size:
+            dropped_id, dropped = cache.popitem(last=False)
+            if self.packed_cache_bytes > 0:
+                self._pack(dropped_id, dropped)
+
+    def _pack(self, terminal_id: str, state: Terminal) -> None:
+        raw = encode_state(state)
+        packed = self.packed
+        packed[terminal_id] = raw
+        self.packed_bytes += len(raw)
+        while self.packed_bytes > self.packed_cache_bytes and packed:
+            self.packed_bytes -= len(packed.popitem(last=False)[1])
+
+    def _forget(self, terminal_id: str) -> None:
+        self.cache.pop(terminal_id, None)
+        raw = self.packed.pop(terminal_id, None)
+        if raw is not None:
+            self.packed_bytes -= len(raw)
+
+    def _clear_caches(self) -> None:
+        self.cache.clear()
+        self.packed.clear()
+        self.packed_bytes = 0
