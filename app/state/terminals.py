@@ -9,7 +9,8 @@ delayed windows (which end ``delay_days`` back) miss nothing while the lag stays
 
 The terminals live in a :class:`~app.state.store.StorePartition` (RocksDB in production), one value per terminal,
 with the feed's log positions written in the same batch (:meth:`TerminalAggregates.flush`); a small LRU cache of
-parsed terminals (``STATE_TERMINAL_CACHE``) and the changes not flushed yet are all that stays in memory, besides
+parsed terminals (``STATE_TERMINAL_CACHE``), behind it one of terminals as stored, bounded in bytes
+(``STATE_TERMINAL_PACKED_MB``, off by default), and the changes not flushed yet are all that stays in memory, besides
 the fraud marks (one float per fraud of the last ``TERMINAL_TTL_S``: frauds are rare). A terminal is held as a
 :class:`~app.features.engine.TerminalWindow` (by column) and stored as its raw columns (:func:`encode_state`).
 """
@@ -236,12 +237,7 @@ class TerminalAggregates:
         if not before and state:
             self.terminal_count += 1
         self.dirty[terminal_id] = state
-        if state:
-            self._keep(terminal_id, state)
-        else:  # a late transaction pruned everything: no cached copy may outlive the flush that deletes it
-            if before:
-                self.terminal_count -= 1
-            self._forget(terminal_id)
+        self._keep(terminal_id, state)  # never empty: pruning keeps the newest entry
         return True
 
     def add_scored(self, terminal_id: str, t: float, tx_id: str) -> None:
