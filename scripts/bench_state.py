@@ -12,9 +12,9 @@ customer store and :class:`~app.state.terminals.TerminalAggregates` over a Rocks
 batch's ``on_commit`` run as the loop would after the Kafka commit, the terminals flushed every 10 batches (the
 feed's 1 s at ~5,000 tx/s), the scored transactions read back after each flush as the feed reads them from the
 terminal log (``--no-read-back``: not) and the fraud labels applied ``--label-delay-days`` after their transactions
-(``--no-labels``: none, as in the sixth part). Then the worlds take ``--round-tx`` more transactions each, alternating, ``--rounds``
-times: the process's CPU time per transaction (RocksDB's background threads included) and this thread's, the
-median of the rounds reported. The machine is shared: compare the scales of one run, not runs.
+(``--no-labels``: none, as in the sixth part). Then the worlds take ``--round-tx`` more transactions each,
+alternating, ``--rounds`` times: the process's CPU time per transaction (RocksDB's background threads included) and
+this thread's, the median of the rounds reported. The machine is shared: compare the scales of one run, not runs.
 """
 
 from __future__ import annotations
@@ -168,7 +168,9 @@ class World:
         """Terminals parsed in memory, and packed (MB) where the code has a packed cache."""
         packed = getattr(self.aggregates, "packed", None)
         held = f"{len(self.aggregates.cache):,}"
-        return held if packed is None else f"{held} + {len(packed):,} packed ({self.aggregates.packed_bytes / 2**20:.1f} MB)"
+        if packed is None:
+            return held
+        return f"{held} + {len(packed):,} packed ({self.aggregates.packed_bytes / 2**20:.1f} MB)"
 
 
 def packed_terminals(settings: Any) -> dict[str, int]:
@@ -191,8 +193,8 @@ def main() -> None:
     )
     parser.add_argument("--packed-mb", type=float, help="STATE_CUSTOMER_PACKED_MB (per partition)")
     parser.add_argument("--terminal-cache", type=int, help="STATE_TERMINAL_CACHE")
-    parser.add_argument("--terminal-packed-mb", type=float, help="STATE_TERMINAL_PACKED_MB (ignored by code without it)")
-    parser.add_argument("--no-labels", dest="labels", action="store_false", help="no fraud labels (the sixth part's runs)")
+    parser.add_argument("--terminal-packed-mb", type=float, help="STATE_TERMINAL_PACKED_MB (code without it: ignored)")
+    parser.add_argument("--no-labels", dest="labels", action="store_false", help="no fraud labels (as the sixth part)")
     parser.add_argument("--label-delay-days", type=float, default=7.0)
     parser.add_argument("--no-read-back", dest="read_back", action="store_false",
                         help="the scored transactions never read back as the feed does (the sixth part's runs: the "
@@ -247,7 +249,9 @@ def phase(worlds: list[World], args: argparse.Namespace, cache: int | None) -> d
                 process_us[world.scale].append((time.process_time() - p0) / n * 1e6)
                 thread_us[world.scale].append((time.thread_time() - t0) / n * 1e6)
     print(f"\ncustomer cache {cache or 'default'} per partition, terminal cache {args.terminal_cache or 'default'}")
-    print("| scale | rounds | process CPU µs/tx, median (all) | thread CPU µs/tx, median | customers cached | terminals |")
+    print(
+        "| scale | rounds | process CPU µs/tx, median (all) | thread CPU µs/tx, median | customers cached | terminals |"
+    )
     print("|---|---|---|---|---|---|")
     for world in worlds:
         p, t = process_us[world.scale], thread_us[world.scale]

@@ -64,7 +64,8 @@ def run(
                                     cache_size=cache_size, packed_cache_bytes=packed_bytes)  # fmt: skip
     aggregates.load()
     scorer = Scorer(settings, FraudModel(settings.model_name), aggregates, HealthWindow(60.0, time.monotonic()),
-                    store=MemoryStore("customers"), changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
+                    store=MemoryStore("customers"), changelog_topic="changelog",
+                    terminal_topic="terminal-log")  # fmt: skip
     scorer.open_state(0)
     records = [SimpleNamespace(topic="transactions", partition=0, offset=i, key=b"", value=dumps(to_wire(t)))
                for i, t in enumerate(txs)]  # fmt: skip
