@@ -4,6 +4,7 @@ packed caches give the same predictions and the same flushed states as caches th
 
 from __future__ import annotations
 
+import random
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -12,14 +13,14 @@ import pytest
 from aiokafka import TopicPartition
 
 from app.decisions.scorer import Scorer
-from app.features.engine import terminal_features, terminal_x
+from app.features.engine import TerminalWindow, terminal_features, terminal_x
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
 from app.serialization import dumps, loads
 from app.settings import load
 from app.state import terminals
 from app.state.memory_store import MemoryStore
-from app.state.terminals import TerminalAggregates, decode_state, encode_state
+from app.state.terminals import TerminalAggregates, decode_state, encode_state, with_pending
 from lab.simulator import SimulatorConfig, simulate, to_wire
 
 DAY_S = 86400.0
@@ -165,3 +166,14 @@ def test_scored_marks_past_the_limit_are_forgotten_a_tenth_at_a_time(monkeypatch
         a.add_scored("k", float(i), f"tx{i}")
     assert len(a.added_here) == 91 and next(iter(a.added_here)) == "tx10"  # the oldest tenth forgotten
     assert not a.read_back("tx3") and a.read_back("tx10") and not a.read_back("tx10")
+
+
+def test_the_batch_pending_entries_merge_by_column_as_the_sorted_entries_did() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        held = sorted(((float(rng.randrange(10)), f"a{i}", i) for i in range(rng.randrange(6))), key=lambda e: e[0])
+        window = TerminalWindow.of(held)
+        extra = [(float(rng.randrange(10)), f"p{i}") for i in range(rng.randrange(1, 4))]
+        merged = with_pending(window, extra)
+        expected = TerminalWindow.of(sorted([*window, *extra], key=lambda e: e[0]))
+        assert merged == expected and merged.next_seq == expected.next_seq

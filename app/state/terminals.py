@@ -17,6 +17,7 @@ the fraud marks (one float per fraud of the last ``TERMINAL_TTL_S``: frauds are 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import struct
 import sys
@@ -100,6 +101,24 @@ def decode_state(raw: bytes) -> Terminal:
     if len(ids) != n:
         raise ValueError(f"terminal value of {n} entries holds {len(ids)} ids")
     return TerminalWindow(times, ids, seqs, next_seq)
+
+
+def with_pending(state: TerminalWindow, extra: Sequence[tuple[float, str]]) -> TerminalWindow:
+    """A merged copy of ``state`` with the batch's ``extra`` ``(t, tx_id)`` entries (no seq: -1), each after the
+    entries of equal time, by column: the window's own entries are not made into tuples (that cost ~4 decodes).
+
+    >>> w = TerminalWindow.of([(1.0, "a", 0), (2.0, "b", 1)])
+    >>> extra = [(2.0, "p"), (0.5, "q"), (2.0, "r")]
+    >>> with_pending(w, extra) == TerminalWindow.of(sorted([*w, *extra], key=lambda e: e[0]))
+    True
+    """
+    times, seqs, ids = array("d", state.times), array("q", state.seqs), list(state.ids)
+    for t, tx_id in sorted(extra, key=lambda e: e[0]):  # stable: equal times keep the batch's order
+        at = bisect.bisect_right(times, t)
+        times.insert(at, t)
+        seqs.insert(at, -1)
+        ids.insert(at, tx_id)
+    return TerminalWindow(times, tuple(ids), seqs)
 
 
 def newest_stored_s(raw: bytes) -> float:
@@ -208,8 +227,8 @@ class TerminalAggregates:
         """The terminal half of ``x`` for a transaction, seeing ``pending`` (same batch, not committed) too."""
         state = self.state(terminal_id)
         extra = [(te, tid) for te, tid in pending if tid != tx_id]
-        if extra:  # rare (a terminal twice in one batch): a merged copy, the entries held first on equal times
-            state = TerminalWindow.of(sorted([*state, *extra], key=lambda e: e[0]))
+        if extra:  # a terminal twice in one batch (8 % of the transactions at 1x, 0.6 % at 10x)
+            state = with_pending(state, extra)
         return terminal_x(state, t, self.frauds_known_s, self.delay_days)
 
     def all_states(self) -> dict[str, list[tuple[Any, ...]]]:
