@@ -161,6 +161,29 @@ class World:
         t2 = time.thread_time()
         return (t1 - t0) / len(ids) * 1e6, (t2 - t1) / len(ids) * 1e6
 
+    def terminals_packed(self, budget_mb: float) -> None:
+        """The packed terminal cache switched for the next round (outside the timed part): off, emptied; on, filled
+        with every stored terminal the parsed cache does not hold, up to ``budget_mb``, as it stands after a long
+        run (the state is flushed first either way, so both rounds start alike)."""
+        from app.state.terminals import TERMINAL_PREFIX
+
+        a = self.aggregates
+        a.flush({})
+        a.packed.clear()
+        a.packed_bytes = 0
+        a.packed_cache_bytes = int(budget_mb * 2**20)
+        if not budget_mb or a.store is None:
+            return
+        n = len(TERMINAL_PREFIX)
+        for key, raw in a.store.iter_prefix(TERMINAL_PREFIX):
+            terminal_id = key[n:].decode()
+            if terminal_id in a.cache:
+                continue
+            if a.packed_bytes + len(raw) > a.packed_cache_bytes:
+                break
+            a.packed[terminal_id] = raw
+            a.packed_bytes += len(raw)
+
     def customers_cached(self) -> int:
         return sum(len(p.cache) for p in self.scorer.partitions.values())
 
@@ -199,6 +222,9 @@ def main() -> None:
     parser.add_argument("--no-read-back", dest="read_back", action="store_false",
                         help="the scored transactions never read back as the feed does (the sixth part's runs: the "
                              "marks of what this worker added pile up to ADDED_HERE_MAX)")  # fmt: skip
+    parser.add_argument("--ab-terminal-packed-mb", type=float,
+                        help="then rounds alternating the packed terminal cache off and on at this budget (MB), "
+                             "each world on its own data: the cache's effect within one process")  # fmt: skip
     parser.add_argument("--only-run", type=float, help="seconds: keep the last scale busy (for py-spy), no rounds")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -207,7 +233,7 @@ def main() -> None:
         for scale in args.scales:
             started = time.monotonic()
             world = World(scale, args, Path(tmp))
-            needed = args.rounds * args.round_tx * (1 + len(args.cache_sizes))
+            needed = args.rounds * args.round_tx * (1 + len(args.cache_sizes) + 2 * bool(args.ab_terminal_packed_mb))
             if not args.only_run and len(world.records) - world.history < needed:
                 parser.error(f"{scale}x holds {len(world.records) - world.history:,} transactions after the history, "
                              f"the rounds need {needed:,}: raise --measure-days")  # fmt: skip
@@ -234,6 +260,8 @@ def main() -> None:
                 for world in worlds:
                     world.set_customer_cache(cache)
             results[str(cache or "default")] = phase(worlds, args, cache)
+        if args.ab_terminal_packed_mb:
+            results["terminal_packed_ab"] = ab_phase(worlds, args, args.ab_terminal_packed_mb)
         if args.out:
             args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
 
@@ -263,6 +291,32 @@ def phase(worlds: list[World], args: argparse.Namespace, cache: int | None) -> d
         print(f"ratio {worlds[1].scale}x / {worlds[0].scale}x (process CPU): {b / a:.2f}; throughput ratio "
               f"{a / b:.2f}", flush=True)  # fmt: skip
     return {"process_us": process_us, "thread_us": thread_us}
+
+
+def ab_phase(worlds: list[World], args: argparse.Namespace, budget_mb: float) -> dict[str, Any]:
+    """``--rounds`` rounds per world with the packed terminal cache off and as many with it on, interleaved
+    (off, on, on, off, ...), the worlds alternating: process CPU µs per transaction."""
+    process_us: dict[str, list[float]] = {}
+    for r in range(2 * args.rounds):
+        on = (r % 4) in (1, 2)
+        for world in worlds if r % 2 == 0 else reversed(worlds):
+            world.terminals_packed(budget_mb if on else 0.0)
+            p0 = time.process_time()
+            n = world.run(args.round_tx)
+            if n:
+                process_us.setdefault(f"{world.scale}x {'on' if on else 'off'}", []).append(
+                    (time.process_time() - p0) / n * 1e6
+                )
+    print(f"\nthe packed terminal cache off and at {budget_mb:g} MB, alternating")
+    print("| world, packed terminal cache | rounds | process CPU µs/tx, median (all) |")
+    print("|---|---|---|")
+    for key, values in sorted(process_us.items()):
+        print(f"| {key} | {len(values)} | {statistics.median(values):.1f} ({', '.join(f'{v:.0f}' for v in values)}) |")
+    for world in worlds:
+        off, on = process_us.get(f"{world.scale}x off"), process_us.get(f"{world.scale}x on")
+        if off and on:
+            print(f"{world.scale}x: on / off {statistics.median(on) / statistics.median(off):.3f}", flush=True)
+    return {"process_us": process_us}
 
 
 if __name__ == "__main__":
