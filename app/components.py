@@ -177,6 +177,7 @@ def build(settings: Settings) -> Components:
     aggregates = TerminalAggregates(
         settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s,
         cache_size=settings.state_terminal_cache,
+        packed_cache_bytes=int(settings.state_terminal_packed_mb * 2**20),
     )  # fmt: skip
     scorer: Scorer
     feed = TerminalFeed(

@@ -79,6 +79,7 @@ class Settings:
     state_customer_cache: int = 10_000  # parsed customer states kept in memory, per decision partition (an LRU)
     state_customer_packed_mb: float = 0.0  # behind them, customers packed (~45 B an entry), MB per partition; 0: none
     state_terminal_cache: int = 5_000  # parsed terminal states kept in memory (an LRU; every worker holds all)
+    state_terminal_packed_mb: float = 0.0  # behind them, terminals as stored (~1.2 KB at 38 entries), MB; 0: none
     state_sweep_customers: int = 5_000  # customers the idle-expiry sweep reads from the store per sweep interval
     web_bind: str = "0.0.0.0"
     web_port: int = 6066
@@ -249,6 +250,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         state_customer_cache=int(_get(env, "STATE_CUSTOMER_CACHE", str(d.state_customer_cache))),
         state_customer_packed_mb=float(_get(env, "STATE_CUSTOMER_PACKED_MB", str(d.state_customer_packed_mb))),
         state_terminal_cache=int(_get(env, "STATE_TERMINAL_CACHE", str(d.state_terminal_cache))),
+        state_terminal_packed_mb=float(_get(env, "STATE_TERMINAL_PACKED_MB", str(d.state_terminal_packed_mb))),
         state_sweep_customers=int(_get(env, "STATE_SWEEP_CUSTOMERS", str(d.state_sweep_customers))),
         web_bind=web_bind,
         web_port=web_port,

@@ -10,9 +10,11 @@ simulator's seed 3, 4 input partitions by customer): a :class:`~app.decisions.sc
 customer store and :class:`~app.state.terminals.TerminalAggregates` over a RocksDB terminal store (one
 :class:`RocksDBConfig`, as a worker), fed the first ``--history-days`` days in batches of 500 per partition, each
 batch's ``on_commit`` run as the loop would after the Kafka commit, the terminals flushed every 10 batches (the
-feed's 1 s at ~5,000 tx/s). Then the worlds take ``--round-tx`` more transactions each, alternating, ``--rounds``
-times: the process's CPU time per transaction (RocksDB's background threads included) and this thread's, the
-median of the rounds reported. The machine is shared: compare the scales of one run, not runs.
+feed's 1 s at ~5,000 tx/s), the scored transactions read back after each flush as the feed reads them from the
+terminal log (``--no-read-back``: not) and the fraud labels applied ``--label-delay-days`` after their transactions
+(``--no-labels``: none, as in the sixth part). Then the worlds take ``--round-tx`` more transactions each,
+alternating, ``--rounds`` times: the process's CPU time per transaction (RocksDB's background threads included) and
+this thread's, the median of the rounds reported. The machine is shared: compare the scales of one run, not runs.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class World:
             env["STATE_CUSTOMER_PACKED_MB"] = str(args.packed_mb)
         if args.terminal_cache is not None:
             env["STATE_TERMINAL_CACHE"] = str(args.terminal_cache)
+        if args.terminal_packed_mb is not None:
+            env["STATE_TERMINAL_PACKED_MB"] = str(args.terminal_packed_mb)
         settings = load(env)
         self.scale = scale
         simulated = simulate(SimulatorConfig(n_customers=2000 * scale, n_terminals=4000 * scale,
@@ -68,12 +72,21 @@ class World:
         self.records = [(zlib.crc32(t.customer_id.encode()) % PARTITIONS, dumps(to_wire(t)).decode().encode())
                         for t in simulated]  # fmt: skip
         self.customer_ids = sorted({t.customer_id for t in simulated})
+        # the fraud labels as the feed applies them (known label_delay_days after the transaction), in time order
+        delay_s = args.label_delay_days * DAY_S
+        self.frauds = [(t.timestamp.timestamp() + delay_s, t.tx_id) for t in simulated if t.is_fraud and args.labels]
+        self.times_s = [t.timestamp.timestamp() for t in simulated]
+        self.tx_ids = [t.tx_id for t in simulated]
+        self.read_back = args.read_back
+        self.unread = 0  # the first transaction the "feed" has not read back yet
+        self.next_fraud = 0
         del simulated
         config = RocksDBConfig.from_settings(settings)
         self.terminal_store = RocksDBStore("terminals", directory / f"x{scale}", config)
         self.aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s,
                                              self.terminal_store.open_partition(0),
-                                             cache_size=settings.state_terminal_cache)  # fmt: skip
+                                             cache_size=settings.state_terminal_cache,
+                                             **packed_terminals(settings))  # fmt: skip
         self.scorer = Scorer(settings, FraudModel(settings.model_name), self.aggregates,
                              HealthWindow(60.0, time.monotonic()),
                              store=RocksDBStore("customers", directory / f"x{scale}", config),
@@ -89,7 +102,13 @@ class World:
         """Decide the next ``n`` transactions (fewer at the end of the simulation); returns how many."""
         end = min(len(self.records), self.position + n)
         for start in range(self.position, end, BATCH * PARTITIONS):
+            now_s = self.times_s[start]
+            while self.next_fraud < len(self.frauds) and self.frauds[self.next_fraud][0] <= now_s:
+                known_s, tx_id = self.frauds[self.next_fraud]
+                self.aggregates.add_fraud(tx_id, known_s)
+                self.next_fraud += 1
             by_partition: list[list[Any]] = [[] for _ in range(PARTITIONS)]
+            flushed = False
             for p, value in self.records[start : min(end, start + BATCH * PARTITIONS)]:
                 offset = self.offsets[p]
                 record = SimpleNamespace(topic="transactions", partition=p, offset=offset, key=b"", value=value)
@@ -103,6 +122,12 @@ class World:
                     self.batches += 1
                     if self.batches % 10 == 0:
                         self.aggregates.flush({})
+                        flushed = True
+            if flushed and self.read_back:  # the feed reads the scored transactions back from the terminal log
+                read_back = self.aggregates.read_back
+                for tx_id in self.tx_ids[self.unread : min(end, start + BATCH * PARTITIONS)]:
+                    read_back(tx_id)
+                self.unread = min(end, start + BATCH * PARTITIONS)
         done = end - self.position
         self.position = end
         return done
@@ -136,8 +161,46 @@ class World:
         t2 = time.thread_time()
         return (t1 - t0) / len(ids) * 1e6, (t2 - t1) / len(ids) * 1e6
 
+    def terminals_packed(self, budget_mb: float) -> None:
+        """The packed terminal cache switched for the next round (outside the timed part): off, emptied; on, filled
+        with every stored terminal the parsed cache does not hold, up to ``budget_mb``, as it stands after a long
+        run (the state is flushed first either way, so both rounds start alike)."""
+        from app.state.terminals import TERMINAL_PREFIX
+
+        a = self.aggregates
+        a.flush({})
+        a.packed.clear()
+        a.packed_bytes = 0
+        a.packed_cache_bytes = int(budget_mb * 2**20)
+        if not budget_mb or a.store is None:
+            return
+        n = len(TERMINAL_PREFIX)
+        for key, raw in a.store.iter_prefix(TERMINAL_PREFIX):
+            terminal_id = key[n:].decode()
+            if terminal_id in a.cache:
+                continue
+            if a.packed_bytes + len(raw) > a.packed_cache_bytes:
+                break
+            a.packed[terminal_id] = raw
+            a.packed_bytes += len(raw)
+
     def customers_cached(self) -> int:
         return sum(len(p.cache) for p in self.scorer.partitions.values())
+
+    def terminals_held(self) -> str:
+        """Terminals parsed in memory, and packed (MB) where the code has a packed cache."""
+        packed = getattr(self.aggregates, "packed", None)
+        held = f"{len(self.aggregates.cache):,}"
+        if packed is None:
+            return held
+        return f"{held} + {len(packed):,} packed ({self.aggregates.packed_bytes / 2**20:.1f} MB)"
+
+
+def packed_terminals(settings: Any) -> dict[str, int]:
+    """``packed_cache_bytes`` for TerminalAggregates from STATE_TERMINAL_PACKED_MB; nothing for code without it (a
+    baseline checkout runs this script too)."""
+    mb = getattr(settings, "state_terminal_packed_mb", None)
+    return {} if mb is None else {"packed_cache_bytes": int(mb * 2**20)}
 
 
 def main() -> None:
@@ -153,6 +216,15 @@ def main() -> None:
     )
     parser.add_argument("--packed-mb", type=float, help="STATE_CUSTOMER_PACKED_MB (per partition)")
     parser.add_argument("--terminal-cache", type=int, help="STATE_TERMINAL_CACHE")
+    parser.add_argument("--terminal-packed-mb", type=float, help="STATE_TERMINAL_PACKED_MB (code without it: ignored)")
+    parser.add_argument("--no-labels", dest="labels", action="store_false", help="no fraud labels (as the sixth part)")
+    parser.add_argument("--label-delay-days", type=float, default=7.0)
+    parser.add_argument("--no-read-back", dest="read_back", action="store_false",
+                        help="the scored transactions never read back as the feed does (the sixth part's runs: the "
+                             "marks of what this worker added pile up to ADDED_HERE_MAX)")  # fmt: skip
+    parser.add_argument("--ab-terminal-packed-mb", type=float,
+                        help="then rounds alternating the packed terminal cache off and on at this budget (MB), "
+                             "each world on its own data: the cache's effect within one process")  # fmt: skip
     parser.add_argument("--only-run", type=float, help="seconds: keep the last scale busy (for py-spy), no rounds")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -161,7 +233,7 @@ def main() -> None:
         for scale in args.scales:
             started = time.monotonic()
             world = World(scale, args, Path(tmp))
-            needed = args.rounds * args.round_tx * (1 + len(args.cache_sizes))
+            needed = args.rounds * args.round_tx * (1 + len(args.cache_sizes) + 2 * bool(args.ab_terminal_packed_mb))
             if not args.only_run and len(world.records) - world.history < needed:
                 parser.error(f"{scale}x holds {len(world.records) - world.history:,} transactions after the history, "
                              f"the rounds need {needed:,}: raise --measure-days")  # fmt: skip
@@ -169,7 +241,8 @@ def main() -> None:
             world.run(world.history)
             print(f"{scale}x: {world.history:,} history transactions in {time.monotonic() - started:.0f} s "
                   f"({(time.process_time() - cpu) / world.history * 1e6:.0f} µs CPU each), "
-                  f"{world.customers_cached():,} customers cached", flush=True)  # fmt: skip
+                  f"{world.customers_cached():,} customers cached, terminals {world.terminals_held()}, "
+                  f"{len(world.aggregates.frauds_known_s):,} fraud marks", flush=True)  # fmt: skip
             worlds.append(world)
         if args.only_run:
             world = worlds[-1]
@@ -187,6 +260,8 @@ def main() -> None:
                 for world in worlds:
                     world.set_customer_cache(cache)
             results[str(cache or "default")] = phase(worlds, args, cache)
+        if args.ab_terminal_packed_mb:
+            results["terminal_packed_ab"] = ab_phase(worlds, args, args.ab_terminal_packed_mb)
         if args.out:
             args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
 
@@ -202,17 +277,46 @@ def phase(worlds: list[World], args: argparse.Namespace, cache: int | None) -> d
                 process_us[world.scale].append((time.process_time() - p0) / n * 1e6)
                 thread_us[world.scale].append((time.thread_time() - t0) / n * 1e6)
     print(f"\ncustomer cache {cache or 'default'} per partition, terminal cache {args.terminal_cache or 'default'}")
-    print("| scale | rounds | process CPU µs/tx, median (all) | thread CPU µs/tx, median | customers cached |")
-    print("|---|---|---|---|---|")
+    print(
+        "| scale | rounds | process CPU µs/tx, median (all) | thread CPU µs/tx, median | customers cached | terminals |"
+    )
+    print("|---|---|---|---|---|---|")
     for world in worlds:
         p, t = process_us[world.scale], thread_us[world.scale]
         print(f"| {world.scale}x | {len(p)} | {statistics.median(p):.1f} ({', '.join(f'{v:.0f}' for v in p)}) | "
-              f"{statistics.median(t):.1f} | {world.customers_cached():,} |", flush=True)  # fmt: skip
+              f"{statistics.median(t):.1f} | {world.customers_cached():,} | {world.terminals_held()} |",
+              flush=True)  # fmt: skip
     if len(worlds) == 2:
         a, b = (statistics.median(process_us[w.scale]) for w in worlds)
         print(f"ratio {worlds[1].scale}x / {worlds[0].scale}x (process CPU): {b / a:.2f}; throughput ratio "
               f"{a / b:.2f}", flush=True)  # fmt: skip
     return {"process_us": process_us, "thread_us": thread_us}
+
+
+def ab_phase(worlds: list[World], args: argparse.Namespace, budget_mb: float) -> dict[str, Any]:
+    """``--rounds`` rounds per world with the packed terminal cache off and as many with it on, interleaved
+    (off, on, on, off, ...), the worlds alternating: process CPU µs per transaction."""
+    process_us: dict[str, list[float]] = {}
+    for r in range(2 * args.rounds):
+        on = (r % 4) in (1, 2)
+        for world in worlds if r % 2 == 0 else reversed(worlds):
+            world.terminals_packed(budget_mb if on else 0.0)
+            p0 = time.process_time()
+            n = world.run(args.round_tx)
+            if n:
+                process_us.setdefault(f"{world.scale}x {'on' if on else 'off'}", []).append(
+                    (time.process_time() - p0) / n * 1e6
+                )
+    print(f"\nthe packed terminal cache off and at {budget_mb:g} MB, alternating")
+    print("| world, packed terminal cache | rounds | process CPU µs/tx, median (all) |")
+    print("|---|---|---|")
+    for key, values in sorted(process_us.items()):
+        print(f"| {key} | {len(values)} | {statistics.median(values):.1f} ({', '.join(f'{v:.0f}' for v in values)}) |")
+    for world in worlds:
+        off, on = process_us.get(f"{world.scale}x off"), process_us.get(f"{world.scale}x on")
+        if off and on:
+            print(f"{world.scale}x: on / off {statistics.median(on) / statistics.median(off):.3f}", flush=True)
+    return {"process_us": process_us}
 
 
 if __name__ == "__main__":
