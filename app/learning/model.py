@@ -522,9 +522,8 @@ class FraudModel:
         learner = self.learner
         if isinstance(learner, _Boosted):
             return [(self._unsampled(p), reasons) for p, reasons in learner.score_many(xs, k)]
-        score = learner.score
-        unsampled = self._unsampled
-        return [(unsampled(p), reasons) for p, reasons in map(score, xs, (k,) * len(xs))]
+        score_one = self.score_one
+        return [score_one(x, k) for x in xs]
 
     def learn_one(self, x: dict[str, float], y: bool) -> None:
         """Learn every fraud and a ``neg`` share of legitimate transactions, drawn at random."""
