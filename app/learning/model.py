@@ -387,7 +387,8 @@ class _Boosted:
             "learning_rate": float(params["lr"]),
             "min_data_in_leaf": int(params["minleaf"]),
         }
-        self.window: LabelWindow | None = LabelWindow(int(params["negs"]), int(params["frauds"]))
+        self.window_sizes = (int(params["negs"]), int(params["frauds"]))
+        self.window: LabelWindow | None = LabelWindow(*self.window_sizes)
         self.trees: CompiledTrees | None = None
         self.labels_at_training = 0  # the model's label count at the last retrain (or the last one due)
         self.retrains = 0
@@ -397,25 +398,28 @@ class _Boosted:
         trees = self.trees
         if trees is None:
             return self.prior
-        return trees.probabilities(trees.matrix((x,)))[0]
+        return trees.score_row(trees.row(x), 0)[0]
 
     def score(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
-        return self.score_many((x,), k)[0]
+        trees = self.trees
+        if trees is None:
+            return self.prior, []
+        return trees.score_row(trees.row(x), k)
 
     def score_many(self, xs: Sequence[dict[str, float]], k: int) -> list[tuple[float, list[str]]]:
         trees = self.trees
         if trees is None:
             return [(self.prior, []) for _ in xs]
-        if not xs:
-            return []
+        if len(xs) == 1:
+            return [trees.score_row(trees.row(xs[0]), k)]
         return trees.score(trees.matrix(xs), k)
 
     def reasons(self, x: dict[str, float], k: int) -> list[str]:
         return self.score(x, k)[1]
 
     def learn(self, x: dict[str, float], y: bool) -> None:
-        if self.window is None:
-            raise RuntimeError("this gbdt model was published for scoring: it has no window to learn from")
+        if self.window is None:  # a published version that learns again (a warm start): a new window, same trees
+            self.window = LabelWindow(*self.window_sizes)
         self.window.add(x, y)
 
     def after_label(self, labels: int) -> None:
