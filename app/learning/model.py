@@ -1,4 +1,5 @@
-"""The online model: one River learner, chosen by name, that scores before it learns.
+"""The model: one learner chosen by name (River's online families, or trees retrained on a window), that scores before
+it learns.
 
 Fraud is rare (about 0.8 % of transactions), so every family here learns frauds more heavily than legitimate
 transactions: the linear model weighs positives in its loss, and any family can learn only a share of the
