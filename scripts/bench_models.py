@@ -142,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[float]] = {name: [] for name in names}
         for call in range(args.calls):
             at = (call * size) % max(1, len(held_out) - size)
-            xs = held_out[at : at + size]
             for name in names:
                 model = models[name]
+                # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
+                xs = [dict(x) for x in held_out[at : at + size]]
                 if batch:
                     t0 = clock()
                     model.score_many(xs)

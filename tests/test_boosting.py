@@ -96,6 +96,10 @@ def test_the_longer_fraud_span_is_taken_out_of_the_probability() -> None:
     window, trees = model.learner.window, model.learner.trees  # type: ignore[union-attr]
     assert window is not None and trees is not None and window.span_ratio() > 5.0
     assert trees.offset == pytest.approx(-math.log(window.span_ratio()))
+    sampled = trained("gbdt:trees=20,every=3000,minleaf=5,neg=0.5")  # and the odds of the negatives sampled out
+    assert sampled.learner.trees.offset == pytest.approx(  # type: ignore[union-attr]
+        math.log(0.5) - math.log(sampled.learner.window.span_ratio())  # type: ignore[union-attr]
+    )
 
 
 @pytest.mark.parametrize("name", SMALL)

@@ -379,7 +379,8 @@ class _Boosted:
     """
 
     def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
-        self.prior = prior_fraud_rate
+        self.prior = prior_fraud_rate  # the real prior: the sampling is corrected in the logit, see after_label
+        self.negative_share = float(params["neg"])
         self.rounds = int(params["trees"])
         self.every = int(params["every"])
         self.lightgbm = {
@@ -435,8 +436,11 @@ class _Boosted:
         started = time.perf_counter()
         x, y = window.arrays()
         booster = train_booster(x, y, self.lightgbm, self.rounds)
-        # Frauds held over a longer span than the negatives: their odds are overstated by the ratio of the spans.
-        self.trees = CompiledTrees(booster, window.names, offset=-math.log(window.span_ratio()))
+        # The window's fraud odds are overstated by the ratio of the spans (frauds held longer) and by 1 / neg (the
+        # negatives sampled): both come off the logit, one addition per transaction (FraudModel's odds-times-neg
+        # correction is the same for the other families).
+        offset = math.log(self.negative_share) - math.log(window.span_ratio())
+        self.trees = CompiledTrees(booster, window.names, offset=offset)
         self.retrains += 1
         self.train_s = time.perf_counter() - started
         log.info("gbdt retrained on %d labels (%d frauds, spans %.1f times the negatives') in %.2f s", len(y),
@@ -488,7 +492,7 @@ class FraudModel:
         elif family == "leaflr":
             self.learner = _LeafLinear(params, prior)
         elif family == "gbdt":
-            self.learner = _Boosted(params, prior)
+            self.learner = _Boosted(params, prior_fraud_rate)
         else:
             self.learner = _Trees(family, params, prior)
         self.labels_learned = 0  # labels given to learn_one, sampled out or not
@@ -514,10 +518,14 @@ class FraudModel:
 
     def predict_proba_one(self, x: dict[str, float]) -> float:
         """Probability that the transaction described by ``x`` is fraud."""
+        if isinstance(self.learner, _Boosted):  # its logit is corrected for the sampling already
+            return self.learner.proba(x)
         return self._unsampled(self.learner.proba(x))
 
     def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
         """Probability and :meth:`reasons` together, in one pass where the family allows (the per-transaction path)."""
+        if isinstance(self.learner, _Boosted):
+            return self.learner.score(x, k)
         probability, reasons = self.learner.score(x, k)
         return self._unsampled(probability), reasons
 
@@ -526,7 +534,7 @@ class FraudModel:
         batches at once (``gbdt``), one at a time otherwise."""
         learner = self.learner
         if isinstance(learner, _Boosted):
-            return [(self._unsampled(p), reasons) for p, reasons in learner.score_many(xs, k)]
+            return learner.score_many(xs, k)
         score_one = self.score_one
         return [score_one(x, k) for x in xs]
 
