@@ -257,10 +257,13 @@ class CompiledTrees:
             features += (np.arange(rows, dtype=np.intp) * width)[:, None]
         credit = np.bincount(features.ravel(), weights=leaf_change.take(reached).ravel(), minlength=rows * width)
         credit = credit.reshape(rows, width)
-        top = np.argsort(-credit, axis=1)[:, :k] if k < width else np.argsort(-credit, axis=1)
+        top = np.argsort(-credit, axis=1)[:, :k]
+        raising = np.take_along_axis(credit, top, axis=1) > 0.0  # only the top k go back to Python
         names = self.names
-        rows_credit = credit.tolist()
-        return [[names[j] for j in order if row[j] > 0.0] for order, row in zip(top.tolist(), rows_credit, strict=True)]
+        return [
+            [names[j] for j, up in zip(order, ups, strict=True) if up]
+            for order, ups in zip(top.tolist(), raising.tolist(), strict=True)
+        ]
 
     def _path(self, leaf: int) -> list[tuple[int, float]]:
         """The (feature, change of value) of each split from the root down to ``leaf``."""
