@@ -374,8 +374,9 @@ class _LeafLinear(_Linear):
 class _Boosted:
     """LightGBM on a window of labels, retrained every ``every`` labels, scored through compiled trees.
 
-    A retrain takes seconds (LightGBM on one thread over the window), inside ``learn_one``: in the trainer's own
-    process, never on a decision path, and the same labels give the same trees (a replay learns the same model).
+    A retrain (LightGBM on one thread over the window: about a CPU second for a full default window) runs inside
+    ``learn_one``: in the trainer's own process, never on a decision path, and the same labels give the same trees
+    (a replay learns the same model). The trainer's loop waits for it meanwhile, lease heartbeats included.
     """
 
     def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
