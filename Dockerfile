@@ -1,5 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /srv
+# LightGBM (the trainer's gbdt family) links OpenMP's runtime, which the slim image lacks.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml ./
 COPY app ./app
 COPY topics ./topics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,6 +39,18 @@ class AmountModel(FraudModel):
         return (0.9, ["amount"]) if x["amount"] > 500 else (0.01, [])
 
 
+class CountingModel(AmountModel):
+    """Counts its batch calls (the scorer must score a batch in one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def score_many(self, xs: Sequence[dict[str, float]], k: int = 3) -> list[tuple[float, list[str]]]:
+        self.batches.append(len(xs))
+        return super().score_many(xs, k)
+
+
 def scorer(model: FraudModel | None = None, **env: str) -> Scorer:
     settings = load({"PREDICTIONS_TOPIC": "predictions", **env})
     aggregates = TerminalAggregates(7.0, 86400.0, 38 * 86400.0)
@@ -70,6 +83,23 @@ def test_a_scoring_bug_is_a_dead_letter_with_the_original_bytes_and_the_rest_of_
     (letter,) = result["dead"]
     assert letter["error"] == "scoring_error" and "ZeroDivisionError" in letter["reason"]
     assert base64.b64decode(letter["raw"]) == raws[1] and letter["offset"] == 1
+
+
+def test_a_batch_is_scored_in_one_call_with_the_figures_of_one_at_a_time() -> None:
+    txs = [transaction(i, customer_id=f"c{i % 3}", amount=100.0 * i) for i in range(9)]
+    raws = [dumps(t) for t in txs[:4]] + [b"not json"] + [dumps(t) for t in txs[4:]]
+    counting = CountingModel()
+    batched = outcomes(scorer(counting).process(TP, [record(i, raw) for i, raw in enumerate(raws)]), scorer())
+    assert counting.batches == [9]  # the invalid one is dead-lettered before, the other nine scored at once
+    alone = scorer(AmountModel())
+    alone_out = outcomes(alone._process(TP, [record(i, raw) for i, raw in enumerate(raws)], batched=False), alone)
+    for figures in (batched, alone_out):
+        for p in figures["predictions"]:
+            p.pop("latency_ms"), p.pop("scored_at")
+    assert batched["predictions"] == alone_out["predictions"] and len(batched["predictions"]) == 9
+    assert [(d["error"], d["offset"]) for d in batched["dead"]] == [("invalid_json", 4)]
+    assert [(d["error"], d["offset"]) for d in alone_out["dead"]] == [("invalid_json", 4)]
+    assert [p["reasons"] for p in batched["predictions"]][5:] == [[], ["amount"], ["amount"], ["amount"]]
 
 
 def test_json_nested_deeper_than_any_parser_allows_is_invalid_json() -> None:

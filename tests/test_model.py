@@ -20,6 +20,7 @@ SMALL = [
     "arf:trees=3,grace=20,neg=0.5",
     "bagged-ht:trees=3,grace=50,leaf=nb",
     "leaflr:trees=2,grace=50,neg=0.5",
+    "gbdt:trees=20,every=500,minleaf=5,neg=0.5",
 ]
 
 

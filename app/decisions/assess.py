@@ -44,13 +44,27 @@ def assess(
     the rule set and lists in force, ``review_cost`` the expected-loss threshold (None: off).
     A ``tx_id`` the customer's state still holds raises ``duplicate_transaction``.
     """
+    x, after = transaction_features(tx, customer, aggregates, lateness_s=lateness_s, pending=pending)
+    prediction = score_transaction(tx, x, model, threshold=threshold, received_at_s=received_at_s, rules=rules,
+                                   review_cost=review_cost)  # fmt: skip
+    return prediction, after
+
+
+def transaction_features(
+    tx: Transaction,
+    customer: CustomerState,
+    aggregates: TerminalAggregates,
+    *,
+    lateness_s: float,
+    pending: Iterable[tuple[float, str]] = (),
+) -> tuple[dict[str, float], CustomerState]:
+    """The features of ``tx`` (both halves) and the customer's state with ``tx`` added, changing nothing: the first
+    half of :func:`assess`, for a stream that scores its batch at once (:meth:`FraudModel.score_many`)."""
     x, after = customer_side_features(tx, customer, lateness_s)
     if after is customer:
         raise InvalidMessage("duplicate_transaction", f"tx_id {tx.tx_id!r} was decided already")
     x.update(aggregates.features(tx.terminal_id, tx.event_time_s, tx.tx_id, pending))
-    prediction = score_transaction(tx, x, model, threshold=threshold, received_at_s=received_at_s, rules=rules,
-                                   review_cost=review_cost)  # fmt: skip
-    return prediction, after
+    return x, after
 
 
 def score_transaction(
@@ -62,6 +76,7 @@ def score_transaction(
     received_at_s: float,
     rules: LiveRules = NO_RULES,
     review_cost: float | None = None,
+    scored: tuple[float, list[str]] | None = None,
 ) -> Prediction:
     """Score before learning: the model sees ``tx`` only through its features, never its label. Then the rules
     decide (:func:`app.rules.ruleset.decide`); ``is_fraud`` stays the model's own (its probability against the
@@ -70,8 +85,11 @@ def score_transaction(
     ``received_at_s`` is the wall-clock time (``time.time()``) at which the transaction was read from its
     topic, possibly by another worker, so ``latency_ms`` covers validation, both feature halves, the
     repartition hop and the event-time alignment up to the hand-off to the producer.
+
+    ``scored``: the model's probability and reasons for ``x`` when the caller scored its batch at once (the
+    stream); None scores ``x`` here.
     """
-    probability, reasons = model.score_one(x)
+    probability, reasons = model.score_one(x) if scored is None else scored
     fields = {"customer_id": tx.customer_id, "terminal_id": tx.terminal_id, "tx_id": tx.tx_id, "amount": tx.amount}
     decided = decide(rules.rule_set, x, fields, probability, threshold, rules.lists, review_cost)
     if decided.errored:  # those rules did not match; counted, and logged once per rule per minute

@@ -23,13 +23,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from aiokafka import TopicPartition
 
 from app import metrics
-from app.decisions.assess import assess
+from app.decisions.assess import score_transaction, transaction_features
 from app.features.engine import CustomerState
 from app.kafka.clients import Connection, committed_reader
 from app.kafka.reading import read_to_end
@@ -37,7 +38,7 @@ from app.kafka.transactional import Batch, Output
 from app.learning.model import FraudModel
 from app.monitoring.drift import DriftMonitor
 from app.monitoring.health import HealthWindow
-from app.records import InvalidMessage, Prediction, dead_letter, parse_transaction
+from app.records import InvalidMessage, Prediction, Transaction, dead_letter, parse_transaction
 from app.rules.hits import RuleHits
 from app.rules.ruleset import NO_RULES, LiveRules
 from app.serialization import dumps, loads
@@ -63,6 +64,22 @@ REPLAY_COMMIT_RECORDS = 10_000  # a restore commits the store every this many ch
 # The changelog keeps a tombstone this long after compaction cleaned it (Kafka's default delete.retention.ms, the
 # changelog does not set it), less an hour for clock skew: a store idle longer is rebuilt, it may miss deletions.
 CHANGELOG_TOMBSTONES_KEPT_S = 86400.0 - 3600.0
+
+
+class _BatchScoringFailed(Exception):
+    """Scoring a batch at once raised: the batch is processed again one transaction at a time."""
+
+
+@dataclass
+class _Assessed:
+    """A transaction whose features are computed: its customer's state before and after it, and (once scored) its
+    prediction."""
+
+    tx: Transaction
+    customer: CustomerState
+    after: CustomerState
+    x: dict[str, float]
+    prediction: Prediction | None
 
 
 class Scorer:
@@ -205,6 +222,16 @@ class Scorer:
     # ---- one batch -----------------------------------------------------------------------------------------
 
     def process(self, tp: TopicPartition, records: Sequence[Any]) -> Batch:
+        """The batch's outputs, its transactions scored in one call of the model (:meth:`FraudModel.score_many`);
+        if that fails, the batch again one transaction at a time, so only a transaction that fails alone is
+        dead-lettered (``scoring_error``)."""
+        try:
+            return self._process(tp, records, batched=True)
+        except _BatchScoringFailed:
+            log.exception("scoring the batch of %s at once failed: scoring it one transaction at a time", tp)
+            return self._process(tp, records, batched=False)
+
+    def _process(self, tp: TopicPartition, records: Sequence[Any], *, batched: bool) -> Batch:
         settings = self.settings
         partition = tp.partition
         state = self.partitions[partition]
@@ -235,6 +262,10 @@ class Scorer:
         # The batch's terminals not in memory, in one store call (a multi-get) instead of one read per transaction:
         # with more terminals than STATE_TERMINAL_CACHE most are not.
         self.aggregates.prefetch({tx.terminal_id for tx in parsed if not isinstance(tx, Exception)})
+        model = self.model  # one model for the whole batch (a promotion swaps it between batches)
+        # The features of every transaction first, in order (each sees those before it: its customer's state, its
+        # terminal's pending transactions); then the model scores them all in one call; then each is decided.
+        steps: list[Output | _Assessed] = []
         for record, tx in zip(records, parsed, strict=True):
             try:
                 if isinstance(tx, Exception):
@@ -242,30 +273,43 @@ class Scorer:
                 customer = changed.get(tx.customer_id)
                 if customer is None:
                     customer = state.customer(tx.customer_id)
-                prediction, after = assess(
-                    tx,
-                    customer,
-                    self.aggregates,
-                    self.model,
-                    lateness_s=settings.lateness_s,
-                    threshold=settings.decision_threshold,
-                    received_at_s=received_at_s,
-                    pending=pending.get(tx.terminal_id, ()),
-                    rules=rules,
-                    review_cost=review_cost,
-                )
-                t = tx.event_time_s
+                x, after = transaction_features(tx, customer, self.aggregates, lateness_s=settings.lateness_s,
+                                                pending=pending.get(tx.terminal_id, ()))  # fmt: skip
+                prediction = None
+                if not batched:  # one at a time: a transaction whose scoring fails is dead-lettered alone
+                    prediction = score_transaction(tx, x, model, threshold=settings.decision_threshold,
+                                                   received_at_s=received_at_s, rules=rules,
+                                                   review_cost=review_cost)  # fmt: skip
             except InvalidMessage as exc:
-                outputs.append(Output(settings.transactions_dlq_topic, record.key, dead_letter(record, exc)))
+                steps.append(Output(settings.transactions_dlq_topic, record.key, dead_letter(record, exc)))
                 dead_codes.append(exc.code)
                 continue
             except Exception as exc:  # a bug while scoring must not stop the stream or lose the message
                 log.exception("scoring failed at %s[%s]@%s", record.topic, record.partition, record.offset)
                 error = InvalidMessage("scoring_error", repr(exc)[:500])
-                outputs.append(Output(settings.transactions_dlq_topic, record.key, dead_letter(record, error)))
+                steps.append(Output(settings.transactions_dlq_topic, record.key, dead_letter(record, error)))
                 dead_codes.append(error.code)
                 continue
             changed[tx.customer_id] = after
+            pending.setdefault(tx.terminal_id, []).append((tx.event_time_s, tx.tx_id))
+            steps.append(_Assessed(tx, customer, after, x, prediction))
+        if batched:
+            assessed = [step for step in steps if isinstance(step, _Assessed)]
+            try:
+                results = model.score_many([each.x for each in assessed])
+                for each, result in zip(assessed, results, strict=True):
+                    each.prediction = score_transaction(each.tx, each.x, model, threshold=settings.decision_threshold,
+                                                        received_at_s=received_at_s, rules=rules,
+                                                        review_cost=review_cost, scored=result)  # fmt: skip
+            except Exception as exc:
+                raise _BatchScoringFailed from exc
+        for step in steps:
+            if isinstance(step, Output):
+                outputs.append(step)
+                continue
+            tx, customer, after, prediction = step.tx, step.customer, step.after, step.prediction
+            assert prediction is not None  # scored above, one at a time or with the batch
+            t = tx.event_time_s
             if not customer and after:
                 new_customers.add(tx.customer_id)
             added = after_entry(after, tx.tx_id)
@@ -278,7 +322,6 @@ class Scorer:
                 old_key = entry_key(tx.customer_id, str(old[3]))
                 entry_outputs.append(Output(self.changelog_topic, old_key, None, partition))
                 updates[old_key] = None
-            pending.setdefault(tx.terminal_id, []).append((t, tx.tx_id))
             scored.append((tx.terminal_id, t, tx.tx_id))
             if t < stream_time_s - settings.lateness_s:
                 late += 1

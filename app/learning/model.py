@@ -1,4 +1,5 @@
-"""The online model: one River learner, chosen by name, that scores before it learns.
+"""The model: one learner chosen by name (River's online families, or trees retrained on a window), that scores before
+it learns.
 
 Fraud is rare (about 0.8 % of transactions), so every family here learns frauds more heavily than legitimate
 transactions: the linear model weighs positives in its loss, and any family can learn only a share of the
@@ -20,6 +21,13 @@ handbook's protocol by ``scripts/model_candidates.py`` (see BENCHMARKS.md, "Mode
   Hoeffding trees (``trees``, ``grace`` period, ``share`` the ``max_share_to_split``: River's default of 0.99
   never lets a leaf with 0.8 % fraud split, ``leaf`` prediction mc, nb or nba, ``depth``). Reasons are the
   features tested on the path to the leaf in the first tree, nearest the leaf first.
+- ``gbdt``: gradient-boosted trees (LightGBM: ``trees``, ``leaves`` per tree, ``depth`` at most, ``lr``,
+  ``minleaf`` examples per leaf) retrained from scratch every ``every`` labels on a window of the last ``negs``
+  legitimate labels learned (after the ``neg`` sampling) and the last ``frauds`` frauds, which span far longer, so
+  a rare old pattern is not forgotten (:mod:`app.learning.boosting`). It learns nothing between retrains and
+  scores the prior before the first; the trees are compiled to numpy arrays that score a batch at once
+  (:meth:`FraudModel.score_many`). Reasons: each tree's leaf credits the feature its path raised most. Meant to
+  be trained off the decision path (the trainer's process) and enter as the challenger.
 - ``leaflr``: the linear model above on the scaled features plus one indicator per small Hoeffding tree for the
   leaf ``x`` falls in (``trees``, ``grace``, ``share``, ``depth``): the trees find thresholds, the linear model
   weighs them. Reasons as for ``logreg``, over the features only.
@@ -27,11 +35,14 @@ handbook's protocol by ``scripts/model_candidates.py`` (see BENCHMARKS.md, "Mode
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import pickle
 import random
+import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +50,10 @@ from river import compose, ensemble, forest, linear_model, optim, preprocessing,
 from river.tree.base import Branch
 
 from app.learning.binning import QuantileBins
+from app.learning.boosting import CompiledTrees, LabelWindow, train_booster
 from app.state.checkpoints import write_atomically
+
+log = logging.getLogger(__name__)
 
 # The measured choice (BENCHMARKS.md, "Model candidates (issue 9)"); app/settings.py has the same default.
 DEFAULT_MODEL = "logreg:opt=adagrad,lr=0.1,bins=8"
@@ -62,6 +76,17 @@ FAMILIES: dict[str, dict[str, Param]] = {
     "hoeffding": {"grace": 200, "share": 1.0, "leaf": "mc", "depth": 0, "neg": 1.0},
     "arf": {"trees": 10, "grace": 50, "share": 1.0, "leaf": "mc", "depth": 0, "lam": 6, "neg": 1.0},
     "bagged-ht": {"trees": 10, "grace": 200, "share": 1.0, "leaf": "mc", "depth": 0, "neg": 1.0},
+    "gbdt": {
+        "trees": 100,
+        "leaves": 31,
+        "depth": 6,
+        "lr": 0.1,
+        "minleaf": 50,
+        "every": 20000,
+        "negs": 60000,
+        "frauds": 10000,
+        "neg": 0.2,
+    },
     "leaflr": {
         "opt": "sgd",
         "lr": 0.05,
@@ -346,6 +371,89 @@ class _LeafLinear(_Linear):
                 model.learn_one(x, y, w=weight)
 
 
+class _Boosted:
+    """LightGBM on a window of labels, retrained every ``every`` labels, scored through compiled trees.
+
+    A retrain (LightGBM on one thread over the window: about a CPU second for a full default window) runs inside
+    ``learn_one``: in the trainer's own process, never on a decision path, and the same labels give the same trees
+    (a replay learns the same model). The trainer's loop waits for it meanwhile, lease heartbeats included.
+    """
+
+    def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
+        self.prior = prior_fraud_rate  # the real prior: the sampling is corrected in the logit, see after_label
+        self.negative_share = float(params["neg"])
+        self.rounds = int(params["trees"])
+        self.every = int(params["every"])
+        self.lightgbm = {
+            "num_leaves": int(params["leaves"]),
+            "max_depth": int(params["depth"]),
+            "learning_rate": float(params["lr"]),
+            "min_data_in_leaf": int(params["minleaf"]),
+        }
+        self.window_sizes = (int(params["negs"]), int(params["frauds"]))
+        self.window: LabelWindow | None = LabelWindow(*self.window_sizes)
+        self.trees: CompiledTrees | None = None
+        self.labels_at_training = 0  # the model's label count at the last retrain (or the last one due)
+        self.retrains = 0
+        self.train_s = 0.0  # the last retrain's wall time (LightGBM and the compilation)
+
+    def proba(self, x: dict[str, float]) -> float:
+        trees = self.trees
+        if trees is None:
+            return self.prior
+        return trees.score_row(trees.row(x), 0)[0]
+
+    def score(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
+        trees = self.trees
+        if trees is None:
+            return self.prior, []
+        return trees.score_row(trees.row(x), k)
+
+    def score_many(self, xs: Sequence[dict[str, float]], k: int) -> list[tuple[float, list[str]]]:
+        trees = self.trees
+        if trees is None:
+            return [(self.prior, []) for _ in xs]
+        if len(xs) == 1:
+            return [trees.score_row(trees.row(xs[0]), k)]
+        return trees.score(trees.matrix(xs), k)
+
+    def reasons(self, x: dict[str, float], k: int) -> list[str]:
+        return self.score(x, k)[1]
+
+    def learn(self, x: dict[str, float], y: bool) -> None:
+        if self.window is None:  # a published version that learns again (a warm start): a new window, same trees
+            self.window = LabelWindow(*self.window_sizes)
+        self.window.add(x, y)
+
+    def after_label(self, labels: int) -> None:
+        """Retrain once ``every`` labels came since the last retrain (given or sampled out alike), when the window
+        holds both classes (else wait another ``every``)."""
+        if labels - self.labels_at_training < self.every or self.window is None:
+            return
+        self.labels_at_training = labels
+        window = self.window
+        if not window.held(True) or not window.held(False):
+            return
+        started = time.perf_counter()
+        x, y = window.arrays()
+        booster = train_booster(x, y, self.lightgbm, self.rounds)
+        # The window's fraud odds are overstated by the ratio of the spans (frauds held longer) and by 1 / neg (the
+        # negatives sampled): both come off the logit, one addition per transaction (FraudModel's odds-times-neg
+        # correction is the same for the other families).
+        offset = math.log(self.negative_share) - math.log(window.span_ratio())
+        self.trees = CompiledTrees(booster, window.names, offset=offset)
+        self.retrains += 1
+        self.train_s = time.perf_counter() - started
+        log.info("gbdt retrained on %d labels (%d frauds, spans %.1f times the negatives') in %.2f s", len(y),
+                 window.held(True), window.span_ratio(), self.train_s)  # fmt: skip
+
+    def for_scoring(self) -> _Boosted:
+        """A copy without the window: what a published version carries (the compiled trees only)."""
+        copy_ = copy.copy(self)
+        copy_.window = None
+        return copy_
+
+
 def _sigmoid(logit: float) -> float:
     """River's logistic function (``utils.math.sigmoid``), clamped the same way."""
     if logit < -30.0:
@@ -379,11 +487,13 @@ class FraudModel:
         self._sampler = random.Random(_SEED)
         # The learner sees frauds at odds 1 / neg times the real ones: so must its cold prior.
         prior = prior_fraud_rate / (prior_fraud_rate + self.negative_share * (1.0 - prior_fraud_rate))
-        self.learner: _Linear | _Trees
+        self.learner: _Linear | _Trees | _Boosted
         if family == "logreg":
             self.learner = _Linear(params, prior)
         elif family == "leaflr":
             self.learner = _LeafLinear(params, prior)
+        elif family == "gbdt":
+            self.learner = _Boosted(params, prior_fraud_rate)
         else:
             self.learner = _Trees(family, params, prior)
         self.labels_learned = 0  # labels given to learn_one, sampled out or not
@@ -409,20 +519,50 @@ class FraudModel:
 
     def predict_proba_one(self, x: dict[str, float]) -> float:
         """Probability that the transaction described by ``x`` is fraud."""
+        if isinstance(self.learner, _Boosted):  # its logit is corrected for the sampling already
+            return self.learner.proba(x)
         return self._unsampled(self.learner.proba(x))
 
     def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
         """Probability and :meth:`reasons` together, in one pass where the family allows (the per-transaction path)."""
+        if isinstance(self.learner, _Boosted):
+            return self.learner.score(x, k)
         probability, reasons = self.learner.score(x, k)
         return self._unsampled(probability), reasons
+
+    def score_many(self, xs: Sequence[dict[str, float]], k: int = 3) -> list[tuple[float, list[str]]]:
+        """:meth:`score_one` of each of ``xs``, the same figures: in one pass over the batch where the family scores
+        batches at once (``gbdt``), one at a time otherwise."""
+        learner = self.learner
+        if isinstance(learner, _Boosted):
+            return learner.score_many(xs, k)
+        score_one = self.score_one
+        return [score_one(x, k) for x in xs]
 
     def learn_one(self, x: dict[str, float], y: bool) -> None:
         """Learn every fraud and a ``neg`` share of legitimate transactions, drawn at random."""
         self.labels_learned += 1
         if not y and self.negative_share < 1.0 and self._sampler.random() >= self.negative_share:
             self.labels_skipped += 1
-            return
-        self.learner.learn(x, y)
+        else:
+            self.learner.learn(x, y)
+        if isinstance(self.learner, _Boosted):
+            self.learner.after_label(self.labels_learned)
+
+    def for_scoring(self) -> FraudModel:
+        """The model as a scorer needs it (scorers never learn): without a warm-up sample of bins not fitted yet
+        (about 12 MB) nor a gbdt's window of labels; the same model when it carries neither."""
+        learner = self.learner
+        if isinstance(learner, _Boosted) and learner.window is not None:
+            lean: _Linear | _Trees | _Boosted = learner.for_scoring()
+        elif isinstance(learner, _Linear) and learner.bins is not None and not learner.bins.fitted:
+            lean = copy.copy(learner)
+            lean.bins = learner.bins.without_sample()
+        else:
+            return self
+        model = copy.copy(self)
+        model.learner = lean
+        return model
 
     def reasons(self, x: dict[str, float], k: int = 3) -> list[str]:
         """Up to ``k`` feature names behind the score (see the family in the module docstring).

@@ -20,7 +20,6 @@ app.learning.snapshots.SnapshotRefused: bad_signature: the HMAC does not match (
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import pickle
@@ -95,14 +94,10 @@ def model_snapshot(header: dict[str, Any], model: FraudModel, key: bytes) -> byt
     """A signed snapshot of ``model`` for scoring (its version id goes in the header; the header names the feature
     set this process computes unless it names one).
 
-    A binned model still in its warm-up carries the sample its bins will be cut from (about 12 MB); scorers never
-    learn, so their copy goes without it (the trainer's own state keeps it)."""
-    bins = getattr(model.learner, "bins", None)
-    if bins is not None and not bins.fitted:
-        learner = copy.copy(model.learner)
-        learner.bins = bins.without_sample()  # type: ignore[union-attr]  # only the linear family has bins
-        model = copy.copy(model)
-        model.learner = learner
+    Scorers never learn, so the snapshot carries :meth:`FraudModel.for_scoring`: without a binned model's warm-up
+    sample (about 12 MB) nor a gbdt's window of labels (its compiled trees only); the trainer's own state keeps
+    them."""
+    model = model.for_scoring()
     header = {**header, "feature_set": header.get("feature_set", FEATURE_SET_VERSION)}
     return sign(header, pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), key)
 

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Pure cost of the model families: scoring per transaction at the decision path's batch sizes, the cost of a gbdt
+retrain, and the bytes of a published version and of the trainer's copy, each beside the default binned logistic
+model measured in the same run (the machine is shared: read the ratios).
+
+    python scripts/bench_models.py                                       # 300 customers, 600 terminals, 70 days
+    python scripts/bench_models.py --models gbdt gbdt:trees=60 --out results/models.json
+
+No Kafka. The features are the product's, as the worker computes them: a simulated run replayed through the offline
+path (:func:`app.learning.offline.replay_offline`, the default model). Each model learns the first 80 % of the
+transactions in time order with their labels (``learn_one``: a gbdt retrains on its own cadence, each retrain
+timed), then scores the last 20 %: ``score_many`` on consecutive slices of each batch size (the models take turns
+call by call, so a noisy moment hits all of them), and ``score_one`` one by one, the path before batches. A cost per
+transaction is a call's CPU time (the calling thread's; ``--wall-clock``: elapsed) over its batch size;
+percentiles are over calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from simulate import wire_events  # noqa: E402
+
+from app.learning.boosting import CompiledTrees, LabelWindow, train_booster  # noqa: E402
+from app.learning.model import DEFAULT_MODEL, FraudModel, _Boosted, model_bytes  # noqa: E402
+from app.learning.offline import replay_offline  # noqa: E402
+from app.learning.snapshots import model_snapshot  # noqa: E402
+from app.records import Prediction  # noqa: E402
+from app.settings import load  # noqa: E402
+from lab.simulator import SimulatorConfig, simulate  # noqa: E402
+
+BATCHES = (1, 10, 100, 500)
+
+
+def labelled_features(config: SimulatorConfig) -> list[tuple[dict[str, float], bool]]:
+    """The run's features as the worker computes them, in time order, with each transaction's class."""
+    txs = simulate(config)
+    fraud = {tx.tx_id: tx.is_fraud for tx in txs}
+    settings = load({"MODEL_NAME": DEFAULT_MODEL})
+    events = wire_events(config, 7 * 86400.0, transactions=txs)
+    return [(p.features, fraud[p.tx_id]) for p in replay_offline(events, settings) if isinstance(p, Prediction)]
+
+
+def trained(name: str, pairs: list[tuple[dict[str, float], bool]]) -> tuple[FraudModel, list[float], float]:
+    """The model after learning ``pairs``, the wall time of each gbdt retrain, and the whole learning time."""
+    model = FraudModel(name)
+    retrain_s: list[float] = []
+    started = time.perf_counter()
+    for x, y in pairs:
+        before = getattr(model.learner, "retrains", 0)
+        model.learn_one(x, y)
+        if getattr(model.learner, "retrains", 0) > before:
+            retrain_s.append(float(model.learner.train_s))  # type: ignore[union-attr]
+    return model, retrain_s, time.perf_counter() - started
+
+
+def full_window_retrain_s(model: FraudModel, pairs: list[tuple[dict[str, float], bool]]) -> tuple[int, float] | None:
+    """For a gbdt model: the rows of a full window (the run's rows of each class repeated up to the ring's size) and
+    the wall time of one retrain on it (LightGBM and the compilation): the steady cost, which a short run's partly
+    filled window understates."""
+    learner = model.learner
+    if not isinstance(learner, _Boosted):
+        return None
+    negatives, frauds = learner.window_sizes
+    window = LabelWindow(negatives, frauds)
+    legit = [x for x, y in pairs if not y]
+    fraud = [x for x, y in pairs if y]
+    for i in range(negatives):
+        window.add(legit[i % len(legit)], False)
+    for i in range(frauds):
+        window.add(fraud[i % len(fraud)], True)
+    started = time.perf_counter()
+    x, y = window.arrays()
+    CompiledTrees(train_booster(x, y, learner.lightgbm, learner.rounds), window.names)
+    return len(y), time.perf_counter() - started
+
+
+def per_tx_us(samples: list[float]) -> dict[str, float]:
+    values = np.array(samples) * 1e6
+    return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=300)
+    parser.add_argument("--terminals", type=int, default=600)
+    parser.add_argument("--days", type=int, default=70)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", default=["gbdt"], help="beside the default model, always measured")
+    parser.add_argument("--calls", type=int, default=400, help="timed calls per model and batch size")
+    parser.add_argument("--wall-clock", action="store_true", help="time calls by the wall clock, not CPU time")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    config = SimulatorConfig(n_customers=args.customers, n_terminals=args.terminals, n_days=args.days, seed=args.seed)
+    started = time.perf_counter()
+    pairs = labelled_features(config)
+    cut = int(len(pairs) * 0.8)
+    held_out = [x for x, _ in pairs[cut:]]
+    frauds = sum(y for _, y in pairs)
+    print(f"{len(pairs)} transactions ({frauds} frauds) replayed in {time.perf_counter() - started:.0f} s; learning "
+          f"{cut}, scoring {len(held_out)}", flush=True)  # fmt: skip
+
+    names = [DEFAULT_MODEL, *[m for m in args.models if m != DEFAULT_MODEL]]
+    results: dict[str, dict[str, Any]] = {}
+    models: dict[str, FraudModel] = {}
+    for name in names:
+        model, retrain_s, learn_s = trained(name, pairs[:cut])
+        models[name] = model
+        snapshot = model_snapshot({"version": "bench"}, model, b"bench")
+        full = full_window_retrain_s(model, pairs[:cut])
+        results[name] = {
+            "learn_s": round(learn_s, 1),
+            "retrains": len(retrain_s),
+            "retrain_s": {"mean": round(float(np.mean(retrain_s)), 3), "max": round(max(retrain_s), 3)}
+            if retrain_s
+            else None,
+            "full_window": {"rows": full[0], "retrain_s": round(full[1], 2)} if full else None,
+            "version_bytes": len(snapshot),
+            "trainer_copy_bytes": len(model_bytes(model)),
+            "score_many_us_per_tx": {},
+        }
+        print(f"{name}: learnt in {learn_s:.1f} s, {len(retrain_s)} retrains, version {len(snapshot):,} bytes",
+              flush=True)  # fmt: skip
+
+    # The calling thread's CPU time, not the wall clock: on a machine loaded many times over its cores a call longer
+    # than a scheduler slice waits for the CPU several times, and the wall clock counts those waits as its cost.
+    clock = time.thread_time if not args.wall_clock else time.perf_counter
+    for batch in (*BATCHES, 0):  # 0: score_one, one call per transaction
+        size = max(1, batch)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for call in range(args.calls):
+            at = (call * size) % max(1, len(held_out) - size)
+            for name in names:
+                model = models[name]
+                # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
+                xs = [dict(x) for x in held_out[at : at + size]]
+                if batch:
+                    t0 = clock()
+                    model.score_many(xs)
+                    samples[name].append((clock() - t0) / size)
+                else:
+                    t0 = clock()
+                    model.score_one(xs[0])
+                    samples[name].append(clock() - t0)
+        for name in names:
+            results[name]["score_many_us_per_tx" if batch else "score_one_us"] = (
+                results[name]["score_many_us_per_tx"] | {str(batch): per_tx_us(samples[name])}
+                if batch
+                else per_tx_us(samples[name])
+            )
+
+    base = results[DEFAULT_MODEL]
+    print("\n| model | batch | p50 µs/tx | p90 | p99 | p50 / default's |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        rows = [("score_one", results[name]["score_one_us"], base["score_one_us"])]
+        rows += [(str(b), results[name]["score_many_us_per_tx"][str(b)], base["score_many_us_per_tx"][str(b)])
+                 for b in BATCHES]  # fmt: skip
+        for label, figures, baseline in rows:
+            ratio = figures["p50"] / baseline["p50"]
+            print(f"| `{name}` | {label} | {figures['p50']} | {figures['p90']} | {figures['p99']} | {ratio:.2f} |")
+    print("\n| model | retrains in the run | mean / max s per retrain | a full window: rows, s per retrain | version "
+          "bytes | trainer's copy bytes |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        r = results[name]
+        cost = f"{r['retrain_s']['mean']} / {r['retrain_s']['max']}" if r["retrain_s"] else "-"
+        full_cost = f"{r['full_window']['rows']:,}, {r['full_window']['retrain_s']}" if r["full_window"] else "-"
+        print(f"| `{name}` | {r['retrains']} | {cost} | {full_cost} | {r['version_bytes']:,} | "
+              f"{r['trainer_copy_bytes']:,} |")  # fmt: skip
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

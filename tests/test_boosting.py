@@ -1,0 +1,140 @@
+"""The gbdt family: its window, its retrains, its compiled trees against LightGBM's own predict, batch scoring for
+every family, and what a published version and the trainer's state carry."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from app.learning.boosting import CompiledTrees, LabelWindow, train_booster
+from app.learning.model import FraudModel, model_bytes
+from app.learning.snapshots import load_model_snapshot, model_snapshot
+from app.learning.training import Training, training_for
+from app.settings import load
+from tests.test_model import SMALL, draw, trained
+
+GBDT = "gbdt:trees=20,every=500,minleaf=5"
+
+
+def booster_and_data(seed: int, rows: int = 4000, features: int = 8) -> tuple[object, np.ndarray]:
+    """A booster on an interaction a single split cannot draw, and held-out rows (a few exactly at thresholds)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(scale=0.5, size=rows)) > 1.5
+    booster = train_booster(x, y.astype(float), {"num_leaves": 15, "max_depth": 5, "min_data_in_leaf": 5}, 40)
+    held_out = rng.normal(size=(500, features))
+    held_out[:20, 0] = x[:20, 0]  # values the training saw: thresholds lie between them, ties go left
+    return booster, held_out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_trees_score_what_lightgbm_predicts(seed: int) -> None:
+    booster, x = booster_and_data(seed)
+    trees = CompiledTrees(booster, [f"f{i}" for i in range(x.shape[1])])
+    raw = booster.predict(x, raw_score=True)  # type: ignore[attr-defined]
+    assert np.array_equal(trees.raw(x), raw)  # the same sum, bit for bit
+    assert trees.probabilities(x) == booster.predict(x).tolist()  # type: ignore[attr-defined]
+    for i in (0, 7, 499):  # alone, through the one-row walk
+        assert trees.raw(x[i : i + 1])[0] == raw[i]
+    assert trees.depth <= 5 and trees.trees == 40
+    shifted = CompiledTrees(booster, trees.names, offset=-1.25)
+    assert np.array_equal(shifted.raw(x), trees.raw(x) - 1.25)
+
+
+def test_reasons_name_the_features_the_paths_raise_and_survive_pickling() -> None:
+    booster, x = booster_and_data(3)
+    trees = CompiledTrees(booster, [f"f{i}" for i in range(x.shape[1])])
+    scored = trees.score(x, 3)
+    risky = [reasons for p, reasons in scored if p > 0.9]
+    assert risky and all(reasons and reasons[0] in ("f0", "f1", "f2") for reasons in risky)
+    assert all(len(reasons) <= 3 for _, reasons in scored)
+    again = pickle.loads(pickle.dumps(trees))
+    assert again._leaves is None  # rebuilt where asked, never carried
+    assert again.score(x, 3) == scored
+    assert [trees.score(x[i : i + 1], 3)[0] for i in range(20)] == scored[:20]
+
+
+def test_the_window_keeps_frauds_longer_than_negatives_and_knows_by_how_much() -> None:
+    window = LabelWindow(negatives=100, frauds=50)
+    rng = random.Random(0)
+    for i in range(2000):
+        y = i % 20 == 0  # 100 frauds, 1,900 negatives
+        window.add({"amount": float(i), "noise": rng.random()}, y)
+    x, y = window.arrays()
+    assert len(window) == 150 and x.shape == (150, 2) and y.sum() == 50
+    assert x[y == 0, 0].min() == 1895.0  # the last 100 negatives (five frauds among the last 100 labels)
+    assert x[y == 1, 0].min() == 1000.0  # the last 50 frauds: ten times further back
+    assert window.span(False) == 2000 - 1895 and window.span(True) == 2000 - 1000
+    assert window.span_ratio() == pytest.approx(1000 / 105)
+
+
+def test_the_model_retrains_every_n_labels_and_scores_the_prior_before() -> None:
+    model, rng = FraudModel(GBDT, prior_fraud_rate=0.02), random.Random(1)
+    for _ in range(499):
+        model.learn_one(*draw(rng))
+    assert model.learner.trees is None and model.learner.retrains == 0  # type: ignore[union-attr]
+    assert model.predict_proba_one({"amount": 390.0, "noise": 0.0, "is_night": 0.0}) == pytest.approx(0.02)
+    model.learn_one(*draw(rng))
+    assert model.learner.retrains == 1 and model.learner.trees is not None  # type: ignore[union-attr]
+    for _ in range(999):
+        model.learn_one(*draw(rng))
+    assert model.learner.retrains == 2  # type: ignore[union-attr]
+    assert model.predict_proba_one({"amount": 390.0, "noise": 0.0, "is_night": 0.0}) > 0.8
+    assert model.predict_proba_one({"amount": 30.0, "noise": 0.0, "is_night": 0.0}) < 0.1
+
+
+def test_the_longer_fraud_span_is_taken_out_of_the_probability() -> None:
+    """Frauds held over 10 times the negatives' span: the logit is lowered by log(10), so the probability keeps
+    the odds of the labels as they came."""
+    model, rng = FraudModel("gbdt:trees=20,every=3000,minleaf=5,negs=100,frauds=5000,neg=1"), random.Random(2)
+    for _ in range(3000):
+        model.learn_one(*draw(rng))
+    window, trees = model.learner.window, model.learner.trees  # type: ignore[union-attr]
+    assert window is not None and trees is not None and window.span_ratio() > 5.0
+    assert trees.offset == pytest.approx(-math.log(window.span_ratio()))
+    sampled = trained("gbdt:trees=20,every=3000,minleaf=5,neg=0.5")  # and the odds of the negatives sampled out
+    assert sampled.learner.trees.offset == pytest.approx(  # type: ignore[union-attr]
+        math.log(0.5) - math.log(sampled.learner.window.span_ratio())  # type: ignore[union-attr]
+    )
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_score_many_is_score_one_for_every_family(name: str) -> None:
+    model, rng = trained(name, labels=1500), random.Random(8)
+    xs = [draw(rng)[0] for _ in range(60)]
+    assert model.score_many(xs) == [model.score_one(x) for x in xs]
+    assert model.score_many(xs[:1], k=1) == [model.score_one(xs[0], k=1)]
+    assert model.score_many([]) == []
+
+
+def test_a_published_version_carries_the_compiled_trees_not_the_window() -> None:
+    model = trained(GBDT, labels=3000)
+    raw = model_snapshot({"version": "v9"}, model, b"key")
+    _, published = load_model_snapshot(raw, b"key")
+    assert published.learner.window is None  # type: ignore[union-attr]
+    assert model.learner.window is not None and len(model.learner.window) > 0  # type: ignore[union-attr]
+    assert len(raw) < len(model_bytes(model)) / 2
+    rng = random.Random(4)
+    xs = [draw(rng)[0] for _ in range(100)]
+    assert published.score_many(xs) == model.score_many(xs)
+    published.learn_one(xs[0], True)  # a warm start learns again: a new window, the same trees until a retrain
+    assert len(published.learner.window) == 1  # type: ignore[union-attr, arg-type]
+    assert published.score_many(xs) == model.score_many(xs)
+
+
+def test_the_trainer_state_keeps_the_window_so_learning_goes_on_after_a_restart() -> None:
+    model = trained(GBDT, labels=1200)
+    training = training_for(load({}), model)
+    restored = Training.from_parts(training.state_parts()).champion
+    rng = random.Random(6)
+    for _ in range(800):  # retrains at 1,500 and 2,000 on both: the same windows, the same trees
+        x, y = draw(rng)
+        model.learn_one(x, y)
+        restored.learn_one(x, y)
+    assert restored.learner.retrains == model.learner.retrains == 4  # type: ignore[union-attr]
+    xs = [draw(rng)[0] for _ in range(50)]
+    assert restored.score_many(xs) == model.score_many(xs)
