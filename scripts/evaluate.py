@@ -327,8 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-champion", action="store_true",
                         help="score with the learning champion itself, not its published snapshots")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "quality")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="only merge the quality.json of runs made apart (e.g. one seed each) into one table")
     add_progress_argument(parser)
     args = parser.parse_args(argv)
+    if args.merge:
+        reports = [loads(path.read_bytes()) for path in args.merge]
+        merged = [run for report in reports for run in report["runs"]]
+        print(table(aggregate(merged), len(merged)))
+        print(f"seeds {[run['seed'] for run in merged]}; scoring: {[report.get('scoring') for report in reports]}")
+        return 0
     if (args.predictions or args.from_topic) and len(args.seeds) != 1:
         parser.error("--predictions and --from-topic describe one run: give exactly one --seeds value")
     protocol = Protocol(train_start_day=args.train_start_day, delay_days=int(args.label_delay_days))
