@@ -108,10 +108,14 @@ def adaptation(
         "recall_reached_0.8_days_after_first_labels": reached["days_after_first_labels"] if reached else None,
         "new_recall_from_day_7_after_labels": float(decided[late].mean()) if late.any() else float("nan"),
         "probe_recall_from_day_7_after_labels": float(decided[late & probe].mean()) if (late & probe).any() else None,
-        "other_ap_after_first_labels": {"with": _ap(fraud[after], with_new[after]),
-                                        "without": _ap(fraud[after], without[after])},  # fmt: skip
-        "other_ap_test_week": {"with": _ap(fraud[in_test], with_new[in_test]),
-                               "without": _ap(fraud[in_test], without[in_test])},  # fmt: skip
+        "other_ap_after_first_labels": {
+            "with": _ap(fraud[after], with_new[after]),
+            "without": _ap(fraud[after], without[after]),
+        },
+        "other_ap_test_week": {
+            "with": _ap(fraud[in_test], with_new[in_test]),
+            "without": _ap(fraud[in_test], without[in_test]),
+        },
         "daily": rows,
     }
 
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cards-per-day", type=float, default=5.0, help="cards tested a simulated day")
     parser.add_argument("--model-name", default=None, help="default: MODEL_NAME")
     parser.add_argument("--publish-interval-s", type=float, default=None,
-                        help="stream seconds between the champion's snapshots (default MODEL_PUBLISH_INTERVAL_S)")  # fmt: skip
+                        help="stream seconds between snapshots (default MODEL_PUBLISH_INTERVAL_S)")  # fmt: skip
     parser.add_argument("--train-start-day", type=int, default=115)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "adaptation.json")
     args = parser.parse_args(argv)

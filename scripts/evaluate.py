@@ -231,7 +231,8 @@ def evaluate_seed(config: SimulatorConfig, args: argparse.Namespace, protocol: P
             },
             "recall_by_scenario": {
                 str(s): float(decisions[covered & (data.scenario == s)].mean())
-                if (covered & (data.scenario == s)).any() else float("nan")
+                if (covered & (data.scenario == s)).any()
+                else float("nan")
                 for s in (1, 2, 3)
             },  # fmt: skip
             "daily": daily_metrics(data, scores, covered, protocol.delay_days),
@@ -317,18 +318,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--no-baselines", action="store_true")
-    parser.add_argument("--feature-sets", nargs="+", choices=("product", "protocol"), default=["product", "protocol"],
-                        help="replay once per set: the product's (every declared feature) and the protocol's 15")
+    parser.add_argument(
+        "--feature-sets",
+        nargs="+",
+        choices=("product", "protocol"),
+        default=["product", "protocol"],
+        help="replay once per set: the product's (every declared feature) and the protocol's 15",
+    )
     parser.add_argument("--model-name", default=None, help="default: MODEL_NAME (the deployed model)")
-    parser.add_argument("--publish-interval-s", type=float, default=None,
-                        help="stream seconds between the champion's snapshots (default MODEL_PUBLISH_INTERVAL_S)")
-    parser.add_argument("--publish-every-labels", type=int, default=None,
-                        help="labels learned that force a snapshot (default MODEL_PUBLISH_EVERY_LABELS)")
+    parser.add_argument(
+        "--publish-interval-s",
+        type=float,
+        default=None,
+        help="stream seconds between the champion's snapshots (default MODEL_PUBLISH_INTERVAL_S)",
+    )
+    parser.add_argument(
+        "--publish-every-labels",
+        type=int,
+        default=None,
+        help="labels learned that force a snapshot (default MODEL_PUBLISH_EVERY_LABELS)",
+    )
     parser.add_argument("--live-champion", action="store_true",
                         help="score with the learning champion itself, not its published snapshots")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "quality")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="only merge the quality.json of runs made apart (e.g. one seed each) into one table")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only merge the quality.json of runs made apart (e.g. one seed each) into one table",
+    )
     add_progress_argument(parser)
     args = parser.parse_args(argv)
     if args.merge:

@@ -39,8 +39,8 @@ from app.features import spec
 from app.features.spec import DAY_S, HOUR_S
 
 # Windows and names come from the declaration (app/features/spec.py); the engine computes each kind there.
-CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore",
-                         "seconds_since_previous", "terminal_new", "distinct_terminals", "count_at_terminal")  # fmt: skip
+CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore", "seconds_since_previous",
+                         "terminal_new", "distinct_terminals", "count_at_terminal")  # fmt: skip
 _STATS = ("count", "mean_amount", "std_amount", "max_amount")  # per customer window, computed together
 CUSTOMER_FEATURE_NAMES: tuple[str, ...] = spec.names("customer", CUSTOMER_ENGINE_KINDS)
 # What a customer lookup shows: the windows themselves, not the per-transaction comparisons.

@@ -204,7 +204,7 @@ TERMINAL_HALF_NAMES = names("terminal")
 #: The feature subsets a model can be restricted to, by the name its ``features`` parameter gives.
 FEATURE_SUBSETS: dict[str, tuple[str, ...]] = {"product": FEATURE_NAMES, "protocol": PROTOCOL_FEATURE_NAMES}
 if not set(PROTOCOL_FEATURE_NAMES) <= set(FEATURE_NAMES):
-    raise FeatureSetError(f"the protocol's features are not all declared: {set(PROTOCOL_FEATURE_NAMES) - set(FEATURE_NAMES)}")
+    raise FeatureSetError(f"undeclared protocol features: {set(PROTOCOL_FEATURE_NAMES) - set(FEATURE_NAMES)}")
 _LAYOUT = struct.Struct(f"<{len(FEATURE_NAMES)}d")
 
 

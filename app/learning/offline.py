@@ -97,7 +97,10 @@ def replay_offline(
             )
             x.update(terminal_x)
             prediction = score_transaction(
-                tx, x, serving if published else training.champion, threshold=settings.decision_threshold,
+                tx,
+                x,
+                serving if published else training.champion,
+                threshold=settings.decision_threshold,
                 received_at_s=received_at_s,
             )
             # The prediction is the trainer's input (the feature log): its features, event time and served score.
@@ -109,8 +112,10 @@ def replay_offline(
                 training.sweep_labels(limit=2**62)  # the whole store
                 next_sweep_s = training.stream_time_s + SWEEP_EVERY_S
             learned = training.learned_since_publish
-            if published and learned and (
-                training.stream_time_s - published_at_s >= interval_s or learned >= every_labels
+            if (
+                published
+                and learned
+                and (training.stream_time_s - published_at_s >= interval_s or learned >= every_labels)
             ):
                 serving = published_copy(training.champion)
                 training.learned_since_publish = 0  # as the trainer's publication resets it
