@@ -2,6 +2,7 @@
 """Detection quality on the handbook's protocol (benchmark section 3), beside the published figures.
 
     python scripts/evaluate.py --seeds 0 1 2 --out-dir results/quality            # default sizes, offline replay
+    python scripts/evaluate.py --seeds 0 --feature-sets protocol --publish-interval-s 600 --customers 2000 ...
     python scripts/evaluate.py --seeds 0 --predictions preds.jsonl --customers 200 --terminals 400 --days 140
     python scripts/evaluate.py --seeds 0 --from-topic predictions --bootstrap-servers 127.0.0.1:9092 ...
 
@@ -10,6 +11,13 @@ topic, or by replaying the run through the worker's own scoring and learning cod
 published batch baselines on the training week of the same data, and computes AUC ROC, AP and CP@100 on the
 test period, the same metrics per day over the whole run, recall per fraud scenario and the alert rate and
 precision at the decision threshold. Headline figures are the mean and spread over the seeds.
+
+The replay runs once per ``--feature-sets`` entry: ``product`` (the model on every declared feature, as deployed)
+and ``protocol`` (the same model named with ``features=protocol``: the handbook's 15 features alone, comparable
+with the published table). It scores with the champion's snapshots, refreshed on the trainer's publication
+cadence (``--publish-interval-s`` of stream time, default MODEL_PUBLISH_INTERVAL_S, or ``--publish-every-labels``
+labels learned, default MODEL_PUBLISH_EVERY_LABELS; ``app/learning/offline.py``); ``--live-champion`` scores with
+the learning model itself instead.
 """
 
 from __future__ import annotations
@@ -136,13 +144,28 @@ def project_predictions(
         rows = (loads(r.value or b"") for r in records)
         return {r["tx_id"]: (r["fraud_probability"], r["is_fraud"]) for r in rows}
     settings = load()
+    feature_set = getattr(source, "feature_set", None) or "product"
+    settings = dataclasses.replace(
+        settings,
+        model_name=model_for(getattr(source, "model_name", None) or settings.model_name, feature_set),
+        model_publish_interval_s=_or(getattr(source, "publish_interval_s", None), settings.model_publish_interval_s),
+        model_publish_every_labels=_or(getattr(source, "publish_every_labels", None),
+                                       settings.model_publish_every_labels),
+    )  # fmt: skip
+    published = not getattr(source, "live_champion", False)
     out = {}
-    progress = bar(transactions, f"seed {config.seed} replay", enabled=not getattr(source, "no_progress", False))
+    label = f"seed {config.seed} replay, {feature_set} features"
+    progress = bar(transactions, label, enabled=not getattr(source, "no_progress", False))
     with progress:
-        for p in counted(replay_offline(wire_events(config, label_delay_s), settings), progress):
+        events = wire_events(config, label_delay_s)
+        for p in counted(replay_offline(events, settings, published=published), progress):
             if isinstance(p, Prediction):
                 out[p.tx_id] = (p.fraud_probability, p.is_fraud)
     return out
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def daily_metrics(data: RunData, scores: np.ndarray, covered: np.ndarray, delay_days: int) -> list[dict[str, Any]]:
@@ -162,44 +185,65 @@ def daily_metrics(data: RunData, scores: np.ndarray, covered: np.ndarray, delay_
     return out
 
 
+def model_for(settings_name: str, feature_set: str) -> str:
+    """The model's name restricted to a feature set (``features=...``; the product's is the name as given)."""
+    if feature_set == "product":
+        return settings_name
+    return f"{settings_name}{',' if ':' in settings_name else ':'}features={feature_set}"
+
+
+def project_row(feature_set: str | None) -> str:
+    return "project (online, prequential)" if feature_set is None else f"project (online, {feature_set} features)"
+
+
 def evaluate_seed(config: SimulatorConfig, args: argparse.Namespace, protocol: Protocol) -> dict[str, Any]:
     started = time.perf_counter()
     txs = simulate(config)
     data = run_data(config, txs)
-    predicted = project_predictions(config, args.label_delay_days * 86400, args, len(txs))
-    covered = np.array([tx in predicted for tx in data.tx_id])
-    scores = np.array([predicted.get(tx, (0.0, False))[0] for tx in data.tx_id])
-    decisions = np.array([predicted.get(tx, (0.0, False))[1] for tx in data.tx_id])
     test = protocol_test_mask(data.day, data.card, data.fraud, protocol)
     result: dict[str, Any] = {
         "seed": config.seed,
         "transactions": len(txs),
         "frauds": int(data.fraud.sum()),
-        "predictions": int(covered.sum()),
         "test_transactions": int(test.sum()),
         "test_frauds": int(data.fraud[test].sum()),
-        "models": {"project (online, prequential)": metrics_of(data, test & covered, scores)},
+        "models": {},
+        "feature_sets": {},
     }
+    replayed = not (args.predictions or args.from_topic)
+    for feature_set in args.feature_sets if replayed else [None]:
+        source = argparse.Namespace(**{**vars(args), "feature_set": feature_set})
+        predicted = project_predictions(config, args.label_delay_days * 86400, source, len(txs))
+        covered = np.array([tx in predicted for tx in data.tx_id])
+        scores = np.array([predicted.get(tx, (0.0, False))[0] for tx in data.tx_id])
+        decisions = np.array([predicted.get(tx, (0.0, False))[1] for tx in data.tx_id])
+        result["models"][project_row(feature_set)] = metrics_of(data, test & covered, scores)
+        summary = decision_summary(data.fraud[covered], decisions[covered])
+        run = {
+            "predictions": int(covered.sum()),
+            "threshold": {
+                "alert_rate": summary.alert_rate,
+                "precision": summary.precision,
+                "recall": summary.recall,
+                "caught": summary.caught,
+                "missed": summary.missed,
+                "false_alarms": summary.false_alarms,
+            },
+            "recall_by_scenario": {
+                str(s): float(decisions[covered & (data.scenario == s)].mean())
+                if (covered & (data.scenario == s)).any()
+                else float("nan")
+                for s in (1, 2, 3)
+            },  # fmt: skip
+            "daily": daily_metrics(data, scores, covered, protocol.delay_days),
+            "pr_curve_test": _pr_curve(data.fraud[test & covered], scores[test & covered]),
+        }
+        result["feature_sets"][feature_set or "given"] = run
+        if feature_set in (None, "product") or "predictions" not in result:  # the deployed model's, at the top
+            result.update(run)
     if not args.no_baselines:
         for name, baseline in baseline_scores(data, protocol, config.seed).items():
             result["models"][name] = metrics_of(data, test, baseline)
-    summary = decision_summary(data.fraud[covered], decisions[covered])
-    result["threshold"] = {
-        "alert_rate": summary.alert_rate,
-        "precision": summary.precision,
-        "recall": summary.recall,
-        "caught": summary.caught,
-        "missed": summary.missed,
-        "false_alarms": summary.false_alarms,
-    }
-    result["recall_by_scenario"] = {
-        str(s): float(decisions[covered & (data.scenario == s)].mean()) if (covered & (data.scenario == s)).any()
-        else float("nan")
-        for s in (1, 2, 3)
-    }  # fmt: skip
-    result["daily"] = daily_metrics(data, scores, covered, protocol.delay_days)
-    test_rows = test & covered
-    result["pr_curve_test"] = _pr_curve(data.fraud[test_rows], scores[test_rows])
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -274,9 +318,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument(
+        "--feature-sets",
+        nargs="+",
+        choices=("product", "protocol"),
+        default=["product", "protocol"],
+        help="replay once per set: the product's (every declared feature) and the protocol's 15",
+    )
+    parser.add_argument("--model-name", default=None, help="default: MODEL_NAME (the deployed model)")
+    parser.add_argument(
+        "--publish-interval-s",
+        type=float,
+        default=None,
+        help="stream seconds between the champion's snapshots (default MODEL_PUBLISH_INTERVAL_S)",
+    )
+    parser.add_argument(
+        "--publish-every-labels",
+        type=int,
+        default=None,
+        help="labels learned that force a snapshot (default MODEL_PUBLISH_EVERY_LABELS)",
+    )
+    parser.add_argument("--live-champion", action="store_true",
+                        help="score with the learning champion itself, not its published snapshots")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "results" / "quality")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only merge the quality.json of runs made apart (e.g. one seed each) into one table",
+    )
     add_progress_argument(parser)
     args = parser.parse_args(argv)
+    if args.merge:
+        reports = [loads(path.read_bytes()) for path in args.merge]
+        merged = [run for report in reports for run in report["runs"]]
+        print(table(aggregate(merged), len(merged)))
+        print(f"seeds {[run['seed'] for run in merged]}; scoring: {[report.get('scoring') for report in reports]}")
+        return 0
     if (args.predictions or args.from_topic) and len(args.seeds) != 1:
         parser.error("--predictions and --from-topic describe one run: give exactly one --seeds value")
     protocol = Protocol(train_start_day=args.train_start_day, delay_days=int(args.label_delay_days))
@@ -291,15 +370,26 @@ def main(argv: list[str] | None = None) -> int:
               f" with {r['test_frauds']} frauds ({r['seconds']:.0f} s)", flush=True)  # fmt: skip
     summary = aggregate(results)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"seeds": args.seeds, "protocol": dataclasses.asdict(protocol), "summary": summary, "runs": results}
+    settings = load()
+    scoring = {
+        "model_name": args.model_name or settings.model_name,
+        "scored_by": "the learning champion" if args.live_champion else "the champion's published snapshots",
+        "publish_interval_stream_s": _or(args.publish_interval_s, settings.model_publish_interval_s),
+        "publish_every_labels": _or(args.publish_every_labels, settings.model_publish_every_labels),
+    }
+    report = {"seeds": args.seeds, "protocol": dataclasses.asdict(protocol), "scoring": scoring, "summary": summary,
+              "runs": results}  # fmt: skip
     (args.out_dir / "quality.json").write_bytes(dumps(report))
     draw(results, args.out_dir / "quality.png")
     print()
     print(table(summary, len(results)))
+    print(f"scoring: {scoring}")
     for r in results:
-        t = r["threshold"]
-        print(f"seed {r['seed']} at the threshold: alert rate {t['alert_rate']:.4f}, precision {t['precision']:.3f}, "
-              f"recall {t['recall']:.3f}; recall by scenario {r['recall_by_scenario']}")  # fmt: skip
+        for feature_set, run in r["feature_sets"].items():
+            t = run["threshold"]
+            print(f"seed {r['seed']}, {feature_set} features, at the threshold: alert rate {t['alert_rate']:.4f}, "
+                  f"precision {t['precision']:.3f}, recall {t['recall']:.3f}; recall by scenario "
+                  f"{run['recall_by_scenario']}")  # fmt: skip
     print(f"\nwrote {args.out_dir / 'quality.json'} and {args.out_dir / 'quality.png'}")
     return 0
 

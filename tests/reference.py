@@ -79,6 +79,7 @@ def features_of(
     month = [o for o in customer_before if tx.t - 30 * DAY_S < o.t <= tx.t]
     x["terminal_new_for_customer_30day"] = 0.0 if any(o.terminal == tx.terminal for o in month) else 1.0
     x["customer_nb_terminals_30day"] = len({o.terminal for o in month} | {tx.terminal})
+    x["customer_nb_tx_at_terminal_30day"] = 1 + sum(1 for o in month if o.terminal == tx.terminal)
     end = tx.t - delay_days * DAY_S
     for n in TERMINAL_DAYS:
         rows = [o for o in terminal_before if end - n * DAY_S <= o.t < end]
@@ -86,4 +87,6 @@ def features_of(
         x[f"terminal_nb_tx_{n}day_delay"] = len(rows)
         x[f"terminal_risk_{n}day_delay"] = frauds / len(rows) if rows else 0.0
     x["terminal_nb_tx_1hour"] = 1 + sum(1 for o in terminal_before if tx.t - HOUR_S < o.t <= tx.t)
+    at_or_before = [o.t for o in terminal_before if o.t <= tx.t]
+    x["terminal_seconds_since_previous_tx"] = min(tx.t - max(at_or_before), 7 * DAY_S) if at_or_before else 7 * DAY_S
     return x

@@ -91,22 +91,28 @@ def test_evaluate_command_end_to_end_small(tmp_path) -> None:  # type: ignore[no
     out = tmp_path / "quality"
     result = subprocess.run(
         [sys.executable, "scripts/evaluate.py", "--seeds", "0", "1", "--customers", "60", "--terminals", "120",
-         "--days", "140", "--out-dir", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+         "--days", "140", "--publish-interval-s", "3600", "--out-dir", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = loads((out / "quality.json").read_bytes())
     assert report["seeds"] == [0, 1]
+    assert report["scoring"]["publish_interval_stream_s"] == 3600.0
+    assert report["scoring"]["scored_by"] == "the champion's published snapshots"
     models = report["summary"]
-    assert {"project (online, prequential)", "logistic regression", "random forest", "random scores"} <= set(models)
+    rows = {"project (online, product features)", "project (online, protocol features)"}
+    assert rows | {"logistic regression", "random forest", "random scores"} <= set(models)
     for metrics in models.values():
         for name in ("auc_roc", "average_precision", "card_precision_top_100"):
             assert 0.0 <= metrics[name]["mean"] <= 1.0 and metrics[name]["std"] >= 0.0
     # The online model ranks frauds well above chance on the same test days: random scores cannot pass this.
-    project, chance = models["project (online, prequential)"], models["random scores"]
-    assert project["auc_roc"]["mean"] >= max(0.7, chance["auc_roc"]["mean"] + 0.15), (project, chance)
-    assert project["average_precision"]["mean"] >= chance["average_precision"]["mean"] + 0.15, (project, chance)
+    chance = models["random scores"]
+    for row in rows:
+        project = models[row]
+        assert project["auc_roc"]["mean"] >= max(0.7, chance["auc_roc"]["mean"] + 0.15), (row, project, chance)
+        assert project["average_precision"]["mean"] >= chance["average_precision"]["mean"] + 0.15, (row, project)
     for run in report["runs"]:
+        assert set(run["feature_sets"]) == {"product", "protocol"}
         assert run["predictions"] == run["transactions"] > 0
         assert run["test_transactions"] > 0
         days = [d["day"] for d in run["daily"]]
@@ -115,6 +121,11 @@ def test_evaluate_command_end_to_end_small(tmp_path) -> None:  # type: ignore[no
         assert 0.0 <= run["threshold"]["alert_rate"] <= 1.0
     assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| logistic regression |" in result.stdout and "0.871 / 0.606 / 0.291" in result.stdout
+    merged = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", "--merge", str(out / "quality.json"), str(out / "quality.json")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert merged.returncode == 0 and "| project (online, protocol features) |" in merged.stdout, merged.stderr
 
 
 def test_evaluate_reads_predictions_from_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -142,3 +153,40 @@ def test_evaluate_reads_predictions_from_a_file(tmp_path) -> None:  # type: igno
     (run,) = loads((out / "quality.json").read_bytes())["runs"]
     assert run["predictions"] == len(predictions) // 2 < run["transactions"]
     assert set(loads((out / "quality.json").read_bytes())["summary"]) == {"project (online, prequential)"}
+
+
+def test_the_adaptation_curve_from_two_runs_scores() -> None:
+    """scripts/adaptation.py's per-day curve, on scores made up to say what it must find: the new pattern caught
+    from 2 days after its first labels, the other scenarios ranked as well with it as without it."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from datetime import UTC, datetime, timedelta
+
+    from adaptation import adaptation
+
+    from lab.changes import SCENARIO_CARD_TESTING, card_testing
+    from lab.protocol import Protocol
+    from lab.simulator import SimulatorConfig, simulate
+
+    config = SimulatorConfig(n_customers=60, n_terminals=120, n_days=30, seed=2)
+    base = simulate(config)
+    start = datetime(2018, 4, 1, tzinfo=UTC)
+    changed = card_testing(base, start + timedelta(days=10), cards_per_day=2, seed=1)
+    new = [tx for tx in changed if tx.fraud_scenario == SCENARIO_CARD_TESTING]
+    first_label_s = (new[0].timestamp - start).total_seconds() + 7 * 86400
+    caught_from_s = (first_label_s // 86400 + 2) * 86400  # whole days from 2 days after the first labels' day
+    truth = {tx.tx_id: (1.0 if tx.is_fraud else 0.0, tx.is_fraud) for tx in base}
+    scores = dict(truth)
+    for tx in new:
+        caught = (tx.timestamp - start).total_seconds() >= caught_from_s
+        scores[tx.tx_id] = (0.9 if caught else 0.1, caught)
+    result = adaptation(base, changed, truth, scores, start, 7.0, Protocol())
+    assert result["first_label_day"] == pytest.approx(first_label_s / 86400)
+    assert result["new_transactions"] == len(new) > 0
+    reached = result["recall_reached_0.8_days_after_first_labels"]
+    assert reached == pytest.approx(caught_from_s / 86400 + 1 - result["first_label_day"], abs=0.01)
+    assert 1 < reached <= 3
+    assert result["new_recall_from_day_7_after_labels"] == 1.0
+    rows = result["daily"]
+    assert [r["day"] for r in rows] == list(range(int(result["first_new_day"]), 30))
+    assert all(r["other_ap_change"] == 0.0 for r in rows if r["other_frauds"])
+    assert result["other_ap_after_first_labels"] == {"with": 1.0, "without": 1.0}

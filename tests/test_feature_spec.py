@@ -115,7 +115,7 @@ print(sorted(CUSTOMER_WINDOWS_S), x["customer_nb_tx_14day"], x["customer_avg_amo
 """
     out = subprocess.run([sys.executable, "-c", program], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["['14day',", "'1day',", "'1hour',", "'30day']", "2.0", "15.0", "False"]
+    assert out.stdout.split() == ["['10min',", "'14day',", "'1day',", "'1hour',", "'30day']", "2.0", "15.0", "False"]
 
 
 # ---- the version travels, and another one is refused ----------------------------------------------------------

@@ -3,10 +3,10 @@ workers on 4 partitions (the second joining mid-stream), across a SIGKILL, and w
 
 Traffic is live, as in production: the simulated run is published in event-time order at a steady rate while
 the workers run, labels first (a label that arrives early must still count only from its own time). Customer
-windows and the delayed terminal windows must equal the reference exactly. The 1-hour terminal count may miss
-what other partitions scored in the last moments (the terminal feed's lag); it is checked against bounds from
-the predictions' own ``scored_at``: it counts every transaction of the hour scored more than ``FEED_BOUND_S``
-before, and none scored after.
+windows and the delayed terminal windows must equal the reference exactly. The 1-hour terminal count and the
+seconds since the terminal's previous transaction may miss what other partitions scored in the last moments (the
+terminal feed's lag); they are checked against bounds from the predictions' own ``scored_at``: they count every
+transaction of the hour scored more than ``FEED_BOUND_S`` before, and none scored after.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from tests.reference import Event, LabelArrival, Tx, reference
 pytestmark = pytest.mark.kafka
 
 WorkerFactory = Callable[..., WorkerProcess]
-EXACT = ("amount", *CUSTOMER_FEATURE_NAMES, *(n for n in TERMINAL_FEATURE_NAMES if n != "terminal_nb_tx_1hour"))
+FED = ("terminal_nb_tx_1hour", "terminal_seconds_since_previous_tx")  # from the terminal feed: within its lag
+EXACT = ("amount", *CUSTOMER_FEATURE_NAMES, *(n for n in TERMINAL_FEATURE_NAMES if n not in FED))
 FEED_BOUND_S = 2.0  # the terminal feed's lag this test allows, on a loaded 2-core machine
 RATE_TPS = 250.0
 
@@ -107,6 +108,7 @@ def assert_features_within_reference(
     for tx in txs:
         by_terminal[tx.terminal_id].append(tx)
     missed = 0
+    cap_s = 7 * 86400.0
     for tx in txs:
         p = by_id[tx.tx_id]
         t, at = tx.timestamp.timestamp(), scored_at_s(p)
@@ -116,6 +118,14 @@ def assert_features_within_reference(
         got = p["features"]["terminal_nb_tx_1hour"]
         assert lower <= got <= upper, (tx.tx_id, lower, got, upper)
         missed += got < want[tx.tx_id]["terminal_nb_tx_1hour"]
+        # the gap: to the latest earlier one the feed surely had (the longest) and to any it may have had
+        earlier = [o for o in by_terminal[tx.terminal_id] if o is not tx and o.timestamp.timestamp() <= t]
+        sure = [o.timestamp.timestamp() for o in earlier if scored_at_s(by_id[o.tx_id]) <= at - FEED_BOUND_S]
+        maybe = [o.timestamp.timestamp() for o in earlier if scored_at_s(by_id[o.tx_id]) <= at + 0.002]
+        longest = min(t - max(sure), cap_s) if sure else cap_s
+        shortest = min(t - max(maybe), cap_s) if maybe else cap_s
+        gap = p["features"]["terminal_seconds_since_previous_tx"]
+        assert shortest <= gap <= longest, (tx.tx_id, shortest, gap, longest)
     assert missed <= len(txs) * 0.05, f"{missed} of {len(txs)} 1-hour counts missed a transaction"
     assert any(w["terminal_risk_30day_delay"] > 0 for w in want.values())  # risk was exercised
     assert any(w["terminal_nb_tx_1hour"] > 1 for w in want.values())  # and bursts at a terminal

@@ -7,12 +7,14 @@ Windows follow the transactions' own timestamps: a replay of last month gives th
 Definitions (t = the transaction's event time, "before" = arrived earlier in the stream; names and windows are
 those declared in :mod:`app.features.spec`, the defaults given here):
 - customer windows (t - w, t] over the customer's transactions that arrived before, plus this one:
-  count, mean, std (population), max for w in 1 hour, 1, 7 and 30 days;
+  count, mean, std (population), max for w in 10 minutes, 1 hour, 1, 7 and 30 days;
 - z-score of the amount against the 30-day mean and std (0 when the std is 0, or rounding noise <= 1e-9);
 - seconds since the customer's latest earlier transaction (capped at 30 days; 30 days when none);
 - terminal new for the customer within 30 days, and the customer's distinct terminals in 30 days;
+- the customer's transactions at this terminal in (t - 30 days, t], this one included;
 - terminal windows [t - delay - n days, t - delay) over transactions that arrived before: count and risk
-  (frauds / count; 0 when empty), n in 1, 7, 30; and the terminal's count over (t - 1 hour, t] with this one.
+  (frauds / count; 0 when empty), n in 1, 7, 30; the terminal's count over (t - 1 hour, t] with this one; and
+  seconds since the terminal's latest earlier transaction (read from its times; capped at 7 days, 7 days when none).
 A fraud counts toward its transaction's time, only once its label has arrived and only from the label's own
 time on (``known_s <= t``), so a replay that delivers labels early still never sees the future. Fraud marks
 are not stored in the terminal state: the caller keeps one mapping ``frauds_known_s`` (fraud ``tx_id`` ->
@@ -37,8 +39,8 @@ from app.features import spec
 from app.features.spec import DAY_S, HOUR_S
 
 # Windows and names come from the declaration (app/features/spec.py); the engine computes each kind there.
-CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore",
-                         "seconds_since_previous", "terminal_new", "distinct_terminals")  # fmt: skip
+CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore", "seconds_since_previous",
+                         "terminal_new", "distinct_terminals", "count_at_terminal")  # fmt: skip
 _STATS = ("count", "mean_amount", "std_amount", "max_amount")  # per customer window, computed together
 CUSTOMER_FEATURE_NAMES: tuple[str, ...] = spec.names("customer", CUSTOMER_ENGINE_KINDS)
 # What a customer lookup shows: the windows themselves, not the per-transaction comparisons.
@@ -47,7 +49,9 @@ TERMINAL_FEATURE_NAMES: tuple[str, ...] = spec.TERMINAL_HALF_NAMES
 
 
 def _window_label(window_s: float) -> str:
-    """``1hour``, ``7day``: how the default names spell a window (for the reference in the tests)."""
+    """``10min``, ``1hour``, ``7day``: how the default names spell a window (for the reference in the tests)."""
+    if window_s < HOUR_S:
+        return f"{window_s / 60:g}min"
     return f"{window_s / HOUR_S:g}hour" if window_s < DAY_S else f"{window_s / DAY_S:g}day"
 
 
@@ -65,7 +69,7 @@ def _by_window(kinds: tuple[str, ...], half: str) -> tuple[tuple[Any, ...], ...]
 
 _CUSTOMER_WINDOWS = _by_window(_STATS, "customer")
 CUSTOMER_WINDOWS_S: dict[str, float] = {_window_label(row[0]): row[0] for row in _CUSTOMER_WINDOWS}
-_ZSCORE, _GAP, _NEW_TERMINAL, _NB_TERMINALS = (spec.one(k) for k in CUSTOMER_ENGINE_KINDS[4:])
+_ZSCORE, _GAP, _NEW_TERMINAL, _NB_TERMINALS, _AT_TERMINAL = (spec.one(k) for k in CUSTOMER_ENGINE_KINDS[4:])
 _zscore_of = {row[0]: (row[2], row[3]) for row in _CUSTOMER_WINDOWS}.get(_ZSCORE.window_s)  # (mean, std) names
 if _zscore_of is None:
     raise spec.FeatureSetError(f"{_ZSCORE.name}: no customer window of {_ZSCORE.window_s:g} s to take the z-score in")
@@ -74,15 +78,20 @@ if _NEW_TERMINAL.window_s != _NB_TERMINALS.window_s:
     raise spec.FeatureSetError("terminal_new and distinct_terminals share one window (one set of terminals)")
 _TERMINALS_WINDOW_S: float = _NB_TERMINALS.window_s  # type: ignore[assignment]  # checked: windowed kinds
 _GAP_CAP_S: float = _GAP.window_s  # type: ignore[assignment]
+_AT_TERMINAL_WINDOW_S: float = _AT_TERMINAL.window_s  # type: ignore[assignment]
 _TERMINALS_FROM_START = _TERMINALS_WINDOW_S == _CUSTOMER_WINDOWS[-1][0]  # the longest window's start: no bisect
 # The customer state holds what the longest customer window needs (plus the lateness).
-_CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S)
+_CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S, _AT_TERMINAL_WINDOW_S)
 
 _TERMINAL_WINDOWS = _by_window(("delayed_count", "delayed_risk"), "terminal")
 TERMINAL_DAYS = tuple(int(row[0] // DAY_S) if row[0] % DAY_S == 0 else row[0] / DAY_S for row in _TERMINAL_WINDOWS)
 _TERMINAL_LONGEST_S = _TERMINAL_WINDOWS[-1][0]
 _BURST = spec.one("count", "terminal")
 _BURST_S: float = _BURST.window_s  # type: ignore[assignment]
+_TERMINAL_GAP = spec.one("seconds_since_previous", "terminal")
+_TERMINAL_GAP_CAP_S: float = _TERMINAL_GAP.window_s  # type: ignore[assignment]
+if _TERMINAL_GAP_CAP_S > _TERMINAL_LONGEST_S:  # the state holds delay + the longest window: the gap must fit in it
+    raise spec.FeatureSetError(f"{_TERMINAL_GAP.name}: a cap of at most {_TERMINAL_LONGEST_S:g} s (the longest window)")
 
 # Customer state: the entries (t, amount, terminal_id, tx_id, seq), held by column (CustomerWindow); terminal
 # state: the entries (t, tx_id, seq), held by column (TerminalWindow); both sorted by t, ties by arrival.
@@ -266,10 +275,15 @@ def _customer_x(
     x[_ZSCORE.name] = (amount - z_mean) / z_std if z_std > _STD_NOISE else 0.0
     x[_GAP.name] = min(t - times[end - 1], _GAP_CAP_S) if end else _GAP_CAP_S
     lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
-    recent = set(terminals[lo:end])
+    held = terminals[lo:end]
+    recent = set(held)
     new = terminal_id not in recent
     x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
     x[_NB_TERMINALS.name] = float(len(recent) + new)
+    if _AT_TERMINAL_WINDOW_S != _TERMINALS_WINDOW_S:
+        held = terminals[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
+        new = terminal_id not in held
+    x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal_id) + 1)
     return x
 
 
@@ -389,6 +403,8 @@ def terminal_x(
     hi = len(times) if not times or times[-1] <= t else bisect.bisect_right(times, t)
     since = t - _BURST_S
     x[_BURST.name] = float(hi - bisect.bisect_right(times, since, stop if since >= end else 0, hi) + 1)
+    # The latest entry at or before t (the state holds delay + 30 days back, and the cap is at most 30 days).
+    x[_TERMINAL_GAP.name] = min(t - times[hi - 1], _TERMINAL_GAP_CAP_S) if hi else _TERMINAL_GAP_CAP_S
     return x
 
 
@@ -502,7 +518,10 @@ def terminal_windows_at(
     window = state if isinstance(state, TerminalWindow) else TerminalWindow.of(state)
     if not window:
         raise ValueError("no entries")
-    t = window.times[-1]
+    times = window.times
+    t = times[-1]
     x = terminal_x(window, t, frauds_known_s, delay_days)
     x[_BURST.name] -= 1.0  # terminal_x counts the transaction being scored; here there is none
+    # Between the newest entry and the one before it (terminal_x would measure from the newest to itself).
+    x[_TERMINAL_GAP.name] = min(t - times[-2], _TERMINAL_GAP_CAP_S) if len(times) > 1 else _TERMINAL_GAP_CAP_S
     return t, x

@@ -12,9 +12,14 @@ the customer's windows), ``terminal`` where the terminal's state lives. Kinds sa
 - customer half, no window: ``amount``; ``hour_of_day``, ``weekend``, ``night`` (calendar, in the terminal's time);
 - customer windows ``(t - w, t]`` with this transaction: ``count``, ``mean_amount``, ``std_amount``, ``max_amount``
   (a window declares all four), ``amount_zscore`` (against a window's mean and std), ``seconds_since_previous``
-  (capped at ``w``), ``terminal_new`` and ``distinct_terminals`` (one window for both);
+  (capped at ``w``), ``terminal_new`` and ``distinct_terminals`` (one window for both), ``count_at_terminal`` (the
+  customer's transactions at this transaction's terminal, this one included);
 - terminal windows ``[t - delay - w, t - delay)``: ``delayed_count``, ``delayed_risk`` (a window declares both;
-  the delay is ``TERMINAL_DELAY_DAYS``); ``count``: the terminal's transactions in ``(t - w, t]`` with this one.
+  the delay is ``TERMINAL_DELAY_DAYS``); ``count``: the terminal's transactions in ``(t - w, t]`` with this one;
+  ``seconds_since_previous``: since the terminal's latest earlier transaction (capped at ``w``, at most 30 days).
+
+Two subsets: :data:`PROTOCOL_FEATURE_NAMES`, the handbook's 15 baseline features (what the published figures were
+measured with), and the product's, every declared feature (:data:`FEATURE_SUBSETS`).
 
 >>> FEATURE_NAMES[:4]
 ('amount', 'hour_of_day', 'is_weekend', 'is_night')
@@ -45,7 +50,8 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "std_amount": (("customer",), True),
     "max_amount": (("customer",), True),
     "amount_zscore": (("customer",), True),
-    "seconds_since_previous": (("customer",), True),
+    "seconds_since_previous": (("customer", "terminal"), True),
+    "count_at_terminal": (("customer",), True),
     "terminal_new": (("customer",), True),
     "distinct_terminals": (("customer",), True),
     "delayed_count": (("terminal",), True),
@@ -75,11 +81,17 @@ class Feature:
     kind: str  # how it is computed (see the module docstring)
 
 
+MINUTE_S = 60.0
+
 FEATURES: tuple[Feature, ...] = (
     Feature("amount", "customer", None, "amount"),
     Feature("hour_of_day", "customer", None, "hour_of_day"),
     Feature("is_weekend", "customer", None, "weekend"),
     Feature("is_night", "customer", None, "night"),
+    Feature("customer_nb_tx_10min", "customer", 10 * MINUTE_S, "count"),
+    Feature("customer_avg_amount_10min", "customer", 10 * MINUTE_S, "mean_amount"),
+    Feature("customer_std_amount_10min", "customer", 10 * MINUTE_S, "std_amount"),
+    Feature("customer_max_amount_10min", "customer", 10 * MINUTE_S, "max_amount"),
     Feature("customer_nb_tx_1hour", "customer", HOUR_S, "count"),
     Feature("customer_avg_amount_1hour", "customer", HOUR_S, "mean_amount"),
     Feature("customer_std_amount_1hour", "customer", HOUR_S, "std_amount"),
@@ -100,6 +112,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("seconds_since_previous_tx", "customer", 30 * DAY_S, "seconds_since_previous"),
     Feature("terminal_new_for_customer_30day", "customer", 30 * DAY_S, "terminal_new"),
     Feature("customer_nb_terminals_30day", "customer", 30 * DAY_S, "distinct_terminals"),
+    Feature("customer_nb_tx_at_terminal_30day", "customer", 30 * DAY_S, "count_at_terminal"),
     Feature("terminal_nb_tx_1day_delay", "terminal", DAY_S, "delayed_count"),
     Feature("terminal_risk_1day_delay", "terminal", DAY_S, "delayed_risk"),
     Feature("terminal_nb_tx_7day_delay", "terminal", 7 * DAY_S, "delayed_count"),
@@ -107,6 +120,28 @@ FEATURES: tuple[Feature, ...] = (
     Feature("terminal_nb_tx_30day_delay", "terminal", 30 * DAY_S, "delayed_count"),
     Feature("terminal_risk_30day_delay", "terminal", 30 * DAY_S, "delayed_risk"),
     Feature("terminal_nb_tx_1hour", "terminal", HOUR_S, "count"),
+    Feature("terminal_seconds_since_previous_tx", "terminal", 7 * DAY_S, "seconds_since_previous"),
+)
+#: The handbook's 15 baseline features (benchmark section 2), in the order of ``lab/batch_features.py``
+#: (``BASELINE_FEATURES``, the batch reference): the protocol's set. Every other declared feature is the product's
+#: own. A model named with ``features=protocol`` (app/learning/model.py) learns and scores these alone, so its
+#: figures compare with the published table; the default, ``features=product``, takes every declared feature.
+PROTOCOL_FEATURE_NAMES: tuple[str, ...] = (
+    "amount",
+    "is_weekend",
+    "is_night",
+    "customer_nb_tx_1day",
+    "customer_avg_amount_1day",
+    "customer_nb_tx_7day",
+    "customer_avg_amount_7day",
+    "customer_nb_tx_30day",
+    "customer_avg_amount_30day",
+    "terminal_nb_tx_1day_delay",
+    "terminal_risk_1day_delay",
+    "terminal_nb_tx_7day_delay",
+    "terminal_risk_7day_delay",
+    "terminal_nb_tx_30day_delay",
+    "terminal_risk_30day_delay",
 )
 
 
@@ -166,6 +201,10 @@ UNVERSIONED_FEATURE_SET = "fs-01bf77f8"
 FEATURE_NAMES: tuple[str, ...] = names()  # the packing layout: one double per feature, in this order
 CUSTOMER_HALF_NAMES = names("customer")
 TERMINAL_HALF_NAMES = names("terminal")
+#: The feature subsets a model can be restricted to, by the name its ``features`` parameter gives.
+FEATURE_SUBSETS: dict[str, tuple[str, ...]] = {"product": FEATURE_NAMES, "protocol": PROTOCOL_FEATURE_NAMES}
+if not set(PROTOCOL_FEATURE_NAMES) <= set(FEATURE_NAMES):
+    raise FeatureSetError(f"undeclared protocol features: {set(PROTOCOL_FEATURE_NAMES) - set(FEATURE_NAMES)}")
 _LAYOUT = struct.Struct(f"<{len(FEATURE_NAMES)}d")
 
 

@@ -31,6 +31,9 @@ handbook's protocol by ``scripts/model_candidates.py`` (see BENCHMARKS.md, "Mode
 - ``leaflr``: the linear model above on the scaled features plus one indicator per small Hoeffding tree for the
   leaf ``x`` falls in (``trees``, ``grace``, ``share``, ``depth``): the trees find thresholds, the linear model
   weighs them. Reasons as for ``logreg``, over the features only.
+
+Every family also takes ``features``: ``product`` (the default: every declared feature) or ``protocol`` (the
+handbook's 15 alone, :data:`app.features.spec.PROTOCOL_FEATURE_NAMES`: figures comparable with the published table).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from typing import Any
 from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
 from river.tree.base import Branch
 
+from app.features.spec import FEATURE_SUBSETS
 from app.learning.binning import QuantileBins
 from app.learning.boosting import CompiledTrees, LabelWindow, train_booster
 from app.state.checkpoints import write_atomically
@@ -99,7 +103,13 @@ FAMILIES: dict[str, dict[str, Param]] = {
         "neg": 1.0,
     },
 }
-_CHOICES: dict[str, tuple[str, ...]] = {"opt": ("sgd", "adam", "adagrad"), "leaf": ("mc", "nb", "nba")}
+# Parameters every family takes: the declared features it learns and scores with (app/features/spec.py).
+COMMON: dict[str, Param] = {"features": "product"}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "opt": ("sgd", "adam", "adagrad"),
+    "leaf": ("mc", "nb", "nba"),
+    "features": tuple(FEATURE_SUBSETS),
+}
 _SEED = 42  # sampling and ensemble randomness: a replay of the same labels learns the same model
 
 
@@ -112,7 +122,7 @@ def parse_name(name: str) -> tuple[str, dict[str, Param]]:
     family, _, rest = name.partition(":")
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r} in {name!r}; known: {', '.join(FAMILIES)}")
-    defaults = FAMILIES[family]
+    defaults = FAMILIES[family] | COMMON
     params = dict(defaults)
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
@@ -480,6 +490,9 @@ class FraudModel:
     ``name`` picks the family and its parameters (see the module docstring and :func:`parse_name`).
     """
 
+    # The features it learns and scores with; None: all of ``x`` (the default, and checkpoints from before subsets).
+    feature_subset: frozenset[str] | None = None
+
     def __init__(self, name: str = DEFAULT_MODEL, prior_fraud_rate: float = 0.01) -> None:
         family, params = parse_name(name)
         self.name = name
@@ -499,6 +512,8 @@ class FraudModel:
         self.labels_learned = 0  # labels given to learn_one, sampled out or not
         self.labels_skipped = 0  # legitimate labels left out by the sampling
         self.version_id: str | None = None  # set when loaded from a published snapshot (app/learning/snapshots.py)
+        if params["features"] != COMMON["features"]:
+            self.feature_subset = frozenset(FEATURE_SUBSETS[str(params["features"])])
 
     @property
     def version(self) -> str:
@@ -517,17 +532,22 @@ class FraudModel:
     def pipeline(self) -> compose.Pipeline:
         return self._linear().pipeline
 
+    def _restricted(self, x: dict[str, float]) -> dict[str, float]:
+        """``x`` without the features outside the model's ``features`` subset (none left out by default)."""
+        keep = self.feature_subset
+        return x if keep is None else {name: value for name, value in x.items() if name in keep}
+
     def predict_proba_one(self, x: dict[str, float]) -> float:
         """Probability that the transaction described by ``x`` is fraud."""
         if isinstance(self.learner, _Boosted):  # its logit is corrected for the sampling already
-            return self.learner.proba(x)
-        return self._unsampled(self.learner.proba(x))
+            return self.learner.proba(self._restricted(x))
+        return self._unsampled(self.learner.proba(self._restricted(x)))
 
     def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
         """Probability and :meth:`reasons` together, in one pass where the family allows (the per-transaction path)."""
         if isinstance(self.learner, _Boosted):
-            return self.learner.score(x, k)
-        probability, reasons = self.learner.score(x, k)
+            return self.learner.score(self._restricted(x), k)
+        probability, reasons = self.learner.score(self._restricted(x), k)
         return self._unsampled(probability), reasons
 
     def score_many(self, xs: Sequence[dict[str, float]], k: int = 3) -> list[tuple[float, list[str]]]:
@@ -535,7 +555,7 @@ class FraudModel:
         batches at once (``gbdt``), one at a time otherwise."""
         learner = self.learner
         if isinstance(learner, _Boosted):
-            return learner.score_many(xs, k)
+            return learner.score_many(xs if self.feature_subset is None else [self._restricted(x) for x in xs], k)
         score_one = self.score_one
         return [score_one(x, k) for x in xs]
 
@@ -545,7 +565,7 @@ class FraudModel:
         if not y and self.negative_share < 1.0 and self._sampler.random() >= self.negative_share:
             self.labels_skipped += 1
         else:
-            self.learner.learn(x, y)
+            self.learner.learn(self._restricted(x), y)
         if isinstance(self.learner, _Boosted):
             self.learner.after_label(self.labels_learned)
 
@@ -574,7 +594,7 @@ class FraudModel:
         >>> m.reasons({"amount": 600.0, "hour_of_day": 3.0})
         ['amount']
         """
-        return self.learner.reasons(x, k)
+        return self.learner.reasons(self._restricted(x), k)
 
     def _unsampled(self, p: float) -> float:
         """The probability the model would give had it learned every legitimate label: odds times ``neg``."""

@@ -10,12 +10,18 @@ Learning goes through the trainer's own core, :class:`app.learning.training.Trai
 early window, implicit negatives at ``LABEL_HORIZON_S``, late frauds within ``LATE_LABEL_GRACE_S``, in the order
 the trainer learns them when it keeps up (its clock moved by every prediction, the tails read right after); the
 tails read an in-memory feature log (:class:`app.learning.training.FeatureLog`) instead of the predictions topic.
-One difference, on purpose: the deployed scorer uses the champion snapshot published every
-``MODEL_PUBLISH_INTERVAL_S``, while here the live champion scores, so the model is at most that much fresher.
+
+Scoring follows the trainer's publication cadence: transactions are scored by a snapshot of the champion (pickled
+and read back, as a worker's follower loads a published version), taken again when ``MODEL_PUBLISH_INTERVAL_S`` of
+*stream* time has passed since the last one and the champion learned something, or as soon as it learned
+``MODEL_PUBLISH_EVERY_LABELS`` labels (the trainer's two conditions; its interval is wall time, which in a live
+deployment runs at the stream's pace). So a model retrained in batches is evaluated as it is deployed, never
+fresher. ``published=False`` scores with the live champion instead (what this replay did before).
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Iterable, Iterator
 
@@ -29,7 +35,7 @@ from app.features.engine import (
     terminal_features,
 )
 from app.features.halves import customer_side_features
-from app.learning.model import FraudModel
+from app.learning.model import FraudModel, model_bytes
 from app.learning.training import FeatureLog, training_for
 from app.records import InvalidMessage, Prediction, parse_label, parse_transaction
 from app.settings import Settings
@@ -40,14 +46,24 @@ from app.settings import Settings
 SWEEP_EVERY_S = 86400.0
 
 
+def published_copy(model: FraudModel) -> FraudModel:
+    """What a worker scores with after a publication: the model's snapshot bytes, read back (a frozen copy)."""
+    copy: FraudModel = pickle.loads(model_bytes(model))  # noqa: S301 - our own bytes, just written
+    return copy
+
+
 def replay_offline(
-    events: Iterable[tuple[str, bytes, bytes]], settings: Settings, model: FraudModel | None = None
+    events: Iterable[tuple[str, bytes, bytes]],
+    settings: Settings,
+    model: FraudModel | None = None,
+    *,
+    published: bool = True,
 ) -> Iterator[Prediction | InvalidMessage]:
     """Yield a prediction (or the validation error) for every transaction; labels teach the model on the way.
 
     ``events`` are ``(kind, key, value)`` with kind ``"transaction"`` or ``"label"``, as the simulator
-    publishes them. ``model`` is the champion line: it scores every transaction and learns what the trainer's
-    join hands it.
+    publishes them. ``model`` is the champion line: it learns what the trainer's join hands it, and its published
+    snapshots score (``published=False``: the champion itself scores every transaction).
     """
     model = model if model is not None else FraudModel(settings.model_name, prior_fraud_rate=settings.prior_fraud_rate)
     training = training_for(settings, model)
@@ -56,6 +72,9 @@ def replay_offline(
     terminals: dict[str, TerminalState] = {}
     frauds_known_s: dict[str, float] = {}  # fraud tx_id -> when it became known, recorded as labels arrive
     next_sweep_s = float("-inf")
+    serving = published_copy(model) if published else model  # the cold model until the first publication
+    published_at_s = float("-inf")
+    interval_s, every_labels = settings.model_publish_interval_s, settings.model_publish_every_labels
 
     for kind, _key, value in events:
         received_at_s = time.time()
@@ -78,7 +97,11 @@ def replay_offline(
             )
             x.update(terminal_x)
             prediction = score_transaction(
-                tx, x, training.champion, threshold=settings.decision_threshold, received_at_s=received_at_s
+                tx,
+                x,
+                serving if published else training.champion,
+                threshold=settings.decision_threshold,
+                received_at_s=received_at_s,
             )
             # The prediction is the trainer's input (the feature log): its features, event time and served score.
             training.on_prediction(tx.tx_id, x, tx.event_time_s, prediction.fraud_probability)
@@ -88,6 +111,15 @@ def replay_offline(
                 training.labels.commit(None)  # the store's changes: no changelog here
                 training.sweep_labels(limit=2**62)  # the whole store
                 next_sweep_s = training.stream_time_s + SWEEP_EVERY_S
+            learned = training.learned_since_publish
+            if (
+                published
+                and learned
+                and (training.stream_time_s - published_at_s >= interval_s or learned >= every_labels)
+            ):
+                serving = published_copy(training.champion)
+                training.learned_since_publish = 0  # as the trainer's publication resets it
+                published_at_s = training.stream_time_s
             yield prediction
         else:
             try:
