@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from app.learning.model import DEFAULT_MODEL, FAMILIES, FraudModel, _poisson1, parse_name
+from app.learning.model import COMMON, DEFAULT_MODEL, FAMILIES, FraudModel, _poisson1, parse_name
 from app.settings import Settings, load
 
 # Small configurations of every family, quick enough to learn a pattern from a few thousand labels.
@@ -40,9 +40,9 @@ def trained(name: str, labels: int = 3000, seed: int = 0) -> FraudModel:
 def test_names_parse_to_the_family_defaults_with_overrides() -> None:
     family, params = parse_name("arf:trees=4,neg=0.25,leaf=nb")
     assert family == "arf"
-    assert params == {**FAMILIES["arf"], "trees": 4, "neg": 0.25, "leaf": "nb"}
+    assert params == {**FAMILIES["arf"], **COMMON, "trees": 4, "neg": 0.25, "leaf": "nb"}
     assert isinstance(params["trees"], int) and isinstance(params["neg"], float)
-    assert parse_name("logreg") == ("logreg", FAMILIES["logreg"])
+    assert parse_name("logreg") == ("logreg", FAMILIES["logreg"] | COMMON)
 
 
 @pytest.mark.parametrize(
