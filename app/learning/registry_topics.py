@@ -108,6 +108,10 @@ def _events(run_dir: Path) -> Iterator[tuple[float, str, bytes, bytes]]:
                            read("labels.jsonl", "label", "tx_id"), key=lambda e: e[0])  # fmt: skip
 
 
+def _learn_nothing(x: dict[str, float], y: bool) -> None:
+    """A frozen copy's ``learn_one``: a module-level function, so the copy still pickles (the replay snapshots it)."""
+
+
 def warm_start(settings: Settings, run_dir: Path, holdout_days: float) -> tuple[FraudModel, dict[str, Any]]:
     """Train on everything before the last ``holdout_days`` (labels as they became known), then score the held-out
     days with a frozen copy; the metrics are those of the frozen copy on the held-out transactions."""
@@ -123,7 +127,7 @@ def warm_start(settings: Settings, run_dir: Path, holdout_days: float) -> tuple[
     for _ in replay_offline(((k, key, v) for t, k, key, v in events if t < cutoff), settings, model):
         pass
     frozen = copy.deepcopy(model)
-    frozen.learn_one = lambda x, y: None  # type: ignore[method-assign]  # scoring only on the held-out days
+    frozen.learn_one = _learn_nothing  # type: ignore[method-assign]  # scoring only on the held-out days
     days, cards, y_true, y_score = [], [], [], []
     for item in replay_offline(((k, key, v) for _, k, key, v in events), settings, frozen):
         if isinstance(item, Prediction):
