@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             "DRIFT_SKIP_ROWS": "52000",
             "DRIFT_REFERENCE_ROWS": "2000",
             "DRIFT_WINDOW_ROWS": "2000",
+            # A heavier line trained off the decision path (gradient-boosted trees, retrained in the trainer process
+            # every 5,000 labels) as the challenger, compared with the champion every 5,000 labels: the rule promotes
+            # it only if its AP is better beyond the bootstrap interval (the summary says which it did).
+            "CHALLENGER_MODEL": os.environ.get("CHALLENGER_MODEL", "gbdt:every=5000"),
+            "AUTO_PROMOTE_MIN_LABELS": os.environ.get("AUTO_PROMOTE_MIN_LABELS", "5000"),
         }
         log_path = home / "worker.log"
         with log_path.open("wb") as log:
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  prometheus               {prometheus_local.status_line(prometheus[1])}")
             except OSError as exc:  # the summary above stands without it
                 print(f"  prometheus               API not answering: {exc}")
+        models_summary(bootstrap, predictions, f"http://127.0.0.1:{web_port}")
         rules_summary(predictions, rule_file, env)
         drift = subprocess.run([sys.executable, "-m", "app", "drift"], cwd=REPO_ROOT, env=env, capture_output=True,
                                text=True, timeout=60)  # fmt: skip
@@ -207,6 +213,37 @@ def rules_summary(predictions: list[dict[str, object]], rule_file: Path, env: di
                               capture_output=True, text=True, timeout=300)  # fmt: skip
     print(f"backtest of {rule_id!r} on the first half ({before[0]} to {since}, python -m app rules backtest):")
     print("\n".join(f"  {line}" for line in (backtest.stdout or backtest.stderr).splitlines()[:30]))
+
+
+def models_summary(bootstrap: str, predictions: list[dict[str, object]], url: str) -> None:
+    """The challenger line against the champion (the rule's comparisons and any promotion, from ``model-events``),
+    and the decision latency of the predictions each line served: before and after a promotion."""
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
+            view = loads(response.read())
+    except OSError as exc:
+        print(f"models: /models not answering ({exc})")
+        return
+    line_of = {str(v["version"]): str(v.get("model_name")) for v in view["versions"]}
+    events = [loads(r.value or b"") for r in consume(bootstrap, "model-events", lambda rs: False, 1)]
+    promotions = [e for e in events if e.get("action") == "promoted" and e.get("by") == "auto"]
+    challengers = [v for v in view["versions"] if v.get("role") == "challenger"]
+    last = challengers[0] if challengers else {}
+    comparison = last.get("comparison") or {}
+    print(f"challenger line {last.get('model_name', '(none published)')}: {len(challengers)} versions, "
+          f"{comparison.get('number', 0)} comparisons with the champion (last: challenger AP "
+          f"{comparison.get('challenger_ap')}, champion AP {comparison.get('champion_ap')})")  # fmt: skip
+    for e in promotions:
+        print(f"  promoted {e['version']} ({line_of.get(str(e['version']))}) by the rule: {e.get('reason')}")
+    if not promotions:
+        print("  not promoted: the rule promotes only an AP better beyond its bootstrap interval")
+    served: dict[str, list[float]] = {}
+    for p in predictions:
+        line = line_of.get(str(p.get("model_version")), "the prior (no version yet)")
+        served.setdefault(line, []).append(float(p.get("latency_ms") or 0.0))  # type: ignore[arg-type]
+    for line, latencies in served.items():
+        q = percentiles(latencies, (50, 99))
+        print(f"  decisions served by {line}: {len(latencies)}, latency p50 {q['p50']:.1f} ms, p99 {q['p99']:.1f} ms")
 
 
 def trainer_status(url: str) -> dict[str, object]:
