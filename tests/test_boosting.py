@@ -87,6 +87,50 @@ def test_the_model_retrains_every_n_labels_and_scores_the_prior_before() -> None
     assert model.predict_proba_one({"amount": 30.0, "noise": 0.0, "is_night": 0.0}) < 0.1
 
 
+def test_in_the_background_learn_one_never_waits_and_the_trees_are_the_same_as_inline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The trainer's setting: a retrain on a thread (learn_one returns while it runs; the old trees score), its
+    trees taken at the first label after it is done: the same trees as the inline retrain on the same window; a
+    checkpoint taken while it runs says it is still due."""
+    import threading
+
+    from app.learning import boosting
+
+    gate = threading.Event()
+    real_train = boosting.train_booster
+
+    def held_train(*args: object, **kwargs: object) -> object:
+        assert gate.wait(30)
+        return real_train(*args, **kwargs)  # type: ignore[arg-type]
+
+    inline, background = FraudModel(GBDT, prior_fraud_rate=0.02), FraudModel(GBDT, prior_fraud_rate=0.02)
+    background.train_in_background()
+    rng_a, rng_b = random.Random(1), random.Random(1)
+    for _ in range(499):
+        inline.learn_one(*draw(rng_a))
+        background.learn_one(*draw(rng_b))
+    monkeypatch.setattr("app.learning.model.train_booster", held_train)
+    inline_last = draw(rng_a)
+    background.learn_one(*draw(rng_b))  # the 500th: the retrain starts and waits on the gate; learn_one returned
+    learner = background.learner
+    assert learner._pending is not None and not learner._pending.done()  # type: ignore[union-attr]
+    assert learner.trees is None and learner.retrains == 0  # type: ignore[union-attr]
+    assert background.predict_proba_one({"amount": 390.0, "noise": 0.0, "is_night": 0.0}) == pytest.approx(0.02)
+    restored = pickle.loads(model_bytes(background))  # a checkpoint meanwhile: the retrain is still due
+    assert restored.learner._pending is None and restored.learner.labels_at_training == 0  # type: ignore[union-attr]
+    gate.set()
+    background.wait_for_retrain(30)
+    monkeypatch.setattr("app.learning.model.train_booster", real_train)
+    inline.learn_one(*inline_last)
+    background.learn_one(*draw(rng_b))  # the next label takes the finished trees
+    assert learner.retrains == 1 and learner.trees is not None  # type: ignore[union-attr]
+    probe = [{"amount": a, "noise": 0.0, "is_night": n} for a in (30.0, 250.0, 390.0) for n in (0.0, 1.0)]
+    assert [inline.predict_proba_one(x) for x in probe] == [background.predict_proba_one(x) for x in probe]
+    restored.learn_one(*draw(random.Random(5)))  # the restored copy retrains at its next label (inline by default)
+    assert restored.learner.retrains == 1  # type: ignore[union-attr]
+
+
 def test_the_longer_fraud_span_is_taken_out_of_the_probability() -> None:
     """Frauds held over 10 times the negatives' span: the logit is lowered by log(10), so the probability keeps
     the odds of the labels as they came."""

@@ -46,9 +46,11 @@ import random
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
 from river.tree.base import Branch
 
@@ -384,10 +386,20 @@ class _LeafLinear(_Linear):
 class _Boosted:
     """LightGBM on a window of labels, retrained every ``every`` labels, scored through compiled trees.
 
-    A retrain (LightGBM on one thread over the window: about a CPU second for a full default window) runs inside
-    ``learn_one``: in the trainer's own process, never on a decision path, and the same labels give the same trees
-    (a replay learns the same model). The trainer's loop waits for it meanwhile, lease heartbeats included.
+    A retrain (LightGBM on one thread over the window: about a CPU second for a full default window, many more on a
+    loaded machine) runs in the trainer's own process, never on a decision path. Offline (the evaluator, the tests)
+    it runs inside ``learn_one``, so the same labels give the same trees at the same label. In the trainer
+    (:meth:`FraudModel.train_in_background`) it runs on a thread of its own (LightGBM releases the GIL) while the
+    old trees keep scoring and the window keeps filling: the trainer's event loop, and with it the lease's
+    heartbeats, never waits for it (a retrain longer than ``SESSION_TIMEOUT_MS`` would cost the lease). The new trees
+    are taken at the first label after they are ready; one retrain at a time.
     """
+
+    # Class defaults: versions pickled before these attributes load as-is.
+    background = False
+    _pending: Future[tuple[CompiledTrees, float]] | None = None
+    _pending_from = 0  # labels_at_training before the pending retrain (a checkpoint taken meanwhile goes back to it)
+    _executor: ThreadPoolExecutor | None = None
 
     def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
         self.prior = prior_fraud_rate  # the real prior: the sampling is corrected in the logit, see after_label
@@ -406,6 +418,17 @@ class _Boosted:
         self.labels_at_training = 0  # the model's label count at the last retrain (or the last one due)
         self.retrains = 0
         self.train_s = 0.0  # the last retrain's wall time (LightGBM and the compilation)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Neither the thread nor a retrain in flight (a checkpoint taken during one says it is still due), nor the
+        background setting: it is the process's (the trainer sets it on what it restores), not the model's."""
+        state = self.__dict__.copy()
+        pending = state.pop("_pending", None)
+        state.pop("_executor", None)
+        state.pop("background", None)
+        if pending is not None:
+            state["labels_at_training"] = self._pending_from
+        return state
 
     def proba(self, x: dict[str, float]) -> float:
         trees = self.trees
@@ -437,30 +460,59 @@ class _Boosted:
 
     def after_label(self, labels: int) -> None:
         """Retrain once ``every`` labels came since the last retrain (given or sampled out alike), when the window
-        holds both classes (else wait another ``every``)."""
+        holds both classes (else wait another ``every``); in the background, take a finished retrain's trees."""
+        pending = self._pending
+        if pending is not None:
+            if not pending.done():
+                return
+            self._pending = None
+            self._install(*pending.result())
         if labels - self.labels_at_training < self.every or self.window is None:
             return
-        self.labels_at_training = labels
+        previous, self.labels_at_training = self.labels_at_training, labels
         window = self.window
         if not window.held(True) or not window.held(False):
             return
-        started = time.perf_counter()
-        x, y = window.arrays()
-        booster = train_booster(x, y, self.lightgbm, self.rounds)
+        x, y = window.arrays()  # copies: the window goes on filling while a background retrain reads them
         # The window's fraud odds are overstated by the ratio of the spans (frauds held longer) and by 1 / neg (the
         # negatives sampled): both come off the logit, one addition per transaction (FraudModel's odds-times-neg
         # correction is the same for the other families).
         offset = math.log(self.negative_share) - math.log(window.span_ratio())
-        self.trees = CompiledTrees(booster, window.names, offset=offset)
+        names, held_frauds, span_ratio = window.names, window.held(True), window.span_ratio()
+        log.info("gbdt retraining on %d labels (%d frauds, spans %.1f times the negatives')%s", len(y), held_frauds,
+                 span_ratio, " in the background" if self.background else "")  # fmt: skip
+        if not self.background:
+            self._install(*self._train(x, y, names, offset))
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gbdt-retrain")
+        self._pending_from = previous
+        self._pending = self._executor.submit(self._train, x, y, names, offset)
+
+    def _train(
+        self, x: np.ndarray, y: np.ndarray, names: tuple[str, ...], offset: float
+    ) -> tuple[CompiledTrees, float]:
+        started = time.perf_counter()
+        booster = train_booster(x, y, self.lightgbm, self.rounds)
+        return CompiledTrees(booster, names, offset=offset), time.perf_counter() - started
+
+    def _install(self, trees: CompiledTrees, train_s: float) -> None:
+        self.trees, self.train_s = trees, train_s
         self.retrains += 1
-        self.train_s = time.perf_counter() - started
-        log.info("gbdt retrained on %d labels (%d frauds, spans %.1f times the negatives') in %.2f s", len(y),
-                 window.held(True), window.span_ratio(), self.train_s)  # fmt: skip
+        log.info("gbdt retrain %d in use (%.2f s)", self.retrains, train_s)
+
+    def wait_for_retrain(self, timeout_s: float | None = None) -> None:
+        """Block until a background retrain in flight is done (tests, a clean stop); its trees are taken at the
+        next label."""
+        if self._pending is not None:
+            wait([self._pending], timeout=timeout_s)
 
     def for_scoring(self) -> _Boosted:
-        """A copy without the window: what a published version carries (the compiled trees only)."""
+        """A copy without the window nor a retrain in flight: what a published version carries (the trees only)."""
         copy_ = copy.copy(self)
         copy_.window = None
+        copy_._pending = None
+        copy_._executor = None
         return copy_
 
 
@@ -568,6 +620,18 @@ class FraudModel:
             self.learner.learn(self._restricted(x), y)
         if isinstance(self.learner, _Boosted):
             self.learner.after_label(self.labels_learned)
+
+    def train_in_background(self, on: bool = True) -> None:
+        """A family that retrains in batches (``gbdt``) does it on a thread of its own, ``learn_one`` never waiting
+        for it: the trainer's process sets this (its event loop keeps the lease); offline replays keep the default
+        (retrains inside ``learn_one``, the same trees at the same label)."""
+        if isinstance(self.learner, _Boosted):
+            self.learner.background = on
+
+    def wait_for_retrain(self, timeout_s: float | None = None) -> None:
+        """Block until a background retrain in flight is done (its trees are taken at the next label)."""
+        if isinstance(self.learner, _Boosted):
+            self.learner.wait_for_retrain(timeout_s)
 
     def for_scoring(self) -> FraudModel:
         """The model as a scorer needs it (scorers never learn): without a warm-up sample of bins not fitted yet

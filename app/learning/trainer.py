@@ -564,6 +564,7 @@ class Trainer:
                         self.settings.model_name)  # fmt: skip
         else:
             log.info("trainer continues from the promoted warm start %s (%d labels)", champion, model.labels_learned)
+            model.train_in_background()
             training.adopt_champion(model, champion)
             training.learned_since_publish += 1  # publish the continued line soon
         training.adopted.add(champion)
@@ -617,6 +618,9 @@ class Trainer:
         current = training.challenger.name if training.challenger is not None else None
         if wanted != current:
             training.set_challenger(FraudModel(wanted, s.prior_fraud_rate) if wanted else None)
+        for model in (training.champion, training.challenger):
+            if model is not None:
+                model.train_in_background()  # a gbdt retrain must not hold the loop (and the lease's heartbeats)
         return training
 
     def _from_chunks(self, latest: dict[bytes, bytes | None], labels: LabelStore) -> Training | None:
