@@ -10,9 +10,11 @@ card testing (``lab/changes.py``: bursts of tiny amounts at terminals new to the
 ``--change-day`` on. Per day from the change: the new pattern's recall at the decision threshold (all its
 transactions, and its probes alone, the tiny amounts), and the other scenarios' AP over the simulator's own
 transactions of the day, with the pattern and without it (the same transactions, so the difference is what
-learning the pattern cost them). Also the handbook protocol's test week, the same way. The first labels of the
-pattern come ``--label-delay-days`` after its first transaction. Issue 21's targets: recall 0.8 within 7 days of
-event time after the first labels; the others' AP down by no more than 0.01.
+the pattern cost them), and the same on the cards the pattern never tested (a tested card's own later transactions
+carry the attack in their windows: that part of the cost is not forgetting). Also the handbook protocol's test
+week, the same way. The first labels of the pattern come ``--label-delay-days`` after its first transaction.
+Issue 21's targets: recall 0.8 within 7 days of event time after the first labels; the others' AP down by no more
+than 0.01.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def adaptation(
     decided = np.array([changed_scores[tx.tx_id][1] for tx in changed])
     with_new = np.array([changed_scores[tx.tx_id][0] for tx in changed])
     without = np.array([base_scores[tx.tx_id][0] if not n else np.nan for tx, n in zip(changed, new, strict=True)])
+    tested = {tx.customer_id for tx, n in zip(changed, new, strict=True) if n}
+    untested = np.array([tx.customer_id not in tested for tx in changed])  # cards the pattern never touched
     first_s = min((tx.timestamp - start).total_seconds() for tx, n in zip(changed, new, strict=True) if n)
     first_label_day = first_s / 86400 + delay_days
     rows = []
@@ -92,6 +96,8 @@ def adaptation(
             "other_ap_without": _ap(fraud[old], without[old]),
         }
         row["other_ap_change"] = row["other_ap_with"] - row["other_ap_without"]
+        clean = old & untested
+        row["untested_ap_change"] = _ap(fraud[clean], with_new[clean]) - _ap(fraud[clean], without[clean])
         rows.append(row)
     reached = next((r for r in rows if r["days_after_first_labels"] > 0 and r["new_recall"] >= TARGET_RECALL), None)
     after = (day >= int(first_label_day)) & ~new  # whole days from the one the first labels come in
@@ -112,6 +118,10 @@ def adaptation(
             "with": _ap(fraud[after], with_new[after]),
             "without": _ap(fraud[after], without[after]),
         },
+        "untested_cards_ap_after_first_labels": {
+            "with": _ap(fraud[after & untested], with_new[after & untested]),
+            "without": _ap(fraud[after & untested], without[after & untested]),
+        },
         "other_ap_test_week": {
             "with": _ap(fraud[in_test], with_new[in_test]),
             "without": _ap(fraud[in_test], without[in_test]),
@@ -127,13 +137,14 @@ def _figure(value: float | None) -> str:
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| day | days after first labels | new pattern's transactions | its recall | its probes' recall "
-        "| other scenarios' AP with it | without it | change |",
-        "|---|---|---|---|---|---|---|---|",
+        "| other scenarios' AP with it | without it | change | change on cards it never tested |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["daily"]:
         lines.append(f"| {r['day']} | {r['days_after_first_labels']:.1f} | {r['new_transactions']} | "
                      f"{_figure(r['new_recall'])} | {_figure(r['probe_recall'])} | {_figure(r['other_ap_with'])} | "
-                     f"{_figure(r['other_ap_without'])} | {r['other_ap_change']:+.3f} |")  # fmt: skip
+                     f"{_figure(r['other_ap_without'])} | {r['other_ap_change']:+.3f} | "
+                     f"{r['untested_ap_change']:+.3f} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -189,4 +189,5 @@ def test_the_adaptation_curve_from_two_runs_scores() -> None:
     rows = result["daily"]
     assert [r["day"] for r in rows] == list(range(int(result["first_new_day"]), 30))
     assert all(r["other_ap_change"] == 0.0 for r in rows if r["other_frauds"])
+    assert result["untested_cards_ap_after_first_labels"] == {"with": 1.0, "without": 1.0}
     assert result["other_ap_after_first_labels"] == {"with": 1.0, "without": 1.0}
