@@ -124,7 +124,8 @@ def _is_timing(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On xdist workers, the ``exclusive`` tests first, then the other ``timing`` tests, then the rest as collected
     (every worker sorts alike: xdist wants the same list from each). The first worker's first batch holds them
-    all: the exclusive ones run back to back while the other workers wait once, at the start."""
+    all: the exclusive ones run back to back while the other workers wait once, at the start. ``make test``
+    schedules with ``--dist worksteal``, so the plain tests queued behind them are taken by the other workers."""
     if _worker_run_dir(config) is not None:
         items.sort(key=_run_order)  # stable: each class keeps its collected order
 
