@@ -21,11 +21,13 @@ demo: setup
 	bash scripts/install_system_packages.sh demo
 	$(BIN)/python scripts/demo.py --duration-s $(DURATION_S)
 
-# pytest-xdist workers, one broker for all (tests/conftest.py); plain `pytest` runs the same tests in one process
+# pytest-xdist workers, one broker for all (tests/conftest.py); plain `pytest` runs the same tests in one process.
+# worksteal: a worker that runs out takes queued tests from the other (with the default scheduling, the plain tests
+# queued behind the first worker's exclusive and timing ones ran last, on it alone, while the other stood idle)
 TEST_WORKERS ?= 2
 
 test: setup system-packages lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: setup
 	$(BIN)/ruff check app tests scripts

@@ -5,14 +5,16 @@ engine answers; otherwise ``scripts/kafka_local.py`` (Apache Kafka from Maven Ce
 Java). A test that needs a broker and cannot get one fails with the reason; it is never skipped.
 
 With pytest-xdist (``make test`` runs ``-n 2``) the workers share one ``kafka_local.py`` broker: the first worker
-that needs it starts it under a file lock in a folder the controller made for this run, the others read its
-address there, the last one to finish stops it, and the controller stops one a crashed worker left behind. Every
-test names its own topics and groups (``unique_name``), so tests on different workers never meet on the broker.
+that needs it starts it under a file lock in a folder the controller made for this run (an exclusive test, before
+its turn: the other workers go on meanwhile), the others read its address there, the last one to finish stops it,
+and the controller stops one a crashed worker left behind. Every test names its own topics and groups
+(``unique_name``), so tests on different workers never meet on the broker.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import json
 import os
@@ -39,6 +41,7 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from local_processes import free_port  # noqa: E402
 
 
+@functools.cache
 def _docker_reachable() -> bool:
     if not shutil.which("docker"):
         return False
@@ -121,7 +124,8 @@ def _is_timing(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On xdist workers, the ``exclusive`` tests first, then the other ``timing`` tests, then the rest as collected
     (every worker sorts alike: xdist wants the same list from each). The first worker's first batch holds them
-    all: the exclusive ones run back to back while the other workers wait once, at the start."""
+    all: the exclusive ones run back to back while the other workers wait once, at the start. ``make test``
+    schedules with ``--dist worksteal``, so the plain tests queued behind them are taken by the other workers."""
     if _worker_run_dir(config) is not None:
         items.sort(key=_run_order)  # stable: each class keeps its collected order
 
@@ -166,6 +170,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return (yield)
     turn = item.config.stash.get(_turn_key, None)
     if turn is None:
+        if _is_exclusive(item) and "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            _start_shared_broker_early(run_dir)
         turn = item.config.stash[_turn_key] = _Turn(run_dir, _is_exclusive(item), _is_timing(item))
     try:
         return (yield)
@@ -192,6 +198,23 @@ def _write_shared_state(run_dir: Path, state: dict[str, Any]) -> None:
     temp = run_dir / "broker.json.tmp"
     temp.write_text(json.dumps(state))
     temp.replace(run_dir / "broker.json")
+
+
+def _start_shared_broker_early(run_dir: Path) -> None:
+    """Before an exclusive test's turn: the run's broker, if no worker started it yet, so that its start is not
+    spent while the other workers wait for the turn to end. A failure is left for ``kafka_bootstrap`` to report."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or _docker_reachable():
+        return  # the fixture's other sources: nothing to start here
+    with _file_lock(run_dir / "broker.lock"):
+        state = _read_shared_state(run_dir)
+        if state.get("bootstrap") or state.get("error"):
+            return
+        try:
+            bootstrap, data_dir = _start_local_broker()
+        except Exception as exc:
+            _write_shared_state(run_dir, {"error": str(exc)})
+            return
+        _write_shared_state(run_dir, {"bootstrap": bootstrap, "data_dir": str(data_dir), "users": []})
 
 
 @contextmanager
