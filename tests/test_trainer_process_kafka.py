@@ -81,6 +81,8 @@ def test_the_trainer_runs_in_a_child_process_seen_through_the_worker_restarted_w
     assert worker.process is not None
     _wait(lambda: _metric(worker, "fraud_trainer_active") == 1, 60, "the child trains (through the worker's /metrics)")
     assert _metric(worker, "fraud_trainer_process_up") == 1
+    # The worker's view of its child is refreshed by polling the child's /status: it may say standby a moment longer.
+    _wait(lambda: _trainer_process(worker)["role"] == "active", 30, "the worker sees its child active")
     child = _trainer_process(worker)
     assert child["pid"] is not None and child["pid"] != worker.process.pid and child["role"] == "active"
     status = _get_json(f"http://127.0.0.1:{child['port']}/status")
@@ -198,6 +200,8 @@ def test_a_trainer_run_alone_learns_for_workers_without_one(
                                    stderr=subprocess.STDOUT)  # fmt: skip
     try:
         _wait(lambda: _get_json(f"http://127.0.0.1:{port}/ready")["ready"], 60, "the trainer process is ready")
+        # /ready is 200 for a standby too (the lease's group joined): alone, it takes the lease a moment later.
+        _wait(lambda: _get_json(f"http://127.0.0.1:{port}/status")["role"] == "active", 30, "the lone trainer leads")
         status = _get_json(f"http://127.0.0.1:{port}/status")
         assert status["role"] == "active" and status["pid"] == trainer.pid
         assert _metric(worker, "fraud_trainer_process_up") == 0  # the worker started none
