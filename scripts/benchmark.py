@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="publish this many analysts' rules (scripts/bench_rules.py's mix) on the broker's "
                              "default rules topic before the systems run: every worker of the run decides with "
                              "them (a baseline from before the rules, none); compare with a run without")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every system this many times, the workers' order reversed every other round "
+                        "(worker@<ref> then worker, then worker then worker@<ref>, ...): a system's place in the run "
+                        "moved its p99 more than the code did in single runs; the summary gives each round's ratios "
+                        "to the floor of the same round and their medians")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "benchmark.json")
     add_progress_argument(parser)
     args = parser.parse_args(argv)
@@ -132,12 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         names.insert(len(names) - 1, (f"worker@{args.baseline_ref}", baseline_tree))
     try:
         # One bar over the outputs of every phase of every system (the Faust ceiling afterwards has none).
-        outputs = len(names) * sum(n for _, n in phase_sizes)
+        outputs = args.rounds * len(names) * sum(n for _, n in phase_sizes)
+        rounds: list[list[dict[str, object]]] = []
         with bar(outputs, "benchmark outputs", enabled=not args.no_progress) as progress:
-            systems = []
-            for name, cwd in names:
-                progress.set_description(f"benchmark {name}")
-                systems.append(run_system(name, bootstrap, args, work, phases, progress, cwd=cwd, labels=labels))
+            for i in range(args.rounds):
+                systems = []
+                for name, cwd in bench_report.run_order(names, i):
+                    progress.set_description(f"benchmark {name}" + (f" (round {i + 1})" if args.rounds > 1 else ""))
+                    tag = f"-r{i + 1}" if args.rounds > 1 else ""
+                    systems.append(run_system(name, bootstrap, args, work, phases, progress, cwd=cwd, labels=labels,
+                                              tag=tag))  # fmt: skip
+                    systems[-1]["round"] = i + 1
+                rounds.append(systems)
         ceiling = None
         if args.faust_ceiling:
             ceiling = faust_ceiling.run_ceiling(bootstrap, args.ceiling_messages, args.ceiling_variants,
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline_ref:
             subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(baseline_tree)],
                            check=False, capture_output=True)  # fmt: skip
-    report = bench_report.build(systems, ceiling, argv if argv is not None else sys.argv[1:])
+    report = bench_report.build_rounds(rounds, ceiling, argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(dumps(report))
     print("\n".join(bench_report.figures(report)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,13 +46,66 @@ def build(systems: list[dict[str, Any]], ceiling: dict[str, Any] | None, argv: l
     return report
 
 
+def run_order(names: list[tuple[str, Any]], round_index: int) -> list[tuple[str, Any]]:
+    """The systems of round ``round_index`` (from 0) in the order they run: the passthroughs, then the workers,
+    whose order is reversed every other round, so that each worker runs first as often as second.
+
+    >>> [n for n, _ in run_order([("passthrough", 0), ("passthrough-eos", 0), ("worker@a", 0), ("worker", 0)], 1)]
+    ['passthrough', 'passthrough-eos', 'worker', 'worker@a']
+    """
+    fixed = [n for n in names if not n[0].startswith("worker")]
+    workers = [n for n in names if n[0].startswith("worker")]
+    return fixed + (workers[::-1] if round_index % 2 else workers)
+
+
+def canonical(systems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A round's systems as :func:`build` takes them: passthrough, passthrough-eos, the baselines, this worker."""
+    return sorted(systems, key=lambda s: (s["system"] == "worker", s["system"].startswith("worker"),
+                                          s["system"] != "passthrough"))  # fmt: skip
+
+
+def over_floor(systems: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Every worker's p99 over the exactly-once floor's (``passthrough-eos``) of the same round, per offered rate."""
+    eos = next(s for s in systems if s["system"] == "passthrough-eos")
+    return {s["system"]: [w["latency_ms"]["p99"] / f["latency_ms"]["p99"]
+                          for w, f in zip(s["rates"], eos["rates"], strict=True)]
+            for s in systems if s["system"].startswith("worker")}  # fmt: skip
+
+
+def build_rounds(rounds: list[list[dict[str, Any]]], ceiling: dict[str, Any] | None, argv: list[str]) -> dict[str, Any]:
+    """The report of one round (as :func:`build`), or of several: the first round's systems and ratios as one
+    round's, each round's order, systems and ratios, and the medians over rounds of every worker's p99 over the
+    floor and of this worker over the baseline."""
+    report = build(canonical(rounds[0]), ceiling, argv)
+    if len(rounds) == 1:
+        return report
+    report["rounds"] = [{"order": [s["system"] for s in systems], "systems": canonical(systems),
+                         "ratios": build(canonical(systems), None, argv)["ratios"],
+                         "p99_over_floor": over_floor(systems)} for systems in rounds]  # fmt: skip
+    workers = report["rounds"][0]["p99_over_floor"].keys()
+    report["median_p99_over_floor"] = {
+        name: [statistics.median(column) for column in zip(*(r["p99_over_floor"][name] for r in report["rounds"]),
+                                                          strict=True)]
+        for name in workers
+    }  # fmt: skip
+    if "p99_latency_worker_over_baseline" in report["ratios"]:
+        per_round = [r["ratios"]["p99_latency_worker_over_baseline"] for r in report["rounds"]]
+        report["median_p99_worker_over_baseline"] = [statistics.median(c) for c in zip(*per_round, strict=True)]
+        report["median_throughput_worker_over_baseline"] = statistics.median(
+            r["ratios"]["throughput_worker_over_baseline"] for r in report["rounds"])  # fmt: skip
+    return report
+
+
 def figures(report: dict[str, Any]) -> list[str]:
-    """The printed figures per system, before the summary."""
+    """The printed figures per system (of every round), before the summary."""
     lines = []
-    for system in report["systems"]:
+    every = [s for r in report["rounds"] for s in r["systems"]] if "rounds" in report else report["systems"]
+    for system in every:
         m = system["max_throughput"]
         lines.append(
-            f"{system['system']}: max {m['throughput_tps']:.0f} tx/s to the last committed output "
+            f"{system['system']}"
+            + (f" (round {system['round']})" if "rounds" in report else "")
+            + f": max {m['throughput_tps']:.0f} tx/s to the last committed output "
             f"({m['received']}/{m['published']}), {m['sustained_tps_until_idle']:.0f} tx/s until idle"
         )
         for r in system["rates"]:
@@ -111,6 +165,8 @@ def summary(report: dict[str, Any]) -> list[str]:
         over = [f"p99 x {x:,.2f}" for x in ratios["p99_latency_worker_over_baseline"]]
         throughput = f"{ratios['throughput_worker_over_baseline']:.3f}"
         lines.append(f"| worker / {ratios['baseline']} | {throughput} | " + " | ".join([*over, ""]) + " |")
+    if "rounds" in report:
+        lines += ["", *rounds_table(report)]
     worker = systems[-1]
     lines.append("")
     lines.append(f"Worker state: DATA_DIR {worker['state_bytes'] / 2**20:.2f} MiB on disk after shutdown"
@@ -148,4 +204,26 @@ def summary(report: dict[str, Any]) -> list[str]:
     lines += ["", "Offsets: end minus start over the phase (a Kafka transaction's commit takes one on every partition "
               "it wrote). Records: what a read_committed reader sees in that range; on the compacted changelog a "
               "lower bound if the log cleaner ran meanwhile."]  # fmt: skip
+    return lines
+
+
+def rounds_table(report: dict[str, Any]) -> list[str]:
+    """Each round's order and every worker's p99 over that round's floor, then the medians over the rounds."""
+    rates = [r["offered_tps"] for r in report["systems"][0]["rates"]]
+    workers = list(report["median_p99_over_floor"])
+    head = ["round", "order of the workers", "floor p99 (ms) at " + " / ".join(f"{r:,.0f}" for r in rates),
+            *[f"{w}: p99 / floor" for w in workers]]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(report["rounds"], 1):
+        eos = next(s for s in r["systems"] if s["system"] == "passthrough-eos")
+        floor = " / ".join(_ms(x["latency_ms"]["p99"]) for x in eos["rates"])
+        order = ", ".join(name for name in r["order"] if name.startswith("worker"))
+        cells = [str(i), order, floor, *[" / ".join(f"{x:.2f}" for x in r["p99_over_floor"][w]) for w in workers]]
+        lines.append("| " + " | ".join(cells) + " |")
+    medians = [" / ".join(f"{x:.2f}" for x in report["median_p99_over_floor"][w]) for w in workers]
+    lines.append("| median | | | " + " | ".join(medians) + " |")
+    if "median_p99_worker_over_baseline" in report:
+        lines += ["", "Median over rounds, worker over " + report["ratios"]["baseline"] + ": p99 "
+                  + " / ".join(f"{x:.2f}" for x in report["median_p99_worker_over_baseline"])
+                  + f", max throughput {report['median_throughput_worker_over_baseline']:.3f}."]  # fmt: skip
     return lines

@@ -34,16 +34,17 @@ def run_system(
     progress: tqdm | None = None,
     cwd: Path = REPO_ROOT,
     labels: dict[str, list[Label]] | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
     """Run system ``name``; a ``worker@<ref>`` runs the worker of the checkout in ``cwd`` (the baseline commit).
     With ``labels`` (per phase, one per transaction), a worker's phases publish them too: its trainer learns beside
-    the decisions being timed."""
+    the decisions being timed. ``tag`` tells repeated runs of one system apart (their logs and data directories)."""
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)  # worker@<ref>: no "@" in topic names
     run = f"{safe}-{uuid.uuid4().hex[:8]}"  # topics, groups and state of this run only
     source, sink = f"bench-{run}-transactions", f"bench-{run}-predictions"
     asyncio.run(create_topics(bootstrap, [source, sink], args.partitions))
-    log = (work / f"{name}.log").open("wb")
-    data_dir = work / f"{name}-data"
+    log = (work / f"{name}{tag}.log").open("wb")
+    data_dir = work / f"{name}{tag}-data"
     app_id: str | None = None
     metrics_url = None
     if name.startswith("passthrough"):
@@ -84,7 +85,7 @@ def run_system(
         written = asyncio.run(written_topics(bootstrap, app_id, named))
         offsets_before = asyncio.run(end_offsets(bootstrap, written))
         samples_before = scrape(metrics_url) if metrics_url else {}
-        profile = work / f"{name}-profile.txt"
+        profile = work / f"{name}{tag}-profile.txt"
         spy = start_profiler(process.pid, profile) if name == "worker" else None
         m = result["max_throughput"] = asyncio.run(
             drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s, progress, labelled("max"))
