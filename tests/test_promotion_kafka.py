@@ -1,5 +1,7 @@
 """Auto-promotion on a real broker (issue 20): the better challenger is promoted once and stays, every prediction after
-its version reached the worker is served by its line, and two lines of the same model are never promoted."""
+its version reached the worker is served by its line, and two lines of the same model are never promoted. The
+better challenger is the binned logistic model, then the heavier line of issue 21 (``gbdt``, retrained in the
+trainer's process)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timing]
 WorkerFactory = Callable[..., WorkerProcess]
 WEAKER = "hoeffding:grace=200"
 BETTER = "logreg:opt=adagrad,lr=0.1,bins=8"
+# The heavier line of issue 21: trees retrained in the trainer's process every 1,000 labels, scored by compiled trees.
+GBDT = "gbdt:every=1000"
 
 
 def _publish_run(bootstrap: str, worker: WorkerProcess, n_customers: int, n_days: int) -> int:
@@ -121,10 +125,11 @@ def _keep(timeline: str) -> None:
             f.write(timeline + "\n\n")
 
 
+@pytest.mark.parametrize("better", [BETTER, GBDT])
 def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on(
-    worker_factory: WorkerFactory, kafka_bootstrap: str
+    worker_factory: WorkerFactory, kafka_bootstrap: str, better: str
 ) -> None:
-    worker = worker_factory(partitions=2, MODEL_NAME=WEAKER, CHALLENGER_MODEL=BETTER, AUTO_PROMOTE_MIN_LABELS="1000",
+    worker = worker_factory(partitions=2, MODEL_NAME=WEAKER, CHALLENGER_MODEL=better, AUTO_PROMOTE_MIN_LABELS="1000",
                             QUALITY_WINDOW_LABELS="2000", MODEL_PUBLISH_INTERVAL_S="2",
                             MODEL_PUBLISH_EVERY_LABELS="1000")  # fmt: skip
     worker.wait_ready()
@@ -142,11 +147,13 @@ def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on
     promotions = [e for e in events if e["action"] == "promoted"]
     assert len(promotions) == 1, timeline  # one, and none back
     promoted = promotions[0]
-    assert promoted["by"] == "auto" and headers[promoted["version"]]["model_name"] == BETTER
+    assert promoted["by"] == "auto" and headers[promoted["version"]]["model_name"] == better
     assert "beats champion AP" in promoted["reason"] and "frauds" in promoted["reason"]
     assert "bootstrap interval" in promoted["reason"]  # the default AUTO_PROMOTE_CONFIDENCE 0.95
     comparisons = max(int((h.get("comparison") or {}).get("number") or 0) for h in headers.values())
     assert comparisons >= 5  # compared on after the promotion too: no promotion back
+    if better == GBDT:  # retrained as labels came (each retrain a new version), off the worker's decision path
+        assert len([h for h in headers.values() if h["model_name"] == GBDT]) >= 3, timeline
 
     # Every prediction after the promoted version reached the worker carries a version of the promoted line: per
     # partition (each is decided in order), from the first prediction a version of that line served (before the
@@ -155,10 +162,10 @@ def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on
     line_of = {version: h["model_name"] for version, h in headers.items()}
     after: Counter[str] = Counter()
     for rows in by_partition.values():
-        first = next((i for i, p in enumerate(rows) if line_of.get(p["model_version"]) == BETTER), None)
+        first = next((i for i, p in enumerate(rows) if line_of.get(p["model_version"]) == better), None)
         for p in rows[first:] if first is not None else []:
             after[line_of.get(p["model_version"], p["model_version"])] += 1
-    assert set(after) <= {BETTER}, after
+    assert set(after) <= {better}, after
 
     # Traffic after the promotion (the run above may be decided before the niced trainer promotes): every one of its
     # predictions, one per transaction, is served by the promoted line.
@@ -170,7 +177,7 @@ def test_the_better_challenger_is_promoted_once_and_its_line_serves_from_then_on
     decided = [p for p in (loads(r.value or b"") for r in every) if p["tx_id"].startswith("after-")]
     assert len(decided) == len(tail) == len({p["tx_id"] for p in decided}) > 0  # each decided once
     lines = Counter(line_of.get(p["model_version"], p["model_version"]) for p in decided)
-    assert lines == Counter({BETTER: len(tail)}), lines
+    assert lines == Counter({better: len(tail)}), lines
 
 
 def test_two_lines_of_the_same_model_are_never_promoted(worker_factory: WorkerFactory, kafka_bootstrap: str) -> None:
