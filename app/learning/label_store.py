@@ -142,7 +142,9 @@ class LabelStore:
         """Delete the rows of every window but those named in ``keep`` (a line replaced, a challenger changed);
         returns how many entries were deleted."""
         kept = set(keep)
-        gone = [key for key, _ in self._merged(WINDOW_PREFIX) if parse_window_key(key)[0] not in kept]
+        keys = {key for key, _ in self.partition.iter_prefix(WINDOW_PREFIX)}  # keys only: no copy of the rows
+        keys.update(key for key in self._pending if key.startswith(WINDOW_PREFIX))
+        gone = [key for key in keys if self._pending.get(key, b"") is not None and parse_window_key(key)[0] not in kept]
         for key in gone:
             self._pending[key] = None
         return len(gone)
