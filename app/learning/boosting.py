@@ -44,7 +44,7 @@ class LabelWindow:
     spans: :meth:`span_ratio` gives it (spans counted in labels added), and the trainer subtracts its log from the
     logit so the probability keeps its meaning for the decision threshold.
 
-    The trainer keeps the rows out of its published state (they are most of it: about 9 MB at the default sizes):
+    The trainer keeps the rows out of its published state (they were most of it: 10.9 MB at the default sizes):
     each ring slot is a record of its own (:meth:`changed`, the slots written since the last call, keyed by class
     and slot in the trainer's label store, so a compacted changelog holds one record per slot), the state carries
     :meth:`without_rows` (the counters and the window's ``id``), and a new owner puts the rows back with
