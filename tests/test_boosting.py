@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from app.learning.boosting import CompiledTrees, LabelWindow, train_booster
+from app.learning.label_store import LabelStore
 from app.learning.model import FraudModel, model_bytes
 from app.learning.snapshots import load_model_snapshot, model_snapshot
 from app.learning.training import Training, training_for
@@ -173,7 +174,8 @@ def test_a_published_version_carries_the_compiled_trees_not_the_window() -> None
 def test_the_trainer_state_keeps_the_window_so_learning_goes_on_after_a_restart() -> None:
     model = trained(GBDT, labels=1200)
     training = training_for(load({}), model)
-    restored = Training.from_parts(training.state_parts()).champion
+    parts = training.state_parts()  # the window's rows go to the label store, its counters in the state
+    restored = Training.from_parts(parts, labels=training.labels).champion
     rng = random.Random(6)
     for _ in range(800):  # retrains at 1,500 and 2,000 on both: the same windows, the same trees
         x, y = draw(rng)
@@ -182,3 +184,136 @@ def test_the_trainer_state_keeps_the_window_so_learning_goes_on_after_a_restart(
     assert restored.learner.retrains == model.learner.retrains == 4  # type: ignore[union-attr]
     xs = [draw(rng)[0] for _ in range(50)]
     assert restored.score_many(xs) == model.score_many(xs)
+
+
+def _records(window: LabelWindow) -> dict[tuple[bool, int], bytes]:
+    return {(y, slot): record for y, slot, record in window.changed()}
+
+
+def _filled(window: LabelWindow, n: int, start: int = 0) -> LabelWindow:
+    for i in range(start, start + n):
+        window.add({"amount": float(i), "noise": float(-i)}, i % 4 == 0)
+    return window
+
+
+def _same(a: LabelWindow, b: LabelWindow) -> bool:
+    xa, ya = a.arrays()
+    xb, yb = b.arrays()
+    return (
+        np.array_equal(xa, xb)
+        and np.array_equal(ya, yb)
+        and a.span_ratio() == b.span_ratio()
+        and a.digest() == b.digest()
+        and (a.count, a.clock, a.names) == (b.count, b.clock, b.names)
+    )
+
+
+def test_a_window_without_its_rows_restored_from_its_records_is_the_window() -> None:
+    window = _filled(LabelWindow(negatives=30, frauds=10), 25)
+    records = _records(window)
+    assert len(records) == 25 and not window.changed()  # each slot once; then nothing more to write
+    meta = pickle.loads(pickle.dumps(window.without_rows()))
+    assert not meta.rows and meta.count == window.count and meta.id == window.id
+    assert len(pickle.dumps(window.without_rows())) < 1000 < len(pickle.dumps(window))
+    assert meta.restore((y, slot, r) for (y, slot), r in records.items())
+    assert _same(meta, window)
+    _filled(window, 5, start=25)
+    _filled(meta, 5, start=25)  # the restored window goes on in step
+    assert _same(meta, window) and _records(meta) == _records(window)
+
+
+def test_the_ring_overwrites_its_slots_and_only_the_slots_written_since_are_records_again() -> None:
+    window = _filled(LabelWindow(negatives=30, frauds=10), 200)  # 150 negatives, 50 frauds: both rings wrapped
+    store = _records(window)
+    assert len(store) == 40  # one record per slot, however often the ring wrote it
+    _filled(window, 8, start=200)  # 6 negatives, 2 frauds: the slots after the last ones
+    changed = _records(window)
+    assert sorted(changed) == [(False, s) for s in range(0, 6)] + [(True, s) for s in range(0, 2)]
+    store.update(changed)  # what a compacted changelog keeps: the newest record per slot
+    restored = pickle.loads(pickle.dumps(window.without_rows()))
+    assert restored.restore((y, slot, r) for (y, slot), r in store.items())
+    assert _same(restored, window) and restored.span(True) > restored.span(False)  # spans too (the oldest held)
+
+
+def test_a_window_missing_a_held_row_starts_empty_rather_than_learn_zeros() -> None:
+    window = _filled(LabelWindow(negatives=30, frauds=10), 25)
+    records = _records(window)
+    meta = window.without_rows()
+    del records[(False, 3)]
+    assert not meta.restore((y, slot, r) for (y, slot), r in records.items())
+    assert len(meta) == 0 and meta.clock == 0 and meta.id != window.id
+
+
+def test_the_trainer_state_carries_no_window_rows_and_each_publication_only_the_rows_added() -> None:
+    """The trainer's cycle: state_parts (rows staged), the changelog gets the label store's changes, the store
+    commits; a new owner restores from the state and the store: the same window, the same next retrain."""
+    name = "gbdt:trees=10,every=400,minleaf=5,negs=500,frauds=500,neg=1"
+    model = trained(name, labels=1500)
+    training = training_for(load({}), model)
+    window = model.label_window
+    assert window is not None and len(window) == 1000  # both rings full
+    parts = training.state_parts()
+    changelog = dict(training.labels.changes())  # the first publication: every held slot once
+    assert len(changelog) == 1000
+    training.labels.commit(len(changelog))
+    window_bytes = sum(len(r) for r in changelog.values())
+    state_bytes = sum(map(len, parts))
+    assert state_bytes < len(pickle.dumps(training)) - window_bytes  # the rows are not in it (a plain pickle's are)
+    rng = random.Random(9)
+    for _ in range(100):
+        model.learn_one(*draw(rng))
+    parts = training.state_parts()
+    delta = training.labels.changes()
+    assert len(delta) == 100 and sum(map(len, parts)) < state_bytes * 1.1  # the rows added, the same small state
+    changelog.update(delta)
+    training.labels.commit(len(changelog))
+
+    # A new owner: the label store rebuilt from its (compacted) changelog, the state from the state topic.
+    rebuilt = LabelStore.in_memory()
+    for key, value in changelog.items():
+        if value is not None:
+            rebuilt.partition.apply({key: value}, 0, 0.0)
+    restored = Training.from_parts(parts, labels=rebuilt)
+    assert _same(restored.champion.label_window, window)  # type: ignore[arg-type]
+    for _ in range(500):  # a retrain at 2,000 on both
+        x, y = draw(rng)
+        model.learn_one(x, y)
+        restored.champion.learn_one(x, y)
+    assert restored.champion.learner.retrains == model.learner.retrains == 5  # type: ignore[union-attr]
+    xs = [draw(rng)[0] for _ in range(50)]
+    assert restored.champion.score_many(xs) == model.score_many(xs)
+
+
+def test_a_replaced_window_is_deleted_from_the_store_and_the_expiry_sweep_passes_the_rows_by() -> None:
+    training = training_for(load({}), trained(GBDT, labels=300))
+    training.set_challenger(trained(GBDT, labels=200, seed=1))
+    training.on_label("tx-1", True, 1.0)  # a label waiting in the same store
+    training.state_parts()
+    training.labels.commit(1)
+    old = training.challenger.label_window  # type: ignore[union-attr]
+    assert old is not None and len(list(training.labels.window_rows(old.id))) == len(old)
+    training.set_challenger(trained(GBDT, labels=100, seed=2))
+    training.state_parts()
+    assert not list(training.labels.window_rows(old.id))  # deleted in the next publication
+    new = training.challenger.label_window  # type: ignore[union-attr]
+    assert new is not None and len(list(training.labels.window_rows(new.id))) == len(new) > 0
+    training.labels.commit(2)
+    entries, after = training.labels.scan(b"", 10_000)
+    assert [e[0] for e in entries] == [b"tx-1"] and after == b""  # the labels only: the sweep stops at the rows
+
+
+def test_a_state_pickled_with_its_window_rows_keeps_them_and_writes_them_once() -> None:
+    """A state published before the rows were records: read as it is, every held row staged at the next
+    publication."""
+    model = trained(GBDT, labels=300)
+    training = training_for(load({}), model)
+    for attribute in ("id", "dirty"):  # a window of the release before: neither
+        del model.label_window.__dict__[attribute]  # type: ignore[union-attr]
+    legacy = [pickle.dumps(training)]  # the plain pickle: the rows inside
+    restored = Training.from_parts(legacy, labels=LabelStore.in_memory())
+    window = restored.champion.label_window
+    assert window is not None and _same(window, model.label_window)  # type: ignore[arg-type]
+    restored.state_parts()
+    assert len(restored.labels.changes()) == len(window) > 0
+    restored.state_parts()
+    assert len(restored.labels.changes()) == len(window)  # once: still the same staged slots

@@ -149,7 +149,8 @@ def trainer_state_topic(settings: Settings) -> str:
 
 def trainer_labels_topic(settings: Settings) -> str:
     """One partition, compacted: the changelog of the trainer's label store (labels waiting for the trainer's tails
-    and the markers of pairs learned early, keyed by ``tx_id``), written in the trainer's transactions."""
+    and the markers of pairs learned early, keyed by ``tx_id``; the gbdt windows' ring slots, keyed by window, class
+    and slot, so it holds at most one record per slot), written in the trainer's transactions."""
     return f"{settings.app_id}-trainer-labels"
 
 

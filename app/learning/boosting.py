@@ -12,8 +12,11 @@ Pure: numpy and LightGBM, no I/O; everything pickles (LightGBM itself is only ne
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable, Sequence
+import secrets
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -40,31 +43,61 @@ class LabelWindow:
     A model learnt on frauds of a longer span than the negatives overstates the fraud odds by the ratio of the
     spans: :meth:`span_ratio` gives it (spans counted in labels added), and the trainer subtracts its log from the
     logit so the probability keeps its meaning for the decision threshold.
+
+    The trainer keeps the rows out of its published state (they were most of it: 10.9 MB at the default sizes):
+    each ring slot is a record of its own (:meth:`changed`, the slots written since the last call, keyed by class
+    and slot in the trainer's label store, so a compacted changelog holds one record per slot), the state carries
+    :meth:`without_rows` (the counters and the window's ``id``), and a new owner puts the rows back with
+    :meth:`restore`. A plain pickle (a checkpoint, the offline replay) still carries everything.
     """
 
     def __init__(self, negatives: int, frauds: int) -> None:
+        self._reset(negatives, frauds)
+
+    def _reset(self, negatives: int, frauds: int) -> None:
         self.capacity = {False: negatives, True: frauds}
+        self.id = secrets.token_hex(4)  # names this window's records in the trainer's label store
         self.names: tuple[str, ...] = ()
         self.rows: dict[bool, np.ndarray] = {}
         self.added_at: dict[bool, np.ndarray] = {}  # the clock when each row was added
+        self.dirty: dict[bool, np.ndarray] = {}  # the slots written since the last :meth:`changed`
         self.count = {False: 0, True: 0}  # rows added ever, per class (the ring's next slot is count % capacity)
         self.clock = 0
 
     def __len__(self) -> int:
         return self.held(False) + self.held(True)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A window pickled before its rows were records of their own: every row it holds is still to be written."""
+        self.__dict__.update(state)
+        if "id" not in state:
+            self.id = secrets.token_hex(4)
+        if "dirty" not in state:
+            self._allocate_dirty()
+            for cls in (False, True):
+                if cls in self.dirty:
+                    self.dirty[cls][: self.held(cls)] = True
+
     def held(self, y: bool) -> int:
         return min(self.count[y], self.capacity[y])
 
+    def _allocate(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        for cls in (False, True):
+            self.rows[cls] = np.zeros((self.capacity[cls], len(names)), dtype=np.float32)
+            self.added_at[cls] = np.zeros(self.capacity[cls], dtype=np.int64)
+        self._allocate_dirty()
+
+    def _allocate_dirty(self) -> None:
+        self.dirty = {cls: np.zeros(self.capacity[cls], dtype=bool) for cls in self.rows}
+
     def add(self, x: dict[str, float], y: bool) -> None:
         if not self.names:
-            self.names = tuple(x)
-            for cls in (False, True):
-                self.rows[cls] = np.zeros((self.capacity[cls], len(self.names)), dtype=np.float32)
-                self.added_at[cls] = np.zeros(self.capacity[cls], dtype=np.int64)
+            self._allocate(tuple(x))
         slot = self.count[y] % self.capacity[y]
         self.rows[y][slot] = [x.get(name, 0.0) for name in self.names]
         self.added_at[y][slot] = self.clock
+        self.dirty[y][slot] = True
         self.count[y] += 1
         self.clock += 1
 
@@ -84,6 +117,86 @@ class LabelWindow:
         x = np.concatenate([negatives, frauds]).astype(np.float64)
         y = np.concatenate([np.zeros(len(negatives)), np.ones(len(frauds))])
         return x, y
+
+    # ---- the rows as records of their own (the trainer's label store) -----------------------------------------
+
+    def changed(self) -> list[tuple[bool, int, bytes]]:
+        """``(class, slot, record)`` of every slot written since the last call (each once, however often the ring
+        wrote it meanwhile), and forget them: what one publication of the trainer carries of the window."""
+        out: list[tuple[bool, int, bytes]] = []
+        for cls, dirty in self.dirty.items():
+            slots = np.flatnonzero(dirty)
+            if not len(slots):
+                continue
+            rows, added_at = self.rows[cls], self.added_at[cls]
+            out += [(cls, slot, encode_row(int(added_at[slot]), rows[slot])) for slot in slots.tolist()]
+            dirty[:] = False
+        return out
+
+    def without_rows(self) -> LabelWindow:
+        """A copy with the counters, the feature names and the id but no rows: what the trainer's state carries."""
+        copy = LabelWindow.__new__(LabelWindow)
+        copy.__dict__.update(self.__dict__)
+        copy.capacity, copy.count = dict(self.capacity), dict(self.count)
+        copy.rows, copy.added_at, copy.dirty = {}, {}, {}
+        return copy
+
+    def restore(self, records: Iterable[tuple[bool, int, bytes]]) -> bool:
+        """Put back the rows of a window from :meth:`without_rows`, from the records :meth:`changed` gave (the
+        newest per slot). False, with the window emptied (a new id, nothing held), when a slot it holds has no
+        record: a window that learns again from nothing rather than from rows of zeros."""
+        if not self.names:  # nothing was ever added: nothing to put back
+            return True
+        self._allocate(self.names)
+        width = len(self.names)
+        seen = {cls: np.zeros(self.capacity[cls], dtype=bool) for cls in (False, True)}
+        for cls, slot, record in records:
+            if slot >= self.capacity[cls]:
+                continue  # a record of a larger window of the same id: not this one's
+            added_at, row = decode_row(record, width)
+            self.rows[cls][slot], self.added_at[cls][slot] = row, added_at
+            seen[cls][slot] = True
+        if all(seen[cls][: self.held(cls)].all() for cls in (False, True)):
+            return True
+        self._reset(self.capacity[False], self.capacity[True])
+        return False
+
+    def digest(self) -> str:
+        """A hash of what a retrain would learn from (held rows, when each was added, the counters): two windows
+        with the same digest train the same trees."""
+        h = hashlib.sha256(repr((self.names, self.count, self.clock)).encode())
+        for cls in (False, True):
+            if cls in self.rows:
+                h.update(self.rows[cls][: self.held(cls)].tobytes())
+                h.update(self.added_at[cls][: self.held(cls)].tobytes())
+        return h.hexdigest()[:16]
+
+
+def window_from_state(state: dict[str, Any]) -> LabelWindow:
+    """The window :meth:`LabelWindow.without_rows` pickled (the trainer's state); its rows come back with
+    :meth:`LabelWindow.restore`, from the label store."""
+    window = LabelWindow.__new__(LabelWindow)
+    window.__dict__.update(state)
+    return window
+
+
+_ADDED_AT = struct.Struct(">q")
+
+
+def encode_row(added_at: int, row: np.ndarray) -> bytes:
+    """One ring slot's record: when the row was added (the window's clock), then its float32 features.
+
+    >>> added_at, row = decode_row(encode_row(7, np.array([1.5, -2.0], dtype=np.float32)), 2)
+    >>> added_at, row.tolist()
+    (7, [1.5, -2.0])
+    """
+    return _ADDED_AT.pack(added_at) + np.asarray(row, dtype="<f4").tobytes()
+
+
+def decode_row(record: bytes, width: int) -> tuple[int, np.ndarray]:
+    (added_at,) = _ADDED_AT.unpack_from(record)
+    row = np.frombuffer(record, dtype="<f4", count=width, offset=_ADDED_AT.size)
+    return int(added_at), row
 
 
 def train_booster(x: np.ndarray, y: np.ndarray, params: dict[str, Any], rounds: int) -> Any:

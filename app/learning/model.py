@@ -573,6 +573,12 @@ class FraudModel:
         return self.__dict__.get("version_id") or f"{self.name}@prior"
 
     @property
+    def label_window(self) -> LabelWindow | None:
+        """A gbdt line's window of labels (None for the other families, and in a published version)."""
+        learner = self.learner
+        return learner.window if isinstance(learner, _Boosted) else None
+
+    @property
     def scaler(self) -> preprocessing.StandardScaler:
         return self._linear().scaler
 

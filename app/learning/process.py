@@ -8,7 +8,9 @@ take over within the session timeout. :meth:`TrainerProcess.run` serves, on ``TR
 - ``/metrics``: :data:`app.metrics.TRAINER_REGISTRY` alone (a worker appends it to its own ``/metrics``);
 - ``/ready``: 200 once it holds the lease and restored its state, or stands by with the lease's group joined;
 - ``/status``: JSON: ``role`` (active or standby), ``pending``, ``champion_version``, ``pid``, the labels' dead
-  letters by code, both lines' error detectors (``error_drift``).
+  letters by code, both lines' error detectors (``error_drift``), the gbdt lines' windows (``windows``: rows held,
+  labels added, and with ``?digest=1`` a hash of what the next retrain learns from: a new owner's equals its
+  predecessor's).
 
 A worker with ``TRAINER_ENABLED=true`` starts one as its child (:mod:`app.learning.child`); a deployment can run it
 alone instead. SIGTERM ends it cleanly: the training session is cancelled (an open transaction aborted), its
@@ -33,6 +35,7 @@ from app import metrics
 from app.kafka.security import client_security_options
 from app.learning.follower import ModelFollower
 from app.learning.trainer import Trainer
+from app.learning.training import Training
 from app.logs import quiet_kafka_client
 from app.serialization import dumps
 from app.settings import Settings, signing_key
@@ -59,7 +62,8 @@ class TrainerProcess:
             return self.trainer.training is not None
         return self.trainer.lease.connected
 
-    def status(self) -> dict[str, Any]:
+    def status(self, digest: bool = False) -> dict[str, Any]:
+        """``digest``: hash the gbdt windows' rows too (about 10 ms for a full default window: asked, not polled)."""
         training = self.trainer.training
         return {
             "role": "active" if self.trainer.active else "standby",
@@ -72,6 +76,7 @@ class TrainerProcess:
             "error_drift": {role: training.quality[role].error_summary() for role in ("champion", "challenger")}
             if training is not None
             else None,
+            "windows": _windows(training, digest) if training is not None else None,
             "pid": os.getpid(),
             "worker": self.settings.worker_id,
             "dead_letters": {
@@ -90,7 +95,7 @@ class TrainerProcess:
             return _json(body, 200 if ok else 503)
 
         async def status_page(request: web.Request) -> web.Response:
-            return _json(self.status(), 200)
+            return _json(self.status(digest=request.query.get("digest") == "1"), 200)
 
         application = web.Application()
         application.router.add_get("/metrics", metrics_page)
@@ -133,6 +138,18 @@ class TrainerProcess:
         for task in loops:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+
+def _windows(training: Training, digest: bool) -> dict[str, dict[str, Any]]:
+    """Each gbdt line's window by role: its id, rows held, labels added (and the rows' hash with ``digest``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for role, model in (("champion", training.champion), ("challenger", training.challenger)):
+        window = model.label_window if model is not None else None
+        if window is not None:
+            found[role] = {"id": window.id, "held": len(window), "added": window.clock}
+            if digest:
+                found[role]["digest"] = window.digest()
+    return found
 
 
 def _json(body: dict[str, Any], status: int) -> web.Response:

@@ -10,11 +10,13 @@ come, the tail a horizon late, the grace tail a grace later (:mod:`app.learning.
 consumer without a group, from the positions of its last state. It publishes, in ONE Kafka transaction with
 ``transactional_id <APP_ID>-trainer`` (a new owner fences the old one), the new model versions, their events, the
 audit of the pairs learned, the dead letters of invalid labels, the label store's changes (on the compacted
-``<APP_ID>-trainer-labels``, its changelog) and its state (models, counts, every reader's positions:
+``<APP_ID>-trainer-labels``, its changelog: labels waiting, learned markers, and the gbdt windows' ring slots written
+since the last publication) and its state (models without their windows' rows, counts, every reader's positions:
 :class:`app.learning.training.Training`, signed) on the compacted ``<APP_ID>-trainer-state``. What it publishes per
 interval follows what changed, not what waits. A new owner rebuilds the label store from its changelog (its local
-store, when it has one, replays only the tail) and resumes from that state: what the old one learned after it is
-learned again from the same records, and nothing is learned twice in the published line. The state is split into
+store, when it has one, replays only the tail) and resumes from that state, the windows' rows read back from the
+store: what the old one learned after it is learned again from the same records, and nothing is learned twice in
+the published line. The state is split into
 chunks under 1 MiB (Kafka's default message limit), all in the same transaction, so readers see one state or the
 previous one.
 """

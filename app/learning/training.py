@@ -30,11 +30,14 @@ learned as legitimate first.
 The models, counts, quality windows and every reader's positions are one small picklable object: the trainer
 publishes it with the label store's changes in the same Kafka transaction, so a new owner resumes exactly where the
 snapshot was taken. The head's window of recent features is not published: a new owner fills it again from the feature
-log (the predictions its head read that its tail has not).
+log (the predictions its head read that its tail has not). Nor are a gbdt line's window rows: the state carries the
+window's counters, and its rows go to the label store, each ring slot a record, only the slots written since the last
+publication (:meth:`Training.state_parts`); :meth:`Training.from_parts` puts them back from the store.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import pickle
@@ -47,6 +50,7 @@ import numpy as np
 from river.drift import ADWIN
 
 from app.features.spec import FEATURE_SET_VERSION, UNVERSIONED_FEATURE_SET, FeatureSetMismatch, pack, unpack
+from app.learning.boosting import LabelWindow, window_from_state
 from app.learning.label_store import FRAUD, LEARNED_FRAUD, LEARNED_LEGIT, LEGIT, WAITING, LabelStore
 from app.learning.model import FraudModel
 from app.learning.promotion import Comparison, PromotionPolicy, bootstrap_interval
@@ -152,7 +156,16 @@ AUDIT_HOW = {"learned": "explicit", "implicit_negative": "implicit", "late_fraud
 LEARNED_OUTCOMES = tuple(AUDIT_HOW)
 QUALITY_ROLES = ("champion", "challenger", "served")
 # Not published: the head's window (filled again from the feature log), the label store (its changelog), the audit.
-_NOT_PUBLISHED = ("labels", "recent", "audit", "converted")
+_NOT_PUBLISHED = ("labels", "recent", "audit", "converted", "window_ids")
+
+
+class _StatePickler(pickle.Pickler):
+    """Pickles a gbdt window as :meth:`LabelWindow.without_rows`: its rows are records of the label store."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is LabelWindow:
+            return window_from_state, (obj.without_rows().__dict__,)
+        return NotImplemented
 
 
 @dataclass
@@ -203,6 +216,9 @@ class Training:
     def __post_init__(self) -> None:
         # Each line's own score just before it learned the pair, and the served probability (what the business saw).
         self.quality = {role: RollingQuality(self.quality_window, self.threshold) for role in QUALITY_ROLES}
+        # The gbdt windows whose rows the label store holds as of the last staging; None: not known (a new session):
+        # the next staging deletes any other window's rows.
+        self.window_ids: set[str] | None = None
 
     # ---- the head ----------------------------------------------------------------------------------------------
 
@@ -454,10 +470,33 @@ class Training:
         self.recent = OrderedDict()
         self.audit = None
         self.converted = old
+        self.window_ids = None
+
+    def windows(self) -> list[LabelWindow]:
+        """The gbdt lines' windows of labels (none for the other families)."""
+        return [w for m in (self.champion, self.challenger) if m is not None and (w := m.label_window) is not None]
+
+    def stage_windows(self) -> int:
+        """Put the window slots written since the last call in the label store's changes (and, when the windows
+        changed - a line replaced, a challenger changed, a new session - delete any other window's rows): publish
+        them with the state. Returns the slots staged."""
+        windows = self.windows()
+        live = {w.id for w in windows}
+        if live != self.window_ids:
+            deleted = self.labels.delete_windows_except(live)
+            if deleted:
+                log.info("trainer label store: %d rows of former gbdt windows deleted", deleted)
+            self.window_ids = live
+        return sum(self.labels.put_window_rows(w.id, w.changed()) for w in windows)
 
     def state_parts(self) -> list[bytes]:
-        """The state as pickles (one: the models and figures; a list, for the format the trainer signs)."""
-        return [pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)]
+        """The state as pickles (one: the models and figures; a list, for the format the trainer signs). The gbdt
+        windows go without their rows: those written since the last call are staged in the label store's changes
+        (:meth:`stage_windows`), to be published in the same transaction."""
+        self.stage_windows()
+        buffer = io.BytesIO()
+        _StatePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(self)
+        return [buffer.getvalue()]
 
     @classmethod
     def from_parts(
@@ -479,6 +518,13 @@ class Training:
         if labels is not None:
             training.labels = labels
             labels.line = training.labels_line
+        for window in training.windows():
+            if not window.names or window.rows:  # empty, or pickled with its rows (a state from before)
+                continue
+            window_id, held = window.id, len(window)
+            if not window.restore(training.labels.window_rows(window_id)):
+                log.error("trainer state: the label store lacks rows of the gbdt window %s (%d held): the window "
+                          "starts empty and fills again", window_id, held)  # fmt: skip
         if training.converted:
             dropped = 0
             for part in parts[1:]:
