@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,22 @@ def labelled_features(config: SimulatorConfig) -> list[tuple[dict[str, float], b
     settings = load({"MODEL_NAME": DEFAULT_MODEL})
     events = wire_events(config, 7 * 86400.0, transactions=txs)
     return [(p.features, fraud[p.tx_id]) for p in replay_offline(events, settings) if isinstance(p, Prediction)]
+
+
+def cached_features(config: SimulatorConfig, cache: Path | None) -> list[tuple[dict[str, float], bool]]:
+    """:func:`labelled_features`, kept in ``cache`` (keyed by the run's configuration) when given."""
+    key = repr(config)
+    if cache is not None and cache.exists():
+        with cache.open("rb") as f:
+            saved = pickle.load(f)  # noqa: S301 - a file this script wrote
+        if saved["config"] == key:
+            return list(saved["pairs"])
+        print(f"{cache} holds another run's features: replaying", flush=True)
+    pairs = labelled_features(config)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps({"config": key, "pairs": pairs}, protocol=pickle.HIGHEST_PROTOCOL))
+    return pairs
 
 
 def trained(name: str, pairs: list[tuple[dict[str, float], bool]]) -> tuple[FraudModel, list[float], float]:
@@ -101,11 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=400, help="timed calls per model and batch size")
     parser.add_argument("--wall-clock", action="store_true", help="time calls by the wall clock, not CPU time")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--features-cache",
+        type=Path,
+        default=None,
+        help="a pickle of the run's features: written after the replay, read instead of it when there (the replay "
+        "takes minutes on a loaded machine; the same options give the same features)",
+    )
     args = parser.parse_args(argv)
 
     config = SimulatorConfig(n_customers=args.customers, n_terminals=args.terminals, n_days=args.days, seed=args.seed)
     started = time.perf_counter()
-    pairs = labelled_features(config)
+    pairs = cached_features(config, args.features_cache)
     cut = int(len(pairs) * 0.8)
     held_out = [x for x, _ in pairs[cut:]]
     frauds = sum(y for _, y in pairs)
