@@ -5,14 +5,15 @@ model measured in the same run (the machine is shared: read the ratios).
 
     python scripts/bench_models.py                                       # 300 customers, 600 terminals, 70 days
     python scripts/bench_models.py --models gbdt gbdt:trees=60 --out results/models.json
+    python scripts/bench_models.py --block 100 --features-cache /tmp/features.pkl   # hot; the replay kept
 
 No Kafka. The features are the product's, as the worker computes them: a simulated run replayed through the offline
 path (:func:`app.learning.offline.replay_offline`, the default model). Each model learns the first 80 % of the
 transactions in time order with their labels (``learn_one``: a gbdt retrains on its own cadence, each retrain
 timed), then scores the last 20 %: ``score_many`` on consecutive slices of each batch size (the models take turns
-call by call, so a noisy moment hits all of them), and ``score_one`` one by one, the path before batches. A cost per
-transaction is a call's CPU time (the calling thread's; ``--wall-clock``: elapsed) over its batch size;
-percentiles are over calls.
+call by call, so a noisy moment hits all of them; ``--block 100``: 100 calls each, a model measured alone and hot),
+and ``score_one`` one by one, the path before batches. A cost per transaction is a call's CPU time (the calling
+thread's; ``--wall-clock``: elapsed) over its batch size; percentiles are over calls.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["gbdt"], help="beside the default model, always measured")
     parser.add_argument("--calls", type=int, default=400, help="timed calls per model and batch size")
+    parser.add_argument("--block", type=int, default=1, help="consecutive calls of a model before the next one's "
+                        "turn: 1 alternates call by call (a noisy moment hits all); 100 measures each model hot, its "
+                        "arrays warm in the cache (the calls of each batch size taken in blocks, the models still "
+                        "alternating block by block)")  # fmt: skip
     parser.add_argument("--wall-clock", action="store_true", help="time calls by the wall clock, not CPU time")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -164,20 +169,22 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (*BATCHES, 0):  # 0: score_one, one call per transaction
         size = max(1, batch)
         samples: dict[str, list[float]] = {name: [] for name in names}
-        for call in range(args.calls):
-            at = (call * size) % max(1, len(held_out) - size)
+        block = max(1, args.block)
+        for first in range(0, args.calls, block):
             for name in names:
                 model = models[name]
-                # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
-                xs = [dict(x) for x in held_out[at : at + size]]
-                if batch:
-                    t0 = clock()
-                    model.score_many(xs)
-                    samples[name].append((clock() - t0) / size)
-                else:
-                    t0 = clock()
-                    model.score_one(xs[0])
-                    samples[name].append(clock() - t0)
+                for call in range(first, min(first + block, args.calls)):
+                    at = (call * size) % max(1, len(held_out) - size)
+                    # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
+                    xs = [dict(x) for x in held_out[at : at + size]]
+                    if batch:
+                        t0 = clock()
+                        model.score_many(xs)
+                        samples[name].append((clock() - t0) / size)
+                    else:
+                        t0 = clock()
+                        model.score_one(xs[0])
+                        samples[name].append(clock() - t0)
         for name in names:
             results[name]["score_many_us_per_tx" if batch else "score_one_us"] = (
                 results[name]["score_many_us_per_tx"] | {str(batch): per_tx_us(samples[name])}

@@ -40,6 +40,8 @@ def test_compiled_trees_score_what_lightgbm_predicts(seed: int) -> None:
     assert trees.probabilities(x) == booster.predict(x).tolist()  # type: ignore[attr-defined]
     for i in (0, 7, 499):  # alone, through the one-row walk
         assert trees.raw(x[i : i + 1])[0] == raw[i]
+    for rows in (2, 3, 9):  # small batches: the sum over the trees is still sequential
+        assert np.array_equal(trees.raw(x[10 : 10 + rows]), raw[10 : 10 + rows])
     assert trees.depth <= 5 and trees.trees == 40
     shifted = CompiledTrees(booster, trees.names, offset=-1.25)
     assert np.array_equal(shifted.raw(x), trees.raw(x) - 1.25)
