@@ -192,24 +192,33 @@ class CompiledTrees:
         """The leaf each row of ``x`` (rows, features) reaches in each tree: (trees, rows) node indices.
 
         Tree-major, so the sum over the trees is a reduction over the first axis (sequential, see :meth:`raw`) and
-        the batch's features are read from ``x`` transposed, a row of it per feature. The roots' level needs no
-        gather of nodes (every row starts at the same roots): one copy of the roots' feature rows and one
-        comparison; each level after is a gather of the nodes' features, of their values in ``x`` and of their
-        thresholds, one comparison and one gather of the children, over trees x rows."""
+        the batch's features are read from ``x`` transposed, a row of it per feature. The first two levels need no
+        gather of nodes: every row starts at the same roots, so the roots' and their children's values are whole
+        rows of ``x`` transposed, compared with each node's threshold at once, and the second level's node is chosen
+        between the two children's outcomes by the first comparison. Each level after is a gather of the nodes'
+        features, of their values in ``x`` and of their thresholds, one comparison and one gather of the children,
+        over trees x rows."""
         rows = x.shape[0]
         columns_t = np.ascontiguousarray(x.T)  # (features, rows): a root level's values are whole rows of it
         if not len(self.roots):
             return np.zeros((0, rows), dtype=np.intp)
+        feature, threshold, left = self.feature, self.threshold, self.left
+
+        def outcome(nodes: np.ndarray) -> np.ndarray:
+            """Each of ``nodes``' next node for every row (trees, rows): its left child, plus 1 where x goes right."""
+            right = columns_t.take(feature.take(nodes), axis=0) > threshold.take(nodes)[:, None]
+            return left.take(nodes)[:, None] + right
+
         roots = self.roots
-        node = self.left.take(roots)[:, None] + (columns_t.take(self.feature.take(roots), axis=0)
-                                                 > self.threshold.take(roots)[:, None])  # fmt: skip
         if self.depth <= 1:
-            return node
+            return outcome(roots)
+        first = left.take(roots)  # a leaf root is its own child, and has no right one: it never goes right
+        goes_right = columns_t.take(feature.take(roots), axis=0) > threshold.take(roots)[:, None]
+        node = np.where(goes_right, outcome(first + (first != roots)), outcome(first))
         flat = columns_t.ravel()
-        feature_at = self.feature * rows  # the start of each node's feature row in ``flat``
+        feature_at = feature * rows  # the start of each node's feature row in ``flat``
         row = np.arange(rows, dtype=np.intp)
-        threshold, left = self.threshold, self.left
-        for _ in range(self.depth - 1):
+        for _ in range(self.depth - 2):
             columns = feature_at.take(node)
             columns += row
             following = left.take(node)
