@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['trainer_copy_bytes']:,} |")  # fmt: skip
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "results": results}, indent=2))
+        args.out.write_text(
+            json.dumps({"config": vars(args) | {"out": str(args.out)}, "results": results}, indent=2, default=str)
+        )
     return 0
 
 
