@@ -5,20 +5,22 @@ model measured in the same run (the machine is shared: read the ratios).
 
     python scripts/bench_models.py                                       # 300 customers, 600 terminals, 70 days
     python scripts/bench_models.py --models gbdt gbdt:trees=60 --out results/models.json
+    python scripts/bench_models.py --block 100 --features-cache /tmp/features.pkl   # hot; the replay kept
 
 No Kafka. The features are the product's, as the worker computes them: a simulated run replayed through the offline
 path (:func:`app.learning.offline.replay_offline`, the default model). Each model learns the first 80 % of the
 transactions in time order with their labels (``learn_one``: a gbdt retrains on its own cadence, each retrain
 timed), then scores the last 20 %: ``score_many`` on consecutive slices of each batch size (the models take turns
-call by call, so a noisy moment hits all of them), and ``score_one`` one by one, the path before batches. A cost per
-transaction is a call's CPU time (the calling thread's; ``--wall-clock``: elapsed) over its batch size;
-percentiles are over calls.
+call by call, so a noisy moment hits all of them; ``--block 100``: 100 calls each, a model measured alone and hot),
+and ``score_one`` one by one, the path before batches. A cost per transaction is a call's CPU time (the calling
+thread's; ``--wall-clock``: elapsed) over its batch size; percentiles are over calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -50,6 +52,22 @@ def labelled_features(config: SimulatorConfig) -> list[tuple[dict[str, float], b
     settings = load({"MODEL_NAME": DEFAULT_MODEL})
     events = wire_events(config, 7 * 86400.0, transactions=txs)
     return [(p.features, fraud[p.tx_id]) for p in replay_offline(events, settings) if isinstance(p, Prediction)]
+
+
+def cached_features(config: SimulatorConfig, cache: Path | None) -> list[tuple[dict[str, float], bool]]:
+    """:func:`labelled_features`, kept in ``cache`` (keyed by the run's configuration) when given."""
+    key = repr(config)
+    if cache is not None and cache.exists():
+        with cache.open("rb") as f:
+            saved = pickle.load(f)  # noqa: S301 - a file this script wrote
+        if saved["config"] == key:
+            return list(saved["pairs"])
+        print(f"{cache} holds another run's features: replaying", flush=True)
+    pairs = labelled_features(config)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps({"config": key, "pairs": pairs}, protocol=pickle.HIGHEST_PROTOCOL))
+    return pairs
 
 
 def trained(name: str, pairs: list[tuple[dict[str, float], bool]]) -> tuple[FraudModel, list[float], float]:
@@ -99,13 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["gbdt"], help="beside the default model, always measured")
     parser.add_argument("--calls", type=int, default=400, help="timed calls per model and batch size")
+    parser.add_argument("--block", type=int, default=1, help="consecutive calls of a model before the next one's "
+                        "turn: 1 alternates call by call (a noisy moment hits all); 100 measures each model hot, its "
+                        "arrays warm in the cache (the calls of each batch size taken in blocks, the models still "
+                        "alternating block by block)")  # fmt: skip
     parser.add_argument("--wall-clock", action="store_true", help="time calls by the wall clock, not CPU time")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--features-cache",
+        type=Path,
+        default=None,
+        help="a pickle of the run's features: written after the replay, read instead of it when there (the replay "
+        "takes minutes on a loaded machine; the same options give the same features)",
+    )
     args = parser.parse_args(argv)
 
     config = SimulatorConfig(n_customers=args.customers, n_terminals=args.terminals, n_days=args.days, seed=args.seed)
     started = time.perf_counter()
-    pairs = labelled_features(config)
+    pairs = cached_features(config, args.features_cache)
     cut = int(len(pairs) * 0.8)
     held_out = [x for x, _ in pairs[cut:]]
     frauds = sum(y for _, y in pairs)
@@ -140,20 +169,22 @@ def main(argv: list[str] | None = None) -> int:
     for batch in (*BATCHES, 0):  # 0: score_one, one call per transaction
         size = max(1, batch)
         samples: dict[str, list[float]] = {name: [] for name in names}
-        for call in range(args.calls):
-            at = (call * size) % max(1, len(held_out) - size)
+        block = max(1, args.block)
+        for first in range(0, args.calls, block):
             for name in names:
                 model = models[name]
-                # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
-                xs = [dict(x) for x in held_out[at : at + size]]
-                if batch:
-                    t0 = clock()
-                    model.score_many(xs)
-                    samples[name].append((clock() - t0) / size)
-                else:
-                    t0 = clock()
-                    model.score_one(xs[0])
-                    samples[name].append(clock() - t0)
+                for call in range(first, min(first + block, args.calls)):
+                    at = (call * size) % max(1, len(held_out) - size)
+                    # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
+                    xs = [dict(x) for x in held_out[at : at + size]]
+                    if batch:
+                        t0 = clock()
+                        model.score_many(xs)
+                        samples[name].append((clock() - t0) / size)
+                    else:
+                        t0 = clock()
+                        model.score_one(xs[0])
+                        samples[name].append(clock() - t0)
         for name in names:
             results[name]["score_many_us_per_tx" if batch else "score_one_us"] = (
                 results[name]["score_many_us_per_tx"] | {str(batch): per_tx_us(samples[name])}
@@ -182,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['trainer_copy_bytes']:,} |")  # fmt: skip
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "results": results}, indent=2))
+        args.out.write_text(
+            json.dumps({"config": vars(args) | {"out": str(args.out)}, "results": results}, indent=2, default=str)
+        )
     return 0
 
 

@@ -41,6 +41,8 @@ def test_compiled_trees_score_what_lightgbm_predicts(seed: int) -> None:
     assert trees.probabilities(x) == booster.predict(x).tolist()  # type: ignore[attr-defined]
     for i in (0, 7, 499):  # alone, through the one-row walk
         assert trees.raw(x[i : i + 1])[0] == raw[i]
+    for rows in (2, 3, 9):  # small batches: the sum over the trees is still sequential
+        assert np.array_equal(trees.raw(x[10 : 10 + rows]), raw[10 : 10 + rows])
     assert trees.depth <= 5 and trees.trees == 40
     shifted = CompiledTrees(booster, trees.names, offset=-1.25)
     assert np.array_equal(shifted.raw(x), trees.raw(x) - 1.25)
@@ -317,3 +319,30 @@ def test_a_state_pickled_with_its_window_rows_keeps_them_and_writes_them_once() 
     assert len(restored.labels.changes()) == len(window) > 0
     restored.state_parts()
     assert len(restored.labels.changes()) == len(window)  # once: still the same staged slots
+
+
+class _Dumped:
+    """A booster's dump without LightGBM: the trees given, as ``dump_model`` returns them."""
+
+    def __init__(self, trees: list[dict[str, object]]) -> None:
+        self.trees = trees
+
+    def dump_model(self) -> dict[str, object]:
+        return {"tree_info": [{"tree_structure": tree} for tree in self.trees]}
+
+
+def _split(feature: int, threshold: float, left: dict[str, object], right: dict[str, object]) -> dict[str, object]:
+    return {"split_index": 0, "decision_type": "<=", "split_feature": feature, "threshold": threshold,
+            "internal_value": 0.0, "left_child": left, "right_child": right}  # fmt: skip
+
+
+def test_trees_of_one_leaf_anywhere_score_their_leaf_alone_and_in_batches() -> None:
+    """A tree that is a single leaf (LightGBM's when no split gains) after deeper ones, the last node of all: the
+    batch walk's first levels must not read past it."""
+    deep = _split(0, 0.5, _split(1, 0.0, {"leaf_value": 1.0}, {"leaf_value": 2.0}), {"leaf_value": 4.0})
+    trees = CompiledTrees(_Dumped([deep, {"leaf_value": 0.25}]), ["a", "b"])
+    x = np.array([[0.0, -1.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.0]])
+    expected = [1.25, 2.25, 4.25, 1.25]  # x <= threshold goes left, ties included
+    assert trees.raw(x).tolist() == expected
+    assert [trees.raw(x[i : i + 1])[0] for i in range(4)] == expected
+    assert [trees.score_row(x[i], 0)[0] for i in range(4)] == [p for p, _ in trees.score(x, 0)]
