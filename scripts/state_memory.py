@@ -26,6 +26,7 @@ import argparse
 import gc
 import json
 import pickle
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -190,6 +191,74 @@ def child(args: argparse.Namespace) -> None:
     }))  # fmt: skip
 
 
+def sizing(args: argparse.Namespace, configs: list[tuple[str, list[str]]]) -> None:
+    """The customer tiers alone at each size, no scorer and no store: every transaction's customer window (31 days:
+    the longest window and the lateness) kept in a real :class:`~app.state.two_tier.TwoTierCache` per partition as
+    ``PartitionState.apply`` keeps it, with each configuration's STATE_CUSTOMER_CACHE and STATE_CUSTOMER_PACKED_MB;
+    where each transaction found its customer (parsed, packed, the store, or new) over the last ``--tail-share``,
+    and the tiers' sizes at the end. Minutes where the whole path at 10x takes hours on a loaded machine."""
+    from app.features.engine import CustomerWindow
+    from app.serialization import loads
+    from app.settings import load
+    from app.state.customers import pack_window, unpack_window
+    from app.state.two_tier import TwoTierCache
+
+    horizon_s = 31 * DAY_S
+    for scale in args.scales:
+        path = Path(args.input_dir) / f"x{scale:g}.pickle" if args.input_dir else None
+        if path is None or not path.exists():
+            path = Path(tempfile.mkdtemp(prefix="state-memory-in-")) / f"x{scale:g}.pickle"
+            write_input(scale, args.days, path)
+        for name, env in configs:
+            settings = load(dict(kv.split("=", 1) for kv in env))
+            tiers = [TwoTierCache(settings.state_customer_cache, int(settings.state_customer_packed_mb * MIB),
+                                  pack_window, unpack_window) for _ in range(PARTITIONS)]  # fmt: skip
+            entries: dict[str, list[tuple[Any, ...]]] = {}
+            found = dict.fromkeys(("parsed", "packed", "store", "new"), 0)
+            done = 0
+            with path.open("rb") as f:
+                chunks = []
+                while True:
+                    try:
+                        chunks.append(pickle.load(f))
+                    except EOFError:
+                        break
+            total = sum(len(c) for c in chunks)
+            tail_from = int(total * (1 - args.tail_share))
+            for chunk in chunks:
+                for p, value, t, tx_id, _ in chunk:
+                    tx = loads(value)
+                    customer = tx["customer_id"]
+                    window = entries.setdefault(customer, [])
+                    cache = tiers[p]
+                    if done >= tail_from:
+                        where = "new" if not window else "parsed" if customer in cache.parsed else (
+                            "packed" if customer in cache.packed else "store")  # fmt: skip
+                        found[where] += 1
+                    window.append((t, float(tx["amount"]), sys.intern(tx["terminal_id"]), tx_id, done))
+                    while window[0][0] < t - horizon_s:
+                        window.pop(0)
+                    cache.keep(customer, CustomerWindow.of(window))
+                    done += 1
+            seen: set[int] = set()
+            parsed = sum(deep_window_bytes(w, seen) + sys.getsizeof(k) for c in tiers for k, w in c.parsed.items())
+            packed = sum(sys.getsizeof(v) + sys.getsizeof(k) for c in tiers for k, v in c.packed.items())
+            sample = [v for c in tiers for v in c.packed.values()][:2000]
+            t0 = time.thread_time()  # CPU time: on a loaded machine the wall clock counts the waits for a core
+            for raw in sample:
+                unpack_window(raw)
+            unpack_us = (time.thread_time() - t0) / max(1, len(sample)) * 1e6
+            tail = sum(found.values())
+            result = {
+                "transactions": done, "customers": len(entries),
+                "entries_mean": statistics.mean(len(w) for w in entries.values()),
+                "parsed": sum(len(c.parsed) for c in tiers), "parsed_mib": parsed / MIB,
+                "packed": sum(len(c.packed) for c in tiers), "packed_mib": packed / MIB,
+                "unpack_us": unpack_us, **{f"found_{k}": v / tail for k, v in found.items()},
+            }  # fmt: skip
+            print(f"sizing {name} {scale:g}x {json.dumps(result)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 10])
@@ -198,6 +267,8 @@ def main() -> None:
     parser.add_argument("--tail-share", type=float, default=0.25, help="the share of transactions CPU is timed on")
     parser.add_argument("--config", nargs="+", action="append", metavar="NAME [KEY=VALUE ...]",
                         help="a named configuration (settings over the defaults); default: 'defaults'")  # fmt: skip
+    parser.add_argument("--sizing", action="store_true", help="the customer tiers alone (see sizing())")
+    parser.add_argument("--input-dir", help="with --sizing: x<scale>.pickle files written before, if there")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
@@ -208,6 +279,9 @@ def main() -> None:
         child(args)
         return
     configs = [(c[0], c[1:]) for c in args.config] if args.config else [("defaults", [])]
+    if args.sizing:
+        sizing(args, configs)
+        return
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="state-memory-in-") as tmp:
         for scale in args.scales:
