@@ -80,7 +80,7 @@ class Settings:
     state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush
     state_backend: str = "rocksdb"  # rocksdb (production) | memory (tests): where the customer windows live
     state_customer_cache: int = 1_000  # parsed customer states kept in memory, per decision partition (an LRU)
-    state_customer_packed_mb: float = 8.0  # behind them, customers packed (~45 B an entry), MB per partition; 0: none
+    state_customer_packed_mb: float = 16.0  # behind them, customers packed (~45 B an entry), MB per partition; 0: none
     state_terminal_cache: int = 5_000  # parsed terminal states kept in memory (an LRU; every worker holds all)
     state_terminal_packed_mb: float = 0.0  # behind them, terminals as stored (~1.2 KB at 38 entries), MB; 0: none
     state_sweep_customers: int = 5_000  # customers the idle-expiry sweep reads from the store per sweep interval

@@ -5,6 +5,7 @@ Kafka. A pure stand-in for ``scripts/scale.py``'s RSS, minutes instead of most o
     python scripts/state_memory.py                                       # 1x and 10x, the settings' defaults
     python scripts/state_memory.py --config old STATE_CUSTOMER_CACHE=10000 STATE_CUSTOMER_PACKED_MB=0 \\
         --config new                                                     # two configurations, sizes alternating
+    python scripts/state_memory.py --sizing --config new --config old STATE_CUSTOMER_CACHE=10000  # customer tiers alone
 
 Each size is ``scripts/scale.py``'s world (2,000 x scale customers, 4,000 x scale terminals, ``--days`` days, the
 simulator's seed 0, 4 input partitions by customer), simulated once in this process and written to a file; each
