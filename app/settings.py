@@ -71,13 +71,16 @@ class Settings:
     data_dir: str = str(REPO_ROOT / ".data")
     # Local state (issue 16, app/state/rocksdb_store.py): memory bounded by these, not by the data held.
     state_dir: str = ""  # empty: DATA_DIR/state
-    state_block_cache_mb: int = 64  # one LRU cache of data, index and filter blocks for every store and partition
-    state_write_buffer_mb: int = 16  # one memtable
-    state_write_buffer_count: int = 3  # memtables per partition; times STATE_WRITE_BUFFER_MB: the worker's budget
+    # The defaults below are sized so that a 1x population (scripts/scale.py: ~500 customers a partition) fits the
+    # parsed caches and a larger one spills into the packed tier and the store: memory set by these, not by the
+    # population (BENCHMARKS.md "State at scale (issue 16), tenth part").
+    state_block_cache_mb: int = 32  # one LRU cache of data, index and filter blocks for every store and partition
+    state_write_buffer_mb: int = 8  # one memtable
+    state_write_buffer_count: int = 2  # memtables per partition; times STATE_WRITE_BUFFER_MB: the worker's budget
     state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush
     state_backend: str = "rocksdb"  # rocksdb (production) | memory (tests): where the customer windows live
-    state_customer_cache: int = 10_000  # parsed customer states kept in memory, per decision partition (an LRU)
-    state_customer_packed_mb: float = 0.0  # behind them, customers packed (~45 B an entry), MB per partition; 0: none
+    state_customer_cache: int = 1_000  # parsed customer states kept in memory, per decision partition (an LRU)
+    state_customer_packed_mb: float = 16.0  # behind them, customers packed (~45 B an entry), MB per partition; 0: none
     state_terminal_cache: int = 5_000  # parsed terminal states kept in memory (an LRU; every worker holds all)
     state_terminal_packed_mb: float = 0.0  # behind them, terminals as stored (~1.2 KB at 38 entries), MB; 0: none
     state_sweep_customers: int = 5_000  # customers the idle-expiry sweep reads from the store per sweep interval

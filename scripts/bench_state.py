@@ -134,9 +134,9 @@ class World:
 
     def set_customer_cache(self, size: int) -> None:
         for state in self.scorer.partitions.values():
-            state.cache_size = size
-            while len(state.cache) > size:
-                state.cache.popitem(last=False)
+            state.cache_size = state.caches.size = size
+            while len(state.caches.parsed) > size:
+                state.caches.parsed.popitem(last=False)
 
     def miss_us(self, n: int) -> tuple[float, float]:
         """CPU µs of one customer read from the store (the cache bypassed): the store read alone, and with the parse."""
@@ -169,31 +169,33 @@ class World:
 
         a = self.aggregates
         a.flush({})
-        a.packed.clear()
-        a.packed_bytes = 0
-        a.packed_cache_bytes = int(budget_mb * 2**20)
+        a.caches.packed.clear()
+        a.caches.packed_bytes = 0
+        a.caches.packed_budget_bytes = int(budget_mb * 2**20)
         if not budget_mb or a.store is None:
             return
         n = len(TERMINAL_PREFIX)
         for key, raw in a.store.iter_prefix(TERMINAL_PREFIX):
             terminal_id = key[n:].decode()
-            if terminal_id in a.cache:
+            if terminal_id in a.caches.parsed:
                 continue
-            if a.packed_bytes + len(raw) > a.packed_cache_bytes:
+            if a.caches.packed_bytes + len(raw) > a.caches.packed_budget_bytes:
                 break
-            a.packed[terminal_id] = raw
-            a.packed_bytes += len(raw)
+            a.caches.packed[terminal_id] = raw
+            a.caches.packed_bytes += len(raw)
 
     def customers_cached(self) -> int:
-        return sum(len(p.cache) for p in self.scorer.partitions.values())
+        return sum(len(p.caches.parsed) for p in self.scorer.partitions.values())
 
     def terminals_held(self) -> str:
         """Terminals parsed in memory, and packed (MB) where the code has a packed cache."""
-        packed = getattr(self.aggregates, "packed", None)
-        held = f"{len(self.aggregates.cache):,}"
-        if packed is None:
-            return held
-        return f"{held} + {len(packed):,} packed ({self.aggregates.packed_bytes / 2**20:.1f} MB)"
+        a = self.aggregates
+        caches = getattr(a, "caches", None)
+        if caches is None:  # the code before the two-tier cache (a baseline checkout)
+            packed = getattr(a, "packed", None)
+            held = f"{len(a.cache):,}"
+            return held if packed is None else f"{held} + {len(packed):,} packed ({a.packed_bytes / 2**20:.1f} MB)"
+        return f"{len(caches.parsed):,} + {len(caches.packed):,} packed ({caches.packed_bytes / 2**20:.1f} MB)"
 
 
 def packed_terminals(settings: Any) -> dict[str, int]:

@@ -61,7 +61,7 @@ def test_a_customer_read_back_from_the_store_holds_no_tracked_entry() -> None:
     entries = [(i * 60.0, 1.0 + i, "k1", f"tx{i}", i) for i in range(20)]
     partition.apply({entry_key("c1", e[3]): entry_value(e) for e in entries}, 21, {}, [])
     state = partition.customer("c1")
-    assert list(state) == entries and "c1" in partition.cache
+    assert list(state) == entries and "c1" in partition.caches.parsed
     assert walks_no_entry(state)
 
 
@@ -77,11 +77,11 @@ def test_the_terminals_cached_waiting_for_the_flush_and_read_back_hold_no_tracke
     aggregates = TerminalAggregates(7.0, DAY_S, 38 * DAY_S, MemoryStore("terminals").open_partition(0))
     for i in range(300):
         aggregates.add(f"k{i % 10}", i * 600.0, f"tx{i}")
-    held = [*aggregates.cache.values(), *aggregates.dirty.values()]
+    held = [*aggregates.caches.parsed.values(), *aggregates.dirty.values()]
     assert len(held) == 20 and all(len(state) == 30 for state in held)
     assert all(walks_no_entry(state) for state in held)
     aggregates.flush({})
-    aggregates.cache.clear()
+    aggregates.caches.parsed.clear()
     state = aggregates.state("k3")
-    assert len(state) == 30 and "k3" in aggregates.cache
+    assert len(state) == 30 and "k3" in aggregates.caches.parsed
     assert walks_no_entry(state)

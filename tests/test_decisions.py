@@ -187,8 +187,8 @@ def test_the_store_takes_the_changelog_offset_the_commit_reached_and_memory_keep
         batch.produced_to = 10 * (i + 1)  # what the transactional loop reads from the produced records' metadata
         batch.on_commit()  # type: ignore[misc]
     assert state.store.committed_offset == 40 and state.customer_count == 4 and state.next_offset == 4
-    assert list(state.cache) == ["c2", "c3"]  # the two most recent; the others are read from the store
-    assert [len(state.customer(f"c{i}")) for i in range(4)] == [1, 1, 1, 1] and len(state.cache) == 2
+    assert list(state.caches.parsed) == ["c2", "c3"]  # the two most recent; the others are read from the store
+    assert [len(state.customer(f"c{i}")) for i in range(4)] == [1, 1, 1, 1] and len(state.caches.parsed) == 2
     reopened = handler.open_state(0)  # what a restore finds in the store
     assert (reopened.next_offset, reopened.customer_count, reopened.stream_time_s) == (4, 4, state.stream_time_s)
 

@@ -51,9 +51,12 @@ def test_tiny_parsed_and_packed_caches_give_the_same_predictions_and_states() ->
     assert [{k: v for k, v in loads(p).items() if k not in drop} for p in tiny] == strip
     assert [{k: v for k, v in loads(p).items() if k not in drop} for p in store_only] == strip
     state, small_state = big.partitions[0], small.partitions[0]
-    assert 0 < small_state.packed_bytes <= small_state.packed_cache_bytes and len(small_state.cache) == 3
-    assert small_state.packed_bytes == sum(len(v) for v in small_state.packed.values())
-    assert not set(small_state.packed) & set(small_state.cache)
+    assert (
+        0 < small_state.caches.packed_bytes <= small_state.caches.packed_budget_bytes
+        and len(small_state.caches.parsed) == 3
+    )
+    assert small_state.caches.packed_bytes == sum(len(v) for v in small_state.caches.packed.values())
+    assert not set(small_state.caches.packed) & set(small_state.caches.parsed)
     for customer_id in state.customer_ids():
         assert small_state.peek(customer_id) == state.peek(customer_id) == state.read(customer_id)
         assert small_state.customer(customer_id) == state.customer(customer_id)
@@ -65,10 +68,14 @@ def test_a_packed_customer_is_dropped_when_it_changes_or_expires() -> None:
     updates = {entry_key(c, e[3]): entry_value(e) for c, es in entries.items() for e in es}
     state.apply(updates, 1, {}, [])
     a, b = state.customer("a"), state.customer("b")  # a goes to the packed cache
-    assert list(state.cache) == ["b"] and list(state.packed) == ["a"] and unpack_window(state.packed["a"]) == a
+    assert (
+        list(state.caches.parsed) == ["b"]
+        and list(state.caches.packed) == ["a"]
+        and unpack_window(state.caches.packed["a"]) == a
+    )
     newer = a.since(2)
     state.apply({entry_key("a", e[3]): None for e in entries["a"][:2]}, 2, {"a": newer}, [])
-    assert list(state.cache) == ["a"] and list(state.packed) == ["b"] and state.customer("a") == newer
+    assert list(state.caches.parsed) == ["a"] and list(state.caches.packed) == ["b"] and state.customer("a") == newer
     state.apply({entry_key("b", e[3]): None for e in entries["b"]}, 3, {}, ["b"])
-    assert not state.packed and state.packed_bytes == 0 and not state.customer("b")
+    assert not state.caches.packed and state.caches.packed_bytes == 0 and not state.customer("b")
     assert pack_window(b) is not None and unpack_window(pack_window(b) or b"") == b

@@ -101,9 +101,9 @@ def test_tiny_parsed_and_packed_terminal_caches_give_the_same_predictions_and_st
     assert any(p["features"]["terminal_risk_30day_delay"] > 0 for p in whole)  # frauds were looked up
     assert tiny == whole and store_only == whole
     assert small_states == big_states == none_states and small.all_states() == big.all_states()
-    assert len(small.cache) == 3 and 0 < small.packed_bytes <= small.packed_cache_bytes
-    assert small.packed_bytes == sum(len(v) for v in small.packed.values())
-    assert not set(small.packed) & set(small.cache) and not none.packed
+    assert len(small.caches.parsed) == 3 and 0 < small.caches.packed_bytes <= small.caches.packed_budget_bytes
+    assert small.caches.packed_bytes == sum(len(v) for v in small.caches.packed.values())
+    assert not set(small.caches.packed) & set(small.caches.parsed) and not none.caches.packed
     for terminal_id in big.all_states():
         assert small.peek(terminal_id) == big.peek(terminal_id) == none.peek(terminal_id)
         assert small.state(terminal_id) == big.state(terminal_id)
@@ -117,15 +117,19 @@ def test_a_packed_terminal_is_dropped_when_it_changes_or_expires() -> None:
     for i in range(5):
         a.add("old", i * 60.0, f"o{i}")
         a.add("new", 30 * DAY_S + i * 60.0, f"n{i}")
-    assert list(a.cache) == ["new"] and list(a.packed) == ["old"]  # packed unflushed: "dirty" is read first
+    assert list(a.caches.parsed) == ["new"] and list(a.caches.packed) == [
+        "old"
+    ]  # packed unflushed: "dirty" is read first
     a.flush({})
-    packed_old = decode_state(a.packed["old"])
-    assert a.state("old") == packed_old and list(a.cache) == ["old"] and list(a.packed) == ["new"]
-    assert a.packed_bytes == len(a.packed["new"])
+    packed_old = decode_state(a.caches.packed["old"])
+    assert a.state("old") == packed_old and list(a.caches.parsed) == ["old"] and list(a.caches.packed) == ["new"]
+    assert a.caches.packed_bytes == len(a.caches.packed["new"])
     a.add("new", 30 * DAY_S + 600.0, "n5")  # a change: parsed again, the packed copy gone
-    assert list(a.cache) == ["new"] and list(a.packed) == ["old"] and len(a.state("new")) == 6
+    assert list(a.caches.parsed) == ["new"] and list(a.caches.packed) == ["old"] and len(a.state("new")) == 6
     a.stream_time_s = 39 * DAY_S + 1.0  # "old" is past the TTL
-    assert a.sweep() == 1 and "old" not in a.packed and "old" not in a.cache and a.packed_bytes == 0
+    assert (
+        a.sweep() == 1 and "old" not in a.caches.packed and "old" not in a.caches.parsed and a.caches.packed_bytes == 0
+    )
     a.flush({})
     assert not a.state("old") and list(a.all_states()) == ["new"]
 
@@ -138,10 +142,12 @@ def test_the_packed_cache_keeps_to_its_budget_and_peek_and_prefetch_leave_it_be(
         for i in range(4):
             a.add(f"k{k}", i * 60.0 + k, f"{k}-{i}")
     a.flush({})
-    assert len(a.cache) == 2 and 0 < a.packed_bytes <= 1_000
-    assert a.packed_bytes == sum(len(v) for v in a.packed.values())
-    held = list(a.packed)
-    assert a.peek(held[0]) == decode_state(a.packed[held[0]]) and list(a.packed) == held  # peek moves nothing
+    assert len(a.caches.parsed) == 2 and 0 < a.caches.packed_bytes <= 1_000
+    assert a.caches.packed_bytes == sum(len(v) for v in a.caches.packed.values())
+    held = list(a.caches.packed)
+    assert (
+        a.peek(held[0]) == decode_state(a.caches.packed[held[0]]) and list(a.caches.packed) == held
+    )  # peek moves nothing
     reads: list[bytes] = []
     store = a.store
     assert store is not None
@@ -153,8 +159,8 @@ def test_the_packed_cache_keeps_to_its_budget_and_peek_and_prefetch_leave_it_be(
         return real(keys)
 
     store.get_many = counted  # type: ignore[method-assign]
-    a.prefetch([held[-1], "k0", *a.cache])  # only "k0" (neither parsed nor packed) is read from the store
-    assert reads == [terminals.TERMINAL_PREFIX + b"k0"] and held[-1] in a.packed
+    a.prefetch([held[-1], "k0", *a.caches.parsed])  # only "k0" (neither parsed nor packed) is read from the store
+    assert reads == [terminals.TERMINAL_PREFIX + b"k0"] and held[-1] in a.caches.packed
     assert a.state(held[-1]) == [(i * 60.0 + int(held[-1][1:]), f"{held[-1][1:]}-{i}", i) for i in range(4)]
 
 

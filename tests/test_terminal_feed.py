@@ -64,7 +64,7 @@ def test_a_small_cache_gives_the_same_features_as_holding_everything(tmp_path: P
         whole.add(terminal, t, tx_id)
         if i % 97 == 0:
             small.flush({"terminal-log/0": i + 1})
-    assert len(small.cache) <= 3
+    assert len(small.caches.parsed) <= 3
     assert small.all_states() == whole.all_states()
     store.close()
 

@@ -18,7 +18,6 @@ import struct
 import sys
 import time
 from array import array
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from app.features.engine import EMPTY_WINDOW, CustomerState, CustomerWindow
 from app.serialization import dumps, loads
 from app.state.store import StorePartition
+from app.state.two_tier import TwoTierCache
 
 POSITION_KEY = b"\x00position"  # a changelog record: the partition's stream time, next input offset, customers
 ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: one small record per entry
@@ -35,11 +35,12 @@ ENTRY_KEY_SEPARATOR = "\x1f"  # changelog keys are ``customer_id \x1f tx_id``: o
 class PartitionState:
     """One input partition's committed customers (in ``store``), its stream time and where its input stands.
 
-    Two caches in front of the store, both of committed states only: ``cache_size`` parsed customers (least
-    recently used go first), and behind them, up to ``packed_cache_bytes``, the customers the first dropped, packed
-    (:func:`pack_window`: ~45 bytes an entry instead of ~100 parsed, unpacked in a few C calls where a store read
-    costs a prefix iteration and a JSON parse). A customer is in one of them at most. The store is the truth; all
-    three change only in :meth:`apply`, after the batch's Kafka transaction committed."""
+    Two caches in front of the store (``caches``, a :class:`~app.state.two_tier.TwoTierCache`), both of committed
+    states only: ``cache_size`` parsed customers (least recently used go first), and behind them, up to
+    ``packed_cache_bytes``, the customers the first dropped, packed (:func:`pack_window`: ~45 bytes an entry instead
+    of ~100 parsed, unpacked in a few C calls where a store read costs a prefix iteration and a JSON parse). A
+    customer is in one of them at most. The store is the truth; all three change only in :meth:`apply`, after the
+    batch's Kafka transaction committed."""
 
     store: StorePartition
     cache_size: int = 10_000
@@ -49,36 +50,25 @@ class PartitionState:
     customer_count: int = 0  # customers with at least one entry (carried in the position record)
     swept_at_s: float = field(default_factory=time.monotonic)
     sweep_from: bytes = b""  # the key the next idle-expiry slice starts at (b"": from the start)
-    cache: OrderedDict[str, CustomerState] = field(default_factory=OrderedDict)
-    packed: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
-    packed_bytes: int = 0  # the sum of the packed values' lengths
+    caches: TwoTierCache[CustomerState] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.caches = TwoTierCache(self.cache_size, self.packed_cache_bytes, pack_window, unpack_window)
 
     def customer(self, customer_id: str) -> CustomerState:
         """The committed state, kept in the cache (the decision path: the customer will likely come again)."""
-        cache = self.cache
-        value = cache.get(customer_id)
+        value = self.caches.get(customer_id)
         if value is not None:
-            cache.move_to_end(customer_id)
             return value
-        raw = self.packed.pop(customer_id, None)
-        if raw is not None:
-            self.packed_bytes -= len(raw)
-            value = unpack_window(raw)
-        else:
-            value = self.read(customer_id)
+        value = self.read(customer_id)
         if value:
-            self._keep(customer_id, value)
+            self.caches.keep(customer_id, value)
         return value
 
     def peek(self, customer_id: str) -> CustomerState:
         """The committed state, without changing what the caches keep (serving reads)."""
-        value = self.cache.get(customer_id)
-        if value is not None:
-            return value
-        raw = self.packed.get(customer_id)
-        if raw is not None:
-            return unpack_window(raw)
-        return self.read(customer_id)
+        value = self.caches.peek(customer_id)
+        return self.read(customer_id) if value is None else value
 
     def read(self, customer_id: str) -> CustomerState:
         """The committed state from the store (a miss of both caches)."""
@@ -108,13 +98,14 @@ class PartitionState:
                 transaction.put(key, raw)
         committed = self.store.committed_offset
         transaction.commit(offset if offset is not None else (committed or 0))
+        caches = self.caches
         for customer_id, value in changed.items():
             if value:
-                self._keep(customer_id, value)
+                caches.keep(customer_id, value)
             else:
-                self._forget(customer_id)
+                caches.forget(customer_id)
         for customer_id in removed:
-            self._forget(customer_id)
+            caches.forget(customer_id)
 
     def load_position(self) -> None:
         """Stream time, next input offset and customer count from the store's position entry (after a restore)."""
@@ -125,36 +116,6 @@ class PartitionState:
         self.next_offset = None if next_offset is None else int(next_offset)
         count = position.get("customers")
         self.customer_count = len(self.customer_ids()) if count is None else int(count)  # older records: count
-
-    def _keep(self, customer_id: str, value: CustomerState) -> None:
-        """``value`` as the customer's newest parsed state; the least recent past ``cache_size`` move to the
-        packed cache (the least recent of which go past its budget)."""
-        old = self.packed.pop(customer_id, None)
-        if old is not None:
-            self.packed_bytes -= len(old)
-        cache = self.cache
-        cache[customer_id] = value
-        cache.move_to_end(customer_id)
-        while len(cache) > self.cache_size:
-            dropped_id, dropped = cache.popitem(last=False)
-            if self.packed_cache_bytes > 0:
-                self._pack(dropped_id, dropped)
-
-    def _pack(self, customer_id: str, value: CustomerState) -> None:
-        raw = pack_window(value)
-        if raw is None:
-            return
-        packed = self.packed
-        packed[customer_id] = raw
-        self.packed_bytes += len(raw)
-        while self.packed_bytes > self.packed_cache_bytes and packed:
-            self.packed_bytes -= len(packed.popitem(last=False)[1])
-
-    def _forget(self, customer_id: str) -> None:
-        self.cache.pop(customer_id, None)
-        raw = self.packed.pop(customer_id, None)
-        if raw is not None:
-            self.packed_bytes -= len(raw)
 
 
 # A packed window: the entry count n (uint32), then the n times, the n amounts (doubles), the n seqs (int64), in this

@@ -62,9 +62,9 @@ MB = 1 << 20
 class RocksDBConfig:
     """Options shared by every store of a worker: the cache and the write-buffer budget are built once here."""
 
-    block_cache_mb: int = 64
-    write_buffer_mb: int = 16
-    write_buffer_count: int = 3
+    block_cache_mb: int = 32
+    write_buffer_mb: int = 8
+    write_buffer_count: int = 2
     wal: bool = True
     cache: Cache = field(init=False, repr=False)
     write_buffer_manager: WriteBufferManager = field(init=False, repr=False)

@@ -208,7 +208,7 @@ class TerminalFeed:
             elif not target:
                 self.caught_up.set()
             now = time.monotonic()
-            if aggregates.pending_changes >= aggregates.cache_size or (
+            if aggregates.pending_changes >= aggregates.caches.size or (
                 aggregates.pending_changes and now - last_flush >= self.flush_interval_s
             ):
                 last_flush = now

@@ -22,13 +22,13 @@ import itertools
 import struct
 import sys
 from array import array
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from app.features.engine import EMPTY_TERMINAL, TerminalWindow, newest_event_time_s, terminal_with_entry, terminal_x
 from app.serialization import dumps, loads
 from app.state.store import StorePartition
+from app.state.two_tier import TwoTierCache
 
 TERMINAL_PREFIX = b"k"  # b"k" + terminal_id -> the terminal's entries (encode_state)
 FRAUD_PREFIX = b"f"  # b"f" + tx_id -> known_s
@@ -159,14 +159,11 @@ class TerminalAggregates:
         self.lateness_s = lateness_s
         self.ttl_s = ttl_s
         self.store = store  # set by the feed when it opens the store (reads before that see no terminal)
-        self.cache_size = cache_size
-        self.cache: OrderedDict[str, Terminal] = OrderedDict()
-        # Behind the parsed cache, up to ``packed_cache_bytes``: the terminals it dropped, as their stored values
-        # (encode_state), so a parsed miss costs a decode instead of a store read. A terminal is in one at most; both
-        # hold its newest state (flushed or not: the changes not flushed are also in ``dirty``, read first).
-        self.packed_cache_bytes = packed_cache_bytes
-        self.packed: OrderedDict[str, bytes] = OrderedDict()
-        self.packed_bytes = 0  # the sum of the packed values' lengths
+        # ``cache_size`` parsed terminals and, behind them, up to ``packed_cache_bytes``: the terminals they dropped, as
+        # their stored values (encode_state), so a parsed miss costs a decode instead of a store read. A terminal is in
+        # one at most; both hold its newest state (flushed or not: the changes not flushed are also in ``dirty``, read
+        # first).
+        self.caches: TwoTierCache[Terminal] = TwoTierCache(cache_size, packed_cache_bytes, encode_state, decode_state)
         self.dirty: dict[str, Terminal] = {}  # changed since the last flush (an empty window: removed)
         self.dirty_frauds: dict[str, float | None] = {}
         self.frauds_known_s: dict[str, float] = {}
@@ -184,42 +181,34 @@ class TerminalAggregates:
         state = self.dirty.get(terminal_id)
         if state is not None:
             return state
-        cache = self.cache
-        state = cache.get(terminal_id)
+        state = self.caches.get(terminal_id)
         if state is not None:
-            cache.move_to_end(terminal_id)
             return state
-        raw = self.packed.pop(terminal_id, None)
-        if raw is not None:
-            self.packed_bytes -= len(raw)
-        elif self.store is not None:
-            raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode())
+        raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
         state = decode_state(raw) if raw is not None else EMPTY_TERMINAL
         if state:
-            self._keep(terminal_id, state)
+            self.caches.keep(terminal_id, state)
         return state
 
     def peek(self, terminal_id: str) -> Terminal:
         """:meth:`state` without changing what the cache keeps (serving reads)."""
         state = self.dirty.get(terminal_id)
         if state is None:
-            state = self.cache.get(terminal_id)
+            state = self.caches.peek(terminal_id)
         if state is None:
-            raw = self.packed.get(terminal_id)
-            if raw is None and self.store is not None:
-                raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode())
+            raw = self.store.get(TERMINAL_PREFIX + terminal_id.encode()) if self.store is not None else None
             state = decode_state(raw) if raw is not None else EMPTY_TERMINAL
         return state
 
     def prefetch(self, terminal_ids: Iterable[str]) -> None:
         """Read the terminals a batch will touch in one store call (the feed's catch-up: mostly cache misses)."""
-        missing = {k for k in terminal_ids if k not in self.dirty and k not in self.cache and k not in self.packed}
+        missing = {k for k in terminal_ids if k not in self.dirty and k not in self.caches}
         if not missing or self.store is None:
             return
         found = self.store.get_many(TERMINAL_PREFIX + k.encode() for k in missing)
         n = len(TERMINAL_PREFIX)
         for key, raw in found.items():
-            self._keep(key[n:].decode(), decode_state(raw))
+            self.caches.keep(key[n:].decode(), decode_state(raw))
 
     def features(
         self, terminal_id: str, t: float, tx_id: str, pending: Iterable[tuple[float, str]] = ()
@@ -256,7 +245,7 @@ class TerminalAggregates:
         if not before and state:
             self.terminal_count += 1
         self.dirty[terminal_id] = state
-        self._keep(terminal_id, state)  # never empty: pruning keeps the newest entry
+        self.caches.keep(terminal_id, state)  # never empty: pruning keeps the newest entry
         return True
 
     def add_scored(self, terminal_id: str, t: float, tx_id: str) -> None:
@@ -339,7 +328,7 @@ class TerminalAggregates:
         when the store never had a flush: nothing to resume from)."""
         store = self._opened()
         raw = store.get(META_KEY)
-        self._clear_caches()
+        self.caches.clear()
         self.dirty = {}
         self.dirty_frauds = {}
         self.added_here = {}
@@ -375,7 +364,7 @@ class TerminalAggregates:
             newest = newest_event_time_s(state) if state is not None else newest_stored_s(raw)
             if (state is None or state) and newest < horizon:
                 self.dirty[terminal_id] = EMPTY_TERMINAL
-                self._forget(terminal_id)
+                self.caches.forget(terminal_id)
                 self.terminal_count -= 1
                 removed += 1
         self.sweep_from = next_from
@@ -411,7 +400,7 @@ class TerminalAggregates:
                 transaction.put(TERMINAL_PREFIX + terminal_id.encode(), encode_state(state))
                 count += 1
             transaction.commit((store.committed_offset or 0) + 1)
-        self._clear_caches()
+        self.caches.clear()
         self.dirty = {}
         self.added_here = {}
         self.dirty_frauds = dict(frauds_known_s)
@@ -424,36 +413,3 @@ class TerminalAggregates:
         if self.store is None:
             raise RuntimeError("the terminal store is not open (the feed opens it when it starts)")
         return self.store
-
-    def _keep(self, terminal_id: str, state: Terminal) -> None:
-        """``state`` as the terminal's newest parsed state; the least recent past ``cache_size`` move to the packed
-        cache (the least recent of which go past its budget)."""
-        old = self.packed.pop(terminal_id, None)
-        if old is not None:
-            self.packed_bytes -= len(old)
-        cache = self.cache
-        cache[terminal_id] = state
-        cache.move_to_end(terminal_id)
-        while len(cache) > self.cache_size:
-            dropped_id, dropped = cache.popitem(last=False)
-            if self.packed_cache_bytes > 0:
-                self._pack(dropped_id, dropped)
-
-    def _pack(self, terminal_id: str, state: Terminal) -> None:
-        raw = encode_state(state)
-        packed = self.packed
-        packed[terminal_id] = raw
-        self.packed_bytes += len(raw)
-        while self.packed_bytes > self.packed_cache_bytes and packed:
-            self.packed_bytes -= len(packed.popitem(last=False)[1])
-
-    def _forget(self, terminal_id: str) -> None:
-        self.cache.pop(terminal_id, None)
-        raw = self.packed.pop(terminal_id, None)
-        if raw is not None:
-            self.packed_bytes -= len(raw)
-
-    def _clear_caches(self) -> None:
-        self.cache.clear()
-        self.packed.clear()
-        self.packed_bytes = 0

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""What the decision path's state holds in memory at 1x and 10x populations, by structure, and the RSS it adds; no
+Kafka. A pure stand-in for ``scripts/scale.py``'s RSS, minutes instead of most of an hour.
+
+    python scripts/state_memory.py                                       # 1x and 10x, the settings' defaults
+    python scripts/state_memory.py --config old STATE_CUSTOMER_CACHE=10000 STATE_CUSTOMER_PACKED_MB=0 \\
+        --config new                                                     # two configurations, sizes alternating
+    python scripts/state_memory.py --sizing --config new --config old STATE_CUSTOMER_CACHE=10000  # customer tiers alone
+
+Each size is ``scripts/scale.py``'s world (2,000 x scale customers, 4,000 x scale terminals, ``--days`` days, the
+simulator's seed 0, 4 input partitions by customer), simulated once in this process and written to a file; each
+(configuration, size) then runs in a child process of its own, which reads that file a chunk at a time (so the
+child's memory is the worker state's, not the input's) and drives a :class:`~app.decisions.scorer.Scorer` over a
+RocksDB customer store and :class:`~app.state.terminals.TerminalAggregates` over a RocksDB terminal store as
+``scripts/bench_state.py`` does (batches of 500 per partition, each batch's ``on_commit`` run, the terminals flushed
+every 10 batches, the scored transactions read back as the feed does, the fraud labels ``--label-delay-days`` after
+their transactions). At the end, after a full garbage collection: the child's RSS (and VmHWM) against its RSS before
+the first transaction, the sizes of the structures that grow with the population (parsed and packed customers and
+terminals, RocksDB's memtables and block cache, fraud marks) and the CPU time per transaction (the process's,
+RocksDB's threads included) over the last ``--tail-share`` of the transactions. Sizes run one after the other on a
+shared machine: compare the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PARTITIONS = 4
+BATCH = 500
+CHUNK = BATCH * PARTITIONS  # transactions a batch round takes, one pickled chunk of the input file
+DAY_S = 86400.0
+MIB = 2**20
+
+
+def write_input(scale: float, days: int, path: Path) -> int:
+    """The simulated transactions as chunks of (partition, value, event time, tx id, is fraud); returns the count."""
+    from app.serialization import dumps
+    from lab.simulator import SimulatorConfig, simulate, to_wire
+
+    simulated = simulate(SimulatorConfig(n_customers=int(2000 * scale), n_terminals=int(4000 * scale), n_days=days,
+                                         seed=0))  # fmt: skip
+    with path.open("wb") as f:
+        for i in range(0, len(simulated), CHUNK):
+            chunk = [(zlib.crc32(t.customer_id.encode()) % PARTITIONS, dumps(to_wire(t)), t.timestamp.timestamp(),
+                      t.tx_id, t.is_fraud) for t in simulated[i : i + CHUNK]]  # fmt: skip
+            pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(simulated)
+
+
+def status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def deep_window_bytes(window: Any, seen: set[int]) -> int:
+    """A window's own bytes: the object, its arrays and tuples and the strings no other window counted yet."""
+    size = sys.getsizeof(window)
+    for name in ("times", "amounts", "seqs", "terminals", "ids"):
+        column = getattr(window, name, None)
+        if column is None:
+            continue
+        size += sys.getsizeof(column)
+        if isinstance(column, tuple):
+            for s in column:
+                if id(s) not in seen:
+                    seen.add(id(s))
+                    size += sys.getsizeof(s)
+    return size
+
+
+def ordered_dict_bytes(d: dict[Any, Any]) -> int:
+    """The mapping and its keys (values apart)."""
+    return sys.getsizeof(d) + sum(sys.getsizeof(k) for k in d)
+
+
+def child(args: argparse.Namespace) -> None:
+    from aiokafka import TopicPartition
+
+    from app.decisions.scorer import Scorer
+    from app.learning.model import FraudModel
+    from app.monitoring.health import HealthWindow
+    from app.settings import load
+    from app.state.rocksdb_store import RocksDBConfig, RocksDBStore
+    from app.state.terminals import TerminalAggregates
+
+    env = dict(kv.split("=", 1) for kv in args.env)
+    settings = load(env)
+    directory = Path(tempfile.mkdtemp(prefix="state-memory-"))
+    config = RocksDBConfig.from_settings(settings)
+    terminal_store = RocksDBStore("terminals", directory, config)
+    customer_store = RocksDBStore("customers", directory, config)
+    aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s,
+                                    terminal_store.open_partition(0), cache_size=settings.state_terminal_cache,
+                                    packed_cache_bytes=int(settings.state_terminal_packed_mb * MIB))  # fmt: skip
+    scorer = Scorer(settings, FraudModel(settings.model_name), aggregates, HealthWindow(60.0, time.monotonic()),
+                    store=customer_store, changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
+    tps = [TopicPartition("transactions", p) for p in range(PARTITIONS)]
+    for p in range(PARTITIONS):
+        scorer.open_state(p)
+    gc.collect()
+    rss_start = status_mib("VmRSS")
+    offsets = [0] * PARTITIONS
+    frauds: deque[tuple[float, str]] = deque()
+    delay_s = args.label_delay_days * DAY_S
+    batches = done = 0
+    tail_from = int(args.count * (1 - args.tail_share))
+    tail_cpu_s = 0.0
+    tail_n = 0
+    with Path(args.input).open("rb") as f:
+        while True:
+            try:
+                chunk = pickle.load(f)
+            except EOFError:
+                break
+            t0 = time.process_time()
+            now_s = chunk[0][2]
+            while frauds and frauds[0][0] <= now_s:
+                known_s, tx_id = frauds.popleft()
+                aggregates.add_fraud(tx_id, known_s)
+            by_partition: list[list[Any]] = [[] for _ in range(PARTITIONS)]
+            for p, value, t, tx_id, is_fraud in chunk:
+                by_partition[p].append(SimpleNamespace(topic="transactions", partition=p, offset=offsets[p], key=b"",
+                                                       value=value))  # fmt: skip
+                offsets[p] += 1
+                if is_fraud:
+                    frauds.append((t + delay_s, tx_id))
+            flushed = False
+            for p, records in enumerate(by_partition):
+                if records:
+                    batch = scorer.process(tps[p], records)
+                    batch.produced_to = offsets[p]  # type: ignore[attr-defined]
+                    batch.on_commit()  # type: ignore[misc]
+                    batches += 1
+                    if batches % 10 == 0:
+                        aggregates.flush({})
+                        flushed = True
+            if flushed:  # the feed reads the scored transactions back from the terminal log
+                for _, _, _, tx_id, _ in chunk:
+                    aggregates.read_back(tx_id)
+            if done >= tail_from:
+                tail_cpu_s += time.process_time() - t0
+                tail_n += len(chunk)
+            done += len(chunk)
+    aggregates.flush({})
+    gc.collect()
+    rss_end = status_mib("VmRSS")
+    seen: set[int] = set()
+    parsed = packed = parsed_n = packed_n = 0
+    for state in scorer.partitions.values():
+        caches = state.caches
+        parsed += sum(deep_window_bytes(w, seen) for w in caches.parsed.values()) + ordered_dict_bytes(caches.parsed)
+        packed += caches.packed_bytes + sum(sys.getsizeof(v) - len(v) for v in caches.packed.values())
+        packed += ordered_dict_bytes(caches.packed)
+        parsed_n += len(caches.parsed)
+        packed_n += len(caches.packed)
+    tcaches = aggregates.caches
+    t_parsed = sum(deep_window_bytes(w, seen) for w in tcaches.parsed.values()) + ordered_dict_bytes(tcaches.parsed)
+    t_packed = tcaches.packed_bytes + ordered_dict_bytes(tcaches.packed)
+    t_packed += sum(sys.getsizeof(v) - len(v) for v in tcaches.packed.values())
+    marks = ordered_dict_bytes(aggregates.frauds_known_s) + ordered_dict_bytes(aggregates.added_here)
+    memtables = block_cache = 0
+    for store in (customer_store, terminal_store):
+        for partition in store.partitions.values():
+            db = partition.db  # type: ignore[attr-defined]
+            memtables += int(db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
+            block_cache = int(db.property_int_value("rocksdb.block-cache-usage") or 0)  # one cache for all
+    print(json.dumps({
+        "transactions": done, "rss_start_mib": rss_start, "rss_end_mib": rss_end, "hwm_mib": status_mib("VmHWM"),
+        "customers_parsed": parsed_n, "customers_parsed_mib": parsed / MIB,
+        "customers_packed": packed_n, "customers_packed_mib": packed / MIB,
+        "terminals_parsed": len(tcaches.parsed), "terminals_parsed_mib": t_parsed / MIB,
+        "terminals_packed": len(tcaches.packed), "terminals_packed_mib": t_packed / MIB,
+        "marks_mib": marks / MIB, "memtables_mib": memtables / MIB, "block_cache_mib": block_cache / MIB,
+        "tail_cpu_us": tail_cpu_s / max(1, tail_n) * 1e6,
+    }))  # fmt: skip
+
+
+def sizing(args: argparse.Namespace, configs: list[tuple[str, list[str]]]) -> None:
+    """The customer tiers alone at each size, no scorer and no store: every transaction's customer window (31 days:
+    the longest window and the lateness) kept in a real :class:`~app.state.two_tier.TwoTierCache` per partition as
+    ``PartitionState.apply`` keeps it, with each configuration's STATE_CUSTOMER_CACHE and STATE_CUSTOMER_PACKED_MB;
+    where each transaction found its customer (parsed, packed, the store, or new) over the last ``--tail-share``,
+    and the tiers' sizes at the end. Minutes where the whole path at 10x takes hours on a loaded machine."""
+    from app.features.engine import CustomerWindow
+    from app.serialization import loads
+    from app.settings import load
+    from app.state.customers import pack_window, unpack_window
+    from app.state.two_tier import TwoTierCache
+
+    horizon_s = 31 * DAY_S
+    for scale in args.scales:
+        path = Path(args.input_dir) / f"x{scale:g}.pickle" if args.input_dir else None
+        if path is None or not path.exists():
+            path = Path(tempfile.mkdtemp(prefix="state-memory-in-")) / f"x{scale:g}.pickle"
+            write_input(scale, args.days, path)
+        for name, env in configs:
+            settings = load(dict(kv.split("=", 1) for kv in env))
+            tiers = [TwoTierCache(settings.state_customer_cache, int(settings.state_customer_packed_mb * MIB),
+                                  pack_window, unpack_window) for _ in range(PARTITIONS)]  # fmt: skip
+            entries: dict[str, list[tuple[Any, ...]]] = {}
+            found = dict.fromkeys(("parsed", "packed", "store", "new"), 0)
+            done = 0
+            with path.open("rb") as f:
+                chunks = []
+                while True:
+                    try:
+                        chunks.append(pickle.load(f))
+                    except EOFError:
+                        break
+            total = sum(len(c) for c in chunks)
+            tail_from = int(total * (1 - args.tail_share))
+            for chunk in chunks:
+                for p, value, t, tx_id, _ in chunk:
+                    tx = loads(value)
+                    customer = tx["customer_id"]
+                    window = entries.setdefault(customer, [])
+                    cache = tiers[p]
+                    if done >= tail_from:
+                        where = "new" if not window else "parsed" if customer in cache.parsed else (
+                            "packed" if customer in cache.packed else "store")  # fmt: skip
+                        found[where] += 1
+                    window.append((t, float(tx["amount"]), sys.intern(tx["terminal_id"]), tx_id, done))
+                    while window[0][0] < t - horizon_s:
+                        window.pop(0)
+                    cache.keep(customer, CustomerWindow.of(window))
+                    done += 1
+            seen: set[int] = set()
+            parsed = sum(deep_window_bytes(w, seen) + sys.getsizeof(k) for c in tiers for k, w in c.parsed.items())
+            packed = sum(sys.getsizeof(v) + sys.getsizeof(k) for c in tiers for k, v in c.packed.items())
+            sample = [v for c in tiers for v in c.packed.values()][:2000]
+            t0 = time.thread_time()  # CPU time: on a loaded machine the wall clock counts the waits for a core
+            for raw in sample:
+                unpack_window(raw)
+            unpack_us = (time.thread_time() - t0) / max(1, len(sample)) * 1e6
+            tail = sum(found.values())
+            result = {
+                "transactions": done, "customers": len(entries),
+                "entries_mean": statistics.mean(len(w) for w in entries.values()),
+                "parsed": sum(len(c.parsed) for c in tiers), "parsed_mib": parsed / MIB,
+                "packed": sum(len(c.packed) for c in tiers), "packed_mib": packed / MIB,
+                "unpack_us": unpack_us, **{f"found_{k}": v / tail for k, v in found.items()},
+            }  # fmt: skip
+            print(f"sizing {name} {scale:g}x {json.dumps(result)}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1, 10])
+    parser.add_argument("--days", type=int, default=40)
+    parser.add_argument("--label-delay-days", type=float, default=7.0)
+    parser.add_argument("--tail-share", type=float, default=0.25, help="the share of transactions CPU is timed on")
+    parser.add_argument("--config", nargs="+", action="append", metavar="NAME [KEY=VALUE ...]",
+                        help="a named configuration (settings over the defaults); default: 'defaults'")  # fmt: skip
+    parser.add_argument("--sizing", action="store_true", help="the customer tiers alone (see sizing())")
+    parser.add_argument("--input-dir", help="with --sizing: x<scale>.pickle files written before, if there")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--env", nargs="*", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    configs = [(c[0], c[1:]) for c in args.config] if args.config else [("defaults", [])]
+    if args.sizing:
+        sizing(args, configs)
+        return
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="state-memory-in-") as tmp:
+        for scale in args.scales:
+            path = Path(tmp) / f"x{scale:g}.pickle"
+            count = write_input(scale, args.days, path)
+            print(f"{scale:g}x: {count:,} transactions", flush=True)
+            for name, env in configs:
+                cmd = [sys.executable, __file__, "--child", "--input", str(path), "--count", str(count),
+                       "--label-delay-days", str(args.label_delay_days), "--tail-share", str(args.tail_share),
+                       "--env", *env]  # fmt: skip
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                result = json.loads(out.strip().splitlines()[-1])
+                results[f"{name} {scale:g}x"] = result
+                print(f"{name} {scale:g}x {json.dumps(result)}", flush=True)
+            path.unlink()
+    report(results, configs, args.scales)
+    if args.out:
+        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
+
+
+def report(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str]]], scales: list[float]) -> None:
+    columns = [("rss_end_mib", "RSS end"), ("hwm_mib", "VmHWM"), ("rss_start_mib", "RSS start"),
+               ("customers_parsed_mib", "customers parsed"), ("customers_packed_mib", "packed"),
+               ("terminals_parsed_mib", "terminals parsed"), ("terminals_packed_mib", "packed"),
+               ("memtables_mib", "memtables"), ("block_cache_mib", "block cache"), ("marks_mib", "marks"),
+               ("tail_cpu_us", "CPU µs/tx")]  # fmt: skip
+    print("\n| configuration, size | " + " | ".join(title for _, title in columns) + " | customers parsed / packed |")
+    print("|---|" + "---|" * (len(columns) + 1))
+    for name, env in configs:
+        for scale in scales:
+            r = results[f"{name} {scale:g}x"]
+            cells = " | ".join(f"{r[key]:.1f}" for key, _ in columns)
+            print(f"| {name} {scale:g}x | {cells} | {r['customers_parsed']:,} / {r['customers_packed']:,} |")
+        if len(scales) >= 2:
+            a, b = results[f"{name} {scales[0]:g}x"], results[f"{name} {scales[-1]:g}x"]
+            print(f"{name} ({' '.join(env) or 'defaults'}): RSS end {scales[-1]:g}x / {scales[0]:g}x "
+                  f"{b['rss_end_mib'] / a['rss_end_mib']:.2f}, the state's growth (end - start) "
+                  f"{a['rss_end_mib'] - a['rss_start_mib']:.0f} -> {b['rss_end_mib'] - b['rss_start_mib']:.0f} MiB, "
+                  f"CPU per tx {b['tail_cpu_us'] / a['tail_cpu_us']:.2f} "
+                  f"(throughput {a['tail_cpu_us'] / b['tail_cpu_us']:.2f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
