@@ -182,3 +182,55 @@ def test_the_trainer_state_keeps_the_window_so_learning_goes_on_after_a_restart(
     assert restored.learner.retrains == model.learner.retrains == 4  # type: ignore[union-attr]
     xs = [draw(rng)[0] for _ in range(50)]
     assert restored.score_many(xs) == model.score_many(xs)
+
+
+BLEND = "blend:trees=20,every=500,minleaf=5,warm=300"
+
+
+def test_a_blend_scores_the_weighted_average_of_its_parts_logits() -> None:
+    """The same labels to a blend, the default linear model and a gbdt alone: the blend's score is the fixed average
+    of the two models' logits (its gbdt the same trees as the plain one: the same sampler), the linear one's alone
+    before the first retrain."""
+    blend = FraudModel(BLEND + ",w=0.25", prior_fraud_rate=0.02)
+    linear = FraudModel("logreg:opt=adagrad,lr=0.1,bins=8,warm=300", prior_fraud_rate=0.02)
+    boosted = FraudModel("gbdt:trees=20,every=500,minleaf=5", prior_fraud_rate=0.02)
+    rng, probe = random.Random(3), random.Random(4)
+    xs = [draw(probe)[0] for _ in range(40)]
+
+    def logit(p: float) -> float:
+        return math.log(p / (1.0 - p))
+
+    for labels in range(1, 1201):
+        x, y = draw(rng)
+        for model in (blend, linear, boosted):
+            model.learn_one(x, y)
+        if labels in (499, 1200):
+            for x_ in xs:
+                p_linear, p_boosted = linear.predict_proba_one(x_), boosted.predict_proba_one(x_)
+                expected = (
+                    p_linear
+                    if labels == 499
+                    else 1 / (1 + math.exp(-(0.75 * logit(p_linear) + 0.25 * logit(p_boosted))))
+                )
+                assert blend.predict_proba_one(x_) == pytest.approx(expected, rel=1e-9)
+    assert blend.learner.boosted.retrains == 2  # type: ignore[union-attr]
+    assert blend.score_many(xs) == [blend.score_one(x) for x in xs]
+    high = blend.score_one({"amount": 390.0, "noise": 0.0, "is_night": 0.0}, k=2)
+    assert high[0] > 0.8 and high[1][0] == "amount" and len(high[1]) <= 2
+
+
+def test_a_blend_corrects_its_own_negative_sampling_and_publishes_without_the_window() -> None:
+    full, sampled = trained(BLEND, labels=1500), trained(BLEND + ",neg=0.5", labels=1500)
+    x = {"amount": 230.0, "noise": 0.0, "is_night": 0.0}
+    assert 0.0 < sampled.predict_proba_one(x) < 1.0 and 0.0 < full.predict_proba_one(x) < 1.0
+    lean = sampled.for_scoring()
+    assert lean.learner.boosted.window is None and sampled.learner.boosted.window is not None  # type: ignore[union-attr]
+    restored = pickle.loads(model_bytes(lean))
+    assert restored.predict_proba_one(x) == sampled.predict_proba_one(x)
+    # neg=0.5 learns the legitimate labels at twice the odds: the averaged logit comes down by log 0.5 (the gbdt's
+    # own gneg sampling is in its trees' offset already).
+    p_linear = sampled.learner.linear.proba(x)  # type: ignore[union-attr]
+    p_boosted = sampled.learner.boosted.proba(x)  # type: ignore[union-attr]
+    logit = 0.5 * math.log(p_linear / (1 - p_linear)) + 0.5 * math.log(p_boosted / (1 - p_boosted)) + math.log(0.5)
+    assert sampled.predict_proba_one(x) == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-9)
+    assert full.learner.log_share == 0.0  # type: ignore[union-attr]
