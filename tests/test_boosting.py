@@ -346,3 +346,74 @@ def test_trees_of_one_leaf_anywhere_score_their_leaf_alone_and_in_batches() -> N
     assert trees.raw(x).tolist() == expected
     assert [trees.raw(x[i : i + 1])[0] for i in range(4)] == expected
     assert [trees.score_row(x[i], 0)[0] for i in range(4)] == [p for p, _ in trees.score(x, 0)]
+
+
+BLEND = "blend:trees=20,every=500,minleaf=5,warm=300"
+
+
+def test_a_blend_scores_the_weighted_average_of_its_parts_logits() -> None:
+    """The same labels to a blend, the default linear model and a gbdt alone: the blend's score is the fixed average
+    of the two models' logits (its gbdt the same trees as the plain one: the same sampler), the linear one's alone
+    before the first retrain."""
+    blend = FraudModel(BLEND + ",w=0.25", prior_fraud_rate=0.02)
+    linear = FraudModel("logreg:opt=adagrad,lr=0.1,bins=8,warm=300", prior_fraud_rate=0.02)
+    boosted = FraudModel("gbdt:trees=20,every=500,minleaf=5", prior_fraud_rate=0.02)
+    rng, probe = random.Random(3), random.Random(4)
+    xs = [draw(probe)[0] for _ in range(40)]
+
+    def logit(p: float) -> float:
+        return math.log(p / (1.0 - p))
+
+    for labels in range(1, 1201):
+        x, y = draw(rng)
+        for model in (blend, linear, boosted):
+            model.learn_one(x, y)
+        if labels in (499, 1200):
+            for x_ in xs:
+                p_linear, p_boosted = linear.predict_proba_one(x_), boosted.predict_proba_one(x_)
+                expected = (
+                    p_linear
+                    if labels == 499
+                    else 1 / (1 + math.exp(-(0.75 * logit(p_linear) + 0.25 * logit(p_boosted))))
+                )
+                assert blend.predict_proba_one(x_) == pytest.approx(expected, rel=1e-9)
+    assert blend.learner.boosted.retrains == 2  # type: ignore[union-attr]
+    assert blend.score_many(xs) == [blend.score_one(x) for x in xs]
+    high = blend.score_one({"amount": 390.0, "noise": 0.0, "is_night": 0.0}, k=2)
+    assert high[0] > 0.8 and high[1][0] == "amount" and len(high[1]) <= 2
+
+
+def test_a_blend_corrects_its_own_negative_sampling_and_publishes_without_the_window() -> None:
+    full, sampled = trained(BLEND, labels=1500), trained(BLEND + ",neg=0.5", labels=1500)
+    x = {"amount": 230.0, "noise": 0.0, "is_night": 0.0}
+    assert 0.0 < sampled.predict_proba_one(x) < 1.0 and 0.0 < full.predict_proba_one(x) < 1.0
+    lean = sampled.for_scoring()
+    assert lean.learner.boosted.window is None and sampled.learner.boosted.window is not None  # type: ignore[union-attr]
+    restored = pickle.loads(model_bytes(lean))
+    assert restored.predict_proba_one(x) == sampled.predict_proba_one(x)
+    # neg=0.5 learns the legitimate labels at twice the odds: the averaged logit comes down by log 0.5 (the gbdt's
+    # own gneg sampling is in its trees' offset already).
+    p_linear = sampled.learner.linear.proba(x)  # type: ignore[union-attr]
+    p_boosted = sampled.learner.boosted.proba(x)  # type: ignore[union-attr]
+    logit = 0.5 * math.log(p_linear / (1 - p_linear)) + 0.5 * math.log(p_boosted / (1 - p_boosted)) + math.log(0.5)
+    assert sampled.predict_proba_one(x) == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-9)
+    assert full.learner.log_share == 0.0  # type: ignore[union-attr]
+
+
+def test_a_blend_s_gbdt_window_goes_to_the_label_store_and_comes_back_from_it() -> None:
+    """A blend carries a gbdt and its window: the trainer stages that window's rows as records too (a state without
+    them and a store without them would restore an empty window)."""
+    model = trained(BLEND + ",gneg=1", labels=1500)
+    training = training_for(load({}), model)
+    window = model.label_window
+    assert window is not None and window is model.learner.boosted.window and len(window) > 0  # type: ignore[union-attr]
+    parts = training.state_parts()
+    changelog = dict(training.labels.changes())
+    assert len(changelog) == len(window)  # every held slot, once
+    training.labels.commit(len(changelog))
+    rebuilt = LabelStore.in_memory()
+    for key, value in changelog.items():
+        if value is not None:
+            rebuilt.partition.apply({key: value}, 0, 0.0)
+    restored = Training.from_parts(parts, labels=rebuilt)
+    assert _same(restored.champion.label_window, window)  # type: ignore[arg-type]

@@ -419,9 +419,11 @@ class CompiledTrees:
             for order, ups in zip(np.stack(top, axis=1).tolist(), np.stack(raising, axis=1).tolist(), strict=True)
         ]
 
-    def _path(self, leaf: int) -> list[tuple[int, float]]:
-        """The (feature, change of value) of each split from the root down to ``leaf``."""
-        parent = self._parents()
+    def _path(self, leaf: int, parent: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The (feature, change of value) of each split from the root down to ``leaf`` (``parent``: :meth:`_parents`,
+        computed once by a caller that walks many leaves)."""
+        if parent is None:
+            parent = self._parents()
         steps: list[tuple[int, float]] = []
         node = leaf
         while parent[node] >= 0:
@@ -443,9 +445,13 @@ class CompiledTrees:
         if self._leaves is None:
             leaf_feature = np.zeros(len(self.feature), dtype=np.intp)
             leaf_change = np.zeros(len(self.feature), dtype=np.float64)
+            # The parents once for every leaf: per leaf they cost a pass over all nodes, which made a loaded version's
+            # first reasons quadratic in its size (the evaluator, loading a snapshot an hour, spent most of a gbdt
+            # replay there).
+            parent = self._parents()
             for leaf in np.flatnonzero(self.left == np.arange(len(self.left))).tolist():
                 summed: dict[int, float] = {}
-                for feature, change in self._path(leaf):
+                for feature, change in self._path(leaf, parent):
                     summed[feature] = summed.get(feature, 0.0) + change
                 if summed:
                     best = max(summed, key=lambda f: summed[f])

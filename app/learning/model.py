@@ -28,6 +28,10 @@ handbook's protocol by ``scripts/model_candidates.py`` (see BENCHMARKS.md, "Mode
   scores the prior before the first; the trees are compiled to numpy arrays that score a batch at once
   (:meth:`FraudModel.score_many`). Reasons: each tree's leaf credits the feature its path raised most. Meant to
   be trained off the decision path (the trainer's process) and enter as the challenger.
+- ``blend``: the default linear model (``logreg:opt=adagrad,lr=0.1,bins=8``, ``warm`` as there) and a ``gbdt`` (its
+  ``trees``, ``every``, ``minleaf``, and ``gneg`` its ``neg``) learning the same labels, scored by a fixed weighted
+  average of their logits (``w``: the gbdt's weight; the linear model alone until the first retrain). Fixed, not
+  learned: nothing to fit on the labels that also judge it. Reasons: the two parts' in turn.
 - ``leaflr``: the linear model above on the scaled features plus one indicator per small Hoeffding tree for the
   leaf ``x`` falls in (``trees``, ``grace``, ``share``, ``depth``): the trees find thresholds, the linear model
   weighs them. Reasons as for ``logreg``, over the features only.
@@ -93,6 +97,7 @@ FAMILIES: dict[str, dict[str, Param]] = {
         "frauds": 10000,
         "neg": 0.2,
     },
+    "blend": {"w": 0.5, "trees": 100, "every": 20000, "minleaf": 50, "gneg": 0.2, "warm": 50000, "neg": 1.0},
     "leaflr": {
         "opt": "sgd",
         "lr": 0.05,
@@ -516,6 +521,111 @@ class _Boosted:
         return copy_
 
 
+class _Blend:
+    """The default linear model and a gbdt on the same labels, scored by a fixed weighted average of their logits.
+
+    The two err differently (a straight line per feature plus bins against trees over interactions), so an average
+    of their logits can rank better than either; its weight is a parameter, not fitted, so no label judges a blend
+    it also trained. The gbdt learns a ``gneg`` share of the legitimate labels it is given (its own sampler, the
+    one a plain ``gbdt`` model uses: the same labels give the same trees); both logits are already corrected for
+    their own sampling, and the combined one for the model's ``neg``.
+    """
+
+    background = False
+
+    def __init__(self, params: dict[str, Param], prior_fraud_rate: float) -> None:
+        _, linear = parse_name(f"{DEFAULT_MODEL},warm={int(params['warm'])}")
+        _, boosted = parse_name(
+            f"gbdt:trees={int(params['trees'])},every={int(params['every'])},minleaf={int(params['minleaf'])},"
+            f"neg={float(params['gneg'])}"
+        )
+        self.weight = float(params["w"])
+        self.linear = _Linear(linear, prior_fraud_rate)
+        self.boosted = _Boosted(boosted, prior_fraud_rate)
+        self.boosted_share = float(boosted["neg"])
+        self._sampler = random.Random(_SEED)
+        self.labels = 0
+        self.log_share = 0.0  # log of the model's ``neg``: FraudModel sets it
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the background setting: the process's, not the model's (as for a plain gbdt)."""
+        state = self.__dict__.copy()
+        state.pop("background", None)
+        return state
+
+    def _combine(self, p_linear: float, p_boosted: float | None) -> float:
+        logit_linear = _logit(p_linear)
+        if p_boosted is None:
+            return _sigmoid(logit_linear + self.log_share)
+        w = self.weight
+        return _sigmoid((1.0 - w) * logit_linear + w * _logit(p_boosted) + self.log_share)
+
+    def proba(self, x: dict[str, float]) -> float:
+        return self.score(x, 0)[0]
+
+    def score(self, x: dict[str, float], k: int) -> tuple[float, list[str]]:
+        p_linear, linear_reasons = self.linear.score(x, k)
+        if self.boosted.trees is None:
+            return self._combine(p_linear, None), linear_reasons
+        p_boosted, boosted_reasons = self.boosted.score(x, k)
+        return self._combine(p_linear, p_boosted), _interleave(linear_reasons, boosted_reasons, k)
+
+    def score_many(self, xs: Sequence[dict[str, float]], k: int) -> list[tuple[float, list[str]]]:
+        linear = [self.linear.score(x, k) for x in xs]
+        if self.boosted.trees is None:
+            return [(self._combine(p, None), reasons) for p, reasons in linear]
+        boosted = self.boosted.score_many(xs, k)
+        return [
+            (self._combine(p_l, p_b), _interleave(r_l, r_b, k))
+            for (p_l, r_l), (p_b, r_b) in zip(linear, boosted, strict=True)
+        ]
+
+    def reasons(self, x: dict[str, float], k: int) -> list[str]:
+        return self.score(x, k)[1]
+
+    def learn(self, x: dict[str, float], y: bool) -> None:
+        self.labels += 1
+        self.linear.learn(x, y)
+        if y or self.boosted_share >= 1.0 or self._sampler.random() < self.boosted_share:
+            self.boosted.learn(x, y)
+        self.boosted.background = self.background
+        self.boosted.after_label(self.labels)
+
+    def wait_for_retrain(self, timeout_s: float | None = None) -> None:
+        self.boosted.wait_for_retrain(timeout_s)
+
+    def for_scoring(self) -> _Blend:
+        """A copy without the gbdt's window nor the linear model's warm-up sample (what a published version carries)."""
+        lean = copy.copy(self)
+        lean.boosted = self.boosted.for_scoring()
+        if self.linear.bins is not None and not self.linear.bins.fitted:
+            lean.linear = copy.copy(self.linear)
+            lean.linear.bins = self.linear.bins.without_sample()
+        return lean
+
+
+def _logit(p: float) -> float:
+    """The inverse of :func:`_sigmoid`, clamped to its range."""
+    if p <= 0.0:
+        return -30.0
+    if p >= 1.0:
+        return 30.0
+    return max(-30.0, min(30.0, math.log(p / (1.0 - p))))
+
+
+def _interleave(first: list[str], second: list[str], k: int) -> list[str]:
+    """Up to ``k`` names, the two lists' in turn, each name once."""
+    out: list[str] = []
+    for pair in zip(first, second, strict=False):
+        for name in pair:
+            if name not in out:
+                out.append(name)
+    for name in first[len(second) :] + second[len(first) :]:
+        if name not in out:
+            out.append(name)
+    return out[:k]
+
+
 def _sigmoid(logit: float) -> float:
     """River's logistic function (``utils.math.sigmoid``), clamped the same way."""
     if logit < -30.0:
@@ -552,13 +662,16 @@ class FraudModel:
         self._sampler = random.Random(_SEED)
         # The learner sees frauds at odds 1 / neg times the real ones: so must its cold prior.
         prior = prior_fraud_rate / (prior_fraud_rate + self.negative_share * (1.0 - prior_fraud_rate))
-        self.learner: _Linear | _Trees | _Boosted
+        self.learner: _Linear | _Trees | _Boosted | _Blend
         if family == "logreg":
             self.learner = _Linear(params, prior)
         elif family == "leaflr":
             self.learner = _LeafLinear(params, prior)
         elif family == "gbdt":
             self.learner = _Boosted(params, prior_fraud_rate)
+        elif family == "blend":  # its parts learn at the real prior; the model's ``neg`` comes off the logit
+            self.learner = _Blend(params, prior_fraud_rate)
+            self.learner.log_share = math.log(self.negative_share)
         else:
             self.learner = _Trees(family, params, prior)
         self.labels_learned = 0  # labels given to learn_one, sampled out or not
@@ -574,8 +687,11 @@ class FraudModel:
 
     @property
     def label_window(self) -> LabelWindow | None:
-        """A gbdt line's window of labels (None for the other families, and in a published version)."""
+        """A gbdt line's window of labels, a blend's gbdt's too (None for the other families, and in a published
+        version): the trainer keeps its rows in the label store, not in its published state."""
         learner = self.learner
+        if isinstance(learner, _Blend):
+            return learner.boosted.window
         return learner.window if isinstance(learner, _Boosted) else None
 
     @property
@@ -597,13 +713,13 @@ class FraudModel:
 
     def predict_proba_one(self, x: dict[str, float]) -> float:
         """Probability that the transaction described by ``x`` is fraud."""
-        if isinstance(self.learner, _Boosted):  # its logit is corrected for the sampling already
+        if isinstance(self.learner, _Boosted | _Blend):  # its logit is corrected for the sampling already
             return self.learner.proba(self._restricted(x))
         return self._unsampled(self.learner.proba(self._restricted(x)))
 
     def score_one(self, x: dict[str, float], k: int = 3) -> tuple[float, list[str]]:
         """Probability and :meth:`reasons` together, in one pass where the family allows (the per-transaction path)."""
-        if isinstance(self.learner, _Boosted):
+        if isinstance(self.learner, _Boosted | _Blend):
             return self.learner.score(self._restricted(x), k)
         probability, reasons = self.learner.score(self._restricted(x), k)
         return self._unsampled(probability), reasons
@@ -612,7 +728,7 @@ class FraudModel:
         """:meth:`score_one` of each of ``xs``, the same figures: in one pass over the batch where the family scores
         batches at once (``gbdt``), one at a time otherwise."""
         learner = self.learner
-        if isinstance(learner, _Boosted):
+        if isinstance(learner, _Boosted | _Blend):
             return learner.score_many(xs if self.feature_subset is None else [self._restricted(x) for x in xs], k)
         score_one = self.score_one
         return [score_one(x, k) for x in xs]
@@ -624,19 +740,19 @@ class FraudModel:
             self.labels_skipped += 1
         else:
             self.learner.learn(self._restricted(x), y)
-        if isinstance(self.learner, _Boosted):
+        if isinstance(self.learner, _Boosted):  # a blend calls its gbdt's itself, in learn
             self.learner.after_label(self.labels_learned)
 
     def train_in_background(self, on: bool = True) -> None:
         """A family that retrains in batches (``gbdt``) does it on a thread of its own, ``learn_one`` never waiting
         for it: the trainer's process sets this (its event loop keeps the lease); offline replays keep the default
         (retrains inside ``learn_one``, the same trees at the same label)."""
-        if isinstance(self.learner, _Boosted):
+        if isinstance(self.learner, _Boosted | _Blend):
             self.learner.background = on
 
     def wait_for_retrain(self, timeout_s: float | None = None) -> None:
         """Block until a background retrain in flight is done (its trees are taken at the next label)."""
-        if isinstance(self.learner, _Boosted):
+        if isinstance(self.learner, _Boosted | _Blend):
             self.learner.wait_for_retrain(timeout_s)
 
     def for_scoring(self) -> FraudModel:
@@ -644,7 +760,9 @@ class FraudModel:
         (about 12 MB) nor a gbdt's window of labels; the same model when it carries neither."""
         learner = self.learner
         if isinstance(learner, _Boosted) and learner.window is not None:
-            lean: _Linear | _Trees | _Boosted = learner.for_scoring()
+            lean: _Linear | _Trees | _Boosted | _Blend = learner.for_scoring()
+        elif isinstance(learner, _Blend):
+            lean = learner.for_scoring()
         elif isinstance(learner, _Linear) and learner.bins is not None and not learner.bins.fitted:
             lean = copy.copy(learner)
             lean.bins = learner.bins.without_sample()
