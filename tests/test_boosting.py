@@ -246,6 +246,15 @@ def test_a_window_missing_a_held_row_starts_empty_rather_than_learn_zeros() -> N
     assert len(meta) == 0 and meta.clock == 0 and meta.id != window.id
 
 
+def _rebuilt(changelog: dict[bytes, bytes | None]) -> LabelStore:
+    """The label store a new owner rebuilds from the compacted changelog (tombstones leave nothing)."""
+    store = LabelStore.in_memory()
+    for key, value in changelog.items():
+        if value is not None:
+            store.partition.apply({key: value}, 0, 0.0)
+    return store
+
+
 def test_the_trainer_state_carries_no_window_rows_and_each_publication_only_the_rows_added() -> None:
     """The trainer's cycle: state_parts (rows staged), the changelog gets the label store's changes, the store
     commits; a new owner restores from the state and the store: the same window, the same next retrain."""
@@ -271,11 +280,7 @@ def test_the_trainer_state_carries_no_window_rows_and_each_publication_only_the_
     training.labels.commit(len(changelog))
 
     # A new owner: the label store rebuilt from its (compacted) changelog, the state from the state topic.
-    rebuilt = LabelStore.in_memory()
-    for key, value in changelog.items():
-        if value is not None:
-            rebuilt.partition.apply({key: value}, 0, 0.0)
-    restored = Training.from_parts(parts, labels=rebuilt)
+    restored = Training.from_parts(parts, labels=_rebuilt(changelog))
     assert _same(restored.champion.label_window, window)  # type: ignore[arg-type]
     for _ in range(500):  # a retrain at 2,000 on both
         x, y = draw(rng)
@@ -411,9 +416,5 @@ def test_a_blend_s_gbdt_window_goes_to_the_label_store_and_comes_back_from_it() 
     changelog = dict(training.labels.changes())
     assert len(changelog) == len(window)  # every held slot, once
     training.labels.commit(len(changelog))
-    rebuilt = LabelStore.in_memory()
-    for key, value in changelog.items():
-        if value is not None:
-            rebuilt.partition.apply({key: value}, 0, 0.0)
-    restored = Training.from_parts(parts, labels=rebuilt)
+    restored = Training.from_parts(parts, labels=_rebuilt(changelog))
     assert _same(restored.champion.label_window, window)  # type: ignore[arg-type]
