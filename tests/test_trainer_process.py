@@ -95,6 +95,36 @@ def test_the_worker_starts_polls_restarts_and_stops_its_trainer_child(
     asyncio.run(scenario())
 
 
+def test_a_child_too_busy_to_answer_gives_its_last_families_for_a_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape while the child does not answer within the fetch's timeout (paused here, busy under load) keeps its
+    counters (dropping them reads as a reset), up to ``STALE_FAMILIES_S``; after that, and once it is gone, none."""
+    monkeypatch.delenv("IGNORE_TERM", raising=False)
+    child = _child(tmp_path)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(child.run())
+        await _until(lambda: child.active)
+        pid = child.pid
+        assert pid is not None
+        fresh = await child.families()
+        assert {f.name for f in fresh} == {"fraud_trainer_active", "fraud_dead_letters"}
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert await child._get("/metrics") is None  # it does not answer
+            assert [f.name for f in await child.families()] == [f.name for f in fresh]
+            monkeypatch.setattr("app.learning.child.STALE_FAMILIES_S", 0.0)
+            assert await child.families() == []  # too old to stand in
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await child.stop()
+        await asyncio.wait_for(task, 5)
+        assert await child.families() == []
+
+    asyncio.run(scenario())
+
+
 def test_a_child_that_ignores_sigterm_is_sigkilled_after_the_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,7 +6,8 @@ the child with the worker's environment plus ``TRAINER_WEB_PORT`` (a free localh
 ``TRAINER_PARENT_PID`` (the child dies with the worker: ``PR_SET_PDEATHSIG``, see :mod:`app.__main__`), asks its
 ``/status`` once a second (``fraud_trainer_process_up``, the health events' ``trainer``) and restarts it with backoff
 when it exits. :meth:`TrainerChild.stop` sends SIGTERM, then SIGKILL after ``stop_timeout_s``. The worker's
-``/metrics`` appends :meth:`TrainerChild.families`, fetched from the child's ``/metrics`` with a short timeout.
+``/metrics`` appends :meth:`TrainerChild.families`, fetched from the child's ``/metrics`` with a short timeout
+(the last ones fetched, up to a minute old, when it does not answer in time).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
 FETCH_TIMEOUT_S = 1.0  # a paused or stuck child costs a scrape of the worker at most this
+STALE_FAMILIES_S = 60.0  # how long a busy child's last metric families stand in for the ones it did not give
 STOP_TIMEOUT_S = 10.0  # SIGTERM to SIGKILL
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
@@ -81,6 +83,7 @@ class TrainerChild:
         self.starts = 0
         self._stopping = False
         self._session: aiohttp.ClientSession | None = None
+        self._last_families: tuple[int, float, list[Metric]] | None = None  # pid, when, the families
 
     @property
     def pid(self) -> int | None:
@@ -210,8 +213,20 @@ class TrainerChild:
             await asyncio.sleep(self.poll_interval_s)
 
     async def families(self) -> list[Metric]:
-        """The child's metric families for the worker's ``/metrics`` (none while it does not answer)."""
-        if not self.up:
+        """The child's metric families for the worker's ``/metrics``. A child too busy to answer within the fetch's
+        timeout gives the families it last gave, up to ``STALE_FAMILIES_S`` old and from the same process: a scrape
+        that dropped its counters would read to Prometheus as their reset. None once it is gone."""
+        pid = self.pid
+        if pid is None:
+            self._last_families = None
             return []
         raw = await self._get("/metrics")
-        return metrics.parse_exposition(raw.decode()) if raw is not None else []
+        now = time.monotonic()
+        if raw is not None:
+            families = metrics.parse_exposition(raw.decode())
+            self._last_families = (pid, now, families)
+            return families
+        last = self._last_families
+        if last is not None and last[0] == pid and now - last[1] <= STALE_FAMILIES_S:
+            return last[2]
+        return []
