@@ -94,8 +94,9 @@ output read after it for a message first sent after it (null when none came; aft
 transaction was sent after it: nothing to measure); ready_after_s (a restarted or added
 worker's first ``/ready`` 200 after the fault), ready_again_after_s (after a broker restart, each worker's, counted
 from the broker's return; when the run hit the worker again before that, hit_again_before_ready and how long it had
-waited), for the stopped worker, decided_before_stop (transactions it committed, from its ``/metrics``) and, for a
-paused one, owned_before, owned_at_resume, rejoined_after_s and fenced_lines.
+waited), for the stopped worker, decided_before_stop (transactions it committed since its first start, from its
+``/metrics`` read before each SIGKILL and the SIGTERM) and, for a paused one, owned_before, owned_at_resume,
+rejoined_after_s and fenced_lines.
 
 With ``--labels``, the workers get MODEL_PUBLISH_INTERVAL_S = ``--model-publish-interval-s`` (default 2;
 ``--worker-env`` overrides it): every pair the trainer learns is written to ``<APP_ID>-learning-audit`` in the

@@ -394,7 +394,8 @@ def test_sigkills_a_broker_restart_and_a_scale_step_lose_and_duplicate_nothing()
     for fault in report["faults"]:
         if fault["kind"] == "scale_down":  # SIGTERM: the batches in flight commit, then the worker exits promptly
             assert fault.get("exited_after_s") is not None and fault["exited_after_s"] <= 15.0, output
-            # the added worker took part: it committed decisions of its own (its /metrics, read before the SIGTERM)
+            # the added worker took part: it committed decisions of its own (its /metrics before the SIGTERM and
+            # before any SIGKILL that restarted it: the trainer owner's kill may hit it)
             assert fault["target"] == "worker-1" and (fault["decided_before_stop"] or 0) >= 1, output
         if fault["kind"] == "broker_restart":  # not ready while the broker is away; a line per change, not per message
             assert 503 in fault["ready_while_down"], output

@@ -32,19 +32,28 @@ class Worker:
     last_probe: float = 0.0
     restarts: int = 0
     paused: bool = False  # SIGSTOPped: it answers nothing, so nobody asks
+    decided_before_kills: int = 0  # what its /metrics counted just before each SIGKILL (its counters start again)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.env['WEB_PORT']}/ready"
 
-    def decided(self) -> int | None:
+    def decided(self, timeout_s: float = 5.0) -> int | None:
         """Transactions it decided (scored or dead-lettered) in committed Kafka transactions since its last start,
         from its ``/metrics``; None when it does not answer."""
+        if self.paused:
+            return None
         try:
-            samples = scrape(self.url.replace("/ready", "/metrics"), timeout_s=5.0)
+            samples = scrape(self.url.replace("/ready", "/metrics"), timeout_s=timeout_s)
         except OSError:
             return None
         return sum(int(samples.get(f'fraud_transactions_total{{outcome="{o}"}}', 0)) for o in ("scored", "dead_letter"))
+
+    def decided_in_all(self) -> int | None:
+        """:meth:`decided` plus what it had counted before each SIGKILL (read just before it: a lower bound), so a
+        worker killed and restarted still shows what it decided under its name; None when it does not answer."""
+        now = self.decided()
+        return None if now is None else self.decided_before_kills + now
 
     def metrics(self, timeout_s: float = 2.0) -> dict[str, float] | None:
         """Its ``/metrics`` samples; None when it does not answer (or is paused)."""
@@ -113,6 +122,8 @@ class Worker:
     def kill(self) -> float:
         """SIGKILL: no shutdown hook, no flush, no commit. Returns when it was sent."""
         assert self.process is not None
+        if self.alive():
+            self.decided_before_kills += self.decided(timeout_s=1.0) or 0
         at = time.time()
         self.process.kill()
         self.process.wait(timeout=30)

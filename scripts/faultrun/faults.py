@@ -56,9 +56,10 @@ def apply_fault(run: ChaosRun, fault: Fault, kills_so_far: int) -> None:
     elif fault.kind == "scale_down":
         target = run.running()[-1]
         hit_before_ready(run, target)
-        # what it committed since its last start, before it is told to stop: a worker that never got partitions
-        # would show 0 here (predictions do not say which worker decided them)
-        record["decided_before_stop"] = target.decided()
+        # what it committed under its name, before it is told to stop (since its first start: a SIGKILL of the
+        # trainer's owner may have restarted it in between): a worker that never got partitions would show 0 here
+        record["decided_before_stop"] = target.decided_in_all()
+        record["decided_since_its_last_start"] = target.decided(timeout_s=1.0)
         at = target.terminate()
         record.update(target=target.name, _at=at)
         run.stopping.append((target, at + 60.0, record))
