@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ from app.learning.label_store import WINDOW_PREFIX
 from app.serialization import dumps, loads
 from tests.cases import transaction
 from tests.conftest import WorkerProcess
+from tests.test_trainer_process_kafka import _get_json, _labels_seen  # the trainer's pages, as read there
 from tests.watch import wait as _wait
 
 pytestmark = pytest.mark.kafka
@@ -30,16 +30,7 @@ GBDT = f"gbdt:trees=5,every=300,minleaf=2,negs={NEGS},frauds={FRAUDS},neg=1"
 def _trainer(worker: WorkerProcess, digest: bool = False) -> dict[str, Any]:
     """The trainer child's own /status (its port from the worker's operator document)."""
     child = loads(worker.http_get("/status.json"))["models"]["trainer_process"]
-    url = f"http://127.0.0.1:{child['port']}/status" + ("?digest=1" if digest else "")
-    with urllib.request.urlopen(url, timeout=5) as response:
-        status: dict[str, Any] = loads(response.read())
-    return status
-
-
-def _labels_seen(worker: WorkerProcess) -> int:
-    view = loads(worker.http_get("/models"))
-    header = next((v for v in view["versions"] if v["version"] == view["champion"]), {})
-    return int(header.get("labels_seen", -1))
+    return _get_json(f"http://127.0.0.1:{child['port']}/status" + ("?digest=1" if digest else ""))
 
 
 def _publish(bootstrap: str, worker: WorkerProcess, start: int, n: int) -> None:
