@@ -125,6 +125,37 @@ def test_a_child_too_busy_to_answer_gives_its_last_families_for_a_bounded_time(
     asyncio.run(scenario())
 
 
+def test_a_paused_child_still_counts_as_up_for_a_bounded_time_then_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One missed ``/status`` poll (a child busy under load) must not read as the trainer down; a child that stays
+    silent past ``STALE_STATUS_S`` does."""
+    monkeypatch.delenv("IGNORE_TERM", raising=False)
+    child = _child(tmp_path)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(child.run())
+        await _until(lambda: child.active)
+        pid = child.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert await child._get("/status") is None  # it does not answer, so the polls miss too
+            await asyncio.sleep(3 * child.poll_interval_s)
+            assert child.up and child.active
+            assert metrics.TRAINER_PROCESS_UP._value.get() == 1  # type: ignore[attr-defined]
+            monkeypatch.setattr("app.learning.child.STALE_STATUS_S", 0.0)
+            await _until(lambda: not child.up)
+            assert metrics.TRAINER_PROCESS_UP._value.get() == 0  # type: ignore[attr-defined]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await _until(lambda: child.up)  # it answers again
+        await child.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+
+
 def test_a_child_that_ignores_sigterm_is_sigkilled_after_the_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

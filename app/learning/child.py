@@ -4,7 +4,8 @@ The trainer never runs on the worker's event loop (it took the decision path's c
 exactly-once floor at 1,000 tx/s). With ``TRAINER_ENABLED=true`` the worker runs :meth:`TrainerChild.run`: it starts
 the child with the worker's environment plus ``TRAINER_WEB_PORT`` (a free localhost port unless set) and
 ``TRAINER_PARENT_PID`` (the child dies with the worker: ``PR_SET_PDEATHSIG``, see :mod:`app.__main__`), asks its
-``/status`` once a second (``fraud_trainer_process_up``, the health events' ``trainer``) and restarts it with backoff
+``/status`` once a second (``fraud_trainer_process_up``, the health events' ``trainer``; a live child that misses
+polls counts as up for ``STALE_STATUS_S``) and restarts it with backoff
 when it exits. :meth:`TrainerChild.stop` sends SIGTERM, then SIGKILL after ``stop_timeout_s``. The worker's
 ``/metrics`` appends :meth:`TrainerChild.families`, fetched from the child's ``/metrics`` with a short timeout
 (the last ones fetched, up to a minute old, when it does not answer in time).
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 1.0
 FETCH_TIMEOUT_S = 1.0  # a paused or stuck child costs a scrape of the worker at most this
 STALE_FAMILIES_S = 60.0  # how long a busy child's last metric families stand in for the ones it did not give
+STALE_STATUS_S = 10.0  # how long a child that misses its polls (busy, not gone) still counts as up
 STOP_TIMEOUT_S = 10.0  # SIGTERM to SIGKILL
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
@@ -84,6 +86,7 @@ class TrainerChild:
         self._stopping = False
         self._session: aiohttp.ClientSession | None = None
         self._last_families: tuple[int, float, list[Metric]] | None = None  # pid, when, the families
+        self._status_seen: tuple[int, float] | None = None  # pid, when its /status last answered
 
     @property
     def pid(self) -> int | None:
@@ -201,7 +204,10 @@ class TrainerChild:
             return None
 
     async def _poll(self) -> None:
+        """Ask ``/status`` once per interval. A live child that misses polls (busy reading its inputs to the end on
+        a loaded host) keeps its last answer up to ``STALE_STATUS_S``: one slow answer is not a trainer down."""
         while True:
+            pid = self.pid
             raw = await self._get("/status")
             status = None
             if raw is not None:
@@ -209,7 +215,14 @@ class TrainerChild:
                     status = loads(raw)
                 except ValueError:
                     status = None
-            self._set_status(status if isinstance(status, dict) else None)
+            now = time.monotonic()
+            if isinstance(status, dict):
+                self._status_seen = (pid, now) if pid is not None else None
+                self._set_status(status)
+            else:
+                seen = self._status_seen
+                if seen is None or seen[0] != pid or pid is None or now - seen[1] > STALE_STATUS_S:
+                    self._set_status(None)
             await asyncio.sleep(self.poll_interval_s)
 
     async def families(self) -> list[Metric]:
