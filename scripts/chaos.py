@@ -256,7 +256,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fault-after-ready",
         action="store_true",
         help="hold each fault until every running worker is ready (at most --ready-timeout-s), so each recovery is "
-        "measured whole on a slow machine; the wait is in the fault's record (waited_for_ready_s)",
+        "measured whole on a slow machine, and hold the publishing with it, so the faults keep their places in the "
+        "stream; the waits are in the fault's record (waited_for_ready_s, publishing_held_s)",
     )
     g = p.add_argument_group("workers")
     g.add_argument("--partitions", type=int, default=4, help="TOPIC_PARTITIONS of the run's topics (default 4)")

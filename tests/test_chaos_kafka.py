@@ -287,7 +287,8 @@ def test_faults_are_spread_evenly_and_the_exit_code_follows_the_counts() -> None
 
 # About 75 s of publishing transactions, then 8 s of the last labels; each fault waits until every running worker is
 # ready (--fault-after-ready), so a slow start on a loaded machine delays the next fault instead of overlapping it,
-# and each recovery is measured whole.
+# and each recovery is measured whole; the publishing waits with it, so the faults keep their places in the stream
+# (on a loaded host the workers' 30 s starts had pushed four of the six faults past the last transaction).
 TRANSACTIONS, MALFORMED = 12000, 60
 # The run spans 2.4 days of event time (5,000 transactions a day): labels come a quarter day after their transactions
 # (from a tenth of the run on, and a quarter day of them after the last transaction), and the horizon is 0.55 day, so

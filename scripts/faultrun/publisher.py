@@ -61,7 +61,8 @@ async def _publish(cfg: dict[str, Any]) -> None:
 
     record = (work / "published.tsv").open("w", encoding="utf-8", buffering=1 << 16)
     # acked: messages of the transactions topic; labels_acked: labels
-    state = {"sent": 0, "acked": 0, "labels_sent": 0, "labels_acked": 0, "retries": 0, "resends": 0, "behind_s": 0.0}
+    state = {"sent": 0, "acked": 0, "labels_sent": 0, "labels_acked": 0, "retries": 0, "resends": 0, "behind_s": 0.0,
+             "held_s": 0.0}  # fmt: skip
     in_flight = 0
     resend_tasks: set[asyncio.Task[None]] = set()
     t0 = time.time()
@@ -117,10 +118,16 @@ async def _publish(cfg: dict[str, Any]) -> None:
     reporter = asyncio.create_task(report())
     try:
         slot = 0  # transactions-topic messages so far, then labels after the last of them: the paced sends
+        hold = work / "publisher.hold"  # the run holds publishing while it waits for its workers before a fault
         for item in messages(n, cfg["run_id"], int(cfg["seed"]), float(cfg["bad_share"]), label_delay_s):
+            if hold.exists():
+                held_from = time.time()
+                while hold.exists():
+                    await asyncio.sleep(0.02)
+                state["held_s"] += time.time() - held_from  # the schedule moves on by the time held
             is_label = item[1] in (LABEL_FRAUD, LABEL_LEGIT)
             if rate > 0 and (not is_label or state["sent"] == n):
-                due = t0 + slot / rate
+                due = t0 + state["held_s"] + slot / rate
                 wait = due - time.time()
                 if wait > 0.001:
                     await asyncio.sleep(wait)

@@ -225,7 +225,7 @@ class ChaosRun:
         self.work.mkdir(parents=True, exist_ok=True)
         for stale in ("published.tsv", "outputs.tsv", "publisher.started.json", "publisher.done.json",
                       "publisher.status.json", "reader.started.json", "reader.done.json", "reader.status.json",
-                      "reader.stop", "audit.tsv"):  # fmt: skip
+                      "reader.stop", "audit.tsv", "publisher.hold"):  # fmt: skip
             (self.work / stale).unlink(missing_ok=True)
         publish_s = publishing_s(a)
         schedule = fault_schedule(publish_s, a.kills, a.broker_restart, a.scale, a.pauses, a.trainer_kills,
@@ -260,14 +260,27 @@ class ChaosRun:
         self.event("publishing started")
 
         kills = 0
+        held_s = 0.0  # publishing held so far (--fault-after-ready): the faults' places in the stream move with it
         for fault in schedule:
-            self.sleep_until(self.t0 + fault.planned_at_s)
-            waited_s = self.wait_all_ready(a.ready_timeout_s) if a.fault_after_ready else None
+            self.sleep_until(self.t0 + held_s + fault.planned_at_s)
+            waited_s = held = None
+            if a.fault_after_ready:
+                # A worker still starting holds the fault, and the publishing with it: on a slow machine the faults
+                # keep their places in the stream instead of piling up after the last transaction, unmeasured.
+                hold = self.work / "publisher.hold"
+                if any(w.ready_at is None for w in self.running()):
+                    hold.touch()
+                waited_s = self.wait_all_ready(a.ready_timeout_s)
+                if hold.exists():
+                    hold.unlink()
+                    held = waited_s
+                    held_s += waited_s
             if not self.publisher.is_alive():
                 self.event("publishing ended before this fault", fault=fault.kind)
             apply_fault(self, fault, kills)
             if waited_s is not None:
                 self.faults[-1]["waited_for_ready_s"] = waited_s
+                self.faults[-1]["publishing_held_s"] = held or 0.0
             kills += fault.kind == "sigkill"
 
         while self.publisher.is_alive():
