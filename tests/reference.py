@@ -34,6 +34,22 @@ class LabelArrival:
 Event = Tx | LabelArrival
 
 
+def approx_equal(got: object, want: object, tol: float = 1e-9) -> bool:
+    """``got == pytest.approx(want, rel=tol, abs=tol)`` for a scalar, its rules copied (a bool wants a bool, equal
+    values match, anything not a number must be equal, NaN and infinities only themselves): the broker tests compare
+    tens of thousands of features, where ``pytest.approx`` costs seconds (tests/test_features.py checks the two
+    agree)."""
+    if isinstance(want, bool) and not isinstance(got, bool):
+        return False
+    if got == want:
+        return True
+    if not (isinstance(want, (int, float)) and isinstance(got, (int, float))):
+        return False
+    if math.isnan(want) or math.isinf(want):
+        return False
+    return abs(want - got) <= max(tol * abs(want), tol)
+
+
 def reference(events: list[Event], delay_days: float = 7.0) -> list[tuple[str, dict[str, float]]]:
     """Features by brute force, one row per transaction arrival (repeats included): for each, scan every
     earlier arrival of its customer / terminal. A repeated tx_id gets the windows of its first arrival (only

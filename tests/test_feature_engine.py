@@ -23,7 +23,7 @@ from app.features.engine import (
     terminal_x,
 )
 from lab.simulator import SimulatorConfig, simulate
-from tests.reference import Event, LabelArrival, Tx, reference
+from tests.reference import Event, LabelArrival, Tx, approx_equal, reference
 
 
 def engine(
@@ -288,3 +288,20 @@ def test_entries_without_seq_are_read_as_given() -> None:
     assert same is state and x["terminal_nb_tx_1hour"] == 2.0  # x and y arrived before z; y is later in time
     assert x["terminal_nb_tx_1day_delay"] == 0.0
     assert terminal_features(state, T0, "y", {})[0]["terminal_nb_tx_1hour"] == 2.0  # x; z is numbered: later
+
+
+def test_approx_equal_agrees_with_pytest_approx() -> None:
+    """The broker tests' fast comparison (tests/reference.py) says what ``pytest.approx(rel=1e-9, abs=1e-9)`` says."""
+    inf, nan = float("inf"), float("nan")
+    wants = [0, 0.0, 1, 1.0, -3.5, 1e-12, 1e12, 123456.789, True, False, inf, -inf, nan]
+    gots = [*wants, None, "x", 1e-9, 2e-9, 1 + 1e-9, 1 + 3e-9, 1e12 + 900, 1e12 + 1100, -3.5 - 3e-9,
+            123456.789 * (1 + 1e-10), 0.999999999, 1.0000000011]  # fmt: skip
+    for want in wants:
+        for got in gots:
+            assert approx_equal(got, want) == (got == pytest.approx(want, rel=1e-9, abs=1e-9)), (got, want)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, width=32), st.floats(-1e-8, 1e-8))
+def test_approx_equal_agrees_with_pytest_approx_near_the_tolerance(want: float, offset: float) -> None:
+    for got in (want + offset, want * (1 + offset)):
+        assert approx_equal(got, want) == (got == pytest.approx(want, rel=1e-9, abs=1e-9)), (got, want)

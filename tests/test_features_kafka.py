@@ -28,7 +28,7 @@ from app.serialization import dumps, loads
 from lab.simulator import SimulatedTransaction, SimulatorConfig, label_of, simulate, to_wire
 from tests.cases import transaction
 from tests.conftest import WorkerProcess
-from tests.reference import Event, LabelArrival, Tx, reference
+from tests.reference import Event, LabelArrival, Tx, approx_equal, reference
 
 pytestmark = pytest.mark.kafka
 
@@ -99,29 +99,32 @@ def assert_features_within_reference(
     mismatches = []
     for p in predictions:
         for name in EXACT:
-            if p["features"][name] != pytest.approx(want[p["tx_id"]][name], rel=1e-9, abs=1e-9):
+            if not approx_equal(p["features"][name], want[p["tx_id"]][name]):
                 mismatches.append((p["tx_id"], name, p["features"][name], want[p["tx_id"]][name]))
     assert not mismatches, f"{len(mismatches)} feature values differ, first: {mismatches[:5]}"
     # The 1-hour terminal count, within the feed's bound.
     by_id = {p["tx_id"]: p for p in predictions}
-    by_terminal: dict[str, list[SimulatedTransaction]] = defaultdict(list)
+    scored = {tx_id: scored_at_s(p) for tx_id, p in by_id.items()}  # parsed once: the loops below read them often
+    # per terminal its transactions as (event time, tx_id), the times read once: the loops below read them often
+    by_terminal: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for tx in txs:
-        by_terminal[tx.terminal_id].append(tx)
+        by_terminal[tx.terminal_id].append((tx.timestamp.timestamp(), tx.tx_id))
     missed = 0
     cap_s = 7 * 86400.0
     for tx in txs:
         p = by_id[tx.tx_id]
-        t, at = tx.timestamp.timestamp(), scored_at_s(p)
-        hour = [o for o in by_terminal[tx.terminal_id] if o is not tx and t - HOUR_S < o.timestamp.timestamp() <= t]
-        lower = 1 + sum(1 for o in hour if scored_at_s(by_id[o.tx_id]) <= at - FEED_BOUND_S)
-        upper = 1 + sum(1 for o in hour if scored_at_s(by_id[o.tx_id]) <= at + 0.002)
+        t, at = tx.timestamp.timestamp(), scored[tx.tx_id]
+        others = [(o_t, o_id) for o_t, o_id in by_terminal[tx.terminal_id] if o_id != tx.tx_id]
+        hour = [o_id for o_t, o_id in others if t - HOUR_S < o_t <= t]
+        lower = 1 + sum(1 for o_id in hour if scored[o_id] <= at - FEED_BOUND_S)
+        upper = 1 + sum(1 for o_id in hour if scored[o_id] <= at + 0.002)
         got = p["features"]["terminal_nb_tx_1hour"]
         assert lower <= got <= upper, (tx.tx_id, lower, got, upper)
         missed += got < want[tx.tx_id]["terminal_nb_tx_1hour"]
         # the gap: to the latest earlier one the feed surely had (the longest) and to any it may have had
-        earlier = [o for o in by_terminal[tx.terminal_id] if o is not tx and o.timestamp.timestamp() <= t]
-        sure = [o.timestamp.timestamp() for o in earlier if scored_at_s(by_id[o.tx_id]) <= at - FEED_BOUND_S]
-        maybe = [o.timestamp.timestamp() for o in earlier if scored_at_s(by_id[o.tx_id]) <= at + 0.002]
+        earlier = [(o_t, o_id) for o_t, o_id in others if o_t <= t]
+        sure = [o_t for o_t, o_id in earlier if scored[o_id] <= at - FEED_BOUND_S]
+        maybe = [o_t for o_t, o_id in earlier if scored[o_id] <= at + 0.002]
         longest = min(t - max(sure), cap_s) if sure else cap_s
         shortest = min(t - max(maybe), cap_s) if maybe else cap_s
         gap = p["features"]["terminal_seconds_since_previous_tx"]

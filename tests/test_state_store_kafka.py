@@ -25,6 +25,7 @@ from app.kafka.topics import changelog_topic
 from app.serialization import loads
 from app.settings import load
 from tests.conftest import WorkerProcess
+from tests.reference import approx_equal
 from tests.test_features_kafka import (
     every_tx_id,
     expected,
@@ -47,7 +48,7 @@ def assert_customer_features_equal(records: list, want: dict[str, dict[str, floa
     assert sorted(p["tx_id"] for p in predictions) == sorted(want), "each tx_id exactly once"
     mismatches = [(p["tx_id"], name, p["features"][name], want[p["tx_id"]][name]) for p in predictions
                   for name in CUSTOMER_SIDE
-                  if p["features"][name] != pytest.approx(want[p["tx_id"]][name], rel=1e-9, abs=1e-9)]  # fmt: skip
+                  if not approx_equal(p["features"][name], want[p["tx_id"]][name])]  # fmt: skip
     assert not mismatches, f"{len(mismatches)} customer feature values differ, first: {mismatches[:5]}"
 
 
