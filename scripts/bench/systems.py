@@ -59,7 +59,11 @@ def run_system(
         app_id = f"bench-{run}-app"  # its own prefix: no topic of the benchmark's starts with it
         topics = {"TRANSACTIONS_TOPIC": source, "PREDICTIONS_TOPIC": sink, "LABELS_TOPIC": f"bench-{run}-labels",
                   "HEALTH_TOPIC": f"bench-{run}-health", "TRANSACTIONS_DLQ_TOPIC": f"bench-{run}-transactions-dlq",
-                  "LABELS_DLQ_TOPIC": f"bench-{run}-labels-dlq"}  # fmt: skip
+                  "LABELS_DLQ_TOPIC": f"bench-{run}-labels-dlq",
+                  # Its own registry: on the default "models" topic a worker of the run served the versions another
+                  # worker's trainer had published before it (another line's, with --worker-variant), until its own
+                  # trainer published one.
+                  "MODELS_TOPIC": f"bench-{run}-models", "MODEL_EVENTS_TOPIC": f"bench-{run}-model-events"}  # fmt: skip
         web_port = free_port()
         metrics_url = f"http://127.0.0.1:{web_port}/metrics"
         command = [sys.executable, "-m", "app"]
