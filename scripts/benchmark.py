@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels-warmup-only", action="store_true",
                         help="with --labels: the warm-up's labels only, so the trainers learn (and a gbdt line "
                         "retrains) before the timed phases, not during them: the decisions timed alone")  # fmt: skip
+    parser.add_argument("--profile-every-worker", action="store_true",
+                        help="py-spy samples of every worker's maximum-throughput phase, not only this checkout's "
+                        "worker's (each system's cpu_split in the JSON; py-spy costs each the same)")  # fmt: skip
     parser.add_argument("--rules", type=int, default=0,
                         help="publish this many analysts' rules (scripts/bench_rules.py's mix) on the broker's "
                              "default rules topic before the systems run: every worker of the run decides with "

@@ -97,7 +97,8 @@ def run_system(
         offsets_before = asyncio.run(end_offsets(bootstrap, written))
         samples_before = scrape(metrics_url) if metrics_url else {}
         profile = work / f"{name}{tag}-profile.txt"
-        spy = start_profiler(process.pid, profile) if name == "worker" else None
+        profiled = name == "worker" or (name.startswith("worker") and getattr(args, "profile_every_worker", False))
+        spy = start_profiler(process.pid, profile) if profiled else None
         m = result["max_throughput"] = asyncio.run(
             drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s, progress, labelled("max"))
         )
