@@ -6,19 +6,33 @@ model measured in the same run (the machine is shared: read the ratios).
     python scripts/bench_models.py                                       # 300 customers, 600 terminals, 70 days
     python scripts/bench_models.py --models gbdt gbdt:trees=60 --out results/models.json
     python scripts/bench_models.py --block 100 --features-cache /tmp/features.pkl   # hot; the replay kept
+    git show main:app/learning/boosting.py > /tmp/boosting_main.py
+    python scripts/bench_models.py --block 100 --compare-code /tmp/boosting_main.py   # main's scoring beside this
 
 No Kafka. The features are the product's, as the worker computes them: a simulated run replayed through the offline
 path (:func:`app.learning.offline.replay_offline`, the default model). Each model learns the first 80 % of the
 transactions in time order with their labels (``learn_one``: a gbdt retrains on its own cadence, each retrain
-timed), then scores the last 20 %: ``score_many`` on consecutive slices of each batch size (the models take turns
-call by call, so a noisy moment hits all of them; ``--block 100``: 100 calls each, a model measured alone and hot),
-and ``score_one`` one by one, the path before batches. A cost per transaction is a call's CPU time (the calling
-thread's; ``--wall-clock``: elapsed) over its batch size; percentiles are over calls.
+timed), then scores the last 20 %: ``score_many`` on consecutive slices of each batch size, and ``score_one`` one by
+one, the path before batches. A cost per transaction is a call's CPU time (the calling thread's; ``--wall-clock``:
+elapsed) over its batch size; percentiles are over calls.
+
+The calls go in rounds: each round takes every batch size and, within it, every model in turn, ``--block`` calls
+each (1: call by call; 100: a model measured hot, its arrays warm in the cache), the batch sizes' order rotated
+from round to round; ``score_one`` alternates call by call with batch 1 on the same transaction; one untimed round
+first (the warm-up). So every figure samples the whole run: on this shared machine the same call costs up to twice
+as much for seconds at a time, and a batch size timed in a phase of its own, as before, measured that moment, not
+the code (batch 1, timed first, read twice ``score_one``, timed last, for the same calls on the same path).
+
+``--compare-code FILE``: a copy of an older ``app/learning/boosting.py``; each gbdt model is also scored, as
+``<name>@old``, with that file's ``CompiledTrees`` on the same trees (the node arrays copied), in the same rounds:
+an A/B of the scoring code in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import pickle
 import sys
@@ -104,6 +118,25 @@ def full_window_retrain_s(model: FraudModel, pairs: list[tuple[dict[str, float],
     return len(y), time.perf_counter() - started
 
 
+def with_trees_of(model: FraudModel, code: Path) -> FraudModel | None:
+    """``model`` (a gbdt) scoring with the ``CompiledTrees`` of ``code`` (another version of the module) on the same
+    node arrays; None for a model without trees."""
+    learner = model.learner
+    if not isinstance(learner, _Boosted) or learner.trees is None:
+        return None
+    spec = importlib.util.spec_from_file_location(f"boosting_{code.stem}", code)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {code}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trees = module.CompiledTrees.__new__(module.CompiledTrees)
+    trees.__dict__.update(learner.trees.__getstate__())
+    other = copy.copy(model)
+    other.learner = copy.copy(learner)
+    other.learner.trees = trees
+    return other
+
+
 def per_tx_us(samples: list[float]) -> dict[str, float]:
     values = np.array(samples) * 1e6
     return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99)}
@@ -118,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["gbdt"], help="beside the default model, always measured")
     parser.add_argument("--calls", type=int, default=400, help="timed calls per model and batch size")
     parser.add_argument("--block", type=int, default=1, help="consecutive calls of a model before the next one's "
-                        "turn: 1 alternates call by call (a noisy moment hits all); 100 measures each model hot, its "
-                        "arrays warm in the cache (the calls of each batch size taken in blocks, the models still "
-                        "alternating block by block)")  # fmt: skip
+                        "turn: 1 alternates call by call; 100 measures each model hot, its arrays warm in the cache "
+                        "(the models and the batch sizes still taking turns block by block)")  # fmt: skip
+    parser.add_argument("--compare-code", type=Path, default=None, help="a copy of an older app/learning/boosting.py: "
+                        "the gbdt models also scored with its CompiledTrees, as <name>@old")  # fmt: skip
     parser.add_argument("--wall-clock", action="store_true", help="time calls by the wall clock, not CPU time")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -163,34 +197,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: learnt in {learn_s:.1f} s, {len(retrain_s)} retrains, version {len(snapshot):,} bytes",
               flush=True)  # fmt: skip
 
+    if args.compare_code is not None:
+        for name in list(names[1:]):
+            old = with_trees_of(models[name], args.compare_code)
+            if old is not None:
+                names.append(f"{name}@old")
+                models[f"{name}@old"] = old
+                results[f"{name}@old"] = results[name] | {"score_many_us_per_tx": {}}
+
     # The calling thread's CPU time, not the wall clock: on a machine loaded many times over its cores a call longer
     # than a scheduler slice waits for the CPU several times, and the wall clock counts those waits as its cost.
     clock = time.thread_time if not args.wall_clock else time.perf_counter
-    for batch in (*BATCHES, 0):  # 0: score_one, one call per transaction
-        size = max(1, batch)
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        block = max(1, args.block)
-        for first in range(0, args.calls, block):
+    # 0: score_one, one call per transaction, alternating call by call with batch 1 (the same transactions)
+    groups = ((1, 0), *((b,) for b in BATCHES if b != 1))
+    samples: dict[tuple[str, int], list[float]] = {(name, b): [] for name in names for group in groups for b in group}
+    block = max(1, args.block)
+    for turn, first in enumerate(range(-block, args.calls, block)):  # the first round untimed: the warm-up
+        for group in groups[turn % len(groups) :] + groups[: turn % len(groups)]:
+            size = max(group)
             for name in names:
                 model = models[name]
                 for call in range(first, min(first + block, args.calls)):
-                    at = (call * size) % max(1, len(held_out) - size)
-                    # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
-                    xs = [dict(x) for x in held_out[at : at + size]]
-                    if batch:
-                        t0 = clock()
-                        model.score_many(xs)
-                        samples[name].append((clock() - t0) / size)
-                    else:
-                        t0 = clock()
-                        model.score_one(xs[0])
-                        samples[name].append(clock() - t0)
-        for name in names:
-            results[name]["score_many_us_per_tx" if batch else "score_one_us"] = (
-                results[name]["score_many_us_per_tx"] | {str(batch): per_tx_us(samples[name])}
-                if batch
-                else per_tx_us(samples[name])
-            )
+                    at = (call % args.calls * size) % max(1, len(held_out) - size)
+                    for batch in group:
+                        # Fresh dicts, as the live path scores features it has just computed (warm in the cache).
+                        xs = [dict(x) for x in held_out[at : at + size]]
+                        if batch:
+                            t0 = clock()
+                            model.score_many(xs)
+                            elapsed = (clock() - t0) / size
+                        else:
+                            t0 = clock()
+                            model.score_one(xs[0])
+                            elapsed = clock() - t0
+                        if first >= 0:
+                            samples[name, batch].append(elapsed)
+    for name in names:
+        for batch in BATCHES:
+            results[name]["score_many_us_per_tx"][str(batch)] = per_tx_us(samples[name, batch])
+        results[name]["score_one_us"] = per_tx_us(samples[name, 0])
 
     base = results[DEFAULT_MODEL]
     print("\n| model | batch | p50 µs/tx | p90 | p99 | p50 / default's |")

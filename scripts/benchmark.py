@@ -5,6 +5,10 @@ Faust ceiling on the same broker, in one run.
     python scripts/benchmark.py --out results/benchmark.json     # defaults: 50,000 tx; 200 and 1000 tx/s for 60 s
     python scripts/benchmark.py --baseline-ref HEAD~1             # and the previous commit's worker, same run
     python scripts/benchmark.py --rules 50                        # the workers with 50 analysts' rules in force
+    # the gbdt line's trees against the default model (worker-default, the baseline), each timed once it scores
+    # with a published version of 2,000 labels or more
+    python scripts/benchmark.py --labels --labels-warmup-only --warmup 3000 --wait-model-s 120 \
+        --wait-model-labels 2000 --worker-variant default --worker-env MODEL_NAME=gbdt:every=1000
 
 The three systems (``passthrough``: the raw client; ``passthrough-eos``: the raw client committing each
 partition's batch in a Kafka transaction, exactly once and nothing else; ``worker``) run as their own process
@@ -98,9 +102,28 @@ def main(argv: list[str] | None = None) -> int:
                         "on the same venv) just before the current one, in the same run: worker@<ref>")  # fmt: skip
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="this checkout's worker only, not the baseline's: OUTPUT_COMPRESSION=zstd")  # fmt: skip
+    parser.add_argument("--worker-variant", nargs="+", action="append", default=[], metavar="NAME [KEY=VALUE]",
+                        help="also run this checkout's worker as worker-NAME with these settings (not --worker-env's), "
+                        "in the same run, as a baseline of the worker: --worker-variant default --worker-env "
+                        "MODEL_NAME=gbdt compares the gbdt line with the default model; repeatable")  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=500, help="transactions of the untimed warm-up phase")
+    parser.add_argument("--wait-model-s", type=float, default=0.0,
+                        help="after the warm-up, wait up to this long until each worker scores with a published "
+                        "version, not its prior (its fraud_model_info): a gbdt line scores the prior until its "
+                        "trainer's first retrain is published, so with --labels and an `every` the warm-up's "
+                        "labels reach; 0: do not wait")  # fmt: skip
+    parser.add_argument("--wait-model-labels", type=int, default=0,
+                        help="with --wait-model-s: a version that learned at least this many labels (above a gbdt "
+                        "line's `every`: its first retrain's trees are in it)")  # fmt: skip
     parser.add_argument("--labels", action="store_true",
                         help="the workers' phases also publish one label per transaction (a day later in event time, "
                         "200 transactions behind it): their trainers learn while the decisions are timed")  # fmt: skip
+    parser.add_argument("--labels-warmup-only", action="store_true",
+                        help="with --labels: the warm-up's labels only, so the trainers learn (and a gbdt line "
+                        "retrains) before the timed phases, not during them: the decisions timed alone")  # fmt: skip
+    parser.add_argument("--profile-every-worker", action="store_true",
+                        help="py-spy samples of every worker's maximum-throughput phase, not only this checkout's "
+                        "worker's (each system's cpu_split in the JSON; py-spy costs each the same)")  # fmt: skip
     parser.add_argument("--rules", type=int, default=0,
                         help="publish this many analysts' rules (scripts/bench_rules.py's mix) on the broker's "
                              "default rules topic before the systems run: every worker of the run decides with "
@@ -116,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in args.ceiling_variants if not faust_ceiling.known_variant(v)]
     if unknown:
         parser.error(f"unknown --ceiling-variants {unknown}")
-    phase_sizes = [("warmup", 500), ("max", args.transactions)]
+    phase_sizes = [("warmup", args.warmup), ("max", args.transactions)]
     phase_sizes += [(f"r{rate:g}", int(rate * args.rate_seconds)) for rate in args.rates]
     labels: dict[str, list[Label]] | None = {} if args.labels else None
     phases = traffic(phase_sizes, labels=labels)
+    if labels is not None and args.labels_warmup_only:
+        labels = {"warmup": labels["warmup"]}
     work = REPO_ROOT / ".kafka" / "bench"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -135,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(baseline_tree),
                         args.baseline_ref], check=True, capture_output=True)  # fmt: skip
         names.insert(len(names) - 1, (f"worker@{args.baseline_ref}", baseline_tree))
+    args.variant_env = {}
+    for label, *settings in args.worker_variant:
+        names.insert(len(names) - 1, (f"worker-{label}", REPO_ROOT))
+        args.variant_env[f"worker-{label}"] = settings
     try:
         # One bar over the outputs of every phase of every system (the Faust ceiling afterwards has none).
         outputs = args.rounds * len(names) * sum(n for _, n in phase_sizes)

@@ -63,3 +63,23 @@ def test_one_round_is_the_report_it_always_was() -> None:
     built = report.build_rounds([systems], None, [])
     assert "rounds" not in built
     assert built["ratios"]["p99_latency_worker_over_passthrough_eos"] == pytest.approx([0.6, 1.1])
+
+
+def test_a_worker_variant_is_a_baseline_of_the_worker_and_its_version_is_read_from_its_metrics() -> None:
+    """``--worker-variant default`` runs as ``worker-default`` beside ``worker``: the workers' order alternates and
+    the ratios are the worker's over it; the version a worker scores with is the one its ``fraud_model_info`` sets."""
+    from bench.systems import model_version
+
+    names = [("passthrough", 0), ("passthrough-eos", 0), ("worker-default", 0), ("worker", 0)]
+    assert [n for n, _ in report.run_order(names, 1)][2:] == ["worker", "worker-default"]
+    systems = [
+        _system("passthrough", [10.0, 10.0], 1000.0, 1),
+        _system("passthrough-eos", [20.0, 20.0], 800.0, 1),
+        _system("worker", [60.0, 60.0], 150.0, 1),
+        _system("worker-default", [40.0, 40.0], 100.0, 1),
+    ]
+    built = report.build(report.canonical(systems), None, [])
+    assert built["ratios"]["baseline"] == "worker-default"
+    assert built["ratios"]["throughput_worker_over_baseline"] == pytest.approx(1.5)
+    metrics = {'fraud_model_info{version="gbdt:every=1500@prior"}': 0.0, 'fraud_model_info{version="v1"}': 1.0}
+    assert model_version(metrics) == "v1" and model_version({}) is None

@@ -48,6 +48,48 @@ def test_compiled_trees_score_what_lightgbm_predicts(seed: int) -> None:
     assert np.array_equal(shifted.raw(x), trees.raw(x) - 1.25)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_one_row_walk_scores_what_lightgbm_predicts_and_reasons_as_a_batch(seed: int) -> None:
+    """The one-row path (its own layout of the nodes: the splits and their leaf siblings compared, the rest pointing
+    to themselves) against LightGBM's predict, and its reasons against the batch's, for every held-out row."""
+    booster, x = booster_and_data(seed)
+    trees = CompiledTrees(booster, [f"f{i}" for i in range(x.shape[1])])
+    assert [trees.score_row(row, 0)[0] for row in x] == booster.predict(x).tolist()  # type: ignore[attr-defined]
+    one = trees._one_row()
+    assert one.evaluated < len(trees.feature)  # the pairs of leaves are not compared
+    for k in (1, 3, x.shape[1]):  # k = every feature: no pick left out but those credited nothing or less
+        assert [trees.score_row(row, k) for row in x] == trees.score(x, k)
+    shifted = CompiledTrees(booster, trees.names, offset=-1.25)
+    assert [shifted.score_row(row, 3) for row in x[:50]] == shifted.score(x[:50], 3)
+
+
+def test_equal_credits_name_the_first_feature_first_alone_and_in_a_batch() -> None:
+    """Three trees of one split each raising the value by 1 to the right (each credits its feature 1): ties come in
+    the features' order; a feature its path credits nothing or less is no reason."""
+    rise = [_split(f, 0.0, {"leaf_value": -0.5 if f == 2 else 0.0}, {"leaf_value": 1.0}) for f in (1, 0, 2)]
+    trees = CompiledTrees(_Dumped(rise), ["a", "b", "c"])
+    x = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, 1.0], [-1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]])
+    expected = {
+        3: [["a", "b", "c"], ["a", "c"], [], ["b"]],
+        2: [["a", "b"], ["a", "c"], [], ["b"]],
+        1: [["a"], ["a"], [], ["b"]],
+    }
+    for k, reasons in expected.items():
+        assert [r for _, r in trees.score(x, k)] == reasons
+        assert [trees.score_row(row, k)[1] for row in x] == reasons
+    assert [trees.score_row(row, 0)[1] for row in x] == [[]] * 4
+
+
+def test_the_derived_tables_are_not_pickled_and_are_rebuilt_the_same() -> None:
+    booster, x = booster_and_data(4)
+    trees = CompiledTrees(booster, [f"f{i}" for i in range(x.shape[1])])
+    scored = [trees.score_row(row, 3) for row in x[:30]] + trees.score(x, 3)
+    assert {"_one", "_names"} <= set(trees.__dict__)
+    again = pickle.loads(pickle.dumps(trees))
+    assert not {"_one", "_names", "_picker"} & set(again.__dict__) and again._leaves is None
+    assert [again.score_row(row, 3) for row in x[:30]] + again.score(x, 3) == scored
+
+
 def test_reasons_name_the_features_the_paths_raise_and_survive_pickling() -> None:
     booster, x = booster_and_data(3)
     trees = CompiledTrees(booster, [f"f{i}" for i in range(x.shape[1])])

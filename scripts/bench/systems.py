@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,11 @@ def run_system(
         app_id = f"bench-{run}-app"  # its own prefix: no topic of the benchmark's starts with it
         topics = {"TRANSACTIONS_TOPIC": source, "PREDICTIONS_TOPIC": sink, "LABELS_TOPIC": f"bench-{run}-labels",
                   "HEALTH_TOPIC": f"bench-{run}-health", "TRANSACTIONS_DLQ_TOPIC": f"bench-{run}-transactions-dlq",
-                  "LABELS_DLQ_TOPIC": f"bench-{run}-labels-dlq"}  # fmt: skip
+                  "LABELS_DLQ_TOPIC": f"bench-{run}-labels-dlq",
+                  # Its own registry: on the default "models" topic a worker of the run served the versions another
+                  # worker's trainer had published before it (another line's, with --worker-variant), until its own
+                  # trainer published one.
+                  "MODELS_TOPIC": f"bench-{run}-models", "MODEL_EVENTS_TOPIC": f"bench-{run}-model-events"}  # fmt: skip
         web_port = free_port()
         metrics_url = f"http://127.0.0.1:{web_port}/metrics"
         command = [sys.executable, "-m", "app"]
@@ -67,12 +72,15 @@ def run_system(
                "GRPC_PORT": str(free_port()), "WEB_BIND": "127.0.0.1", "LOG_LEVEL": "warn"}  # fmt: skip
         if name == "worker":  # this checkout's worker only, never the baseline's
             env.update(dict(item.split("=", 1) for item in getattr(args, "worker_env", None) or []))
+        variant = (getattr(args, "variant_env", None) or {}).get(name)  # --worker-variant: this checkout's too
+        if variant is not None:
+            env.update(dict(item.split("=", 1) for item in variant))
         named = [sink, topics["TRANSACTIONS_DLQ_TOPIC"], topics["HEALTH_TOPIC"], topics["LABELS_DLQ_TOPIC"]]
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     result: dict[str, Any] = {"system": name, "run": run, "app_id": app_id}
 
     def labelled(phase: str) -> tuple[str, list[Label]] | None:
-        if labels is None or app_id is None:
+        if labels is None or app_id is None or phase not in labels:
             return None
         return env["LABELS_TOPIC"], labels[phase]
 
@@ -81,12 +89,16 @@ def run_system(
             wait_http_ok(metrics_url.replace("/metrics", "/ready"), process, 120)
         # warm-up: the consumer group joins and the first fetches happen outside the measurements
         asyncio.run(drive(bootstrap, source, sink, phases["warmup"], 0, 120, progress, labelled("warmup")))
+        if metrics_url is not None and getattr(args, "wait_model_s", 0.0) > 0:
+            result["model_before"] = wait_for_version(metrics_url, process, args.wait_model_s,
+                                                      getattr(args, "wait_model_labels", 0))  # fmt: skip
         wait_idle(process.pid)
         written = asyncio.run(written_topics(bootstrap, app_id, named))
         offsets_before = asyncio.run(end_offsets(bootstrap, written))
         samples_before = scrape(metrics_url) if metrics_url else {}
         profile = work / f"{name}{tag}-profile.txt"
-        spy = start_profiler(process.pid, profile) if name == "worker" else None
+        profiled = name == "worker" or (name.startswith("worker") and getattr(args, "profile_every_worker", False))
+        spy = start_profiler(process.pid, profile) if profiled else None
         m = result["max_throughput"] = asyncio.run(
             drive(bootstrap, source, sink, phases["max"], 0, args.timeout_s, progress, labelled("max"))
         )
@@ -130,6 +142,8 @@ def run_system(
             end = scrape(metrics_url)
             result["labels_learned"] = {outcome: int(end.get(f'fraud_labels_total{{outcome="{outcome}"}}', 0))
                                         for outcome in ("received", "learned", "implicit_negative")}  # fmt: skip
+        if metrics_url is not None:
+            result["model_after"] = model_version(scrape(metrics_url))
         result["peak_rss_bytes"] = peak_rss_bytes(process.pid)
         if app_id is not None:
             result["topic_disk_bytes"] = asyncio.run(disk_bytes(bootstrap, written))
@@ -139,3 +153,30 @@ def run_system(
     if name.startswith("worker"):
         result["state_bytes"] = dir_bytes(data_dir)  # what the worker leaves in DATA_DIR after its shutdown
     return result
+
+
+def model_version(samples: dict[str, float]) -> str | None:
+    """The version a worker scores with, from its /metrics (``fraud_model_info{version="..."} 1``).
+
+    >>> model_version({'fraud_model_info{version="gbdt@prior"}': 0.0, 'fraud_model_info{version="v3"}': 1.0})
+    'v3'
+    """
+    prefix = 'fraud_model_info{version="'
+    return next((key[len(prefix) : -2] for key, value in samples.items() if key.startswith(prefix) and value), None)
+
+
+def wait_for_version(metrics_url: str, process: subprocess.Popen[bytes], timeout_s: float, labels: int = 0) -> str:
+    """Poll the worker's /metrics until it scores with a published version (not ``<name>@prior``) that learned at
+    least ``labels`` labels (``fraud_model_labels_learned``: a gbdt version scores the prior until a retrain, so
+    ask for more than its ``every``); the version's name."""
+    deadline = time.monotonic() + timeout_s
+    version, learned = None, 0.0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited ({process.returncode}) before its first published version")
+        samples = scrape(metrics_url)
+        version, learned = model_version(samples), samples.get("fraud_model_labels_learned", 0.0)
+        if version is not None and not version.endswith("@prior") and learned >= labels:
+            return version
+        time.sleep(1.0)
+    raise RuntimeError(f"no published version of {labels} labels within {timeout_s:.0f} s ({version}, {learned:.0f})")
