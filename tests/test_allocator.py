@@ -78,3 +78,15 @@ def test_trim_and_count_sets_the_gauges_in_this_process() -> None:
     trimmed = allocator.trim_and_count()
     assert trimmed is not None
     assert metrics.ALLOCATOR_BYTES.labels("in_use")._value.get() == trimmed.heap.in_use_bytes > 0
+
+
+@pytest.mark.parametrize(("interval", "timers"), [("30", ["publish_health", "trim_memory"]), ("0", ["publish_health"])])
+def test_the_worker_app_trims_on_a_timer_unless_the_interval_is_0(interval: str, timers: list[str]) -> None:
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from app.worker import create_app
+
+    with mock.patch("app.serving.web.register"):  # the pages need real components; the timers do not
+        app = create_app(SimpleNamespace(settings=load({"MEMORY_TRIM_INTERVAL_S": interval})))  # type: ignore[arg-type]
+    assert [task.__name__ for task in app._app_tasks] == timers
