@@ -24,6 +24,7 @@ from typing import NoReturn
 
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
 
+from app import allocator
 from app.ops.cli import TRAINER, WORKER, is_worker, run
 from app.settings import Settings, load
 
@@ -98,6 +99,7 @@ def run_trainer(args: list[str]) -> None:
         settings = load()
     except ValueError as exc:
         _config_error(str(exc))
+    allocator.configure(settings.memory_arena_max)
     if settings.trainer_nice:
         os.nice(settings.trainer_nice)  # learning waits where the decisions need the cores
     try:
@@ -129,6 +131,7 @@ def run_worker(faust_args: list[str]) -> None:
         settings = load()
     except ValueError as exc:
         _config_error(str(exc))
+    allocator.configure(settings.memory_arena_max)  # before the first thread (the clients', RocksDB's)
     if "--help" not in faust_args:  # help needs no broker (Faust's -h is --web-host)
         try:
             asyncio.run(check_credentials(settings))

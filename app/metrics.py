@@ -138,6 +138,15 @@ TERMINAL_START = Gauge(
     ["source"],
 )
 TERMINAL_STATES = Gauge("fraud_terminal_states", "Terminal states in this worker's aggregates (all terminals).")
+ALLOCATOR_BYTES = Gauge(
+    "fraud_allocator_bytes",
+    "glibc malloc's bytes at the last trim (MEMORY_TRIM_INTERVAL_S), every arena: in_use, free (kept from the "
+    "system; the trim gives back the whole pages of it) and mmapped (big blocks, returned when freed).",
+    ["kind"],
+)
+ALLOCATOR_RELEASED = Counter(
+    "fraud_allocator_released_bytes", "Resident bytes the periodic malloc_trim gave back (RSS before less after)."
+)
 TERMINAL_FEED_LAG = Gauge(
     "fraud_terminal_feed_lag_seconds",
     "Feature freshness: wall time from a scorer's commit of a terminal-log record to this worker reading it. The "

@@ -84,6 +84,10 @@ class Settings:
     state_terminal_cache: int = 5_000  # parsed terminal states kept in memory (an LRU; every worker holds all)
     state_terminal_packed_mb: float = 0.0  # behind them, terminals as stored (~1.2 KB at 38 entries), MB; 0: none
     state_sweep_customers: int = 5_000  # customers the idle-expiry sweep reads from the store per sweep interval
+    # glibc's malloc (app/allocator.py; BENCHMARKS.md "State at scale (issue 16), twelfth part"): arenas its threads
+    # share (0: glibc's default, 8 a core), and how often the free pages it keeps go back to the system (0: never).
+    memory_arena_max: int = 2
+    memory_trim_interval_s: float = 0.0  # off: a trim stalls the event loop's allocations while it runs
     web_bind: str = "0.0.0.0"
     web_port: int = 6066
     web_advertised_url: str = ""  # load(): http://<WEB_BIND, or the hostname when it binds all>:<WEB_PORT>
@@ -255,6 +259,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         state_terminal_cache=int(_get(env, "STATE_TERMINAL_CACHE", str(d.state_terminal_cache))),
         state_terminal_packed_mb=float(_get(env, "STATE_TERMINAL_PACKED_MB", str(d.state_terminal_packed_mb))),
         state_sweep_customers=int(_get(env, "STATE_SWEEP_CUSTOMERS", str(d.state_sweep_customers))),
+        memory_arena_max=int(_get(env, "MEMORY_ARENA_MAX", str(d.memory_arena_max))),
+        memory_trim_interval_s=float(_get(env, "MEMORY_TRIM_INTERVAL_S", str(d.memory_trim_interval_s))),
         web_bind=web_bind,
         web_port=web_port,
         web_advertised_url=_get(env, "WEB_ADVERTISED_URL", default_advertised_url(web_bind, web_port)),

@@ -8,10 +8,13 @@ then runs :func:`main`. Importing this module builds nothing.
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
+from app import allocator
 from app.components import Components, build
 from app.kafka.clients import Connection
 from app.kafka.security import faust_credentials
@@ -55,6 +58,12 @@ def create_app(components: Components) -> faust.App:
     @app.timer(interval=settings.health_interval_s)
     async def publish_health() -> None:
         await monitor.publish_health(components, health.send)
+
+    if settings.memory_trim_interval_s > 0:
+
+        @app.timer(interval=settings.memory_trim_interval_s)
+        async def trim_memory() -> None:
+            await asyncio.to_thread(allocator.trim_and_count)
 
     web.register(app, components)
 

@@ -15,7 +15,8 @@ RocksDB customer store and :class:`~app.state.terminals.TerminalAggregates` over
 ``scripts/bench_state.py`` does (batches of 500 per partition, each batch's ``on_commit`` run, the terminals flushed
 every 10 batches, the scored transactions read back as the feed does, the fraud labels ``--label-delay-days`` after
 their transactions). At the end, after a full garbage collection: the child's RSS (and VmHWM) against its RSS before
-the first transaction, the sizes of the structures that grow with the population (parsed and packed customers and
+the first transaction, glibc's bytes in use and kept free and the RSS once a ``malloc_trim`` gave the free pages back
+(:mod:`app.allocator`), the sizes of the structures that grow with the population (parsed and packed customers and
 terminals, RocksDB's memtables and block cache, fraud marks) and the CPU time per transaction (the process's,
 RocksDB's threads included) over the last ``--tail-share`` of the transactions. Sizes run one after the other on a
 shared machine: compare the ratios of one run.
@@ -102,6 +103,9 @@ def child(args: argparse.Namespace) -> None:
 
     env = dict(kv.split("=", 1) for kv in args.env)
     settings = load(env)
+    from app import allocator
+
+    allocator.configure(settings.memory_arena_max)  # as the worker does, before RocksDB's threads
     directory = Path(tempfile.mkdtemp(prefix="state-memory-"))
     config = RocksDBConfig.from_settings(settings)
     terminal_store = RocksDBStore("terminals", directory, config)
@@ -161,6 +165,8 @@ def child(args: argparse.Namespace) -> None:
     aggregates.flush({})
     gc.collect()
     rss_end = status_mib("VmRSS")
+    trimmed = allocator.trim()  # what glibc kept free inside its heap, and the RSS once it went back
+    heap = trimmed.heap if trimmed else None
     seen: set[int] = set()
     parsed = packed = parsed_n = packed_n = 0
     for state in scorer.partitions.values():
@@ -189,6 +195,9 @@ def child(args: argparse.Namespace) -> None:
         "terminals_packed": len(tcaches.packed), "terminals_packed_mib": t_packed / MIB,
         "marks_mib": marks / MIB, "memtables_mib": memtables / MIB, "block_cache_mib": block_cache / MIB,
         "tail_cpu_us": tail_cpu_s / max(1, tail_n) * 1e6,
+        "malloc_in_use_mib": heap.in_use_bytes / MIB if heap else None,
+        "malloc_free_mib": heap.free_bytes / MIB if heap else None,
+        "rss_trimmed_mib": trimmed.rss_after_bytes / MIB if trimmed else None,
     }))  # fmt: skip
 
 
@@ -304,7 +313,8 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str]]], scales: list[float]) -> None:
-    columns = [("rss_end_mib", "RSS end"), ("hwm_mib", "VmHWM"), ("rss_start_mib", "RSS start"),
+    columns = [("rss_end_mib", "RSS end"), ("rss_trimmed_mib", "trimmed"), ("malloc_in_use_mib", "malloc in use"),
+               ("malloc_free_mib", "free"), ("hwm_mib", "VmHWM"), ("rss_start_mib", "RSS start"),
                ("customers_parsed_mib", "customers parsed"), ("customers_packed_mib", "packed"),
                ("terminals_parsed_mib", "terminals parsed"), ("terminals_packed_mib", "packed"),
                ("memtables_mib", "memtables"), ("block_cache_mib", "block cache"), ("marks_mib", "marks"),

@@ -49,6 +49,9 @@ PROBES = 5  # transactions (and their labels) each trainer probe sends: the rest
 PROBE_TIMEOUT_S = 300.0
 DECIDED = ('fraud_transactions_total{outcome="scored"}', 'fraud_transactions_total{outcome="dead_letter"}')
 GAUGES = (
+    'fraud_allocator_bytes{kind="in_use"}',
+    'fraud_allocator_bytes{kind="free"}',
+    "fraud_allocator_released_bytes_total",
     "fraud_customer_states",
     "fraud_terminal_states",
     "fraud_learning_entries",
