@@ -37,6 +37,12 @@ def _gaps_ms(duration_s: float) -> tuple[float, float]:
     return gaps[-1] * 1000, gaps[int(len(gaps) * 0.999)] * 1000
 
 
+def _timed_trim(took: list[float]) -> None:
+    started = time.perf_counter()
+    allocator.trim()
+    took.append((time.perf_counter() - started) * 1000)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
@@ -51,12 +57,7 @@ def main() -> None:
         alone = _gaps_ms(1.0)
         took: list[float] = []
 
-        def trim() -> None:
-            started = time.perf_counter()
-            allocator.trim()
-            took.append((time.perf_counter() - started) * 1000)
-
-        thread = threading.Thread(target=trim)
+        thread = threading.Thread(target=_timed_trim, args=(took,))
         thread.start()
         beside = _gaps_ms(1.0)
         thread.join()
