@@ -11,7 +11,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from app.features.engine import CUSTOMER_WINDOWS_S, DAY_S, HOUR_S, TERMINAL_DAYS
-from app.features.spec import MICRO_AMOUNT
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,6 @@ def features_of(
     x["terminal_new_for_customer_30day"] = 0.0 if any(o.terminal == tx.terminal for o in month) else 1.0
     x["customer_nb_terminals_30day"] = len({o.terminal for o in month} | {tx.terminal})
     x["customer_nb_tx_at_terminal_30day"] = 1 + sum(1 for o in month if o.terminal == tx.terminal)
-    x["customer_nb_micro_tx_1day"] = sum(1 for o in mine if tx.t - DAY_S < o.t <= tx.t and o.amount < MICRO_AMOUNT)
     end = tx.t - delay_days * DAY_S
     for n in TERMINAL_DAYS:
         rows = [o for o in terminal_before if end - n * DAY_S <= o.t < end]

@@ -12,7 +12,6 @@ those declared in :mod:`app.features.spec`, the defaults given here):
 - seconds since the customer's latest earlier transaction (capped at 30 days; 30 days when none);
 - terminal new for the customer within 30 days, and the customer's distinct terminals in 30 days;
 - the customer's transactions at this terminal in (t - 30 days, t], this one included;
-- the customer's micro amounts (under ``spec.MICRO_AMOUNT``, 5.00) in (t - 1 day, t], this one included;
 - terminal windows [t - delay - n days, t - delay) over transactions that arrived before: count and risk
   (frauds / count; 0 when empty), n in 1, 7, 30; the terminal's count over (t - 1 hour, t] with this one; and
   seconds since the terminal's latest earlier transaction (read from its times; capped at 7 days, 7 days when none).
@@ -41,7 +40,7 @@ from app.features.spec import DAY_S, HOUR_S
 
 # Windows and names come from the declaration (app/features/spec.py); the engine computes each kind there.
 CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore", "seconds_since_previous",
-                         "terminal_new", "distinct_terminals", "count_at_terminal", "micro_count")  # fmt: skip
+                         "terminal_new", "distinct_terminals", "count_at_terminal")  # fmt: skip
 _STATS = ("count", "mean_amount", "std_amount", "max_amount")  # per customer window, computed together
 CUSTOMER_FEATURE_NAMES: tuple[str, ...] = spec.names("customer", CUSTOMER_ENGINE_KINDS)
 # What a customer lookup shows: the windows themselves, not the per-transaction comparisons.
@@ -70,9 +69,7 @@ def _by_window(kinds: tuple[str, ...], half: str) -> tuple[tuple[Any, ...], ...]
 
 _CUSTOMER_WINDOWS = _by_window(_STATS, "customer")
 CUSTOMER_WINDOWS_S: dict[str, float] = {_window_label(row[0]): row[0] for row in _CUSTOMER_WINDOWS}
-_ZSCORE, _GAP, _NEW_TERMINAL, _NB_TERMINALS, _AT_TERMINAL = (spec.one(k) for k in CUSTOMER_ENGINE_KINDS[4:9])
-# Micro-amount counts, one per declared window (none declared: none computed).
-_MICRO: tuple[tuple[str, float], ...] = tuple((f.name, f.window_s) for f in spec.of_kind("micro_count"))  # type: ignore[misc]
+_ZSCORE, _GAP, _NEW_TERMINAL, _NB_TERMINALS, _AT_TERMINAL = (spec.one(k) for k in CUSTOMER_ENGINE_KINDS[4:])
 _zscore_of = {row[0]: (row[2], row[3]) for row in _CUSTOMER_WINDOWS}.get(_ZSCORE.window_s)  # (mean, std) names
 if _zscore_of is None:
     raise spec.FeatureSetError(f"{_ZSCORE.name}: no customer window of {_ZSCORE.window_s:g} s to take the z-score in")
@@ -84,8 +81,7 @@ _GAP_CAP_S: float = _GAP.window_s  # type: ignore[assignment]
 _AT_TERMINAL_WINDOW_S: float = _AT_TERMINAL.window_s  # type: ignore[assignment]
 _TERMINALS_FROM_START = _TERMINALS_WINDOW_S == _CUSTOMER_WINDOWS[-1][0]  # the longest window's start: no bisect
 # The customer state holds what the longest customer window needs (plus the lateness).
-_CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S, _AT_TERMINAL_WINDOW_S,
-                          *(w for _, w in _MICRO))  # fmt: skip
+_CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S, _AT_TERMINAL_WINDOW_S)
 
 _TERMINAL_WINDOWS = _by_window(("delayed_count", "delayed_risk"), "terminal")
 TERMINAL_DAYS = tuple(int(row[0] // DAY_S) if row[0] % DAY_S == 0 else row[0] / DAY_S for row in _TERMINAL_WINDOWS)
@@ -288,10 +284,6 @@ def _customer_x(
         held = terminals[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
         new = terminal_id not in held
     x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal_id) + 1)
-    for name, window_s in _MICRO:
-        lo = bisect.bisect_right(times, t - window_s, 0, end)
-        micro = spec.MICRO_AMOUNT
-        x[name] = float((amount < micro) + sum(1 for a in amounts[lo:end] if a < micro))
     return x
 
 

@@ -13,8 +13,7 @@ the customer's windows), ``terminal`` where the terminal's state lives. Kinds sa
 - customer windows ``(t - w, t]`` with this transaction: ``count``, ``mean_amount``, ``std_amount``, ``max_amount``
   (a window declares all four), ``amount_zscore`` (against a window's mean and std), ``seconds_since_previous``
   (capped at ``w``), ``terminal_new`` and ``distinct_terminals`` (one window for both), ``count_at_terminal`` (the
-  customer's transactions at this transaction's terminal, this one included), ``micro_count`` (the customer's
-  transactions of less than :data:`MICRO_AMOUNT`, this one included: a card being tested makes a burst of them);
+  customer's transactions at this transaction's terminal, this one included);
 - terminal windows ``[t - delay - w, t - delay)``: ``delayed_count``, ``delayed_risk`` (a window declares both;
   the delay is ``TERMINAL_DELAY_DAYS``); ``count``: the terminal's transactions in ``(t - w, t]`` with this one;
   ``seconds_since_previous``: since the terminal's latest earlier transaction (capped at ``w``, at most 30 days).
@@ -53,7 +52,6 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "amount_zscore": (("customer",), True),
     "seconds_since_previous": (("customer", "terminal"), True),
     "count_at_terminal": (("customer",), True),
-    "micro_count": (("customer",), True),
     "terminal_new": (("customer",), True),
     "distinct_terminals": (("customer",), True),
     "delayed_count": (("terminal",), True),
@@ -84,8 +82,6 @@ class Feature:
 
 
 MINUTE_S = 60.0
-#: A micro amount: what a card tester spends to check that a stolen card works (under 5.00 in the card's currency).
-MICRO_AMOUNT = 5.0
 
 FEATURES: tuple[Feature, ...] = (
     Feature("amount", "customer", None, "amount"),
@@ -117,7 +113,6 @@ FEATURES: tuple[Feature, ...] = (
     Feature("terminal_new_for_customer_30day", "customer", 30 * DAY_S, "terminal_new"),
     Feature("customer_nb_terminals_30day", "customer", 30 * DAY_S, "distinct_terminals"),
     Feature("customer_nb_tx_at_terminal_30day", "customer", 30 * DAY_S, "count_at_terminal"),
-    Feature("customer_nb_micro_tx_1day", "customer", DAY_S, "micro_count"),
     Feature("terminal_nb_tx_1day_delay", "terminal", DAY_S, "delayed_count"),
     Feature("terminal_risk_1day_delay", "terminal", DAY_S, "delayed_risk"),
     Feature("terminal_nb_tx_7day_delay", "terminal", 7 * DAY_S, "delayed_count"),
