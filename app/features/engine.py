@@ -93,6 +93,7 @@ _TERMINALS_FROM_START = _TERMINALS_WINDOW_S == _CUSTOMER_WINDOWS[-1][0]  # the l
 _CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S, _AT_TERMINAL_WINDOW_S,
                           _LEGIT_WINDOW_S)  # fmt: skip
 _NO_FRAUDS: Mapping[str, float] = {}
+_LEGIT_SAME_AS_ZSCORE = _LEGIT_WINDOW_S == _ZSCORE.window_s  # then, without known frauds, the z-score's own values
 
 _TERMINAL_WINDOWS = _by_window(("delayed_count", "delayed_risk"), "terminal")
 TERMINAL_DAYS = tuple(int(row[0] // DAY_S) if row[0] % DAY_S == 0 else row[0] / DAY_S for row in _TERMINAL_WINDOWS)
@@ -308,12 +309,14 @@ def _customer_x(
         new = terminal_id not in held
     x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal_id) + 1)
     lo = bisect.bisect_right(times, t - _LEGIT_WINDOW_S, 0, end)
+    # Frauds are rare: one C-level intersection finds the window's (usually none); then the window is the 30-day one.
+    flagged = frauds_known_s.keys() & ids[lo:end] if frauds_known_s and lo < end else ()
+    if not flagged and _LEGIT_SAME_AS_ZSCORE:
+        x[_LEGIT_MEAN.name], x[_LEGIT_Z.name] = x[_ZSCORE_OF[0]], x[_ZSCORE.name]
+        return x
+    known = frauds_known_s.get
     legit = [amount]
-    if frauds_known_s:
-        known = frauds_known_s.get
-        legit.extend(a for a, i in zip(amounts[lo:end], ids[lo:end], strict=True) if not known(i, math.inf) <= t)
-    else:
-        legit.extend(amounts[lo:end])
+    legit.extend(a for a, i in zip(amounts[lo:end], ids[lo:end], strict=True) if not known(i, math.inf) <= t)
     mean = sum(legit) / len(legit)
     std = math.sqrt(sum((a - mean) ** 2 for a in legit) / len(legit))
     x[_LEGIT_MEAN.name] = mean
