@@ -130,6 +130,30 @@ def adaptation(
     }
 
 
+def _write_scores(
+    path: Path,
+    seed: int,
+    changed: list[SimulatedTransaction],
+    base_scores: dict[str, tuple],  # type: ignore[type-arg]
+    changed_scores: dict[str, tuple],  # type: ignore[type-arg]
+    start: datetime,
+) -> None:
+    """Each transaction of the changed run: its time, card, terminal, amount, truth and both runs' scores."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path.with_name(f"{path.stem}-seed{seed}.npz"),
+        t_s=np.array([(tx.timestamp - start).total_seconds() for tx in changed]),
+        customer=np.array([tx.customer_id for tx in changed]),
+        terminal=np.array([tx.terminal_id for tx in changed]),
+        amount=np.array([tx.amount for tx in changed]),
+        fraud=np.array([tx.is_fraud for tx in changed]),
+        scenario=np.array([tx.fraud_scenario for tx in changed]),
+        with_new=np.array([changed_scores[tx.tx_id][0] for tx in changed]),
+        decided=np.array([changed_scores[tx.tx_id][1] for tx in changed]),
+        without=np.array([base_scores[tx.tx_id][0] if tx.tx_id in base_scores else np.nan for tx in changed]),
+    )
+
+
 def _figure(value: float | None) -> str:
     return "-" if value is None or value != value else f"{value:.3f}"
 
@@ -159,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stream seconds between snapshots (default MODEL_PUBLISH_INTERVAL_S)")  # fmt: skip
     parser.add_argument("--train-start-day", type=int, default=115)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "adaptation.json")
+    parser.add_argument("--scores-out", type=Path, default=None,
+                        help="also write each transaction's scores here (.npz per seed, for diagnosis)")  # fmt: skip
     args = parser.parse_args(argv)
     settings = load()
     settings = dataclasses.replace(
@@ -186,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"seed": seed, **adaptation(base, changed, base_scores, changed_scores, start,
                                              args.label_delay_days, protocol)}  # fmt: skip
         result["seconds"] = time.perf_counter() - started
+        if args.scores_out is not None:
+            _write_scores(args.scores_out, seed, changed, base_scores, changed_scores, start)
         results.append(result)
         print(table(result), flush=True)
         summary = {k: v for k, v in result.items() if k != "daily"}

@@ -112,7 +112,9 @@ def main() -> int:
         loads(message)
         t1 = clock()
         customer = customers.get(tx.customer_id, [])
-        customer_x, customers[tx.customer_id] = customer_side_features(tx, customer, settings.lateness_s)
+        customer_x, customers[tx.customer_id] = customer_side_features(
+            tx, customer, settings.lateness_s, frauds_known_s
+        )
         t2 = clock()
         for tx_id, known_s in arrived:  # as the runtime does the moment a fraud label arrives
             record_fraud(frauds_known_s, tx_id, known_s)

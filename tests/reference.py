@@ -96,6 +96,13 @@ def features_of(
     x["terminal_new_for_customer_30day"] = 0.0 if any(o.terminal == tx.terminal for o in month) else 1.0
     x["customer_nb_terminals_30day"] = len({o.terminal for o in month} | {tx.terminal})
     x["customer_nb_tx_at_terminal_30day"] = 1 + sum(1 for o in month if o.terminal == tx.terminal)
+    # the earlier ones not known to be fraud by t, and this one (always: it is the amount compared)
+    month_before = [o for o in customer_before if tx.t - 30 * DAY_S < o.t <= tx.t]
+    legit = [o.amount for o in month_before if not known_fraud.get(o.tx_id, math.inf) <= tx.t] + [tx.amount]
+    mean = sum(legit) / len(legit)
+    std = math.sqrt(sum((a - mean) ** 2 for a in legit) / len(legit))
+    x["customer_avg_amount_30day_known_legit"] = mean
+    x["amount_zscore_30day_known_legit"] = (tx.amount - mean) / std if std > 1e-9 else 0.0
     end = tx.t - delay_days * DAY_S
     for n in TERMINAL_DAYS:
         rows = [o for o in terminal_before if end - n * DAY_S <= o.t < end]

@@ -49,7 +49,7 @@ def engine(
         customer = customers.get(event.customer, [])
         before = copy.deepcopy(customer) if check_states else None
         x, customers[event.customer] = customer_features(
-            customer, event.t, event.amount, event.terminal, event.tx_id, lateness_s
+            customer, event.t, event.amount, event.terminal, event.tx_id, lateness_s, frauds_known_s
         )
         if check_states:
             assert customer == before

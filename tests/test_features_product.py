@@ -24,7 +24,7 @@ from app.learning.model import FraudModel, parse_name
 from app.records import Transaction
 from lab.batch_features import BASELINE_FEATURES, baseline_features
 from lab.simulator import SimulatorConfig, replay, simulate
-from tests.reference import Tx, reference
+from tests.reference import LabelArrival, Tx, reference
 
 T0 = 1_600_000_000.0
 WEEK_S = 7 * DAY_S
@@ -64,6 +64,23 @@ def test_the_customers_transactions_at_this_terminal_over_30_days() -> None:
     assert same is state and again["customer_nb_tx_at_terminal_30day"] == 2.0
 
 
+def test_the_customers_usual_amounts_leave_out_its_frauds_known_by_then() -> None:
+    state = EMPTY_WINDOW
+    for i, (t, amount) in enumerate([(T0, 10.0), (T0 + 60, 900.0)]):
+        _, state = customer_features(state, t, amount, "k", f"t{i}")
+    frauds = {}
+    record_fraud(frauds, "t1", known_s=T0 + 7 * DAY_S)  # the 900.0 is a fraud, labelled a week later
+    before, _ = customer_features(state, T0 + 7 * DAY_S - 1, 20.0, "k", "t2", frauds_known_s=frauds)
+    after, state = customer_features(state, T0 + 7 * DAY_S, 20.0, "k", "t3", frauds_known_s=frauds)
+    assert before["customer_avg_amount_30day_known_legit"] == pytest.approx(310.0)  # not known yet: counted
+    assert before["customer_avg_amount_30day"] == pytest.approx(310.0)
+    assert after["customer_avg_amount_30day_known_legit"] == pytest.approx(15.0)  # known from then on: left out
+    assert after["amount_zscore_30day_known_legit"] == pytest.approx(1.0)  # (20 - 15) / 5
+    assert after["customer_avg_amount_30day"] == pytest.approx(310.0)  # the protocol's window keeps it
+    again, same = customer_features(state, T0 + 7 * DAY_S, 20.0, "k", "t3", frauds_known_s=frauds)  # a repeat
+    assert same is state and again == after
+
+
 def test_seconds_since_the_terminals_previous_transaction() -> None:
     cap = 7 * DAY_S
     assert terminal_x(EMPTY_TERMINAL, T0, {})["terminal_seconds_since_previous_tx"] == cap  # none: the cap
@@ -84,16 +101,32 @@ def test_seconds_since_the_terminals_previous_transaction() -> None:
 def test_the_new_features_equal_the_brute_force_reference_on_a_mixed_stream() -> None:
     rng = random.Random(7)
     times = np.cumsum([rng.choice([0.0, 5.0, 120.0, 3600.0, DAY_S, 8 * DAY_S]) for _ in range(120)]) + T0
-    events = [Tx(f"t{i}", float(t), f"c{rng.randint(0, 2)}", f"k{rng.randint(0, 3)}", 1.0) for i, t in enumerate(times)]
+    events: list[Tx | LabelArrival] = []
+    for i, t in enumerate(times):
+        tx = Tx(f"t{i}", float(t), f"c{rng.randint(0, 2)}", f"k{rng.randint(0, 3)}", rng.choice([1.0, 4.0, 60.0]))
+        events.append(tx)
+        if rng.random() < 0.3:  # a fraud, labelled some time later (a later transaction may come before it)
+            events.append(LabelArrival(tx.tx_id, tx.t, tx.terminal, True, tx.t + rng.choice([1.0, 3600.0, 9 * DAY_S])))
+    events.sort(key=lambda e: e.t if isinstance(e, Tx) else e.known_s)  # labels arrive in their own time
     state_c: dict[str, object] = {}
     state_t: dict[str, object] = {}
-    for (tx_id, want), tx in zip(reference(list(events)), events, strict=True):
+    frauds: dict[str, float] = {}
+    txs = [e for e in events if isinstance(e, Tx)]
+    wanted = reference(events)
+    assert len(wanted) == len(txs)
+    rows = iter(zip(wanted, txs, strict=True))
+    for event in events:
+        if isinstance(event, LabelArrival):
+            record_fraud(frauds, event.tx_id, event.known_s)
+            continue
+        (tx_id, want), tx = next(rows)
         x, state_c[tx.customer] = customer_features(state_c.get(tx.customer, EMPTY_WINDOW), tx.t, tx.amount,  # type: ignore[arg-type]
-                                                    tx.terminal, tx.tx_id)  # fmt: skip
-        xt, state_t[tx.terminal] = terminal_features(state_t.get(tx.terminal, EMPTY_TERMINAL), tx.t, tx.tx_id, {})  # type: ignore[arg-type]
+                                                    tx.terminal, tx.tx_id, frauds_known_s=frauds)  # fmt: skip
+        xt, state_t[tx.terminal] = terminal_features(state_t.get(tx.terminal, EMPTY_TERMINAL), tx.t, tx.tx_id, frauds)  # type: ignore[arg-type]
         got = x | xt
-        for name in ("customer_nb_tx_10min", "customer_nb_tx_at_terminal_30day", "terminal_seconds_since_previous_tx"):
-            assert got[name] == want[name], (tx_id, name)
+        for name in ("customer_nb_tx_10min", "customer_nb_tx_at_terminal_30day", "terminal_seconds_since_previous_tx",
+                     "customer_avg_amount_30day_known_legit", "amount_zscore_30day_known_legit"):  # fmt: skip
+            assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (tx_id, name)
 
 
 # ---- the protocol's subset ------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def transaction_features(
 ) -> tuple[dict[str, float], CustomerState]:
     """The features of ``tx`` (both halves) and the customer's state with ``tx`` added, changing nothing: the first
     half of :func:`assess`, for a stream that scores its batch at once (:meth:`FraudModel.score_many`)."""
-    x, after = customer_side_features(tx, customer, lateness_s)
+    x, after = customer_side_features(tx, customer, lateness_s, aggregates.frauds_known_s)
     if after is customer:
         raise InvalidMessage("duplicate_transaction", f"tx_id {tx.tx_id!r} was decided already")
     x.update(aggregates.features(tx.terminal_id, tx.event_time_s, tx.tx_id, pending))

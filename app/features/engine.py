@@ -12,6 +12,9 @@ those declared in :mod:`app.features.spec`, the defaults given here):
 - seconds since the customer's latest earlier transaction (capped at 30 days; 30 days when none);
 - terminal new for the customer within 30 days, and the customer's distinct terminals in 30 days;
 - the customer's transactions at this terminal in (t - 30 days, t], this one included;
+- the mean amount over (t - 30 days, t] and the amount's z-score against it, over the customer's transactions not
+  known to be fraud by t (``frauds_known_s``, as for the terminals) and this one: a labelled fraud (a cash-out of a
+  stolen card) stops shifting the card's usual amounts once its label is in;
 - terminal windows [t - delay - n days, t - delay) over transactions that arrived before: count and risk
   (frauds / count; 0 when empty), n in 1, 7, 30; the terminal's count over (t - 1 hour, t] with this one; and
   seconds since the terminal's latest earlier transaction (read from its times; capped at 7 days, 7 days when none).
@@ -40,7 +43,8 @@ from app.features.spec import DAY_S, HOUR_S
 
 # Windows and names come from the declaration (app/features/spec.py); the engine computes each kind there.
 CUSTOMER_ENGINE_KINDS = ("count", "mean_amount", "std_amount", "max_amount", "amount_zscore", "seconds_since_previous",
-                         "terminal_new", "distinct_terminals", "count_at_terminal")  # fmt: skip
+                         "terminal_new", "distinct_terminals", "count_at_terminal", "known_legit_mean_amount",
+                         "known_legit_zscore")  # fmt: skip
 _STATS = ("count", "mean_amount", "std_amount", "max_amount")  # per customer window, computed together
 CUSTOMER_FEATURE_NAMES: tuple[str, ...] = spec.names("customer", CUSTOMER_ENGINE_KINDS)
 # What a customer lookup shows: the windows themselves, not the per-transaction comparisons.
@@ -69,7 +73,12 @@ def _by_window(kinds: tuple[str, ...], half: str) -> tuple[tuple[Any, ...], ...]
 
 _CUSTOMER_WINDOWS = _by_window(_STATS, "customer")
 CUSTOMER_WINDOWS_S: dict[str, float] = {_window_label(row[0]): row[0] for row in _CUSTOMER_WINDOWS}
-_ZSCORE, _GAP, _NEW_TERMINAL, _NB_TERMINALS, _AT_TERMINAL = (spec.one(k) for k in CUSTOMER_ENGINE_KINDS[4:])
+_ZSCORE, _GAP, _NEW_TERMINAL, _NB_TERMINALS, _AT_TERMINAL, _LEGIT_MEAN, _LEGIT_Z = (
+    spec.one(k) for k in CUSTOMER_ENGINE_KINDS[4:]
+)
+if _LEGIT_MEAN.window_s != _LEGIT_Z.window_s:
+    raise spec.FeatureSetError("known_legit_mean_amount and known_legit_zscore share one window")
+_LEGIT_WINDOW_S: float = _LEGIT_MEAN.window_s  # type: ignore[assignment]
 _zscore_of = {row[0]: (row[2], row[3]) for row in _CUSTOMER_WINDOWS}.get(_ZSCORE.window_s)  # (mean, std) names
 if _zscore_of is None:
     raise spec.FeatureSetError(f"{_ZSCORE.name}: no customer window of {_ZSCORE.window_s:g} s to take the z-score in")
@@ -81,7 +90,10 @@ _GAP_CAP_S: float = _GAP.window_s  # type: ignore[assignment]
 _AT_TERMINAL_WINDOW_S: float = _AT_TERMINAL.window_s  # type: ignore[assignment]
 _TERMINALS_FROM_START = _TERMINALS_WINDOW_S == _CUSTOMER_WINDOWS[-1][0]  # the longest window's start: no bisect
 # The customer state holds what the longest customer window needs (plus the lateness).
-_CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S, _AT_TERMINAL_WINDOW_S)
+_CUSTOMER_HORIZON_S = max(_CUSTOMER_WINDOWS[-1][0], _TERMINALS_WINDOW_S, _GAP_CAP_S, _AT_TERMINAL_WINDOW_S,
+                          _LEGIT_WINDOW_S)  # fmt: skip
+_NO_FRAUDS: Mapping[str, float] = {}
+_LEGIT_SAME_AS_ZSCORE = _LEGIT_WINDOW_S == _ZSCORE.window_s  # then, without known frauds, the z-score's own values
 
 _TERMINAL_WINDOWS = _by_window(("delayed_count", "delayed_risk"), "terminal")
 TERMINAL_DAYS = tuple(int(row[0] // DAY_S) if row[0] % DAY_S == 0 else row[0] / DAY_S for row in _TERMINAL_WINDOWS)
@@ -205,8 +217,12 @@ def customer_features(
     terminal_id: str,
     tx_id: str,
     lateness_s: float = DAY_S,
+    frauds_known_s: Mapping[str, float] = _NO_FRAUDS,
 ) -> tuple[dict[str, float], CustomerWindow]:
     """Features of one transaction from the customer's state, and a new state with it added and pruned.
+
+    ``frauds_known_s`` (fraud ``tx_id`` -> when its label arrived, :func:`record_fraud`) leaves the customer's
+    known frauds out of the ``known_legit`` features (those known by ``t``).
 
     ``state`` is never modified (a list of entries is read as a :class:`CustomerWindow`). A repeated ``tx_id``
     returns the features of its first arrival and the window itself (``new_state is state`` tells a repeat).
@@ -221,16 +237,17 @@ def customer_features(
     """
     window = state if isinstance(state, CustomerWindow) else CustomerWindow.of(state)
     if not window:
-        return _customer_x((), (), (), t, amount, terminal_id), CustomerWindow.of([(t, amount, terminal_id, tx_id, 0)])
+        x = _customer_x((), (), (), (), t, amount, terminal_id, frauds_known_s)
+        return x, CustomerWindow.of([(t, amount, terminal_id, tx_id, 0)])
     ids = window.ids
     if tx_id in ids:
         seen = window[ids.index(tx_id)]
         earlier = [e for e in window if e[4] < seen[4]]
-        columns = tuple(zip(*earlier, strict=True)) or ((), (), ())
-        x = _customer_x(columns[0], columns[1], columns[2], _time(seen), seen[1], seen[2])
+        columns = tuple(zip(*earlier, strict=True)) or ((), (), (), ())
+        x = _customer_x(columns[0], columns[1], columns[2], columns[3], _time(seen), seen[1], seen[2], frauds_known_s)
         return x, window
     times = window.times
-    x = _customer_x(times, tuple(window.amounts), window.terminals, t, amount, terminal_id)
+    x = _customer_x(times, tuple(window.amounts), window.terminals, ids, t, amount, terminal_id, frauds_known_s)
     at = bisect.bisect_right(times, t)  # after equal times: ties keep arrival order
     horizon = max(times[-1], t) - _CUSTOMER_HORIZON_S - lateness_s
     keep = bisect.bisect_right(times, horizon)
@@ -240,7 +257,14 @@ def customer_features(
 
 
 def _customer_x(
-    times: Sequence[Any], amounts: Sequence[Any], terminals: Sequence[Any], t: float, amount: float, terminal_id: str
+    times: Sequence[Any],
+    amounts: Sequence[Any],
+    terminals: Sequence[Any],
+    ids: Sequence[Any],
+    t: float,
+    amount: float,
+    terminal_id: str,
+    frauds_known_s: Mapping[str, float] = _NO_FRAUDS,
 ) -> dict[str, float]:
     """Columns of what arrived before the transaction, sorted by time; the transaction itself is added here.
 
@@ -284,6 +308,19 @@ def _customer_x(
         held = terminals[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
         new = terminal_id not in held
     x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal_id) + 1)
+    lo = bisect.bisect_right(times, t - _LEGIT_WINDOW_S, 0, end)
+    # Frauds are rare: one C-level intersection finds the window's (usually none); then the window is the 30-day one.
+    flagged = frauds_known_s.keys() & ids[lo:end] if frauds_known_s and lo < end else ()
+    if not flagged and _LEGIT_SAME_AS_ZSCORE:
+        x[_LEGIT_MEAN.name], x[_LEGIT_Z.name] = x[_ZSCORE_OF[0]], x[_ZSCORE.name]
+        return x
+    known = frauds_known_s.get
+    legit = [amount]
+    legit.extend(a for a, i in zip(amounts[lo:end], ids[lo:end], strict=True) if not known(i, math.inf) <= t)
+    mean = sum(legit) / len(legit)
+    std = math.sqrt(sum((a - mean) ** 2 for a in legit) / len(legit))
+    x[_LEGIT_MEAN.name] = mean
+    x[_LEGIT_Z.name] = (amount - mean) / std if std > _STD_NOISE else 0.0
     return x
 
 
@@ -499,9 +536,9 @@ def customer_windows_at(state: CustomerWindow | Sequence[tuple[Any, ...]]) -> tu
     """
     if not state:
         raise ValueError("no entries")
-    times, amounts, terminals, _, _ = zip(*state, strict=True)
+    times, amounts, terminals, ids, _ = zip(*state, strict=True)
     t = times[-1]
-    x = _customer_x(times[:-1], amounts[:-1], terminals[:-1], t, amounts[-1], terminals[-1])
+    x = _customer_x(times[:-1], amounts[:-1], terminals[:-1], ids[:-1], t, amounts[-1], terminals[-1])
     return t, {name: x[name] for name in CUSTOMER_WINDOW_NAMES}
 
 

@@ -10,6 +10,7 @@ customer half travels on the changelog). Names and windows are declared in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from app.features import spec
@@ -39,9 +40,10 @@ def calendar_features(timestamp: datetime) -> dict[str, float]:
 
 
 def customer_side_features(
-    tx: Transaction, state: CustomerState, lateness_s: float
+    tx: Transaction, state: CustomerState, lateness_s: float, frauds_known_s: Mapping[str, float] | None = None
 ) -> tuple[dict[str, float], CustomerState]:
-    """The customer half of ``x`` and the customer's state with ``tx`` added, to be stored back.
+    """The customer half of ``x`` and the customer's state with ``tx`` added, to be stored back (``frauds_known_s``:
+    the known frauds, which the customer's ``known_legit`` windows leave out).
 
     >>> from datetime import datetime, timezone
     >>> tx = Transaction("t1", datetime(2018, 4, 2, 12, tzinfo=timezone.utc), "c1", "k1", 40.0)
@@ -49,5 +51,7 @@ def customer_side_features(
     >>> x["customer_nb_tx_1day"], x["terminal_new_for_customer_30day"], len(state)
     (1.0, 1.0, 1)
     """
-    customer_x, state = customer_features(state, tx.event_time_s, tx.amount, tx.terminal_id, tx.tx_id, lateness_s)
+    customer_x, state = customer_features(
+        state, tx.event_time_s, tx.amount, tx.terminal_id, tx.tx_id, lateness_s, frauds_known_s or {}
+    )
     return {_AMOUNT: tx.amount, **calendar_features(tx.timestamp), **customer_x}, state

@@ -13,7 +13,10 @@ the customer's windows), ``terminal`` where the terminal's state lives. Kinds sa
 - customer windows ``(t - w, t]`` with this transaction: ``count``, ``mean_amount``, ``std_amount``, ``max_amount``
   (a window declares all four), ``amount_zscore`` (against a window's mean and std), ``seconds_since_previous``
   (capped at ``w``), ``terminal_new`` and ``distinct_terminals`` (one window for both), ``count_at_terminal`` (the
-  customer's transactions at this transaction's terminal, this one included);
+  customer's transactions at this transaction's terminal, this one included), ``known_legit_mean_amount`` and
+  ``known_legit_zscore`` (the window's mean amount, and the amount's z-score against its mean and std, over the
+  customer's transactions not known to be fraud by ``t``: a fraud labelled since no longer shifts the card's usual
+  amounts);
 - terminal windows ``[t - delay - w, t - delay)``: ``delayed_count``, ``delayed_risk`` (a window declares both;
   the delay is ``TERMINAL_DELAY_DAYS``); ``count``: the terminal's transactions in ``(t - w, t]`` with this one;
   ``seconds_since_previous``: since the terminal's latest earlier transaction (capped at ``w``, at most 30 days).
@@ -52,6 +55,8 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "amount_zscore": (("customer",), True),
     "seconds_since_previous": (("customer", "terminal"), True),
     "count_at_terminal": (("customer",), True),
+    "known_legit_mean_amount": (("customer",), True),
+    "known_legit_zscore": (("customer",), True),
     "terminal_new": (("customer",), True),
     "distinct_terminals": (("customer",), True),
     "delayed_count": (("terminal",), True),
@@ -113,6 +118,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("terminal_new_for_customer_30day", "customer", 30 * DAY_S, "terminal_new"),
     Feature("customer_nb_terminals_30day", "customer", 30 * DAY_S, "distinct_terminals"),
     Feature("customer_nb_tx_at_terminal_30day", "customer", 30 * DAY_S, "count_at_terminal"),
+    Feature("customer_avg_amount_30day_known_legit", "customer", 30 * DAY_S, "known_legit_mean_amount"),
+    Feature("amount_zscore_30day_known_legit", "customer", 30 * DAY_S, "known_legit_zscore"),
     Feature("terminal_nb_tx_1day_delay", "terminal", DAY_S, "delayed_count"),
     Feature("terminal_risk_1day_delay", "terminal", DAY_S, "delayed_risk"),
     Feature("terminal_nb_tx_7day_delay", "terminal", 7 * DAY_S, "delayed_count"),

@@ -85,7 +85,7 @@ def replay_offline(
                 yield exc
                 continue
             x, customers[tx.customer_id] = customer_side_features(
-                tx, customers.get(tx.customer_id, EMPTY_WINDOW), settings.lateness_s
+                tx, customers.get(tx.customer_id, EMPTY_WINDOW), settings.lateness_s, frauds_known_s
             )
             terminal_x, terminals[tx.terminal_id] = terminal_features(
                 terminals.get(tx.terminal_id, EMPTY_TERMINAL),
