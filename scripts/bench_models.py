@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from simulate import wire_events  # noqa: E402
 
+from app.features.spec import FEATURE_SET_VERSION  # noqa: E402
 from app.learning.boosting import CompiledTrees, LabelWindow, train_booster  # noqa: E402
 from app.learning.model import DEFAULT_MODEL, FraudModel, _Boosted, model_bytes  # noqa: E402
 from app.learning.offline import replay_offline  # noqa: E402
@@ -69,8 +70,9 @@ def labelled_features(config: SimulatorConfig) -> list[tuple[dict[str, float], b
 
 
 def cached_features(config: SimulatorConfig, cache: Path | None) -> list[tuple[dict[str, float], bool]]:
-    """:func:`labelled_features`, kept in ``cache`` (keyed by the run's configuration) when given."""
-    key = repr(config)
+    """:func:`labelled_features`, kept in ``cache`` (keyed by the run's configuration and the feature set) when
+    given."""
+    key = f"{config!r} {FEATURE_SET_VERSION}"
     if cache is not None and cache.exists():
         with cache.open("rb") as f:
             saved = pickle.load(f)  # noqa: S301 - a file this script wrote
