@@ -99,7 +99,7 @@ def test_nothing_is_judged_before_the_reference_is_full_and_a_reset_starts_again
     monitor = DriftMonitor(NAMES, sample_every=1, reference_rows=1000, window_rows=500)
     monitor.observe_many(stream(2, 999))
     assert monitor.report() is None and not monitor.fitted
-    monitor.observe_many(stream(3, 200))
+    monitor.observe_many(stream(3, 300))
     assert monitor.report() is not None and monitor.fitted
     monitor.reset_reference()
     assert not monitor.fitted and monitor.report() is None
