@@ -4,6 +4,7 @@ restarted, stopped, SIGKILLed after the bound), the merged ``/metrics`` and a ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,27 @@ async def _until(condition, timeout_s: float = 20.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def _running(child: TrainerChild) -> AsyncIterator[int]:
+    """The child under ``child.run()`` until it is active (``as`` its pid); stopped, its task ended, after the body."""
+    task = asyncio.ensure_future(child.run())
+    await _until(lambda: child.active)
+    assert child.pid is not None
+    yield child.pid
+    await child.stop()
+    await asyncio.wait_for(task, 5)
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """The process SIGSTOPped for the body (a child busy or paused under load), resumed even when an assertion fails."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def _child(tmp_path: Path) -> TrainerChild:
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_CHILD)
@@ -104,22 +127,14 @@ def test_a_child_too_busy_to_answer_gives_its_last_families_for_a_bounded_time(
     child = _child(tmp_path)
 
     async def scenario() -> None:
-        task = asyncio.ensure_future(child.run())
-        await _until(lambda: child.active)
-        pid = child.pid
-        assert pid is not None
-        fresh = await child.families()
-        assert {f.name for f in fresh} == {"fraud_trainer_active", "fraud_dead_letters"}
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            assert await child._get("/metrics") is None  # it does not answer
-            assert [f.name for f in await child.families()] == [f.name for f in fresh]
-            monkeypatch.setattr("app.learning.child.STALE_FAMILIES_S", 0.0)
-            assert await child.families() == []  # too old to stand in
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        await child.stop()
-        await asyncio.wait_for(task, 5)
+        async with _running(child) as pid:
+            fresh = await child.families()
+            assert {f.name for f in fresh} == {"fraud_trainer_active", "fraud_dead_letters"}
+            with _stopped(pid):
+                assert await child._get("/metrics") is None  # it does not answer
+                assert [f.name for f in await child.families()] == [f.name for f in fresh]
+                monkeypatch.setattr("app.learning.child.STALE_FAMILIES_S", 0.0)
+                assert await child.families() == []  # too old to stand in
         assert await child.families() == []
 
     asyncio.run(scenario())
@@ -134,24 +149,16 @@ def test_a_paused_child_still_counts_as_up_for_a_bounded_time_then_down(
     child = _child(tmp_path)
 
     async def scenario() -> None:
-        task = asyncio.ensure_future(child.run())
-        await _until(lambda: child.active)
-        pid = child.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            assert await child._get("/status") is None  # it does not answer, so the polls miss too
-            await asyncio.sleep(3 * child.poll_interval_s)
-            assert child.up and child.active
-            assert metrics.TRAINER_PROCESS_UP._value.get() == 1  # type: ignore[attr-defined]
-            monkeypatch.setattr("app.learning.child.STALE_STATUS_S", 0.0)
-            await _until(lambda: not child.up)
-            assert metrics.TRAINER_PROCESS_UP._value.get() == 0  # type: ignore[attr-defined]
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        await _until(lambda: child.up)  # it answers again
-        await child.stop()
-        await asyncio.wait_for(task, 5)
+        async with _running(child) as pid:
+            with _stopped(pid):
+                assert await child._get("/status") is None  # it does not answer, so the polls miss too
+                await asyncio.sleep(3 * child.poll_interval_s)
+                assert child.up and child.active
+                assert metrics.TRAINER_PROCESS_UP._value.get() == 1  # type: ignore[attr-defined]
+                monkeypatch.setattr("app.learning.child.STALE_STATUS_S", 0.0)
+                await _until(lambda: not child.up)
+                assert metrics.TRAINER_PROCESS_UP._value.get() == 0  # type: ignore[attr-defined]
+            await _until(lambda: child.up)  # it answers again
 
     asyncio.run(scenario())
 
