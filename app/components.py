@@ -74,6 +74,7 @@ class Components:
     _grpc: GrpcServer | None = None
     _gc_pauses: GcPauses | None = None
     _slow_steps: SlowSteps | None = None
+    _gc_threshold: tuple[int, int, int] | None = None  # the collector's thresholds before start, back at stop
 
     def is_ready(self) -> bool:
         """Consuming: the terminal feed caught up, the model version and the rule set loaded, partitions assigned
@@ -114,6 +115,13 @@ class Components:
         # pauses of every decision in flight, the p99 of the decision path).
         gc.collect()
         gc.freeze()
+        if self.settings.gc_gen0_threshold > 0:
+            # Python's 700 ran the youngest generation at every batch: the batches in flight (their outputs, states
+            # and features, awaiting their commit) were promoted, and the oldest generation's 25% growth rule then
+            # ran a full collection every few seconds at 1,000 tx/s (100-900 ms each on a busy host; BENCHMARKS.md
+            # "The event loop's stalls").
+            self._gc_threshold = gc.get_threshold()
+            gc.set_threshold(self.settings.gc_gen0_threshold, *self._gc_threshold[1:])
         self._watch_loop()
         if not self.settings.model_signing_key:
             log.warning("MODEL_SIGNING_KEY is not set: model snapshots are signed with the development key")
@@ -167,6 +175,8 @@ class Components:
             self._slow_steps.uninstall()
         if self._gc_pauses is not None:
             self._gc_pauses.uninstall()
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
         self.scorer.close()
         self.feed.close()
 
