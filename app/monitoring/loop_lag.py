@@ -80,7 +80,6 @@ def describe(callback: Any) -> str:
     """What a loop callback is, for a log line: a task step names its task's coroutine and where it is suspended
     now (after the step), anything else its qualified name.
 
-    >>> async def decide(): await asyncio.sleep(0)
     >>> describe(print)
     'print'
     """

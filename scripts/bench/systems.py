@@ -17,7 +17,7 @@ from typing import Any
 from local_processes import free_port, scrape, stop_process, wait_http_ok
 from tqdm import tqdm
 
-from bench.process import cost_split, dir_bytes, peak_rss_bytes, start_profiler, wait_idle
+from bench.process import cost_split, dir_bytes, peak_rss_bytes, schedstat_s, start_profiler, wait_idle
 from bench.traffic import Label, Message, create_topics, drive
 from bench.written import disk_bytes, end_offsets, messages_per_transaction, written_topics
 
@@ -126,15 +126,21 @@ def run_system(
         result["rates"] = []
         for rate in args.rates:
             before = scrape(metrics_url) if metrics_url else {}
+            ran_before, waited_before = schedstat_s(process.pid)
             held = asyncio.run(
                 drive(bootstrap, source, sink, phases[f"r{rate:g}"], rate, args.timeout_s, progress,
                       labelled(f"r{rate:g}"))
             )  # fmt: skip
-            if metrics_url:  # the event loop's lag and the collector's pauses during this rate (a worker with them)
+            ran, waited = schedstat_s(process.pid)
+            held["cpu_ran_s"], held["cpu_waited_s"] = round(ran - ran_before, 3), round(waited - waited_before, 3)
+            if metrics_url:  # the event loop's lag, the collector's pauses and the batches during this rate
                 after = scrape(metrics_url)
                 held["loop_lag"] = histogram_delta(before, after, "fraud_event_loop_lag_seconds")
                 held["gc_pauses"] = {g: histogram_delta(before, after, "fraud_gc_pause_seconds", f'generation="{g}"')
                                      for g in ("0", "1", "2")}  # fmt: skip
+                # Each partition's batch, processed and committed: the part of a decision's latency the loop's
+                # commits take (beside what the loop's stalls add).
+                held["batch_seconds"] = histogram_delta(before, after, "fraud_decision_batch_seconds")
             result["rates"].append(held)
         if labels is not None and metrics_url:  # what the trainer learned by the end (its worker's /metrics)
             end = scrape(metrics_url)
