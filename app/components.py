@@ -118,7 +118,7 @@ class Components:
         if self.settings.gc_gen0_threshold > 0:
             # Python's 700 ran the youngest generation at every batch: the batches in flight (their outputs, states
             # and features, awaiting their commit) were promoted, and the oldest generation's 25% growth rule then
-            # ran a full collection every few seconds at 1,000 tx/s (100-900 ms each on a busy host; BENCHMARKS.md
+            # ran a full collection every 5-9 s at 1,000 tx/s (up to 900 ms each on a busy host; BENCHMARKS.md
             # "The event loop's stalls").
             self._gc_threshold = gc.get_threshold()
             gc.set_threshold(self.settings.gc_gen0_threshold, *self._gc_threshold[1:])

@@ -548,7 +548,7 @@ class TransactionalLoop:
             if batch is not None:
                 # A handler's on_commit is usually a closure over its batch (it reads produced_to): a cycle, which
                 # only the collector frees, with every output, state and feature the batch holds (about 9 objects
-                # a transaction at 1,000 tx/s: frequent full collections of 100-900 ms holding the event loop).
+                # a transaction at 1,000 tx/s: frequent full collections, up to 900 ms, holding the event loop).
                 # Dropped here, the batch goes by reference counting as soon as this frame ends.
                 batch.on_commit = None
 
