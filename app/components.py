@@ -34,6 +34,7 @@ from app.learning.model import FraudModel
 from app.logs import quiet_kafka_client
 from app.monitoring.drift import DriftMonitor
 from app.monitoring.health import HealthWindow
+from app.monitoring.loop_lag import GcPauses, LagProbe, SlowSteps
 from app.rules.ruleset import LiveRules
 from app.serving.grpc_api import GrpcServer
 from app.serving.routing import PartitionOwners, client_id_with_url
@@ -71,6 +72,9 @@ class Components:
     drift: DriftMonitor | None = None  # the scores' and features' drift against a reference (DRIFT_*, kept in DATA_DIR)
     _loops: list[asyncio.Future[None]] = field(default_factory=list)
     _grpc: GrpcServer | None = None
+    _gc_pauses: GcPauses | None = None
+    _slow_steps: SlowSteps | None = None
+    _gc_threshold: tuple[int, int, int] | None = None  # the collector's thresholds before start, back at stop
 
     def is_ready(self) -> bool:
         """Consuming: the terminal feed caught up, the model version and the rule set loaded, partitions assigned
@@ -111,9 +115,17 @@ class Components:
         # pauses of every decision in flight, the p99 of the decision path).
         gc.collect()
         gc.freeze()
+        if self.settings.gc_gen0_threshold > 0:
+            # Python's 700 ran the youngest generation at every batch: the batches in flight (their outputs, states
+            # and features, awaiting their commit) were promoted, and the oldest generation's 25% growth rule then
+            # ran a full collection every 5-9 s at 1,000 tx/s (up to 900 ms each on a busy host; BENCHMARKS.md
+            # "The event loop's stalls").
+            self._gc_threshold = gc.get_threshold()
+            gc.set_threshold(self.settings.gc_gen0_threshold, *self._gc_threshold[1:])
+        self._watch_loop()
         if not self.settings.model_signing_key:
             log.warning("MODEL_SIGNING_KEY is not set: model snapshots are signed with the development key")
-        self._loops = [
+        self._loops += [
             asyncio.ensure_future(self.feed.run()),
             asyncio.ensure_future(self.follower.run()),
             asyncio.ensure_future(self.rules.run()),
@@ -129,6 +141,18 @@ class Components:
                 log.error("gRPC server not started on port %s: %s", self.settings.grpc_port, exc)
             else:
                 self._grpc = grpc_server
+
+    def _watch_loop(self) -> None:
+        """The event loop's lag probe, the collector's pauses and (LOOP_SLOW_STEP_MS) the slow steps' log."""
+        slow_step_s = self.settings.loop_slow_step_ms / 1000.0
+        self._gc_pauses = GcPauses(metrics.observe_gc_pause, log_over_s=slow_step_s)
+        self._gc_pauses.install()
+        if self.settings.loop_lag_interval_s > 0:
+            probe = LagProbe(self.settings.loop_lag_interval_s, metrics.EVENT_LOOP_LAG.observe)
+            self._loops.append(asyncio.ensure_future(probe.run()))
+        if slow_step_s > 0:
+            self._slow_steps = SlowSteps(slow_step_s)
+            self._slow_steps.install()
 
     async def _decide(self) -> None:
         await self.feed.caught_up.wait()  # the delayed terminal windows need everything committed before now
@@ -146,6 +170,13 @@ class Components:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        if self._slow_steps is not None:
+            self._slow_steps.uninstall()
+        if self._gc_pauses is not None:
+            self._gc_pauses.uninstall()
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
         self.scorer.close()
         self.feed.close()
 

@@ -166,6 +166,25 @@ BATCHES = Histogram(
 BATCH_RECORDS = Histogram(
     "fraud_decision_batch_records", "Transactions per committed batch.", buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500)
 )
+EVENT_LOOP_LAG = Histogram(
+    "fraud_event_loop_lag_seconds",
+    "How late the worker's event loop woke a probe sleeping a fixed interval (LOOP_LAG_INTERVAL_S): how long a ready "
+    "decision, fetch or commit waited for a synchronous step or a collection holding the loop.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+GC_PAUSE = Histogram(
+    "fraud_gc_pause_seconds",
+    "Garbage collections of the worker process by generation (0, 1, 2) and how long each held it.",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+GC_PAUSES = tuple(GC_PAUSE.labels(str(generation)) for generation in range(3))  # bound once: called per collection
+
+
+def observe_gc_pause(generation: int, seconds: float) -> None:
+    GC_PAUSES[min(max(generation, 0), 2)].observe(seconds)
+
+
 SYNC_PREDICT_LATENCY = Histogram(
     "fraud_sync_predict_latency_seconds",
     "Server time of one synchronous score (POST /predict, gRPC Predict and each PredictStream item), by API; a "

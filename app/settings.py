@@ -93,6 +93,13 @@ class Settings:
     web_advertised_url: str = ""  # load(): http://<WEB_BIND, or the hostname when it binds all>:<WEB_PORT>
     grpc_port: int = 6067  # 0: no gRPC server
     health_interval_s: float = 10.0
+    # The event loop's health (app/monitoring/loop_lag.py): a probe's wake-up lateness every this many seconds (0:
+    # off), and every step that holds the loop this long logged with its task and stack (0: off; a diagnosis tool).
+    loop_lag_interval_s: float = 0.05
+    loop_slow_step_ms: float = 0.0
+    # The collector's first generation runs once this many more container objects were made than freed (0: Python's
+    # 700): a batch in flight then dies young instead of being promoted, and full collections stay rare.
+    gc_gen0_threshold: int = 50_000
     health_window_s: float = 60.0
     # Drift without labels (app/monitoring/drift.py): one scored transaction in DRIFT_SAMPLE_EVERY is sampled (0:
     # off); windows of DRIFT_WINDOW_ROWS samples are compared with the first DRIFT_REFERENCE_ROWS after the start.
@@ -266,6 +273,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         web_advertised_url=_get(env, "WEB_ADVERTISED_URL", default_advertised_url(web_bind, web_port)),
         grpc_port=int(_get(env, "GRPC_PORT", str(d.grpc_port))),
         health_interval_s=float(_get(env, "HEALTH_INTERVAL_S", str(d.health_interval_s))),
+        loop_lag_interval_s=float(_get(env, "LOOP_LAG_INTERVAL_S", str(d.loop_lag_interval_s))),
+        loop_slow_step_ms=float(_get(env, "LOOP_SLOW_STEP_MS", str(d.loop_slow_step_ms))),
+        gc_gen0_threshold=int(_get(env, "GC_GEN0_THRESHOLD", str(d.gc_gen0_threshold))),
         health_window_s=float(_get(env, "HEALTH_WINDOW_S", str(d.health_window_s))),
         drift_sample_every=int(_get(env, "DRIFT_SAMPLE_EVERY", str(d.drift_sample_every))),
         drift_reference_rows=int(_get(env, "DRIFT_REFERENCE_ROWS", str(d.drift_reference_rows))),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.monitoring.drift import PSI_WARN, SCORE, Bins, DriftMonitor, add_counts, psi
+from app.monitoring.drift import PSI_WARN, SCORE, Bins, DriftMonitor, DriftReport, add_counts, psi
 
 NAMES = ("amount", "customer_nb_tx_1day", "terminal_risk_7day", "is_night")
 Row = tuple[dict[str, float], float]
@@ -179,3 +179,26 @@ def test_a_small_swing_of_the_score_mean_is_a_warning_not_a_drift() -> None:
     assert any(status == "warn" for i, status, _ in statuses if i > 100_000)
     assert all(status != "drift" for _, status, _ in statuses)
     assert monitor.last is not None and monitor.last.score_psi < PSI_WARN
+
+
+def test_folding_in_slices_reports_what_one_fold_reports() -> None:
+    """The health timer folds the sampled rows in slices (app/monitoring/monitor.py), the decisions running between
+    them: the reports are those of folding each interval's rows at once, the reference's fit and a drift included."""
+
+    def cents(x: dict[str, float], score: float) -> Row:
+        return {**x, "amount": x["amount"] * 100}, score
+
+    whole, sliced = DriftMonitor(NAMES, window_rows=1000), DriftMonitor(NAMES, window_rows=1000)
+    reports: tuple[list[DriftReport | None], list[DriftReport | None]] = ([], [])
+    for i, (x, score) in enumerate(stream(3, 120_000, cents, after=80_000), 1):
+        whole.observe(x, score)
+        sliced.observe(x, score)
+        if i % 3000 == 0:
+            reports[0].append(whole.report())
+            while sliced.pending_rows:
+                sliced.fold(37)
+            assert sliced.pending_rows == 0
+            reports[1].append(sliced.report())
+    assert reports[0] == reports[1]
+    last = reports[0][-1]
+    assert reports[0][0] is None and last is not None and last.status == "drift"

@@ -262,11 +262,30 @@ class DriftMonitor:
         stationary control of tests/test_drift_kafka.py raised drift on a 205-row window); None while the reference
         fills."""
         rows, self._buffer = list(self._buffer), deque(maxlen=self.max_buffer)
+        self._fold(rows)
+        if self._bins is None:
+            return None
+        self.last_judged = self._judge() if self._window_rows >= self.window_rows // 2 else self.last
+        return self.last_judged
+
+    @property
+    def pending_rows(self) -> int:
+        """Sampled rows not folded in yet."""
+        return len(self._buffer)
+
+    def fold(self, max_rows: int) -> None:
+        """Fold in the oldest ``max_rows`` sampled rows (what :meth:`report` does with all of them): a caller on an
+        event loop folds a health interval's rows in slices, the decisions running between them (at 1,000 tx/s and
+        one row in 8, the 1,250 rows of a 10 s interval took 21-29 ms in one piece)."""
+        buffer = self._buffer
+        self._fold([buffer.popleft() for _ in range(min(max_rows, len(buffer)))])
+
+    def _fold(self, rows: list[tuple[Mapping[str, float], float]]) -> None:
         at = 0
         if self._bins is None:
             at = self._fill_reference(rows)
             if self._bins is None:
-                return None
+                return
         assert self._bins is not None
         while at < len(rows):
             take = rows[at : at + self.window_rows - self._window_rows]
@@ -281,8 +300,6 @@ class DriftMonitor:
             if self._window_rows >= self.window_rows:
                 self.last = self._judge()
                 self._window, self._window_rows, self._window_alerts, self._score_change = {}, 0, 0, False
-        self.last_judged = self._judge() if self._window_rows >= self.window_rows // 2 else self.last
-        return self.last_judged
 
     def _fill_reference(self, rows: list[tuple[Mapping[str, float], float]]) -> int:
         """Rows into the reference sample until it is full; returns how many rows it took."""

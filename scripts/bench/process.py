@@ -106,3 +106,17 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
          "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def schedstat_s(pid: int) -> tuple[float, float]:
+    """Seconds the process's threads (not its children) ran on a CPU and waited on a run queue, runnable but not
+    running, since they started (Linux ``/proc/<pid>/task/*/schedstat``; zeros elsewhere). The wait over a phase is
+    the CPU the host's other processes took from it: a decision that waits there waits for no code of the worker."""
+    ran = waited = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            fields = stat.read_text().split()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return ran / 1e9, waited / 1e9

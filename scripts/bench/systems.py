@@ -17,7 +17,7 @@ from typing import Any
 from local_processes import free_port, scrape, stop_process, wait_http_ok
 from tqdm import tqdm
 
-from bench.process import cost_split, dir_bytes, peak_rss_bytes, start_profiler, wait_idle
+from bench.process import cost_split, dir_bytes, peak_rss_bytes, schedstat_s, start_profiler, wait_idle
 from bench.traffic import Label, Message, create_topics, drive
 from bench.written import disk_bytes, end_offsets, messages_per_transaction, written_topics
 
@@ -123,21 +123,25 @@ def run_system(
             per_tx["scored"] = int(samples.get('fraud_transactions_total{outcome="scored"}', 0)
                                    - samples_before.get('fraud_transactions_total{outcome="scored"}', 0))  # fmt: skip
         result["messages_per_transaction"] = per_tx
-        result["rates"] = [
-            asyncio.run(
-                drive(
-                    bootstrap,
-                    source,
-                    sink,
-                    phases[f"r{rate:g}"],
-                    rate,
-                    args.timeout_s,
-                    progress,
-                    labelled(f"r{rate:g}"),
-                )
-            )
-            for rate in args.rates
-        ]
+        result["rates"] = []
+        for rate in args.rates:
+            before = scrape(metrics_url) if metrics_url else {}
+            ran_before, waited_before = schedstat_s(process.pid)
+            held = asyncio.run(
+                drive(bootstrap, source, sink, phases[f"r{rate:g}"], rate, args.timeout_s, progress,
+                      labelled(f"r{rate:g}"))
+            )  # fmt: skip
+            ran, waited = schedstat_s(process.pid)
+            held["cpu_ran_s"], held["cpu_waited_s"] = round(ran - ran_before, 3), round(waited - waited_before, 3)
+            if metrics_url:  # the event loop's lag, the collector's pauses and the batches during this rate
+                after = scrape(metrics_url)
+                held["loop_lag"] = histogram_delta(before, after, "fraud_event_loop_lag_seconds")
+                held["gc_pauses"] = {g: histogram_delta(before, after, "fraud_gc_pause_seconds", f'generation="{g}"')
+                                     for g in ("0", "1", "2")}  # fmt: skip
+                # Each partition's batch, processed and committed: the part of a decision's latency the loop's
+                # commits take (beside what the loop's stalls add).
+                held["batch_seconds"] = histogram_delta(before, after, "fraud_decision_batch_seconds")
+            result["rates"].append(held)
         if labels is not None and metrics_url:  # what the trainer learned by the end (its worker's /metrics)
             end = scrape(metrics_url)
             result["labels_learned"] = {outcome: int(end.get(f'fraud_labels_total{{outcome="{outcome}"}}', 0))
@@ -180,3 +184,27 @@ def wait_for_version(metrics_url: str, process: subprocess.Popen[bytes], timeout
             return version
         time.sleep(1.0)
     raise RuntimeError(f"no published version of {labels} labels within {timeout_s:.0f} s ({version}, {learned:.0f})")
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float], name: str, labels: str = "") -> dict[str, Any]:
+    """A histogram's observations between two scrapes: count, sum and the count over each bucket's bound (empty when
+    the process does not export it).
+
+    >>> before = {'h_bucket{le="0.1"}': 1.0, 'h_bucket{le="+Inf"}': 2.0, "h_count": 2.0, "h_sum": 0.5}
+    >>> after = {'h_bucket{le="0.1"}': 5.0, 'h_bucket{le="+Inf"}': 7.0, "h_count": 7.0, "h_sum": 0.9}
+    >>> histogram_delta(before, after, "h")
+    {'count': 5, 'sum': 0.4, 'over': {'0.1': 1}}
+    """
+    prefix = f'{name}_bucket{{{labels + "," if labels else ""}le="'
+    selector = f"{{{labels}}}" if labels else ""
+    count_key = f"{name}_count{selector}"
+    if count_key not in after:
+        return {}
+    count = int(after[count_key] - before.get(count_key, 0.0))
+    total = after.get(f"{name}_sum{selector}", 0.0) - before.get(f"{name}_sum{selector}", 0.0)
+    over = {}
+    for key, value in after.items():
+        if key.startswith(prefix) and not key.endswith('"+Inf"}'):
+            bound = key[len(prefix) : -2]
+            over[bound] = count - int(value - before.get(key, 0.0))
+    return {"count": count, "sum": round(total, 6), "over": over}
