@@ -172,7 +172,8 @@ def child(args: argparse.Namespace) -> None:
     aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s,
                                     terminal_store.open_partition(0), cache_size=settings.state_terminal_cache,
                                     packed_cache_bytes=int(settings.state_terminal_packed_mb * MIB))  # fmt: skip
-    scorer = Scorer(settings, FraudModel(settings.model_name), aggregates, HealthWindow(60.0, time.monotonic()),
+    health = HealthWindow(60.0, time.monotonic())
+    scorer = Scorer(settings, FraudModel(settings.model_name), aggregates, health,
                     store=customer_store, changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
     tps = [TopicPartition("transactions", p) for p in range(PARTITIONS)]
     for p in range(PARTITIONS):
@@ -186,6 +187,7 @@ def child(args: argparse.Namespace) -> None:
     tail_from = int(args.count * (1 - args.tail_share))
     tail_cpu_s = 0.0
     tail_n = 0
+    unread: list[str] = []  # tx ids scored since the last flush (read back then, as bench_state.py does)
     with Path(args.input).open("rb") as f:
         while True:
             try:
@@ -214,9 +216,12 @@ def child(args: argparse.Namespace) -> None:
                     if batches % 10 == 0:
                         aggregates.flush({})
                         flushed = True
-            if flushed:  # the feed reads the scored transactions back from the terminal log
-                for _, _, _, tx_id, _ in chunk:
+            unread.extend(tx_id for _, _, _, tx_id, _ in chunk)
+            if flushed:  # the feed reads the scored transactions back from the terminal log, every one since the last
+                for tx_id in unread:
                     aggregates.read_back(tx_id)
+                unread.clear()
+                health.stats(time.monotonic())  # the worker's health timer does, which expires the window
             if done >= tail_from:
                 tail_cpu_s += time.process_time() - t0
                 tail_n += len(chunk)
@@ -258,6 +263,7 @@ def child(args: argparse.Namespace) -> None:
         "tail_cpu_us": tail_cpu_s / max(1, tail_n) * 1e6,
         "malloc_in_use_mib": heap.in_use_bytes / MIB if heap else None,
         "malloc_free_mib": heap.free_bytes / MIB if heap else None,
+        "malloc_mmapped_mib": heap.mmapped_bytes / MIB if heap else None,
         "rss_trimmed_mib": trimmed.rss_after_bytes / MIB if trimmed else None,
         "pymalloc_allocated_mib": pymalloc.get("allocated_bytes", 0) / MIB,
         "pymalloc_arenas_mib": pymalloc.get("total_bytes", 0) / MIB,
@@ -384,7 +390,9 @@ def main() -> None:
 
 def report(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str]]], scales: list[float]) -> None:
     columns = [("rss_end_mib", "RSS end"), ("rss_trimmed_mib", "trimmed"), ("malloc_in_use_mib", "malloc in use"),
-               ("malloc_free_mib", "free"), ("hwm_mib", "VmHWM"), ("rss_start_mib", "RSS start"),
+               ("malloc_free_mib", "free"), ("malloc_mmapped_mib", "mmapped"), ("hwm_mib", "VmHWM"),
+               ("rss_start_mib", "RSS start"), ("pymalloc_arenas_mib", "pymalloc arenas"),
+               ("pymalloc_allocated_mib", "pymalloc in blocks"),
                ("customers_parsed_mib", "customers parsed"), ("customers_packed_mib", "packed"),
                ("terminals_parsed_mib", "terminals parsed"), ("terminals_packed_mib", "packed"),
                ("memtables_mib", "memtables"), ("block_cache_mib", "block cache"), ("marks_mib", "marks"),
@@ -394,7 +402,7 @@ def report(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str
     for name, env in configs:
         for scale in scales:
             r = results[f"{name} {scale:g}x"]
-            cells = " | ".join(f"{r[key]:.1f}" for key, _ in columns)
+            cells = " | ".join("-" if r.get(key) is None else f"{r[key]:.1f}" for key, _ in columns)
             print(f"| {name} {scale:g}x | {cells} | {r['customers_parsed']:,} / {r['customers_packed']:,} |")
         if len(scales) >= 2:
             a, b = results[f"{name} {scales[0]:g}x"], results[f"{name} {scales[-1]:g}x"]
