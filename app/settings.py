@@ -74,7 +74,10 @@ class Settings:
     # The defaults below are sized so that a 1x population (scripts/scale.py: ~500 customers a partition) fits the
     # parsed caches and a larger one spills into the packed tier and the store: memory set by these, not by the
     # population (BENCHMARKS.md "State at scale (issue 16), tenth part").
-    state_block_cache_mb: int = 32  # one LRU cache of data, index and filter blocks for every store and partition
+    # One LRU cache of data, index and filter blocks for every store and partition. 8, not 32: at 10x 32 MB filled and
+    # was the largest part of the growth after the packed customers, for no decision-path CPU measured (a miss reads
+    # the OS page cache, outside the RSS; BENCHMARKS.md "State at scale (issue 16), thirteenth part").
+    state_block_cache_mb: int = 8
     state_write_buffer_mb: int = 8  # one memtable
     state_write_buffer_count: int = 2  # memtables per partition; times STATE_WRITE_BUFFER_MB: the worker's budget
     state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush

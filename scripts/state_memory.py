@@ -20,6 +20,12 @@ the first transaction, glibc's bytes in use and kept free and the RSS once a ``m
 terminals, RocksDB's memtables and block cache, fraud marks) and the CPU time per transaction (the process's,
 RocksDB's threads included) over the last ``--tail-share`` of the transactions. Sizes run one after the other on a
 shared machine: compare the ratios of one run.
+
+``--tracemalloc``: the child traces Python's allocations from its start (``tracemalloc``, one frame: slower, so its
+CPU figures are not comparable with an untraced run's) and prints, at the end, the traced bytes by file:line (the
+top ``--top``), the traced bytes in blocks of 512 bytes or less (pymalloc's) and larger, and pymalloc's own totals
+(``sys._debugmallocstats``: its arenas, the bytes in allocated blocks, in free blocks and in free pools), so that
+two sizes compare by allocation site (``--out``: every site of every run, as JSON).
 """
 
 from __future__ import annotations
@@ -91,7 +97,60 @@ def ordered_dict_bytes(d: dict[Any, Any]) -> int:
     return sys.getsizeof(d) + sum(sys.getsizeof(k) for k in d)
 
 
+def pymalloc_stats() -> dict[str, int]:
+    """pymalloc's totals from ``sys._debugmallocstats()`` (which writes to the C stderr: read back from a file)."""
+    import os
+
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()  # type: ignore[attr-defined]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    wanted = {"# arenas allocated current": "arenas_current", "# arenas highwater mark": "arenas_highwater",
+              "# bytes in allocated blocks": "allocated_bytes", "# bytes in available blocks": "available_bytes",
+              "unused pools": "unused_pools_bytes", "Total": "total_bytes"}  # fmt: skip
+    stats: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition("=")
+        for marker, key in wanted.items():
+            if marker in name and key not in stats:  # "Total": the first one, the arenas' (the arena map's follows)
+                stats[key] = int(value.strip().replace(",", ""))
+    return stats
+
+
+def traced_sites(top: int) -> dict[str, Any]:
+    """The traced bytes by file:line (every site), the total in small (<= 512 B: pymalloc's) and larger blocks."""
+    import tracemalloc
+
+    snapshot = tracemalloc.take_snapshot()
+    small = large = 0
+    for trace in snapshot.traces:
+        if trace.size <= 512:
+            small += trace.size
+        else:
+            large += trace.size
+    sites = {}
+    for stat in snapshot.statistics("lineno"):
+        frame = stat.traceback[0]
+        sites[f"{frame.filename.rsplit('site-packages/', 1)[-1].rsplit('/wt-rss/', 1)[-1]}:{frame.lineno}"] = (
+            stat.size, stat.count)  # fmt: skip
+    del snapshot
+    tracemalloc.stop()  # pymalloc's statistics print nothing while tracemalloc's hooks wrap it
+    gc.collect()
+    return {"traced_small_mib": small / MIB, "traced_large_mib": large / MIB, "sites": sites, "top": top}
+
+
 def child(args: argparse.Namespace) -> None:
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(1)
     from aiokafka import TopicPartition
 
     from app.decisions.scorer import Scorer
@@ -113,7 +172,8 @@ def child(args: argparse.Namespace) -> None:
     aggregates = TerminalAggregates(settings.terminal_delay_days, settings.lateness_s, settings.terminal_ttl_s,
                                     terminal_store.open_partition(0), cache_size=settings.state_terminal_cache,
                                     packed_cache_bytes=int(settings.state_terminal_packed_mb * MIB))  # fmt: skip
-    scorer = Scorer(settings, FraudModel(settings.model_name), aggregates, HealthWindow(60.0, time.monotonic()),
+    health = HealthWindow(60.0, time.monotonic())
+    scorer = Scorer(settings, FraudModel(settings.model_name), aggregates, health,
                     store=customer_store, changelog_topic="changelog", terminal_topic="terminal-log")  # fmt: skip
     tps = [TopicPartition("transactions", p) for p in range(PARTITIONS)]
     for p in range(PARTITIONS):
@@ -127,6 +187,7 @@ def child(args: argparse.Namespace) -> None:
     tail_from = int(args.count * (1 - args.tail_share))
     tail_cpu_s = 0.0
     tail_n = 0
+    unread: list[str] = []  # tx ids scored since the last flush (read back then, as bench_state.py does)
     with Path(args.input).open("rb") as f:
         while True:
             try:
@@ -155,9 +216,12 @@ def child(args: argparse.Namespace) -> None:
                     if batches % 10 == 0:
                         aggregates.flush({})
                         flushed = True
-            if flushed:  # the feed reads the scored transactions back from the terminal log
-                for _, _, _, tx_id, _ in chunk:
+            unread.extend(tx_id for _, _, _, tx_id, _ in chunk)
+            if flushed:  # the feed reads the scored transactions back from the terminal log, every one since the last
+                for tx_id in unread:
                     aggregates.read_back(tx_id)
+                unread.clear()
+                health.stats(time.monotonic())  # the worker's health timer does, which expires the window
             if done >= tail_from:
                 tail_cpu_s += time.process_time() - t0
                 tail_n += len(chunk)
@@ -165,6 +229,8 @@ def child(args: argparse.Namespace) -> None:
     aggregates.flush({})
     gc.collect()
     rss_end = status_mib("VmRSS")
+    traced = traced_sites(args.top) if args.tracemalloc else None
+    pymalloc = pymalloc_stats()
     trimmed = allocator.trim()  # what glibc kept free inside its heap, and the RSS once it went back
     heap = trimmed.heap if trimmed else None
     seen: set[int] = set()
@@ -197,7 +263,11 @@ def child(args: argparse.Namespace) -> None:
         "tail_cpu_us": tail_cpu_s / max(1, tail_n) * 1e6,
         "malloc_in_use_mib": heap.in_use_bytes / MIB if heap else None,
         "malloc_free_mib": heap.free_bytes / MIB if heap else None,
+        "malloc_mmapped_mib": heap.mmapped_bytes / MIB if heap else None,
         "rss_trimmed_mib": trimmed.rss_after_bytes / MIB if trimmed else None,
+        "pymalloc_allocated_mib": pymalloc.get("allocated_bytes", 0) / MIB,
+        "pymalloc_arenas_mib": pymalloc.get("total_bytes", 0) / MIB,
+        "pymalloc": pymalloc, **(traced or {}),
     }))  # fmt: skip
 
 
@@ -280,6 +350,8 @@ def main() -> None:
     parser.add_argument("--sizing", action="store_true", help="the customer tiers alone (see sizing())")
     parser.add_argument("--input-dir", help="with --sizing: x<scale>.pickle files written before, if there")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--tracemalloc", action="store_true", help="the traced bytes by allocation site (see above)")
+    parser.add_argument("--top", type=int, default=25, help="with --tracemalloc: the sites printed")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -301,20 +373,26 @@ def main() -> None:
             for name, env in configs:
                 cmd = [sys.executable, __file__, "--child", "--input", str(path), "--count", str(count),
                        "--label-delay-days", str(args.label_delay_days), "--tail-share", str(args.tail_share),
+                       *(["--tracemalloc", "--top", str(args.top)] if args.tracemalloc else []),
                        "--env", *env]  # fmt: skip
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 result = json.loads(out.strip().splitlines()[-1])
                 results[f"{name} {scale:g}x"] = result
-                print(f"{name} {scale:g}x {json.dumps(result)}", flush=True)
+                shown = {k: v for k, v in result.items() if k != "sites"}
+                print(f"{name} {scale:g}x {json.dumps(shown)}", flush=True)
             path.unlink()
     report(results, configs, args.scales)
+    if args.tracemalloc:
+        report_sites(results, configs, args.scales, args.top)
     if args.out:
         args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
 
 
 def report(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str]]], scales: list[float]) -> None:
     columns = [("rss_end_mib", "RSS end"), ("rss_trimmed_mib", "trimmed"), ("malloc_in_use_mib", "malloc in use"),
-               ("malloc_free_mib", "free"), ("hwm_mib", "VmHWM"), ("rss_start_mib", "RSS start"),
+               ("malloc_free_mib", "free"), ("malloc_mmapped_mib", "mmapped"), ("hwm_mib", "VmHWM"),
+               ("rss_start_mib", "RSS start"), ("pymalloc_arenas_mib", "pymalloc arenas"),
+               ("pymalloc_allocated_mib", "pymalloc in blocks"),
                ("customers_parsed_mib", "customers parsed"), ("customers_packed_mib", "packed"),
                ("terminals_parsed_mib", "terminals parsed"), ("terminals_packed_mib", "packed"),
                ("memtables_mib", "memtables"), ("block_cache_mib", "block cache"), ("marks_mib", "marks"),
@@ -324,15 +402,40 @@ def report(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str
     for name, env in configs:
         for scale in scales:
             r = results[f"{name} {scale:g}x"]
-            cells = " | ".join(f"{r[key]:.1f}" for key, _ in columns)
+            cells = " | ".join("-" if r.get(key) is None else f"{r[key]:.1f}" for key, _ in columns)
             print(f"| {name} {scale:g}x | {cells} | {r['customers_parsed']:,} / {r['customers_packed']:,} |")
         if len(scales) >= 2:
             a, b = results[f"{name} {scales[0]:g}x"], results[f"{name} {scales[-1]:g}x"]
             print(f"{name} ({' '.join(env) or 'defaults'}): RSS end {scales[-1]:g}x / {scales[0]:g}x "
                   f"{b['rss_end_mib'] / a['rss_end_mib']:.2f}, the state's growth (end - start) "
                   f"{a['rss_end_mib'] - a['rss_start_mib']:.0f} -> {b['rss_end_mib'] - b['rss_start_mib']:.0f} MiB, "
-                  f"CPU per tx {b['tail_cpu_us'] / a['tail_cpu_us']:.2f} "
-                  f"(throughput {a['tail_cpu_us'] / b['tail_cpu_us']:.2f})")  # fmt: skip
+                  f"CPU per tx {b['tail_cpu_us'] / max(a['tail_cpu_us'], 1e-9):.2f} "
+                  f"(throughput {a['tail_cpu_us'] / max(b['tail_cpu_us'], 1e-9):.2f})")  # fmt: skip
+
+
+def report_sites(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str]]], scales: list[float],
+                 top: int) -> None:  # fmt: skip
+    """Per configuration, the ``top`` allocation sites by traced bytes at the last size, with the first size's."""
+    for name, _ in configs:
+        runs = [results[f"{name} {scale:g}x"] for scale in scales]
+        first, last = runs[0], runs[-1]
+        print(f"\n{name}: traced small (<= 512 B) / large blocks (MiB): "
+              + ", ".join(f"{s:g}x {r['traced_small_mib']:.1f} / {r['traced_large_mib']:.1f}"
+                          for s, r in zip(scales, runs, strict=True))
+              + "; pymalloc arenas / in allocated blocks (MiB): "
+              + ", ".join(f"{s:g}x {r['pymalloc_arenas_mib']:.1f} / {r['pymalloc_allocated_mib']:.1f}"
+                          for s, r in zip(scales, runs, strict=True)))  # fmt: skip
+        heads = " | ".join(f"{s:g}x MiB (blocks)" for s in scales)
+        print(f"| site | {heads} | growth MiB |")
+        print("|---|" + "---|" * (len(scales) + 1))
+        ranked = sorted(last["sites"].items(), key=lambda kv: -kv[1][0])[:top]
+        for site, _ in ranked:
+            cells = []
+            for r in runs:
+                size, count = r["sites"].get(site, (0, 0))
+                cells.append(f"{size / MIB:.1f} ({count:,})")
+            growth = (last["sites"].get(site, (0, 0))[0] - first["sites"].get(site, (0, 0))[0]) / MIB
+            print(f"| `{site}` | {' | '.join(cells)} | {growth:+.1f} |")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ MB = 1 << 20
 class RocksDBConfig:
     """Options shared by every store of a worker: the cache and the write-buffer budget are built once here."""
 
-    block_cache_mb: int = 32
+    block_cache_mb: int = 8
     write_buffer_mb: int = 8
     write_buffer_count: int = 2
     wal: bool = True
