@@ -101,8 +101,10 @@ class Settings:
     loop_lag_interval_s: float = 0.05
     loop_slow_step_ms: float = 0.0
     # The collector's first generation runs once this many more container objects were made than freed (0: Python's
-    # 700): a batch in flight then dies young instead of being promoted, and full collections stay rare.
-    gc_gen0_threshold: int = 50_000
+    # 700, the default). 50,000: a batch in flight dies young instead of being promoted and full collections stay
+    # rare at 1,000 tx/s, but the 10x worker of scripts/scale.py then held 742 MiB against 470 (BENCHMARKS.md
+    # "State at scale (issue 16), fourteenth part"): memory is the default's side.
+    gc_gen0_threshold: int = 0
     health_window_s: float = 60.0
     # Drift without labels (app/monitoring/drift.py): one scored transaction in DRIFT_SAMPLE_EVERY is sampled (0:
     # off); windows of DRIFT_WINDOW_ROWS samples are compared with the first DRIFT_REFERENCE_ROWS after the start.
