@@ -116,10 +116,10 @@ class Components:
         gc.collect()
         gc.freeze()
         if self.settings.gc_gen0_threshold > 0:
-            # Python's 700 ran the youngest generation at every batch: the batches in flight (their outputs, states
-            # and features, awaiting their commit) were promoted, and the oldest generation's 25% growth rule then
-            # ran a full collection every 5-9 s at 1,000 tx/s (up to 900 ms each on a busy host; BENCHMARKS.md
-            # "The event loop's stalls").
+            # An operator's choice (the default, 0, keeps Python's 700, for memory at scale): at 700 the youngest
+            # generation runs at every batch, promotes the batches in flight (awaiting their commit), and the oldest
+            # generation's 25% growth rule then runs a full collection every few seconds at 1,000 tx/s (86-123 ms
+            # each on a busy host; BENCHMARKS.md "The event loop's stalls").
             self._gc_threshold = gc.get_threshold()
             gc.set_threshold(self.settings.gc_gen0_threshold, *self._gc_threshold[1:])
         self._watch_loop()
