@@ -460,3 +460,16 @@ def test_a_blend_s_gbdt_window_goes_to_the_label_store_and_comes_back_from_it() 
     training.labels.commit(len(changelog))
     restored = Training.from_parts(parts, labels=_rebuilt(changelog))
     assert _same(restored.champion.label_window, window)  # type: ignore[arg-type]
+
+
+def test_a_raw_score_too_negative_for_exp_scores_zero_alone_and_in_batches() -> None:
+    """A raw score under -709 makes ``math.exp(-raw)`` raise OverflowError (a full-size replay met one): the
+    probability is 0.0, the same through the one-row walk and the batch walk."""
+    deep = _split(0, 0.5, {"leaf_value": -800.0}, {"leaf_value": 2.0})
+    trees = CompiledTrees(_Dumped([deep]), ["a"])
+    x = np.array([[0.0], [1.0]])
+    assert [p for p, _ in trees.score(x, 0)] == [0.0, trees.probabilities(x)[1]]
+    assert trees.probabilities(x)[1] == pytest.approx(1.0 / (1.0 + math.exp(-2.0)))
+    assert [trees.score_row(row, 1)[0] for row in x] == trees.probabilities(x)
+    shifted = CompiledTrees(_Dumped([deep]), ["a"], offset=-1000.0)
+    assert shifted.probabilities(x) == [0.0, 0.0]

@@ -201,6 +201,17 @@ def decode_row(record: bytes, width: int) -> tuple[int, np.ndarray]:
     return int(added_at), row
 
 
+def _sigmoid(raw: float) -> float:
+    """LightGBM's sigmoid, 0.0 below a raw score whose ``exp(-raw)`` overflows a float (a leaf of a retrain whose
+    earlier trees put a region's odds near 1 can be a large negative correction: raw scores under -709 were met in
+    a full-size replay, and ``math.exp`` raises there rather than return infinity).
+
+    >>> _sigmoid(0.0), _sigmoid(-1000.0), _sigmoid(1000.0)
+    (0.5, 0.0, 1.0)
+    """
+    return 1.0 / (1.0 + math.exp(-raw)) if raw > -700.0 else 0.0
+
+
 def train_booster(x: np.ndarray, y: np.ndarray, params: dict[str, Any], rounds: int) -> Any:
     """A LightGBM booster of ``rounds`` trees on ``x``, ``y`` (``params`` over :data:`_FIXED`)."""
     import lightgbm  # only the trainer trains: scorers load compiled trees and never import it
@@ -379,8 +390,7 @@ class CompiledTrees:
     def probabilities(self, x: np.ndarray, leaves: np.ndarray | None = None) -> list[float]:
         """LightGBM's sigmoid of the raw scores, one ``math.exp`` each: numpy's vectorised exp may differ from the C
         library's in the last bit, and a transaction must score the same alone or in any batch."""
-        exp = math.exp
-        return [1.0 / (1.0 + exp(-r)) for r in self.raw(x, leaves).tolist()]
+        return [_sigmoid(r) for r in self.raw(x, leaves).tolist()]
 
     def score_row(self, row: np.ndarray, k: int) -> tuple[float, list[str]]:
         """:meth:`score` of one row (features,): the live path's most common batch is a single transaction, where
@@ -398,7 +408,7 @@ class CompiledTrees:
         for _ in range(self.depth):
             node = child.take(node)
         raw = float(np.add.accumulate(one.value.take(node))[-1]) if len(node) else 0.0
-        probability = 1.0 / (1.0 + math.exp(-(raw + self.offset if self.offset else raw)))
+        probability = _sigmoid(raw + self.offset if self.offset else raw)
         if not k:
             return probability, []
         credit = np.bincount(one.leaf_feature.take(node), weights=one.leaf_change.take(node), minlength=len(self.names))
