@@ -132,3 +132,10 @@ def test_a_full_collection_freezes_its_survivors_and_the_nth_puts_them_back() ->
         gc.unfreeze()  # the test process as it was: nothing of this test left frozen
     assert survivors not in gc.callbacks
     assert len(kept) == 1000
+
+
+def test_the_survivors_setting_is_read_and_off_at_zero() -> None:
+    from app.settings import load
+
+    assert load({}).gc_freeze_survivors == 10
+    assert load({"GC_FREEZE_SURVIVORS": "0"}).gc_freeze_survivors == 0
