@@ -6,9 +6,10 @@ time its thread spent in it, and every collection of the garbage collector that 
 
 - ``collector, generation N``: a step with a collection of that generation in it (the collection's line comes just
   before the step's, both logged when they end), or a collection outside any logged step;
-- ``computing: <task> <- <frame>``: a step whose thread ran at least half its wall time (the loop's own work);
-- ``not running: <task>``: a step whose thread ran less than half of it (the process was waiting for a core, or
-  another thread held the interpreter): the host's load, not the step's code.
+- ``computing: <task> <- <frame>``: a step whose thread ran at least half its wall time, or 20 ms or more (the
+  loop's own work: on a quiet host it would hold the loop that long too);
+- ``not running: <task>``: a step whose thread ran less than both (the process was waiting for a core, or another
+  thread held the interpreter): the host's load, not the step's code.
 
 Usage::
 
@@ -77,7 +78,7 @@ def _seconds(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def attribute(rows: list[Held], join_s: float = 0.002) -> list[tuple[str, Held]]:
+def attribute(rows: list[Held], join_s: float = 0.002, computing_ms: float = 20.0) -> list[tuple[str, Held]]:
     """Each step or collection with what held the loop (see the module). A collection that ended during a step
     at least as long (its line logged between the step's start and end, ``join_s`` either side for the log's
     millisecond stamps) is that step's cause: the step is counted once, as the collection's.
@@ -106,7 +107,7 @@ def attribute(rows: list[Held], join_s: float = 0.002) -> list[tuple[str, Held]]
         if pending is not None:
             out.append((_gc_kind(pending), pending))
             pending = None
-        if row.cpu_ms >= row.ms / 2:
+        if row.cpu_ms >= row.ms / 2 or row.cpu_ms >= computing_ms:
             out.append((f"computing: {row.what}" + (f" <- {row.frame}" if row.frame else ""), row))
         else:
             out.append((f"not running: {row.what}", row))
@@ -156,6 +157,14 @@ def markdown(table: list[dict[str, Any]]) -> str:
     for s in table:
         lines.append(f"| {s['kind']} | {s['count']} | {s['per_min']} | {s['ms_per_min']} | "
                      f"{s['median_ms']} / {s['max_ms']} |")  # fmt: skip
+    classes: dict[str, list[float]] = {}
+    for s in table:  # collector (each generation), computing, not running
+        group = classes.setdefault(s["kind"].split(":")[0], [0, 0.0, 0.0])
+        group[0] += s["count"]
+        group[1] += s["per_min"]
+        group[2] += s["ms_per_min"]
+    for kind, (n, per_min_, ms_per_min_) in sorted(classes.items(), key=lambda item: -item[1][2]):
+        lines.append(f"| *{kind}, all* | {int(n)} | {per_min_:.1f} | {ms_per_min_:.1f} | |")
     total_n = sum(s["count"] for s in table)
     per_min = sum(s["per_min"] for s in table)
     ms_per_min = sum(s["ms_per_min"] for s in table)
