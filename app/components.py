@@ -34,7 +34,7 @@ from app.learning.model import FraudModel
 from app.logs import quiet_kafka_client
 from app.monitoring.drift import DriftMonitor
 from app.monitoring.health import HealthWindow
-from app.monitoring.loop_lag import FreezeSurvivors, GcPauses, LagProbe, SlowSteps
+from app.monitoring.loop_lag import GcPauses, LagProbe, SlowSteps
 from app.rules.ruleset import LiveRules
 from app.serving.grpc_api import GrpcServer
 from app.serving.routing import PartitionOwners, client_id_with_url
@@ -74,7 +74,6 @@ class Components:
     _grpc: GrpcServer | None = None
     _gc_pauses: GcPauses | None = None
     _slow_steps: SlowSteps | None = None
-    _freeze_survivors: FreezeSurvivors | None = None
     _gc_threshold: tuple[int, int, int] | None = None  # the collector's thresholds before start, back at stop
 
     def is_ready(self) -> bool:
@@ -148,9 +147,6 @@ class Components:
         slow_step_s = self.settings.loop_slow_step_ms / 1000.0
         self._gc_pauses = GcPauses(metrics.observe_gc_pause, log_over_s=slow_step_s)
         self._gc_pauses.install()
-        if self.settings.gc_freeze_survivors > 0:  # after the pauses' entry: a collection is timed without it
-            self._freeze_survivors = FreezeSurvivors(self.settings.gc_freeze_survivors)
-            self._freeze_survivors.install()
         if self.settings.loop_lag_interval_s > 0:
             probe = LagProbe(self.settings.loop_lag_interval_s, metrics.EVENT_LOOP_LAG.observe)
             self._loops.append(asyncio.ensure_future(probe.run()))
@@ -179,9 +175,6 @@ class Components:
             self._slow_steps.uninstall()
         if self._gc_pauses is not None:
             self._gc_pauses.uninstall()
-        if self._freeze_survivors is not None:
-            self._freeze_survivors.uninstall()
-            self._freeze_survivors = None
         if self._gc_threshold is not None:
             gc.set_threshold(*self._gc_threshold)
         self.scorer.close()

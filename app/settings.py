@@ -105,10 +105,6 @@ class Settings:
     # rare at 1,000 tx/s, but the 10x worker of scripts/scale.py then held 742 MiB against 470 (BENCHMARKS.md
     # "State at scale (issue 16), fourteenth part"): memory is the default's side.
     gc_gen0_threshold: int = 0
-    # What survives a full collection is frozen out of the next ones' walk (app/monitoring/loop_lag.py
-    # FreezeSurvivors), and every this many full collections put back so the next walks everything (cycles that died
-    # among the frozen are collected then); 0: off, every full collection walks every object not frozen at start.
-    gc_freeze_survivors: int = 10
     health_window_s: float = 60.0
     # Drift without labels (app/monitoring/drift.py): one scored transaction in DRIFT_SAMPLE_EVERY is sampled (0:
     # off); windows of DRIFT_WINDOW_ROWS samples are compared with the first DRIFT_REFERENCE_ROWS after the start.
@@ -285,7 +281,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         loop_lag_interval_s=float(_get(env, "LOOP_LAG_INTERVAL_S", str(d.loop_lag_interval_s))),
         loop_slow_step_ms=float(_get(env, "LOOP_SLOW_STEP_MS", str(d.loop_slow_step_ms))),
         gc_gen0_threshold=int(_get(env, "GC_GEN0_THRESHOLD", str(d.gc_gen0_threshold))),
-        gc_freeze_survivors=int(_get(env, "GC_FREEZE_SURVIVORS", str(d.gc_freeze_survivors))),
         health_window_s=float(_get(env, "HEALTH_WINDOW_S", str(d.health_window_s))),
         drift_sample_every=int(_get(env, "DRIFT_SAMPLE_EVERY", str(d.drift_sample_every))),
         drift_reference_rows=int(_get(env, "DRIFT_REFERENCE_ROWS", str(d.drift_reference_rows))),

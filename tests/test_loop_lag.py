@@ -1,6 +1,5 @@
 """The event loop's instruments (app/monitoring/loop_lag.py): the lag probe sees a step that holds the loop, the
-slow-step log names its task and its stack, the collector's pauses come by generation, and what survives a full
-collection is frozen out of the next ones' walk."""
+slow-step log names its task and its stack, the collector's pauses come by generation."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from app import metrics
-from app.monitoring.loop_lag import FreezeSurvivors, GcPauses, LagProbe, SlowSteps, describe
+from app.monitoring.loop_lag import GcPauses, LagProbe, SlowSteps, describe
 
 
 def _hold_loop(seconds: float) -> None:
@@ -97,45 +96,3 @@ def test_the_gc_pause_metric_keeps_three_generations() -> None:
     metrics.observe_gc_pause(7, 0.0)  # out of range: counted as the oldest, never a new label
     assert metrics.GC_PAUSES[2]._sum.get() == pytest.approx(before + 0.25)  # noqa: SLF001
     assert {s.labels["generation"] for s in next(iter(metrics.GC_PAUSE.collect())).samples} == {"0", "1", "2"}
-
-
-def test_survivors_of_full_collections_are_frozen_and_put_back_every_nth() -> None:
-    calls: list[str] = []
-    survivors = FreezeSurvivors(3, freeze=lambda: calls.append("freeze"), unfreeze=lambda: calls.append("unfreeze"))
-    survivors("start", {"generation": 2})  # only a full collection's end counts
-    for generation in (0, 1, 0):
-        survivors("stop", {"generation": generation})
-    assert calls == []
-    for _ in range(7):
-        survivors("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
-    # the 3rd and 6th full collections put the frozen back: the ones after them (4th, 7th) walk everything
-    assert calls == ["freeze", "freeze", "unfreeze", "freeze", "freeze", "unfreeze", "freeze"]
-    assert (survivors.full_collections, survivors.walked_all) == (7, 2)
-    with pytest.raises(ValueError):
-        FreezeSurvivors(0)
-
-
-def test_a_full_collection_freezes_its_survivors_and_the_nth_puts_them_back() -> None:
-    kept = [[i] for i in range(1000)]  # tracked containers that survive the collections below
-    survivors = FreezeSurvivors(2)
-    frozen_before = gc.get_freeze_count()
-    survivors.install()
-    try:
-        gc.collect(1)  # not a full collection: nothing frozen
-        assert gc.get_freeze_count() == frozen_before
-        gc.collect(2)
-        assert gc.get_freeze_count() >= frozen_before + len(kept)  # the survivors are out of the next walks
-        gc.collect(2)  # the 2nd: everything frozen is back in the oldest generation for the next walk
-        assert gc.get_freeze_count() == 0
-    finally:
-        survivors.uninstall()
-        gc.unfreeze()  # the test process as it was: nothing of this test left frozen
-    assert survivors not in gc.callbacks
-    assert len(kept) == 1000
-
-
-def test_the_survivors_setting_is_read_and_off_at_zero() -> None:
-    from app.settings import load
-
-    assert load({}).gc_freeze_survivors == 10
-    assert load({"GC_FREEZE_SURVIVORS": "0"}).gc_freeze_survivors == 0

@@ -8,8 +8,6 @@ decision path's p99 and nowhere else. Three instruments, all cheap enough to sta
   (``fraud_event_loop_lag_seconds``);
 - :class:`GcPauses`: the collector's pauses by generation (``fraud_gc_pause_seconds{generation}``), from
   :data:`gc.callbacks`;
-- :class:`FreezeSurvivors` (``GC_FREEZE_SURVIVORS``), not an instrument: what survives a full collection is frozen
-  out of the next ones' walk (all of it walked again every N full collections);
 - :class:`SlowSteps` (``LOOP_SLOW_STEP_MS``, off by default): every step of the loop (one callback, one task step)
   that holds it that long is logged with its task's coroutine, its CPU time (far below the wall time: the process
   was not running, not computing) and a sample of the stack it was running, taken by a watchdog thread while the
@@ -73,49 +71,6 @@ class GcPauses:
             log.warning("garbage collection of generation %d held the process %.1f ms (%.1f ms of CPU; %d collected, "
                         "%d uncollectable)", generation, took * 1000, cpu_ms, info.get("collected", 0),
                         info.get("uncollectable", 0))  # fmt: skip
-
-    def install(self) -> None:
-        if self not in gc.callbacks:
-            gc.callbacks.append(self)
-
-    def uninstall(self) -> None:
-        if self in gc.callbacks:
-            gc.callbacks.remove(self)
-
-
-class FreezeSurvivors:
-    """A :data:`gc.callbacks` entry that moves what survived each full collection out of the collector's reach
-    (:func:`gc.freeze`), so the next full collection walks only what was promoted since, not the caches and clients
-    that live as long as the process; every ``walk_all_every``-th full collection it puts them back instead
-    (:func:`gc.unfreeze`), so the one after walks everything and collects the cycles among them that died meanwhile
-    (frozen objects are still freed by their reference counts; only garbage cycles wait for that walk).
-
-    A full collection at 1,000 tx/s came every 7-10 s and held the loop 73-154 ms (BENCHMARKS.md "What holds the
-    loop at 1,000 tx/s"): the decisions in flight during four of them were more than 1 % of a 30 s phase, so they
-    made the p99. With ``walk_all_every`` 10, one walks everything every ~10 full collections.
-
-    ``freeze``/``unfreeze`` are :mod:`gc`'s (replaceable for a test).
-    """
-
-    def __init__(self, walk_all_every: int, freeze: Callable[[], None] = gc.freeze,
-                 unfreeze: Callable[[], None] = gc.unfreeze) -> None:  # fmt: skip
-        if walk_all_every < 1:
-            raise ValueError("walk_all_every must be 1 or more")
-        self.walk_all_every = walk_all_every
-        self.freeze = freeze
-        self.unfreeze = unfreeze
-        self.full_collections = 0
-        self.walked_all = 0  # full collections after which the frozen objects were put back
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase != "stop" or int(info.get("generation", 0)) != 2:
-            return
-        self.full_collections += 1
-        if self.full_collections % self.walk_all_every == 0:
-            self.walked_all += 1
-            self.unfreeze()  # the next full collection walks everything
-        else:
-            self.freeze()
 
     def install(self) -> None:
         if self not in gc.callbacks:
