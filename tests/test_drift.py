@@ -202,3 +202,28 @@ def test_folding_in_slices_reports_what_one_fold_reports() -> None:
     assert reports[0] == reports[1]
     last = reports[0][-1]
     assert reports[0][0] is None and last is not None and last.status == "drift"
+
+
+def test_the_reference_is_fitted_a_few_columns_a_step_when_folded_in_slices() -> None:
+    """On the event loop the reference's fit (a quantile sort and a count per column) is spread over fold() steps,
+    ``fit_columns`` columns each, folding no row meanwhile: the bins, counts and the next reports are the same as a
+    fit in one piece."""
+    whole = DriftMonitor(NAMES, reference_rows=500, window_rows=400)
+    sliced = DriftMonitor(NAMES, reference_rows=500, window_rows=400, fit_columns=2)
+    for x, score in stream(5, 9_000):
+        whole.observe(x, score)
+        sliced.observe(x, score)
+    first = whole.report()
+    steps, fit_steps = 0, 0
+    while sliced.pending_rows:
+        fitting = sliced.fitting
+        folded = sliced.fold(300)
+        steps += 1
+        if fitting:
+            fit_steps += 1
+            assert folded == 0  # a fit step folds no row: they wait in the buffer
+    columns = len(NAMES) + 1  # the score's own column beside the features'
+    assert fit_steps == -(-columns // 2)
+    assert not sliced.fitting and sliced.fitted
+    assert sliced.reference_state() == whole.reference_state()
+    assert sliced.report() == first

@@ -82,8 +82,9 @@ async def publish_health(components: Components, send: Send) -> None:
     """One event per interval, keyed by worker id; a broker that does not answer is an issue of its own."""
     drift = components.drift
     if drift is not None:  # the interval's sampled rows folded in slices: the decisions go on between them
-        for _ in range(-(-drift.pending_rows // DRIFT_SLICE_ROWS)):  # the rows there now (report() takes the rest)
-            drift.fold(DRIFT_SLICE_ROWS)
+        rows = drift.pending_rows  # the rows there now (report() takes the rest)
+        while (rows > 0 and drift.pending_rows) or drift.fitting:  # and the reference's fit, a few columns a step
+            rows -= drift.fold(DRIFT_SLICE_ROWS)
             await asyncio.sleep(0)
     event = current_health(components, time.monotonic())
     for status in STATUSES:

@@ -127,11 +127,15 @@ def run_system(
         for rate in args.rates:
             before = scrape(metrics_url) if metrics_url else {}
             ran_before, waited_before = schedstat_s(process.pid)
+            started_at = time.time()
             held = asyncio.run(
                 drive(bootstrap, source, sink, phases[f"r{rate:g}"], rate, args.timeout_s, progress,
                       labelled(f"r{rate:g}"))
             )  # fmt: skip
             ran, waited = schedstat_s(process.pid)
+            # The phase's wall-clock span (Unix seconds), to pick its lines out of the worker's log
+            # (scripts/loop_steps.py --phase: the slow steps of LOOP_SLOW_STEP_MS during this rate).
+            held["wall_start_s"], held["wall_end_s"] = round(started_at, 3), round(time.time(), 3)
             held["cpu_ran_s"], held["cpu_waited_s"] = round(ran - ran_before, 3), round(waited - waited_before, 3)
             if metrics_url:  # the event loop's lag, the collector's pauses and the batches during this rate
                 after = scrape(metrics_url)
