@@ -81,7 +81,6 @@ class Settings:
     state_write_buffer_mb: int = 8  # one memtable
     state_write_buffer_count: int = 2  # memtables per partition; times STATE_WRITE_BUFFER_MB: the worker's budget
     state_wal: bool = True  # a process crash loses no commit; off: it loses those since the last flush
-    state_compression: str = "lz4"  # the stores' block compression: lz4 | none (CPU against disk; BENCHMARKS.md)
     state_backend: str = "rocksdb"  # rocksdb (production) | memory (tests): where the customer windows live
     state_customer_cache: int = 1_000  # parsed customer states kept in memory, per decision partition (an LRU)
     state_customer_packed_mb: float = 16.0  # behind them, customers packed (~45 B an entry), MB per partition; 0: none
@@ -210,14 +209,6 @@ def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
 
 
 OUTPUT_COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
-STATE_COMPRESSIONS = ("lz4", "none")
-
-
-def _state_compression(env: Mapping[str, str], default: str) -> str:
-    value = _get(env, "STATE_COMPRESSION", default).strip().lower()
-    if value not in STATE_COMPRESSIONS:
-        raise ValueError(f"STATE_COMPRESSION must be one of {', '.join(STATE_COMPRESSIONS)}, not {value!r}")
-    return value
 
 
 def _output_compression(env: Mapping[str, str], default: str) -> str:
@@ -274,7 +265,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         state_write_buffer_mb=int(_get(env, "STATE_WRITE_BUFFER_MB", str(d.state_write_buffer_mb))),
         state_write_buffer_count=int(_get(env, "STATE_WRITE_BUFFER_COUNT", str(d.state_write_buffer_count))),
         state_wal=_get_bool(env, "STATE_WAL", d.state_wal),
-        state_compression=_state_compression(env, d.state_compression),
         state_backend=_get(env, "STATE_BACKEND", d.state_backend),
         state_customer_cache=int(_get(env, "STATE_CUSTOMER_CACHE", str(d.state_customer_cache))),
         state_customer_packed_mb=float(_get(env, "STATE_CUSTOMER_PACKED_MB", str(d.state_customer_packed_mb))),

@@ -235,21 +235,6 @@ def test_settings_build_the_rocksdb_config_and_place_the_state_under_data_dir(tm
         RocksDBConfig(write_buffer_count=1)
 
 
-def test_state_compression_is_a_setting_and_an_uncompressed_store_reopens(tmp_path: Path) -> None:
-    assert RocksDBConfig.from_settings(load({})).compression == "lz4"
-    config = RocksDBConfig.from_settings(load({"STATE_COMPRESSION": "None"}))
-    assert config.compression == "none"
-    with pytest.raises(ValueError, match="STATE_COMPRESSION"):
-        load({"STATE_COMPRESSION": "snappy"})
-    store = RocksDBStore("s", tmp_path, config)
-    tx = store.open_partition(0).begin()
-    tx.put(b"k", b"v" * 5000)
-    tx.commit(3)
-    store.close()
-    part = RocksDBStore("s", tmp_path, RocksDBConfig()).open_partition(0)  # read back with lz4 configured
-    assert (part.get(b"k"), part.committed_offset) == (b"v" * 5000, 3)
-
-
 def test_a_partition_held_by_another_handle_is_locked_not_corrupt(tmp_path: Path) -> None:
     config = RocksDBConfig(**SMALL)  # type: ignore[arg-type]
     first = RocksDBStore("s", tmp_path, config)

@@ -66,7 +66,6 @@ class RocksDBConfig:
     write_buffer_mb: int = 8
     write_buffer_count: int = 2
     wal: bool = True
-    compression: str = "lz4"  # lz4 | none (STATE_COMPRESSION)
     cache: Cache = field(init=False, repr=False)
     write_buffer_manager: WriteBufferManager = field(init=False, repr=False)
 
@@ -88,7 +87,6 @@ class RocksDBConfig:
             write_buffer_mb=settings.state_write_buffer_mb,
             write_buffer_count=settings.state_write_buffer_count,
             wal=settings.state_wal,
-            compression=settings.state_compression,
         )
 
     def options(self) -> Options:
@@ -101,7 +99,7 @@ class RocksDBConfig:
         opts.set_max_write_buffer_number(self.write_buffer_count)
         opts.set_write_buffer_manager(self.write_buffer_manager)
         opts.set_max_total_wal_size(4 * self.write_buffer_budget_mb * MB)
-        opts.set_compression_type(DBCompressionType.lz4() if self.compression == "lz4" else DBCompressionType.none())
+        opts.set_compression_type(DBCompressionType.lz4())
         opts.set_max_background_jobs(2)
         opts.set_keep_log_file_num(2)
         opts.set_max_log_file_size(MB)
