@@ -6,6 +6,10 @@ Kafka. A pure stand-in for ``scripts/scale.py``'s RSS, minutes instead of most o
     python scripts/state_memory.py --config old STATE_CUSTOMER_CACHE=10000 STATE_CUSTOMER_PACKED_MB=0 \\
         --config new                                                     # two configurations, sizes alternating
     python scripts/state_memory.py --sizing --config new --config old STATE_CUSTOMER_CACHE=10000  # customer tiers alone
+    python scripts/state_memory.py --days 20 --rounds 3 --config before CODE=../main --config after  # two commits
+
+A configuration's ``CODE=DIR`` runs the child of another checkout (``DIR/scripts/state_memory.py``, its ``app``) on
+the same input: two commits compared in one run, rounds alternating (``--rounds``).
 
 Each size is ``scripts/scale.py``'s world (2,000 x scale customers, 4,000 x scale terminals, ``--days`` days, the
 simulator's seed 0, 4 input partitions by customer), simulated once in this process and written to a file; each
@@ -352,6 +356,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--tracemalloc", action="store_true", help="the traced bytes by allocation site (see above)")
     parser.add_argument("--top", type=int, default=25, help="with --tracemalloc: the sites printed")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="each (configuration, size) this many times, the order alternating by round: the CPU per "
+                             "transaction is the rounds' median")  # fmt: skip
+    parser.add_argument("--py-spy", type=Path, metavar="DIR",
+                        help="each child sampled by py-spy (the dev extras): DIR/<config>-<scale>x-r<round>.txt, "
+                             "collapsed stacks (flamegraph.pl, speedscope); its CPU figures are slower")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -370,16 +380,33 @@ def main() -> None:
             path = Path(tmp) / f"x{scale:g}.pickle"
             count = write_input(scale, args.days, path)
             print(f"{scale:g}x: {count:,} transactions", flush=True)
-            for name, env in configs:
-                cmd = [sys.executable, __file__, "--child", "--input", str(path), "--count", str(count),
-                       "--label-delay-days", str(args.label_delay_days), "--tail-share", str(args.tail_share),
-                       *(["--tracemalloc", "--top", str(args.top)] if args.tracemalloc else []),
-                       "--env", *env]  # fmt: skip
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                result = json.loads(out.strip().splitlines()[-1])
-                results[f"{name} {scale:g}x"] = result
-                shown = {k: v for k, v in result.items() if k != "sites"}
-                print(f"{name} {scale:g}x {json.dumps(shown)}", flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in configs}
+            for round_ in range(args.rounds):
+                for name, env in configs if round_ % 2 == 0 else configs[::-1]:  # the order alternates by round
+                    code = [kv.split("=", 1)[1] for kv in env if kv.startswith("CODE=")]
+                    script = str(Path(code[-1]) / "scripts" / "state_memory.py") if code else __file__
+                    cmd = [sys.executable, script, "--child", "--input", str(path), "--count", str(count),
+                           "--label-delay-days", str(args.label_delay_days), "--tail-share", str(args.tail_share),
+                           *(["--tracemalloc", "--top", str(args.top)] if args.tracemalloc else []),
+                           "--env", *[kv for kv in env if not kv.startswith("CODE=")]]  # fmt: skip
+                    if args.py_spy:
+                        args.py_spy.mkdir(parents=True, exist_ok=True)
+                        sampled = args.py_spy / f"{name}-{scale:g}x-r{round_}.txt"
+                        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate",
+                               "200", "--nonblocking", "--output", str(sampled), "--", *cmd]  # fmt: skip
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                    result = json.loads(
+                        [line for line in out.splitlines() if line.startswith("{")][-1]
+                    )  # py-spy's after
+                    runs[name].append(result)
+                    shown = {k: v for k, v in result.items() if k != "sites"}
+                    print(f"{name} {scale:g}x round {round_} {json.dumps(shown)}", flush=True)
+            for name, done in runs.items():  # the first round's figures, the CPU per transaction's median of all
+                cpu = [r["tail_cpu_us"] for r in done]
+                results[f"{name} {scale:g}x"] = done[0] | {
+                    "tail_cpu_us": statistics.median(cpu),
+                    "tail_cpu_us_rounds": cpu,
+                }
             path.unlink()
     report(results, configs, args.scales)
     if args.tracemalloc:

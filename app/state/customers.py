@@ -263,7 +263,8 @@ def pruned(
 def after_entry(state: CustomerState, tx_id: str) -> tuple[Any, ...] | None:
     """The entry just added for ``tx_id`` (searched from the newest end: in-order arrivals are last); None when
     the transaction was older than the state's horizon and not kept."""
-    for entry in reversed(state):
-        if entry[3] == tx_id:
-            return entry
+    ids = state.ids
+    for i in range(len(ids) - 1, -1, -1):  # by the ids column: no entry tuple made for the entries passed over
+        if ids[i] == tx_id:
+            return state[i]
     return None
