@@ -15,7 +15,8 @@ it stops the process for a few seconds (a second or two per 100,000 Python objec
 (``sys._debugmallocstats``), glibc's per arena (``malloc_stats``), RocksDB's memory properties per store and
 partition, the sizes of the worker's caches and queues (two-tier caches, terminal aggregates, health and drift
 windows, the Kafka clients' fetchers and accumulators), and every object reachable from the garbage collector's
-objects (the frozen ones too) by the type of the tracked object that holds it: ``sys.getsizeof`` of the untracked
+objects (the ones frozen at start with ``--frozen``, which leaves every object frozen after) by the type of the
+tracked object that holds it: ``sys.getsizeof`` of the untracked
 objects (strings, bytes, numbers, untracked tuples) under the tracked one, and of the tracked ones by type.
 """
 
@@ -68,7 +69,7 @@ def smaps_by_kind(pid: int) -> dict[str, dict[str, int]]:
 
 
 INSIDE = r"""
-def _worker_memory_report(path):
+def _worker_memory_report(path, with_frozen):
     import collections, ctypes, gc, json, os, sys, tempfile, time
 
     def stderr_of(call):
@@ -90,11 +91,12 @@ def _worker_memory_report(path):
     at = text.find("# arenas allocated total")
     out["pymalloc"] = text[at:at + 1100]
     out["glibc"] = stderr_of(ctypes.CDLL("libc.so.6").malloc_stats)
-    frozen = gc.get_freeze_count()
-    gc.unfreeze()
+    out["frozen"] = gc.get_freeze_count()
+    if with_frozen:  # the frozen objects are listed only by unfreezing them; the freeze after takes every object
+        gc.unfreeze()
     roots = gc.get_objects()
-    gc.freeze()
-    out["frozen_before"] = frozen
+    if with_frozen:
+        gc.freeze()
 
     def type_name(o):
         t = type(o)
@@ -149,17 +151,19 @@ def _worker_memory_report(path):
     with open(path, "w") as f:
         json.dump(out, f, indent=1, default=str)
 
-_worker_memory_report(__WORKER_MEMORY_OUT__)
+_worker_memory_report(__WORKER_MEMORY_OUT__, __WITH_FROZEN__)
 del _worker_memory_report
 """
 
 
-def inside(pid: int, timeout_s: float = 120.0) -> dict[str, Any]:
+def inside(pid: int, with_frozen: bool = False, timeout_s: float = 120.0) -> dict[str, Any]:
     """Run the report in ``pid`` through gdb; its JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         script = Path(tmp) / "report.py"
-        script.write_text(INSIDE.replace("__WORKER_MEMORY_OUT__", repr(str(out))))
+        script.write_text(
+            INSIDE.replace("__WORKER_MEMORY_OUT__", repr(str(out))).replace("__WITH_FROZEN__", repr(with_frozen))
+        )
         os.chmod(tmp, 0o755)
         call = f'exec(open("{script}").read())'.replace('"', '\\"')
         gdb = subprocess.run(
@@ -179,6 +183,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pid", type=int)
     parser.add_argument("--inside", action="store_true", help="also the report from inside (gdb; stops it seconds)")
+    parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="with --inside, also the objects frozen at start (gc.freeze); it leaves every object frozen after "
+        "(never collected again): on a worker about to be stopped only",
+    )
     parser.add_argument("--out", type=Path, help="everything as JSON")
     args = parser.parse_args()
     result: dict[str, Any] = {"pid": args.pid, "at": time.time(), "smaps": smaps_by_kind(args.pid)}
@@ -187,8 +197,8 @@ def main() -> int:
         if entry["rss"]:
             print(f"{kind:55} {entry['rss'] / MIB:12.1f}")
     if args.inside:
-        report = result["inside"] = inside(args.pid)
-        print(report["pymalloc"].split("\n\n")[0])
+        report = result["inside"] = inside(args.pid, with_frozen=args.frozen)
+        print(report["pymalloc"].split("\n\nar")[0])
         print(report["glibc"])
         for store in report["rocksdb"]:
             print(store)
