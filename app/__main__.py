@@ -99,7 +99,7 @@ def run_trainer(args: list[str]) -> None:
         settings = load()
     except ValueError as exc:
         _config_error(str(exc))
-    allocator.configure(settings.memory_arena_max)
+    allocator.configure(settings.memory_arena_max, settings.memory_mmap_threshold_kb * 1024)
     if settings.trainer_nice:
         os.nice(settings.trainer_nice)  # learning waits where the decisions need the cores
     try:
@@ -131,7 +131,8 @@ def run_worker(faust_args: list[str]) -> None:
         settings = load()
     except ValueError as exc:
         _config_error(str(exc))
-    allocator.configure(settings.memory_arena_max)  # before the first thread (the clients', RocksDB's)
+    # before the first thread (the clients', RocksDB's)
+    allocator.configure(settings.memory_arena_max, settings.memory_mmap_threshold_kb * 1024)
     if "--help" not in faust_args:  # help needs no broker (Faust's -h is --web-host)
         try:
             asyncio.run(check_credentials(settings))

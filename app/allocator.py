@@ -8,7 +8,12 @@ limit up to 64 MB after big buffers are freed); the free pages inside it go back
 - :func:`configure` at the start of the process, before any thread: ``mallopt(M_ARENA_MAX, n)`` (``MEMORY_ARENA_MAX``;
   the threads of RocksDB and the clients share ``n`` arenas instead of up to 8 per core, each keeping its own free
   memory). glibc's own ``MALLOC_ARENA_MAX`` environment variable does the same but only if set before the
-  process starts; this is a setting like the others.
+  process starts; this is a setting like the others. And ``mallopt(M_MMAP_THRESHOLD, b)``
+  (``MEMORY_MMAP_THRESHOLD_KB``): blocks of ``b`` bytes or more are mapped apart and unmapped when freed. glibc's
+  own threshold starts at 128 KiB but rises to the size of every mapped block freed (up to 32 MiB), so after the
+  first large buffers (Kafka fetches, checkpoint chunks, JSON) every later one is carved from the heap, where what
+  is freed stays with the process; a fixed threshold keeps them out of it (and the heap's top trimmed at 128 KiB
+  instead of twice the raised threshold).
 - :func:`trim` every ``MEMORY_TRIM_INTERVAL_S`` (:mod:`app.worker`'s timer, off the event loop):
   ``malloc_trim(0)`` hands the free pages of every arena back to the kernel (``madvise``), the allocator's
   in-use and free bytes (``mallinfo2``) before and after go to the metrics.
@@ -28,7 +33,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # malloc.h
+M_MMAP_THRESHOLD = -3  # malloc.h
+M_ARENA_MAX = -8
 NOTABLE_BYTES = 8 << 20  # a trim that gives back this much is logged at INFO, a smaller one at DEBUG
 
 
@@ -103,16 +109,21 @@ def _glibc() -> Any:
     return _libc or None
 
 
-def configure(arena_max: int) -> bool:
-    """``mallopt(M_ARENA_MAX, arena_max)`` if ``arena_max`` > 0 (0: glibc's default, 8 arenas a core); call it
-    before the process starts threads (arenas made before stay). True if glibc took it."""
+def configure(arena_max: int, mmap_threshold_bytes: int = 0) -> bool:
+    """``mallopt(M_ARENA_MAX, arena_max)`` if ``arena_max`` > 0 (0: glibc's default, 8 arenas a core) and
+    ``mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes)`` if that is > 0 (0: glibc's dynamic threshold); call it before
+    the process starts threads (arenas made before stay). True if glibc took every one asked (False if none was)."""
     libc = _glibc()
-    if arena_max <= 0 or libc is None:
+    if libc is None or (arena_max <= 0 and mmap_threshold_bytes <= 0):
         return False
-    if libc.mallopt(M_ARENA_MAX, arena_max) != 1:
+    ok = True
+    if arena_max > 0 and libc.mallopt(M_ARENA_MAX, arena_max) != 1:
         log.warning("mallopt(M_ARENA_MAX, %d) refused", arena_max)
-        return False
-    return True
+        ok = False
+    if mmap_threshold_bytes > 0 and libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold_bytes) != 1:
+        log.warning("mallopt(M_MMAP_THRESHOLD, %d) refused (glibc takes at most 32 MiB)", mmap_threshold_bytes)
+        ok = False
+    return ok
 
 
 def heap() -> Heap | None:

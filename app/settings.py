@@ -91,6 +91,9 @@ class Settings:
     # share (0: glibc's default, 8 a core), and how often the free pages it keeps go back to the system (0: never).
     memory_arena_max: int = 2
     memory_trim_interval_s: float = 0.0  # off: a trim stalls the event loop's allocations while it runs
+    # blocks of this many KiB or more mapped apart and returned when freed (0: glibc's threshold, which rises to the
+    # largest block freed, up to 32 MiB, and then keeps every later large buffer in the heap)
+    memory_mmap_threshold_kb: int = 256
     web_bind: str = "0.0.0.0"
     web_port: int = 6066
     web_advertised_url: str = ""  # load(): http://<WEB_BIND, or the hostname when it binds all>:<WEB_PORT>
@@ -273,6 +276,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         state_sweep_customers=int(_get(env, "STATE_SWEEP_CUSTOMERS", str(d.state_sweep_customers))),
         memory_arena_max=int(_get(env, "MEMORY_ARENA_MAX", str(d.memory_arena_max))),
         memory_trim_interval_s=float(_get(env, "MEMORY_TRIM_INTERVAL_S", str(d.memory_trim_interval_s))),
+        memory_mmap_threshold_kb=int(_get(env, "MEMORY_MMAP_THRESHOLD_KB", str(d.memory_mmap_threshold_kb))),
         web_bind=web_bind,
         web_port=web_port,
         web_advertised_url=_get(env, "WEB_ADVERTISED_URL", default_advertised_url(web_bind, web_port)),

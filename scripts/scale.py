@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout-s", type=float, default=600, help="for the worker to be idle after that")
     parser.add_argument("--ready-timeout-s", type=float, default=600, help="for /ready after each start")
     parser.add_argument("--poll-s", type=float, default=0.5, help="how often the decided count is read")
+    parser.add_argument(
+        "--pause-s",
+        type=float,
+        default=0.0,
+        help="after the steady RSS, hold the idle first worker this long (to inspect it from outside)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep each size's broker data (.kafka/scale/)")
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings for the worker, e.g. STATE_CUSTOMER_CACHE=1000")  # fmt: skip

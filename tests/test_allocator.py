@@ -18,10 +18,12 @@ from app.settings import Settings, load
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_settings_default_to_two_arenas_and_no_trim_and_read_the_environment() -> None:
+def test_the_settings_default_to_two_arenas_no_trim_a_256_kib_mmap_threshold_and_read_the_environment() -> None:
     assert (Settings().memory_arena_max, Settings().memory_trim_interval_s) == (2, 0.0)
-    settings = load({"MEMORY_ARENA_MAX": "0", "MEMORY_TRIM_INTERVAL_S": "0"})
+    assert Settings().memory_mmap_threshold_kb == 256
+    settings = load({"MEMORY_ARENA_MAX": "0", "MEMORY_TRIM_INTERVAL_S": "0", "MEMORY_MMAP_THRESHOLD_KB": "512"})
     assert (settings.memory_arena_max, settings.memory_trim_interval_s) == (0, 0.0)
+    assert settings.memory_mmap_threshold_kb == 512
 
 
 def test_this_machine_is_glibc_so_the_tests_below_test_something() -> None:
@@ -33,11 +35,12 @@ def test_the_worker_sets_the_arena_limit_from_its_settings_before_anything_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[Any] = []
-    monkeypatch.setattr(allocator, "configure", lambda n: calls.append(("configure", n)))
+    monkeypatch.setattr(allocator, "configure", lambda n, b: calls.append(("configure", n, b)))
     monkeypatch.setattr("app.worker.main", lambda settings, argv: calls.append(("worker", argv[-1])))
     monkeypatch.setenv("MEMORY_ARENA_MAX", "3")
+    monkeypatch.setenv("MEMORY_MMAP_THRESHOLD_KB", "64")
     entry.run_worker(["--help"])  # --help: no broker asked
-    assert calls == [("configure", 3), ("worker", "--help")]
+    assert calls == [("configure", 3, 64 * 1024), ("worker", "--help")]
 
 
 def test_configure_leaves_glibc_alone_at_0_and_takes_a_limit_otherwise() -> None:
@@ -45,6 +48,28 @@ def test_configure_leaves_glibc_alone_at_0_and_takes_a_limit_otherwise() -> None
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
+
+
+# A 1 MiB block freed raises glibc's own threshold to 1 MiB: a 300 KiB block after it comes from the heap (and stays
+# with the process when freed) unless the threshold is fixed, then it is mapped apart (mallinfo2's mmapped bytes).
+AFTER_A_LARGE_FREE = """
+import sys
+from app import allocator
+allocator.configure(2, int(sys.argv[1]))
+big = bytearray(1 << 20)
+del big
+before = allocator.heap().mmapped_bytes
+block = bytearray(300 * 1024)
+print(allocator.heap().mmapped_bytes - before)
+"""
+
+
+@pytest.mark.parametrize(("threshold_bytes", "mapped_apart"), [(0, False), (256 * 1024, True)])
+def test_a_fixed_mmap_threshold_maps_blocks_apart_after_a_large_free(threshold_bytes: int, mapped_apart: bool) -> None:
+    out = subprocess.run([sys.executable, "-c", AFTER_A_LARGE_FREE, str(threshold_bytes)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (int(out.stdout) >= 300 * 1024) is mapped_apart
 
 
 # A heap of 4 KB blocks of which one in 16 stays: the freed ones lie between live ones, below the heap's top, where

@@ -683,6 +683,10 @@ def run_size(scale: float, args: argparse.Namespace, work: Path) -> dict[str, An
             )
         sampler = None
         result["metrics"] = _gauges(worker)
+        pause_s = getattr(args, "pause_s", 0.0)
+        if pause_s > 0:  # the idle worker held for an inspection from outside (smaps, py-spy, gdb)
+            print(f"  worker pid {worker.pid} idle: paused {pause_s:.0f} s for inspection", file=sys.stderr)
+            time.sleep(pause_s)
         result["terminal_checkpoint_wait_s"] = checkpoint_wait
         result["data_dir"] = data_dir_files(Path(env["DATA_DIR"]))
         offsets = asyncio.run(end_offsets(bootstrap, sorted(t for t in _topic_names(broker_data))))
