@@ -166,7 +166,7 @@ def child(args: argparse.Namespace) -> None:
 
     env = dict(kv.split("=", 1) for kv in args.env)
     settings = load(env)
-    from app import allocator
+    from app import allocator, collector
 
     allocator.configure(settings.memory_arena_max)  # as the worker does, before RocksDB's threads
     directory = Path(tempfile.mkdtemp(prefix="state-memory-"))
@@ -183,6 +183,12 @@ def child(args: argparse.Namespace) -> None:
     for p in range(PARTITIONS):
         scorer.open_state(p)
     gc.collect()
+    # The collector as the worker sets it at its start (app/components.py): what lives so far frozen, and the
+    # thresholds of GC_GEN0_THRESHOLD / GC_FULL_INTERVAL_S, and with a full interval (the default) its full
+    # collections' check after every chunk (the worker's event loop checks every second, ~1,000 transactions).
+    gc.freeze()
+    collector.configure(settings.gc_gen0_threshold, settings.gc_full_interval_s)
+    full = collector.FullCollections(settings.gc_full_interval_s, lambda: True) if settings.gc_full_interval_s else None
     rss_start = status_mib("VmRSS")
     offsets = [0] * PARTITIONS
     frauds: deque[tuple[float, str]] = deque()
@@ -226,6 +232,9 @@ def child(args: argparse.Namespace) -> None:
                     aggregates.read_back(tx_id)
                 unread.clear()
                 health.stats(time.monotonic())  # the worker's health timer does, which expires the window
+            why = full.due() if full is not None else None
+            if why is not None:
+                full.collect(why)
             if done >= tail_from:
                 tail_cpu_s += time.process_time() - t0
                 tail_n += len(chunk)
@@ -265,6 +274,8 @@ def child(args: argparse.Namespace) -> None:
         "terminals_packed": len(tcaches.packed), "terminals_packed_mib": t_packed / MIB,
         "marks_mib": marks / MIB, "memtables_mib": memtables / MIB, "block_cache_mib": block_cache / MIB,
         "tail_cpu_us": tail_cpu_s / max(1, tail_n) * 1e6,
+        "full_collections": full.runs if full is not None else None,
+        "full_collections_grown": full.runs_grown if full is not None else None,
         "malloc_in_use_mib": heap.in_use_bytes / MIB if heap else None,
         "malloc_free_mib": heap.free_bytes / MIB if heap else None,
         "malloc_mmapped_mib": heap.mmapped_bytes / MIB if heap else None,

@@ -1,27 +1,29 @@
-"""The collector's settings: thresholds from GC_GEN0_THRESHOLD / GC_GEN1_THRESHOLD / GC_FULL_INTERVAL_S, and the
-full collections run on a timer, waiting for a moment with no batch in flight (app/collector.py)."""
+"""The collector's settings and its full collections (app/collector.py): Python's automatic ones off with
+GC_FULL_INTERVAL_S, one when the oldest generation really grew or the interval passed, between batches."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+from collections import deque
+from collections.abc import Callable
+
+from aiokafka import TopicPartition
 
 from app import collector
+from app.kafka.transactional import TransactionalLoop
 from app.settings import Settings, load
 
 
-def test_settings_parse_the_collector_settings() -> None:
-    settings = load({"GC_GEN1_THRESHOLD": "50", "GC_FULL_INTERVAL_S": "120"})
-    assert (settings.gc_gen1_threshold, settings.gc_full_interval_s) == (50, 120.0)
-    assert load({"GC_FULL_INTERVAL_S": "0"}).gc_full_interval_s == 0.0
-    assert load({}).gc_full_interval_s == Settings().gc_full_interval_s > 0  # the timer is the default
-    assert load({}).gc_gen1_threshold == 0
+def test_settings_parse_the_full_interval() -> None:
+    assert load({"GC_FULL_INTERVAL_S": "120"}).gc_full_interval_s == 120.0
+    assert load({"GC_FULL_INTERVAL_S": "0"}).gc_full_interval_s == 0.0  # Python's rule
+    assert load({}).gc_full_interval_s == Settings().gc_full_interval_s > 0  # the collections of this module
 
 
 def test_thresholds_keep_pythons_unless_set() -> None:
     assert collector.thresholds((700, 10, 10)) == (700, 10, 10)
     assert collector.thresholds((700, 10, 10), gen0=5000) == (5000, 10, 10)
-    assert collector.thresholds((700, 10, 10), gen1=100) == (700, 100, 10)
     assert collector.thresholds((700, 10, 10), full_interval_s=60.0) == (700, 10, collector.NEVER)
 
 
@@ -30,36 +32,78 @@ def test_configure_sets_and_returns_the_thresholds_to_put_back() -> None:
     try:
         assert collector.configure() is None  # nothing asked: nothing changed
         assert gc.get_threshold() == before
-        assert collector.configure(gen1=before[1] + 7, full_interval_s=30.0) == before
-        assert gc.get_threshold() == (before[0], before[1] + 7, collector.NEVER)
+        assert collector.configure(full_interval_s=30.0) == before
+        assert gc.get_threshold() == (before[0], before[1], collector.NEVER)
     finally:
         gc.set_threshold(*before)
 
 
-class FakeClock:
+def recorder(collected: list[int]) -> Callable[[int], int]:
+    """A stand-in for gc.collect: notes the generation asked for."""
+
+    def collect(generation: int) -> int:
+        collected.append(generation)
+        return 0
+
+    return collect
+
+
+class Fake:
+    """The clock and the oldest generation's size, moved by the test."""
+
     def __init__(self) -> None:
         self.now = 0.0
+        self.objects = 40_000
 
-    def __call__(self) -> float:
+    def clock(self) -> float:
         return self.now
+
+    def size(self) -> int:
+        return self.objects
+
+
+def test_a_full_collection_is_due_when_the_oldest_generation_grew_or_the_interval_passed() -> None:
+    fake, collected = Fake(), list[int]()
+    kept_after = 60_000
+
+    def collect(generation: int) -> int:  # the garbage freed: what stays is kept_after
+        collected.append(generation)
+        fake.objects = kept_after
+        return 40_000
+
+    full = collector.FullCollections(300.0, lambda: True, growth=2.0, floor_objects=100_000, collect=collect,
+                                     size=fake.size, clock=fake.clock)  # fmt: skip
+    assert full.due() is None
+    fake.objects = 79_000  # the batches in flight come and go: not yet
+    fake.now = 299.0
+    assert full.due() is None
+    fake.objects = 100_000  # the floor reached (twice 40,000 was not enough)
+    assert full.due() == "grown"
+    assert full.collect("grown") == 40_000  # it kept 60,000: the next one at 120,000
+    assert (full.due(), full.runs, full.runs_grown, collected) == (None, 1, 1, [2])
+    fake.objects = 120_000
+    assert full.due() == "grown"
+    fake.objects = 60_000
+    fake.now = 299.0 + 300.0  # no growth, but the interval since the last one
+    assert full.due() == "interval"
 
 
 def test_a_full_collection_waits_for_the_decision_loop_to_be_idle() -> None:
-    clock = FakeClock()
-    collected: list[tuple[int, float]] = []
+    fake = Fake()
+    seen: list[float] = []
     busy_until = 0.3
 
-    async def main() -> bool:
-        def collect(generation: int) -> int:
-            collected.append((generation, clock.now))
-            return 0
+    def collect(generation: int) -> int:
+        seen.append(fake.now)
+        return 0
 
-        full = collector.FullCollections(60.0, lambda: clock.now >= busy_until, wait_idle_s=5.0, poll_s=0.0,
-                                         collect=collect, clock=clock)  # fmt: skip
+    async def main() -> bool:
+        full = collector.FullCollections(60.0, lambda: fake.now >= busy_until, wait_idle_s=5.0, poll_s=0.0,
+                                         collect=collect, size=fake.size, clock=fake.clock)  # fmt: skip
 
         async def tick() -> None:  # the loop's time passing while the collection waits
-            while not collected:
-                clock.now += 0.1
+            while not seen:
+                fake.now += 0.1
                 await asyncio.sleep(0)
 
         ticking = asyncio.ensure_future(tick())
@@ -69,44 +113,67 @@ def test_a_full_collection_waits_for_the_decision_loop_to_be_idle() -> None:
         return idle
 
     assert asyncio.run(main()) is True
-    assert len(collected) == 1
-    generation, at = collected[0]
-    assert generation == 2 and at >= busy_until  # not while a batch was in flight
+    assert len(seen) == 1 and seen[0] >= busy_until  # not while a batch was in flight
 
 
 def test_a_full_collection_runs_anyway_when_the_loop_stays_busy() -> None:
-    clock = FakeClock()
-    collected: list[int] = []
+    fake, collected = Fake(), list[int]()
 
     async def main() -> bool:
         full = collector.FullCollections(60.0, lambda: False, wait_idle_s=1.0, poll_s=0.0,
-                                         collect=lambda g: collected.append(g) or 0, clock=clock)  # fmt: skip
+                                         collect=recorder(collected), size=fake.size, clock=fake.clock)  # fmt: skip
 
         async def tick() -> None:
             while not collected:
-                clock.now += 0.25
+                fake.now += 0.25
                 await asyncio.sleep(0)
 
         ticking = asyncio.ensure_future(tick())
         idle = await full.collect_when_idle()
         await ticking
-        assert clock.now >= 1.0  # it waited its bound first
+        assert fake.now >= 1.0  # it waited its bound first
         return idle
 
     assert asyncio.run(main()) is False
     assert collected == [2]
 
 
-def test_the_timer_runs_a_full_collection_each_interval() -> None:
-    collected: list[int] = []
+def test_the_loop_collects_when_due_and_not_otherwise() -> None:
+    fake, collected = Fake(), list[int]()
 
     async def main() -> None:
-        full = collector.FullCollections(0.01, lambda: True, collect=lambda g: collected.append(g) or 0)
+        full = collector.FullCollections(1000.0, lambda: True, check_s=0.001, collect=recorder(collected),
+                                         size=fake.size, clock=fake.clock)  # fmt: skip
         task = asyncio.ensure_future(full.run())
-        while len(collected) < 2:
-            await asyncio.sleep(0.005)
+        for _ in range(20):  # checks without growth: nothing
+            await asyncio.sleep(0.002)
+        assert collected == []
+        fake.objects = 500_000  # garbage piling up
+        while not collected:
+            await asyncio.sleep(0.002)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        assert full.runs_grown == 1
 
     asyncio.run(main())
-    assert collected[:2] == [2, 2]
+    assert collected == [2]
+
+
+def test_the_decision_loop_is_busy_with_a_batch_in_flight_or_records_queued() -> None:
+    async def main() -> list[bool]:
+        loop = TransactionalLoop(name="decisions", bootstrap_servers="127.0.0.1:1", topics=["t"], group_id="g",
+                                 instance_id=None, handler=None)  # type: ignore[arg-type]  # fmt: skip
+        tp = TopicPartition("t", 0)
+        seen = [loop.busy()]  # no partition
+        loop._inflight[tp] = asyncio.Lock()
+        loop._queues[tp] = deque()
+        seen.append(loop.busy())  # a partition with nothing to do
+        loop._queues[tp].append("record")
+        seen.append(loop.busy())  # records waiting for the next batch
+        loop._queues[tp].clear()
+        async with loop._inflight[tp]:
+            seen.append(loop.busy())  # a batch being processed or committed
+        seen.append(loop.busy())
+        return seen
+
+    assert asyncio.run(main()) == [False, False, True, True, False]
