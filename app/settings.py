@@ -109,9 +109,9 @@ class Settings:
     # "State at scale (issue 16), fourteenth part"): memory is the default's side.
     gc_gen0_threshold: int = 0
     # Full collections (app/collector.py): Python's automatic ones off, one on the event loop between batches when
-    # the oldest generation doubled (and holds 100,000 objects or more) or every GC_FULL_INTERVAL_S (0: Python's rule,
-    # which after the start's freeze fired every few seconds at 1,000 tx/s for 8-43 ms of CPU each, freeing next to
-    # nothing: BENCHMARKS.md "The collector's full collections off the decision path").
+    # Python's allocator holds a quarter more blocks than after the last one, or every GC_FULL_INTERVAL_S (0:
+    # Python's rule, which after the start's freeze fired every few seconds at 1,000 tx/s for 8-43 ms of CPU each,
+    # freeing next to nothing: BENCHMARKS.md "The collector's full collections off the decision path").
     gc_full_interval_s: float = 300.0
     health_window_s: float = 60.0
     # Drift without labels (app/monitoring/drift.py): one scored transaction in DRIFT_SAMPLE_EVERY is sampled (0:

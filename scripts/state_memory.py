@@ -9,7 +9,8 @@ Kafka. A pure stand-in for ``scripts/scale.py``'s RSS, minutes instead of most o
     python scripts/state_memory.py --days 20 --rounds 3 --config before CODE=../main --config after  # two commits
 
 A configuration's ``CODE=DIR`` runs the child of another checkout (``DIR/scripts/state_memory.py``, its ``app``) on
-the same input: two commits compared in one run, rounds alternating (``--rounds``).
+the same input: two commits compared in one run, rounds alternating (``--rounds``). ``DROP_ON_COMMIT=1`` drops each
+batch's ``on_commit`` once it ran, as the worker's loop does (without: a cycle per batch left to the collector).
 
 Each size is ``scripts/scale.py``'s world (2,000 x scale customers, 4,000 x scale terminals, ``--days`` days, the
 simulator's seed 0, 4 input partitions by customer), simulated once in this process and written to a file; each
@@ -165,6 +166,10 @@ def child(args: argparse.Namespace) -> None:
     from app.state.terminals import TerminalAggregates
 
     env = dict(kv.split("=", 1) for kv in args.env)
+    # DROP_ON_COMMIT=1: the batch's on_commit dropped once run, as the worker's loop does (app/kafka/transactional.py),
+    # so its batch -> closure -> batch cycle is not left to the collector (without it: a cycle per batch, as the
+    # worker had before BENCHMARKS.md "The event loop's stalls").
+    drop_on_commit = env.pop("DROP_ON_COMMIT", "0") == "1"
     settings = load(env)
     from app import allocator, collector
 
@@ -222,6 +227,8 @@ def child(args: argparse.Namespace) -> None:
                     batch = scorer.process(tps[p], records)
                     batch.produced_to = offsets[p]  # type: ignore[attr-defined]
                     batch.on_commit()  # type: ignore[misc]
+                    if drop_on_commit:
+                        batch.on_commit = None
                     batches += 1
                     if batches % 10 == 0:
                         aggregates.flush({})

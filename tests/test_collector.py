@@ -49,43 +49,53 @@ def recorder(collected: list[int]) -> Callable[[int], int]:
 
 
 class Fake:
-    """The clock and the oldest generation's size, moved by the test."""
+    """The clock and the allocator's blocks, moved by the test."""
 
     def __init__(self) -> None:
         self.now = 0.0
-        self.objects = 40_000
+        self.blocks = 1_000_000
 
     def clock(self) -> float:
         return self.now
 
     def size(self) -> int:
-        return self.objects
+        return self.blocks
 
 
-def test_a_full_collection_is_due_when_the_oldest_generation_grew_or_the_interval_passed() -> None:
+def test_a_full_collection_is_due_when_the_blocks_grew_or_the_interval_passed() -> None:
     fake, collected = Fake(), list[int]()
-    kept_after = 60_000
 
-    def collect(generation: int) -> int:  # the garbage freed: what stays is kept_after
+    def collect(generation: int) -> int:  # the garbage freed
         collected.append(generation)
-        fake.objects = kept_after
+        fake.blocks = 1_200_000
         return 40_000
 
-    full = collector.FullCollections(300.0, lambda: True, growth=2.0, floor_objects=100_000, collect=collect,
+    full = collector.FullCollections(300.0, lambda: True, growth=0.25, margin_blocks=100_000, collect=collect,
                                      size=fake.size, clock=fake.clock)  # fmt: skip
     assert full.due() is None
-    fake.objects = 79_000  # the batches in flight come and go: not yet
+    fake.blocks = 1_240_000  # the batches in flight come and go: not yet
     fake.now = 299.0
     assert full.due() is None
-    fake.objects = 100_000  # the floor reached (twice 40,000 was not enough)
+    fake.blocks = 1_250_000  # a quarter more than the start's
     assert full.due() == "grown"
-    assert full.collect("grown") == 40_000  # it kept 60,000: the next one at 120,000
+    assert full.collect("grown") == 40_000  # 1,200,000 left: the next one at 1,500,000
     assert (full.due(), full.runs, full.runs_grown, collected) == (None, 1, 1, [2])
-    fake.objects = 120_000
+    fake.blocks = 1_500_000
     assert full.due() == "grown"
-    fake.objects = 60_000
+    fake.blocks = 1_200_000
     fake.now = 299.0 + 300.0  # no growth, but the interval since the last one
     assert full.due() == "interval"
+
+
+def test_the_margin_holds_for_a_small_heap() -> None:
+    fake = Fake()
+    fake.blocks = 100_000
+    full = collector.FullCollections(300.0, lambda: True, growth=0.25, margin_blocks=250_000, size=fake.size,
+                                     clock=fake.clock)  # fmt: skip
+    fake.blocks = 349_999  # +250 % but under the margin
+    assert full.due() is None
+    fake.blocks = 350_000
+    assert full.due() == "grown"
 
 
 def test_a_full_collection_waits_for_the_decision_loop_to_be_idle() -> None:
@@ -148,7 +158,7 @@ def test_the_loop_collects_when_due_and_not_otherwise() -> None:
         for _ in range(20):  # checks without growth: nothing
             await asyncio.sleep(0.002)
         assert collected == []
-        fake.objects = 500_000  # garbage piling up
+        fake.blocks = 5_000_000  # garbage piling up
         while not collected:
             await asyncio.sleep(0.002)
         task.cancel()
