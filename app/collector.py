@@ -1,4 +1,4 @@
-"""Python's cyclic collector in a worker: full collections when the oldest generation really grew, between batches.
+"""Python's cyclic collector in a worker: full collections when memory really grew, or rarely, between batches.
 
 After the start's ``gc.freeze()`` (:meth:`app.components.Components.start`) the oldest generation holds only what
 the loops made since: 35,000-55,000 objects at 1x (the batches in flight, the caches' entries, the clients'
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # at tens a second this is never reached.
 NEVER = 2**31 - 1
 GROWTH = 0.25  # a full collection once the allocator's blocks grew by this share of what the last one left,
-MARGIN_BLOCKS = 250_000  # and by at least this many (~15-25 MB; a 1,000 tx/s backlog's batches come and go under it)
+MARGIN_BLOCKS = 250_000  # and by at least this many (not reached in the benchmark's timed phases at 1,000 tx/s)
 CHECK_S = 1.0  # how often the blocks are counted. (The oldest generation's own size, len(gc.get_objects(2)), cost
 # 3-6 ms of CPU a look in the worker: a stall a second.)
 
@@ -63,7 +63,8 @@ def configure(gen0: int = 0, full_interval_s: float = 0.0) -> tuple[int, int, in
 
 
 def allocated_blocks() -> int:
-    """The memory blocks Python's allocator holds now: live objects and cyclic garbage alike."""
+    """The memory blocks Python's small-object allocator holds now (objects of 512 bytes or less: live ones and
+    cyclic garbage alike; a large buffer counts only by the small objects that hold it)."""
     return sys.getallocatedblocks()
 
 

@@ -117,7 +117,7 @@ class Components:
         gc.freeze()
         # GC_GEN0_THRESHOLD is an operator's choice (the default, 0, keeps Python's 700, for memory at scale: at
         # 50,000 the 10x worker held 742 MiB against 470). The full collections, with the default GC_FULL_INTERVAL_S:
-        # between batches when the oldest generation really grew, or on a timer, not Python's rule (app/collector.py).
+        # between batches when Python's allocator's blocks grew, or on a timer, not Python's rule (app/collector.py).
         s = self.settings
         self._gc_threshold = collector.configure(s.gc_gen0_threshold, s.gc_full_interval_s)
         if s.gc_full_interval_s > 0:

@@ -11,6 +11,8 @@ Kafka. A pure stand-in for ``scripts/scale.py``'s RSS, minutes instead of most o
 A configuration's ``CODE=DIR`` runs the child of another checkout (``DIR/scripts/state_memory.py``, its ``app``) on
 the same input: two commits compared in one run, rounds alternating (``--rounds``). ``DROP_ON_COMMIT=1`` drops each
 batch's ``on_commit`` once it ran, as the worker's loop does (without: a cycle per batch left to the collector).
+The child sets the collector as the worker does at its start (:mod:`app.collector`: the objects so far frozen,
+``GC_GEN0_THRESHOLD``, ``GC_FULL_INTERVAL_S``), so figures from before that are not comparable with later ones.
 
 Each size is ``scripts/scale.py``'s world (2,000 x scale customers, 4,000 x scale terminals, ``--days`` days, the
 simulator's seed 0, 4 input partitions by customer), simulated once in this process and written to a file; each
