@@ -108,6 +108,11 @@ class Settings:
     # rare at 1,000 tx/s, but the 10x worker of scripts/scale.py then held 742 MiB against 470 (BENCHMARKS.md
     # "State at scale (issue 16), fourteenth part"): memory is the default's side.
     gc_gen0_threshold: int = 0
+    # Full collections (app/collector.py): Python's automatic ones off, one on the event loop between batches when
+    # Python's allocator holds a quarter more blocks than after the last one, or every GC_FULL_INTERVAL_S (0:
+    # Python's rule, which after the start's freeze fired every few seconds at 1,000 tx/s for 8-43 ms of CPU each,
+    # freeing next to nothing: BENCHMARKS.md "The collector's full collections off the decision path").
+    gc_full_interval_s: float = 300.0
     health_window_s: float = 60.0
     # Drift without labels (app/monitoring/drift.py): one scored transaction in DRIFT_SAMPLE_EVERY is sampled (0:
     # off); windows of DRIFT_WINDOW_ROWS samples are compared with the first DRIFT_REFERENCE_ROWS after the start.
@@ -285,6 +290,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         loop_lag_interval_s=float(_get(env, "LOOP_LAG_INTERVAL_S", str(d.loop_lag_interval_s))),
         loop_slow_step_ms=float(_get(env, "LOOP_SLOW_STEP_MS", str(d.loop_slow_step_ms))),
         gc_gen0_threshold=int(_get(env, "GC_GEN0_THRESHOLD", str(d.gc_gen0_threshold))),
+        gc_full_interval_s=float(_get(env, "GC_FULL_INTERVAL_S", str(d.gc_full_interval_s))),
         health_window_s=float(_get(env, "HEALTH_WINDOW_S", str(d.health_window_s))),
         drift_sample_every=int(_get(env, "DRIFT_SAMPLE_EVERY", str(d.drift_sample_every))),
         drift_reference_rows=int(_get(env, "DRIFT_REFERENCE_ROWS", str(d.drift_reference_rows))),

@@ -9,7 +9,10 @@ Kafka. A pure stand-in for ``scripts/scale.py``'s RSS, minutes instead of most o
     python scripts/state_memory.py --days 20 --rounds 3 --config before CODE=../main --config after  # two commits
 
 A configuration's ``CODE=DIR`` runs the child of another checkout (``DIR/scripts/state_memory.py``, its ``app``) on
-the same input: two commits compared in one run, rounds alternating (``--rounds``).
+the same input: two commits compared in one run, rounds alternating (``--rounds``). ``DROP_ON_COMMIT=1`` drops each
+batch's ``on_commit`` once it ran, as the worker's loop does (without: a cycle per batch left to the collector).
+The child sets the collector as the worker does at its start (:mod:`app.collector`: the objects so far frozen,
+``GC_GEN0_THRESHOLD``, ``GC_FULL_INTERVAL_S``), so figures from before that are not comparable with later ones.
 
 Each size is ``scripts/scale.py``'s world (2,000 x scale customers, 4,000 x scale terminals, ``--days`` days, the
 simulator's seed 0, 4 input partitions by customer), simulated once in this process and written to a file; each
@@ -165,8 +168,12 @@ def child(args: argparse.Namespace) -> None:
     from app.state.terminals import TerminalAggregates
 
     env = dict(kv.split("=", 1) for kv in args.env)
+    # DROP_ON_COMMIT=1: the batch's on_commit dropped once run, as the worker's loop does (app/kafka/transactional.py),
+    # so its batch -> closure -> batch cycle is not left to the collector (without it: a cycle per batch, as the
+    # worker had before BENCHMARKS.md "The event loop's stalls").
+    drop_on_commit = env.pop("DROP_ON_COMMIT", "0") == "1"
     settings = load(env)
-    from app import allocator
+    from app import allocator, collector
 
     allocator.configure(settings.memory_arena_max)  # as the worker does, before RocksDB's threads
     directory = Path(tempfile.mkdtemp(prefix="state-memory-"))
@@ -183,6 +190,12 @@ def child(args: argparse.Namespace) -> None:
     for p in range(PARTITIONS):
         scorer.open_state(p)
     gc.collect()
+    # The collector as the worker sets it at its start (app/components.py): what lives so far frozen, and the
+    # thresholds of GC_GEN0_THRESHOLD / GC_FULL_INTERVAL_S, and with a full interval (the default) its full
+    # collections' check after every chunk (the worker's event loop checks every second, ~1,000 transactions).
+    gc.freeze()
+    collector.configure(settings.gc_gen0_threshold, settings.gc_full_interval_s)
+    full = collector.FullCollections(settings.gc_full_interval_s, lambda: True) if settings.gc_full_interval_s else None
     rss_start = status_mib("VmRSS")
     offsets = [0] * PARTITIONS
     frauds: deque[tuple[float, str]] = deque()
@@ -216,6 +229,8 @@ def child(args: argparse.Namespace) -> None:
                     batch = scorer.process(tps[p], records)
                     batch.produced_to = offsets[p]  # type: ignore[attr-defined]
                     batch.on_commit()  # type: ignore[misc]
+                    if drop_on_commit:
+                        batch.on_commit = None
                     batches += 1
                     if batches % 10 == 0:
                         aggregates.flush({})
@@ -226,6 +241,9 @@ def child(args: argparse.Namespace) -> None:
                     aggregates.read_back(tx_id)
                 unread.clear()
                 health.stats(time.monotonic())  # the worker's health timer does, which expires the window
+            why = full.due() if full is not None else None
+            if why is not None:
+                full.collect(why)
             if done >= tail_from:
                 tail_cpu_s += time.process_time() - t0
                 tail_n += len(chunk)
@@ -265,6 +283,8 @@ def child(args: argparse.Namespace) -> None:
         "terminals_packed": len(tcaches.packed), "terminals_packed_mib": t_packed / MIB,
         "marks_mib": marks / MIB, "memtables_mib": memtables / MIB, "block_cache_mib": block_cache / MIB,
         "tail_cpu_us": tail_cpu_s / max(1, tail_n) * 1e6,
+        "full_collections": full.runs if full is not None else None,
+        "full_collections_grown": full.runs_grown if full is not None else None,
         "malloc_in_use_mib": heap.in_use_bytes / MIB if heap else None,
         "malloc_free_mib": heap.free_bytes / MIB if heap else None,
         "malloc_mmapped_mib": heap.mmapped_bytes / MIB if heap else None,

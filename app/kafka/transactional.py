@@ -279,6 +279,11 @@ class TransactionalLoop:
         """The broker answered the last metadata request or commit."""
         return self.supervisor.connected
 
+    def busy(self) -> bool:
+        """A batch in flight (being processed or committed) or records queued on some partition: a full
+        collection now would hold decisions (:class:`app.collector.FullCollections` waits for a moment without)."""
+        return any(lock.locked() for lock in self._inflight.values()) or any(self._queues.values())
+
     def _set_connected(self, connected: bool, reason: object = None) -> None:
         if connected:
             self.supervisor.mark_connected()

@@ -142,6 +142,8 @@ def run_system(
                 held["loop_lag"] = histogram_delta(before, after, "fraud_event_loop_lag_seconds")
                 held["gc_pauses"] = {g: histogram_delta(before, after, "fraud_gc_pause_seconds", f'generation="{g}"')
                                      for g in ("0", "1", "2")}  # fmt: skip
+                # What the collections freed (prometheus_client's gc.get_stats() counters): the cyclic garbage made
+                held["gc_counts"] = gc_counts(before, after)
                 # Each partition's batch, processed and committed: the part of a decision's latency the loop's
                 # commits take (beside what the loop's stalls add).
                 held["batch_seconds"] = histogram_delta(before, after, "fraud_decision_batch_seconds")
@@ -188,6 +190,26 @@ def wait_for_version(metrics_url: str, process: subprocess.Popen[bytes], timeout
             return version
         time.sleep(1.0)
     raise RuntimeError(f"no published version of {labels} labels within {timeout_s:.0f} s ({version}, {learned:.0f})")
+
+
+def gc_counts(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, int]]:
+    """Each generation's collections and the objects they freed between two scrapes (the default registry's
+    ``python_gc_*`` counters: :func:`gc.get_stats`), e.g. whether the worker makes cyclic garbage.
+
+    >>> before = {'python_gc_collections_total{generation="2"}': 3.0}
+    >>> after = {'python_gc_collections_total{generation="2"}': 5.0,
+    ...          'python_gc_objects_collected_total{generation="2"}': 40.0}
+    >>> gc_counts(before, after)["2"]
+    {'collections': 2, 'collected': 40}
+    """
+    counts = {}
+    for g in ("0", "1", "2"):
+        label = f'{{generation="{g}"}}'
+        counts[g] = {
+            what: int(after.get(f"python_gc_{name}_total{label}", 0) - before.get(f"python_gc_{name}_total{label}", 0))
+            for what, name in (("collections", "collections"), ("collected", "objects_collected"))
+        }
+    return counts
 
 
 def histogram_delta(before: dict[str, float], after: dict[str, float], name: str, labels: str = "") -> dict[str, Any]:
