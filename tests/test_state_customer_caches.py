@@ -99,7 +99,6 @@ def test_a_window_as_held_reads_packs_and_grows_as_its_entries_do() -> None:
     ids = ["a", "\x00", "b\x00c", "\x01", "\x01a", "\x01b", "x\x01\x00", "", "tx-1"]
     window, entries = EMPTY_WINDOW, []
     frauds = {"\x01a": 0.0, "tx-40": 0.0}
-    widest = 0  # the most distinct terminals a window held
     for i in range(900):
         t = i * 7200.0 + (rng.random() * 40_000 if i % 5 == 0 else 0.0)
         tx_id = ids[i] if i < len(ids) else f"tx-{i}"
@@ -114,11 +113,10 @@ def test_a_window_as_held_reads_packs_and_grows_as_its_entries_do() -> None:
         window, entries = after, list(after)
         assert window.ids == tuple(e[3] for e in entries) and [window[i] for i in range(len(window))] == entries
         assert all(window.index(e[3]) == i for i, e in enumerate(entries))
-        widest = max(widest, len(set(window.terminals)))
-        assert set(window.terminals) <= set(window.names) and len(window.names) <= 2 * widest + 16
+        assert set(window.terminals) <= set(window.names) and len(window.names) <= 2 * len(window) + 17
         if i == 450:
             assert not isinstance(window.tix, bytes) and len(window.names) > 256  # four-byte indices
-    assert len(set(window.terminals)) < 100 < len(window.names)  # the burst's terminals pruned, names kept till 512
+    assert len(set(window.terminals)) < 100 < len(window.names)  # the burst pruned; its names until a compaction
     assert customer_features(window, 0.0, 1.0, "k1", "\x00", 60.0)[1] is not window  # pruned long ago: not a repeat
     assert customer_features(window, t, 1.0, "k1", "tx-899", 60.0)[1] is window  # a repeat
     assert customer_features(unpacked, 0.0, 1.0, "k1", "x\x01\x00", 60.0)[1] is not unpacked

@@ -143,7 +143,7 @@ _ID_ESCAPES = re.compile("\x01(.)", re.DOTALL)  # in an id text: \x01a is \x01, 
 
 
 def _escaped_id(tx_id: str) -> str:
-    """``tx_id`` as it sits in an id text (:class:`CustomerWindow`): NUL is the separator, so an id holding one
+    """An id as it sits in a window's text (:class:`CustomerWindow`): NUL is the separator, so an id holding one
     (or the escape character) is escaped; any other id is itself."""
     if "\x00" in tx_id or "\x01" in tx_id:
         return tx_id.replace("\x01", "\x01a").replace("\x00", "\x01b")
@@ -155,25 +155,28 @@ def _unescaped(parts: list[str]) -> list[str]:
 
 
 class CustomerWindow(_EntryColumns):
-    """A customer's entries by column: times, amounts and seqs as C numbers; each entry's terminal as a C index
-    into the window's own distinct terminal ids (``names``, ``tix``); the tx ids as one string (``text``:
-    ``"\\0id0\\0id1 ... \\0"``).
+    """A customer's entries by column: times, amounts and seqs as C numbers; each entry's terminal as an index
+    (``tix``, a byte each) into the window's own distinct terminal ids, held as one text (``terminal_text``); the tx
+    ids as one text (``id_text``). A text is ``"\\0value0\\0value1 ... \\0"`` (a value holding NUL escaped).
 
     A worker holds thousands of customers of ~60 entries each; as tuples of Python objects every transaction
     touched ~350 objects scattered over the heap, and at 10 times the simulator's population that transpose cost 3
-    times as much as at 1x (memory, not arithmetic). By column a window is a handful of objects: a transaction
-    finds a repeat by one search of the id text, counts its terminals over small integers, and a window is packed
-    (:func:`app.state.customers.pack_window`) and unpacked in a few copies, with no object made per entry (the
-    packed tier's traffic at 10x). Immutable: :func:`customer_features` returns a new window. Reads as a sequence
-    of entry tuples (iteration, ``len``, indexing, ``==`` with a list of entries); ``terminals`` and ``ids`` as
-    tuples (made when asked: the decision path does not).
+    times as much as at 1x (memory, not arithmetic). Held this way a window is six objects and no object per entry:
+    a transaction finds a repeat by one search of the id text and counts its terminals over bytes, and a window is
+    packed (:func:`app.state.customers.pack_window`) and unpacked in a few copies (the packed tier's traffic at 10x:
+    splitting and interning ~120 strings a window was most of it). Immutable: :func:`customer_features` returns a
+    new window. Reads as a sequence of entry tuples (iteration, ``len``, indexing, ``==`` with a list of entries);
+    ``terminals``, ``ids`` and ``names`` (the distinct terminals) as tuples, made when asked (the decision path
+    splits out only the tx ids its fraud lookup needs).
 
     >>> w = CustomerWindow.of([(0.0, 10.0, "k1", "a", 0), (60.0, 30.0, "k2", "b", 1), (90.0, 5.0, "k1", "c", 2)])
-    >>> len(w), w[-1], w.terminals, w.ids, w.names, w.tix, w.index("b"), w.index("x")
-    (3, (90.0, 5.0, 'k1', 'c', 2), ('k1', 'k2', 'k1'), ('a', 'b', 'c'), ('k1', 'k2'), b'\\x00\\x01\\x00', 1, -1)
+    >>> len(w), w[-1], w.terminals, w.ids, w.index("b"), w.index("x")
+    (3, (90.0, 5.0, 'k1', 'c', 2), ('k1', 'k2', 'k1'), ('a', 'b', 'c'), 1, -1)
+    >>> w.names, w.terminal_text, w.tix, w.id_text
+    (('k1', 'k2'), '\\x00k1\\x00k2\\x00', b'\\x00\\x01\\x00', '\\x00a\\x00b\\x00c\\x00')
     """
 
-    __slots__ = ("times", "amounts", "seqs", "names", "tix", "text")
+    __slots__ = ("times", "amounts", "seqs", "terminal_text", "tix", "id_text")
 
     def __init__(
         self, times: array[float], amounts: array[float], terminals: Sequence[str], ids: Sequence[str],
@@ -184,8 +187,8 @@ class CustomerWindow(_EntryColumns):
         self.seqs = seqs
         numbered: dict[str, int] = {}
         self.tix = _indices([numbered.setdefault(k, len(numbered)) for k in terminals], len(numbered))
-        self.names = tuple(numbered)
-        self.text = "".join(["\x00" + _escaped_id(i) for i in ids]) + "\x00"
+        self.terminal_text = _framed(numbered)
+        self.id_text = _framed(ids)
 
     @classmethod
     def of(cls, entries: Iterable[Sequence[Any]]) -> CustomerWindow:
@@ -198,18 +201,23 @@ class CustomerWindow(_EntryColumns):
 
     @classmethod
     def made(
-        cls, times: array[float], amounts: array[float], seqs: array[int], names: tuple[str, ...], tix: Indices,
-        text: str,
+        cls, times: array[float], amounts: array[float], seqs: array[int], terminal_text: str, tix: Indices,
+        id_text: str,
     ) -> CustomerWindow:  # fmt: skip
-        """From the columns as held (``names`` distinct, ``text`` the escaped ids each after a NUL, then a NUL)."""
+        """From the columns as held (``terminal_text``: distinct terminals)."""
         window = cls.__new__(cls)
-        window.times, window.amounts, window.seqs, window.names, window.tix, window.text = (
-            times, amounts, seqs, names, tix, text
-        )  # fmt: skip
+        window.times, window.amounts, window.seqs = times, amounts, seqs
+        window.terminal_text, window.tix, window.id_text = terminal_text, tix, id_text
         return window
 
     def __len__(self) -> int:
         return len(self.times)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The distinct terminals ``tix`` points into (some perhaps no longer used)."""
+        text = self.terminal_text
+        return tuple(_framed_between(text, 0, text.count("\x00") - 1))
 
     @property
     def terminals(self) -> tuple[str, ...]:
@@ -217,31 +225,28 @@ class CustomerWindow(_EntryColumns):
 
     @property
     def ids(self) -> tuple[str, ...]:
-        return tuple(self.ids_between(0, len(self.times)))
+        return tuple(_framed_between(self.id_text, 0, len(self.times)))
 
     def ids_between(self, lo: int, hi: int) -> list[str]:
         """The tx ids of entries ``lo`` to ``hi - 1`` (0 <= lo <= hi <= len)."""
-        if hi <= lo:
-            return []
-        text = self.text
-        parts = text.split("\x00", hi + 1)[lo + 1 : hi + 1]  # '', id0, ..., id(hi-1), the rest
-        return _unescaped(parts) if "\x01" in text else parts
-
-    def id_at(self, i: int) -> str:
-        n = len(self.times)
-        i = i + n if i < 0 else i
-        if not 0 <= i < n:
-            raise IndexError("window index out of range")
-        if i < n // 2:
-            return self.ids_between(i, i + 1)[0]
-        part = self.text.rsplit("\x00", n - i + 1)[i - n - 1]  # ..., id(i), ..., id(n-1), ''
-        return _unescaped([part])[0] if "\x01" in part else part
+        return _framed_between(self.id_text, lo, hi)
 
     def index(self, tx_id: str) -> int:
-        """The index of the entry of ``tx_id`` (-1: none): one search of the id text."""
-        text = self.text
-        at = text.find("\x00" + _escaped_id(tx_id) + "\x00")
+        """The index of the entry of ``tx_id`` (-1: none): one search of the id text (the newest first: an entry
+        just added is usually last)."""
+        text, key = self.id_text, "\x00" + _escaped_id(tx_id) + "\x00"
+        if text.endswith(key):
+            return len(self.times) - 1
+        at = text.find(key)
         return -1 if at < 0 else text.count("\x00", 0, at)
+
+    def terminal_index(self, terminal_id: str) -> int:
+        """Where ``terminal_id`` is among the distinct terminals (what ``tix`` holds; -1: not there)."""
+        return _framed_index(self.terminal_text, terminal_id)
+
+    def terminal_at(self, i: int) -> str:
+        text = self.terminal_text
+        return _framed_at(text, self.tix[i], text.count("\x00") - 1)
 
     def entries(self, lo: int, hi: int, ids: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
         """Entries ``lo`` to ``hi - 1`` as tuples (``ids``: their tx ids, when the caller has them already)."""
@@ -249,30 +254,21 @@ class CustomerWindow(_EntryColumns):
         return list(zip(self.times[lo:hi], self.amounts[lo:hi], map(names.__getitem__, self.tix[lo:hi]),
                         self.ids_between(lo, hi) if ids is None else ids, self.seqs[lo:hi], strict=True))  # fmt: skip
 
-    def _id_offset(self, k: int) -> int:
-        """Where in ``text`` the NUL before entry ``k`` is (``k == len``: the last NUL)."""
-        text, n = self.text, len(self.times)
-        if k <= n - k:
-            at = 0
-            for _ in range(k):
-                at = text.index("\x00", at + 1)
-            return at
-        at = len(text) - 1
-        for _ in range(n - k):
-            at = text.rindex("\x00", 0, at)
-        return at
-
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return zip(self.times, self.amounts, self.terminals, self.ids, self.seqs, strict=True)
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
-        return self.times[i], self.amounts[i], self.names[self.tix[i]], self.id_at(i), self.seqs[i]
+        n = len(self.times)
+        if not -n <= i < n:
+            raise IndexError("window index out of range")
+        i = i + n if i < 0 else i
+        return self.times[i], self.amounts[i], self.terminal_at(i), _framed_at(self.id_text, i, n), self.seqs[i]
 
     def since(self, keep: int) -> CustomerWindow:
         """The entries from index ``keep`` on."""
-        text = self.text[self._id_offset(keep) :] if keep else self.text
+        text = self.id_text[_framed_offset(self.id_text, len(self.times), keep) :] if keep else self.id_text
         return CustomerWindow.made(
-            self.times[keep:], self.amounts[keep:], self.seqs[keep:], self.names, self.tix[keep:], text
+            self.times[keep:], self.amounts[keep:], self.seqs[keep:], self.terminal_text, self.tix[keep:], text
         )
 
     def inserted(self, keep: int, at: int, t: float, amount: float, terminal_id: str, tx_id: str) -> CustomerWindow:
@@ -280,15 +276,14 @@ class CustomerWindow(_EntryColumns):
         seq = max(self.seqs) + 1 if self.seqs else 0
         i = at - keep
         times, amounts, seqs, tix = self.times[keep:], self.amounts[keep:], self.seqs[keep:], self.tix[keep:]
-        names = self.names
-        if terminal_id in names:
-            j = names.index(terminal_id)
-        else:
-            j = len(names)
-            names = (*names, terminal_id)
-            if j >= 16 and not j & (j - 1):  # at 16, 32, 64, ... names: drop those no entry uses any more
-                names, tix = _compacted(names, tix)
-                j = len(names) - 1
+        terminal_text = self.terminal_text
+        j = _framed_index(terminal_text, terminal_id)
+        if j < 0:
+            j = terminal_text.count("\x00") - 1
+            terminal_text += _escaped_id(terminal_id) + "\x00"
+            if j >= 16 and j >= 2 * len(tix):  # terminals no longer used pile up: keep those in use
+                terminal_text, tix = _compacted(terminal_text, j + 1, tix)
+                j = terminal_text.count("\x00") - 2
         times.insert(i, t)
         amounts.insert(i, amount)
         seqs.insert(i, seq)
@@ -297,14 +292,14 @@ class CustomerWindow(_EntryColumns):
         else:
             tix = array("I", list(tix))  # (bytes as an initializer would be read as raw machine values)
             tix.insert(i, j)
-        text, entry = self.text, _escaped_id(tx_id) + "\x00"
-        start = self._id_offset(keep) if keep else 0
-        if at == len(self.times):  # the common case: in event-time order (the text ends with a NUL)
+        n, text, entry = len(self.times), self.id_text, _escaped_id(tx_id) + "\x00"
+        start = _framed_offset(text, n, keep) if keep else 0
+        if at == n:  # the common case: in event-time order (the text ends with a NUL)
             text = text[start:] + entry if start else text + entry
         else:
-            split = self._id_offset(at) + 1
+            split = _framed_offset(text, n, at) + 1
             text = text[start:split] + entry + text[split:]
-        return CustomerWindow.made(times, amounts, seqs, names, tix, text)
+        return CustomerWindow.made(times, amounts, seqs, terminal_text, tix, text)
 
 
 Indices: TypeAlias = (
@@ -319,12 +314,58 @@ def _indices(values: list[int], count: int) -> Indices:
     return bytes(values) if count <= 256 else array("I", values)
 
 
-def _compacted(names: tuple[str, ...], tix: Indices) -> tuple[tuple[str, ...], Indices]:
-    """``names`` without the ones no entry uses (the last one, just added, kept last), ``tix`` renumbered."""
+def _compacted(terminal_text: str, count: int, tix: Indices) -> tuple[str, Indices]:
+    """The ``count`` terminals of ``terminal_text`` without those no entry uses (the last one, just added, kept
+    last), ``tix`` renumbered."""
+    names = _framed_between(terminal_text, 0, count)
     used = sorted(set(tix))
     renumber = {old: new for new, old in enumerate(used)}
-    kept = (*(names[old] for old in used), names[-1])
-    return kept, _indices([renumber[old] for old in tix], len(kept))
+    kept = [*(names[old] for old in used), names[-1]]
+    return _framed(kept), _indices([renumber[old] for old in tix], len(kept))
+
+
+def _framed(values: Iterable[str]) -> str:
+    """``"\\0value0\\0value1 ... \\0"``: values held as one string (a window's terminals, its tx ids)."""
+    return "".join(["\x00" + _escaped_id(v) for v in values]) + "\x00"
+
+
+def _framed_between(text: str, lo: int, hi: int) -> list[str]:
+    """Values ``lo`` to ``hi - 1`` of a framed text."""
+    if hi <= lo:
+        return []
+    parts = text.split("\x00", hi + 1)[lo + 1 : hi + 1]  # '', value0, ..., value(hi-1), the rest
+    return _unescaped(parts) if "\x01" in text else parts
+
+
+def _framed_at(text: str, i: int, n: int) -> str:
+    """Value ``i`` (0 <= i < n) of a framed text of ``n`` values."""
+    if i < n // 2:
+        at = 0
+        for _ in range(i):
+            at = text.index("\x00", at + 1)
+        part = text[at + 1 : text.index("\x00", at + 1)]
+    else:
+        part = text.rsplit("\x00", n - i + 1)[i - n - 1]  # ..., value(i), ..., value(n-1), ''
+    return _unescaped([part])[0] if "\x01" in part else part
+
+
+def _framed_index(text: str, value: str) -> int:
+    """The index of ``value`` in a framed text (-1: none): one search."""
+    at = text.find("\x00" + _escaped_id(value) + "\x00")
+    return -1 if at < 0 else text.count("\x00", 0, at)
+
+
+def _framed_offset(text: str, n: int, k: int) -> int:
+    """Where in a framed text of ``n`` values the NUL before value ``k`` is (``k == n``: the last NUL)."""
+    if k <= n - k:
+        at = 0
+        for _ in range(k):
+            at = text.index("\x00", at + 1)
+        return at
+    at = len(text) - 1
+    for _ in range(n - k):
+        at = text.rindex("\x00", 0, at)
+    return at
 
 
 EMPTY_WINDOW = CustomerWindow.of(())  # never changed: windows are immutable
@@ -426,8 +467,8 @@ def _window_x(
     amounts = tuple(window.amounts)
     x, end, start = _amount_x(times, amounts, t, amount)
     lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
-    tix, names = window.tix, window.names
-    j = names.index(terminal_id) if terminal_id in names else -1
+    tix = window.tix
+    j = window.terminal_index(terminal_id)
     held = tix[lo:end]
     new = j < 0 or j not in held
     x[_NEW_TERMINAL.name] = 1.0 if new else 0.0

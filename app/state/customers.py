@@ -117,34 +117,31 @@ class PartitionState:
         self.customer_count = len(self.customer_ids()) if count is None else int(count)  # older records: count
 
 
-# A packed window: the entry count n, the distinct terminals m, the bytes of their names and the size of a terminal
-# index (uint32 each), then the n times, the n amounts (doubles), the n seqs (int64), the n terminal indices, in this
-# machine's byte order (it never leaves the process), then the terminal names joined by NUL and the window's id text
-# (each id after a NUL, then a NUL), UTF-8: the window's own columns, copied (no object made per entry).
-_PACK_HEAD = struct.Struct("=IIII")
+# A packed window: the entry count n, the bytes of the terminal text and the size of a terminal index (uint32 each),
+# then the n times, the n amounts (doubles), the n seqs (int64), the n terminal indices, in this machine's byte order
+# (it never leaves the process), then the window's terminal text and id text, UTF-8: the window's own columns,
+# copied (no object made per entry).
+_PACK_HEAD = struct.Struct("=III")
 
 
 def pack_window(window: CustomerState) -> bytes | None:
-    """A customer's window in ~45 bytes an entry (the packed cache); ``None`` when a terminal id holds a NUL (not
-    packed).
+    """A customer's window in ~45 bytes an entry (the packed cache); ``None`` for what is not a window.
 
-    >>> w = CustomerWindow.of([(1.0, 9.5, "k1", "t0", 0), (2.0, 3.0, "k2", "t\\x00", 4), (3.0, 1.0, "k1", "t2", 5)])
-    >>> unpack_window(pack_window(w)) == w, pack_window(CustomerWindow.of([(1.0, 9.5, "k\\x00", "t0", 0)]))
+    >>> w = CustomerWindow.of([(1.0, 9.5, "k1", "t0", 0), (2.0, 3.0, "k\\x00", "t\\x00", 4), (3.0, 1.0, "k1", "t2", 5)])
+    >>> unpack_window(pack_window(w)) == w, pack_window([(1.0, 9.5, "k1", "t0", 0)])
     (True, None)
     """
     if not isinstance(window, CustomerWindow):
         return None
-    names = "\x00".join(window.names).encode()
-    if names.count(b"\x00") != max(len(window.names) - 1, 0):
-        return None
+    terminals = window.terminal_text.encode()
     tix = window.tix
-    head = _PACK_HEAD.pack(len(window.times), len(window.names), len(names), 1 if isinstance(tix, bytes) else 4)
-    return b"".join((head, window.times.tobytes(), window.amounts.tobytes(), window.seqs.tobytes(), tix, names,
-                     window.text.encode()))  # fmt: skip
+    head = _PACK_HEAD.pack(len(window.times), len(terminals), 1 if isinstance(tix, bytes) else tix.itemsize)
+    return b"".join((head, window.times.tobytes(), window.amounts.tobytes(), window.seqs.tobytes(), tix, terminals,
+                     window.id_text.encode()))  # fmt: skip
 
 
 def unpack_window(raw: bytes) -> CustomerState:
-    n, m, names_bytes, itemsize = _PACK_HEAD.unpack_from(raw)
+    n, terminal_bytes, itemsize = _PACK_HEAD.unpack_from(raw)
     if not n:
         return EMPTY_WINDOW
     view = memoryview(raw)
@@ -163,8 +160,8 @@ def unpack_window(raw: bytes) -> CustomerState:
         tix = array("I")
         tix.frombytes(view[at : at + itemsize * n])
     at += itemsize * n
-    names = tuple(str(raw[at : at + names_bytes], "utf-8").split("\x00")) if m else ()
-    return CustomerWindow.made(times, amounts, seqs, names, tix, str(raw[at + names_bytes :], "utf-8"))
+    terminals = str(raw[at : at + terminal_bytes], "utf-8")
+    return CustomerWindow.made(times, amounts, seqs, terminals, tix, str(raw[at + terminal_bytes :], "utf-8"))
 
 
 def position_value(stream_time_s: float, next_offset: int | None, customers: int) -> bytes:
@@ -281,7 +278,7 @@ def after_entry(state: CustomerState, tx_id: str) -> tuple[Any, ...] | None:
     the transaction was older than the state's horizon and not kept."""
     if isinstance(state, CustomerWindow):  # one search of the id text
         i = state.index(tx_id)
-        return None if i < 0 else (state.times[i], state.amounts[i], state.names[state.tix[i]], tx_id, state.seqs[i])
+        return None if i < 0 else (state.times[i], state.amounts[i], state.terminal_at(i), tx_id, state.seqs[i])
     for entry in reversed(state):
         if entry[3] == tx_id:
             return tuple(entry)
