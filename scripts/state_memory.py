@@ -84,11 +84,12 @@ def status_mib(field: str) -> float:
 
 
 def deep_window_bytes(window: Any, seen: set[int]) -> int:
-    """A window's own bytes: the object, its arrays and tuples and the strings no other window counted yet."""
+    """A window's own bytes: the object, its columns as held (arrays, tuples, texts, bytes: its slots, not the
+    tuples a property would make) and the strings of its tuples no other window counted yet."""
     size = sys.getsizeof(window)
-    for name in ("times", "amounts", "seqs", "terminals", "ids"):
+    for name in [n for cls in type(window).__mro__ for n in getattr(cls, "__slots__", ())]:
         column = getattr(window, name, None)
-        if column is None:
+        if column is None or isinstance(column, int):
             continue
         size += sys.getsizeof(column)
         if isinstance(column, tuple):

@@ -4,7 +4,8 @@ A full collection walks every tracked container and touches everything they hold
 windows are the bulk of a worker's memory (at 10 times the simulator's population, ~1 M entries): held as lists
 they made the full collections of 120-240 ms about every second, 13 % of the worker's time. Customer and terminal
 windows hold their entries by column (arrays of C numbers and tuples of strings): the collector stops tracking those
-tuples, and walks a customer's window in five steps, a terminal's in four (three columns and an int)."""
+tuples, and walks a customer's window in six steps (three arrays, the bytes of its terminal indices, the tuple of its
+terminals' names, the text of its tx ids), a terminal's in four (three columns and an int)."""
 
 from __future__ import annotations
 
@@ -34,16 +35,17 @@ def collect_twice() -> None:
 
 
 def walks_no_entry(window: CustomerWindow | TerminalWindow, collect: bool = True) -> bool:
-    """A collection visits the window's columns and stops there: untracked tuples, and arrays of C numbers (which
-    hold no object but their type); and a terminal's ``next_seq``, an int. ``collect=False``: the caller collected
-    twice since the window was last changed (a full collection walks the whole test process: a fraction of a second)."""
+    """A collection visits the window's columns and stops there: untracked tuples, arrays of C numbers (which
+    hold no object but their type), bytes and a string; and a terminal's ``next_seq``, an int. ``collect=False``: the
+    caller collected twice since the window was last changed (a full collection walks the whole test process: a
+    fraction of a second)."""
     if collect:
         collect_twice()
     columns = [c for c in gc.get_referents(window) if not isinstance(c, type)]
     arrays = [c for c in columns if isinstance(c, array)]
     customer = isinstance(window, CustomerWindow)
     return (
-        len(columns) == (5 if customer else 4)
+        len(columns) == (6 if customer else 4)
         and len(arrays) == (3 if customer else 2)
         and all(isinstance(c, array) or not gc.is_tracked(c) for c in columns)
         and all(all(isinstance(r, type) for r in gc.get_referents(c)) for c in arrays)

@@ -4,17 +4,27 @@ that hold everyone."""
 
 from __future__ import annotations
 
+import random
 import time
 from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
 from app.decisions.scorer import Scorer
+from app.features.engine import EMPTY_WINDOW, customer_features
 from app.learning.model import FraudModel
 from app.monitoring.health import HealthWindow
 from app.serialization import dumps, loads
 from app.settings import load
-from app.state.customers import PartitionState, entry_key, entry_value, pack_window, unpack_window
+from app.state.customers import (
+    PartitionState,
+    after_entry,
+    entry_key,
+    entry_value,
+    pack_window,
+    pruned,
+    unpack_window,
+)
 from app.state.memory_store import MemoryStore
 from app.state.terminals import TerminalAggregates
 from lab.simulator import SimulatorConfig, simulate, to_wire
@@ -79,3 +89,34 @@ def test_a_packed_customer_is_dropped_when_it_changes_or_expires() -> None:
     state.apply({entry_key("b", e[3]): None for e in entries["b"]}, 3, {}, ["b"])
     assert not state.caches.packed and state.caches.packed_bytes == 0 and not state.customer("b")
     assert pack_window(b) is not None and unpack_window(pack_window(b) or b"") == b
+
+
+def test_a_window_as_held_reads_packs_and_grows_as_its_entries_do() -> None:
+    """The columns as held (terminal indices, the escaped id text) against the plain entries: ids holding the
+    separator or the escape, terminals past 256 distinct (four-byte indices) and the unused ones dropped, arrivals
+    out of order, pruning; each window read back from its packed form and from its entries gives the same features."""
+    rng = random.Random(7)
+    ids = ["a", "\x00", "b\x00c", "\x01", "\x01a", "\x01b", "x\x01\x00", "", "tx-1"]
+    window, entries = EMPTY_WINDOW, []
+    frauds = {"\x01a": 0.0, "tx-40": 0.0}
+    for i in range(900):
+        t = i * 7200.0 + (rng.random() * 40_000 if i % 5 == 0 else 0.0)
+        tx_id = ids[i] if i < len(ids) else f"tx-{i}"
+        terminal = f"k{i}" if 200 <= i < 500 or i % 20 == 0 else f"k{rng.randrange(4)}"
+        x, after = customer_features(window, t, float(i % 13), terminal, tx_id, 3600.0 * 6, frauds)
+        unpacked = unpack_window(pack_window(window) or b"") if window else window
+        assert customer_features(unpacked, t, float(i % 13), terminal, tx_id, 3600.0 * 6, frauds) == (x, after)
+        assert customer_features(entries, t, float(i % 13), terminal, tx_id, 3600.0 * 6, frauds) == (x, after)
+        assert after_entry(after, tx_id) in (None, next(e for e in after if e[3] == tx_id))
+        removed = pruned(window, after)
+        assert removed == pruned(entries, list(after)) and not {e[3] for e in removed} & set(after.ids)
+        window, entries = after, list(after)
+        assert window.ids == tuple(e[3] for e in entries) and [window[i] for i in range(len(window))] == entries
+        assert all(window.index(e[3]) == i for i, e in enumerate(entries))
+        assert set(window.terminals) <= set(window.names) and len(window.names) <= 2 * len(window) + 17
+        if i == 450:
+            assert not isinstance(window.tix, bytes) and len(window.names) > 256  # four-byte indices
+    assert len(set(window.terminals)) < 100 < len(window.names)  # the burst pruned; its names until a compaction
+    assert customer_features(window, 0.0, 1.0, "k1", "\x00", 60.0)[1] is not window  # pruned long ago: not a repeat
+    assert customer_features(window, t, 1.0, "k1", "tx-899", 60.0)[1] is window  # a repeat
+    assert customer_features(unpacked, 0.0, 1.0, "k1", "x\x01\x00", 60.0)[1] is not unpacked

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import bisect
 import math
-import sys
+import re
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from app.features import spec
 from app.features.spec import DAY_S, HOUR_S
@@ -121,10 +121,9 @@ class _EntryColumns:
     entries, a readable repr); each says how an entry is made of its columns (``__iter__``, ``__getitem__``)."""
 
     __slots__ = ()
-    ids: tuple[str, ...]
 
     def __len__(self) -> int:
-        return len(self.ids)
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         raise NotImplementedError
@@ -140,32 +139,56 @@ class _EntryColumns:
         return f"{type(self).__name__}({list(self)!r})"
 
 
+_ID_ESCAPES = re.compile("\x01(.)", re.DOTALL)  # in an id text: \x01a is \x01, \x01b is NUL (the separator)
+
+
+def _escaped_id(tx_id: str) -> str:
+    """An id as it sits in a window's text (:class:`CustomerWindow`): NUL is the separator, so an id holding one
+    (or the escape character) is escaped; any other id is itself."""
+    if "\x00" in tx_id or "\x01" in tx_id:
+        return tx_id.replace("\x01", "\x01a").replace("\x00", "\x01b")
+    return tx_id
+
+
+def _unescaped(parts: list[str]) -> list[str]:
+    return [_ID_ESCAPES.sub(lambda m: "\x01" if m.group(1) == "a" else "\x00", p) for p in parts]
+
+
 class CustomerWindow(_EntryColumns):
-    """A customer's entries by column: times and amounts as C doubles, terminal ids interned, seqs as C integers.
+    """A customer's entries by column: times, amounts and seqs as C numbers; each entry's terminal as an index
+    (``tix``, a byte each) into the window's own distinct terminal ids, held as one text (``terminal_text``); the tx
+    ids as one text (``id_text``). A text is ``"\\0value0\\0value1 ... \\0"`` (a value holding NUL escaped).
 
     A worker holds thousands of customers of ~60 entries each; as tuples of Python objects every transaction
-    touched ~350 objects scattered over the heap (the C-level transpose of the entries), and at 10 times the
-    simulator's population that transpose cost 3 times as much as at 1x (memory, not arithmetic). By column a
-    transaction touches its customer's tx ids (the repeat check) and little else, and an entry takes ~100 bytes
-    instead of ~300. Immutable: :func:`customer_features` returns a new window. Reads as a sequence of entry
-    tuples (iteration, ``len``, indexing, ``==`` with a list of entries).
+    touched ~350 objects scattered over the heap, and at 10 times the simulator's population that transpose cost 3
+    times as much as at 1x (memory, not arithmetic). Held this way a window is six objects and no object per entry:
+    a transaction finds a repeat by one search of the id text and counts its terminals over bytes, and a window is
+    packed (:func:`app.state.customers.pack_window`) and unpacked in a few copies (the packed tier's traffic at 10x:
+    splitting and interning ~120 strings a window was most of it). Immutable: :func:`customer_features` returns a
+    new window. Reads as a sequence of entry tuples (iteration, ``len``, indexing, ``==`` with a list of entries);
+    ``terminals``, ``ids`` and ``names`` (the distinct terminals) as tuples, made when asked (the decision path
+    splits out only the tx ids its fraud lookup needs).
 
-    >>> w = CustomerWindow.of([(0.0, 10.0, "k1", "a", 0), (60.0, 30.0, "k2", "b", 1)])
-    >>> len(w), w[-1], list(w) == [(0.0, 10.0, "k1", "a", 0), (60.0, 30.0, "k2", "b", 1)]
-    (2, (60.0, 30.0, 'k2', 'b', 1), True)
+    >>> w = CustomerWindow.of([(0.0, 10.0, "k1", "a", 0), (60.0, 30.0, "k2", "b", 1), (90.0, 5.0, "k1", "c", 2)])
+    >>> len(w), w[-1], w.terminals, w.ids, w.index("b"), w.index("x")
+    (3, (90.0, 5.0, 'k1', 'c', 2), ('k1', 'k2', 'k1'), ('a', 'b', 'c'), 1, -1)
+    >>> w.names, w.terminal_text, w.tix, w.id_text
+    (('k1', 'k2'), '\\x00k1\\x00k2\\x00', b'\\x00\\x01\\x00', '\\x00a\\x00b\\x00c\\x00')
     """
 
-    __slots__ = ("times", "amounts", "terminals", "ids", "seqs")
+    __slots__ = ("times", "amounts", "seqs", "terminal_text", "tix", "id_text")
 
     def __init__(
-        self, times: array[float], amounts: array[float], terminals: tuple[str, ...], ids: tuple[str, ...],
+        self, times: array[float], amounts: array[float], terminals: Sequence[str], ids: Sequence[str],
         seqs: array[int],
     ) -> None:  # fmt: skip
         self.times = times
         self.amounts = amounts
-        self.terminals = terminals
-        self.ids = ids
         self.seqs = seqs
+        numbered: dict[str, int] = {}
+        self.tix = _indices([numbered.setdefault(k, len(numbered)) for k in terminals], len(numbered))
+        self.terminal_text = _framed(numbered)
+        self.id_text = _framed(ids)
 
     @classmethod
     def of(cls, entries: Iterable[Sequence[Any]]) -> CustomerWindow:
@@ -174,30 +197,175 @@ class CustomerWindow(_EntryColumns):
         if not columns:
             return cls(array("d"), array("d"), (), (), array("q"))
         times, amounts, terminals, ids, seqs = columns
-        return cls(array("d", times), array("d", amounts), tuple(map(sys.intern, terminals)), ids, array("q", seqs))
+        return cls(array("d", times), array("d", amounts), terminals, ids, array("q", seqs))
+
+    @classmethod
+    def made(
+        cls, times: array[float], amounts: array[float], seqs: array[int], terminal_text: str, tix: Indices,
+        id_text: str,
+    ) -> CustomerWindow:  # fmt: skip
+        """From the columns as held (``terminal_text``: distinct terminals)."""
+        window = cls.__new__(cls)
+        window.times, window.amounts, window.seqs = times, amounts, seqs
+        window.terminal_text, window.tix, window.id_text = terminal_text, tix, id_text
+        return window
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The distinct terminals ``tix`` points into (some perhaps no longer used)."""
+        text = self.terminal_text
+        return tuple(_framed_between(text, 0, text.count("\x00") - 1))
+
+    @property
+    def terminals(self) -> tuple[str, ...]:
+        return tuple(map(self.names.__getitem__, self.tix))
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(_framed_between(self.id_text, 0, len(self.times)))
+
+    def ids_between(self, lo: int, hi: int) -> list[str]:
+        """The tx ids of entries ``lo`` to ``hi - 1`` (0 <= lo <= hi <= len)."""
+        return _framed_between(self.id_text, lo, hi)
+
+    def index(self, tx_id: str) -> int:
+        """The index of the entry of ``tx_id`` (-1: none): one search of the id text (the newest first: an entry
+        just added is usually last)."""
+        text, key = self.id_text, "\x00" + _escaped_id(tx_id) + "\x00"
+        if text.endswith(key):
+            return len(self.times) - 1
+        at = text.find(key)
+        return -1 if at < 0 else text.count("\x00", 0, at)
+
+    def terminal_index(self, terminal_id: str) -> int:
+        """Where ``terminal_id`` is among the distinct terminals (what ``tix`` holds; -1: not there)."""
+        return _framed_index(self.terminal_text, terminal_id)
+
+    def terminal_at(self, i: int) -> str:
+        text = self.terminal_text
+        return _framed_at(text, self.tix[i], text.count("\x00") - 1)
+
+    def entries(self, lo: int, hi: int, ids: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+        """Entries ``lo`` to ``hi - 1`` as tuples (``ids``: their tx ids, when the caller has them already)."""
+        names = self.names
+        return list(zip(self.times[lo:hi], self.amounts[lo:hi], map(names.__getitem__, self.tix[lo:hi]),
+                        self.ids_between(lo, hi) if ids is None else ids, self.seqs[lo:hi], strict=True))  # fmt: skip
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return zip(self.times, self.amounts, self.terminals, self.ids, self.seqs, strict=True)
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
-        return self.times[i], self.amounts[i], self.terminals[i], self.ids[i], self.seqs[i]
+        n = len(self.times)
+        if not -n <= i < n:
+            raise IndexError("window index out of range")
+        i = i + n if i < 0 else i
+        return self.times[i], self.amounts[i], self.terminal_at(i), _framed_at(self.id_text, i, n), self.seqs[i]
 
     def since(self, keep: int) -> CustomerWindow:
         """The entries from index ``keep`` on."""
-        return CustomerWindow(
-            self.times[keep:], self.amounts[keep:], self.terminals[keep:], self.ids[keep:], self.seqs[keep:]
+        text = self.id_text[_framed_offset(self.id_text, len(self.times), keep) :] if keep else self.id_text
+        return CustomerWindow.made(
+            self.times[keep:], self.amounts[keep:], self.seqs[keep:], self.terminal_text, self.tix[keep:], text
         )
 
     def inserted(self, keep: int, at: int, t: float, amount: float, terminal_id: str, tx_id: str) -> CustomerWindow:
         """The entries from ``keep`` on with a new one at ``at`` (numbered after every entry held)."""
         seq = max(self.seqs) + 1 if self.seqs else 0
         i = at - keep
-        times, amounts, seqs = self.times[keep:], self.amounts[keep:], self.seqs[keep:]
+        times, amounts, seqs, tix = self.times[keep:], self.amounts[keep:], self.seqs[keep:], self.tix[keep:]
+        terminal_text = self.terminal_text
+        j = _framed_index(terminal_text, terminal_id)
+        if j < 0:
+            j = terminal_text.count("\x00") - 1
+            terminal_text += _escaped_id(terminal_id) + "\x00"
+            if j >= 16 and j >= 2 * len(tix):  # terminals no longer used pile up: keep those in use
+                terminal_text, tix = _compacted(terminal_text, j + 1, tix)
+                j = terminal_text.count("\x00") - 2
         times.insert(i, t)
         amounts.insert(i, amount)
         seqs.insert(i, seq)
-        terminals = (*self.terminals[keep:at], sys.intern(terminal_id), *self.terminals[at:])
-        return CustomerWindow(times, amounts, terminals, (*self.ids[keep:at], tx_id, *self.ids[at:]), seqs)
+        if isinstance(tix, bytes) and j < 256:
+            tix = tix + _BYTE[j] if i == len(tix) else tix[:i] + _BYTE[j] + tix[i:]
+        else:
+            tix = array("I", list(tix))  # (bytes as an initializer would be read as raw machine values)
+            tix.insert(i, j)
+        n, text, entry = len(self.times), self.id_text, _escaped_id(tx_id) + "\x00"
+        start = _framed_offset(text, n, keep) if keep else 0
+        if at == n:  # the common case: in event-time order (the text ends with a NUL)
+            text = text[start:] + entry if start else text + entry
+        else:
+            split = _framed_offset(text, n, at) + 1
+            text = text[start:split] + entry + text[split:]
+        return CustomerWindow.made(times, amounts, seqs, terminal_text, tix, text)
+
+
+Indices: TypeAlias = (
+    "bytes | array[int]"  # a window's terminal indices: a byte each up to 256 distinct terminals, else uint32
+)
+_BYTE = [bytes((i,)) for i in range(256)]
+
+
+def _indices(values: list[int], count: int) -> Indices:
+    """Terminal indices, a byte each while a window has at most 256 distinct terminals (C-level searches and counts:
+    ``in``, ``count``), four beyond."""
+    return bytes(values) if count <= 256 else array("I", values)
+
+
+def _compacted(terminal_text: str, count: int, tix: Indices) -> tuple[str, Indices]:
+    """The ``count`` terminals of ``terminal_text`` without those no entry uses (the last one, just added, kept
+    last), ``tix`` renumbered."""
+    names = _framed_between(terminal_text, 0, count)
+    used = sorted(set(tix))
+    renumber = {old: new for new, old in enumerate(used)}
+    kept = [*(names[old] for old in used), names[-1]]
+    return _framed(kept), _indices([renumber[old] for old in tix], len(kept))
+
+
+def _framed(values: Iterable[str]) -> str:
+    """``"\\0value0\\0value1 ... \\0"``: values held as one string (a window's terminals, its tx ids)."""
+    return "".join(["\x00" + _escaped_id(v) for v in values]) + "\x00"
+
+
+def _framed_between(text: str, lo: int, hi: int) -> list[str]:
+    """Values ``lo`` to ``hi - 1`` of a framed text."""
+    if hi <= lo:
+        return []
+    parts = text.split("\x00", hi + 1)[lo + 1 : hi + 1]  # '', value0, ..., value(hi-1), the rest
+    return _unescaped(parts) if "\x01" in text else parts
+
+
+def _framed_at(text: str, i: int, n: int) -> str:
+    """Value ``i`` (0 <= i < n) of a framed text of ``n`` values."""
+    if i < n // 2:
+        at = 0
+        for _ in range(i):
+            at = text.index("\x00", at + 1)
+        part = text[at + 1 : text.index("\x00", at + 1)]
+    else:
+        part = text.rsplit("\x00", n - i + 1)[i - n - 1]  # ..., value(i), ..., value(n-1), ''
+    return _unescaped([part])[0] if "\x01" in part else part
+
+
+def _framed_index(text: str, value: str) -> int:
+    """The index of ``value`` in a framed text (-1: none): one search."""
+    at = text.find("\x00" + _escaped_id(value) + "\x00")
+    return -1 if at < 0 else text.count("\x00", 0, at)
+
+
+def _framed_offset(text: str, n: int, k: int) -> int:
+    """Where in a framed text of ``n`` values the NUL before value ``k`` is (``k == n``: the last NUL)."""
+    if k <= n - k:
+        at = 0
+        for _ in range(k):
+            at = text.index("\x00", at + 1)
+        return at
+    at = len(text) - 1
+    for _ in range(n - k):
+        at = text.rindex("\x00", 0, at)
+    return at
 
 
 EMPTY_WINDOW = CustomerWindow.of(())  # never changed: windows are immutable
@@ -239,15 +407,15 @@ def customer_features(
     if not window:
         x = _customer_x((), (), (), (), t, amount, terminal_id, frauds_known_s)
         return x, CustomerWindow.of([(t, amount, terminal_id, tx_id, 0)])
-    ids = window.ids
-    if tx_id in ids:
-        seen = window[ids.index(tx_id)]
+    i = window.index(tx_id)
+    if i >= 0:
+        seen = window[i]
         earlier = [e for e in window if e[4] < seen[4]]
         columns = tuple(zip(*earlier, strict=True)) or ((), (), (), ())
         x = _customer_x(columns[0], columns[1], columns[2], columns[3], _time(seen), seen[1], seen[2], frauds_known_s)
         return x, window
     times = window.times
-    x = _customer_x(times, tuple(window.amounts), window.terminals, ids, t, amount, terminal_id, frauds_known_s)
+    x = _window_x(window, t, amount, terminal_id, frauds_known_s)
     at = bisect.bisect_right(times, t)  # after equal times: ties keep arrival order
     horizon = max(times[-1], t) - _CUSTOMER_HORIZON_S - lateness_s
     keep = bisect.bisect_right(times, horizon)
@@ -275,6 +443,50 @@ def _customer_x(
     (extended precision inside), never a sum of squares minus a squared sum, which cancels catastrophically
     when the spread is small against the mean.
     """
+    x, end, start = _amount_x(times, amounts, t, amount)
+    lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
+    held = terminals[lo:end]
+    recent = set(held)
+    new = terminal_id not in recent
+    x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
+    x[_NB_TERMINALS.name] = float(len(recent) + new)
+    if _AT_TERMINAL_WINDOW_S != _TERMINALS_WINDOW_S:
+        held = terminals[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
+        new = terminal_id not in held
+    x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal_id) + 1)
+    lo = bisect.bisect_right(times, t - _LEGIT_WINDOW_S, 0, end)
+    return _legit_x(x, amounts, ids[lo:end] if frauds_known_s else None, lo, end, t, amount, frauds_known_s)
+
+
+def _window_x(
+    window: CustomerWindow, t: float, amount: float, terminal_id: str, frauds_known_s: Mapping[str, float]
+) -> dict[str, float]:
+    """:func:`_customer_x` over a window's columns as held: the terminals counted as the window's small integers,
+    the tx ids split out of their text only for the fraud lookup."""
+    times = window.times
+    amounts = tuple(window.amounts)
+    x, end, start = _amount_x(times, amounts, t, amount)
+    lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
+    tix = window.tix
+    j = window.terminal_index(terminal_id)
+    held = tix[lo:end]
+    new = j < 0 or j not in held
+    x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
+    x[_NB_TERMINALS.name] = float(len(set(held)) + new)
+    if _AT_TERMINAL_WINDOW_S != _TERMINALS_WINDOW_S:
+        held = tix[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
+        new = j < 0 or j not in held
+    x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(j) + 1)
+    lo = bisect.bisect_right(times, t - _LEGIT_WINDOW_S, 0, end)
+    ids = window.ids_between(lo, end) if frauds_known_s else None
+    return _legit_x(x, amounts, ids, lo, end, t, amount, frauds_known_s)
+
+
+def _amount_x(
+    times: Sequence[Any], amounts: Sequence[Any], t: float, amount: float
+) -> tuple[dict[str, float], int, int]:
+    """The amount windows, the z-score and the gap (see :func:`_customer_x`), with ``end`` (the entries at or before
+    ``t``) and ``start`` (the first in the longest window)."""
     end = bisect.bisect_right(times, t)  # entries with time <= t
     start = bisect.bisect_right(times, t - _CUSTOMER_WINDOWS[-1][0], 0, end)
     x: dict[str, float] = {}
@@ -298,25 +510,26 @@ def _customer_x(
     z_mean, z_std = x[_ZSCORE_OF[0]], x[_ZSCORE_OF[1]]
     x[_ZSCORE.name] = (amount - z_mean) / z_std if z_std > _STD_NOISE else 0.0
     x[_GAP.name] = min(t - times[end - 1], _GAP_CAP_S) if end else _GAP_CAP_S
-    lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
-    held = terminals[lo:end]
-    recent = set(held)
-    new = terminal_id not in recent
-    x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
-    x[_NB_TERMINALS.name] = float(len(recent) + new)
-    if _AT_TERMINAL_WINDOW_S != _TERMINALS_WINDOW_S:
-        held = terminals[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
-        new = terminal_id not in held
-    x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal_id) + 1)
-    lo = bisect.bisect_right(times, t - _LEGIT_WINDOW_S, 0, end)
+    return x, end, start
+
+
+def _legit_x(
+    x: dict[str, float], amounts: Sequence[Any], ids: Sequence[Any] | None, lo: int, end: int, t: float,
+    amount: float, frauds_known_s: Mapping[str, float],
+) -> dict[str, float]:  # fmt: skip
+    """The known-legit mean and z-score over ``amounts[lo:end]`` (tx ids ``ids``, None: no frauds known) and this
+    one, into ``x``."""
     # Frauds are rare: one C-level intersection finds the window's (usually none); then the window is the 30-day one.
-    flagged = frauds_known_s.keys() & ids[lo:end] if frauds_known_s and lo < end else ()
+    flagged = frauds_known_s.keys() & ids if ids and lo < end else ()
     if not flagged and _LEGIT_SAME_AS_ZSCORE:
         x[_LEGIT_MEAN.name], x[_LEGIT_Z.name] = x[_ZSCORE_OF[0]], x[_ZSCORE.name]
         return x
-    known = frauds_known_s.get
     legit = [amount]
-    legit.extend(a for a, i in zip(amounts[lo:end], ids[lo:end], strict=True) if not known(i, math.inf) <= t)
+    if ids is None:
+        legit.extend(amounts[lo:end])
+    else:
+        known = frauds_known_s.get
+        legit.extend(a for a, i in zip(amounts[lo:end], ids, strict=True) if not known(i, math.inf) <= t)
     mean = sum(legit) / len(legit)
     std = math.sqrt(sum((a - mean) ** 2 for a in legit) / len(legit))
     x[_LEGIT_MEAN.name] = mean
@@ -361,6 +574,9 @@ class TerminalWindow(_EntryColumns):
             return cls(array("d"), (), array("q"))
         seqs = columns[2] if len(columns) >= 3 else [e[2] if len(e) > 2 else -1 for e in entries]
         return cls(array("d", columns[0]), columns[1], array("q", seqs))
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return zip(self.times, self.ids, self.seqs, strict=True)

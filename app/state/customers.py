@@ -15,14 +15,13 @@ from __future__ import annotations
 import itertools
 import operator
 import struct
-import sys
 import time
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.features.engine import EMPTY_WINDOW, CustomerState, CustomerWindow
+from app.features.engine import EMPTY_WINDOW, CustomerState, CustomerWindow, Indices
 from app.serialization import dumps, loads
 from app.state.store import StorePartition
 from app.state.two_tier import TwoTierCache
@@ -118,30 +117,31 @@ class PartitionState:
         self.customer_count = len(self.customer_ids()) if count is None else int(count)  # older records: count
 
 
-# A packed window: the entry count n (uint32), then the n times, the n amounts (doubles), the n seqs (int64), in this
-# machine's byte order (it never leaves the process), then the terminal ids and the tx ids, UTF-8, each joined by NUL.
-_PACK_HEAD = struct.Struct("=I")
+# A packed window: the entry count n, the bytes of the terminal text and the size of a terminal index (uint32 each),
+# then the n times, the n amounts (doubles), the n seqs (int64), the n terminal indices, in this machine's byte order
+# (it never leaves the process), then the window's terminal text and id text, UTF-8: the window's own columns,
+# copied (no object made per entry).
+_PACK_HEAD = struct.Struct("=III")
 
 
 def pack_window(window: CustomerState) -> bytes | None:
-    """A customer's window in ~45 bytes an entry (the packed cache); ``None`` when an id holds a NUL (not packed).
+    """A customer's window in ~45 bytes an entry (the packed cache); ``None`` for what is not a window.
 
-    >>> w = CustomerWindow.of([(1.0, 9.5, "k1", "t0", 0), (2.0, 3.0, "k2", "t1", 4)])
-    >>> unpack_window(pack_window(w)) == w, pack_window(CustomerWindow.of([(1.0, 9.5, "k\\x00", "t0", 0)]))
+    >>> w = CustomerWindow.of([(1.0, 9.5, "k1", "t0", 0), (2.0, 3.0, "k\\x00", "t\\x00", 4), (3.0, 1.0, "k1", "t2", 5)])
+    >>> unpack_window(pack_window(w)) == w, pack_window([(1.0, 9.5, "k1", "t0", 0)])
     (True, None)
     """
     if not isinstance(window, CustomerWindow):
         return None
-    n = len(window.ids)
-    text = "\x00".join((*window.terminals, *window.ids))
-    if text.count("\x00") != 2 * n - 1:
-        return None
-    return b"".join((_PACK_HEAD.pack(n), window.times.tobytes(), window.amounts.tobytes(), window.seqs.tobytes(),
-                     text.encode()))  # fmt: skip
+    terminals = window.terminal_text.encode()
+    tix = window.tix
+    head = _PACK_HEAD.pack(len(window.times), len(terminals), 1 if isinstance(tix, bytes) else tix.itemsize)
+    return b"".join((head, window.times.tobytes(), window.amounts.tobytes(), window.seqs.tobytes(), tix, terminals,
+                     window.id_text.encode()))  # fmt: skip
 
 
 def unpack_window(raw: bytes) -> CustomerState:
-    (n,) = _PACK_HEAD.unpack_from(raw)
+    n, terminal_bytes, itemsize = _PACK_HEAD.unpack_from(raw)
     if not n:
         return EMPTY_WINDOW
     view = memoryview(raw)
@@ -152,8 +152,16 @@ def unpack_window(raw: bytes) -> CustomerState:
     amounts.frombytes(view[at + 8 * n : at + 16 * n])
     seqs: array[int] = array("q")
     seqs.frombytes(view[at + 16 * n : at + 24 * n])
-    text = raw[at + 24 * n :].decode().split("\x00")
-    return CustomerWindow(times, amounts, tuple(map(sys.intern, text[:n])), tuple(text[n:]), seqs)
+    at += 24 * n
+    tix: Indices
+    if itemsize == 1:
+        tix = raw[at : at + n]
+    else:
+        tix = array("I")
+        tix.frombytes(view[at : at + itemsize * n])
+    at += itemsize * n
+    terminals = str(raw[at : at + terminal_bytes], "utf-8")
+    return CustomerWindow.made(times, amounts, seqs, terminals, tix, str(raw[at + terminal_bytes :], "utf-8"))
 
 
 def position_value(stream_time_s: float, next_offset: int | None, customers: int) -> bytes:
@@ -239,8 +247,7 @@ def restored_items(prefix: bytes, items: Sequence[tuple[bytes, bytes]]) -> Custo
     if len(order) > 1 and order != list(range(len(order))):
         pick = operator.itemgetter(*order)
         times, amounts, terminals, ids, seqs = pick(times), pick(amounts), pick(terminals), pick(ids), pick(seqs)
-    return CustomerWindow(array("d", times), array("d", amounts), tuple(map(sys.intern, terminals)), ids,
-                          array("q", seqs))  # fmt: skip
+    return CustomerWindow(array("d", times), array("d", amounts), terminals, ids, array("q", seqs))
 
 
 def pruned(
@@ -256,6 +263,12 @@ def pruned(
     k = len(before) + 1 - len(after)
     if k <= 0:
         return []
+    if isinstance(before, CustomerWindow) and isinstance(after, CustomerWindow):  # by the ids: no entry passed over
+        kept = set(after.ids_between(0, min(k + 1, len(after))))
+        ids = before.ids_between(0, k)
+        if kept.isdisjoint(ids):
+            return before.entries(0, k, ids)
+        return [e for e in before.entries(0, k, ids) if e[3] not in kept]
     kept = {e[3] for e in itertools.islice(after, k + 1)}  # a kept entry of before[:k] sits at most one later
     return [e for e in itertools.islice(before, k) if e[3] not in kept]
 
@@ -263,8 +276,10 @@ def pruned(
 def after_entry(state: CustomerState, tx_id: str) -> tuple[Any, ...] | None:
     """The entry just added for ``tx_id`` (searched from the newest end: in-order arrivals are last); None when
     the transaction was older than the state's horizon and not kept."""
-    ids = state.ids
-    for i in range(len(ids) - 1, -1, -1):  # by the ids column: no entry tuple made for the entries passed over
-        if ids[i] == tx_id:
-            return state[i]
+    if isinstance(state, CustomerWindow):  # one search of the id text
+        i = state.index(tx_id)
+        return None if i < 0 else (state.times[i], state.amounts[i], state.terminal_at(i), tx_id, state.seqs[i])
+    for entry in reversed(state):
+        if entry[3] == tx_id:
+            return tuple(entry)
     return None
