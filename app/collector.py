@@ -14,7 +14,7 @@ when the memory blocks Python's allocator holds (``sys.getallocatedblocks()``, ~
 last full collection and by at least :data:`MARGIN_BLOCKS` (looked at every second: garbage, or live state, that
 really accumulated), or ``GC_FULL_INTERVAL_S`` after the last one; each at a moment when the decision loop has no
 batch in flight if one comes within ``wait_idle_s``, otherwise regardless. So a worker that makes little cyclic
-garbage collects its oldest generation every few minutes, and one that makes much (a cycle per batch, as the
+garbage collects its oldest generation once an interval, and one that makes much (a cycle per batch, as the
 batch's ``on_commit`` once was) still collects it as its memory grows. ``GC_FULL_INTERVAL_S=0``: Python's rule
 back. Pure: no faust, no Kafka.
 """

@@ -111,8 +111,11 @@ class Settings:
     # Full collections (app/collector.py): Python's automatic ones off, one on the event loop between batches when
     # Python's allocator holds a quarter more blocks than after the last one, or every GC_FULL_INTERVAL_S (0:
     # Python's rule, which after the start's freeze fired every few seconds at 1,000 tx/s for 8-43 ms of CPU each,
-    # freeing next to nothing: BENCHMARKS.md "The collector's full collections off the decision path").
-    gc_full_interval_s: float = 300.0
+    # freeing next to nothing: BENCHMARKS.md "The collector's full collections off the decision path"). 30, not 300:
+    # the growth rule counts small blocks only, so garbage holding large buffers waits for the interval; at 10x
+    # (scripts/scale.py) 300 s let the worker peak at 591 MiB (474 steady) against 513 (422) at 30 s and 426 (411)
+    # with Python's rule (BENCHMARKS.md "State at scale (issue 16), twentieth part").
+    gc_full_interval_s: float = 30.0
     health_window_s: float = 60.0
     # Drift without labels (app/monitoring/drift.py): one scored transaction in DRIFT_SAMPLE_EVERY is sampled (0:
     # off); windows of DRIFT_WINDOW_ROWS samples are compared with the first DRIFT_REFERENCE_ROWS after the start.
