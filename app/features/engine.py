@@ -339,13 +339,8 @@ def _framed_between(text: str, lo: int, hi: int) -> list[str]:
 
 def _framed_at(text: str, i: int, n: int) -> str:
     """Value ``i`` (0 <= i < n) of a framed text of ``n`` values."""
-    if i < n // 2:
-        at = 0
-        for _ in range(i):
-            at = text.index("\x00", at + 1)
-        part = text[at + 1 : text.index("\x00", at + 1)]
-    else:
-        part = text.rsplit("\x00", n - i + 1)[i - n - 1]  # ..., value(i), ..., value(n-1), ''
+    at = _framed_offset(text, n, i)
+    part = text[at + 1 : text.index("\x00", at + 1)]
     return _unescaped([part])[0] if "\x01" in part else part
 
 
@@ -444,16 +439,7 @@ def _customer_x(
     when the spread is small against the mean.
     """
     x, end, start = _amount_x(times, amounts, t, amount)
-    lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
-    held = terminals[lo:end]
-    recent = set(held)
-    new = terminal_id not in recent
-    x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
-    x[_NB_TERMINALS.name] = float(len(recent) + new)
-    if _AT_TERMINAL_WINDOW_S != _TERMINALS_WINDOW_S:
-        held = terminals[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
-        new = terminal_id not in held
-    x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal_id) + 1)
+    _terminal_counts(x, times, terminals, terminal_id, t, start, end)
     lo = bisect.bisect_right(times, t - _LEGIT_WINDOW_S, 0, end)
     return _legit_x(x, amounts, ids[lo:end] if frauds_known_s else None, lo, end, t, amount, frauds_known_s)
 
@@ -466,20 +452,28 @@ def _window_x(
     times = window.times
     amounts = tuple(window.amounts)
     x, end, start = _amount_x(times, amounts, t, amount)
-    lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
-    tix = window.tix
     j = window.terminal_index(terminal_id)
-    held = tix[lo:end]
-    new = j < 0 or j not in held
-    x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
-    x[_NB_TERMINALS.name] = float(len(set(held)) + new)
-    if _AT_TERMINAL_WINDOW_S != _TERMINALS_WINDOW_S:
-        held = tix[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
-        new = j < 0 or j not in held
-    x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(j) + 1)
+    _terminal_counts(x, times, window.tix, None if j < 0 else j, t, start, end)
     lo = bisect.bisect_right(times, t - _LEGIT_WINDOW_S, 0, end)
     ids = window.ids_between(lo, end) if frauds_known_s else None
     return _legit_x(x, amounts, ids, lo, end, t, amount, frauds_known_s)
+
+
+def _terminal_counts(
+    x: dict[str, float], times: Sequence[Any], terminals: Sequence[Any], terminal: Any, t: float, start: int, end: int
+) -> None:
+    """The customer's distinct terminals and its count at this one (see :func:`_customer_x`) into ``x``, over the
+    terminal ids or over a window's indices of them (``terminal`` None: not among them)."""
+    lo = start if _TERMINALS_FROM_START else bisect.bisect_right(times, t - _TERMINALS_WINDOW_S, 0, end)
+    held = terminals[lo:end]
+    recent = set(held)
+    new = terminal is None or terminal not in recent
+    x[_NEW_TERMINAL.name] = 1.0 if new else 0.0
+    x[_NB_TERMINALS.name] = float(len(recent) + new)
+    if _AT_TERMINAL_WINDOW_S != _TERMINALS_WINDOW_S:
+        held = terminals[bisect.bisect_right(times, t - _AT_TERMINAL_WINDOW_S, 0, end) : end]
+        new = terminal is None or terminal not in held
+    x[_AT_TERMINAL.name] = 1.0 if new else float(held.count(terminal) + 1)
 
 
 def _amount_x(
