@@ -433,7 +433,8 @@ def main() -> None:
     if args.tracemalloc:
         report_sites(results, configs, args.scales, args.top)
     if args.out:
-        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "results": results}, indent=1))
+        arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+        args.out.write_text(json.dumps({"args": arguments, "results": results}, indent=1))
 
 
 def report(results: dict[str, dict[str, Any]], configs: list[tuple[str, list[str]]], scales: list[float]) -> None:
