@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 
 from app.features.engine import TerminalWindow
 from app.serialization import dumps, loads
-from app.state import terminal_checkpoint
+from app.state import terminal_checkpoint, terminal_feed
 from app.state.memory_store import MemoryStore
 from app.state.rocksdb_store import RocksDBConfig, RocksDBStore
 from app.state.store import Store
@@ -278,3 +278,24 @@ def test_marks_of_scored_transactions_go_with_the_state_they_were_added_to() -> 
     a.add_scored("k1", 2.0, "tx2")
     a.load()  # the state is reloaded (a wipe, a checkpoint taken over): the log's records must be added again
     assert not a.read_back("tx2")
+
+
+def test_only_fraud_labels_are_marked_and_the_others_are_passed_by_unparsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    feed = feed_of(MemoryStore("t"))
+    parsed: list[bytes] = []
+    real = terminal_feed.parse_label
+    monkeypatch.setattr(terminal_feed, "parse_label", lambda raw, limit: parsed.append(raw) or real(raw, limit))
+    at = "2018-04-08T10:00:00Z"
+    values = [
+        dumps({"tx_id": "f1", "is_fraud": True, "timestamp": at}),
+        b'{"tx_id": "f2", "is_fraud" :\n true, "timestamp": "2018-04-08T10:00:01Z"}',  # spaces: JSON all the same
+        dumps({"tx_id": "l1", "is_fraud": False, "timestamp": at}),
+        dumps({"tx_id": "true-but-legit", "is_fraud": False, "timestamp": at}),  # "true" in it: parsed, not marked
+        dumps({"tx_id": "f3", "is_fraud": True}),  # no timestamp: invalid, the learner dead-letters it
+        b"not json, true",
+        b"not json",
+        None,
+    ]
+    feed._apply_labels([type("Record", (), {"value": v})() for v in values])  # noqa: SLF001
+    assert set(feed.aggregates.frauds_known_s) == {"f1", "f2"}
+    assert [v for v in values if v is not None and b"true" in v] == parsed  # the rest not even parsed
