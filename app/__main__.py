@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import NoReturn
 
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, RequestTimedOutError
@@ -76,20 +75,6 @@ def die_with_parent(parent_pid: int) -> None:
         sys.exit(f"trainer child: the worker {parent_pid} that started it is gone")
 
 
-def lower_priority(nice: int, *, own_session: bool) -> None:
-    """Learning waits where the decisions need the cores: the process's nice value up by ``nice`` and, for a
-    worker's child (started in a session of its own), its session's too. Linux's default scheduler shares the CPU
-    between sessions (autogroups) before it looks at a process's nice value, so a nice child in the worker's
-    session yields to the worker only and takes its share against the broker and everything else; with its own
-    session's nice value raised it yields to all of them. Best effort: without autogroups the file is absent."""
-    os.nice(nice)
-    if own_session:
-        try:
-            Path("/proc/self/autogroup").write_text(f"{nice}\n")
-        except OSError as exc:
-            logging.getLogger("app").debug("the trainer's session keeps its priority: %r", exc)
-
-
 def _log_before_faust() -> logging.Handler:
     handler = logging.StreamHandler()  # Faust configures logging later; these lines come before it
     handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))
@@ -115,8 +100,6 @@ def run_trainer(args: list[str]) -> None:
     except ValueError as exc:
         _config_error(str(exc))
     allocator.configure(settings.memory_arena_max, settings.memory_mmap_threshold_kb * 1024)
-    if settings.trainer_nice:
-        lower_priority(settings.trainer_nice, own_session=parent_pid is not None)
     try:
         asyncio.run(check_credentials(settings))
     except KafkaSecurityError as exc:

@@ -236,6 +236,9 @@ class Trainer:
         self.training: Training | None = None
         self._task: asyncio.Task[None] | None = None
         self.leased = False  # the group's last assignment gave this member the lease
+        # Called once, the first time this process trains (its state restored): the trainer process lowers its CPU
+        # priority there (app.learning.process.lower_priority).
+        self.on_active: Callable[[], None] | None = None
         self._counted: Counter[str] = Counter()
         self.policy = PromotionPolicy.from_settings(settings)
         self.lease = Supervisor("trainer lease")
@@ -377,6 +380,9 @@ class Trainer:
             self.training = training
             metrics.TRAINER_ACTIVE.set(1)
             self.training_supervisor.mark_connected()
+            on_active, self.on_active = self.on_active, None
+            if on_active is not None:
+                on_active()
             predictions = [TopicPartition(s.predictions_topic, p)
                            for p in sorted(await producer.partitions_for(s.predictions_topic))]  # fmt: skip
             label_partitions = [TopicPartition(s.labels_topic, p)
