@@ -164,9 +164,7 @@ class TrainerChild:
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.port = self.settings.trainer_web_port or free_port()
         env = child_env(self.settings, os.environ, self.port, os.getpid())
-        # Its own session: on a kernel that schedules by session (autogroup), its lowered priority then yields the
-        # cores to everything else on the machine, not only to this worker (see app.__main__.lower_priority).
-        self.process = await asyncio.create_subprocess_exec(*self.command, env=env, start_new_session=True)
+        self.process = await asyncio.create_subprocess_exec(*self.command, env=env)
         self.starts += 1
         log.info("trainer process %d started (web port %d)", self.process.pid, self.port)
         return self.process

@@ -27,7 +27,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -178,23 +177,14 @@ def build_trainer(settings: Settings) -> TrainerProcess:
     )
 
 
-def lower_priority(nice: int, *, own_session: bool) -> None:
-    """Learning waits where the decisions need the cores: the process's nice value up by ``nice`` and, for a
-    worker's child (started in a session of its own), its session's too: Linux's default scheduler shares the CPU
-    between sessions (autogroups) before it looks at a process's nice value, so a nice child in the worker's
-    session yields to the worker only and takes its share against the broker and everything else. Best effort:
-    without autogroups the file is absent.
-
-    Called once the trainer first trains (:attr:`app.learning.trainer.Trainer.on_active`), not at its start: a
-    takeover's restore is what the 15 s target times, and at a low priority beside a busy worker it waited for the
-    cores (30 s of a 40 s takeover in the full labelled fault run). A nice value only goes up: a later takeover by
-    the same process restores at the low priority."""
+def lower_priority(nice: int) -> None:
+    """Learning waits where the decisions need the cores: the process's nice value up by ``nice``. Called once the
+    trainer first trains (:attr:`app.learning.trainer.Trainer.on_active`), not at its start: a takeover's restore
+    is what the 15 s target times, and at a low priority beside a busy worker it waited for the cores (30 s of a
+    40 s takeover in the full labelled fault run). A nice value only goes up: a later takeover by the same process
+    restores at the low priority. (A session of its own with its autogroup's nice value raised too was tried: the
+    worker's throughput in ``scripts/benchmark.py`` fell by 14 % beside it: BENCHMARKS.md.)"""
     os.nice(nice)
-    if own_session:
-        try:
-            Path("/proc/self/autogroup").write_text(f"{nice}\n")
-        except OSError as exc:
-            log.debug("the trainer's session keeps its priority: %r", exc)
 
 
 def main(settings: Settings, parent_pid: int | None = None) -> int:
@@ -207,8 +197,7 @@ def main(settings: Settings, parent_pid: int | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         process = build_trainer(settings)
         if settings.trainer_nice:
-            own_session = parent_pid is not None
-            process.trainer.on_active = lambda: lower_priority(settings.trainer_nice, own_session=own_session)
+            process.trainer.on_active = lambda: lower_priority(settings.trainer_nice)
         await process.run(stop, parent_alive=lambda: parent_pid is None or os.getppid() == parent_pid)
 
     asyncio.run(serve())
