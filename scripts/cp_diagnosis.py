@@ -10,8 +10,9 @@ For each seed: the product's features of every transaction, computed by the deci
 transaction), kept in ``--cache-dir`` (about 10 CPU-minutes a full-size seed, once); then the ``gbdt`` line
 emulated in batch: before each test day, LightGBM with the line's default parameters on the labels known by then
 (the last 30 days of legitimate ones drawn one in five, the last 10,000 frauds). Not the evaluator: no snapshot
-cadence, one retrain a day. Its figures (AUC, AP, CP@100 on the handbook's test set) came within 0.003 of
-``scripts/evaluate.py --model-name gbdt`` on seeds 0-2 (BENCHMARKS.md), in 15 s a seed instead of 25 minutes.
+cadence, one retrain a day. Its figures on the handbook's test set came near those of ``scripts/evaluate.py
+--model-name gbdt`` on seeds 0-2 (CP@100 within 0.003, AP within 0.005, AUC within 0.010; BENCHMARKS.md), in 15 s a
+seed instead of 15-25 CPU-minutes.
 
 The breakdown, per seed over the test week, as ``card_precision_top_k`` counts (each day's 100 cards with the
 highest maximum score, cards caught on an earlier day left out): the compromised cards of a day found and missed,
