@@ -112,4 +112,11 @@ def features_of(
     x["terminal_nb_tx_1hour"] = 1 + sum(1 for o in terminal_before if tx.t - HOUR_S < o.t <= tx.t)
     at_or_before = [o.t for o in terminal_before if o.t <= tx.t]
     x["terminal_seconds_since_previous_tx"] = min(tx.t - max(at_or_before), 7 * DAY_S) if at_or_before else 7 * DAY_S
+    # the latest entries of [end - 30 days, end) in time order (ties by arrival), all known frauds by t
+    span = sorted((o for o in terminal_before if end - 30 * DAY_S <= o.t < end), key=lambda o: o.t)
+    streak = 0
+    while streak < len(span) and known_fraud.get(span[-1 - streak].tx_id, math.inf) <= tx.t:
+        streak += 1
+    x["terminal_fraud_streak_30day_delay"] = streak
+    x["terminal_fraud_streak_age_s_30day_delay"] = tx.t - span[-streak].t if streak else 0.0
     return x

@@ -98,6 +98,31 @@ def test_seconds_since_the_terminals_previous_transaction() -> None:
     assert terminal_windows_at([(T0, "a", 0)], {})[1]["terminal_seconds_since_previous_tx"] == cap
 
 
+def test_the_terminals_fraud_streak_tells_an_exploited_terminal_from_a_stolen_cards_single_visit() -> None:
+    streak, age = "terminal_fraud_streak_30day_delay", "terminal_fraud_streak_age_s_30day_delay"
+    # one transaction a day; days 0-2 legitimate, from day 3 on every one a fraud (an exploited terminal)
+    state = [(T0 + d * DAY_S, f"e{d}", d) for d in range(8)]
+    frauds: dict[str, float] = {}
+    for d in range(3, 8):
+        record_fraud(frauds, f"e{d}", known_s=T0 + (d + 7) * DAY_S)  # labelled a week later
+    t = T0 + 12.5 * DAY_S  # the delayed span ends at day 5.5: e0..e5, frauds e3..e5 all known by then
+    x = terminal_x(state, t, frauds)
+    assert (x[streak], x[age]) == (3.0, t - (T0 + 3 * DAY_S))
+    assert terminal_x(state, T0 + 9.5 * DAY_S, frauds)[streak] == 0.0  # e3's label not in yet: no streak
+    assert terminal_x(state, T0 + 10.5 * DAY_S, frauds)[streak] == 1.0  # e3's is (at day 10)
+    # a stolen card's cash-out (e3) followed by legitimate transactions: no streak, though the risk windows see it
+    single = {"e3": T0 + 10 * DAY_S}
+    x = terminal_x(state, t, single)
+    assert (x[streak], x[age]) == (0.0, 0.0) and x["terminal_risk_7day_delay"] > 0
+    assert terminal_x(EMPTY_TERMINAL, t, frauds)[streak] == 0.0
+    # the span is 30 days: a streak older than it is cut at its start
+    long = [(T0 + d * DAY_S, f"l{d}", d) for d in range(40)]
+    every = {f"l{d}": T0 + (d + 7) * DAY_S for d in range(40)}
+    t = T0 + 46.5 * DAY_S  # delayed span [9.5, 39.5): l10..l39
+    assert terminal_x(long, t, every)[streak] == 30.0
+    assert terminal_x(long, t, every)[age] == t - (T0 + 10 * DAY_S)
+
+
 def test_the_new_features_equal_the_brute_force_reference_on_a_mixed_stream() -> None:
     rng = random.Random(7)
     times = np.cumsum([rng.choice([0.0, 5.0, 120.0, 3600.0, DAY_S, 8 * DAY_S]) for _ in range(120)]) + T0
@@ -125,7 +150,8 @@ def test_the_new_features_equal_the_brute_force_reference_on_a_mixed_stream() ->
         xt, state_t[tx.terminal] = terminal_features(state_t.get(tx.terminal, EMPTY_TERMINAL), tx.t, tx.tx_id, frauds)  # type: ignore[arg-type]
         got = x | xt
         for name in ("customer_nb_tx_10min", "customer_nb_tx_at_terminal_30day", "terminal_seconds_since_previous_tx",
-                     "customer_avg_amount_30day_known_legit", "amount_zscore_30day_known_legit"):  # fmt: skip
+                     "customer_avg_amount_30day_known_legit", "amount_zscore_30day_known_legit",
+                     "terminal_fraud_streak_30day_delay", "terminal_fraud_streak_age_s_30day_delay"):  # fmt: skip
             assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (tx_id, name)
 
 

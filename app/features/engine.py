@@ -17,7 +17,9 @@ those declared in :mod:`app.features.spec`, the defaults given here):
   stolen card) stops shifting the card's usual amounts once its label is in;
 - terminal windows [t - delay - n days, t - delay) over transactions that arrived before: count and risk
   (frauds / count; 0 when empty), n in 1, 7, 30; the terminal's count over (t - 1 hour, t] with this one; and
-  seconds since the terminal's latest earlier transaction (read from its times; capped at 7 days, 7 days when none).
+  seconds since the terminal's latest earlier transaction (read from its times; capped at 7 days, 7 days when none);
+  and the terminal's fraud streak over [t - delay - 30 days, t - delay): how many of its latest entries there are all
+  known frauds, and the seconds since the first of them (a terminal being exploited, not one a stolen card passed by).
 A fraud counts toward its transaction's time, only once its label has arrived and only from the label's own
 time on (``known_s <= t``), so a replay that delivers labels early still never sees the future. Fraud marks
 are not stored in the terminal state: the caller keeps one mapping ``frauds_known_s`` (fraud ``tx_id`` ->
@@ -104,6 +106,12 @@ _TERMINAL_GAP = spec.one("seconds_since_previous", "terminal")
 _TERMINAL_GAP_CAP_S: float = _TERMINAL_GAP.window_s  # type: ignore[assignment]
 if _TERMINAL_GAP_CAP_S > _TERMINAL_LONGEST_S:  # the state holds delay + the longest window: the gap must fit in it
     raise spec.FeatureSetError(f"{_TERMINAL_GAP.name}: a cap of at most {_TERMINAL_LONGEST_S:g} s (the longest window)")
+_STREAK, _STREAK_AGE = spec.one("fraud_streak", "terminal"), spec.one("fraud_streak_age", "terminal")
+if _STREAK.window_s != _STREAK_AGE.window_s:
+    raise spec.FeatureSetError("fraud_streak and fraud_streak_age share one window (one streak)")
+_STREAK_WINDOW_S: float = _STREAK.window_s  # type: ignore[assignment]  # checked: windowed kinds
+if _STREAK_WINDOW_S > _TERMINAL_LONGEST_S:  # the streak is read in what the delayed windows hold
+    raise spec.FeatureSetError(f"{_STREAK.name}: a window of at most {_TERMINAL_LONGEST_S:g} s (the longest window)")
 
 # Customer state: the entries (t, amount, terminal_id, tx_id, seq), held by column (CustomerWindow); terminal
 # state: the entries (t, tx_id, seq), held by column (TerminalWindow); both sorted by t, ties by arrival.
@@ -617,13 +625,20 @@ def terminal_x(
 
     Over ``[t - delay - n days, t - delay)`` for n in 1, 7, 30: the count, and the risk (entries whose fraud
     label is known by ``t``, ``frauds_known_s[tx_id] <= t``, over the count; 0 when empty); and
-    ``terminal_nb_tx_1hour``: 1 (this one) plus the entries in ``(t - 1 hour, t]``. ``state`` must not hold
-    the transaction itself (it would count in its own 1-hour window): see :func:`terminal_features`.
+    ``terminal_nb_tx_1hour``: 1 (this one) plus the entries in ``(t - 1 hour, t]``; the fraud streak over
+    ``[t - delay - 30 days, t - delay)``: how many of the latest entries there (in time order) are all known
+    frauds, and the seconds from the first of them to ``t`` (0 without one). ``state`` must not hold the
+    transaction itself (it would count in its own 1-hour window): see :func:`terminal_features`.
 
     >>> state = [(0.0, "t1", 0), (3600.0, "t2", 1)]
     >>> x = terminal_x(state, 7.5 * 86400, {"t1": 2 * 86400.0})  # t1 known to be fraud from day 2
     >>> x["terminal_nb_tx_1day_delay"], x["terminal_risk_1day_delay"], x["terminal_nb_tx_1hour"]
     (2.0, 0.5, 1.0)
+    >>> x["terminal_fraud_streak_30day_delay"]  # t2, the latest, is not a known fraud: no streak
+    0.0
+    >>> x = terminal_x(state, 7.5 * 86400, {"t2": 2 * 86400.0})  # the latest is: a streak of 1 since t2's time
+    >>> x["terminal_fraud_streak_30day_delay"], x["terminal_fraud_streak_age_s_30day_delay"] == 7.5 * 86400 - 3600
+    (1.0, True)
     >>> terminal_x(state, 1.5 * 86400, {"t1": 2 * 86400.0}, delay_days=1)["terminal_risk_1day_delay"]  # not yet
     0.0
     """
@@ -634,11 +649,22 @@ def terminal_x(
     first = bisect.bisect_left(times, end - _TERMINAL_LONGEST_S, 0, stop)
     # Frauds are rare: one C-level pass finds the fraud labels of the longest window (usually none), then their times.
     known: list[float] = []
+    streak, streak_age_s = 0, 0.0
     if frauds_known_s and first < stop:
         ids = window.ids[first:stop]
         flagged = frauds_known_s.keys() & ids
         if flagged:
-            known = [times[first + ids.index(tx_id)] for tx_id in flagged if frauds_known_s[tx_id] <= t]
+            known_ids = {tx_id for tx_id in flagged if frauds_known_s[tx_id] <= t}
+            known = [times[first + ids.index(tx_id)] for tx_id in known_ids]
+            # The streak: the latest entries of the delayed span, all known frauds (walked back from the latest).
+            lo = first if _STREAK_WINDOW_S == _TERMINAL_LONGEST_S else bisect.bisect_left(
+                times, end - _STREAK_WINDOW_S, first, stop)  # fmt: skip
+            j = stop - 1
+            while j >= lo and ids[j - first] in known_ids:
+                j -= 1
+            streak = stop - 1 - j
+            if streak:
+                streak_age_s = t - times[j + 1]
     x: dict[str, float] = {}
     for window_s, nb_tx, risk in _TERMINAL_WINDOWS:
         lo = end - window_s
@@ -652,6 +678,8 @@ def terminal_x(
     x[_BURST.name] = float(hi - bisect.bisect_right(times, since, stop if since >= end else 0, hi) + 1)
     # The latest entry at or before t (the state holds delay + 30 days back, and the cap is at most 30 days).
     x[_TERMINAL_GAP.name] = min(t - times[hi - 1], _TERMINAL_GAP_CAP_S) if hi else _TERMINAL_GAP_CAP_S
+    x[_STREAK.name] = float(streak)
+    x[_STREAK_AGE.name] = streak_age_s
     return x
 
 

@@ -18,8 +18,13 @@ the customer's windows), ``terminal`` where the terminal's state lives. Kinds sa
   customer's transactions not known to be fraud by ``t``: a fraud labelled since no longer shifts the card's usual
   amounts);
 - terminal windows ``[t - delay - w, t - delay)``: ``delayed_count``, ``delayed_risk`` (a window declares both;
-  the delay is ``TERMINAL_DELAY_DAYS``); ``count``: the terminal's transactions in ``(t - w, t]`` with this one;
-  ``seconds_since_previous``: since the terminal's latest earlier transaction (capped at ``w``, at most 30 days).
+  the delay is ``TERMINAL_DELAY_DAYS``); ``fraud_streak`` and ``fraud_streak_age`` (one window for both, at most
+  the longest delayed one): of the terminal's transactions in ``[t - delay - w, t - delay)`` in time order, how many
+  of the latest are all known to be fraud by ``t``, and the seconds from the first of them to ``t`` (0 without a
+  streak): a terminal that is being exploited has every transaction since then a fraud, one that saw a stolen
+  card's single cash-out has legitimate ones after it; ``count``: the terminal's transactions in ``(t - w, t]`` with
+  this one; ``seconds_since_previous``: since the terminal's latest earlier transaction (capped at ``w``, at most 30
+  days).
 
 Two subsets: :data:`PROTOCOL_FEATURE_NAMES`, the handbook's 15 baseline features (what the published figures were
 measured with), and the product's, every declared feature (:data:`FEATURE_SUBSETS`).
@@ -61,6 +66,8 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "distinct_terminals": (("customer",), True),
     "delayed_count": (("terminal",), True),
     "delayed_risk": (("terminal",), True),
+    "fraud_streak": (("terminal",), True),
+    "fraud_streak_age": (("terminal",), True),
 }
 
 
@@ -128,6 +135,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("terminal_risk_30day_delay", "terminal", 30 * DAY_S, "delayed_risk"),
     Feature("terminal_nb_tx_1hour", "terminal", HOUR_S, "count"),
     Feature("terminal_seconds_since_previous_tx", "terminal", 7 * DAY_S, "seconds_since_previous"),
+    Feature("terminal_fraud_streak_30day_delay", "terminal", 30 * DAY_S, "fraud_streak"),
+    Feature("terminal_fraud_streak_age_s_30day_delay", "terminal", 30 * DAY_S, "fraud_streak_age"),
 )
 #: The handbook's 15 baseline features (benchmark section 2), in the order of ``lab/batch_features.py``
 #: (``BASELINE_FEATURES``, the batch reference): the protocol's set. Every other declared feature is the product's
